@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
+/*
+ * Flow lifecycle and enforcement on sockets:
+ *  - sslwall_sock_state (tp_btf/inet_sock_set_state): records who connect()ed
+ *    and removes closed flows from the maps, so the flows map holds open flows.
+ *    This kernel has no kprobes; the BTF tracepoint needs no tracefs mount.
+ *  - sslwall_destroy_blocked (iter/tcp): aborts every local socket whose flow
+ *    is blocked, so the application gets an error at once instead of hanging
+ *    on dropped packets. The agent runs it after each blocked event.
+ *
+ * Failure policy: if a close is missed the LRU evicts the flow later; if the
+ * owner map is full the oldest owner is evicted and violations of that flow
+ * are reported without pid/comm.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+
+#include "shared.h"
+#include "lib/maps.h"
+#include "lib/flow.h"
+
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_TIME_WAIT 6
+#define TCP_CLOSE 7
+#define TCP_LISTEN 10
+#define TCP_NEW_SYN_RECV 12
+
+/* Network namespace (inode) whose sockets this agent owns; 0 = all. The
+ * tracepoint fires for every namespace, and the agent's maps describe only
+ * the interfaces of its own. Set by the agent at load. */
+const volatile __u32 netns_ino = 0;
+
+extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(sslwall_sock_state, const struct sock *sk, int oldstate, int newstate)
+{
+	struct sslwall_flow_key key = {};
+
+	if (newstate != TCP_SYN_SENT && newstate != TCP_CLOSE)
+		return 0;
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	if (netns_ino && BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) != netns_ino)
+		return 0;
+	if (sslwall_key_from_sock(&key, &sk->__sk_common) < 0)
+		return 0;
+
+	if (newstate == TCP_SYN_SENT) {
+		/* connect() runs in the caller's context: the current task owns the flow. */
+		struct sslwall_owner owner = { .pid = bpf_get_current_pid_tgid() >> 32 };
+
+		bpf_get_current_comm(owner.comm, sizeof(owner.comm));
+		bpf_map_update_elem(&sslwall_owners, &key, &owner, BPF_ANY);
+		return 0;
+	}
+	bpf_map_delete_elem(&sslwall_owners, &key);
+	if (bpf_map_delete_elem(&sslwall_flows, &key) == 0)
+		sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);
+	return 0;
+}
+
+SEC("iter/tcp")
+int sslwall_destroy_blocked(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct sslwall_flow_key key = {};
+	struct sslwall_flow *f;
+	__u8 state;
+
+	if (!skc)
+		return 0;
+	state = skc->skc_state;
+	/* Listeners have no peer; time-wait and request socks are not full sockets
+	 * and bpf_sock_destroy refuses them. */
+	if (state == TCP_LISTEN || state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV)
+		return 0;
+	if (sslwall_key_from_sock(&key, skc) < 0)
+		return 0;
+	f = bpf_map_lookup_elem(&sslwall_flows, &key);
+	if (!f || f->verdict != SSLWALL_VERDICT_BLOCKED)
+		return 0;
+	if (bpf_sock_destroy(skc) == 0)
+		BPF_SEQ_PRINTF(ctx->meta->seq, "%u %u\n", key.port_lo, key.port_hi);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

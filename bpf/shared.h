@@ -1,0 +1,172 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * Every struct and enum that crosses between the kernel programs and user space.
+ * This header is the single source of truth: the TypeScript codecs in
+ * agent/generated/shared.ts are generated from the BTF of the built objects
+ * (tools/gen-shared-types.mjs), and test/bpf/layout.test.ts checks them.
+ *
+ * Rules for editing: fixed-width types only, explicit padding, no bitfields
+ * (the generator reads byte offsets), and a new field only at the end of a
+ * value struct (pinned maps of an older agent are migrated by offset).
+ */
+#ifndef SSLWALL_SHARED_H
+#define SSLWALL_SHARED_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+enum sslwall_class {
+	SSLWALL_CLASS_PENDING = 0,	/* payload not yet decisive */
+	SSLWALL_CLASS_TLS = 1,		/* both directions opened with a TLS record */
+	SSLWALL_CLASS_STARTTLS = 2,	/* allowed plaintext preamble, then TLS */
+	SSLWALL_CLASS_CONNECT = 3,	/* HTTP CONNECT, its answer, then TLS */
+	SSLWALL_CLASS_BYPASS = 4,	/* port, CIDR or bypass cgroup */
+	SSLWALL_CLASS_PLAINTEXT = 5,	/* a violation */
+	SSLWALL_CLASS_COUNT = 6,
+};
+
+enum sslwall_verdict {
+	SSLWALL_VERDICT_ALLOWED = 0,
+	SSLWALL_VERDICT_REPORTED = 1,
+	SSLWALL_VERDICT_BLOCKED = 2,
+	SSLWALL_VERDICT_COUNT = 3,
+};
+
+enum sslwall_mode {
+	SSLWALL_MODE_OFF = 0,
+	SSLWALL_MODE_PASSIVE = 1,
+	SSLWALL_MODE_ACTIVE = 2,
+};
+
+/* Plaintext negotiation a server port allows (low nibble of a port role). */
+enum sslwall_proto {
+	SSLWALL_PROTO_NONE = 0,
+	SSLWALL_PROTO_SMTP = 1,
+	SSLWALL_PROTO_IMAP = 2,
+	SSLWALL_PROTO_POP3 = 3,
+	SSLWALL_PROTO_FTP = 4,
+	SSLWALL_PROTO_POSTGRES = 5,
+	SSLWALL_PROTO_MYSQL = 6,
+	SSLWALL_PROTO_CONNECT = 7,
+};
+
+enum sslwall_port_role_bits {
+	SSLWALL_ROLE_PROTO_MASK = 0x0f,
+	SSLWALL_ROLE_BYPASS = 0x80,
+};
+
+/* Where a flow stands in its classification; only meaningful while pending. */
+enum sslwall_stage {
+	SSLWALL_STAGE_HELLO = 0,	/* expecting a TLS record first in each direction */
+	SSLWALL_STAGE_NEGOTIATE = 1,	/* plaintext preamble of an allowed protocol */
+	SSLWALL_STAGE_UPGRADE = 2,	/* upgrade asked for: the client's next payload must be TLS */
+	SSLWALL_STAGE_MIDSTREAM = 3,	/* opened before we saw it: the next payload decides */
+};
+
+enum sslwall_flow_flags {
+	SSLWALL_FLOW_SYN_SEEN = 1 << 0,
+	SSLWALL_FLOW_CLIENT_TLS = 1 << 1,	/* client's first record after any preamble was TLS */
+	SSLWALL_FLOW_SERVER_TLS = 1 << 2,
+	SSLWALL_FLOW_SEQ_CLIENT = 1 << 3,	/* seq_next[0] is valid */
+	SSLWALL_FLOW_SEQ_SERVER = 1 << 4,	/* seq_next[1] is valid */
+	SSLWALL_FLOW_FASTOPEN = 1 << 5,		/* data rode in the SYN */
+};
+
+/* Indexes into the per-CPU counters array. Class/verdict pairs start at
+ * SSLWALL_CNT_CLASS_BASE: index = base + class * SSLWALL_VERDICT_COUNT + verdict. */
+enum sslwall_counter {
+	SSLWALL_CNT_FLOWS_CREATED = 0,
+	SSLWALL_CNT_FLOWS_CLOSED = 1,
+	SSLWALL_CNT_FLOW_INSERT_FAILED = 2,
+	SSLWALL_CNT_PKT_TRUNCATED = 3,
+	SSLWALL_CNT_PKT_DROPPED = 4,
+	SSLWALL_CNT_EVENTS_LOST = 5,
+	SSLWALL_CNT_FRAGMENTS = 6,
+	SSLWALL_CNT_NO_CONFIG = 7,
+	SSLWALL_CNT_CLASS_BASE = 8,
+	SSLWALL_CNT_COUNT = SSLWALL_CNT_CLASS_BASE + SSLWALL_CLASS_COUNT * SSLWALL_VERDICT_COUNT,
+};
+
+enum sslwall_event_type {
+	SSLWALL_EVENT_VIOLATION = 1,
+};
+
+#define SSLWALL_FAMILY_IPV4 4
+#define SSLWALL_FAMILY_IPV6 6
+#define SSLWALL_COMM_LEN 16
+
+/*
+ * A TCP flow, independent of direction: the (address, port) endpoint that
+ * sorts lower goes first, so both directions of a flow find one entry with
+ * one lookup. IPv4 addresses use the first 4 bytes; ports in host order.
+ */
+struct sslwall_flow_key {
+	__u8 addr_lo[16];
+	__u8 addr_hi[16];
+	__u16 port_lo;
+	__u16 port_hi;
+	__u8 family;
+	__u8 pad[3];
+};
+
+/* Classification state of a flow (value of the flows map). Index [0] is the
+ * client-to-server direction, [1] server-to-client. */
+struct sslwall_flow {
+	__u64 first_seen_ns;
+	__u32 seq_next[2];	/* next sequence number expected, to skip retransmitted segments */
+	__u16 plain_bytes;	/* plaintext preamble bytes spent from the negotiation budget */
+	__u16 pending_bytes;	/* payload bytes let through while undecided (saturates) */
+	__u8 cls;		/* enum sslwall_class */
+	__u8 verdict;		/* enum sslwall_verdict */
+	__u8 proto;		/* enum sslwall_proto */
+	__u8 stage;		/* enum sslwall_stage */
+	__u8 flags;		/* enum sslwall_flow_flags */
+	__u8 client_is_lo;	/* 1: the client is the key's lo endpoint */
+	__u8 hdr_len[2];	/* bytes buffered in hdr[] while a record header is split */
+	__u8 hdr[2][6];		/* first bytes of each direction's first record */
+};
+
+/* Process that opened a flow, recorded at connect() (value of flow_owners). */
+struct sslwall_owner {
+	__u32 pid;
+	char comm[SSLWALL_COMM_LEN];
+};
+
+/* Runtime knobs; two slots, the active one named by the active_gen map, so a
+ * new config (with its port roles and CIDRs) takes effect in one write. */
+struct sslwall_config {
+	__u32 mode;			/* enum sslwall_mode */
+	__u32 negotiation_budget;	/* plaintext bytes a STARTTLS/CONNECT preamble may use */
+	__u64 bypass_cgroup_id;		/* 0: none */
+	__u32 bypass_cgroup_level;	/* depth of that cgroup, for bpf_skb_ancestor_cgroup_id */
+	__u32 pad;
+};
+
+/* LPM trie key of the bypass CIDRs: gen and family are part of the prefix. */
+struct sslwall_cidr_key {
+	__u32 prefixlen;	/* 16 + CIDR bits */
+	__u8 gen;
+	__u8 family;
+	__u8 addr[16];
+};
+
+/* A violation, sent through the events ring buffer. s = the side that opened the connection. */
+struct sslwall_event {
+	__u64 ts_ns;
+	__u32 type;		/* enum sslwall_event_type */
+	__u32 pid;		/* 0 when unknown (server side, flows older than the agent) */
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u8 family;
+	__u8 cls;
+	__u8 verdict;
+	__u8 proto;
+	__u8 egress;		/* 1: seen leaving this host */
+	__u8 pad[7];
+	char comm[SSLWALL_COMM_LEN];
+};
+
+#endif /* SSLWALL_SHARED_H */
