@@ -1,0 +1,134 @@
+// Writing a validated config into the kernel maps. The filter reads a config slot, the port
+// roles and the bypass CIDRs of one generation; we fill the inactive generation completely and
+// then flip sslwall_active_gen with one u32 write, so the filter never sees a half-written
+// config. Flow state is untouched, except the verdicts of plaintext flows, which follow the mode.
+import { native } from '../native/index.js';
+import type { Config, StarttlsProtocol } from '../schemas/config.js';
+import { StarttlsProtocols } from '../schemas/config.js';
+import { encode, decode, addrToBytes } from './codec.js';
+import {
+  SslwallMode,
+  SslwallProto,
+  SslwallPortRoleBits,
+  SslwallClass,
+  SslwallVerdict,
+  type SslwallFlow,
+  type SslwallCidrKey,
+} from './generated/shared.js';
+import type { SharedMap } from './datapath.js';
+
+/** The pinned (or freshly created) shared maps, by name. */
+export type MapFds = Record<SharedMap, number>;
+
+/** Plaintext bytes a STARTTLS or CONNECT preamble may use before TLS must start. */
+export const NEGOTIATION_BUDGET = 4096;
+const PORTS = 65536;
+
+export interface BypassCgroup {
+  id: bigint;
+  level: number;
+}
+
+const modeValue = {
+  off: SslwallMode.SSLWALL_MODE_OFF,
+  passive: SslwallMode.SSLWALL_MODE_PASSIVE,
+  active: SslwallMode.SSLWALL_MODE_ACTIVE,
+} as const;
+
+const protoValue: Record<StarttlsProtocol, number> = {
+  smtp: SslwallProto.SSLWALL_PROTO_SMTP,
+  imap: SslwallProto.SSLWALL_PROTO_IMAP,
+  pop3: SslwallProto.SSLWALL_PROTO_POP3,
+  ftp: SslwallProto.SSLWALL_PROTO_FTP,
+  postgres: SslwallProto.SSLWALL_PROTO_POSTGRES,
+  mysql: SslwallProto.SSLWALL_PROTO_MYSQL,
+};
+
+export function portRoles(config: Config): Buffer {
+  const roles = Buffer.alloc(PORTS);
+  for (const p of StarttlsProtocols) for (const port of config.starttls[p]) roles[port] = protoValue[p];
+  for (const port of config.connect.ports) roles[port] = SslwallProto.SSLWALL_PROTO_CONNECT;
+  for (const port of config.bypass.ports) roles[port] |= SslwallPortRoleBits.SSLWALL_ROLE_BYPASS;
+  return roles;
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n >>> 0);
+  return b;
+}
+
+export function activeGen(maps: MapFds): number {
+  const v = native().mapLookup(maps.sslwall_active_gen, u32(0));
+  return v ? v.readUInt32LE(0) & 1 : 0;
+}
+
+export function currentMode(maps: MapFds): Config['mode'] {
+  const gen = activeGen(maps);
+  const raw = native().mapLookup(maps.sslwall_config, u32(gen));
+  const mode = raw ? raw.readUInt32LE(0) : 0;
+  return (Object.entries(modeValue).find(([, v]) => v === mode)?.[0] ?? 'off') as Config['mode'];
+}
+
+/** Apply a config; returns the number of plaintext flows whose verdict changed with the mode. */
+export function applyConfig(maps: MapFds, config: Config, bypassCgroup: BypassCgroup | null): number {
+  const addon = native();
+  const next = activeGen(maps) ^ 1;
+
+  addon.mapUpdate(
+    maps.sslwall_config,
+    u32(next),
+    encode('sslwall_config', {
+      mode: modeValue[config.mode],
+      negotiation_budget: NEGOTIATION_BUDGET,
+      bypass_cgroup_id: bypassCgroup?.id ?? 0n,
+      bypass_cgroup_level: bypassCgroup?.level ?? 0,
+    }),
+  );
+
+  const keys = Buffer.alloc(PORTS * 4);
+  for (let port = 0; port < PORTS; port++) keys.writeUInt32LE((next << 16) | port, port * 4);
+  addon.mapUpdateBatch(maps.sslwall_port_roles, keys, portRoles(config), PORTS);
+
+  writeCidrs(maps, next, config.bypass.cidrs);
+  addon.mapUpdate(maps.sslwall_active_gen, u32(0), u32(next));
+  return reconcileVerdicts(maps, config.mode);
+}
+
+function writeCidrs(maps: MapFds, gen: number, cidrs: string[]): void {
+  const addon = native();
+  const fd = maps.sslwall_bypass_cidrs;
+  for (const [key] of addon.mapDump(fd)) {
+    if (decode<SslwallCidrKey>('sslwall_cidr_key', key).gen === gen) addon.mapDelete(fd, key);
+  }
+  for (const cidr of cidrs) {
+    const [addr, bits] = cidr.split('/');
+    const { family, bytes } = addrToBytes(addr!);
+    const len = bits === undefined ? (family === 4 ? 32 : 128) : Number(bits);
+    const key = encode<SslwallCidrKey>('sslwall_cidr_key', { prefixlen: 16 + len, gen, family, addr: bytes });
+    addon.mapUpdate(fd, key, Buffer.from([1]));
+  }
+}
+
+/** Plaintext flows carry the verdict of the mode in force; rewrite them when it changes. */
+export function reconcileVerdicts(maps: MapFds, mode: Config['mode']): number {
+  const addon = native();
+  const want =
+    mode === 'active' ? SslwallVerdict.SSLWALL_VERDICT_BLOCKED
+    : mode === 'passive' ? SslwallVerdict.SSLWALL_VERDICT_REPORTED
+    : SslwallVerdict.SSLWALL_VERDICT_ALLOWED;
+  let changed = 0;
+  for (const [key, value] of addon.mapDump(maps.sslwall_flows)) {
+    const flow = decode<SslwallFlow>('sslwall_flow', value);
+    if (flow.cls !== SslwallClass.SSLWALL_CLASS_PLAINTEXT || flow.verdict === want) continue;
+    flow.verdict = want;
+    // Only the verdict byte changes; the filter no longer writes a decided flow.
+    try {
+      addon.mapUpdate(maps.sslwall_flows, key, encode('sslwall_flow', flow), 2 /* BPF_EXIST */);
+      changed++;
+    } catch (err) {
+      if ((err as { errno?: number }).errno !== 2 /* ENOENT: closed meanwhile */) throw err;
+    }
+  }
+  return changed;
+}

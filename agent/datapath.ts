@@ -1,0 +1,189 @@
+// Loading, pinning and adopting the kernel side. The maps are pinned under <bpffs>/maps and
+// reused by every later load, so replacing programs (or restarting the agent) keeps flow state.
+// Interfaces get tcx links pinned under <bpffs>/links; a restart updates the program behind
+// an existing link instead of attaching a second filter.
+import { mkdirSync, existsSync, unlinkSync, statSync, readdirSync } from 'node:fs';
+import type { Logger } from 'pino';
+import { native, BpfError, type BpfObject } from '../native/index.js';
+import { bpfObjects, pinLayout, assertBpffs } from './paths.js';
+import { sizeOf } from './codec.js';
+import { SslwallError } from './errors.js';
+
+/** The maps every object shares, with the sizes this build expects (from shared.h via BTF). */
+export function expectedMaps() {
+  return {
+    sslwall_flows: { keySize: sizeOf('sslwall_flow_key'), valueSize: sizeOf('sslwall_flow') },
+    sslwall_owners: { keySize: sizeOf('sslwall_flow_key'), valueSize: sizeOf('sslwall_owner') },
+    sslwall_active_gen: { keySize: 4, valueSize: 4 },
+    sslwall_config: { keySize: 4, valueSize: sizeOf('sslwall_config') },
+    sslwall_port_roles: { keySize: 4, valueSize: 1 },
+    sslwall_bypass_cidrs: { keySize: sizeOf('sslwall_cidr_key'), valueSize: 1 },
+    sslwall_counters: { keySize: 4, valueSize: 8 },
+    sslwall_events: { keySize: 0, valueSize: 0 },
+  } as const;
+}
+export type SharedMap = keyof ReturnType<typeof expectedMaps>;
+
+export type TcDirection = 'ingress' | 'egress';
+
+export interface Features {
+  tcAttach: 'tcx' | 'clsact';
+  lifecycle: 'tp_btf/inet_sock_set_state';
+  socketDestroy: 'iter/tcp+bpf_sock_destroy';
+  kprobes: boolean;
+}
+
+export class Datapath {
+  readonly pins;
+  readonly maps: Record<SharedMap, number>;
+  readonly features: Features;
+  private readonly iterLink: number;
+  private readonly classifier: BpfObject;
+  private readonly lifecycle: BpfObject;
+
+  private constructor(bpffs: string, classifier: BpfObject, lifecycle: BpfObject, iterLink: number, features: Features) {
+    this.pins = pinLayout(bpffs);
+    this.classifier = classifier;
+    this.lifecycle = lifecycle;
+    this.iterLink = iterLink;
+    this.features = features;
+    this.maps = Object.fromEntries(Object.keys(expectedMaps()).map((m) => [m, classifier.mapFd(m)])) as Record<SharedMap, number>;
+  }
+
+  /** Load both objects, reusing pinned maps, and (re)attach the lifecycle hook. */
+  static load(bpffs: string, log: Logger): Datapath {
+    assertBpffs(bpffs);
+    const pins = pinLayout(bpffs);
+    mkdirSync(pins.maps, { recursive: true });
+    mkdirSync(pins.links, { recursive: true });
+    const addon = native();
+
+    const classifier = addon.openObject(bpfObjects.classifier);
+    const reused = reusePinnedMaps(classifier, pins, log);
+    loadOrExplain(classifier, 'classifier');
+    for (const name of Object.keys(expectedMaps())) {
+      if (!reused.has(name)) addon.pin(classifier.mapFd(name), pins.map(name));
+    }
+
+    const lifecycle = addon.openObject(bpfObjects.lifecycle);
+    lifecycle.setRodata('netns_ino', u32(statSync('/proc/self/ns/net').ino));
+    reusePinnedMaps(lifecycle, pins, log);
+    loadOrExplain(lifecycle, 'lifecycle');
+
+    // A tracing link cannot be updated in place: attach the new one, then swap the pin.
+    const stateLink = lifecycle.attachTracing('sslwall_sock_state');
+    if (existsSync(pins.lifecycleLink)) unlinkSync(pins.lifecycleLink);
+    addon.pin(stateLink, pins.lifecycleLink);
+    addon.closeFd(stateLink);
+
+    const iterLink = lifecycle.attachIter('sslwall_destroy_blocked');
+    const features: Features = {
+      tcAttach: 'tcx',
+      lifecycle: 'tp_btf/inet_sock_set_state',
+      socketDestroy: 'iter/tcp+bpf_sock_destroy',
+      kprobes: existsSync('/sys/kernel/debug/kprobes') || existsSync('/sys/kernel/tracing/kprobe_events'),
+    };
+    log.info({ event: 'datapath_loaded', bpffs, reused_maps: [...reused], features }, 'datapath loaded');
+    return new Datapath(bpffs, classifier, lifecycle, iterLink, features);
+  }
+
+  progFd(dir: TcDirection): number {
+    return this.classifier.progFd(dir === 'egress' ? 'sslwall_classify_egress' : 'sslwall_classify_ingress');
+  }
+
+  /** Attach (or adopt and update) the classifier on an interface of this network namespace. */
+  attachInterface(iface: string, log: Logger): void {
+    const addon = native();
+    let ifindex: number;
+    try {
+      ifindex = addon.ifNameToIndex(iface);
+    } catch (err) {
+      throw new SslwallError('SSLWALL_E_IFACE', `interface ${iface} does not exist in this network namespace; list them with: ip -br link`, { cause: err });
+    }
+    for (const dir of ['ingress', 'egress'] as const) {
+      const pin = this.pins.tcxLink(iface, dir);
+      const prog = this.progFd(dir);
+      if (existsSync(pin)) {
+        const link = addon.getPinned(pin);
+        try {
+          const info = addon.linkInfo(link);
+          if (info.ifindex === undefined || info.ifindex === ifindex) {
+            addon.linkUpdate(link, prog);
+            log.info({ event: 'filter_adopted', iface, dir, link_id: info.id }, 'adopted pinned filter');
+            continue;
+          }
+          // Same name, other interface (it was recreated): the old link is dead weight.
+          addon.linkDetach(link);
+        } finally {
+          addon.closeFd(link);
+        }
+        unlinkSync(pin);
+      }
+      const link = addon.tcxAttach(prog, ifindex, dir);
+      addon.pin(link, pin);
+      addon.closeFd(link);
+      log.info({ event: 'filter_attached', iface, dir, ifindex }, 'filter attached');
+    }
+  }
+
+  /** Abort every local socket of a blocked flow; returns how many were destroyed. */
+  destroyBlockedSockets(): number {
+    const out = native().iterRun(this.iterLink).toString();
+    return out ? out.trim().split('\n').length : 0;
+  }
+
+  close(): void {
+    native().closeFd(this.iterLink);
+    this.lifecycle.close();
+    this.classifier.close();
+  }
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n >>> 0);
+  return b;
+}
+
+function loadOrExplain(obj: BpfObject, what: string): void {
+  try {
+    obj.load();
+  } catch (err) {
+    if (err instanceof BpfError) {
+      err.message = `loading the ${what} programs failed (${err.message}); the verifier log is in the error's verifierLog. Is this kernel at least 6.6 with BTF?`;
+    }
+    throw err;
+  }
+}
+
+/** Reuse every pinned map whose layout matches this build; an older layout is replaced. */
+function reusePinnedMaps(obj: BpfObject, pins: ReturnType<typeof pinLayout>, log: Logger): Set<string> {
+  const addon = native();
+  const reused = new Set<string>();
+  for (const [name, want] of Object.entries(expectedMaps())) {
+    const pin = pins.map(name);
+    if (!existsSync(pin)) continue;
+    const fd = addon.getPinned(pin);
+    const info = addon.mapInfo(fd);
+    if (want.keySize && (info.keySize !== want.keySize || info.valueSize !== want.valueSize)) {
+      log.warn({ event: 'map_layout_changed', map: name, pinned: info, expected: want }, 'pinned map has another layout; replacing it');
+      addon.closeFd(fd);
+      unlinkSync(pin);
+      continue;
+    }
+    obj.reuseMap(name, fd);
+    addon.closeFd(fd);
+    reused.add(name);
+  }
+  return reused;
+}
+
+/** Everything the agent pinned under bpffs, for uninstall and tests. */
+export function listPins(bpffs: string): string[] {
+  const pins = pinLayout(bpffs);
+  const out: string[] = [];
+  for (const dir of [pins.links, pins.maps]) {
+    if (existsSync(dir)) for (const f of readdirSync(dir)) out.push(`${dir}/${f}`);
+  }
+  return out;
+}

@@ -1,0 +1,35 @@
+// Errors the user sees carry a stable code (listed in docs/errors.md; a test keeps the two in
+// step), a message that says what to do, and the cause.
+
+export const ErrorCodes = {
+  SSLWALL_E_USAGE: 'The command line is wrong; see --help.',
+  SSLWALL_E_CONFIG_INVALID: 'A config document failed validation; the previous config stays in force.',
+  SSLWALL_E_CONFIG_READ: 'The config file could not be read.',
+  SSLWALL_E_BPF: 'A BPF operation failed (load, attach, map access); the message has the verifier log.',
+  SSLWALL_E_BPFFS: 'The --bpffs folder is not on a BPF filesystem.',
+  SSLWALL_E_NATIVE_MISSING: 'The native addon is not built.',
+  SSLWALL_E_IFACE: 'A named interface does not exist in this network namespace.',
+  SSLWALL_E_CGROUP: 'The cgroup v2 folder for bypassed processes is missing or unusable.',
+  SSLWALL_E_NOT_INSTALLED: 'No pinned sslwall state was found under --bpffs.',
+  SSLWALL_E_INTERNAL: 'A bug: please report it with the log line.',
+  SSLWALL_E_KERNEL_FEATURE: 'The kernel lacks a feature sslwall needs.',
+} as const;
+
+export type ErrorCode = keyof typeof ErrorCodes;
+
+export class SslwallError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'SslwallError';
+  }
+}
+
+/** Exit codes: 2 for anything the user must fix in what they gave us, 1 for the rest. */
+export function exitCodeFor(err: unknown): number {
+  const code = (err as { code?: string })?.code;
+  return code === 'SSLWALL_E_USAGE' || code === 'SSLWALL_E_CONFIG_INVALID' || code === 'SSLWALL_E_CONFIG_READ' ? 2 : 1;
+}

@@ -1,0 +1,73 @@
+// Reading the flows map for `sslwall flows` and the counters for metrics.
+import { native } from '../native/index.js';
+import { decode, endpoints, classNames, verdictNames, protoNames, type Family } from './codec.js';
+import { SslwallCounter, SslwallClass, SslwallVerdict, type SslwallFlow, type SslwallFlowKey } from './generated/shared.js';
+
+export interface FlowRecord {
+  family: Family;
+  saddr: string;
+  sport: number;
+  daddr: string;
+  dport: number;
+  class: string;
+  verdict: string;
+  proto: string;
+}
+
+export function readFlows(flowsMapFd: number): FlowRecord[] {
+  return native()
+    .mapDump(flowsMapFd)
+    .map(([k, v]) => {
+      const key = decode<SslwallFlowKey>('sslwall_flow_key', k);
+      const flow = decode<SslwallFlow>('sslwall_flow', v);
+      return {
+        ...endpoints(key, flow.client_is_lo === 1),
+        class: classNames[flow.cls] ?? `unknown(${flow.cls})`,
+        verdict: verdictNames[flow.verdict] ?? `unknown(${flow.verdict})`,
+        proto: protoNames[flow.proto] ?? 'none',
+      };
+    });
+}
+
+export interface Counters {
+  flowsCreated: bigint;
+  flowsClosed: bigint;
+  insertFailed: bigint;
+  truncated: bigint;
+  dropped: bigint;
+  eventsLost: bigint;
+  fragments: bigint;
+  noConfig: bigint;
+  byClass: Array<{ class: string; verdict: string; value: bigint }>;
+}
+
+/** Sum the per-CPU counters. */
+export function readCounters(countersMapFd: number): Counters {
+  const addon = native();
+  const read = (idx: number): bigint => {
+    const key = Buffer.alloc(4);
+    key.writeUInt32LE(idx);
+    const v = addon.mapLookup(countersMapFd, key);
+    let sum = 0n;
+    if (v) for (let off = 0; off + 8 <= v.length; off += 8) sum += v.readBigUInt64LE(off);
+    return sum;
+  };
+  const byClass: Counters['byClass'] = [];
+  for (let cls = 0; cls < SslwallClass.SSLWALL_CLASS_COUNT; cls++) {
+    for (let verdict = 0; verdict < SslwallVerdict.SSLWALL_VERDICT_COUNT; verdict++) {
+      const value = read(SslwallCounter.SSLWALL_CNT_CLASS_BASE + cls * SslwallVerdict.SSLWALL_VERDICT_COUNT + verdict);
+      if (value > 0n) byClass.push({ class: classNames[cls]!, verdict: verdictNames[verdict]!, value });
+    }
+  }
+  return {
+    flowsCreated: read(SslwallCounter.SSLWALL_CNT_FLOWS_CREATED),
+    flowsClosed: read(SslwallCounter.SSLWALL_CNT_FLOWS_CLOSED),
+    insertFailed: read(SslwallCounter.SSLWALL_CNT_FLOW_INSERT_FAILED),
+    truncated: read(SslwallCounter.SSLWALL_CNT_PKT_TRUNCATED),
+    dropped: read(SslwallCounter.SSLWALL_CNT_PKT_DROPPED),
+    eventsLost: read(SslwallCounter.SSLWALL_CNT_EVENTS_LOST),
+    fragments: read(SslwallCounter.SSLWALL_CNT_FRAGMENTS),
+    noConfig: read(SslwallCounter.SSLWALL_CNT_NO_CONFIG),
+    byClass,
+  };
+}

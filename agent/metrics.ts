@@ -1,0 +1,84 @@
+// Prometheus metrics (prom-client). Kernel counters are read at scrape time, so a scrape
+// always sees the kernel's current totals and no timer runs between scrapes.
+import http from 'node:http';
+import client from 'prom-client';
+import type { Logger } from 'pino';
+import { readCounters } from './flows.js';
+import type { Datapath } from './datapath.js';
+
+export function createMetrics(dp: Datapath) {
+  const registry = new client.Registry();
+  client.collectDefaultMetrics({ register: registry });
+
+  // Counter with values set from the kernel's totals: inc() by the delta since the last scrape.
+  const seen = new Map<string, bigint>();
+  const flows = new client.Counter({
+    name: 'sslwall_flows_total',
+    help: 'TCP flows classified, by class and verdict (from the kernel counters)',
+    labelNames: ['class', 'verdict'] as const,
+    registers: [registry],
+    collect() {
+      for (const { class: cls, verdict, value } of readCounters(dp.maps.sslwall_counters).byClass) {
+        const k = `${cls}/${verdict}`;
+        const delta = value - (seen.get(k) ?? 0n);
+        if (delta > 0n) flows.inc({ class: cls, verdict }, Number(delta));
+        seen.set(k, value);
+      }
+    },
+  });
+  const kernel = new client.Gauge({
+    name: 'sslwall_datapath_counter',
+    help: 'Kernel datapath counters: flows created/closed/evicted, packets dropped/truncated, events lost',
+    labelNames: ['counter'] as const,
+    registers: [registry],
+    collect() {
+      const c = readCounters(dp.maps.sslwall_counters);
+      kernel.set({ counter: 'flows_created' }, Number(c.flowsCreated));
+      kernel.set({ counter: 'flows_closed' }, Number(c.flowsClosed));
+      kernel.set({ counter: 'flow_insert_failed' }, Number(c.insertFailed));
+      kernel.set({ counter: 'packets_dropped' }, Number(c.dropped));
+      kernel.set({ counter: 'packets_truncated' }, Number(c.truncated));
+      kernel.set({ counter: 'fragments_passed' }, Number(c.fragments));
+      kernel.set({ counter: 'events_lost' }, Number(c.eventsLost));
+    },
+  });
+  const configApplied = new client.Counter({
+    name: 'sslwall_config_applied_total',
+    help: 'Config documents applied (result=ok) or refused (result=invalid)',
+    labelNames: ['result'] as const,
+    registers: [registry],
+  });
+  const socketsDestroyed = new client.Counter({
+    name: 'sslwall_sockets_destroyed_total',
+    help: 'Local sockets of blocked flows aborted by the agent',
+    registers: [registry],
+  });
+  return { registry, configApplied, socketsDestroyed };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;
+
+export async function serveMetrics(addr: string, metrics: Metrics, log: Logger): Promise<http.Server> {
+  const idx = addr.lastIndexOf(':');
+  const host = addr.slice(0, idx).replace(/^\[|\]$/g, '') || '127.0.0.1';
+  const port = Number(addr.slice(idx + 1));
+  const server = http.createServer(async (req, res) => {
+    if (req.url !== '/metrics') {
+      res.writeHead(404).end('try /metrics\n');
+      return;
+    }
+    try {
+      const body = await metrics.registry.metrics();
+      res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(body);
+    } catch (err) {
+      log.error({ event: 'metrics_error', err }, 'metrics collection failed');
+      res.writeHead(500).end(String(err));
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  log.info({ event: 'metrics_listening', addr }, 'metrics listening');
+  return server;
+}

@@ -1,0 +1,52 @@
+// Where things live: the built BPF objects (found from this file, in dist/ or not) and the
+// layout of pins under the agent's bpffs folder.
+import { existsSync, statfsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { SslwallError } from './errors.js';
+
+function findRepoRoot(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(path.join(dir, 'package.json'))) {
+    const up = path.dirname(dir);
+    if (up === dir) throw new Error('sslwall: cannot find the package root above ' + fileURLToPath(import.meta.url));
+    dir = up;
+  }
+  return dir;
+}
+
+export const repoRoot = findRepoRoot();
+export const bpfObjects = {
+  classifier: path.join(repoRoot, 'bpf/build/classifier.bpf.o'),
+  lifecycle: path.join(repoRoot, 'bpf/build/lifecycle.bpf.o'),
+};
+
+export const DEFAULT_BPFFS = '/sys/fs/bpf/sslwall';
+export const DEFAULT_STATE_DIR = '/var/lib/sslwall';
+
+/** Pin paths under one agent's bpffs folder. */
+export function pinLayout(bpffs: string) {
+  return {
+    root: bpffs,
+    maps: path.join(bpffs, 'maps'),
+    links: path.join(bpffs, 'links'),
+    map: (name: string) => path.join(bpffs, 'maps', name),
+    tcxLink: (iface: string, dir: 'ingress' | 'egress') => path.join(bpffs, 'links', `tcx_${iface}_${dir}`),
+    lifecycleLink: path.join(bpffs, 'links', 'sock_state'),
+  };
+}
+
+const BPF_FS_MAGIC = 0xcafe4a11;
+
+/** Pins only outlive the agent on a BPF filesystem; say how to get one otherwise. */
+export function assertBpffs(dir: string): void {
+  let type: number;
+  try {
+    type = statfsSync(dir).type;
+  } catch (err) {
+    throw new SslwallError('SSLWALL_E_BPFFS', `cannot stat --bpffs ${dir}: create it on a BPF filesystem (mkdir -p ${dir}; mount -t bpf bpf ${dir})`, { cause: err });
+  }
+  if (type !== BPF_FS_MAGIC) {
+    throw new SslwallError('SSLWALL_E_BPFFS', `${dir} is not on a BPF filesystem; mount one: mount -t bpf bpf ${dir} (or use a folder under /sys/fs/bpf)`);
+  }
+}

@@ -1,0 +1,443 @@
+// The tc classifier, packet by packet, through BPF_PROG_TEST_RUN: every class, both families,
+// each STARTTLS protocol's allowed and forbidden preambles, split records, TFO, malformed input.
+// Each case: PKTGEN (packets.ts) -> SETUP (a config) -> CHECK (verdicts and the flow map).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { Lab, PASS, DROP, clientPort } from './lab.js';
+import { Conversation, packet, tlsHello, tlsAppData, SYN, ACK, type Endpoint } from './packets.js';
+
+const BASE = {
+  bypass: { ports: [22, 179], cidrs: ['192.0.2.0/24', '2001:db8::/32'] },
+  starttls: { smtp: [25, 587], imap: [143], pop3: [110], ftp: [21], postgres: [5432], mysql: [3306] },
+  connect: { ports: [3128, 8080] },
+};
+
+const V4 = { client: '10.0.0.1', server: '10.0.0.2' };
+const V6 = { client: 'fd00::1', server: 'fd00::2' };
+
+let lab: Lab;
+before(() => {
+  lab = new Lab();
+  lab.configure({ mode: 'passive', ...BASE });
+});
+after(() => lab?.close());
+
+function conv(serverPort: number, fam = V4): Conversation {
+  return new Conversation({ addr: fam.client, port: clientPort() }, { addr: fam.server, port: serverPort });
+}
+
+function expectFlow(c: Conversation, cls: string, verdict: string) {
+  const f = lab.flow(c.client, c.server);
+  assert.ok(f, `expected a flow ${c.client.addr}:${c.client.port} -> ${c.server.addr}:${c.server.port} in the map, saw none`);
+  assert.equal(`${f.class}/${f.verdict}`, `${cls}/${verdict}`, `flow to port ${c.server.port}: expected ${cls}/${verdict}, saw ${f.class}/${f.verdict}`);
+}
+
+/** Client side of the host: client's packets leave (egress), server's arrive (ingress). */
+function handshake(c: Conversation) {
+  assert.equal(lab.egress(c.syn()), PASS);
+  assert.equal(lab.ingress(c.synAck()), PASS);
+}
+
+function withMode<T>(mode: 'passive' | 'active', fn: () => T): T {
+  lab.configure({ mode, ...BASE });
+  try {
+    return fn();
+  } finally {
+    lab.configure({ mode: 'passive', ...BASE });
+  }
+}
+
+for (const [name, fam] of [['IPv4', V4], ['IPv6', V6]] as const) {
+  test(`${name}: ClientHello then ServerHello is tls, and later packets take the fast path`, () => {
+    const c = conv(443, fam);
+    handshake(c);
+    assert.equal(lab.egress(c.fromClient(tlsHello('client'))), PASS);
+    expectFlow(c, 'pending', 'allowed');
+    assert.equal(lab.ingress(c.fromServer(tlsHello('server'))), PASS);
+    expectFlow(c, 'tls', 'allowed');
+    assert.equal(lab.egress(c.fromClient('not parsed any more: the flow is decided')), PASS);
+    expectFlow(c, 'tls', 'allowed');
+  });
+
+  test(`${name}: a plaintext request is reported in passive mode and passes`, () => {
+    const c = conv(80, fam);
+    handshake(c);
+    assert.equal(lab.egress(c.fromClient('GET / HTTP/1.1\r\nHost: x\r\n\r\n')), PASS);
+    expectFlow(c, 'plaintext', 'reported');
+  });
+
+  test(`${name}: in active mode the first plaintext packet and all that follow are dropped; RST passes`, () => {
+    withMode('active', () => {
+      const c = conv(80, fam);
+      handshake(c);
+      assert.equal(lab.egress(c.fromClient('GET / HTTP/1.1\r\n\r\n')), DROP);
+      expectFlow(c, 'plaintext', 'blocked');
+      assert.equal(lab.egress(c.fromClient('more')), DROP);
+      assert.equal(lab.ingress(c.fromServer(tlsHello('server'))), DROP, 'the server side of a blocked flow is dropped too');
+      assert.equal(lab.egress(c.rstFromClient()), PASS, 'a RST of a blocked flow passes so the peer fails fast');
+    });
+  });
+
+  test(`${name}: a server that speaks plaintext first is a violation`, () => {
+    const c = conv(7000, fam);
+    handshake(c);
+    assert.equal(lab.ingress(c.fromServer('HELLO I AM A PLAINTEXT SERVER\r\n')), PASS);
+    expectFlow(c, 'plaintext', 'reported');
+  });
+
+  test(`${name}: server host view (client arrives on ingress) classifies the same`, () => {
+    const c = conv(443, fam);
+    assert.equal(lab.ingress(c.syn()), PASS);
+    assert.equal(lab.egress(c.synAck()), PASS);
+    assert.equal(lab.ingress(c.fromClient(tlsHello('client'))), PASS);
+    assert.equal(lab.egress(c.fromServer(tlsHello('server'))), PASS);
+    expectFlow(c, 'tls', 'allowed');
+    withMode('active', () => {
+      const p = conv(80, fam);
+      lab.ingress(p.syn());
+      lab.egress(p.synAck());
+      assert.equal(lab.ingress(p.fromClient('GET / HTTP/1.0\r\n\r\n')), DROP, 'the server host drops plaintext on ingress');
+      expectFlow(p, 'plaintext', 'blocked');
+    });
+  });
+
+  test(`${name}: TCP Fast Open: a ClientHello in the SYN is classified, and so is plaintext`, () => {
+    const c = conv(443, fam);
+    assert.equal(lab.egress(c.syn(tlsHello('client'))), PASS);
+    assert.equal(lab.ingress(c.synAck()), PASS);
+    assert.equal(lab.ingress(c.fromServer(tlsHello('server'))), PASS);
+    expectFlow(c, 'tls', 'allowed');
+    withMode('active', () => {
+      const p = conv(80, fam);
+      assert.equal(lab.egress(p.syn('GET / HTTP/1.1\r\n\r\n')), DROP, 'plaintext riding in the SYN is dropped with it');
+      expectFlow(p, 'plaintext', 'blocked');
+    });
+  });
+
+  test(`${name}: bypass by server port and by peer CIDR`, () => {
+    const ssh = conv(22, fam);
+    handshake(ssh);
+    assert.equal(lab.ingress(ssh.fromServer('SSH-2.0-OpenSSH_9.2\r\n')), PASS);
+    expectFlow(ssh, 'bypass', 'allowed');
+    const peer = name === 'IPv4' ? '192.0.2.7' : '2001:db8::7';
+    const c = new Conversation({ addr: fam.client, port: clientPort() }, { addr: peer, port: 80 });
+    handshake(c);
+    assert.equal(lab.egress(c.fromClient('GET / HTTP/1.1\r\n\r\n')), PASS);
+    expectFlow(c, 'bypass', 'allowed');
+  });
+}
+
+test('a TLS record header split over segments (1 + 2 + rest) is still TLS', () => {
+  const c = conv(443);
+  handshake(c);
+  const hello = tlsHello('client');
+  assert.equal(lab.egress(c.fromClient(hello.subarray(0, 1))), PASS);
+  assert.equal(lab.egress(c.fromClient(hello.subarray(1, 3))), PASS);
+  expectFlow(c, 'pending', 'allowed');
+  assert.equal(lab.egress(c.fromClient(hello.subarray(3))), PASS);
+  const sh = tlsHello('server');
+  assert.equal(lab.ingress(c.fromServer(sh.subarray(0, 4))), PASS);
+  assert.equal(lab.ingress(c.fromServer(sh.subarray(4))), PASS);
+  expectFlow(c, 'tls', 'allowed');
+});
+
+test('plaintext trickled one byte a segment is caught on its first byte', () => {
+  const c = conv(443);
+  handshake(c);
+  assert.equal(lab.egress(c.fromClient('G')), PASS);
+  expectFlow(c, 'plaintext', 'reported');
+});
+
+test('a handshake record that is not a hello (wrong type byte) is not TLS', () => {
+  const c = conv(443);
+  handshake(c);
+  const bogus = tlsHello('client');
+  bogus[5] = 99;
+  lab.egress(c.fromClient(bogus));
+  expectFlow(c, 'plaintext', 'reported');
+});
+
+test('a retransmitted segment is not judged twice', () => {
+  const c = conv(25);
+  handshake(c);
+  lab.ingress(c.fromServer('220 mx.test ESMTP\r\n'));
+  lab.egress(c.fromClient('STARTTLS\r\n'));
+  assert.equal(lab.egress(c.retransmitClient('STARTTLS\r\n')), PASS);
+  expectFlow(c, 'pending', 'allowed');
+});
+
+// STARTTLS: each protocol's allowed negotiation, then a forbidden command.
+const starttlsCases: Array<{ proto: string; port: number; server: string[]; client: string[]; forbidden: string }> = [
+  { proto: 'smtp', port: 25, server: ['220 mx.test ESMTP\r\n', '250-mx.test\r\n250 STARTTLS\r\n', '220 2.0.0 Ready to start TLS\r\n'], client: ['EHLO client.test\r\n', 'STARTTLS\r\n'], forbidden: 'MAIL FROM:<a@b.test>\r\n' },
+  { proto: 'smtp (587)', port: 587, server: ['220 mx.test ESMTP\r\n', '250 STARTTLS\r\n', '220 go ahead\r\n'], client: ['helo client\r\n', 'starttls\r\n'], forbidden: 'AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n' },
+  { proto: 'imap', port: 143, server: ['* OK IMAP4rev1 ready\r\n', '* CAPABILITY IMAP4rev1 STARTTLS\r\na1 OK done\r\n', 'a2 OK Begin TLS\r\n'], client: ['a1 CAPABILITY\r\n', 'a2 STARTTLS\r\n'], forbidden: 'a1 LOGIN alice secret\r\n' },
+  { proto: 'pop3', port: 110, server: ['+OK POP3 ready\r\n', '+OK\r\nSTLS\r\n.\r\n', '+OK Begin TLS\r\n'], client: ['CAPA\r\n', 'STLS\r\n'], forbidden: 'USER alice\r\n' },
+  { proto: 'ftp', port: 21, server: ['220 FTP ready\r\n', '211-Features:\r\n AUTH TLS\r\n211 End\r\n', '234 AUTH TLS OK\r\n'], client: ['FEAT\r\n', 'AUTH TLS\r\n'], forbidden: 'USER anonymous\r\n' },
+];
+
+for (const tc of starttlsCases) {
+  test(`STARTTLS ${tc.proto}: greeting, allowed commands, upgrade, then TLS is starttls`, () => {
+    const c = conv(tc.port);
+    handshake(c);
+    for (let i = 0; i < tc.client.length; i++) {
+      assert.equal(lab.ingress(c.fromServer(tc.server[i]!)), PASS);
+      assert.equal(lab.egress(c.fromClient(tc.client[i]!)), PASS);
+      expectFlow(c, 'pending', 'allowed');
+    }
+    assert.equal(lab.ingress(c.fromServer(tc.server[tc.client.length]!)), PASS);
+    assert.equal(lab.egress(c.fromClient(tlsHello('client'))), PASS);
+    assert.equal(lab.ingress(c.fromServer(tlsHello('server'))), PASS);
+    expectFlow(c, 'starttls', 'allowed');
+  });
+
+  test(`STARTTLS ${tc.proto}: a forbidden command before TLS is a violation`, () => {
+    const c = conv(tc.port);
+    handshake(c);
+    lab.ingress(c.fromServer(tc.server[0]!));
+    lab.egress(c.fromClient(tc.forbidden));
+    expectFlow(c, 'plaintext', 'reported');
+  });
+
+  test(`STARTTLS ${tc.proto}: plaintext after the upgrade command is a violation`, () => {
+    const c = conv(tc.port);
+    handshake(c);
+    lab.ingress(c.fromServer(tc.server[0]!));
+    lab.egress(c.fromClient(tc.client[tc.client.length - 1]!));
+    lab.ingress(c.fromServer(tc.server[tc.client.length]!));
+    lab.egress(c.fromClient(tc.client[0]!));
+    expectFlow(c, 'plaintext', 'reported');
+  });
+}
+
+test('STARTTLS smtp: an allowed command smuggling a second one in the same segment is a violation', () => {
+  const c = conv(25);
+  handshake(c);
+  lab.ingress(c.fromServer('220 mx ESMTP\r\n'));
+  lab.egress(c.fromClient('EHLO x\r\nMAIL FROM:<a@b>\r\n'));
+  expectFlow(c, 'plaintext', 'reported');
+});
+
+test('STARTTLS smtp: a server that never stops talking exhausts the budget', () => {
+  const c = conv(25);
+  handshake(c);
+  let violated = false;
+  for (let i = 0; i < 10 && !violated; i++) {
+    lab.ingress(c.fromServer('250-' + 'x'.repeat(1000) + '\r\n'));
+    violated = lab.flow(c.client, c.server)?.class === 'plaintext';
+  }
+  assert.ok(violated, 'expected the plaintext budget (4096 bytes) to run out within 10 KB');
+});
+
+test('STARTTLS on a port not configured for it: the greeting is plaintext', () => {
+  const c = conv(2525);
+  handshake(c);
+  lab.ingress(c.fromServer('220 mx ESMTP\r\n'));
+  expectFlow(c, 'plaintext', 'reported');
+});
+
+const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+test('postgres: SSLRequest, S, then TLS is starttls', () => {
+  const c = conv(5432);
+  handshake(c);
+  assert.equal(lab.egress(c.fromClient(SSL_REQUEST)), PASS);
+  assert.equal(lab.ingress(c.fromServer('S')), PASS);
+  assert.equal(lab.egress(c.fromClient(tlsHello('client'))), PASS);
+  assert.equal(lab.ingress(c.fromServer(tlsHello('server'))), PASS);
+  expectFlow(c, 'starttls', 'allowed');
+});
+
+test('postgres: a plaintext StartupMessage is a violation', () => {
+  const c = conv(5432);
+  handshake(c);
+  const startup = Buffer.concat([Buffer.from([0, 0, 0, 0x25, 0, 3, 0, 0]), Buffer.from('user\0alice\0database\0db\0\0')]);
+  lab.egress(c.fromClient(startup));
+  expectFlow(c, 'plaintext', 'reported');
+});
+
+test('postgres: answer N (no SSL), then plaintext startup, is a violation', () => {
+  const c = conv(5432);
+  handshake(c);
+  lab.egress(c.fromClient(SSL_REQUEST));
+  lab.ingress(c.fromServer('N'));
+  lab.egress(c.fromClient(Buffer.from([0, 0, 0, 9, 0, 3, 0, 0, 0])));
+  expectFlow(c, 'plaintext', 'reported');
+});
+
+test('postgres: a server speaking first (client-first protocol) is a violation', () => {
+  const c = conv(5432);
+  handshake(c);
+  lab.ingress(c.fromServer('E'));
+  expectFlow(c, 'plaintext', 'reported');
+});
+
+function mysqlGreeting(): Buffer {
+  const body = Buffer.concat([Buffer.from([10]), Buffer.from('8.0.36\0'), Buffer.alloc(40, 1)]);
+  const hdr = Buffer.from([body.length, 0, 0, 0]);
+  return Buffer.concat([hdr, body]);
+}
+function mysqlSslRequest(ssl: boolean): Buffer {
+  const b = Buffer.alloc(36);
+  b[0] = 32; b[3] = 1;
+  b.writeUInt32LE(0x000aa285 | (ssl ? 0x800 : 0), 4);
+  b.writeUInt32LE(16777216, 8);
+  b[12] = 45;
+  return b;
+}
+test('mysql: greeting, SSLRequest with CLIENT_SSL, then TLS is starttls', () => {
+  const c = conv(3306);
+  handshake(c);
+  assert.equal(lab.ingress(c.fromServer(mysqlGreeting())), PASS);
+  assert.equal(lab.egress(c.fromClient(mysqlSslRequest(true))), PASS);
+  assert.equal(lab.egress(c.fromClient(tlsHello('client'))), PASS);
+  assert.equal(lab.ingress(c.fromServer(tlsHello('server'))), PASS);
+  expectFlow(c, 'starttls', 'allowed');
+});
+
+test('mysql: a handshake response without CLIENT_SSL is a violation', () => {
+  const c = conv(3306);
+  handshake(c);
+  lab.ingress(c.fromServer(mysqlGreeting()));
+  const resp = Buffer.concat([mysqlSslRequest(false), Buffer.from('alice\0')]);
+  resp[0] = resp.length - 4;
+  lab.egress(c.fromClient(resp));
+  expectFlow(c, 'plaintext', 'reported');
+});
+
+const CONNECT_REQ = 'CONNECT backend.test:443 HTTP/1.1\r\nHost: backend.test:443\r\nUser-Agent: curl/7.88\r\n\r\n';
+test('HTTP CONNECT: request, 200, then TLS is connect', () => {
+  const c = conv(3128);
+  handshake(c);
+  assert.equal(lab.egress(c.fromClient(CONNECT_REQ)), PASS);
+  assert.equal(lab.ingress(c.fromServer('HTTP/1.1 200 Connection established\r\n\r\n')), PASS);
+  assert.equal(lab.egress(c.fromClient(tlsHello('client'))), PASS);
+  assert.equal(lab.ingress(c.fromServer(tlsHello('server'))), PASS);
+  expectFlow(c, 'connect', 'allowed');
+});
+
+test('HTTP CONNECT: plain proxying (GET http://...) is a violation', () => {
+  const c = conv(8080);
+  handshake(c);
+  lab.egress(c.fromClient('GET http://backend.test/ HTTP/1.1\r\nHost: backend.test\r\n\r\n'));
+  expectFlow(c, 'plaintext', 'reported');
+});
+
+test('HTTP CONNECT: plaintext after the tunnel opens is a violation', () => {
+  const c = conv(3128);
+  handshake(c);
+  lab.egress(c.fromClient(CONNECT_REQ));
+  lab.ingress(c.fromServer('HTTP/1.1 200 Connection established\r\n\r\n'));
+  lab.egress(c.fromClient('GET / HTTP/1.1\r\nHost: backend.test\r\n\r\n'));
+  expectFlow(c, 'plaintext', 'reported');
+});
+
+test('HTTP CONNECT: a request with plaintext riding after the headers is a violation', () => {
+  const c = conv(3128);
+  handshake(c);
+  lab.egress(c.fromClient(CONNECT_REQ + 'GET / HTTP/1.1\r\n\r\n'));
+  expectFlow(c, 'plaintext', 'reported');
+});
+
+test('a flow open before the agent (no SYN seen) is judged on its next payload, never blindly', () => {
+  const tls = conv(443);
+  assert.equal(lab.egress(tls.fromClient('', ACK)), PASS);
+  assert.equal(lab.flow(tls.client, tls.server), undefined, 'a bare ACK of an unknown flow creates nothing');
+  assert.equal(lab.ingress(tls.fromServer(tlsAppData())), PASS);
+  expectFlow(tls, 'tls', 'allowed');
+  withMode('active', () => {
+    const plain = conv(8000);
+    assert.equal(lab.egress(plain.fromClient('', ACK)), PASS);
+    assert.equal(lab.egress(plain.fromClient('PING\r\n')), DROP);
+    expectFlow(plain, 'plaintext', 'blocked');
+  });
+});
+
+test('mode off: nothing is classified or dropped', () => {
+  lab.configure({ mode: 'off', ...BASE });
+  try {
+    const c = conv(80);
+    handshake(c);
+    assert.equal(lab.egress(c.fromClient('GET / HTTP/1.1\r\n\r\n')), PASS);
+    assert.equal(lab.flow(c.client, c.server), undefined);
+  } finally {
+    lab.configure({ mode: 'passive', ...BASE });
+  }
+});
+
+test('switching passive -> active blocks plaintext flows already reported', () => {
+  const c = conv(80);
+  handshake(c);
+  lab.egress(c.fromClient('GET / HTTP/1.1\r\n\r\n'));
+  expectFlow(c, 'plaintext', 'reported');
+  withMode('active', () => {
+    expectFlow(c, 'plaintext', 'blocked');
+    assert.equal(lab.egress(c.fromClient('more')), DROP);
+  });
+  expectFlow(c, 'plaintext', 'reported');
+});
+
+test('IPv6 extension headers (hop-by-hop, routing, destination options) are walked', () => {
+  const client: Endpoint = { addr: V6.client, port: clientPort() };
+  const server: Endpoint = { addr: V6.server, port: 80 };
+  assert.equal(lab.egress(packet({ src: client, dst: server, flags: SYN, seq: 1, ext: [0, 43, 60] })), PASS);
+  lab.egress(packet({ src: client, dst: server, seq: 2, ext: [0, 60], payload: 'GET / HTTP/1.1\r\n\r\n' }));
+  const f = lab.flow(client, server);
+  assert.equal(f?.class, 'plaintext', `expected plaintext behind extension headers, saw ${f?.class}`);
+});
+
+test('IPv6 non-first fragments and IPv4 non-first fragments pass and are counted', () => {
+  const before = lab.counters().fragments;
+  const a: Endpoint = { addr: V6.client, port: clientPort() };
+  assert.equal(lab.egress(packet({ src: a, dst: { addr: V6.server, port: 80 }, ext: [44], fragOffset: 3, payload: 'x' })), PASS);
+  const b: Endpoint = { addr: V4.client, port: clientPort() };
+  assert.equal(lab.egress(packet({ src: b, dst: { addr: V4.server, port: 80 }, ipv4FragOffset: 3, payload: 'x' })), PASS);
+  assert.equal(lab.counters().fragments - before, 2n);
+});
+
+test('truncated and garbage packets pass, are counted, and create no flow', () => {
+  const before = lab.counters().truncated;
+  const flowsBefore = lab.flows().length;
+  const good = new Conversation({ addr: V4.client, port: clientPort() }, { addr: V4.server, port: 80 }).fromClient('GET / HTTP/1.1\r\n\r\n');
+  // BPF_PROG_TEST_RUN itself refuses packets without a whole IPv4 header (EINVAL), as the
+  // stack never hands tc such a packet; cuts start after it.
+  const cases = [
+    good.subarray(0, 14 + 20),          // no TCP header at all
+    good.subarray(0, 14 + 20 + 10),     // TCP header cut
+    (() => { const b = Buffer.from(good); b[14] = 0x4f; return b; })(), // IHL 60 > packet
+    (() => { const b = Buffer.from(good); b[14 + 20 + 12] = 0xf0; return b; })(), // doff 60 > segment
+    (() => { const b = Buffer.from(good); b.writeUInt16BE(10, 16); return b; })(), // tot_len < header
+  ];
+  for (const pkt of cases) assert.equal(lab.egress(pkt), PASS);
+  assert.ok(lab.counters().truncated - before >= BigInt(cases.length), 'every malformed packet is counted as truncated');
+  assert.equal(lab.flows().length, flowsBefore, 'no flow is created from a malformed packet');
+  const garbage = Buffer.alloc(64, 0xff);
+  assert.equal(lab.egress(garbage), PASS, 'an unknown ethertype passes');
+});
+
+test('property: random printable text is never classified as TLS, random bytes never crash', () => {
+  fc.assert(
+    fc.property(fc.string({ unit: fc.constantFrom(...' \t\r\nabcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:/.-_<>@'.split('')), minLength: 1, maxLength: 300 }), fc.boolean(), (text, fromServer) => {
+      const c = conv(443);
+      handshake(c);
+      if (fromServer) lab.ingress(c.fromServer(text));
+      else lab.egress(c.fromClient(text));
+      const f = lab.flow(c.client, c.server);
+      return f?.class === 'plaintext';
+    }),
+    { numRuns: 300 },
+  );
+  fc.assert(
+    fc.property(fc.uint8Array({ minLength: 0, maxLength: 200 }), fc.integer({ min: 0, max: 255 }), fc.uint8Array({ minLength: 40, maxLength: 120 }), fc.boolean(), (bytes, flags, l3, v6) => {
+      const c = conv(443);
+      const r = lab.egress(packet({ src: c.client, dst: c.server, flags, payload: Buffer.from(bytes) }));
+      // Random bytes after a valid Ethernet header: IP and TCP headers are garbage.
+      const eth = Buffer.from([2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, v6 ? 0x86 : 0x08, v6 ? 0xdd : 0x00]);
+      const body = Buffer.from(l3);
+      if (v6) body[0] = 0x60 | (body[0]! & 0x0f);
+      else body[0] = 0x40 | Math.max(5, body[0]! & 0x0f);
+      const raw = lab.egress(Buffer.concat([eth, body]));
+      return (r === PASS || r === DROP) && (raw === PASS || raw === DROP);
+    }),
+    { numRuns: 300 },
+  );
+});

@@ -1,0 +1,63 @@
+// SETUP for classifier tests: the classifier object loaded into the kernel (maps private to this
+// process, nothing pinned or attached), a config written through the agent's own apply code,
+// and helpers to run packets through BPF_PROG_TEST_RUN and read what the filter decided.
+import { native, type BpfObject } from '../../native/index.js';
+import { bpfObjects } from '../../agent/paths.js';
+import { expectedMaps, type SharedMap } from '../../agent/datapath.js';
+import { applyConfig, type MapFds } from '../../agent/apply.js';
+import { readFlows, readCounters, type FlowRecord } from '../../agent/flows.js';
+import { ConfigSchema } from '../../schemas/config.js';
+import type { Endpoint } from './packets.js';
+
+export const PASS = -1;
+export const DROP = 2;
+
+export class Lab {
+  readonly obj: BpfObject;
+  readonly maps: MapFds;
+  private readonly egressFd: number;
+  private readonly ingressFd: number;
+
+  constructor() {
+    this.obj = native().openObject(bpfObjects.classifier);
+    this.obj.load();
+    this.maps = Object.fromEntries(Object.keys(expectedMaps()).map((m) => [m, this.obj.mapFd(m)])) as Record<SharedMap, number>;
+    this.egressFd = this.obj.progFd('sslwall_classify_egress');
+    this.ingressFd = this.obj.progFd('sslwall_classify_ingress');
+  }
+
+  configure(doc: unknown): void {
+    applyConfig(this.maps, ConfigSchema.parse(doc), null);
+  }
+
+  /** A packet leaving this host; returns the tc verdict (-1 pass, 2 drop). */
+  egress(pkt: Buffer): number {
+    return native().testRun(this.egressFd, pkt, 1).retval | 0;
+  }
+
+  ingress(pkt: Buffer): number {
+    return native().testRun(this.ingressFd, pkt, 1).retval | 0;
+  }
+
+  flows(): FlowRecord[] {
+    return readFlows(this.maps.sslwall_flows);
+  }
+
+  flow(client: Endpoint, server: Endpoint): FlowRecord | undefined {
+    return this.flows().find((f) => f.saddr === client.addr && f.sport === client.port && f.daddr === server.addr && f.dport === server.port);
+  }
+
+  counters() {
+    return readCounters(this.maps.sslwall_counters);
+  }
+
+  close(): void {
+    this.obj.close();
+  }
+}
+
+let nextPort = 20000;
+/** A fresh client port per case, so cases never share a flow. */
+export function clientPort(): number {
+  return nextPort++;
+}

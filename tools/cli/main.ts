@@ -1,0 +1,260 @@
+// The `sslwall` command: one executable, a subcommand per job. Usage errors exit 2.
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { spawn } from 'node:child_process';
+import { existsSync, unlinkSync, rmdirSync, readdirSync } from 'node:fs';
+import pino from 'pino';
+import { runAgent } from '../../agent/agent.js';
+import { DEFAULT_BPFFS, DEFAULT_STATE_DIR, pinLayout } from '../../agent/paths.js';
+import { SslwallError, exitCodeFor } from '../../agent/errors.js';
+import { readFlows, type FlowRecord } from '../../agent/flows.js';
+import { joinBypassCgroup } from '../../agent/cgroup.js';
+import { native } from '../../native/index.js';
+import { readConfigFile } from '../../agent/config-file.js';
+
+const VERSION = '0.1.0';
+
+const HELP = `sslwall ${VERSION} — find and stop TCP traffic that is not TLS
+
+Usage: sslwall <command> [options]
+
+Commands:
+  agent       run the host agent: load the filter, apply a config, report or block plaintext
+  flows       list the open flows the filter knows and their class
+  exec        run a command whose connections are bypassed
+  check       validate a config file and print it normalised
+  uninstall   remove every filter, link and pin the agent made
+  bench       run the benchmarks (same as npm run bench)
+
+Run 'sslwall <command> --help' for a command's options. Docs: docs/cli.md.
+`;
+
+const COMMANDS: Record<string, { help: string; options: ParseArgsConfig['options']; run: (v: Values, rest: string[]) => Promise<number> }> = {
+  agent: {
+    help: `Usage: sslwall agent --config-file FILE --iface IF [--iface IF2 ...] [options]
+
+Runs in the foreground and attaches to the named interfaces of the network namespace it runs
+in. Logs are pino JSON lines on stdout; each violation is a line with "event":"violation".
+Re-reads FILE when it changes and on SIGHUP; an invalid file is refused and the previous config
+stays in force. SIGTERM/SIGINT: exits, the programs stay pinned and enforcing; a restart adopts them.
+
+Options:
+  --config-file FILE      config document (JSON, docs/config.md)            (required)
+  --iface IF              interface to attach to; repeat for more            (required)
+  --bpffs DIR             where pins live, on a BPF filesystem    [${DEFAULT_BPFFS}]
+  --cgroup DIR            cgroup v2 folder for 'sslwall exec' bypass   [first cgroup2 mount]
+  --state-dir DIR         last good config is kept here               [${DEFAULT_STATE_DIR}]
+  --metrics-addr H:P      serve Prometheus /metrics on this address             [off]
+  --log-level LEVEL       trace, debug, info, warn, error                      [info]
+`,
+    options: {
+      'config-file': { type: 'string' },
+      iface: { type: 'string', multiple: true },
+      bpffs: { type: 'string' },
+      cgroup: { type: 'string' },
+      'state-dir': { type: 'string' },
+      'metrics-addr': { type: 'string' },
+      'log-level': { type: 'string' },
+    },
+    async run(v) {
+      const configFile = str(v['config-file']);
+      const ifaces = (v.iface as string[] | undefined) ?? [];
+      if (!configFile) throw usage('agent needs --config-file FILE (etcd mode is not in this release)');
+      if (ifaces.length === 0) throw usage('agent needs at least one --iface IF (list them with: ip -br link)');
+      const log = pino({ level: str(v['log-level']) ?? 'info', base: { component: 'agent', pid: process.pid } });
+      await runAgent(
+        {
+          configFile,
+          ifaces,
+          bpffs: str(v.bpffs) ?? DEFAULT_BPFFS,
+          cgroup: str(v.cgroup),
+          stateDir: str(v['state-dir']) ?? DEFAULT_STATE_DIR,
+          metricsAddr: str(v['metrics-addr']),
+        },
+        log,
+      );
+      return 0;
+    },
+  },
+  flows: {
+    help: `Usage: sslwall flows [--json] [--bpffs DIR]
+
+Lists the open flows in the filter's flow map: family, client (s) and server (d) endpoints,
+class (tls, starttls, connect, bypass, plaintext, pending) and verdict (allowed, reported, blocked).
+
+Options:
+  --json        a JSON array, one object per flow
+  --bpffs DIR   the agent's pin folder                          [${DEFAULT_BPFFS}]
+`,
+    options: { json: { type: 'boolean' }, bpffs: { type: 'string' } },
+    async run(v) {
+      const pins = pinLayout(str(v.bpffs) ?? DEFAULT_BPFFS);
+      const pin = pins.map('sslwall_flows');
+      if (!existsSync(pin)) throw new SslwallError('SSLWALL_E_NOT_INSTALLED', `no flow map pinned at ${pin}; is the agent running with --bpffs ${pins.root}?`);
+      const fd = native().getPinned(pin);
+      let flows: FlowRecord[];
+      try {
+        flows = readFlows(fd);
+      } finally {
+        native().closeFd(fd);
+      }
+      const out = flows.map(({ proto: _proto, ...rest }) => rest);
+      if (v.json) {
+        process.stdout.write(JSON.stringify(out) + '\n');
+      } else {
+        process.stdout.write(table(out.map((f) => [f.family, `${f.saddr}:${f.sport}`, `${f.daddr}:${f.dport}`, f.class, f.verdict]), ['FAMILY', 'SOURCE', 'DESTINATION', 'CLASS', 'VERDICT']));
+      }
+      return 0;
+    },
+  },
+  exec: {
+    help: `Usage: sslwall exec [--cgroup DIR] -- CMD [ARGS...]
+
+Runs CMD in the bypass cgroup (<cgroup2>/sslwall-bypass): the filter lets its connections
+through unclassified. For approved tools only; the agent must know the same --cgroup.
+
+Options:
+  --cgroup DIR   cgroup v2 folder the agent uses                 [first cgroup2 mount]
+`,
+    options: { cgroup: { type: 'string' } },
+    async run(v, rest) {
+      if (rest.length === 0) throw usage('exec needs a command after --, e.g. sslwall exec -- curl http://example.test/');
+      joinBypassCgroup(str(v.cgroup), process.pid);
+      const child = spawn(rest[0]!, rest.slice(1), { stdio: 'inherit' });
+      for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, () => child.kill(sig));
+      return await new Promise<number>((resolve) => {
+        child.on('error', (err) => {
+          process.stderr.write(`sslwall exec: cannot run ${rest[0]}: ${err.message}\n`);
+          resolve(127);
+        });
+        child.on('exit', (code, signal) => resolve(code ?? (signal ? 128 + 15 : 1)));
+      });
+    },
+  },
+  check: {
+    help: `Usage: sslwall check --config-file FILE
+
+Validates a config document; prints it with defaults filled in, or the fields that are wrong (exit 2).
+`,
+    options: { 'config-file': { type: 'string' } },
+    async run(v) {
+      const file = str(v['config-file']);
+      if (!file) throw usage('check needs --config-file FILE');
+      process.stdout.write(JSON.stringify(readConfigFile(file), null, 2) + '\n');
+      return 0;
+    },
+  },
+  uninstall: {
+    help: `Usage: sslwall uninstall [--bpffs DIR] [--json]
+
+Detaches every filter and hook the agent pinned under DIR and removes the pins. Stop the agent
+first (a running agent would attach again on its next start, not before).
+
+Options:
+  --bpffs DIR   the agent's pin folder                          [${DEFAULT_BPFFS}]
+  --json        print what was removed as JSON
+`,
+    options: { bpffs: { type: 'string' }, iface: { type: 'string', multiple: true }, json: { type: 'boolean' } },
+    async run(v) {
+      const pins = pinLayout(str(v.bpffs) ?? DEFAULT_BPFFS);
+      const removed: string[] = [];
+      if (existsSync(pins.links)) {
+        for (const f of readdirSync(pins.links)) {
+          const p = `${pins.links}/${f}`;
+          const fd = native().getPinned(p);
+          try {
+            native().linkDetach(fd);
+          } catch {
+            // Already detached (interface gone): removing the pin is all that is left.
+          } finally {
+            native().closeFd(fd);
+          }
+          unlinkSync(p);
+          removed.push(p);
+        }
+        rmdirSync(pins.links);
+      }
+      if (existsSync(pins.maps)) {
+        for (const f of readdirSync(pins.maps)) {
+          unlinkSync(`${pins.maps}/${f}`);
+          removed.push(`${pins.maps}/${f}`);
+        }
+        rmdirSync(pins.maps);
+      }
+      if (v.json) process.stdout.write(JSON.stringify({ removed }) + '\n');
+      else process.stdout.write(removed.length ? `removed:\n  ${removed.join('\n  ')}\n` : `nothing pinned under ${pins.root}\n`);
+      return 0;
+    },
+  },
+  bench: {
+    help: `Usage: sslwall bench [--json] [--only NAME,...]
+
+Runs the benchmarks (docs/bench.md); each figure is printed with a baseline measured in the same run.
+`,
+    options: { json: { type: 'boolean' }, only: { type: 'string' } },
+    async run(_v, _rest) {
+      const { main } = await import('../bench/main.js');
+      return main(process.argv.slice(3));
+    },
+  },
+};
+
+type Values = Record<string, string | boolean | (string | boolean)[] | undefined>;
+
+function str(v: unknown): string | undefined {
+  return typeof v === 'string' ? v : undefined;
+}
+
+function usage(message: string): SslwallError {
+  return new SslwallError('SSLWALL_E_USAGE', message);
+}
+
+function table(rows: string[][], header: string[]): string {
+  const all = [header, ...rows];
+  const widths = header.map((_, i) => Math.max(...all.map((r) => r[i]!.length)));
+  return all.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n';
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...args] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(HELP);
+    return name ? 0 : 2;
+  }
+  if (name === '--version' || name === '-V') {
+    process.stdout.write(`${VERSION}\n`);
+    return 0;
+  }
+  const cmd = COMMANDS[name];
+  if (!cmd) throw usage(`unknown command '${name}'; run sslwall --help`);
+  if (args.includes('--help') || args.includes('-h')) {
+    const dd = args.indexOf('--');
+    const helpAt = args.findIndex((a) => a === '--help' || a === '-h');
+    if (dd < 0 || helpAt < dd) {
+      process.stdout.write(cmd.help);
+      return 0;
+    }
+  }
+  const dd = args.indexOf('--');
+  const own = name === 'exec' && dd >= 0 ? args.slice(0, dd) : args;
+  const rest = name === 'exec' && dd >= 0 ? args.slice(dd + 1) : [];
+  let values: Values;
+  try {
+    ({ values } = parseArgs({ args: own, options: cmd.options, allowPositionals: false, strict: name !== 'bench' }));
+  } catch (err) {
+    throw usage(`${(err as Error).message}; run sslwall ${name} --help`);
+  }
+  return cmd.run(values, rest);
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err) => {
+    const code = (err as SslwallError).code ?? 'SSLWALL_E_INTERNAL';
+    process.stderr.write(`sslwall: ${code}: ${(err as Error).message}\n`);
+    const log = (err as { verifierLog?: string }).verifierLog;
+    if (log && process.env.SSLWALL_DEBUG) process.stderr.write(log + '\n');
+    process.exitCode = exitCodeFor(err);
+  },
+);

@@ -1,0 +1,38 @@
+#!/usr/bin/env node
+// Runs every compiled test file with node's test runner, one file at a time: kernel tests
+// share the machine's BPF and network namespaces, and each file cleans up after itself.
+// Usage: npm test [-- FILTER...]   (FILTER: substrings of test file paths)
+import { readdirSync, statSync, existsSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+
+const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
+const dist = path.join(root, 'dist/test');
+if (!existsSync(dist)) {
+  console.error('run-tests: dist/test is missing; run tools/setup (npm run build)');
+  process.exit(2);
+}
+if (process.getuid?.() !== 0) {
+  console.error('run-tests: the tests load BPF programs and create network namespaces: run them as root');
+  process.exit(2);
+}
+
+function walk(dir) {
+  return readdirSync(dir).flatMap((f) => {
+    const p = path.join(dir, f);
+    return statSync(p).isDirectory() ? walk(p) : p.endsWith('.test.js') ? [p] : [];
+  });
+}
+
+const filters = process.argv.slice(2);
+// Fast layers first: a broken classifier fails in seconds, before the integration suites run.
+const order = ['unit', 'native', 'bpf', 'lib', 'integration'];
+const files = walk(dist)
+  .filter((f) => filters.length === 0 || filters.some((s) => f.includes(s)))
+  .sort((a, b) => order.indexOf(path.relative(dist, a).split(path.sep)[0]) - order.indexOf(path.relative(dist, b).split(path.sep)[0]) || a.localeCompare(b));
+if (files.length === 0) {
+  console.error(`run-tests: no test file matches ${filters.join(' ')}`);
+  process.exit(2);
+}
+const r = spawnSync(process.execPath, ['--enable-source-maps', '--test', '--test-concurrency=1', '--test-reporter=spec', ...files], { stdio: 'inherit', cwd: root });
+process.exit(r.status ?? 1);
