@@ -199,22 +199,18 @@ static __noinline int judge_payload(struct __sk_buff *skb, struct sslwall_flow *
 	return spend_budget(f, cfg, len) ? JUDGE_PENDING : JUDGE_VIOLATION;
 }
 
-static __always_inline void report_violation(const struct sslwall_pkt *p, const struct sslwall_flow *f, int egress)
+/* Not inlined: as a function taking the event struct it also anchors that
+ * struct in the object's BTF, where tools/gen-shared-types.mjs reads it. */
+static __noinline void event_fill(struct sslwall_event *e, const struct sslwall_pkt *p, const struct sslwall_flow *f)
 {
-	struct sslwall_event *e = bpf_ringbuf_reserve(&sslwall_events, sizeof(*e), 0);
-	struct sslwall_owner *owner;
+	const struct sslwall_owner *owner;
 
-	if (!e) {
-		sslwall_count(SSLWALL_CNT_EVENTS_LOST);
-		return;
-	}
 	e->ts_ns = bpf_ktime_get_ns();
 	e->type = SSLWALL_EVENT_VIOLATION;
 	e->family = p->key.family;
 	e->cls = f->cls;
 	e->verdict = f->verdict;
 	e->proto = f->proto;
-	e->egress = egress;
 	__builtin_memset(e->pad, 0, sizeof(e->pad));
 	if (f->client_is_lo) {
 		__builtin_memcpy(e->saddr, p->key.addr_lo, 16);
@@ -235,6 +231,18 @@ static __always_inline void report_violation(const struct sslwall_pkt *p, const 
 		e->pid = 0;
 		__builtin_memset(e->comm, 0, sizeof(e->comm));
 	}
+}
+
+static __always_inline void report_violation(const struct sslwall_pkt *p, const struct sslwall_flow *f, int egress)
+{
+	struct sslwall_event *e = bpf_ringbuf_reserve(&sslwall_events, sizeof(*e), 0);
+
+	if (!e) {
+		sslwall_count(SSLWALL_CNT_EVENTS_LOST);
+		return;
+	}
+	event_fill(e, p, f);
+	e->egress = egress;
 	bpf_ringbuf_submit(e, 0);
 }
 

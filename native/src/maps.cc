@@ -1,0 +1,139 @@
+// Map element operations on a map fd. Sizes come from the kernel (bpf_obj_get_info_by_fd) on every
+// call rather than from a cache: an fd number can be closed and reused for another map.
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common.h"
+
+namespace sslwall {
+
+namespace {
+
+struct MapShape {
+  uint32_t keySize;
+  uint32_t valueSize;  // what one lookup/update moves: value_size, or the per-CPU array of them
+};
+
+MapShape Shape(Napi::Env env, int fd) {
+  bpf_map_info mi{};
+  uint32_t len = sizeof(mi);
+  int err = bpf_obj_get_info_by_fd(fd, &mi, &len);
+  if (err) ThrowBpf(env, "bpf_obj_get_info_by_fd", -err, "map fd " + std::to_string(fd));
+  MapShape s{mi.key_size, mi.value_size};
+  switch (mi.type) {
+    case BPF_MAP_TYPE_PERCPU_HASH:
+    case BPF_MAP_TYPE_PERCPU_ARRAY:
+    case BPF_MAP_TYPE_LRU_PERCPU_HASH:
+    case BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE: {
+      // From user space a per-CPU value is one slot per *possible* CPU, each rounded up to 8 bytes.
+      int ncpus = libbpf_num_possible_cpus();
+      if (ncpus < 0) ThrowBpf(env, "libbpf_num_possible_cpus", -ncpus);
+      s.valueSize = ((mi.value_size + 7) & ~7u) * static_cast<uint32_t>(ncpus);
+      break;
+    }
+    default:
+      break;
+  }
+  return s;
+}
+
+void CheckSize(Napi::Env env, const char* op, const char* what, size_t got, size_t want) {
+  if (got != want)
+    ThrowBpf(env, op, EINVAL, std::string(what) + " is " + std::to_string(got) + " bytes, map wants " + std::to_string(want));
+}
+
+Napi::Value MapLookup(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt(info, 0, "fd");
+  Napi::Buffer<uint8_t> key = ArgBuf(info, 1, "key");
+  MapShape s = Shape(env, fd);
+  CheckSize(env, "bpf_map_lookup_elem", "key", key.Length(), s.keySize);
+  Napi::Buffer<uint8_t> value = Napi::Buffer<uint8_t>::New(env, s.valueSize);
+  int err = bpf_map_lookup_elem(fd, key.Data(), value.Data());
+  if (err == -ENOENT) return env.Null();
+  if (err) ThrowBpf(env, "bpf_map_lookup_elem", -err);
+  return value;
+}
+
+void MapUpdate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt(info, 0, "fd");
+  Napi::Buffer<uint8_t> key = ArgBuf(info, 1, "key");
+  Napi::Buffer<uint8_t> value = ArgBuf(info, 2, "value");
+  uint64_t flags = info[3].IsUndefined() ? uint64_t{BPF_ANY} : ArgU32(info, 3, "flags");
+  MapShape s = Shape(env, fd);
+  CheckSize(env, "bpf_map_update_elem", "key", key.Length(), s.keySize);
+  CheckSize(env, "bpf_map_update_elem", "value", value.Length(), s.valueSize);
+  int err = bpf_map_update_elem(fd, key.Data(), value.Data(), flags);
+  if (err) ThrowBpf(env, "bpf_map_update_elem", -err);
+}
+
+Napi::Value MapDelete(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt(info, 0, "fd");
+  Napi::Buffer<uint8_t> key = ArgBuf(info, 1, "key");
+  CheckSize(env, "bpf_map_delete_elem", "key", key.Length(), Shape(env, fd).keySize);
+  int err = bpf_map_delete_elem(fd, key.Data());
+  if (err == -ENOENT) return Napi::Boolean::New(env, false);
+  if (err) ThrowBpf(env, "bpf_map_delete_elem", -err);
+  return Napi::Boolean::New(env, true);
+}
+
+Napi::Value MapDump(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt(info, 0, "fd");
+  MapShape s = Shape(env, fd);
+  Napi::Array out = Napi::Array::New(env);
+  std::vector<uint8_t> key(s.keySize), next(s.keySize);
+  // When the previous key is deleted under us, a hash map's get_next_key restarts from the first
+  // key; remembering what was already emitted keeps the result free of duplicates.
+  std::set<std::string> seen;
+  for (bool first = true;; first = false) {
+    int err = bpf_map_get_next_key(fd, first ? nullptr : key.data(), next.data());
+    if (err == -ENOENT) break;
+    if (err) ThrowBpf(env, "bpf_map_get_next_key", -err);
+    key.swap(next);
+    if (!seen.emplace(key.begin(), key.end()).second) continue;
+    Napi::Buffer<uint8_t> value = Napi::Buffer<uint8_t>::New(env, s.valueSize);
+    err = bpf_map_lookup_elem(fd, key.data(), value.Data());
+    if (err == -ENOENT) continue;  // deleted between get_next_key and lookup
+    if (err) ThrowBpf(env, "bpf_map_lookup_elem", -err);
+    Napi::Array pair = Napi::Array::New(env, 2);
+    pair.Set(0u, Napi::Buffer<uint8_t>::Copy(env, key.data(), key.size()));
+    pair.Set(1u, value);
+    out.Set(out.Length(), pair);
+  }
+  return out;
+}
+
+void MapUpdateBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt(info, 0, "fd");
+  Napi::Buffer<uint8_t> keys = ArgBuf(info, 1, "keys");
+  Napi::Buffer<uint8_t> values = ArgBuf(info, 2, "values");
+  uint32_t count = ArgU32(info, 3, "count");
+  MapShape s = Shape(env, fd);
+  CheckSize(env, "bpf_map_update_batch", "keys", keys.Length(), size_t{count} * s.keySize);
+  CheckSize(env, "bpf_map_update_batch", "values", values.Length(), size_t{count} * s.valueSize);
+  bpf_map_batch_opts opts{};
+  opts.sz = sizeof(opts);
+  uint32_t done = count;  // in: how many; out: how many the kernel applied before failing
+  int err = bpf_map_update_batch(fd, keys.Data(), values.Data(), &done, &opts);
+  if (err) ThrowBpf(env, "bpf_map_update_batch", -err, std::to_string(done) + " of " + std::to_string(count) + " applied");
+}
+
+}  // namespace
+
+void InitMaps(Napi::Env env, Napi::Object exports) {
+  exports.Set("mapLookup", Napi::Function::New<MapLookup>(env, "mapLookup"));
+  exports.Set("mapUpdate", Napi::Function::New<MapUpdate>(env, "mapUpdate"));
+  exports.Set("mapDelete", Napi::Function::New<MapDelete>(env, "mapDelete"));
+  exports.Set("mapDump", Napi::Function::New<MapDump>(env, "mapDump"));
+  exports.Set("mapUpdateBatch", Napi::Function::New<MapUpdateBatch>(env, "mapUpdateBatch"));
+}
+
+}  // namespace sslwall

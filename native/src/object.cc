@@ -1,0 +1,234 @@
+// BpfObject: a JS handle owning one struct bpf_object from open to close.
+#include <bpf/btf.h>
+#include <bpf/libbpf.h>
+
+#include <cstring>
+#include <memory>
+
+#include "common.h"
+
+namespace sslwall {
+
+namespace {
+
+struct ObjectCloser {
+  void operator()(bpf_object* o) const { bpf_object__close(o); }
+};
+
+// Links returned to JS must outlive the BpfObject and any bpf_link struct. bpf_link__disconnect
+// makes bpf_link__destroy skip the link's detach callback, and that callback is the only place
+// libbpf closes the link fd: after this the fd, and with it the kernel attachment, belongs to the
+// caller (closing it detaches unless the link is pinned). For perf-event links (tracepoint/,
+// kprobe/) libbpf also keeps a perf event fd that this leaves open: one per such attach.
+int TakeLinkFd(bpf_link* link) {
+  int fd = bpf_link__fd(link);
+  bpf_link__disconnect(link);
+  bpf_link__destroy(link);
+  return fd;
+}
+
+}  // namespace
+
+class BpfObject : public Napi::ObjectWrap<BpfObject> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "BpfObject",
+                       {
+                           InstanceMethod<&BpfObject::SetRodata>("setRodata"),
+                           InstanceMethod<&BpfObject::ReuseMap>("reuseMap"),
+                           InstanceMethod<&BpfObject::SetAutoload>("setAutoload"),
+                           InstanceMethod<&BpfObject::Load>("load"),
+                           InstanceMethod<&BpfObject::ProgFd>("progFd"),
+                           InstanceMethod<&BpfObject::MapFd>("mapFd"),
+                           InstanceMethod<&BpfObject::ProgNames>("progNames"),
+                           InstanceMethod<&BpfObject::MapNames>("mapNames"),
+                           InstanceMethod<&BpfObject::AttachTracing>("attachTracing"),
+                           InstanceMethod<&BpfObject::AttachIter>("attachIter"),
+                           InstanceMethod<&BpfObject::AttachCgroup>("attachCgroup"),
+                           InstanceMethod<&BpfObject::Close>("close"),
+                       });
+  }
+
+  explicit BpfObject(const Napi::CallbackInfo& info) : Napi::ObjectWrap<BpfObject>(info) {
+    path_ = ArgStr(info, 0, "file");
+    LogCapture log;
+    bpf_object* obj = bpf_object__open_file(path_.c_str(), nullptr);
+    if (!obj) {
+      int err = errno;
+      ThrowBpf(info.Env(), "bpf_object__open_file", err, path_, log.log());
+    }
+    obj_.reset(obj);
+  }
+
+ private:
+  bpf_object* Obj(Napi::Env env) {
+    if (!obj_) ThrowBpf(env, "BpfObject", EBADF, path_ + " is closed");
+    return obj_.get();
+  }
+
+  bpf_program* Prog(const Napi::CallbackInfo& info) {
+    std::string name = ArgStr(info, 0, "progName");
+    bpf_program* p = bpf_object__find_program_by_name(Obj(info.Env()), name.c_str());
+    if (!p) ThrowBpf(info.Env(), "bpf_object__find_program_by_name", ENOENT, name);
+    return p;
+  }
+
+  bpf_map* Map(const Napi::CallbackInfo& info) {
+    std::string name = ArgStr(info, 0, "name");
+    bpf_map* m = bpf_object__find_map_by_name(Obj(info.Env()), name.c_str());
+    if (!m) ThrowBpf(info.Env(), "bpf_object__find_map_by_name", ENOENT, name);
+    return m;
+  }
+
+  // Copies value over the variable's bytes in the .rodata image libbpf will create the map from.
+  void SetRodata(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::string name = ArgStr(info, 0, "name");
+    Napi::Buffer<uint8_t> value = ArgBuf(info, 1, "value");
+    bpf_object* obj = Obj(env);
+    if (loaded_) ThrowBpf(env, "setRodata", EBUSY, name + ": object already loaded");
+
+    // Offsets are only right after open: libbpf fixes up DATASEC sizes/offsets (clang leaves them 0)
+    // while opening.
+    btf* b = bpf_object__btf(obj);
+    int secId = b ? btf__find_by_name_kind(b, ".rodata", BTF_KIND_DATASEC) : -ENOENT;
+    if (secId < 0) ThrowBpf(env, "btf__find_by_name_kind", -secId, ".rodata");
+    const btf_type* sec = btf__type_by_id(b, secId);
+    const btf_var_secinfo* vsi = btf_var_secinfos(sec);
+    const btf_var_secinfo* found = nullptr;
+    for (unsigned i = 0; i < btf_vlen(sec); i++, vsi++) {
+      const btf_type* var = btf__type_by_id(b, vsi->type);
+      const char* varName = var ? btf__name_by_offset(b, var->name_off) : nullptr;
+      if (varName && name == varName) { found = vsi; break; }
+    }
+    if (!found) ThrowBpf(env, "setRodata", ENOENT, name + " is not a .rodata variable");
+    if (found->size != value.Length())
+      ThrowBpf(env, "setRodata", EINVAL,
+               name + " is " + std::to_string(found->size) + " bytes, value is " + std::to_string(value.Length()));
+
+    // The internal map is "<obj name prefix>.rodata"; ".rodata.str1.1" and friends are other maps.
+    bpf_map* map = nullptr;
+    bpf_map* m;
+    bpf_object__for_each_map(m, obj) {
+      const char* n = bpf_map__name(m);
+      size_t len = std::strlen(n);
+      if (bpf_map__is_internal(m) && len >= 7 && std::strcmp(n + len - 7, ".rodata") == 0) { map = m; break; }
+    }
+    if (!map) ThrowBpf(env, "setRodata", ENOENT, "no .rodata map");
+    size_t size = 0;
+    // libbpf 1.1 returns const, but this is the writable mmap'ed image used to create the map at
+    // load time (skeletons write through the same pointer).
+    auto* image = static_cast<uint8_t*>(const_cast<void*>(bpf_map__initial_value(map, &size)));
+    if (!image || found->offset + found->size > size) ThrowBpf(env, "bpf_map__initial_value", EINVAL, name);
+    std::memcpy(image + found->offset, value.Data(), value.Length());
+  }
+
+  void ReuseMap(const Napi::CallbackInfo& info) {
+    bpf_map* m = Map(info);
+    int err = bpf_map__reuse_fd(m, ArgInt(info, 1, "fd"));
+    if (err) ThrowBpf(info.Env(), "bpf_map__reuse_fd", -err, bpf_map__name(m));
+  }
+
+  void SetAutoload(const Napi::CallbackInfo& info) {
+    bpf_program* p = Prog(info);
+    if (!info[1].IsBoolean()) throw Napi::TypeError::New(info.Env(), "autoload must be a boolean");
+    int err = bpf_program__set_autoload(p, info[1].As<Napi::Boolean>().Value());
+    if (err) ThrowBpf(info.Env(), "bpf_program__set_autoload", -err, bpf_program__name(p));
+  }
+
+  void Load(const Napi::CallbackInfo& info) {
+    bpf_object* obj = Obj(info.Env());
+    // On rejection libbpf retries the program load with a log buffer and prints the verifier log
+    // at WARN level ("-- BEGIN PROG LOAD LOG --"); capturing the print is how we get at it.
+    LogCapture log;
+    int err = bpf_object__load(obj);
+    if (err) ThrowLoad(info.Env(), "bpf_object__load", -err, path_, log.log());
+    loaded_ = true;
+  }
+
+  // The fds below stay owned by this object: valid until close(); dupFd() one to keep it longer.
+  Napi::Value ProgFd(const Napi::CallbackInfo& info) {
+    bpf_program* p = Prog(info);
+    int fd = bpf_program__fd(p);
+    if (fd < 0) ThrowBpf(info.Env(), "bpf_program__fd", -fd, bpf_program__name(p));
+    return Napi::Number::New(info.Env(), fd);
+  }
+
+  Napi::Value MapFd(const Napi::CallbackInfo& info) {
+    bpf_map* m = Map(info);
+    int fd = bpf_map__fd(m);
+    if (fd < 0) ThrowBpf(info.Env(), "bpf_map__fd", -fd, bpf_map__name(m));
+    return Napi::Number::New(info.Env(), fd);
+  }
+
+  Napi::Value ProgNames(const Napi::CallbackInfo& info) {
+    Napi::Array out = Napi::Array::New(info.Env());
+    bpf_program* p;
+    bpf_object__for_each_program(p, Obj(info.Env())) out.Set(out.Length(), bpf_program__name(p));
+    return out;
+  }
+
+  Napi::Value MapNames(const Napi::CallbackInfo& info) {
+    Napi::Array out = Napi::Array::New(info.Env());
+    bpf_map* m;
+    bpf_object__for_each_map(m, Obj(info.Env())) out.Set(out.Length(), bpf_map__name(m));
+    return out;
+  }
+
+  Napi::Value AttachTracing(const Napi::CallbackInfo& info) {
+    bpf_program* p = Prog(info);
+    LogCapture log;
+    bpf_link* link = bpf_program__attach(p);
+    if (!link) {
+      int err = errno;
+      ThrowBpf(info.Env(), "bpf_program__attach", err, bpf_program__name(p), log.log());
+    }
+    return Napi::Number::New(info.Env(), TakeLinkFd(link));
+  }
+
+  Napi::Value AttachIter(const Napi::CallbackInfo& info) {
+    bpf_program* p = Prog(info);
+    LogCapture log;
+    bpf_link* link = bpf_program__attach_iter(p, nullptr);
+    if (!link) {
+      int err = errno;
+      ThrowBpf(info.Env(), "bpf_program__attach_iter", err, bpf_program__name(p), log.log());
+    }
+    return Napi::Number::New(info.Env(), TakeLinkFd(link));
+  }
+
+  Napi::Value AttachCgroup(const Napi::CallbackInfo& info) {
+    bpf_program* p = Prog(info);
+    int cgroupFd = ArgInt(info, 1, "cgroupFd");
+    LogCapture log;
+    bpf_link* link = bpf_program__attach_cgroup(p, cgroupFd);
+    if (!link) {
+      int err = errno;
+      ThrowBpf(info.Env(), "bpf_program__attach_cgroup", err, bpf_program__name(p), log.log());
+    }
+    return Napi::Number::New(info.Env(), TakeLinkFd(link));
+  }
+
+  // Closes the object's own prog/map fds; programs stay loaded while a link or pin refers to them.
+  void Close(const Napi::CallbackInfo&) { obj_.reset(); }
+
+  std::unique_ptr<bpf_object, ObjectCloser> obj_;
+  std::string path_;
+  bool loaded_ = false;
+};
+
+namespace {
+
+Napi::Value OpenObject(const Napi::CallbackInfo& info) {
+  ArgStr(info, 0, "file");
+  return info.Env().GetInstanceData<AddonData>()->bpfObject.New({info[0]});
+}
+
+}  // namespace
+
+void InitObject(Napi::Env env, Napi::Object exports) {
+  env.GetInstanceData<AddonData>()->bpfObject = Napi::Persistent(BpfObject::Define(env));
+  exports.Set("openObject", Napi::Function::New<OpenObject>(env, "openObject"));
+}
+
+}  // namespace sslwall

@@ -1,0 +1,147 @@
+// fd-level operations: pinning, fd bookkeeping, object info, test runs, interface lookup.
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <fcntl.h>
+#include <net/if.h>
+
+#include <cstddef>
+#include <cstring>
+#include <string>
+
+#include "common.h"
+
+namespace sslwall {
+
+namespace {
+
+constexpr uint32_t kBpfLinkTypeTcx = 11;  // BPF_LINK_TYPE_TCX, kernel 6.6; not in the 6.1 headers
+
+void Pin(const Napi::CallbackInfo& info) {
+  std::string file = ArgStr(info, 1, "file");
+  int err = bpf_obj_pin(ArgInt(info, 0, "fd"), file.c_str());
+  if (err) ThrowBpf(info.Env(), "bpf_obj_pin", -err, file);
+}
+
+Napi::Value GetPinned(const Napi::CallbackInfo& info) {
+  std::string file = ArgStr(info, 0, "file");
+  int fd = bpf_obj_get(file.c_str());
+  if (fd < 0) ThrowBpf(info.Env(), "bpf_obj_get", -fd, file);
+  return Napi::Number::New(info.Env(), fd);
+}
+
+void CloseFd(const Napi::CallbackInfo& info) {
+  // No retry on EINTR: on Linux the fd is released even when close() reports it.
+  if (::close(ArgInt(info, 0, "fd")) < 0) ThrowBpf(info.Env(), "close", errno);
+}
+
+Napi::Value DupFd(const Napi::CallbackInfo& info) {
+  int fd = ::fcntl(ArgInt(info, 0, "fd"), F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) ThrowBpf(info.Env(), "fcntl(F_DUPFD_CLOEXEC)", errno);
+  return Napi::Number::New(info.Env(), fd);
+}
+
+template <typename Info>
+Info GetInfo(const Napi::CallbackInfo& info) {
+  Info out{};
+  uint32_t len = sizeof(out);
+  int err = bpf_obj_get_info_by_fd(ArgInt(info, 0, "fd"), &out, &len);
+  if (err) ThrowBpf(info.Env(), "bpf_obj_get_info_by_fd", -err);
+  return out;
+}
+
+Napi::Value ProgInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto pi = GetInfo<bpf_prog_info>(info);
+  char tag[2 * BPF_TAG_SIZE + 1];
+  for (int i = 0; i < BPF_TAG_SIZE; i++) std::snprintf(tag + 2 * i, 3, "%02x", pi.tag[i]);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("id", pi.id);
+  o.Set("name", std::string(pi.name, strnlen(pi.name, sizeof(pi.name))));
+  o.Set("tag", std::string(tag));
+  o.Set("type", pi.type);
+  return o;
+}
+
+Napi::Value LinkInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto li = GetInfo<bpf_link_info>(info);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("id", li.id);
+  o.Set("progId", li.prog_id);
+  o.Set("type", li.type);
+  if (li.type == kBpfLinkTypeTcx) {
+    // The kernel fills its 6.6+ union member `struct { __u32 ifindex; __u32 attach_type; } tcx`,
+    // which these headers lack: read it from the union's first 8 bytes.
+    uint32_t tcx[2];
+    std::memcpy(tcx, reinterpret_cast<const uint8_t*>(&li) + offsetof(bpf_link_info, raw_tracepoint), sizeof(tcx));
+    o.Set("ifindex", tcx[0]);
+    o.Set("attachType", tcx[1]);
+  }
+  return o;
+}
+
+Napi::Value MapInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto mi = GetInfo<bpf_map_info>(info);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("id", mi.id);
+  o.Set("type", mi.type);
+  o.Set("keySize", mi.key_size);
+  o.Set("valueSize", mi.value_size);
+  o.Set("maxEntries", mi.max_entries);
+  o.Set("name", std::string(mi.name, strnlen(mi.name, sizeof(mi.name))));
+  return o;
+}
+
+Napi::Value NumPossibleCpus(const Napi::CallbackInfo& info) {
+  int n = libbpf_num_possible_cpus();
+  if (n < 0) ThrowBpf(info.Env(), "libbpf_num_possible_cpus", -n);
+  return Napi::Number::New(info.Env(), n);
+}
+
+Napi::Value TestRun(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int progFd = ArgInt(info, 0, "progFd");
+  Napi::Buffer<uint8_t> data = ArgBuf(info, 1, "data");
+  uint32_t repeat = ArgU32(info, 2, "repeat");
+  // Room for programs that grow the packet (bpf_skb_adjust_room, encap headers).
+  Napi::Buffer<uint8_t> out = Napi::Buffer<uint8_t>::New(env, data.Length() + 256);
+  bpf_test_run_opts opts{};
+  opts.sz = sizeof(opts);
+  opts.data_in = data.Data();
+  opts.data_size_in = static_cast<uint32_t>(data.Length());
+  opts.data_out = out.Data();
+  opts.data_size_out = static_cast<uint32_t>(out.Length());
+  opts.repeat = repeat;
+  int err = bpf_prog_test_run_opts(progFd, &opts);
+  if (err) ThrowBpf(env, "bpf_prog_test_run_opts", -err);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("retval", opts.retval);
+  o.Set("durationNs", opts.duration);  // the kernel's mean over `repeat` runs
+  o.Set("dataOut", Napi::Buffer<uint8_t>::Copy(env, out.Data(), opts.data_size_out));
+  return o;
+}
+
+Napi::Value IfNameToIndex(const Napi::CallbackInfo& info) {
+  std::string name = ArgStr(info, 0, "name");
+  unsigned idx = if_nametoindex(name.c_str());
+  if (idx == 0) ThrowBpf(info.Env(), "if_nametoindex", errno, name);
+  return Napi::Number::New(info.Env(), idx);
+}
+
+}  // namespace
+
+void InitSys(Napi::Env env, Napi::Object exports) {
+  exports.Set("pin", Napi::Function::New<Pin>(env, "pin"));
+  exports.Set("getPinned", Napi::Function::New<GetPinned>(env, "getPinned"));
+  exports.Set("closeFd", Napi::Function::New<CloseFd>(env, "closeFd"));
+  exports.Set("dupFd", Napi::Function::New<DupFd>(env, "dupFd"));
+  exports.Set("progInfo", Napi::Function::New<ProgInfo>(env, "progInfo"));
+  exports.Set("linkInfo", Napi::Function::New<LinkInfo>(env, "linkInfo"));
+  exports.Set("mapInfo", Napi::Function::New<MapInfo>(env, "mapInfo"));
+  exports.Set("numPossibleCpus", Napi::Function::New<NumPossibleCpus>(env, "numPossibleCpus"));
+  exports.Set("testRun", Napi::Function::New<TestRun>(env, "testRun"));
+  exports.Set("ifNameToIndex", Napi::Function::New<IfNameToIndex>(env, "ifNameToIndex"));
+}
+
+}  // namespace sslwall

@@ -1,0 +1,463 @@
+// The native addon against a real kernel: a small fixture object (fixtures/minimal.bpf.c) loaded,
+// test-run, pinned, polled, iterated and attached with tcx/tc on a veth inside a netns made here.
+// Needs root with BPF. Every mount, netns, fd and object is released in a finally, and the mount
+// and netns are checked gone.
+import { before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmdirSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { BpfError, native, type BpfObject, type LinkInfo, type NativeAddon } from '../../native/index.js';
+
+const { EACCES, EBUSY, EEXIST, EINVAL, ENODEV, ENOENT } = os.constants.errno;
+const here = path.dirname(fileURLToPath(import.meta.url));
+// Compiled into dist/test/native/; the fixture sources stay in test/native/fixtures/.
+const root = findRoot(here);
+const fixtures = path.join(root, 'test/native/fixtures');
+const objFile = path.join(fixtures, 'minimal.bpf.o');
+// What a child process imports to get the same addon this file uses.
+const nativeUrl = new URL('../../native/index.js', import.meta.url).href;
+
+let n: NativeAddon;
+
+before(() => {
+  const make = spawnSync('make', ['-C', fixtures], { encoding: 'utf8' });
+  assert.equal(make.status, 0, `make -C ${fixtures} failed:\n${make.stdout}${make.stderr}`);
+  n = native();
+});
+
+function findRoot(dir: string): string {
+  for (let d = dir; d !== path.dirname(d); d = path.dirname(d)) {
+    if (existsSync(path.join(d, 'package.json'))) return d;
+  }
+  throw new Error(`no package.json above ${dir}`);
+}
+
+const u32 = (v: number) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(v);
+  return b;
+};
+const u64 = (v: number) => {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(BigInt(v));
+  return b;
+};
+// A zeroed 64-byte frame: enough for the skb test run (it needs at least an Ethernet header).
+const packet = () => Buffer.alloc(64);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(done: () => boolean, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!done()) {
+    if (Date.now() > deadline) assert.fail(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+/** Opens the fixture, lets `setup` act before load, loads, runs `fn`, closes whatever happens. */
+async function withObject<T>(fn: (o: BpfObject) => T | Promise<T>, setup?: (o: BpfObject) => void): Promise<T> {
+  const o = n.openObject(objFile);
+  try {
+    setup?.(o);
+    o.load();
+    return await fn(o);
+  } finally {
+    o.close();
+  }
+}
+
+function isBpfError(op: string, errno: number) {
+  return (e: unknown) => {
+    assert.ok(e instanceof BpfError, `expected a BpfError, got ${String(e)}`);
+    assert.equal(e.op, op, `op of: ${e.message}`);
+    assert.equal(e.errno, errno, `errno of: ${e.message}`);
+    return true;
+  };
+}
+
+function sh(cmd: string, args: string[]): string {
+  return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/** Runs an ES module script in a child node (optionally via nsenter) and returns its stdout. */
+function runChild(script: string, opts: { netns?: string; timeoutMs: number }): string {
+  const nodeArgs = ['--input-type=module', '-e', script];
+  const [cmd, args] = opts.netns
+    ? ['nsenter', [`--net=/run/netns/${opts.netns}`, '--', process.execPath, ...nodeArgs]]
+    : [process.execPath, nodeArgs];
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: opts.timeoutMs });
+  assert.equal(r.signal, null, `child killed by ${r.signal} (still running after ${opts.timeoutMs} ms?)\n${r.stderr}`);
+  assert.equal(r.status, 0, `child exited ${r.status}:\n${r.stderr}`);
+  return r.stdout;
+}
+
+test('setRodata before load sets the value the program reads', async () => {
+  const plain = await withObject((o) => n.testRun(o.progFd('test_tc'), packet(), 1));
+  assert.equal(plain.retval, 0, 'answer defaults to 0');
+
+  const set = await withObject(
+    (o) => n.testRun(o.progFd('test_tc'), packet(), 10),
+    (o) => o.setRodata('answer', u32(42)),
+  );
+  assert.equal(set.retval, 42);
+  assert.ok(set.durationNs >= 0);
+  assert.equal(set.dataOut.length, 64, 'the unmodified packet comes back');
+});
+
+test('setRodata rejects an unknown name, a wrong size and a loaded object', async () => {
+  const o = n.openObject(objFile);
+  try {
+    assert.throws(() => o.setRodata('no_such_var', u32(1)), isBpfError('setRodata', ENOENT));
+    assert.throws(() => o.setRodata('answer', u64(1)), isBpfError('setRodata', EINVAL));
+    o.load();
+    assert.throws(() => o.setRodata('answer', u32(1)), isBpfError('setRodata', EBUSY));
+  } finally {
+    o.close();
+  }
+});
+
+test('a verifier rejection throws BpfError carrying the verifier log', () => {
+  const o = n.openObject(objFile);
+  try {
+    o.setAutoload('test_rejected', true);
+    assert.throws(
+      () => o.load(),
+      (e) => {
+        assert.ok(e instanceof BpfError, `expected a BpfError, got ${String(e)}`);
+        assert.equal(e.op, 'bpf_object__load');
+        assert.equal(e.errno, EACCES, e.message);
+        assert.match(e.verifierLog ?? '', /invalid access to packet/, 'the log holds the verifier reason');
+        return true;
+      },
+    );
+  } finally {
+    o.close();
+  }
+});
+
+test('a program left with autoload off is not loaded', async () => {
+  await withObject((o) => {
+    assert.deepEqual(o.progNames().sort(), ['test_connect4', 'test_iter_tcp', 'test_newtask', 'test_rejected', 'test_tc', 'test_tc_alt']);
+    assert.throws(() => o.progFd('test_rejected'), (e) => e instanceof BpfError && e.op === 'bpf_program__fd');
+    assert.throws(() => o.progFd('nope'), isBpfError('bpf_object__find_program_by_name', ENOENT));
+  });
+});
+
+test('map lookup, update, delete, dump and batch update on an LRU hash', async () => {
+  await withObject((o) => {
+    const fd = o.mapFd('lru');
+    assert.equal(n.mapLookup(fd, u32(1)), null, 'missing key');
+    n.mapUpdate(fd, u32(1), u64(100));
+    assert.deepEqual(n.mapLookup(fd, u32(1)), u64(100));
+    assert.throws(() => n.mapUpdate(fd, u32(1), u64(5), 1 /* BPF_NOEXIST */), isBpfError('bpf_map_update_elem', EEXIST));
+    assert.throws(() => n.mapLookup(fd, u64(1)), isBpfError('bpf_map_lookup_elem', EINVAL));
+    assert.equal(n.mapDelete(fd, u32(1)), true);
+    assert.equal(n.mapDelete(fd, u32(1)), false, 'deleting a missing key');
+
+    n.mapUpdateBatch(fd, Buffer.concat([u32(10), u32(11), u32(12)]), Buffer.concat([u64(1), u64(2), u64(3)]), 3);
+    const dump = n.mapDump(fd).map(([k, v]) => [k.readUInt32LE(), Number(v.readBigUInt64LE())]);
+    assert.deepEqual(dump.sort((a, b) => a[0] - b[0]), [[10, 1], [11, 2], [12, 3]]);
+    assert.throws(() => n.mapUpdateBatch(fd, u32(1), u64(1), 2), isBpfError('bpf_map_update_batch', EINVAL));
+
+    const { id, ...shape } = n.mapInfo(fd);
+    assert.ok(id > 0);
+    assert.deepEqual(shape, { type: 9 /* BPF_MAP_TYPE_LRU_HASH */, keySize: 4, valueSize: 8, maxEntries: 64, name: 'lru' });
+  });
+});
+
+test('an array map dumps every slot', async () => {
+  await withObject((o) => {
+    const fd = o.mapFd('arr');
+    n.mapUpdate(fd, u32(2), u64(7));
+    const dump = n.mapDump(fd).map(([k, v]) => [k.readUInt32LE(), Number(v.readBigUInt64LE())]);
+    assert.deepEqual(dump, [[0, 0], [1, 0], [2, 7], [3, 0]]);
+  });
+});
+
+test('per-CPU values are one 8-byte-aligned slot per possible CPU', async () => {
+  await withObject((o) => {
+    const fd = o.mapFd('pcpu');
+    const cpus = n.numPossibleCpus();
+    assert.ok(cpus >= 1);
+    assert.equal(n.mapInfo(fd).valueSize, 4, 'the declared value is a __u32');
+    assert.equal(n.mapLookup(fd, u32(0))?.length, 8 * cpus);
+    const value = Buffer.alloc(8 * cpus);
+    for (let cpu = 0; cpu < cpus; cpu++) value.writeUInt32LE(cpu + 1, cpu * 8);
+    n.mapUpdate(fd, u32(1), value);
+    assert.deepEqual(n.mapLookup(fd, u32(1)), value);
+    assert.throws(() => n.mapUpdate(fd, u32(1), u32(1)), isBpfError('bpf_map_update_elem', EINVAL));
+  });
+});
+
+test('reuseMap makes a second object share the first one\'s map', async () => {
+  await withObject(async (first) => {
+    assert.deepEqual(first.mapNames().sort(), ['arr', 'events', 'hits', 'lru', 'minimal.rodata', 'pcpu']);
+    const shared = first.mapFd('lru');
+    n.mapUpdate(shared, u32(7), u64(70));
+    await withObject(
+      (second) => {
+        assert.equal(n.mapInfo(second.mapFd('lru')).id, n.mapInfo(shared).id);
+        assert.deepEqual(n.mapLookup(second.mapFd('lru'), u32(7)), u64(70));
+      },
+      (second) => second.reuseMap('lru', shared),
+    );
+  });
+});
+
+test('pinned programs and maps reopen as the same kernel objects on a bpffs', async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'sslwall-bpffs-'));
+  sh('mount', ['-t', 'bpf', 'bpf', dir]);
+  const fds: number[] = [];
+  try {
+    await withObject((o) => {
+      const progFd = o.progFd('test_tc');
+      const mapFd = o.mapFd('arr');
+      n.pin(progFd, path.join(dir, 'prog'));
+      n.pin(mapFd, path.join(dir, 'map'));
+      fds.push(n.dupFd(progFd));
+    });
+    // The object is closed: only the pins (and the dup) keep the program and map alive.
+    const prog = n.getPinned(path.join(dir, 'prog'));
+    fds.push(prog);
+    const map = n.getPinned(path.join(dir, 'map'));
+    fds.push(map);
+    const pinned = n.progInfo(prog);
+    const duped = n.progInfo(fds[0]);
+    assert.equal(pinned.id, duped.id);
+    assert.match(pinned.tag, /^[0-9a-f]{16}$/);
+    assert.equal(pinned.tag, duped.tag);
+    assert.equal(pinned.name, 'test_tc');
+    assert.equal(pinned.type, 3 /* BPF_PROG_TYPE_SCHED_CLS */);
+    n.mapUpdate(map, u32(3), u64(9));
+    assert.deepEqual(n.mapLookup(map, u32(3)), u64(9));
+    assert.throws(() => n.getPinned(path.join(dir, 'absent')), isBpfError('bpf_obj_get', ENOENT));
+  } finally {
+    for (const fd of fds) n.closeFd(fd);
+    sh('umount', [dir]);
+    rmdirSync(dir);
+  }
+  assert.ok(!readFileSync('/proc/self/mountinfo', 'utf8').includes(dir), `${dir} is still mounted`);
+});
+
+test('the ring buffer poller hands each record to JS, and none after close()', async () => {
+  await withObject(
+    async (o) => {
+      const records: Buffer[] = [];
+      const poller = n.ringBufferPoll(o.mapFd('events'), (r) => records.push(r));
+      try {
+        n.testRun(o.progFd('test_tc'), packet(), 3);
+        await waitFor(() => records.length >= 3, 5000, '3 ring buffer records');
+        assert.equal(records.length, 3);
+        for (const r of records) assert.deepEqual([r.readUInt32LE(0), r.readUInt32LE(4)], [5, 64]);
+      } finally {
+        poller.close();
+      }
+      n.testRun(o.progFd('test_tc'), packet(), 2);
+      await sleep(300);
+      assert.equal(records.length, 3, 'records arrived after close()');
+      poller.close(); // idempotent
+    },
+    (o) => o.setRodata('answer', u32(5)),
+  );
+});
+
+test('closing the poller from its own callback stops delivery at once', async () => {
+  await withObject(async (o) => {
+    let seen = 0;
+    const poller = n.ringBufferPoll(o.mapFd('events'), () => {
+      seen++;
+      poller.close();
+    });
+    n.testRun(o.progFd('test_tc'), packet(), 5);
+    await waitFor(() => seen > 0, 5000, 'the first record');
+    await sleep(300);
+    assert.equal(seen, 1);
+  });
+});
+
+test('an open poller delivers with nothing else holding the event loop, and a closed one lets the process exit', () => {
+  const script = `
+    import { native } from ${JSON.stringify(nativeUrl)};
+    const n = native();
+    const o = n.openObject(${JSON.stringify(objFile)});
+    o.load();
+    const p = n.ringBufferPoll(o.mapFd('events'), (r) => {
+      console.log('record len=' + r.readUInt32LE(4));
+      p.close();
+      o.close();
+    });
+    n.testRun(o.progFd('test_tc'), Buffer.alloc(64), 1);
+  `;
+  assert.equal(runChild(script, { timeoutMs: 10_000 }).trim(), 'record len=64');
+});
+
+test('an iter link outlives its object and each iterRun is a fresh pass over TCP sockets', async () => {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  let link = -1;
+  try {
+    await withObject((o) => {
+      link = o.attachIter('test_iter_tcp');
+    });
+    assert.equal(n.linkInfo(link).type, 4 /* BPF_LINK_TYPE_ITER */);
+    for (let pass = 0; pass < 2; pass++) {
+      const text = n.iterRun(link).toString();
+      assert.match(text, new RegExp(`^family=2 state=10 port=${port}$`, 'm'), `pass ${pass}: no line for the listener:\n${text}`);
+    }
+  } finally {
+    if (link >= 0) n.closeFd(link);
+    await new Promise((resolve) => server.close(resolve));
+  }
+});
+
+test('a tracing link keeps counting after its object is closed, until its fd is closed', async () => {
+  let link = -1;
+  let hits = -1;
+  try {
+    await withObject((o) => {
+      hits = n.dupFd(o.mapFd('hits'));
+      link = o.attachTracing('test_newtask');
+    });
+    assert.equal(n.linkInfo(link).type, 1 /* BPF_LINK_TYPE_RAW_TRACEPOINT: what tp_btf attaches as */);
+    const count = () => Number(n.mapLookup(hits, u32(0))!.readBigUInt64LE());
+    const before = count();
+    spawnSync('true');
+    assert.ok(count() > before, 'test_newtask did not run for a new process');
+    n.closeFd(link);
+    link = -1;
+    const detached = count();
+    spawnSync('true');
+    assert.equal(count(), detached, 'test_newtask still ran after its link fd was closed');
+  } finally {
+    if (link >= 0) n.closeFd(link);
+    if (hits >= 0) n.closeFd(hits);
+  }
+});
+
+test('attachCgroup links a program to an empty cgroup of our own', async () => {
+  // The cgroup2 mount point differs between hosts (/sys/fs/cgroup, /sys/fs/cgroup/unified).
+  const mount = readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .find((l) => l.split(' - ')[1]?.startsWith('cgroup2 '))
+    ?.split(' ')[4];
+  assert.ok(mount, 'no cgroup2 mount in /proc/self/mountinfo');
+  const dir = path.join(mount, `sslwall-native-${process.pid}`);
+  mkdirSync(dir);
+  let cgroupFd = -1;
+  let link = -1;
+  try {
+    cgroupFd = openSync(dir, 'r');
+    await withObject((o) => {
+      link = o.attachCgroup('test_connect4', cgroupFd);
+      const info = n.linkInfo(link);
+      assert.equal(info.type, 3 /* BPF_LINK_TYPE_CGROUP */);
+      assert.equal(info.progId, n.progInfo(o.progFd('test_connect4')).id);
+    });
+  } finally {
+    if (link >= 0) n.closeFd(link);
+    if (cgroupFd >= 0) n.closeFd(cgroupFd);
+    rmdirSync(dir);
+  }
+  assert.ok(!existsSync(dir), `${dir} still exists`);
+});
+
+test('ifNameToIndex resolves loopback and throws for a missing interface', () => {
+  assert.equal(n.ifNameToIndex('lo'), 1);
+  assert.throws(() => n.ifNameToIndex('sslwall-none0'), isBpfError('if_nametoindex', ENODEV));
+});
+
+// tcx and classic tc run inside a netns of our own, on a veth pair that exists only there: the
+// host's interfaces are never touched. Attaching needs the caller inside the netns, so a child node
+// does the work under nsenter and reports what the kernel says as JSON.
+let netnsSeq = 0;
+
+/** Runs `fn` with a fresh netns holding a veth pair sw0/sw1; deletes the netns and checks it is gone. */
+function withNetns<T>(fn: (netns: string) => T): T {
+  const netns = `sslwall-native-${process.pid}-${netnsSeq++}`;
+  sh('ip', ['netns', 'add', netns]);
+  try {
+    sh('ip', ['-n', netns, 'link', 'add', 'sw0', 'type', 'veth', 'peer', 'name', 'sw1']);
+    sh('ip', ['-n', netns, 'link', 'set', 'sw0', 'up']);
+    sh('ip', ['-n', netns, 'link', 'set', 'sw1', 'up']);
+    return fn(netns);
+  } finally {
+    sh('ip', ['netns', 'del', netns]);
+    assert.ok(!existsSync(`/run/netns/${netns}`), `netns ${netns} still exists`);
+  }
+}
+
+/** What every netns child reports before its own fields. */
+interface ChildBase { ifindex: number; mainId: number; altId: number }
+
+const childPrelude = `
+  import { native } from ${JSON.stringify(nativeUrl)};
+  import { execFileSync } from 'node:child_process';
+  const n = native();
+  const o = n.openObject(${JSON.stringify(objFile)});
+  o.load();
+  const main = o.progFd('test_tc');
+  const alt = o.progFd('test_tc_alt');
+  const ifindex = n.ifNameToIndex('sw0');
+  const out = { ifindex, mainId: n.progInfo(main).id, altId: n.progInfo(alt).id };
+`;
+
+test('tcx: attach both directions, swap the program with linkUpdate, detach', { timeout: 60_000 }, () => {
+  const script = `${childPrelude}
+    const ingress = n.tcxAttach(main, ifindex, 'ingress');
+    const egress = n.tcxAttach(main, ifindex, 'egress');
+    try {
+      out.ingress = n.linkInfo(ingress);
+      out.egress = n.linkInfo(egress);
+      n.linkUpdate(ingress, alt);
+      out.updated = n.linkInfo(ingress);
+      n.linkDetach(ingress);
+      out.detached = n.linkInfo(ingress);
+    } finally {
+      n.closeFd(ingress);
+      n.closeFd(egress);
+      o.close();
+    }
+    console.log(JSON.stringify(out));
+  `;
+  type Report = ChildBase & Record<'ingress' | 'egress' | 'updated' | 'detached', LinkInfo>;
+  const r = withNetns((netns) => JSON.parse(runChild(script, { netns, timeoutMs: 30_000 })) as Report);
+  const tcx = 11; // BPF_LINK_TYPE_TCX
+  assert.deepEqual(
+    { type: r.ingress.type, progId: r.ingress.progId, ifindex: r.ingress.ifindex, attachType: r.ingress.attachType },
+    { type: tcx, progId: r.mainId, ifindex: r.ifindex, attachType: 46 },
+  );
+  assert.equal(r.egress.attachType, 47);
+  assert.equal(r.updated.progId, r.altId, 'linkUpdate put test_tc_alt behind the link');
+  assert.equal(r.updated.id, r.ingress.id, 'the same link');
+  assert.equal(r.detached.ifindex, 0, 'a detached tcx link reports no device');
+});
+
+test('classic tc: clsact attach, replace in place by handle/priority, detach', { timeout: 60_000 }, () => {
+  const script = `${childPrelude}
+    const show = () => execFileSync('tc', ['filter', 'show', 'dev', 'sw0', 'egress'], { encoding: 'utf8' });
+    try {
+      n.tcAttach(main, ifindex, 'egress', 1, 1);
+      out.first = show();
+      n.tcAttach(alt, ifindex, 'egress', 1, 1);
+      out.replaced = show();
+      n.tcDetach(ifindex, 'egress', 1, 1);
+      out.detached = show();
+      try { n.tcDetach(ifindex, 'egress', 1, 1); } catch (e) { out.again = { op: e.op, errno: e.errno }; }
+    } finally {
+      o.close();
+    }
+    console.log(JSON.stringify(out));
+  `;
+  type Report = ChildBase & Record<'first' | 'replaced' | 'detached', string> & { again?: { op: string; errno: number } };
+  const r = withNetns((netns) => JSON.parse(runChild(script, { netns, timeoutMs: 30_000 })) as Report);
+  const hasProg = (text: string, id: number) => new RegExp(`\\bid ${id}\\b`).test(text);
+  assert.ok(hasProg(r.first, r.mainId), `test_tc (id ${r.mainId}) not on sw0 egress:\n${r.first}`);
+  assert.ok(hasProg(r.replaced, r.altId) && !hasProg(r.replaced, r.mainId), `not replaced in place:\n${r.replaced}`);
+  assert.equal(r.detached.trim(), '', 'filter left after tcDetach');
+  assert.equal(r.again?.op, 'bpf_tc_detach', 'detaching twice fails');
+});
