@@ -187,3 +187,24 @@ export function listPins(bpffs: string): string[] {
   }
   return out;
 }
+
+/** The tcx links on an interface index (of any namespace: ifindexes repeat across namespaces). */
+export function tcxLinksOn(ifindex: number): Array<{ id: number; progId: number; attachType: number }> {
+  const addon = native();
+  const out: Array<{ id: number; progId: number; attachType: number }> = [];
+  for (const id of addon.linkIds()) {
+    let fd: number;
+    try {
+      fd = addon.linkFdById(id);
+    } catch {
+      continue; // released meanwhile
+    }
+    try {
+      const info = addon.linkInfo(fd);
+      if (info.ifindex === ifindex && info.attachType !== undefined) out.push({ id, progId: info.progId, attachType: info.attachType });
+    } finally {
+      addon.closeFd(fd);
+    }
+  }
+  return out;
+}

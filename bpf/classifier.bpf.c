@@ -300,6 +300,18 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 		sslwall_count_class(SSLWALL_CLASS_BYPASS, SSLWALL_VERDICT_ALLOWED);
 	}
 
+	/* A SYN leaving this host is sent by connect() (or sendto with MSG_FASTOPEN)
+	 * in the caller's context, after the source port is chosen: the current task
+	 * owns the flow. (The state tracepoint fires before the port is assigned.)
+	 * Failure policy: a full owner map evicts the oldest owner; its violations
+	 * are then reported without pid/comm. */
+	if (egress && syn) {
+		struct sslwall_owner owner = { .pid = bpf_get_current_pid_tgid() >> 32 };
+
+		bpf_get_current_comm(owner.comm, sizeof(owner.comm));
+		bpf_map_update_elem(&sslwall_owners, &p->key, &owner, BPF_ANY);
+	}
+
 	/* NOEXIST: another CPU may have inserted the same flow meanwhile; keep theirs. */
 	if (bpf_map_update_elem(&sslwall_flows, &p->key, &f, BPF_NOEXIST) == 0)
 		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);

@@ -1,16 +1,14 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
 /*
  * Flow lifecycle and enforcement on sockets:
- *  - sslwall_sock_state (tp_btf/inet_sock_set_state): records who connect()ed
- *    and removes closed flows from the maps, so the flows map holds open flows.
+ *  - sslwall_sock_state (tp_btf/inet_sock_set_state): removes closed flows
+ *    (and their owners) from the maps, so the flows map holds open flows.
  *    This kernel has no kprobes; the BTF tracepoint needs no tracefs mount.
  *  - sslwall_destroy_blocked (iter/tcp): aborts every local socket whose flow
  *    is blocked, so the application gets an error at once instead of hanging
  *    on dropped packets. The agent runs it after each blocked event.
  *
- * Failure policy: if a close is missed the LRU evicts the flow later; if the
- * owner map is full the oldest owner is evicted and violations of that flow
- * are reported without pid/comm.
+ * Failure policy: if a close is missed the LRU evicts the flow later.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -23,7 +21,6 @@
 #include "lib/flow.h"
 
 #define TCP_ESTABLISHED 1
-#define TCP_SYN_SENT 2
 #define TCP_TIME_WAIT 6
 #define TCP_CLOSE 7
 #define TCP_LISTEN 10
@@ -41,7 +38,7 @@ int BPF_PROG(sslwall_sock_state, const struct sock *sk, int oldstate, int newsta
 {
 	struct sslwall_flow_key key = {};
 
-	if (newstate != TCP_SYN_SENT && newstate != TCP_CLOSE)
+	if (newstate != TCP_CLOSE)
 		return 0;
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
@@ -50,14 +47,6 @@ int BPF_PROG(sslwall_sock_state, const struct sock *sk, int oldstate, int newsta
 	if (sslwall_key_from_sock(&key, &sk->__sk_common) < 0)
 		return 0;
 
-	if (newstate == TCP_SYN_SENT) {
-		/* connect() runs in the caller's context: the current task owns the flow. */
-		struct sslwall_owner owner = { .pid = bpf_get_current_pid_tgid() >> 32 };
-
-		bpf_get_current_comm(owner.comm, sizeof(owner.comm));
-		bpf_map_update_elem(&sslwall_owners, &key, &owner, BPF_ANY);
-		return 0;
-	}
 	bpf_map_delete_elem(&sslwall_owners, &key);
 	if (bpf_map_delete_elem(&sslwall_flows, &key) == 0)
 		sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);

@@ -62,6 +62,10 @@ export interface NativeAddon {
   dupFd(fd: number): number;
   progInfo(fd: number): ProgInfo;
   linkInfo(fd: number): LinkInfo;
+  /** Every BPF link id on the system (all namespaces). */
+  linkIds(): number[];
+  /** A new fd for a link id; the caller closes it. */
+  linkFdById(id: number): number;
   mapInfo(fd: number): { id: number; type: number; keySize: number; valueSize: number; maxEntries: number; name: string };
   /** Number of possible CPUs (value size multiplier for per-CPU maps). */
   numPossibleCpus(): number;

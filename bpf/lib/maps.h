@@ -26,7 +26,8 @@ struct {
 } sslwall_flows SEC(".maps");
 
 /* flow_owners: pid/comm of the process that called connect(), written by the
- * lifecycle tracepoint, read only when a violation is reported. A separate
+ * classifier on the egress SYN, deleted by the lifecycle tracepoint on close,
+ * read only when a violation is reported. A separate
  * LRU keeps the flows value small on the fast path. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

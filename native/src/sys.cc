@@ -129,6 +129,25 @@ Napi::Value IfNameToIndex(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), idx);
 }
 
+// Every link id in the system (bpf_link_get_next_id): to find links by what they are
+// attached to, e.g. the tcx links of one interface, whoever pinned them.
+Napi::Value LinkIds(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Array out = Napi::Array::New(env);
+  __u32 id = 0;
+  uint32_t n = 0;
+  while (bpf_link_get_next_id(id, &id) == 0) out.Set(n++, id);
+  if (errno != ENOENT) ThrowBpf(env, "bpf_link_get_next_id", errno);
+  return out;
+}
+
+Napi::Value LinkFdById(const Napi::CallbackInfo& info) {
+  uint32_t id = ArgU32(info, 0, "id");
+  int fd = bpf_link_get_fd_by_id(id);
+  if (fd < 0) ThrowBpf(info.Env(), "bpf_link_get_fd_by_id", errno);
+  return Napi::Number::New(info.Env(), fd);
+}
+
 }  // namespace
 
 void InitSys(Napi::Env env, Napi::Object exports) {
@@ -138,6 +157,8 @@ void InitSys(Napi::Env env, Napi::Object exports) {
   exports.Set("dupFd", Napi::Function::New<DupFd>(env, "dupFd"));
   exports.Set("progInfo", Napi::Function::New<ProgInfo>(env, "progInfo"));
   exports.Set("linkInfo", Napi::Function::New<LinkInfo>(env, "linkInfo"));
+  exports.Set("linkIds", Napi::Function::New<LinkIds>(env, "linkIds"));
+  exports.Set("linkFdById", Napi::Function::New<LinkFdById>(env, "linkFdById"));
   exports.Set("mapInfo", Napi::Function::New<MapInfo>(env, "mapInfo"));
   exports.Set("numPossibleCpus", Napi::Function::New<NumPossibleCpus>(env, "numPossibleCpus"));
   exports.Set("testRun", Napi::Function::New<TestRun>(env, "testRun"));
