@@ -111,12 +111,18 @@ export function addrToBytes(addr: string): { family: number; bytes: Buffer } {
     return { family: Defines.SSLWALL_FAMILY_IPV4, bytes };
   }
   if (!net.isIPv6(addr)) throw new Error(`not an IP address: ${addr}`);
-  const sl = new net.SocketAddress({ address: addr, family: 'ipv6' });
-  const [head, tail = ''] = sl.address.split('::');
+  // Expand "a::b" and a trailing dotted quad ("::ffff:192.0.2.1") into 8 groups.
+  let text = addr;
+  const quad = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
+  if (quad) {
+    const o = quad[1]!.split('.').map(Number);
+    text = text.slice(0, quad.index) + ((o[0]! << 8) | o[1]!).toString(16) + ':' + ((o[2]! << 8) | o[3]!).toString(16);
+  }
+  const [head, tail] = text.split('::') as [string, string | undefined];
   const h = head ? head.split(':') : [];
   const t = tail ? tail.split(':') : [];
-  const expanded = addr.includes('::') ? [...h, ...Array(8 - h.length - t.length).fill('0'), ...t] : h;
-  expanded.forEach((g, i) => bytes.writeUInt16BE(parseInt(g, 16), i * 2));
+  const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
+  groups.forEach((g, i) => bytes.writeUInt16BE(parseInt(g, 16), i * 2));
   return { family: Defines.SSLWALL_FAMILY_IPV6, bytes };
 }
 

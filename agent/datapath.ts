@@ -26,6 +26,10 @@ export type SharedMap = keyof ReturnType<typeof expectedMaps>;
 
 export type TcDirection = 'ingress' | 'egress';
 
+/** cls_bpf handle and priority of the clsact fallback (kernels without tcx). */
+export const CLSACT_HANDLE = 0x5357;
+export const CLSACT_PRIORITY = 0x5357;
+
 export interface Features {
   tcAttach: 'tcx' | 'clsact';
   lifecycle: 'tp_btf/inet_sock_set_state';
@@ -36,7 +40,7 @@ export interface Features {
 export class Datapath {
   readonly pins;
   readonly maps: Record<SharedMap, number>;
-  readonly features: Features;
+  features: Features;
   private readonly iterLink: number;
   private readonly classifier: BpfObject;
   private readonly lifecycle: BpfObject;
@@ -119,10 +123,24 @@ export class Datapath {
         }
         unlinkSync(pin);
       }
-      const link = addon.tcxAttach(prog, ifindex, dir);
-      addon.pin(link, pin);
-      addon.closeFd(link);
-      log.info({ event: 'filter_attached', iface, dir, ifindex }, 'filter attached');
+      if (this.features.tcAttach === 'tcx') {
+        try {
+          const link = addon.tcxAttach(prog, ifindex, dir);
+          addon.pin(link, pin);
+          addon.closeFd(link);
+          log.info({ event: 'filter_attached', iface, dir, ifindex, via: 'tcx' }, 'filter attached');
+          continue;
+        } catch (err) {
+          // Kernels before 6.6 have no tcx: EINVAL for the unknown attach type.
+          if (!(err instanceof BpfError) || (err.errno !== 22 && err.errno !== 95)) throw err;
+          this.features.tcAttach = 'clsact';
+          log.warn({ event: 'tcx_unavailable', errno: err.errno }, 'no tcx links on this kernel; using clsact filters (uninstall needs --iface)');
+        }
+      }
+      // clsact + cls_bpf at a fixed handle/priority: attaching again replaces in place, so a
+      // restart never adds a second filter. Nothing to pin: the filter lives on the qdisc.
+      addon.tcAttach(prog, ifindex, dir, CLSACT_HANDLE, CLSACT_PRIORITY);
+      log.info({ event: 'filter_attached', iface, dir, ifindex, via: 'clsact' }, 'filter attached');
     }
   }
 

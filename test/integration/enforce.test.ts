@@ -2,6 +2,7 @@
 // reports plaintext and lets it through, active drops it and the application fails fast, while
 // TLS, STARTTLS, CONNECT, bypassed and exec'd traffic passes. IPv4 and IPv6.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { makeCerts, type Certs } from '../lib/certs.js';
 import { createTestbed, type Testbed } from '../lib/netns.js';
@@ -11,9 +12,11 @@ import {
   type NginxPeer, type PostgresPeer, type SinkPeer, type SmtpPeer, type SquidPeer, type SshdPeer,
 } from '../lib/peers.js';
 import { tcxLinksOn } from '../../agent/datapath.js';
+import { native } from '../../native/index.js';
 import { AgentProc, agentEnv, writeConfig, sslwall, type AgentEnv } from './agent-proc.js';
 
 const SINK_PORT = 9000;
+const METRICS = '127.0.0.1:9464';
 
 function config(mode: 'passive' | 'active') {
   return {
@@ -22,6 +25,19 @@ function config(mode: 'passive' | 'active') {
     starttls: { smtp: [25, 587], postgres: [5432] },
     connect: { ports: [3128] },
   };
+}
+
+/** Program ids behind the tcx links pinned under an agent's bpffs. */
+function pinnedTcxProgIds(bpffs: string): number[] {
+  const dir = `${bpffs}/links`;
+  return fs.readdirSync(dir).filter((f) => f.startsWith('tcx_')).map((f) => {
+    const fd = native().getPinned(`${dir}/${f}`);
+    try {
+      return native().linkInfo(fd).progId;
+    } finally {
+      native().closeFd(fd);
+    }
+  });
 }
 
 describe('agent enforcement with real peers', () => {
@@ -52,7 +68,7 @@ describe('agent enforcement with real peers', () => {
     ]);
     clientEnv = await agentEnv(tb, 'client', cgroup2);
     writeConfig(clientEnv, config('passive'));
-    agent = await AgentProc.start(clientEnv);
+    agent = await AgentProc.start(clientEnv, ['--metrics-addr', METRICS]);
   });
 
   after(async () => {
@@ -209,20 +225,49 @@ describe('agent enforcement with real peers', () => {
 
   test('SIGKILL while active: still enforced; a restart adopts the filter without a duplicate', async () => {
     await setMode('active');
+    const before = pinnedTcxProgIds(clientEnv.bpffs);
     await agent!.kill9();
     const bytesBefore = sink.bytes();
     const r = await plainClient(tb, { port: SINK_PORT, maxMs: 1500 });
     assert.equal(sink.bytes() - bytesBefore, 0, 'with the agent dead, plaintext is still dropped');
     assert.ok(r.connected, 'the connection itself opens (only payload is judged)');
-    agent = await AgentProc.start(clientEnv);
+    agent = await AgentProc.start(clientEnv, ['--metrics-addr', METRICS]);
     const adopted = agent.lines().filter((l) => l.event === 'filter_adopted');
     assert.equal(adopted.length, 2, 'ingress and egress filters are adopted, not attached again');
     // Not /sys/class/net: nsenter --net keeps the host's sysfs; ask netlink inside the namespace.
     const ifindex = (JSON.parse((await tb.exec('client', 'ip', ['-j', 'link', 'show', 'dev', tb.client.ifname])).stdout) as Array<{ ifindex: number }>)[0]!.ifindex;
-    const tcx = tcxLinksOn(ifindex);
+    // Ours = running the programs of either load (other namespaces may reuse the ifindex).
+    const ours = new Set([...before, ...pinnedTcxProgIds(clientEnv.bpffs)]);
+    const tcx = tcxLinksOn(ifindex).filter((l) => ours.has(l.progId));
     assert.equal(tcx.length, 2, `exactly one ingress and one egress link on the interface, saw ${JSON.stringify(tcx)}`);
     const again = await plainClient(tb, { port: SINK_PORT, maxMs: 5000 });
     assert.ok(again.failed && again.elapsedMs < 1000, `after adoption the client fails fast again: ${JSON.stringify(again)}`);
     await setMode('passive');
+  });
+
+  test('/metrics counts flows by class and verdict', async () => {
+    const r = await tb.exec('client', 'curl', ['-s', `http://${METRICS}/metrics`]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /sslwall_flows_total\{class="plaintext",verdict="reported"\} [1-9]/);
+    assert.match(r.stdout, /sslwall_flows_total\{class="tls",verdict="allowed"\} [1-9]/);
+    assert.match(r.stdout, /sslwall_flows_total\{class="bypass",verdict="allowed"\} [1-9]/);
+    assert.match(r.stdout, /process_resident_memory_bytes/);
+  });
+
+  test('uninstall removes every pin and filter; the interface is left bare', async () => {
+    const progIdsBeforeUninstall = pinnedTcxProgIds(clientEnv.bpffs);
+    await agent!.stop();
+    agent = undefined;
+    const r = await sslwall(clientEnv, ['uninstall', '--bpffs', clientEnv.bpffs, '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    const removed = (JSON.parse(r.stdout) as { removed: string[] }).removed;
+    assert.ok(removed.some((p) => p.includes('tcx_')), `tcx links were removed: ${removed.join(', ')}`);
+    // maps.debug and progs.debug are the kernel's own (bpf_preload) files at a bpffs root.
+    assert.deepEqual(fs.readdirSync(clientEnv.bpffs).filter((f) => !f.endsWith('.debug')), [], 'nothing is left pinned');
+    const ifindex = (JSON.parse((await tb.exec('client', 'ip', ['-j', 'link', 'show', 'dev', tb.client.ifname])).stdout) as Array<{ ifindex: number }>)[0]!.ifindex;
+    const ours = new Set(progIdsBeforeUninstall);
+    assert.deepEqual(tcxLinksOn(ifindex).filter((l) => ours.has(l.progId)), [], 'no filter of ours is left on the interface');
+    const plain = await curl(tb, nginxUrl(tb, nginx, { tls: false }));
+    assert.equal(plain.httpCode, 200);
   });
 });

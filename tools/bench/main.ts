@@ -1,4 +1,144 @@
-export async function main(_argv: string[]): Promise<number> {
-  process.stderr.write('bench: not built yet\n');
-  return 1;
+// `npm run bench` / `sslwall bench`: the benchmark suite (docs/bench.md). Every figure comes with
+// a baseline measured in the same run and their ratio. Progress goes to stderr; the figures to
+// stdout, as a table or (--json) one JSON object per line:
+//   {"bench":"tc_fastpath_ns","value":81.2,"unit":"ns/packet","baseline":34.1,"ratio":2.381}
+// A bench that fails prints an error (in --json: the same keys, nulls, and "error") and the
+// others still run; the exit status is then 1.
+import { parseArgs } from 'node:util';
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { tcFastpath, tcFirstPacket } from './tc.js';
+import { vethThroughput, connectRate } from './net.js';
+import { round } from './stats.js';
+import type { Bench, BenchResult } from './types.js';
+
+export const BENCHES: Bench[] = [tcFastpath, tcFirstPacket, vethThroughput, connectRate];
+
+const USAGE = `Usage: sslwall bench [--json] [--only NAME,...] [--list]
+       npm run bench -- [--json] [--only NAME,...] [--list]
+
+Runs the benchmarks (docs/bench.md); each figure is printed with a baseline measured in the
+same run. Needs root (BPF_PROG_TEST_RUN, network namespaces). Takes about 1.5 minutes.
+
+Options:
+  --json         one JSON object per line on stdout: {"bench","value","unit","baseline","ratio"}
+  --only LIST    comma-separated bench or figure names, e.g. --only tc_fastpath_ns,connect_rate
+  --list         list the benches and exit
+`;
+
+interface Failure {
+  bench: string;
+  error: string;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let values: { json?: boolean; only?: string; list?: boolean; help?: boolean };
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: { json: { type: 'boolean' }, only: { type: 'string' }, list: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+      allowPositionals: false,
+      strict: true,
+    }));
+  } catch (err) {
+    process.stderr.write(`bench: ${(err as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (values.list) {
+    for (const b of BENCHES) process.stdout.write(`${b.name.padEnd(20)} ${b.summary}${b.produces.length > 1 ? ` [figures: ${b.produces.join(', ')}]` : ''}\n`);
+    return 0;
+  }
+
+  let selected = BENCHES;
+  let wanted: string[] | undefined;
+  if (values.only !== undefined) {
+    wanted = values.only.split(',').map((s) => s.trim()).filter(Boolean);
+    const unknown = wanted.filter((w) => !BENCHES.some((b) => b.name === w || b.produces.includes(w)));
+    if (unknown.length || wanted.length === 0) {
+      process.stderr.write(`bench: unknown bench ${unknown.join(', ') || '(empty --only)'}; known: ${BENCHES.flatMap((b) => [b.name, ...b.produces.filter((p) => p !== b.name)]).join(', ')}\n`);
+      return 2;
+    }
+    selected = BENCHES.filter((b) => wanted!.includes(b.name) || b.produces.some((p) => wanted!.includes(p)));
+  }
+
+  const json = !!values.json;
+  const results: BenchResult[] = [];
+  const failures: Failure[] = [];
+  const t0 = Date.now();
+  for (const [i, b] of selected.entries()) {
+    const started = Date.now();
+    process.stderr.write(`bench [${i + 1}/${selected.length}] ${b.name}: ${b.summary}\n`);
+    const ctx = { progress: (m: string) => process.stderr.write(`  ${b.name}: ${m}\n`) };
+    try {
+      let out = await b.run(ctx);
+      // --only tc_flow_open_ns shows that figure, not its siblings.
+      if (wanted && !wanted.includes(b.name)) out = out.filter((r) => wanted!.includes(r.bench));
+      results.push(...out);
+      if (json) for (const r of out) process.stdout.write(jsonLine(r) + '\n');
+      process.stderr.write(`  ${b.name}: done in ${round((Date.now() - started) / 1000, 1)} s\n`);
+    } catch (err) {
+      const message = (err as Error).stack ?? String(err);
+      failures.push({ bench: b.name, error: (err as Error).message ?? String(err) });
+      process.stderr.write(`  ${b.name}: FAILED after ${round((Date.now() - started) / 1000, 1)} s: ${message}\n`);
+      if (json) {
+        for (const name of b.produces) {
+          process.stdout.write(JSON.stringify({ bench: name, value: null, unit: null, baseline: null, ratio: null, error: (err as Error).message ?? String(err) }) + '\n');
+        }
+      }
+    }
+  }
+  process.stderr.write(`bench: ${results.length} figures, ${failures.length} failed, ${round((Date.now() - t0) / 1000, 1)} s\n`);
+  if (!json) process.stdout.write(table(results, failures));
+  return failures.length ? 1 : 0;
+}
+
+function jsonLine(r: BenchResult): string {
+  return JSON.stringify({ bench: r.bench, value: r.value, unit: r.unit, baseline: r.baseline, ratio: r.ratio });
+}
+
+function targetText(r: BenchResult): string {
+  if (!r.target) return '-';
+  const met = r.target.op === '<=' ? r.ratio <= r.target.ratio : r.ratio >= r.target.ratio;
+  return `${r.target.op === '<=' ? '≤' : '≥'} ${r.target.ratio}× ${met ? 'met' : 'MISSED'}`;
+}
+
+function table(results: BenchResult[], failures: Failure[]): string {
+  const header = ['BENCH', 'VALUE', 'UNIT', 'BASELINE', 'RATIO', 'TARGET', 'WHAT IT MEANS'];
+  const rows = results.map((r) => [r.bench, String(r.value), r.unit, String(r.baseline), `${r.ratio}×`, targetText(r), r.meaning]);
+  for (const f of failures) rows.push([f.bench, 'ERROR', '', '', '', '', f.error.split('\n')[0]!]);
+  const widths = header.map((_, i) => Math.max(...[header, ...rows].map((r) => [...r[i]!].length)));
+  const right = new Set([1, 3, 4]);
+  const line = (r: string[]) =>
+    r.map((c, i) => (i === r.length - 1 ? c : right.has(i) ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd();
+  const baselineNote =
+    'Baselines: tc_* = sslwall_empty on the same packet, same repeat; veth_throughput*/connect_rate = same bed without any filter.';
+  return [line(header), ...rows.map(line), '', baselineNote, ''].join('\n');
+}
+
+// Run directly (`node dist/tools/bench/main.js`, what `npm run bench` does); `sslwall bench`
+// imports main() instead.
+function isEntryPoint(): boolean {
+  const script = process.argv[1];
+  if (!script) return false;
+  try {
+    return realpathSync(script) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (isEntryPoint()) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err) => {
+      process.stderr.write(`bench: ${(err as Error).stack ?? String(err)}\n`);
+      process.exitCode = 1;
+    },
+  );
 }

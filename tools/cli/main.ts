@@ -5,6 +5,7 @@ import { existsSync, unlinkSync, rmdirSync, readdirSync } from 'node:fs';
 import pino from 'pino';
 import { runAgent } from '../../agent/agent.js';
 import { DEFAULT_BPFFS, DEFAULT_STATE_DIR, pinLayout } from '../../agent/paths.js';
+import { CLSACT_HANDLE, CLSACT_PRIORITY } from '../../agent/datapath.js';
 import { SslwallError, exitCodeFor } from '../../agent/errors.js';
 import { readFlows, type FlowRecord } from '../../agent/flows.js';
 import { joinBypassCgroup } from '../../agent/cgroup.js';
@@ -144,13 +145,15 @@ Validates a config document; prints it with defaults filled in, or the fields th
     },
   },
   uninstall: {
-    help: `Usage: sslwall uninstall [--bpffs DIR] [--json]
+    help: `Usage: sslwall uninstall [--bpffs DIR] [--iface IF ...] [--json]
 
 Detaches every filter and hook the agent pinned under DIR and removes the pins. Stop the agent
-first (a running agent would attach again on its next start, not before).
+first (a running agent would attach again on its next start, not before). On kernels without
+tcx links the filters sit on clsact qdiscs: name the interfaces with --iface to remove them.
 
 Options:
   --bpffs DIR   the agent's pin folder                          [${DEFAULT_BPFFS}]
+  --iface IF    also remove clsact fallback filters from IF; repeat for more
   --json        print what was removed as JSON
 `,
     options: { bpffs: { type: 'string' }, iface: { type: 'string', multiple: true }, json: { type: 'boolean' } },
@@ -179,6 +182,16 @@ Options:
           removed.push(`${pins.maps}/${f}`);
         }
         rmdirSync(pins.maps);
+      }
+      for (const iface of (v.iface as string[] | undefined) ?? []) {
+        for (const dir of ['ingress', 'egress'] as const) {
+          try {
+            native().tcDetach(native().ifNameToIndex(iface), dir, CLSACT_HANDLE, CLSACT_PRIORITY);
+            removed.push(`clsact ${dir} filter on ${iface}`);
+          } catch {
+            // No fallback filter there: tcx was used, or it is already gone.
+          }
+        }
       }
       if (v.json) process.stdout.write(JSON.stringify({ removed }) + '\n');
       else process.stdout.write(removed.length ? `removed:\n  ${removed.join('\n  ')}\n` : `nothing pinned under ${pins.root}\n`);

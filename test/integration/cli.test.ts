@@ -1,0 +1,62 @@
+// The sslwall command as a user meets it: help, usage errors, config errors with exit codes.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { runHost } from './agent-proc.js';
+
+test('sslwall --help lists the commands; each command has --help', async () => {
+  const r = await runHost(['--help']);
+  assert.equal(r.code, 0);
+  for (const c of ['agent', 'flows', 'exec', 'uninstall', 'bench']) assert.match(r.stdout, new RegExp(`^  ${c} `, 'm'));
+  for (const c of ['agent', 'flows', 'exec', 'uninstall', 'check']) {
+    const h = await runHost([c, '--help']);
+    assert.equal(h.code, 0, `${c} --help`);
+    assert.match(h.stdout, new RegExp(`Usage: sslwall ${c}`));
+  }
+});
+
+test('usage errors exit 2 and say what to do', async () => {
+  const unknown = await runHost(['frobnicate']);
+  assert.equal(unknown.code, 2);
+  assert.match(unknown.stderr, /SSLWALL_E_USAGE: unknown command 'frobnicate'; run sslwall --help/);
+  const noIface = await runHost(['agent', '--config-file', '/dev/null']);
+  assert.equal(noIface.code, 2);
+  assert.match(noIface.stderr, /--iface/);
+  const badFlag = await runHost(['flows', '--jsn']);
+  assert.equal(badFlag.code, 2);
+  assert.match(badFlag.stderr, /run sslwall flows --help/);
+});
+
+test('an invalid config file: exit 2, naming the field', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sslwall-cli-'));
+  try {
+    const f = path.join(dir, 'c.json');
+    fs.writeFileSync(f, JSON.stringify({ mode: 'passive', bypass: { ports: [22, 99999] } }));
+    const r = await runHost(['check', '--config-file', f]);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /SSLWALL_E_CONFIG_INVALID: .*bypass\.ports\[1\]/);
+    const a = await runHost(['agent', '--config-file', f, '--iface', 'does-not-exist0', '--state-dir', dir]);
+    assert.equal(a.code, 2, 'the agent refuses to start on an invalid config with no last good one');
+    fs.writeFileSync(f, JSON.stringify({ mode: 'passive' }));
+    const ok = await runHost(['check', '--config-file', f]);
+    assert.equal(ok.code, 0);
+    assert.deepEqual(JSON.parse(ok.stdout).bypass, { ports: [], cidrs: [] });
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a --bpffs folder that is not a BPF filesystem is refused with how to mount one', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sslwall-cli-'));
+  try {
+    const f = path.join(dir, 'c.json');
+    fs.writeFileSync(f, JSON.stringify({ mode: 'passive' }));
+    const r = await runHost(['agent', '--config-file', f, '--iface', 'does-not-exist0', '--bpffs', dir, '--state-dir', dir]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /SSLWALL_E_BPFFS: .* is not on a BPF filesystem; mount one: mount -t bpf bpf/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -1,0 +1,183 @@
+// The classifier alone, timed by the kernel through BPF_PROG_TEST_RUN: no interface, no
+// namespace, nothing attached. The object is loaded with maps private to this process (the
+// same Lab the classifier tests use) and closed at the end, which frees its maps.
+//
+// Baseline: sslwall_empty, a tc program in the same object that returns "pass" at once, run on
+// the very same packet the same number of times. What the kernel reports for it is the cost of
+// the test-run harness itself (skb setup is outside the timer; the loop, the indirect call and
+// the clock reads are inside), so value - baseline is what the classifier adds per packet.
+import { native } from '../../native/index.js';
+import { Lab } from '../../test/bpf/lab.js';
+import { Conversation, tlsAppData, tlsHello, type Endpoint } from '../../test/bpf/packets.js';
+import { mean, median, quantile, round, spread } from './stats.js';
+import type { Bench, BenchContext, BenchResult } from './types.js';
+
+/** A plausible production config: what the fast path and first packet run against. */
+const CONFIG = {
+  mode: 'passive',
+  bypass: { ports: [22], cidrs: ['192.0.2.0/24', '2001:db8::/32'] },
+  starttls: { smtp: [25, 587], postgres: [5432] },
+  connect: { ports: [3128] },
+};
+
+const CLIENT = '10.0.0.1';
+const SERVER: Endpoint = { addr: '10.0.0.2', port: 443 };
+const PASS = 0xffffffff; // tc's -1 ("no opinion, pass") as the u32 the kernel reports
+
+const FASTPATH_REPEAT = 1_000_000;
+const FASTPATH_ROUNDS = 7;
+const FIRST_PACKET_FLOWS = 20_000;
+const FIRST_PORT = 1024;
+
+function progFds(lab: Lab) {
+  return {
+    egress: lab.obj.progFd('sslwall_classify_egress'),
+    ingress: lab.obj.progFd('sslwall_classify_ingress'),
+    empty: lab.obj.progFd('sslwall_empty'),
+  };
+}
+
+function timeRun(fd: number, pkt: Buffer, repeat: number): number {
+  const r = native().testRun(fd, pkt, repeat);
+  if (r.retval >>> 0 !== PASS) throw new Error(`program fd ${fd} returned ${r.retval | 0} instead of pass (-1) on a benchmark packet`);
+  return r.durationNs;
+}
+
+function withLab<T>(fn: (lab: Lab) => T): T {
+  const lab = new Lab();
+  try {
+    lab.configure(CONFIG);
+    return fn(lab);
+  } finally {
+    lab.close();
+  }
+}
+
+function perPacketMeaning(value: number, baseline: number, what: string): string {
+  return `${what}: +${round(value - baseline, 1)} ns per packet over an empty tc program`;
+}
+
+export const tcFastpath: Bench = {
+  name: 'tc_fastpath_ns',
+  produces: ['tc_fastpath_ns'],
+  summary: 'ns per packet of an already classified (TLS) flow on egress vs sslwall_empty; repeat 1e6, median of 7 interleaved rounds',
+  async run(ctx: BenchContext): Promise<BenchResult[]> {
+    return withLab((lab) => {
+      const fd = progFds(lab);
+      // A TLS flow seen from the client host: SYN out, SYN-ACK in, ClientHello out, ServerHello in.
+      const c = new Conversation({ addr: CLIENT, port: 40000 }, SERVER);
+      timeRun(fd.egress, c.syn(), 1);
+      timeRun(fd.ingress, c.synAck(), 1);
+      timeRun(fd.egress, c.fromClient(tlsHello('client')), 1);
+      timeRun(fd.ingress, c.fromServer(tlsHello('server')), 1);
+      const flow = lab.flow(c.client, c.server);
+      if (flow?.class !== 'tls') throw new Error(`setup failed: the flow should be classified tls before timing, it is ${flow?.class ?? 'missing'}`);
+
+      // A full-size application-data segment of that flow (payload size does not matter to the
+      // fast path: it stops after the flow lookup).
+      const pkt = c.fromClient(tlsAppData(1400));
+      timeRun(fd.egress, pkt, FASTPATH_REPEAT / 10); // warm-up, discarded
+      timeRun(fd.empty, pkt, FASTPATH_REPEAT / 10);
+      const cls: number[] = [];
+      const base: number[] = [];
+      for (let r = 0; r < FASTPATH_ROUNDS; r++) {
+        // Alternate which program goes first so neither always runs on the warmer cache.
+        if (r % 2 === 0) {
+          cls.push(timeRun(fd.egress, pkt, FASTPATH_REPEAT));
+          base.push(timeRun(fd.empty, pkt, FASTPATH_REPEAT));
+        } else {
+          base.push(timeRun(fd.empty, pkt, FASTPATH_REPEAT));
+          cls.push(timeRun(fd.egress, pkt, FASTPATH_REPEAT));
+        }
+        ctx.progress(`round ${r + 1}/${FASTPATH_ROUNDS}: classifier ${cls[r]} ns, empty ${base[r]} ns`);
+      }
+      const after = lab.flow(c.client, c.server);
+      if (after?.class !== 'tls') throw new Error(`the flow changed class while timing (${after?.class ?? 'gone'}): not a fast-path measurement`);
+      const value = median(cls);
+      const baseline = median(base);
+      ctx.progress(`spread over rounds: classifier ${round(spread(cls) * 100, 1)}%, empty ${round(spread(base) * 100, 1)}%`);
+      return [
+        {
+          bench: 'tc_fastpath_ns',
+          value: round(value, 1),
+          unit: 'ns/packet',
+          baseline: round(baseline, 1),
+          ratio: round(value / baseline, 3),
+          target: { op: '<=', ratio: 1.3 },
+          meaning: perPacketMeaning(value, baseline, 'decided flow'),
+        },
+      ];
+    });
+  },
+};
+
+export const tcFirstPacket: Bench = {
+  name: 'tc_first_packet_ns',
+  produces: ['tc_first_packet_ns', 'tc_flow_open_ns'],
+  summary: `ns for the ClientHello of a new flow (and for its SYN, which creates the flow) vs sslwall_empty; repeat 1 over ${FIRST_PACKET_FLOWS} distinct flows`,
+  async run(ctx: BenchContext): Promise<BenchResult[]> {
+    return withLab((lab) => {
+      const fd = progFds(lab);
+      // repeat must be 1: with repeat > 1 only the first run sees a new flow, the others a
+      // flow that already exists. So each flow gets its own client port, and every packet is
+      // timed once, the empty program on the same packet right beside it.
+      const synCls: number[] = [];
+      const synBase: number[] = [];
+      const chCls: number[] = [];
+      const chBase: number[] = [];
+      const pair = (i: number, pkt: Buffer, cls: number[], base: number[]) => {
+        if (i % 2 === 0) {
+          cls.push(timeRun(fd.egress, pkt, 1));
+          base.push(timeRun(fd.empty, pkt, 1));
+        } else {
+          base.push(timeRun(fd.empty, pkt, 1));
+          cls.push(timeRun(fd.egress, pkt, 1));
+        }
+      };
+      const step = FIRST_PACKET_FLOWS / 4;
+      for (let i = 0; i < FIRST_PACKET_FLOWS; i++) {
+        const c = new Conversation({ addr: CLIENT, port: FIRST_PORT + i }, SERVER);
+        const syn = c.syn();
+        const hello = c.fromClient(tlsHello('client', 512));
+        pair(i, syn, synCls, synBase);
+        pair(i, hello, chCls, chBase);
+        if ((i + 1) % step === 0) ctx.progress(`${i + 1}/${FIRST_PACKET_FLOWS} flows`);
+      }
+      // Each flow must be new at its SYN and still undecided (waiting for the ServerHello) after
+      // its ClientHello; otherwise we timed something else.
+      const counters = lab.counters();
+      if (counters.flowsCreated !== BigInt(FIRST_PACKET_FLOWS) || counters.insertFailed !== 0n) {
+        throw new Error(`expected ${FIRST_PACKET_FLOWS} flows created and no insert failure, saw ${counters.flowsCreated} created, ${counters.insertFailed} failed`);
+      }
+      for (const i of [0, FIRST_PACKET_FLOWS >> 1, FIRST_PACKET_FLOWS - 1]) {
+        const f = lab.flow({ addr: CLIENT, port: FIRST_PORT + i }, SERVER);
+        if (f?.class !== 'pending') throw new Error(`flow ${i} should be pending after its ClientHello, it is ${f?.class ?? 'missing'}`);
+      }
+      const v = mean(chCls);
+      const b = mean(chBase);
+      const sv = mean(synCls);
+      const sb = mean(synBase);
+      ctx.progress(`ClientHello: median ${median(chCls)} ns (p90 ${quantile(chCls, 0.9)}), empty median ${median(chBase)} ns`);
+      ctx.progress(`SYN: median ${median(synCls)} ns (p90 ${quantile(synCls, 0.9)}), empty median ${median(synBase)} ns`);
+      return [
+        {
+          bench: 'tc_first_packet_ns',
+          value: round(v, 1),
+          unit: 'ns/packet',
+          baseline: round(b, 1),
+          ratio: round(v / b, 3),
+          target: { op: '<=', ratio: 3 },
+          meaning: perPacketMeaning(v, b, 'ClientHello judged (cold, 1 run per call)'),
+        },
+        {
+          bench: 'tc_flow_open_ns',
+          value: round(sv, 1),
+          unit: 'ns/packet',
+          baseline: round(sb, 1),
+          ratio: round(sv / sb, 3),
+          meaning: perPacketMeaning(sv, sb, 'SYN inserting a new flow (cold, 1 run per call)'),
+        },
+      ];
+    });
+  },
+};
