@@ -1,20 +1,29 @@
-// `sslwall agent`: load the data plane, apply the config, attach to interfaces, and keep
-// following the config file. On SIGTERM/SIGINT the agent exits and the pinned programs stay,
-// enforcing the last config; the next start adopts them.
+// `sslwall agent`: load the data plane, apply a config, attach to interfaces, and keep
+// following the config source (a file, or the tier's keys in etcd). On SIGTERM/SIGINT the agent
+// exits and the pinned programs stay, enforcing the last config; the next start adopts them.
 import type { Logger } from 'pino';
 import type { Server } from 'node:http';
 import { Datapath } from './datapath.js';
 import { applyConfig, currentMode, type BypassCgroup } from './apply.js';
 import { readConfigFile, watchConfigFile } from './config-file.js';
-import { saveLastGood, loadLastGood } from './state.js';
+import { saveLastGood, loadLastGood, type AppliedMeta } from './state.js';
 import { ensureBypassCgroup } from './cgroup.js';
 import { createMetrics, serveMetrics } from './metrics.js';
 import { startEventPump, destroyBlocked } from './events.js';
 import { SslwallError } from './errors.js';
+import { routeInterfaces } from './interfaces.js';
+import { EtcdAgentSource } from './etcd-source.js';
+import type { EtcdConnection } from './etcd-client.js';
 import type { Config } from '../schemas/config.js';
 
+export const AGENT_VERSION = '0.1.0';
+
+export type SourceOptions =
+  | { kind: 'file'; configFile: string }
+  | { kind: 'etcd'; conn: EtcdConnection; prefix: string; tier: string; hostId: string };
+
 export interface AgentOptions {
-  configFile: string;
+  source: SourceOptions;
   ifaces: string[];
   bpffs: string;
   cgroup?: string;
@@ -22,15 +31,29 @@ export interface AgentOptions {
   metricsAddr?: string;
 }
 
+/** What the agent has in force, for health and logs. */
+export interface AgentStatus {
+  applied: { config: Config; meta: AppliedMeta } | null;
+  appliedAt: string | null;
+  applyLatencyMs: number | null;
+  lastError: { code: string; message: string; revision: number | null; at: string } | null;
+}
+
 export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
-  let config: Config;
-  try {
-    config = readConfigFile(opts.configFile);
-  } catch (err) {
-    const lastGood = loadLastGood(opts.stateDir);
-    if (!lastGood) throw err;
-    log.error({ event: 'config_refused', code: (err as SslwallError).code, err: (err as Error).message }, 'config file refused; enforcing the last good config');
-    config = lastGood;
+  const lastGood = loadLastGood(opts.stateDir);
+  let initial: { config: Config; meta: AppliedMeta } | null = null;
+  if (opts.source.kind === 'file') {
+    try {
+      initial = { config: readConfigFile(opts.source.configFile), meta: fileMeta() };
+    } catch (err) {
+      if (!lastGood) throw err;
+      log.error({ event: 'config_refused', code: (err as SslwallError).code, err: (err as Error).message }, 'config file refused; enforcing the last good config');
+      initial = lastGood;
+    }
+  } else if (lastGood) {
+    // Enforce at once what we enforced before; etcd may be away for a while.
+    log.info({ event: 'last_good_loaded', saved_at: lastGood.savedAt, meta: lastGood.meta }, 'enforcing the last good config until etcd answers');
+    initial = lastGood;
   }
 
   const dp = Datapath.load(opts.bpffs, log);
@@ -43,37 +66,69 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
   }
 
   const metrics = createMetrics(dp);
-  const apply = (next: Config, reason: string) => {
+  const status: AgentStatus = { applied: null, appliedAt: null, applyLatencyMs: null, lastError: null };
+
+  /** Apply a validated config to the kernel and remember it as the last good one. */
+  const apply = (config: Config, meta: AppliedMeta, reason: string): void => {
     const before = currentMode(dp.maps);
     const started = process.hrtime.bigint();
-    const flipped = applyConfig(dp.maps, next, bypass);
-    saveLastGood(opts.stateDir, next);
+    const flipped = applyConfig(dp.maps, config, bypass);
+    const ms = Number(process.hrtime.bigint() - started) / 1e6;
+    saveLastGood(opts.stateDir, config, meta);
+    status.applied = { config, meta };
+    status.appliedAt = new Date().toISOString();
+    status.applyLatencyMs = ms;
     metrics.configApplied.inc({ result: 'ok' });
-    log.info({ event: 'config_applied', reason, mode: next.mode, previous_mode: before, verdicts_changed: flipped, apply_ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'config applied');
-    if (next.mode === 'active') destroyBlocked(dp, log, metrics);
+    metrics.applyLatency.observe(ms / 1000);
+    metrics.configVersion.set(meta.tierVersion ?? 0);
+    log.info({ event: 'config_applied', reason, mode: config.mode, previous_mode: before, verdicts_changed: flipped, apply_ms: ms, ...meta }, 'config applied');
+    if (config.mode === 'active') destroyBlocked(dp, log, metrics);
   };
-  apply(config, 'start');
-  for (const iface of opts.ifaces) dp.attachInterface(iface, log);
+  const refuse = (err: unknown, reason: string, revision: number | null): void => {
+    const code = (err as SslwallError).code ?? 'SSLWALL_E_INTERNAL';
+    status.lastError = { code, message: (err as Error).message, revision, at: new Date().toISOString() };
+    metrics.configApplied.inc({ result: 'invalid' });
+    log.error({ event: 'config_refused', reason, code, revision, err: (err as Error).message }, 'config refused; the previous config stays in force');
+  };
 
-  const poller = startEventPump(dp, log, metrics);
+  if (initial) apply(initial.config, initial.meta, 'start');
+  const ifaces = opts.ifaces.length ? opts.ifaces : routeInterfaces();
+  if (ifaces.length === 0) throw new SslwallError('SSLWALL_E_IFACE', 'no --iface given and no interface carries a route; name the interfaces with --iface');
+  for (const iface of ifaces) dp.attachInterface(iface, log);
+
   let server: Server | undefined;
   if (opts.metricsAddr) server = await serveMetrics(opts.metricsAddr, metrics, log);
 
-  const reload = (reason: string) => {
-    try {
-      const next = readConfigFile(opts.configFile);
-      if (JSON.stringify(next) === JSON.stringify(config)) return;
-      apply(next, reason);
-      config = next;
-    } catch (err) {
-      metrics.configApplied.inc({ result: 'invalid' });
-      log.error({ event: 'config_refused', reason, code: (err as SslwallError).code ?? 'SSLWALL_E_BPF', err: (err as Error).message }, 'config refused; the previous config stays in force');
-    }
-  };
-  const watcher = watchConfigFile(opts.configFile, () => reload('file_changed'));
-  process.on('SIGHUP', () => reload('sighup'));
+  let stopSource: () => Promise<void>;
+  let eventFields: Record<string, unknown> = {};
+  if (opts.source.kind === 'file') {
+    const file = opts.source.configFile;
+    const reload = (reason: string) => {
+      try {
+        const next = readConfigFile(file);
+        if (JSON.stringify(next) === JSON.stringify(status.applied?.config)) return;
+        apply(next, fileMeta(), reason);
+      } catch (err) {
+        refuse(err, reason, null);
+      }
+    };
+    const watcher = watchConfigFile(file, () => reload('file_changed'));
+    const onHup = () => reload('sighup');
+    process.on('SIGHUP', onHup);
+    stopSource = async () => {
+      watcher.close();
+      process.off('SIGHUP', onHup);
+    };
+  } else {
+    const src = opts.source;
+    eventFields = { tier: src.tier, host_id: src.hostId };
+    const etcd = new EtcdAgentSource(src, dp, status, { apply, refuse }, metrics, log, AGENT_VERSION);
+    etcd.start();
+    stopSource = () => etcd.stop();
+  }
+  const poller = startEventPump(dp, log, metrics, eventFields);
 
-  log.info({ event: 'agent_ready', ifaces: opts.ifaces, mode: config.mode, bpffs: opts.bpffs, features: dp.features }, 'agent ready');
+  log.info({ event: 'agent_ready', ifaces, mode: status.applied?.config.mode ?? 'unset', bpffs: opts.bpffs, features: dp.features, ...eventFields }, 'agent ready');
 
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
@@ -83,8 +138,12 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
-  watcher.close();
+  await stopSource();
   poller.close();
   server?.close();
   dp.close();
+}
+
+function fileMeta(): AppliedMeta {
+  return { source: 'file', tierVersion: null, revision: null, overrideVersion: null, inCohort: true, bucket: 0 };
 }

@@ -53,7 +53,43 @@ export function createMetrics(dp: Datapath) {
     help: 'Local sockets of blocked flows aborted by the agent',
     registers: [registry],
   });
-  return { registry, configApplied, socketsDestroyed };
+  const applyLatency = new client.Histogram({
+    name: 'sslwall_apply_seconds',
+    help: 'Time to write a config into the kernel maps',
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+    registers: [registry],
+  });
+  const configVersion = new client.Gauge({
+    name: 'sslwall_config_version',
+    help: 'Version of the tier document in force (0 for a config file)',
+    registers: [registry],
+  });
+  const watchState = new client.Gauge({
+    name: 'sslwall_etcd_watch_state',
+    help: 'State of the etcd watch (1 for the current state)',
+    labelNames: ['state'] as const,
+    registers: [registry],
+  });
+  const breakerStates: Record<string, () => string> = {};
+  const breakers = new client.Gauge({
+    name: 'sslwall_etcd_breaker_open',
+    help: 'Circuit breaker around etcd calls: 1 open, 0.5 half open, 0 closed',
+    labelNames: ['breaker'] as const,
+    registers: [registry],
+    collect() {
+      for (const [name, state] of Object.entries(breakerStates)) breakers.set({ breaker: name }, { open: 1, half_open: 0.5, closed: 0 }[state()] ?? 0);
+    },
+  });
+  return {
+    registry,
+    configApplied,
+    socketsDestroyed,
+    applyLatency,
+    configVersion,
+    watchState,
+    watchBreakerState: (fn: () => string) => (breakerStates.watch = fn),
+    healthBreakerState: (fn: () => string) => (breakerStates.health = fn),
+  };
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;

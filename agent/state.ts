@@ -9,13 +9,29 @@ export function lastGoodPath(stateDir: string): string {
   return path.join(stateDir, 'last-good.json');
 }
 
-export function saveLastGood(stateDir: string, config: Config): void {
+/** Where an applied config came from: enough to report it in health after a restart. */
+export interface AppliedMeta {
+  source: 'file' | 'etcd';
+  tierVersion: number | null;
+  revision: number | null;
+  overrideVersion: number | null;
+  inCohort: boolean;
+  bucket: number;
+}
+
+export interface LastGood {
+  config: Config;
+  meta: AppliedMeta;
+  savedAt: string;
+}
+
+export function saveLastGood(stateDir: string, config: Config, meta: AppliedMeta): void {
   mkdirSync(stateDir, { recursive: true });
   const file = lastGoodPath(stateDir);
   const tmp = `${file}.tmp-${process.pid}`;
   const fd = openSync(tmp, 'w', 0o600);
   try {
-    writeSync(fd, JSON.stringify(config, null, 2) + '\n');
+    writeSync(fd, JSON.stringify({ savedAt: new Date().toISOString(), meta, config }, null, 2) + '\n');
     fsyncSync(fd);
   } finally {
     closeSync(fd);
@@ -30,8 +46,14 @@ export function saveLastGood(stateDir: string, config: Config): void {
   }
 }
 
-export function loadLastGood(stateDir: string): Config | null {
+/** The last good config, or null when there is none or it is unreadable (then nothing is trusted). */
+export function loadLastGood(stateDir: string): LastGood | null {
   const file = lastGoodPath(stateDir);
   if (!existsSync(file)) return null;
-  return parseConfigText(readFileSync(file, 'utf8'), file);
+  try {
+    const doc = JSON.parse(readFileSync(file, 'utf8')) as { config: unknown; meta: AppliedMeta; savedAt: string };
+    return { config: parseConfigText(JSON.stringify(doc.config), file), meta: doc.meta, savedAt: doc.savedAt };
+  } catch {
+    return null;
+  }
 }

@@ -21,9 +21,12 @@ test('usage errors exit 2 and say what to do', async () => {
   const unknown = await runHost(['frobnicate']);
   assert.equal(unknown.code, 2);
   assert.match(unknown.stderr, /SSLWALL_E_USAGE: unknown command 'frobnicate'; run sslwall --help/);
-  const noIface = await runHost(['agent', '--config-file', '/dev/null']);
-  assert.equal(noIface.code, 2);
-  assert.match(noIface.stderr, /--iface/);
+  const noSource = await runHost(['agent', '--iface', 'does-not-exist0']);
+  assert.equal(noSource.code, 2);
+  assert.match(noSource.stderr, /--config-file FILE, or --etcd URL --tier TIER/);
+  const noTier = await runHost(['agent', '--etcd', 'http://127.0.0.1:1']);
+  assert.equal(noTier.code, 2);
+  assert.match(noTier.stderr, /--tier/);
   const badFlag = await runHost(['flows', '--jsn']);
   assert.equal(badFlag.code, 2);
   assert.match(badFlag.stderr, /run sslwall flows --help/);

@@ -18,7 +18,7 @@ import { createTestbed, type Testbed } from '../../test/lib/netns.js';
 import { iperfClient, startIperf } from '../../test/lib/peers.js';
 import { waitFor, tail } from '../../test/lib/proc.js';
 import { AgentProc, agentEnv, sslwall, writeConfig, type AgentEnv } from '../../test/integration/agent-proc.js';
-import { mean, round, spread } from './stats.js';
+import { median, round, spread } from './stats.js';
 import type { Bench, BenchContext, BenchResult } from './types.js';
 
 const PASSIVE = { mode: 'passive' };
@@ -144,13 +144,14 @@ async function onBed<T>(label: string, ctx: BenchContext, body: (tb: Testbed, cl
 
 // ---------------------------------------------------------------------------------------------
 
-const IPERF_SECONDS = 5;
+const IPERF_SECONDS = 4;
 const IPERF_OMIT = 1;
+const IPERF_CYCLES = 2;
 
 export const vethThroughput: Bench = {
   name: 'veth_throughput',
   produces: ['veth_throughput', 'veth_throughput_bypass'],
-  summary: `iperf3 client ns -> server ns over veth, ${IPERF_SECONDS} s per run, without a filter vs with the agent's classifier (passive), and with port ${IPERF_PORT} bypassed`,
+  summary: `iperf3 client ns -> server ns over veth (${IPERF_SECONDS} s per run after ${IPERF_OMIT} s omitted), without a filter vs with the agent's classifier (passive) vs with port ${IPERF_PORT} bypassed; median of ${2 * IPERF_CYCLES} runs each`,
   async run(ctx: BenchContext): Promise<BenchResult[]> {
     return onBed('bench-veth', ctx, async (tb, cleanup) => {
       const iperf = await startIperf(tb, { port: IPERF_PORT });
@@ -166,33 +167,37 @@ export const vethThroughput: Bench = {
         ctx.progress(`${label}: ${round(r.bitsPerSecond / 1e9, 2)} Gbit/s`);
       };
 
-      // A B C C B A: without, with, with+bypass, with+bypass, with, without.
-      await measure(without, 'without filter');
-      await agent.start();
-      let c0 = agent.counters();
-      await measure(withFilter, 'with filter (passive)');
-      let c1 = agent.counters();
-      // Passive mode: iperf3 is plaintext, so its flows must have been judged plaintext/reported.
-      if (classCount(c1, 'plaintext') <= classCount(c0, 'plaintext')) {
-        throw new Error(`the filter did not classify the iperf3 flows (plaintext count ${classCount(c0, 'plaintext')} -> ${classCount(c1, 'plaintext')}): is it on the path?`);
+      // Each cycle runs A B C C B A: without, with, with+bypass, with+bypass, with, without.
+      for (let cycle = 1; cycle <= IPERF_CYCLES; cycle++) {
+        ctx.progress(`cycle ${cycle}/${IPERF_CYCLES}`);
+        await measure(without, 'without filter');
+        writeConfig(agent.env, PASSIVE);
+        await agent.start();
+        let c0 = agent.counters();
+        await measure(withFilter, 'with filter (passive)');
+        let c1 = agent.counters();
+        // Passive mode: iperf3 is plaintext, so its flows must have been judged plaintext/reported.
+        if (classCount(c1, 'plaintext') <= classCount(c0, 'plaintext')) {
+          throw new Error(`the filter did not classify the iperf3 flows (plaintext count ${classCount(c0, 'plaintext')} -> ${classCount(c1, 'plaintext')}): is it on the path?`);
+        }
+        await agent.setConfig(PASSIVE_BYPASS_IPERF, `bypass ${IPERF_PORT}`);
+        c0 = agent.counters();
+        await measure(bypassed, `with filter, port ${IPERF_PORT} bypassed`);
+        await measure(bypassed, `with filter, port ${IPERF_PORT} bypassed`);
+        c1 = agent.counters();
+        if (classCount(c1, 'bypass') <= classCount(c0, 'bypass') || classCount(c1, 'plaintext') !== classCount(c0, 'plaintext')) {
+          throw new Error(`with port ${IPERF_PORT} bypassed the iperf3 flows should count as bypass and none as plaintext; counters: ${JSON.stringify(c1.byClass, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v))}`);
+        }
+        await agent.setConfig(PASSIVE, 'passive');
+        await measure(withFilter, 'with filter (passive)');
+        await agent.remove();
+        await measure(without, 'without filter');
       }
-      await agent.setConfig(PASSIVE_BYPASS_IPERF, `bypass ${IPERF_PORT}`);
-      c0 = agent.counters();
-      await measure(bypassed, `with filter, port ${IPERF_PORT} bypassed`);
-      await measure(bypassed, `with filter, port ${IPERF_PORT} bypassed`);
-      c1 = agent.counters();
-      if (classCount(c1, 'bypass') <= classCount(c0, 'bypass') || classCount(c1, 'plaintext') !== classCount(c0, 'plaintext')) {
-        throw new Error(`with port ${IPERF_PORT} bypassed the iperf3 flows should count as bypass and none as plaintext; counters: ${JSON.stringify(c1.byClass, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v))}`);
-      }
-      await agent.setConfig(PASSIVE, 'passive');
-      await measure(withFilter, 'with filter (passive)');
-      await agent.remove();
-      await measure(without, 'without filter');
 
-      const base = mean(without);
-      const w = mean(withFilter);
-      const b = mean(bypassed);
-      ctx.progress(`spread: without ${pct(spread(without))}, with ${pct(spread(withFilter))}, bypass ${pct(spread(bypassed))}`);
+      const base = median(without);
+      const w = median(withFilter);
+      const b = median(bypassed);
+      ctx.progress(`spread (max-min)/median: without ${pct(spread(without))}, with ${pct(spread(withFilter))}, bypass ${pct(spread(bypassed))}`);
       return [
         {
           bench: 'veth_throughput',
@@ -220,7 +225,8 @@ export const vethThroughput: Bench = {
 // ---------------------------------------------------------------------------------------------
 
 const CONN_PORT = 7000;
-const CONN_MS = 3000;
+const CONN_MS = 2500;
+const CONN_CYCLES = 2;
 const CONN_WARMUP_MS = 300;
 const CONN_CONCURRENCY = 8;
 
@@ -242,7 +248,7 @@ function connrateScript(): string {
 export const connectRate: Bench = {
   name: 'connect_rate',
   produces: ['connect_rate'],
-  summary: `TCP connect+close cycles per second, client ns -> server ns, ${CONN_CONCURRENCY} in flight, ${CONN_MS / 1000} s per run, without vs with the agent (passive)`,
+  summary: `TCP connect+close cycles per second, client ns -> server ns, ${CONN_CONCURRENCY} in flight, ${CONN_MS / 1000} s per run, without vs with the agent (passive); median of ${2 * CONN_CYCLES} runs each`,
   async run(ctx: BenchContext): Promise<BenchResult[]> {
     return onBed('bench-connect', ctx, async (tb, cleanup) => {
       const script = connrateScript();
@@ -277,24 +283,28 @@ export const connectRate: Bench = {
         ctx.progress(`${label}: ${Math.round(rep.rate)} connections/s (${rep.connections} in ${rep.seconds} s, ${rep.errors} errors)`);
       };
 
-      // A B B A.
-      await measure(without, 'without filter');
-      await agent.start();
-      const c0 = agent.counters();
-      await measure(withFilter, 'with filter (passive)');
-      await measure(withFilter, 'with filter (passive)');
-      const c1 = agent.counters();
-      const created = Number(c1.flowsCreated - c0.flowsCreated);
-      ctx.progress(`the filter created ${created} flows and saw ${Number(c1.flowsClosed - c0.flowsClosed)} close while the agent ran`);
-      if (created < withFilter.reduce((s, r) => s + r * CONN_MS / 1000, 0)) {
-        throw new Error(`the filter created only ${created} flows for more connections than that: is it on the path?`);
+      // Each cycle runs A B B A: without, with, with, without.
+      for (let cycle = 1; cycle <= CONN_CYCLES; cycle++) {
+        ctx.progress(`cycle ${cycle}/${CONN_CYCLES}`);
+        await measure(without, 'without filter');
+        await agent.start();
+        const c0 = agent.counters();
+        const before = withFilter.length;
+        await measure(withFilter, 'with filter (passive)');
+        await measure(withFilter, 'with filter (passive)');
+        const c1 = agent.counters();
+        const created = Number(c1.flowsCreated - c0.flowsCreated);
+        const closed = Number(c1.flowsClosed - c0.flowsClosed);
+        const expected = withFilter.slice(before).reduce((sum, rate) => sum + (rate * CONN_MS) / 1000, 0);
+        ctx.progress(`the filter created ${created} flows and saw ${closed} closes for at least ${Math.round(expected)} connections`);
+        if (created < expected) throw new Error(`the filter created only ${created} flows for ${Math.round(expected)} connections: is it on the path?`);
+        await agent.remove();
+        await measure(without, 'without filter');
       }
-      await agent.remove();
-      await measure(without, 'without filter');
 
-      const base = mean(without);
-      const w = mean(withFilter);
-      ctx.progress(`spread: without ${pct(spread(without))}, with ${pct(spread(withFilter))}`);
+      const base = median(without);
+      const w = median(withFilter);
+      ctx.progress(`spread (max-min)/median: without ${pct(spread(without))}, with ${pct(spread(withFilter))}`);
       return [
         {
           bench: 'connect_rate',

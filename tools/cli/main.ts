@@ -3,7 +3,8 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { spawn } from 'node:child_process';
 import { existsSync, unlinkSync, rmdirSync, readdirSync } from 'node:fs';
 import pino from 'pino';
-import { runAgent } from '../../agent/agent.js';
+import { runAgent, type AgentOptions } from '../../agent/agent.js';
+import { defaultHostId } from '../../agent/interfaces.js';
 import { DEFAULT_BPFFS, DEFAULT_STATE_DIR, pinLayout } from '../../agent/paths.js';
 import { CLSACT_HANDLE, CLSACT_PRIORITY } from '../../agent/datapath.js';
 import { SslwallError, exitCodeFor } from '../../agent/errors.js';
@@ -31,24 +32,42 @@ Run 'sslwall <command> --help' for a command's options. Docs: docs/cli.md.
 
 const COMMANDS: Record<string, { help: string; options: ParseArgsConfig['options']; run: (v: Values, rest: string[]) => Promise<number> }> = {
   agent: {
-    help: `Usage: sslwall agent --config-file FILE --iface IF [--iface IF2 ...] [options]
+    help: `Usage: sslwall agent (--config-file FILE | --etcd URL[,URL...] --tier TIER) [options]
 
-Runs in the foreground and attaches to the named interfaces of the network namespace it runs
-in. Logs are pino JSON lines on stdout; each violation is a line with "event":"violation".
-Re-reads FILE when it changes and on SIGHUP; an invalid file is refused and the previous config
-stays in force. SIGTERM/SIGINT: exits, the programs stay pinned and enforcing; a restart adopts them.
+Runs in the foreground and attaches to the interfaces of the network namespace it runs in. Logs
+are pino JSON lines on stdout; each violation is a line with "event":"violation".
+
+Config source, one of:
+  --config-file FILE      a config document (JSON, docs/config.md), re-read when it changes and on
+                          SIGHUP; an invalid file is refused and the previous config stays
+  --etcd URL[,URL...]     etcd endpoints; the agent watches its tier's document and its own
+                          override, and reports health under a lease (docs/etcd.md)
+    --tier TIER           the tier this host belongs to                      (required with --etcd)
+    --host-id ID          this host's id                                     [/etc/machine-id]
+    --etcd-prefix P       key prefix                                         [/sslwall/]
+    --etcd-cacert FILE    CA bundle for https:// endpoints
+    --etcd-cert FILE      client certificate (mutual TLS)
+    --etcd-key FILE       client key
 
 Options:
-  --config-file FILE      config document (JSON, docs/config.md)            (required)
-  --iface IF              interface to attach to; repeat for more            (required)
+  --iface IF              interface to attach to; repeat for more  [interfaces carrying routes, not lo]
   --bpffs DIR             where pins live, on a BPF filesystem    [${DEFAULT_BPFFS}]
   --cgroup DIR            cgroup v2 folder for 'sslwall exec' bypass   [first cgroup2 mount]
   --state-dir DIR         last good config is kept here               [${DEFAULT_STATE_DIR}]
   --metrics-addr H:P      serve Prometheus /metrics on this address             [off]
   --log-level LEVEL       trace, debug, info, warn, error                      [info]
+
+SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart adopts them.
 `,
     options: {
       'config-file': { type: 'string' },
+      etcd: { type: 'string' },
+      tier: { type: 'string' },
+      'host-id': { type: 'string' },
+      'etcd-prefix': { type: 'string' },
+      'etcd-cacert': { type: 'string' },
+      'etcd-cert': { type: 'string' },
+      'etcd-key': { type: 'string' },
       iface: { type: 'string', multiple: true },
       bpffs: { type: 'string' },
       cgroup: { type: 'string' },
@@ -58,14 +77,29 @@ Options:
     },
     async run(v) {
       const configFile = str(v['config-file']);
-      const ifaces = (v.iface as string[] | undefined) ?? [];
-      if (!configFile) throw usage('agent needs --config-file FILE (etcd mode is not in this release)');
-      if (ifaces.length === 0) throw usage('agent needs at least one --iface IF (list them with: ip -br link)');
+      const etcd = str(v.etcd);
+      if (!configFile === !etcd) throw usage('agent needs exactly one config source: --config-file FILE, or --etcd URL --tier TIER');
+      let source: AgentOptions['source'];
+      if (configFile) {
+        source = { kind: 'file', configFile };
+      } else {
+        const tier = str(v.tier);
+        if (!tier) throw usage('--etcd needs --tier TIER (the tier this host belongs to)');
+        if (!/^[A-Za-z0-9._-]{1,64}$/.test(tier)) throw usage(`--tier ${tier}: use letters, digits, . _ - (at most 64)`);
+        const endpoints = etcd!.split(',').map((e) => e.trim()).filter(Boolean);
+        source = {
+          kind: 'etcd',
+          tier,
+          hostId: str(v['host-id']) ?? defaultHostId(),
+          prefix: str(v['etcd-prefix']) ?? '/sslwall/',
+          conn: { endpoints, cacert: str(v['etcd-cacert']), cert: str(v['etcd-cert']), key: str(v['etcd-key']) },
+        };
+      }
       const log = pino({ level: str(v['log-level']) ?? 'info', base: { component: 'agent', pid: process.pid } });
       await runAgent(
         {
-          configFile,
-          ifaces,
+          source,
+          ifaces: (v.iface as string[] | undefined) ?? [],
           bpffs: str(v.bpffs) ?? DEFAULT_BPFFS,
           cgroup: str(v.cgroup),
           stateDir: str(v['state-dir']) ?? DEFAULT_STATE_DIR,

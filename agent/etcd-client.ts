@@ -1,0 +1,57 @@
+// One etcd3 client per agent, with TLS client credentials when given, and the opossum breaker
+// every network call goes through. Validation errors never count as breaker failures: a bad
+// document is not an unhealthy etcd.
+import { readFileSync } from 'node:fs';
+import { Etcd3 } from 'etcd3';
+import CircuitBreaker from 'opossum';
+import { SslwallError } from './errors.js';
+
+export interface EtcdConnection {
+  endpoints: string[];
+  cacert?: string;
+  cert?: string;
+  key?: string;
+}
+
+export function createEtcdClient(conn: EtcdConnection): Etcd3 {
+  const credentials = conn.cacert
+    ? {
+        rootCertificate: readFileSync(conn.cacert),
+        ...(conn.cert ? { certChain: readFileSync(conn.cert) } : {}),
+        ...(conn.key ? { privateKey: readFileSync(conn.key) } : {}),
+      }
+    : undefined;
+  return new Etcd3({
+    hosts: conn.endpoints,
+    credentials,
+    dialTimeout: 3000,
+    // Unary calls get a deadline so a black-holed etcd fails the call instead of hanging it;
+    // streams (watch, keepalive) stay open.
+    defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + 5000 }),
+  });
+}
+
+export function isValidationError(err: unknown): boolean {
+  return err instanceof SslwallError && err.code === 'SSLWALL_E_CONFIG_INVALID';
+}
+
+/** A breaker around a network call: opens after repeated failures, probes again after resetTimeout. */
+export function breaker<A extends unknown[], R>(name: string, fn: (...args: A) => Promise<R>): CircuitBreaker<A, R> {
+  return new CircuitBreaker(fn, {
+    name,
+    timeout: 6000,
+    errorThresholdPercentage: 50,
+    volumeThreshold: 3,
+    resetTimeout: 3000,
+    errorFilter: isValidationError,
+  });
+}
+
+/** Full-jitter exponential backoff: a thousand agents do not come back in step. */
+export function backoffMs(attempt: number, baseMs = 200, maxMs = 10000): number {
+  return Math.random() * Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 16));
+}
+
+export function breakerState(b: CircuitBreaker): 'closed' | 'open' | 'half_open' {
+  return b.opened ? 'open' : b.halfOpen ? 'half_open' : 'closed';
+}

@@ -1,0 +1,165 @@
+// The agent's etcd side: turn watch snapshots into applied configs (validated, cohort decided,
+// override merged) and keep the health key current. A document that fails validation is
+// refused with its revision and reported in health; the last good config stays in force.
+import type { Logger } from 'pino';
+import type { Etcd3 } from 'etcd3';
+import { createEtcdClient, breakerState, type EtcdConnection } from './etcd-client.js';
+import { TierWatch, type Snapshot, type KeyState } from './etcd-watch.js';
+import { HealthReporter } from './health.js';
+import { effectiveConfig } from './effective.js';
+import { readCounters } from './flows.js';
+import { native } from '../native/index.js';
+import { SslwallError } from './errors.js';
+import { describeIssues, type Config } from '../schemas/config.js';
+import { TierDocumentSchema, HostOverrideSchema, etcdKeys, SCHEMA_VERSION, type Health, type TierDocument, type HostOverride } from '../schemas/tier.js';
+import type { Datapath } from './datapath.js';
+import type { AgentStatus } from './agent.js';
+import type { AppliedMeta } from './state.js';
+import type { Metrics } from './metrics.js';
+import { cohortBucket } from './cohort.js';
+import type { ZodType } from 'zod';
+
+export interface EtcdSourceOptions {
+  conn: EtcdConnection;
+  prefix: string;
+  tier: string;
+  hostId: string;
+}
+
+interface Handlers {
+  apply(config: Config, meta: AppliedMeta, reason: string): void;
+  refuse(err: unknown, reason: string, revision: number | null): void;
+}
+
+/** Parse one etcd value with a schema; errors name the key, revision and field. */
+export function parseDocument<T>(schema: ZodType<T>, kv: KeyState, key: string): T {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(kv.value.toString('utf8'));
+  } catch (err) {
+    throw new SslwallError('SSLWALL_E_CONFIG_INVALID', `${key}@${kv.modRevision} is not valid JSON: ${(err as Error).message}`);
+  }
+  const r = schema.safeParse(doc);
+  if (!r.success) throw new SslwallError('SSLWALL_E_CONFIG_INVALID', `${key}@${kv.modRevision} is invalid: ${describeIssues(r.error)}`);
+  return r.data;
+}
+
+export class EtcdAgentSource {
+  private readonly client: Etcd3;
+  private readonly watch: TierWatch;
+  private readonly health: HealthReporter;
+  private readonly keys;
+  private connected = false;
+  private watchRevision: number | null = null;
+  private liveFlows = { at: 0, count: 0 };
+
+  constructor(
+    private readonly opts: EtcdSourceOptions,
+    private readonly dp: Datapath,
+    private readonly status: AgentStatus,
+    private readonly handlers: Handlers,
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+    private readonly version: string,
+  ) {
+    this.keys = etcdKeys(opts.prefix);
+    this.client = createEtcdClient(opts.conn);
+    this.watch = new TierWatch(this.client, this.keys.tierConfig(opts.tier), this.keys.hostOverride(opts.hostId), log);
+    this.health = new HealthReporter(this.client, this.keys.health(opts.tier, opts.hostId), log);
+    metrics.watchBreakerState(() => breakerState(this.watch.readBreaker));
+    metrics.healthBreakerState(() => breakerState(this.health.putBreaker));
+  }
+
+  start(): void {
+    this.watch.on('snapshot', (s, reason) => this.onSnapshot(s, reason));
+    this.watch.on('state', (state) => {
+      const wasConnected = this.connected;
+      this.connected = state === 'watching';
+      this.metrics.watchState.set({ state }, 1);
+      for (const other of ['reading', 'watching', 'disconnected', 'backoff', 'stopped']) if (other !== state) this.metrics.watchState.set({ state: other }, 0);
+      if (this.connected && !wasConnected) this.log.info({ event: 'etcd_connected', revision: this.watchRevision }, 'watching etcd');
+      if (!this.connected && wasConnected) this.log.warn({ event: 'etcd_disconnected', state }, 'lost etcd; enforcing the config in force');
+    });
+    this.watch.start();
+    this.health.start(() => this.healthDoc());
+  }
+
+  async stop(): Promise<void> {
+    await this.watch.stop();
+    await this.health.stop(true);
+    this.client.close();
+  }
+
+  private onSnapshot(s: Snapshot, reason: string): void {
+    this.watchRevision = s.revision;
+    if (!s.tier) {
+      this.log.warn({ event: 'tier_missing', tier: this.opts.tier, key: this.keys.tierConfig(this.opts.tier), revision: s.revision }, 'no document for this tier; the config in force stays');
+      return;
+    }
+    let tier: TierDocument;
+    let override: HostOverride | null = null;
+    try {
+      tier = parseDocument(TierDocumentSchema, s.tier, this.keys.tierConfig(this.opts.tier));
+      if (s.override) override = parseDocument(HostOverrideSchema, s.override, this.keys.hostOverride(this.opts.hostId));
+    } catch (err) {
+      this.handlers.refuse(err, reason, s.revision);
+      this.health.nudge(() => this.healthDoc());
+      return;
+    }
+    const eff = effectiveConfig(tier, override, this.opts.hostId);
+    const meta: AppliedMeta = {
+      source: 'etcd',
+      tierVersion: tier.version,
+      revision: s.tier.modRevision,
+      overrideVersion: override?.version ?? null,
+      inCohort: eff.inCohort,
+      bucket: eff.bucket,
+    };
+    this.status.lastError = null;
+    const same = JSON.stringify(eff.config) === JSON.stringify(this.status.applied?.config);
+    if (same) {
+      // Nothing changes in the kernel; the health report still moves to the new version.
+      this.status.applied = { config: eff.config, meta };
+    } else {
+      try {
+        this.handlers.apply(eff.config, meta, reason);
+      } catch (err) {
+        this.handlers.refuse(err, reason, s.revision);
+      }
+    }
+    this.health.nudge(() => this.healthDoc());
+  }
+
+  healthDoc(): Health {
+    const c = readCounters(this.dp.maps.sslwall_counters);
+    const by = (cls: string, verdict: string) => Number(c.byClass.find((x) => x.class === cls && x.verdict === verdict)?.value ?? 0n);
+    // Counting live flows walks the map: do it at most every 30 s (idle CPU matters).
+    if (Date.now() - this.liveFlows.at > 30000) this.liveFlows = { at: Date.now(), count: native().mapDump(this.dp.maps.sslwall_flows).length };
+    const created = Number(c.flowsCreated), closed = Number(c.flowsClosed);
+    const applied = this.status.applied;
+    return {
+      schema: SCHEMA_VERSION,
+      hostId: this.opts.hostId,
+      tier: this.opts.tier,
+      agentVersion: this.version,
+      configVersion: applied?.meta.tierVersion ?? null,
+      configRevision: applied?.meta.revision ?? null,
+      overrideVersion: applied?.meta.overrideVersion ?? null,
+      mode: applied?.config.mode ?? 'off',
+      inCohort: applied?.meta.inCohort ?? false,
+      bucket: applied?.meta.bucket ?? cohortBucket(this.opts.hostId, ''),
+      applyLatencyMs: this.status.applyLatencyMs,
+      appliedAt: this.status.appliedAt,
+      counters: {
+        violationsReported: by('plaintext', 'reported'),
+        violationsBlocked: by('plaintext', 'blocked'),
+        flows: this.liveFlows.count,
+        evictions: Math.max(0, created - closed - this.liveFlows.count),
+      },
+      etcd: { connected: this.connected, watchRevision: this.watchRevision },
+      lastError: this.status.lastError,
+      features: { ...this.dp.features },
+      updatedAt: new Date().toISOString(),
+    };
+  }
+}
