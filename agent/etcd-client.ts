@@ -3,6 +3,7 @@
 // document is not an unhealthy etcd.
 import { readFileSync } from 'node:fs';
 import { Etcd3 } from 'etcd3';
+import { noop, ExponentialBackoff, type IBackoff } from 'cockatiel';
 import CircuitBreaker from 'opossum';
 import { SslwallError } from './errors.js';
 
@@ -28,6 +29,14 @@ export function createEtcdClient(conn: EtcdConnection): Etcd3 {
     // Unary calls get a deadline so a black-holed etcd fails the call instead of hanging it;
     // streams (watch, keepalive) stay open.
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + 5000 }),
+    // Retries and breaking are ours (opossum + jittered backoff): etcd3's own per-host breaker
+    // would keep a recovered etcd blocked for its half-open delay on top of ours.
+    faultHandling: {
+      host: () => noop,
+      global: noop,
+      // etcd3 takes the factory and calls next() itself; its typing says IBackoff.
+      watchBackoff: new ExponentialBackoff({ initialDelay: 200, maxDelay: 3000 }) as unknown as IBackoff<unknown>,
+    },
   });
 }
 
@@ -48,7 +57,7 @@ export function breaker<A extends unknown[], R>(name: string, fn: (...args: A) =
 }
 
 /** Full-jitter exponential backoff: a thousand agents do not come back in step. */
-export function backoffMs(attempt: number, baseMs = 200, maxMs = 10000): number {
+export function backoffMs(attempt: number, baseMs = 200, maxMs = 5000): number {
   return Math.random() * Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 16));
 }
 

@@ -64,7 +64,7 @@ export class EtcdAgentSource {
   ) {
     this.keys = etcdKeys(opts.prefix);
     this.client = createEtcdClient(opts.conn);
-    this.watch = new TierWatch(this.client, this.keys.tierConfig(opts.tier), this.keys.hostOverride(opts.hostId), log);
+    this.watch = new TierWatch(() => createEtcdClient(opts.conn), this.keys.tierConfig(opts.tier), this.keys.hostOverride(opts.hostId), log);
     this.health = new HealthReporter(this.client, this.keys.health(opts.tier, opts.hostId), log);
     metrics.watchBreakerState(() => breakerState(this.watch.readBreaker));
     metrics.healthBreakerState(() => breakerState(this.health.putBreaker));
@@ -92,6 +92,7 @@ export class EtcdAgentSource {
 
   private onSnapshot(s: Snapshot, reason: string): void {
     this.watchRevision = s.revision;
+    this.connected = true;
     if (!s.tier) {
       this.log.warn({ event: 'tier_missing', tier: this.opts.tier, key: this.keys.tierConfig(this.opts.tier), revision: s.revision }, 'no document for this tier; the config in force stays');
       return;
@@ -118,8 +119,9 @@ export class EtcdAgentSource {
     this.status.lastError = null;
     const same = JSON.stringify(eff.config) === JSON.stringify(this.status.applied?.config);
     if (same) {
-      // Nothing changes in the kernel; the health report still moves to the new version.
+      // Nothing changes in the kernel; the version in force (and health) still moves on.
       this.status.applied = { config: eff.config, meta };
+      this.log.info({ event: 'config_applied', reason, mode: eff.config.mode, kernel_unchanged: true, ...meta }, 'config applied (no kernel change)');
     } else {
       try {
         this.handlers.apply(eff.config, meta, reason);

@@ -1,7 +1,10 @@
 // Following the tier document and the host override in etcd. Read both keys at one revision R,
-// watch them from R+1; etcd3 resumes a broken stream from the last revision it saw. When etcd
-// cancels the watch (the revision was compacted while we were away) we read again at the
-// current revision and watch from there: the latest version is never missed.
+// watch them from R+1. When the stream breaks we resume from the last revision we saw (no read);
+// when etcd cancels that watch because the revision was compacted while we were away, we read
+// again at the current revision and watch from there: the latest version is never missed.
+// We do the resuming ourselves, on a fresh etcd3 client, instead of leaving it to etcd3's watch
+// manager: on reconnect it moves a watcher's start revision to the server's current one
+// (skipping what it missed), and watchers cancelled while disconnected confuse its re-creation.
 import { EventEmitter } from 'node:events';
 import type { Etcd3, Watcher, IKeyValue } from 'etcd3';
 import type { Logger } from 'pino';
@@ -36,13 +39,16 @@ export class TierWatch extends EventEmitter {
   reconnects = 0;
   reads = 0;
 
+  private client: Etcd3;
+
   constructor(
-    private readonly client: Etcd3,
+    private readonly makeClient: () => Etcd3,
     private readonly tierKey: string,
     private readonly overrideKey: string,
     private readonly log: Logger,
   ) {
     super();
+    this.client = makeClient();
     this.readBreaker = breaker('etcd_read', () => this.read());
   }
 
@@ -54,6 +60,7 @@ export class TierWatch extends EventEmitter {
     this.stopped = true;
     this.wake?.();
     await this.cancelWatchers();
+    this.client.close();
     this.setState('stopped');
   }
 
@@ -74,15 +81,29 @@ export class TierWatch extends EventEmitter {
 
   private async loop(): Promise<void> {
     let attempt = 0;
+    let last: Snapshot | null = null;
     while (!this.stopped) {
       try {
-        this.setState('reading');
-        const snap = await this.readBreaker.fire();
+        let snap: Snapshot;
+        if (last) {
+          snap = last; // resume: watch from the revision after the last one seen
+        } else {
+          this.setState('reading');
+          snap = await this.readBreaker.fire();
+          this.emit('snapshot', { ...snap }, 'read');
+        }
         attempt = 0;
-        this.emit('snapshot', { ...snap }, 'read');
-        const reason = await this.watchFrom(snap);
+        const end = await this.watchFrom(snap);
         if (this.stopped) return;
-        this.log.warn({ event: 'etcd_watch_restart', reason }, 'watch ended; reading again');
+        // A cancelled watch (compaction, or any server-side cancel) needs a fresh read.
+        last = end.reason === 'disconnected' ? end.snapshot : null;
+        this.log.warn({ event: 'etcd_watch_restart', reason: end.reason, resume_from: last ? last.revision + 1 : null }, last ? 'watch broken; resuming' : 'watch cancelled; reading again');
+        if (last) this.reconnects++;
+        if (end.reason === 'disconnected') {
+          this.setState('disconnected');
+          this.client.close();
+          this.client = this.makeClient();
+        }
       } catch (err) {
         if (this.stopped) return;
         this.log.warn({ event: 'etcd_unreachable', err: (err as Error).message, attempt }, 'etcd read failed; retrying');
@@ -99,24 +120,27 @@ export class TierWatch extends EventEmitter {
     }
   }
 
-  /** Watch both keys from snap.revision + 1; resolves with the reason when the watch is lost. */
-  private async watchFrom(snap: Snapshot): Promise<string> {
+  /** Watch both keys from snap.revision + 1; resolves when the watch is lost, with what was seen. */
+  private async watchFrom(snap: Snapshot): Promise<{ reason: string; snapshot: Snapshot }> {
     const start = String(snap.revision + 1);
     const current = { ...snap };
-    const [tw, ow] = await Promise.all([
-      this.client.watch().key(this.tierKey).startRevision(start).create(),
-      this.client.watch().key(this.overrideKey).startRevision(start).create(),
-    ]);
+    // watcher(), not create(): listeners must be on before the stream answers, since a
+    // compaction cancel can follow the "created" answer at once.
+    const tw = this.client.watch().key(this.tierKey).startRevision(start).watcher();
+    const ow = this.client.watch().key(this.overrideKey).startRevision(start).watcher();
     this.watchers = [tw, ow];
-    this.setState('watching');
-    return new Promise<string>((resolve) => {
+    return new Promise((resolve) => {
       let done = false;
+      let connected = 0;
       const finish = (reason: string) => {
         if (done) return;
         done = true;
-        void this.cancelWatchers().then(() => resolve(reason));
+        void this.cancelWatchers().then(() => resolve({ reason, snapshot: { ...current } }));
       };
       const bind = (w: Watcher, which: 'tier' | 'override') => {
+        w.on('connected', () => {
+          if (++connected === 2) this.setState('watching');
+        });
         w.on('put', (kv) => {
           current[which] = { value: kv.value, modRevision: Number(kv.mod_revision) };
           current.revision = Math.max(current.revision, Number(kv.mod_revision));
@@ -127,13 +151,9 @@ export class TierWatch extends EventEmitter {
           current.revision = Math.max(current.revision, Number(kv.mod_revision));
           this.emit('snapshot', { ...current }, `${which}_delete`);
         });
-        w.on('disconnected', () => this.setState('disconnected'));
-        w.on('connected', () => {
-          if (this.state === 'disconnected') this.reconnects++;
-          this.setState('watching');
-        });
+        w.on('disconnected', () => finish('disconnected'));
         // Compaction (or any cancel) ends the watcher for good: read and watch again.
-        w.on('error', (err) => finish(String((err as Error).message ?? err)));
+        w.on('error', (err) => finish(`cancelled: ${String((err as Error).message ?? err)}`));
       };
       bind(tw, 'tier');
       bind(ow, 'override');
@@ -144,6 +164,7 @@ export class TierWatch extends EventEmitter {
   private async cancelWatchers(): Promise<void> {
     const ws = this.watchers;
     this.watchers = [];
-    await Promise.all(ws.map((w) => w.cancel().catch(() => undefined)));
+    // A cancel waits for the server's answer; with the stream gone there is none to wait for.
+    await Promise.race([Promise.all(ws.map((w) => w.cancel().catch(() => undefined))), new Promise((r) => setTimeout(r, 500))]);
   }
 }

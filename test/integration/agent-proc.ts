@@ -55,7 +55,7 @@ export class AgentProc {
   static async start(env: AgentEnv, extraArgs: string[] = []): Promise<AgentProc> {
     const args = [
       SSLWALL, 'agent',
-      '--config-file', env.configFile,
+      ...(env.configFile ? ['--config-file', env.configFile] : []),
       '--iface', env.tb.host(env.side).ifname,
       '--bpffs', env.bpffs,
       '--cgroup', env.cgroup,
