@@ -20,7 +20,7 @@ export const AGENT_VERSION = '0.1.0';
 
 export type SourceOptions =
   | { kind: 'file'; configFile: string }
-  | { kind: 'etcd'; conn: EtcdConnection; prefix: string; tier: string; hostId: string };
+  | { kind: 'etcd'; conn: EtcdConnection; prefix: string; tier: string; hostId: string; verifyKey: string | null };
 
 export interface AgentOptions {
   source: SourceOptions;

@@ -41,7 +41,7 @@ export function createEtcdClient(conn: EtcdConnection): Etcd3 {
 }
 
 export function isValidationError(err: unknown): boolean {
-  return err instanceof SslwallError && err.code === 'SSLWALL_E_CONFIG_INVALID';
+  return err instanceof SslwallError && (err.code === 'SSLWALL_E_CONFIG_INVALID' || err.code === 'SSLWALL_E_CONFIG_SIGNATURE');
 }
 
 /** A breaker around a network call: opens after repeated failures, probes again after resetTimeout. */

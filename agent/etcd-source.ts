@@ -18,9 +18,12 @@ import type { AppliedMeta } from './state.js';
 import type { Metrics } from './metrics.js';
 import { cohortBucket } from './cohort.js';
 import type { ZodType } from 'zod';
+import { Verifier } from '../rollout/signing.js';
 
 export interface EtcdSourceOptions {
   conn: EtcdConnection;
+  /** null: unsigned documents accepted (--insecure-unsigned). */
+  verifyKey: string | null;
   prefix: string;
   tier: string;
   hostId: string;
@@ -31,14 +34,15 @@ interface Handlers {
   refuse(err: unknown, reason: string, revision: number | null): void;
 }
 
-/** Parse one etcd value with a schema; errors name the key, revision and field. */
-export function parseDocument<T>(schema: ZodType<T>, kv: KeyState, key: string): T {
+/** Parse one etcd value with a schema (after its signature, when a verifier is given); errors name the key, revision and field. */
+export function parseDocument<T>(schema: ZodType<T>, kv: KeyState, key: string, verifier: Verifier | null): T {
   let doc: unknown;
   try {
     doc = JSON.parse(kv.value.toString('utf8'));
   } catch (err) {
     throw new SslwallError('SSLWALL_E_CONFIG_INVALID', `${key}@${kv.modRevision} is not valid JSON: ${(err as Error).message}`);
   }
+  verifier?.check(doc, `${key}@${kv.modRevision}`);
   const r = schema.safeParse(doc);
   if (!r.success) throw new SslwallError('SSLWALL_E_CONFIG_INVALID', `${key}@${kv.modRevision} is invalid: ${describeIssues(r.error)}`);
   return r.data;
@@ -52,6 +56,7 @@ export class EtcdAgentSource {
   private connected = false;
   private watchRevision: number | null = null;
   private liveFlows = { at: 0, count: 0 };
+  private readonly verifier: Verifier | null;
 
   constructor(
     private readonly opts: EtcdSourceOptions,
@@ -63,6 +68,7 @@ export class EtcdAgentSource {
     private readonly version: string,
   ) {
     this.keys = etcdKeys(opts.prefix);
+    this.verifier = opts.verifyKey ? Verifier.fromFile(opts.verifyKey) : null;
     this.client = createEtcdClient(opts.conn);
     this.watch = new TierWatch(() => createEtcdClient(opts.conn), this.keys.tierConfig(opts.tier), this.keys.hostOverride(opts.hostId), log);
     this.health = new HealthReporter(this.client, this.keys.health(opts.tier, opts.hostId), log);
@@ -100,8 +106,8 @@ export class EtcdAgentSource {
     let tier: TierDocument;
     let override: HostOverride | null = null;
     try {
-      tier = parseDocument(TierDocumentSchema, s.tier, this.keys.tierConfig(this.opts.tier));
-      if (s.override) override = parseDocument(HostOverrideSchema, s.override, this.keys.hostOverride(this.opts.hostId));
+      tier = parseDocument(TierDocumentSchema, s.tier, this.keys.tierConfig(this.opts.tier), this.verifier);
+      if (s.override) override = parseDocument(HostOverrideSchema, s.override, this.keys.hostOverride(this.opts.hostId), this.verifier);
     } catch (err) {
       this.handlers.refuse(err, reason, s.revision);
       this.health.nudge(() => this.healthDoc());

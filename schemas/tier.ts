@@ -17,8 +17,12 @@ export const RolloutSchema = z.strictObject({
   salt: z.string().min(1).max(128),
 });
 
+/** ed25519 signature of the engine over the rest of the document (rollout/signing.ts). */
+export const SignatureSchema = z.strictObject({ keyId: z.string(), value: z.string() });
+
 export const TierDocumentSchema = z.strictObject({
   schema: z.literal(SCHEMA_VERSION).default(SCHEMA_VERSION),
+  signature: SignatureSchema.optional(),
   version: z.number().int().min(0),
   /** The agent config; its `mode` is replaced by the rollout's decision for each host. */
   config: ConfigSchema,
@@ -29,6 +33,7 @@ export const TierDocumentSchema = z.strictObject({
 export const HostOverrideSchema = z
   .strictObject({
     schema: z.literal(SCHEMA_VERSION).default(SCHEMA_VERSION),
+    signature: SignatureSchema.optional(),
     version: z.number().int().min(0).default(0),
     mode: z.enum(['off', 'passive', 'active']).optional(),
     config: ConfigSchema.optional(),

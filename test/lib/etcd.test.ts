@@ -20,19 +20,34 @@ function client(hosts: string[], deadlineMs = 2_000, extra: Partial<IOptions> = 
   });
 }
 
-/** Pids of etcd processes on this machine (pgrep -x etcd, as the stop hook does). */
-function etcdPids(): number[] {
+/**
+ * etcd processes (as `pgrep -x etcd` sees them, zombies included) that belong to this test: our
+ * children, or any etcd using one of our temp dirs. Other etcd on the machine (a concurrent test
+ * run) are not ours to judge.
+ */
+function ourEtcdProcesses(dirs: string[]): string[] {
+  let pids: number[];
   try {
-    return execFileSync('pgrep', ['-x', 'etcd'], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number);
+    pids = execFileSync('pgrep', ['-x', 'etcd'], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number);
   } catch {
     return []; // pgrep exits 1 when nothing matches
   }
+  return pids.flatMap((pid) => {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
+      const ours = Number(ppid) === process.pid || dirs.some((d) => cmd.includes(d));
+      return ours ? [`${pid} [${state}] ${cmd}`] : [];
+    } catch {
+      return []; // gone meanwhile
+    }
+  });
 }
 
 describe('etcd harness', () => {
   // Throws naming etcd-server / etcd-client when etcd is missing: this test must not skip.
   requireEtcd();
-  const before = new Set(etcdPids());
   const ours: number[] = [];
   const cleanups: Array<() => Promise<void>> = [];
   after(async () => {
@@ -173,17 +188,9 @@ describe('etcd harness', () => {
     for (const c of cleanups.splice(0).reverse()) await c();
     await etcd.destroy(); // again: destroy is idempotent
     await cluster.destroy();
-    const leftovers = etcdPids().filter((p) => !before.has(p));
-    const describe = (p: number) => {
-      try {
-        const stat = fs.readFileSync(`/proc/${p}/stat`, 'utf8');
-        const cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').join(' ');
-        return `${p} [${stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)}] ${cmd}`;
-      } catch {
-        return `${p} (gone)`;
-      }
-    };
-    assert.deepEqual(leftovers, [], `no etcd process of this test remains:\n${leftovers.map(describe).join('\n')}`);
+    const left = ourEtcdProcesses([etcd.dir, cluster.dir]);
+    assert.equal(left.length, 0, `etcd processes of this test remain:\n${left.join('\n')}`);
+    assert.equal(fs.existsSync(etcd.dir) || fs.existsSync(cluster.dir), false, 'temp dirs removed');
     for (const p of ours) assert.equal(pidAlive(p), false, `etcd pid ${p} is gone`);
     assert.ok(ours.length >= 6);
   });

@@ -247,6 +247,8 @@ export class EtcdMember {
 // ---- single server ---------------------------------------------------------------------------
 
 export interface EtcdServer {
+  /** The temp dir (data dir unless one was given, log), removed by destroy(). */
+  dir: string;
   /** http://127.0.0.1:PORT */
   endpoint: string;
   endpoints: string[];
@@ -332,6 +334,7 @@ export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdServer
   }
   const eps = [m.endpoint];
   return {
+    dir: tmp,
     endpoint: m.endpoint,
     endpoints: eps,
     dataDir,
@@ -353,6 +356,8 @@ export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdServer
 // ---- cluster ---------------------------------------------------------------------------------
 
 export interface EtcdCluster {
+  /** The temp dir holding every member's data dir and log, removed by destroy(). */
+  dir: string;
   members: EtcdMember[];
   /** Client URLs of every member, in member order. */
   endpoints: string[];
@@ -408,6 +413,7 @@ export async function startEtcdCluster(size = 3): Promise<EtcdCluster> {
     return m;
   };
   return {
+    dir: tmp,
     members,
     endpoints,
     liveEndpoints,

@@ -5,6 +5,7 @@ import { existsSync, unlinkSync, rmdirSync, readdirSync } from 'node:fs';
 import pino from 'pino';
 import { runAgent, type AgentOptions } from '../../agent/agent.js';
 import { defaultHostId } from '../../agent/interfaces.js';
+import { Verifier } from '../../rollout/signing.js';
 import { DEFAULT_BPFFS, DEFAULT_STATE_DIR, pinLayout } from '../../agent/paths.js';
 import { CLSACT_HANDLE, CLSACT_PRIORITY } from '../../agent/datapath.js';
 import { SslwallError, exitCodeFor } from '../../agent/errors.js';
@@ -48,6 +49,9 @@ Config source, one of:
     --etcd-cacert FILE    CA bundle for https:// endpoints
     --etcd-cert FILE      client certificate (mutual TLS)
     --etcd-key FILE       client key
+    --verify-key FILE     the engine's ed25519 public key (verify.pub); documents not signed
+                          with it are refused like invalid ones
+    --insecure-unsigned   accept unsigned documents (tests, labs); required without --verify-key
 
 Options:
   --iface IF              interface to attach to; repeat for more  [interfaces carrying routes, not lo]
@@ -68,6 +72,8 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
       'etcd-cacert': { type: 'string' },
       'etcd-cert': { type: 'string' },
       'etcd-key': { type: 'string' },
+      'verify-key': { type: 'string' },
+      'insecure-unsigned': { type: 'boolean' },
       iface: { type: 'string', multiple: true },
       bpffs: { type: 'string' },
       cgroup: { type: 'string' },
@@ -87,8 +93,14 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
         if (!tier) throw usage('--etcd needs --tier TIER (the tier this host belongs to)');
         if (!/^[A-Za-z0-9._-]{1,64}$/.test(tier)) throw usage(`--tier ${tier}: use letters, digits, . _ - (at most 64)`);
         const endpoints = etcd!.split(',').map((e) => e.trim()).filter(Boolean);
+        const verifyKey = str(v['verify-key']) ?? null;
+        if (!verifyKey && !v['insecure-unsigned']) {
+          throw usage('--etcd needs --verify-key FILE (the engine\'s verify.pub), or --insecure-unsigned to accept unsigned documents');
+        }
+        if (verifyKey) Verifier.fromFile(verifyKey); // fail now, not at the first document
         source = {
           kind: 'etcd',
+          verifyKey,
           tier,
           hostId: str(v['host-id']) ?? defaultHostId(),
           prefix: str(v['etcd-prefix']) ?? '/sslwall/',

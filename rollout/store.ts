@@ -1,0 +1,126 @@
+// Tier config versions in etcd. The head (the key agents watch) is written together with its
+// history record and an audit entry in one transaction that compares the head's revision
+// (compare-and-swap: a concurrent writer gets SSLWALL_E_CONFLICT) and, on the engine, the
+// leader key (fencing: a deposed leader's write fails). Every document is validated with the
+// shared zod schema and signed before it is written.
+import type { Etcd3 } from 'etcd3';
+import { z } from 'zod';
+import { TierDocumentSchema, type TierDocument } from '../schemas/tier.js';
+import { ConfigSchema, describeIssues } from '../schemas/config.js';
+import { SslwallError } from '../agent/errors.js';
+import type { Signer } from './signing.js';
+import type { EngineKeys } from './keys.js';
+
+export const VersionRecordSchema = z.object({
+  version: z.number().int(),
+  author: z.string(),
+  message: z.string(),
+  time: z.string(),
+  /** mod revision of the head this version replaced (0: the first version). */
+  replacedRevision: z.number().int(),
+  document: TierDocumentSchema,
+});
+export type VersionRecord = z.infer<typeof VersionRecordSchema>;
+
+/** A condition added to every write: the engine's leader fencing. */
+export interface Fence {
+  key: string;
+  modRevision: number;
+}
+
+export interface Head {
+  doc: TierDocument;
+  modRevision: number;
+}
+
+/** What a caller gives: the config and rollout fields; version and signature are the store's. */
+export type DocumentInput = Pick<TierDocument, 'config' | 'rollout'>;
+
+export function validateInput(input: unknown, where: string): DocumentInput {
+  const r = z.strictObject({ config: ConfigSchema, rollout: TierDocumentSchema.shape.rollout }).safeParse(input);
+  if (!r.success) throw new SslwallError('SSLWALL_E_CONFIG_INVALID', `${where}: ${describeIssues(r.error)}`);
+  return r.data;
+}
+
+export class ConfigStore {
+  constructor(
+    private readonly client: Etcd3,
+    private readonly keys: EngineKeys,
+    private readonly signer: Signer,
+    private readonly fence: () => Fence | null = () => null,
+  ) {}
+
+  async head(tier: string): Promise<Head | null> {
+    const r = await this.client.kv.range({ key: Buffer.from(this.keys.tierConfig(tier)) });
+    const kv = r.kvs[0];
+    if (!kv) return null;
+    return { doc: TierDocumentSchema.parse(JSON.parse(kv.value.toString())), modRevision: Number(kv.mod_revision) };
+  }
+
+  async history(tier: string): Promise<VersionRecord[]> {
+    const all = await this.client.getAll().prefix(this.keys.historyPrefix(tier)).strings();
+    return Object.keys(all).sort().map((k) => VersionRecordSchema.parse(JSON.parse(all[k]!)));
+  }
+
+  async version(tier: string, version: number): Promise<VersionRecord> {
+    const v = await this.client.get(this.keys.history(tier, version)).string();
+    if (!v) throw new SslwallError('SSLWALL_E_NOT_FOUND', `tier ${tier} has no version ${version}; see: sslwall config history --tier ${tier}`);
+    return VersionRecordSchema.parse(JSON.parse(v));
+  }
+
+  async tiers(): Promise<string[]> {
+    const keys = await this.client.getAll().prefix(this.keys.tiersPrefix).keys();
+    return [...new Set(keys.map((k) => k.slice(this.keys.tiersPrefix.length).split('/')[0]!).filter(Boolean))].sort();
+  }
+
+  /**
+   * Write a new version on top of the head. expectRevision: the head's mod revision the caller
+   * based its change on (0 = the tier must not exist yet; undefined = the current head, read now).
+   */
+  async write(tier: string, input: DocumentInput, meta: { author: string; message: string; expectRevision?: number; audit?: Record<string, unknown> }): Promise<VersionRecord & { revision: number }> {
+    const valid = validateInput(input, `tier ${tier}`);
+    const head = await this.head(tier);
+    const base = meta.expectRevision ?? head?.modRevision ?? 0;
+    if (head && head.modRevision !== base) throw conflict(tier, base, head.modRevision);
+    if (!head && base !== 0) throw conflict(tier, base, 0);
+    const version = (head?.doc.version ?? 0) + 1;
+    const doc = this.signer.sign(TierDocumentSchema.parse({ version, ...valid }));
+    const record: VersionRecord = { version, author: meta.author, message: meta.message, time: new Date().toISOString(), replacedRevision: base, document: doc };
+
+    const headKey = this.keys.tierConfig(tier);
+    let txn = this.client.if(headKey, 'Mod', '==', base);
+    const fence = this.fence();
+    if (fence) txn = txn.and(fence.key, 'Mod', '==', fence.modRevision);
+    const res = await txn
+      .then(
+        this.client.put(headKey).value(JSON.stringify(doc)),
+        this.client.put(this.keys.history(tier, version)).value(JSON.stringify(record)),
+        this.client.put(this.keys.audit(tier)).value(JSON.stringify({ time: record.time, actor: meta.author, action: 'config_write', version, message: meta.message, ...meta.audit })),
+      )
+      .commit();
+    if (!res.succeeded) {
+      if (fence) {
+        const f = await this.client.kv.range({ key: Buffer.from(fence.key) });
+        if (Number(f.kvs[0]?.mod_revision ?? 0) !== fence.modRevision) throw new SslwallError('SSLWALL_E_NOT_LEADER', 'this engine is no longer the leader; its write was refused (fencing)');
+      }
+      const now = await this.head(tier);
+      throw conflict(tier, base, now?.modRevision ?? 0);
+    }
+    return { ...record, revision: Number(res.header.revision) };
+  }
+
+  /** A new version whose content is that of an old one. */
+  async revert(tier: string, to: number, meta: { author: string; message?: string; expectRevision?: number }): Promise<VersionRecord & { revision: number }> {
+    const old = await this.version(tier, to);
+    return this.write(tier, { config: old.document.config, rollout: old.document.rollout }, { author: meta.author, message: meta.message ?? `revert to version ${to}`, expectRevision: meta.expectRevision, audit: { revertedTo: to } });
+  }
+
+  async audit(tier: string, limit = 50): Promise<Array<Record<string, unknown>>> {
+    const all = await this.client.getAll().prefix(this.keys.auditPrefix(tier)).sort('Key', 'Descend').limit(limit).strings();
+    return Object.keys(all).sort().map((k) => JSON.parse(all[k]!) as Record<string, unknown>);
+  }
+}
+
+function conflict(tier: string, expected: number, actual: number): SslwallError {
+  return new SslwallError('SSLWALL_E_CONFLICT', `tier ${tier} changed meanwhile (expected head revision ${expected}, found ${actual}); read it again (sslwall config get --tier ${tier}) and retry`);
+}
