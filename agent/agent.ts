@@ -124,7 +124,13 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
     eventFields = { tier: src.tier, host_id: src.hostId };
     const etcd = new EtcdAgentSource(src, dp, status, { apply, refuse }, metrics, log, AGENT_VERSION);
     etcd.start();
-    stopSource = () => etcd.stop();
+    // SIGHUP would kill the process by default; in etcd mode there is no file to re-read.
+    const onHup = () => log.info({ event: 'sighup_ignored' }, 'SIGHUP: etcd mode follows the watch; nothing to re-read');
+    process.on('SIGHUP', onHup);
+    stopSource = async () => {
+      process.off('SIGHUP', onHup);
+      await etcd.stop();
+    };
   }
   const poller = startEventPump(dp, log, metrics, eventFields);
 

@@ -1,6 +1,6 @@
 // The etcd-less config source: a JSON file, re-read when it changes and on SIGHUP. A bad
 // file is refused with an error line and the config in force stays.
-import { readFileSync, watch, type FSWatcher } from 'node:fs';
+import { existsSync, readFileSync, watch, type FSWatcher } from 'node:fs';
 import path from 'node:path';
 import { ConfigSchema, describeIssues, type Config } from '../schemas/config.js';
 import { SslwallError } from './errors.js';
@@ -36,6 +36,8 @@ export function readConfigFile(file: string): Config {
 export function watchConfigFile(file: string, onChange: () => void): FSWatcher {
   const base = path.basename(file);
   let timer: NodeJS.Timeout | undefined;
+  // A missing folder (the config source is gone) leaves SIGHUP as the way to reload.
+  if (!existsSync(path.dirname(path.resolve(file)))) return { close() {} } as FSWatcher;
   const watcher = watch(path.dirname(path.resolve(file)), (_type, name) => {
     if (name !== null && name !== base) return;
     clearTimeout(timer);

@@ -133,7 +133,7 @@ export class Datapath {
         } catch (err) {
           // Kernels before 6.6 have no tcx: EINVAL for the unknown attach type.
           if (!(err instanceof BpfError) || (err.errno !== 22 && err.errno !== 95)) throw err;
-          this.features.tcAttach = 'clsact';
+          this.features.tcAttach = 'clsact'; // reported in agent_ready and health
           log.warn({ event: 'tcx_unavailable', errno: err.errno }, 'no tcx links on this kernel; using clsact filters (uninstall needs --iface)');
         }
       }

@@ -1,6 +1,6 @@
 // Where things live: the built BPF objects (found from this file, in dist/ or not) and the
 // layout of pins under the agent's bpffs folder.
-import { existsSync, statfsSync } from 'node:fs';
+import { existsSync, mkdirSync, statfsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SslwallError } from './errors.js';
@@ -40,6 +40,14 @@ const BPF_FS_MAGIC = 0xcafe4a11;
 
 /** Pins only outlive the agent on a BPF filesystem; say how to get one otherwise. */
 export function assertBpffs(dir: string): void {
+  // /sys/fs/bpf/sslwall on a host whose /sys/fs/bpf is mounted: make the folder.
+  if (!existsSync(dir) && existsSync(path.dirname(dir))) {
+    try {
+      if (statfsSync(path.dirname(dir)).type === BPF_FS_MAGIC) mkdirSync(dir);
+    } catch {
+      // Reported below.
+    }
+  }
   let type: number;
   try {
     type = statfsSync(dir).type;

@@ -143,6 +143,36 @@ static __noinline int judge_client_command(struct __sk_buff *skb, struct sslwall
 	return JUDGE_PENDING;
 }
 
+/* Printable ASCII in the first bytes: how plaintext looks when we join a flow
+ * midway and see no record header. An encrypted byte is printable with p ~ 0.38,
+ * so 32 of them in a row happen by chance about once in 10^13 segments.
+ * The loop ORs a 0/1 flag instead of counting: a counter that differs on every
+ * path defeats state pruning ("BPF program is too large. Processed 1000001 insn"). */
+#define TEXT_SAMPLE 32
+static __noinline int looks_like_text(struct __sk_buff *skb, __u32 off, __u64 len)
+{
+	__u8 buf[TEXT_SAMPLE] = {};
+	__u32 i, bad = 0;
+
+	if (len == 0)
+		return 0;
+	if (len > TEXT_SAMPLE)
+		len = TEXT_SAMPLE;
+	asm volatile("" : "+r"(len));	/* see buffer_header: keep both bounds on one register */
+	if (len == 0 || len > TEXT_SAMPLE)
+		return 0;
+	if (bpf_skb_load_bytes(skb, off, buf, len) < 0)
+		return 0;
+#pragma unroll
+	for (i = 0; i < TEXT_SAMPLE; i++) {
+		__u8 c = buf[i];
+
+		if (i < len && !((c >= 0x20 && c < 0x7f) || c == '\r' || c == '\n' || c == '\t'))
+			bad = 1;
+	}
+	return !bad;
+}
+
 /* The state machine of an undecided flow, fed one payload at a time. */
 static __noinline int judge_payload(struct __sk_buff *skb, struct sslwall_flow *f, const struct sslwall_config *cfg,
 				    const struct sslwall_pkt *p, __u32 d)
@@ -151,15 +181,24 @@ static __noinline int judge_payload(struct __sk_buff *skb, struct sslwall_flow *
 	int r;
 
 	if (f->stage == SSLWALL_STAGE_MIDSTREAM) {
+		/* We joined late: a record header says TLS; text says plaintext; anything
+		 * else may be the middle of a TLS record, so wait for more (never block
+		 * blindly). A flow that stays binary past the pending budget is let be. */
 		__u32 n = buffer_header(skb, f, d, off, len);
 
 		r = tls_record_prefix(f->hdr[d & 1], n);
-		if (r == TLS_NEED_MORE)
-			return JUDGE_PENDING;
-		if (r == TLS_NO)
+		if (r == TLS_YES) {
+			f->cls = SSLWALL_CLASS_TLS;
+			return JUDGE_DECIDED;
+		}
+		f->hdr_len[d & 1] = 0;	/* the next payload gets its own look */
+		if (looks_like_text(skb, off, len))
 			return JUDGE_VIOLATION;
-		f->cls = SSLWALL_CLASS_TLS;
-		return JUDGE_DECIDED;
+		if (f->pending_bytes >= PENDING_MAX) {
+			f->cls = SSLWALL_CLASS_TLS;
+			return JUDGE_DECIDED;
+		}
+		return JUDGE_PENDING;
 	}
 
 	if (d == DIR_CLIENT) {
@@ -180,17 +219,26 @@ static __noinline int judge_payload(struct __sk_buff *skb, struct sslwall_flow *
 	}
 
 	/* server -> client */
-	if (f->stage == SSLWALL_STAGE_HELLO || (f->flags & SSLWALL_FLOW_CLIENT_TLS)) {
+	if (f->stage == SSLWALL_STAGE_HELLO && !(f->flags & SSLWALL_FLOW_CLIENT_TLS))
+		return JUDGE_VIOLATION;	/* a server speaking first on a TLS port: TLS servers never do */
+	if (f->stage == SSLWALL_STAGE_UPGRADE && !(f->flags & SSLWALL_FLOW_UPGRADE_REPLIED) && f->hdr_len[1] == 0 &&
+	    !(bpf_skb_load_bytes(skb, off, &r, 1) == 0 && (r & 0xff) == TLS_CT_HANDSHAKE)) {
+		/* The answer to STARTTLS / SSLRequest / CONNECT ("220", "S", "HTTP/1.1 200"),
+		 * which may come after a client that did not wait for it sent its hello. */
+		f->flags |= SSLWALL_FLOW_UPGRADE_REPLIED;
+		return spend_budget(f, cfg, len) ? JUDGE_PENDING : JUDGE_VIOLATION;
+	}
+	if (f->flags & SSLWALL_FLOW_CLIENT_TLS) {
 		r = judge_hello(skb, f, d, off, len);
 		if (r == TLS_NO)
 			return JUDGE_VIOLATION;
 		if (r == TLS_NEED_MORE)
 			return JUDGE_PENDING;
 		f->flags |= SSLWALL_FLOW_SERVER_TLS;
-		if (f->stage == SSLWALL_STAGE_HELLO)
-			f->cls = SSLWALL_CLASS_TLS;
-		else
+		if (f->stage == SSLWALL_STAGE_UPGRADE)
 			f->cls = f->proto == SSLWALL_PROTO_CONNECT ? SSLWALL_CLASS_CONNECT : SSLWALL_CLASS_STARTTLS;
+		else
+			f->cls = SSLWALL_CLASS_TLS;	/* TLS from the first byte, even on a STARTTLS port */
 		return JUDGE_DECIDED;
 	}
 	/* Greeting or reply during the preamble. */
@@ -312,8 +360,9 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 		bpf_map_update_elem(&sslwall_owners, &p->key, &owner, BPF_ANY);
 	}
 
-	/* NOEXIST: another CPU may have inserted the same flow meanwhile; keep theirs. */
-	if (bpf_map_update_elem(&sslwall_flows, &p->key, &f, BPF_NOEXIST) == 0)
+	/* A SYN always starts a new flow (the 4-tuple may be reused after a close we
+	 * missed); otherwise NOEXIST: another CPU may have inserted it meanwhile. */
+	if (bpf_map_update_elem(&sslwall_flows, &p->key, &f, syn ? BPF_ANY : BPF_NOEXIST) == 0)
 		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
 	stored = bpf_map_lookup_elem(&sslwall_flows, &p->key);
 	if (!stored)
@@ -337,7 +386,7 @@ static __noinline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p
 	if (!cfg || cfg->mode == SSLWALL_MODE_OFF)
 		return VERDICT_PASS;
 
-	if (!f) {
+	if (!f || (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
 		f = open_flow(skb, p, cfg, gen, egress);
 		if (!f || f->cls != SSLWALL_CLASS_PENDING)
 			return VERDICT_PASS;
@@ -364,8 +413,8 @@ static __noinline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p
 
 	__u32 pending = f->pending_bytes + len;
 	f->pending_bytes = pending > 0xffff ? 0xffff : pending;
-	if (pending > PENDING_MAX)
-		j = JUDGE_VIOLATION;
+	if (pending > PENDING_MAX && f->stage != SSLWALL_STAGE_MIDSTREAM)
+		j = JUDGE_VIOLATION;	/* undecided for too long: no TLS answer ever came */
 	else
 		j = judge_payload(skb, f, cfg, p, d);
 
@@ -402,9 +451,10 @@ static __always_inline int classify(struct __sk_buff *skb, int egress)
 	}
 
 	/* Fast path: a decided flow costs this one lookup. A blocked flow's RST
-	 * still passes so the peer fails fast instead of retransmitting. */
+	 * still passes so the peer fails fast instead of retransmitting. A SYN
+	 * opens a new flow on the same 4-tuple: it takes the slow path. */
 	f = bpf_map_lookup_elem(&sslwall_flows, &p.key);
-	if (f && f->cls != SSLWALL_CLASS_PENDING) {
+	if (f && f->cls != SSLWALL_CLASS_PENDING && (p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN) {
 		if (f->verdict != SSLWALL_VERDICT_BLOCKED || (p.tcp_flags & TCP_FLAG_RST))
 			return VERDICT_PASS;
 		sslwall_count(SSLWALL_CNT_PKT_DROPPED);

@@ -44,7 +44,9 @@ int BPF_PROG(sslwall_sock_state, const struct sock *sk, int oldstate, int newsta
 		return 0;
 	if (netns_ino && BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) != netns_ino)
 		return 0;
-	if (sslwall_key_from_sock(&key, &sk->__sk_common) < 0)
+	/* Not skc_num: by the time the state becomes TCP_CLOSE the kernel has put an
+	 * automatically chosen port back and zeroed skc_num; inet_sport survives. */
+	if (sslwall_key_from_sock(&key, &sk->__sk_common, bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport))) < 0)
 		return 0;
 
 	bpf_map_delete_elem(&sslwall_owners, &key);
@@ -68,7 +70,8 @@ int sslwall_destroy_blocked(struct bpf_iter__tcp *ctx)
 	 * and bpf_sock_destroy refuses them. */
 	if (state == TCP_LISTEN || state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV)
 		return 0;
-	if (sslwall_key_from_sock(&key, skc) < 0)
+	/* Live sockets here: skc_num is the bound local port. */
+	if (sslwall_key_from_sock(&key, skc, BPF_CORE_READ(skc, skc_num)) < 0)
 		return 0;
 	f = bpf_map_lookup_elem(&sslwall_flows, &key);
 	if (!f || f->verdict != SSLWALL_VERDICT_BLOCKED)

@@ -6,8 +6,8 @@
  * (tools/gen-shared-types.mjs), and test/bpf/layout.test.ts checks them.
  *
  * Rules for editing: fixed-width types only, explicit padding, no bitfields
- * (the generator reads byte offsets), and a new field only at the end of a
- * value struct (pinned maps of an older agent are migrated by offset).
+ * (the generator reads byte offsets). A pinned map whose key or value size
+ * no longer matches is replaced at the next start (its state is lost).
  */
 #ifndef SSLWALL_SHARED_H
 #define SSLWALL_SHARED_H
@@ -71,6 +71,7 @@ enum sslwall_flow_flags {
 	SSLWALL_FLOW_SEQ_CLIENT = 1 << 3,	/* seq_next[0] is valid */
 	SSLWALL_FLOW_SEQ_SERVER = 1 << 4,	/* seq_next[1] is valid */
 	SSLWALL_FLOW_FASTOPEN = 1 << 5,		/* data rode in the SYN */
+	SSLWALL_FLOW_UPGRADE_REPLIED = 1 << 6,	/* the server answered the upgrade command */
 };
 
 /* Indexes into the per-CPU counters array. Class/verdict pairs start at

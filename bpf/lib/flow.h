@@ -64,12 +64,12 @@ static __always_inline int sslwall_key_v6(struct sslwall_flow_key *key, const __
 	return a_lo;
 }
 
-/* A socket's key: local and remote endpoints from sock_common. IPv4-mapped
+/* A socket's key: local and remote endpoints from sock_common, with the local
+ * port given by the caller (see the callers for which field holds it). IPv4-mapped
  * IPv6 sockets send IPv4 packets, so they key as IPv4 like tc sees them. */
-static __always_inline int sslwall_key_from_sock(struct sslwall_flow_key *key, const struct sock_common *skc)
+static __always_inline int sslwall_key_from_sock(struct sslwall_flow_key *key, const struct sock_common *skc, __u16 lport)
 {
 	__u16 family = BPF_CORE_READ(skc, skc_family);
-	__u16 lport = BPF_CORE_READ(skc, skc_num);
 	__u16 rport = bpf_ntohs(BPF_CORE_READ(skc, skc_dport));
 
 	if (family == AF_INET) {

@@ -66,7 +66,8 @@ struct {
 /* bypass_cidrs: peer networks that are never classified, both generations. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 4096);
+	/* Both generations are present during a switch: twice the 4000 CIDRs a config may hold. */
+	__uint(max_entries, 8192);
 	__type(key, struct sslwall_cidr_key);
 	__type(value, __u8);
 	__uint(map_flags, BPF_F_NO_PREALLOC);

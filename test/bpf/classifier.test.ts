@@ -441,3 +441,57 @@ test('property: random printable text is never classified as TLS, random bytes n
     { numRuns: 300 },
   );
 });
+
+test('joining midway: a segment from the middle of a TLS record is not judged plaintext', () => {
+  const c = conv(443);
+  const midRecord = Buffer.alloc(1200);
+  for (let i = 0; i < midRecord.length; i++) midRecord[i] = (i * 167 + 13) & 0xff; // binary, no record header
+  withMode('active', () => {
+    assert.equal(lab.egress(c.fromClient(midRecord)), PASS, 'binary data mid-record passes');
+    expectFlow(c, 'pending', 'allowed');
+    assert.equal(lab.egress(c.fromClient(tlsAppData(100))), PASS);
+    expectFlow(c, 'tls', 'allowed');
+  });
+});
+
+test('a SYN on the 4-tuple of a decided flow starts a new flow that is judged again', () => {
+  const client = { addr: V4.client, port: clientPort() };
+  const server = { addr: V4.server, port: 443 };
+  const first = new Conversation(client, server);
+  handshake(first);
+  lab.egress(first.fromClient(tlsHello('client')));
+  lab.ingress(first.fromServer(tlsHello('server')));
+  expectFlow(first, 'tls', 'allowed');
+  withMode('active', () => {
+    const again = new Conversation(client, server);
+    handshake(again);
+    expectFlow(again, 'pending', 'allowed');
+    assert.equal(lab.egress(again.fromClient('GET / HTTP/1.1\r\n\r\n')), DROP, 'plaintext on a reused 4-tuple is caught');
+  });
+});
+
+test('a ServerHello before any ClientHello (a server speaking first on a TLS port) is a violation', () => {
+  const c = conv(443);
+  handshake(c);
+  lab.ingress(c.fromServer(tlsHello('server')));
+  expectFlow(c, 'plaintext', 'reported');
+});
+
+test('TLS from the first byte on a STARTTLS port is tls, not starttls', () => {
+  const c = conv(5432);
+  handshake(c);
+  lab.egress(c.fromClient(tlsHello('client')));
+  lab.ingress(c.fromServer(tlsHello('server')));
+  expectFlow(c, 'tls', 'allowed');
+});
+
+test('HTTP CONNECT: a client that sends its ClientHello before the 200 arrives is still connect', () => {
+  const c = conv(3128);
+  handshake(c);
+  lab.egress(c.fromClient(CONNECT_REQ));
+  lab.egress(c.fromClient(tlsHello('client')));
+  assert.equal(lab.ingress(c.fromServer('HTTP/1.1 200 Connection established\r\n\r\n')), PASS);
+  lab.ingress(c.fromServer(tlsHello('server')));
+  expectFlow(c, 'connect', 'allowed');
+});
+

@@ -113,6 +113,14 @@ describe('agent enforcement with real peers', () => {
     assert.equal(v.daddr, tb.server.ipv6);
   });
 
+  test('a closed connection leaves the flow map', async () => {
+    const r = await curl(tb, nginxUrl(tb, nginx, { tls: true }), { cacert: certs.caCert });
+    assert.equal(r.httpCode, 200);
+    await new Promise((res) => setTimeout(res, 300));
+    const flows = JSON.parse((await sslwall(clientEnv, ['flows', '--json', '--bpffs', clientEnv.bpffs])).stdout) as Array<{ dport: number; class: string }>;
+    assert.deepEqual(flows.filter((f) => f.dport === 443), [], 'finished TLS flows are gone from the map');
+  });
+
   test('sslwall flows --json lists open flows with their class', async () => {
     const r = await sslwall(clientEnv, ['flows', '--json', '--bpffs', clientEnv.bpffs]);
     assert.equal(r.code, 0, r.stderr);

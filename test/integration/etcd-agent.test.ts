@@ -58,7 +58,7 @@ describe('agent on etcd', () => {
     bridge = await EtcdBridge.start(tb, 'client', etcd.clientPort);
     env = await agentEnv(tb, 'client', await tb.mountCgroup2());
     sink = await startSink(tb, { port: SINK_PORT });
-    etcdArgs = ['--etcd', bridge.url, '--tier', TIER, '--host-id', HOST];
+    etcdArgs = ['--etcd', bridge.url, '--tier', TIER, '--host-id', HOST, '--insecure-unsigned'];
   });
 
   after(async () => {

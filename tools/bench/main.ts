@@ -85,7 +85,7 @@ export async function main(argv: string[]): Promise<number> {
       failures.push({ bench: b.name, error: (err as Error).message ?? String(err) });
       process.stderr.write(`  ${b.name}: FAILED after ${round((Date.now() - started) / 1000, 1)} s: ${message}\n`);
       if (json) {
-        for (const name of b.produces) {
+        for (const name of b.produces.filter((p) => !wanted || wanted.includes(b.name) || wanted.includes(p))) {
           process.stdout.write(JSON.stringify({ bench: name, value: null, unit: null, baseline: null, ratio: null, error: (err as Error).message ?? String(err) }) + '\n');
         }
       }
@@ -115,7 +115,7 @@ function table(results: BenchResult[], failures: Failure[]): string {
   const line = (r: string[]) =>
     r.map((c, i) => (i === r.length - 1 ? c : right.has(i) ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd();
   const baselineNote =
-    'Baselines: tc_* = sslwall_empty on the same packet, same repeat; veth_throughput*/connect_rate = same bed without any filter.';
+    'Baselines: tc_* = sslwall_empty on the same packet, same repeat; veth_throughput*/connect_rate = an identical test bed without any filter, runs alternating.';
   return [line(header), ...rows.map(line), '', baselineNote, ''].join('\n');
 }
 

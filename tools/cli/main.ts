@@ -3,6 +3,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { spawn } from 'node:child_process';
 import { existsSync, unlinkSync, rmdirSync, readdirSync } from 'node:fs';
 import pino from 'pino';
+import os from 'node:os';
 import { runAgent, type AgentOptions } from '../../agent/agent.js';
 import { defaultHostId } from '../../agent/interfaces.js';
 import { Verifier } from '../../rollout/signing.js';
@@ -98,6 +99,7 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
           throw usage('--etcd needs --verify-key FILE (the engine\'s verify.pub), or --insecure-unsigned to accept unsigned documents');
         }
         if (verifyKey) Verifier.fromFile(verifyKey); // fail now, not at the first document
+        if ((v['etcd-cert'] || v['etcd-key']) && !v['etcd-cacert']) throw usage('--etcd-cert/--etcd-key need --etcd-cacert (client certificates are for https:// endpoints)');
         source = {
           kind: 'etcd',
           verifyKey,
@@ -107,7 +109,8 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
           conn: { endpoints, cacert: str(v['etcd-cacert']), cert: str(v['etcd-cert']), key: str(v['etcd-key']) },
         };
       }
-      const log = pino({ level: str(v['log-level']) ?? 'info', base: { component: 'agent', pid: process.pid } });
+      // No pid in the base: a violation line's pid is the offending process's, not the agent's.
+      const log = pino({ level: str(v['log-level']) ?? 'info', base: { component: 'agent', agent_pid: process.pid } });
       await runAgent(
         {
           source,
@@ -173,7 +176,7 @@ Options:
           process.stderr.write(`sslwall exec: cannot run ${rest[0]}: ${err.message}\n`);
           resolve(127);
         });
-        child.on('exit', (code, signal) => resolve(code ?? (signal ? 128 + 15 : 1)));
+        child.on('exit', (code, signal) => resolve(code ?? (signal ? 128 + (os.constants.signals[signal] ?? 15) : 1)));
       });
     },
   },
