@@ -22,6 +22,13 @@ export const VersionRecordSchema = z.object({
 });
 export type VersionRecord = z.infer<typeof VersionRecordSchema>;
 
+/** Another key written in the same transaction (compare-and-swap on its mod revision); its value may name the new version. */
+export interface SideWrite {
+  key: string;
+  expectMod: number;
+  value: (version: number) => string;
+}
+
 /** A condition added to every write: the engine's leader fencing. */
 export interface Fence {
   key: string;
@@ -77,7 +84,11 @@ export class ConfigStore {
    * Write a new version on top of the head. expectRevision: the head's mod revision the caller
    * based its change on (0 = the tier must not exist yet; undefined = the current head, read now).
    */
-  async write(tier: string, input: DocumentInput, meta: { author: string; message: string; expectRevision?: number; audit?: Record<string, unknown> }): Promise<VersionRecord & { revision: number }> {
+  async write(
+    tier: string,
+    input: DocumentInput,
+    meta: { author: string; message: string; expectRevision?: number; audit?: Record<string, unknown>; with?: SideWrite[] },
+  ): Promise<VersionRecord & { revision: number }> {
     const valid = validateInput(input, `tier ${tier}`);
     const head = await this.head(tier);
     const base = meta.expectRevision ?? head?.modRevision ?? 0;
@@ -91,11 +102,13 @@ export class ConfigStore {
     let txn = this.client.if(headKey, 'Mod', '==', base);
     const fence = this.fence();
     if (fence) txn = txn.and(fence.key, 'Mod', '==', fence.modRevision);
+    for (const w of meta.with ?? []) txn = txn.and(w.key, 'Mod', '==', w.expectMod);
     const res = await txn
       .then(
         this.client.put(headKey).value(JSON.stringify(doc)),
         this.client.put(this.keys.history(tier, version)).value(JSON.stringify(record)),
         this.client.put(this.keys.audit(tier)).value(JSON.stringify({ time: record.time, actor: meta.author, action: 'config_write', version, message: meta.message, ...meta.audit })),
+        ...(meta.with ?? []).map((w) => this.client.put(w.key).value(w.value(version))),
       )
       .commit();
     if (!res.succeeded) {
@@ -113,6 +126,22 @@ export class ConfigStore {
   async revert(tier: string, to: number, meta: { author: string; message?: string; expectRevision?: number }): Promise<VersionRecord & { revision: number }> {
     const old = await this.version(tier, to);
     return this.write(tier, { config: old.document.config, rollout: old.document.rollout }, { author: meta.author, message: meta.message ?? `revert to version ${to}`, expectRevision: meta.expectRevision, audit: { revertedTo: to } });
+  }
+
+  /** A fenced compare-and-swap of one key (the rollout state), with an audit entry. */
+  async casPut(key: string, expectMod: number, value: string, audit: { tier: string; entry: Record<string, unknown> }): Promise<number> {
+    let txn = this.client.if(key, 'Mod', '==', expectMod);
+    const fence = this.fence();
+    if (fence) txn = txn.and(fence.key, 'Mod', '==', fence.modRevision);
+    const res = await txn.then(this.client.put(key).value(value), this.client.put(this.keys.audit(audit.tier)).value(JSON.stringify({ time: new Date().toISOString(), ...audit.entry }))).commit();
+    if (!res.succeeded) {
+      if (fence) {
+        const f = await this.client.kv.range({ key: Buffer.from(fence.key) });
+        if (Number(f.kvs[0]?.mod_revision ?? 0) !== fence.modRevision) throw new SslwallError('SSLWALL_E_NOT_LEADER', 'this engine is no longer the leader; its write was refused (fencing)');
+      }
+      throw new SslwallError('SSLWALL_E_CONFLICT', `${key} changed meanwhile; read it again and retry`);
+    }
+    return Number(res.header.revision);
   }
 
   async audit(tier: string, limit = 50): Promise<Array<Record<string, unknown>>> {

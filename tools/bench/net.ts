@@ -4,7 +4,10 @@
 //   - "agent": `sslwall agent` runs inside its client namespace and attaches the classifier to
 //     the client's veth end, egress and ingress, in passive mode.
 // Short runs then alternate between the beds (A B B A ...), so whatever else the machine does
-// meanwhile weighs on both sides alike, and the agent is started once, not per run.
+// meanwhile weighs on both sides alike, and the agent is started once, not per run. The figures
+// are means: with the order mirrored every other round, a load that rises or falls steadily
+// during the bench adds the same to both sides (a median would not cancel it). The median of
+// the per-round ratios is printed on stderr as a cross-check.
 //
 // Nothing here touches a host interface: the veth ends live in namespaces the beds created, the
 // agent's pins in a bpffs of the bed's own, its cgroup under the bed's prefix. At the end (also
@@ -19,7 +22,7 @@ import { createTestbed, type Testbed } from '../../test/lib/netns.js';
 import { iperfClient, startIperf, type IperfPeer } from '../../test/lib/peers.js';
 import { waitFor, tail } from '../../test/lib/proc.js';
 import { AgentProc, agentEnv, sslwall, writeConfig, type AgentEnv } from '../../test/integration/agent-proc.js';
-import { median, round, spread } from './stats.js';
+import { mean, median, round, spread } from './stats.js';
 import type { Bench, BenchContext, BenchResult } from './types.js';
 
 const PASSIVE = { mode: 'passive' };
@@ -153,6 +156,11 @@ async function onBeds<T>(label: string, ctx: BenchContext, body: (plain: Testbed
   return result.value;
 }
 
+/** with[i] / without[i]: the runs of one round sit next to each other in time. */
+function pairRatios(withRuns: number[], withoutRuns: number[]): number[] {
+  return withRuns.map((v, i) => v / withoutRuns[i]!);
+}
+
 function pct(x: number): string {
   return `${round(x * 100, 1)}%`;
 }
@@ -166,7 +174,7 @@ const IPERF_ROUNDS = 8;
 export const vethThroughput: Bench = {
   name: 'veth_throughput',
   produces: ['veth_throughput', 'veth_throughput_bypass'],
-  summary: `iperf3 client ns -> server ns over veth, ${IPERF_SECONDS} s runs alternating: no filter (A) / agent's classifier, passive (B) / same with port ${IPERF_PORT} bypassed (C); medians of ${IPERF_ROUNDS} runs each`,
+  summary: `iperf3 client ns -> server ns over veth, ${IPERF_SECONDS} s runs alternating: no filter (A) / agent's classifier, passive (B) / same with port ${IPERF_PORT} bypassed (C); means of ${IPERF_ROUNDS} runs each`,
   async run(ctx: BenchContext): Promise<BenchResult[]> {
     return onBeds('bench-veth', ctx, async (plain, bed, cleanup) => {
       const [plainIperf, bedIperf] = await Promise.all([startIperf(plain, { port: IPERF_PORT }), startIperf(bed, { port: IPERF_PORT })]);
@@ -210,10 +218,11 @@ export const vethThroughput: Bench = {
       }
       await agent.remove();
 
-      const base = median(without);
-      const w = median(withFilter);
-      const b = median(bypassed);
+      const base = mean(without);
+      const w = mean(withFilter);
+      const b = mean(bypassed);
       ctx.progress(`spread (max-min)/median: A ${pct(spread(without))}, B ${pct(spread(withFilter))}, C ${pct(spread(bypassed))}`);
+      ctx.progress(`cross-check, median of per-round ratios: B/A ${round(median(pairRatios(withFilter, without)), 3)}, C/A ${round(median(pairRatios(bypassed, without)), 3)}`);
       return [
         {
           bench: 'veth_throughput',
@@ -277,7 +286,7 @@ async function startConnServer(tb: Testbed, script: string): Promise<void> {
 export const connectRate: Bench = {
   name: 'connect_rate',
   produces: ['connect_rate'],
-  summary: `TCP connect+close cycles per second, client ns -> server ns, ${CONN_CONCURRENCY} in flight, ${CONN_MS / 1000} s runs alternating: no filter / agent's classifier (passive); medians of ${CONN_ROUNDS} runs each`,
+  summary: `TCP connect+close cycles per second, client ns -> server ns, ${CONN_CONCURRENCY} in flight, ${CONN_MS / 1000} s runs alternating: no filter / agent's classifier (passive); means of ${CONN_ROUNDS} runs each`,
   async run(ctx: BenchContext): Promise<BenchResult[]> {
     return onBeds('bench-connect', ctx, async (plain, bed, cleanup) => {
       const script = connrateScript();
@@ -325,9 +334,10 @@ export const connectRate: Bench = {
       }
       await agent.remove();
 
-      const base = median(without);
-      const w = median(withFilter);
+      const base = mean(without);
+      const w = mean(withFilter);
       ctx.progress(`spread (max-min)/median: A ${pct(spread(without))}, B ${pct(spread(withFilter))}`);
+      ctx.progress(`cross-check, median of per-round ratios: B/A ${round(median(pairRatios(withFilter, without)), 3)}`);
       return [
         {
           bench: 'connect_rate',

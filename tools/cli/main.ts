@@ -7,6 +7,7 @@ import os from 'node:os';
 import { runAgent, type AgentOptions } from '../../agent/agent.js';
 import { defaultHostId } from '../../agent/interfaces.js';
 import { Verifier } from '../../rollout/signing.js';
+import { engineCommand, keygenCommand, configCommand, rolloutCommand } from './fleet.js';
 import { DEFAULT_BPFFS, DEFAULT_STATE_DIR, pinLayout } from '../../agent/paths.js';
 import { CLSACT_HANDLE, CLSACT_PRIORITY } from '../../agent/datapath.js';
 import { SslwallError, exitCodeFor } from '../../agent/errors.js';
@@ -27,6 +28,12 @@ Commands:
   exec        run a command whose connections are bypassed
   check       validate a config file and print it normalised
   uninstall   remove every filter, link and pin the agent made
+  engine      run a rollout engine replica (API, dashboard, rollout loop)
+  config      set, get, diff and revert tier config versions (through the engine)
+  rollout     start, watch and steer staged rollouts (through the engine)
+  keygen      make the ed25519 key pair that signs tier documents
+  simulate    run N simulated agents against etcd (tests, benchmarks)
+  up          the fleet of one: etcd, engine and an agent in a namespace of its own
   bench       run the benchmarks (same as npm run bench)
 
 Run 'sslwall <command> --help' for a command's options. Docs: docs/cli.md.
@@ -260,6 +267,20 @@ Runs the benchmarks (docs/bench.md); each figure is printed with a baseline meas
   },
 };
 
+// Commands with their own parsing (subcommand groups, or modules loaded only when used).
+const GROUPS: Record<string, (args: string[]) => Promise<number>> = {
+  engine: engineCommand,
+  keygen: keygenCommand,
+  config: configCommand,
+  rollout: rolloutCommand,
+  simulate: async (args) => ((await import(modulePath('../simulate/main.js'))) as { main(a: string[]): Promise<number> }).main(args),
+  up: async (args) => ((await import(modulePath('./up.js'))) as { upCommand(a: string[]): Promise<number> }).upCommand(args),
+};
+
+function modulePath(rel: string): string {
+  return new URL(rel, import.meta.url).href;
+}
+
 type Values = Record<string, string | boolean | (string | boolean)[] | undefined>;
 
 function str(v: unknown): string | undefined {
@@ -286,6 +307,8 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${VERSION}\n`);
     return 0;
   }
+  const group = GROUPS[name];
+  if (group) return group(args);
   const cmd = COMMANDS[name];
   if (!cmd) throw usage(`unknown command '${name}'; run sslwall --help`);
   if (args.includes('--help') || args.includes('-h')) {

@@ -79,6 +79,9 @@ export class LeaseKeeper {
   private timer: NodeJS.Timeout;
   private stopped = false;
   streamRestarts = 0;
+  sent = 0;
+  received = 0;
+  lost = 0;
 
   constructor(
     private readonly conn: SharedConn,
@@ -113,6 +116,7 @@ export class LeaseKeeper {
       if (l.next > now) continue;
       l.next = now + every;
       this.stream.write({ ID: id });
+      this.sent++;
     }
   }
 
@@ -141,7 +145,9 @@ export class LeaseKeeper {
       };
       s.on('data', (res) => {
         this.attempt = 0;
+        this.received++;
         if (Number(res.TTL) > 0) return;
+        this.lost++;
         const l = this.leases.get(String(res.ID));
         if (!l) return;
         this.leases.delete(String(res.ID));

@@ -1,0 +1,101 @@
+// One engine replica leads. Leadership is a key created under a lease (create-if-absent); the
+// leader's writes compare that key's mod revision (fencing: once the lease is gone, so is the
+// key, and a deposed leader's transaction fails). Followers watch the key and campaign again
+// when it disappears, so a replica takes over within the lease TTL.
+import { EventEmitter } from 'node:events';
+import type { Etcd3, Lease } from 'etcd3';
+import type { Logger } from 'pino';
+import type { Fence } from './store.js';
+
+export class Leadership extends EventEmitter {
+  private lease: Lease | null = null;
+  private fenceRev: number | null = null;
+  private stopped = false;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly client: Etcd3,
+    private readonly key: string,
+    readonly id: string,
+    private readonly log: Logger,
+    private readonly ttlS = 5,
+  ) {
+    super();
+  }
+
+  get isLeader(): boolean {
+    return this.fenceRev !== null;
+  }
+
+  fence(): Fence | null {
+    return this.fenceRev === null ? null : { key: this.key, modRevision: this.fenceRev };
+  }
+
+  start(): void {
+    void this.campaign();
+  }
+
+  async leader(): Promise<string | null> {
+    return (await this.client.get(this.key).string()) ?? null;
+  }
+
+  private schedule(ms: number) {
+    clearTimeout(this.timer);
+    if (!this.stopped) this.timer = setTimeout(() => void this.campaign(), ms);
+  }
+
+  private stepDown(reason: string) {
+    if (this.fenceRev === null) return;
+    this.fenceRev = null;
+    this.log.warn({ event: 'leadership_lost', reason }, 'no longer the leader');
+    this.emit('change', false);
+  }
+
+  private async campaign(): Promise<void> {
+    if (this.stopped || this.isLeader) return;
+    try {
+      const lease = this.client.lease(this.ttlS, { autoKeepAlive: true });
+      lease.on('lost', (err) => {
+        this.stepDown(`lease lost: ${err.message}`);
+        if (this.lease === lease) this.lease = null;
+        this.schedule(200);
+      });
+      const leaseId = await lease.grant();
+      const res = await this.client
+        .if(this.key, 'Create', '==', 0)
+        .then(this.client.put(this.key).value(this.id).lease(leaseId))
+        .commit();
+      if (res.succeeded) {
+        this.lease = lease;
+        this.fenceRev = Number(res.header.revision);
+        this.log.info({ event: 'leadership_won', id: this.id }, 'leading');
+        this.emit('change', true);
+        return;
+      }
+      await lease.revoke().catch(() => undefined);
+      // Someone leads: wait for the key to go (lease expiry or resignation), polling as a backstop.
+      const w = await this.client.watch().key(this.key).create();
+      const done = () => {
+        void w.cancel().catch(() => undefined);
+        this.schedule(Math.random() * 100);
+      };
+      w.on('delete', done);
+      w.on('error', done);
+      w.on('disconnected', done);
+      const still = await this.client.get(this.key).string();
+      if (!still) done();
+    } catch (err) {
+      this.log.warn({ event: 'campaign_failed', err: (err as Error).message }, 'could not campaign; retrying');
+      this.schedule(500 + Math.random() * 500);
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    const lease = this.lease;
+    this.stepDown('stopping');
+    // Resign: revoking deletes the key, so a follower takes over at once instead of after the TTL.
+    if (lease) await lease.revoke().catch(() => undefined);
+  }
+}

@@ -1,0 +1,344 @@
+// The rollout engine: staged rollouts per tier, advanced by the leader while the cohort is
+// healthy and rolled back when a check fails beyond its limit. All state lives in etcd
+// (schemas/rollout.ts); every transition is one fenced compare-and-swap transaction, written
+// with the tier version it creates, so a new leader continues exactly where the old one was.
+import { randomBytes } from 'node:crypto';
+import type { Etcd3 } from 'etcd3';
+import type { Logger } from 'pino';
+import { ConfigStore, type SideWrite } from './store.js';
+import { Leadership } from './election.js';
+import { HealthCache } from './health-cache.js';
+import { runChecks, cohortOf, promInstantQuery, type AlertView } from './checks.js';
+import { engineKeys, type EngineKeys } from './keys.js';
+import type { Signer } from './signing.js';
+import { SslwallError } from '../agent/errors.js';
+import { inCohort } from '../agent/cohort.js';
+import { AnalysisSchema, RolloutStateSchema, type RolloutState, type Stage } from '../schemas/rollout.js';
+
+export interface EngineOptions {
+  client: Etcd3;
+  prefix: string;
+  signer: Signer;
+  id: string;
+  log: Logger;
+  tickMs?: number;
+  leaseTtlS?: number;
+  promQuery?: (url: string, query: string) => Promise<number | null>;
+}
+
+export interface StartRequest {
+  stages: Stage[];
+  bakeMs: number;
+  analysis?: unknown;
+  otherwise?: 'off' | 'passive';
+  by: string;
+}
+
+const MAX_EVENTS = 30;
+
+export class Engine {
+  readonly keys: EngineKeys;
+  readonly store: ConfigStore;
+  readonly leadership: Leadership;
+  readonly health: HealthCache;
+  readonly client: Etcd3;
+  private readonly log: Logger;
+  private timer: NodeJS.Timeout | undefined;
+  private stepping = false;
+  private readonly lastCheck = new Map<string, number>();
+  private readonly blockedSample = new Map<string, { at: number; sum: number }>();
+  private readonly urgent = new Set<string>();
+  readonly counters = { steps: 0, advances: 0, rollbacks: 0, pauses: 0, checks: 0 };
+  onTransition: (tier: string, action: string, reason: string) => void = () => undefined;
+
+  constructor(private readonly opts: EngineOptions) {
+    this.client = opts.client;
+    this.log = opts.log;
+    this.keys = engineKeys(opts.prefix);
+    this.leadership = new Leadership(this.client, this.keys.leader, opts.id, opts.log, opts.leaseTtlS ?? 5);
+    this.store = new ConfigStore(this.client, this.keys, opts.signer, () => this.leadership.fence());
+    this.health = new HealthCache(this.client, `${this.keys.prefix}health/`, opts.log);
+  }
+
+  start(): void {
+    this.health.start();
+    this.leadership.start();
+    this.health.on('gone', (id: string) => {
+      this.log.warn({ event: 'agent_gone', agent: id }, 'an agent stopped reporting');
+      this.urgent.add(id.split('/')[0]!);
+      this.kick();
+    });
+    this.timer = setInterval(() => this.kick(), this.opts.tickMs ?? 500);
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    await this.leadership.stop();
+    await this.health.stop();
+  }
+
+  /** Step now (an alert arrived, an agent vanished): the leader does not wait for the interval. */
+  kick(): void {
+    if (this.stepping || !this.leadership.isLeader || !this.health.ready) return;
+    this.stepping = true;
+    this.stepAll()
+      .catch((err) => this.log.error({ event: 'engine_step_failed', err: (err as Error).message }, 'engine step failed'))
+      .finally(() => {
+        this.stepping = false;
+      });
+  }
+
+  urgentCheck(tier: string): void {
+    this.urgent.add(tier);
+    this.kick();
+  }
+
+  async readState(tier: string): Promise<{ state: RolloutState; mod: number } | null> {
+    const r = await this.client.kv.range({ key: Buffer.from(this.keys.rollout(tier)) });
+    const kv = r.kvs[0];
+    return kv ? { state: RolloutStateSchema.parse(JSON.parse(kv.value.toString())), mod: Number(kv.mod_revision) } : null;
+  }
+
+  async alertsFor(tier: string): Promise<AlertView[]> {
+    const all = await this.client.getAll().prefix(this.keys.alerts(tier)).strings();
+    return Object.values(all).map((v) => JSON.parse(v) as AlertView);
+  }
+
+  private async stepAll(): Promise<void> {
+    const all = await this.client.getAll().prefix(this.keys.tiersPrefix).keys();
+    for (const key of all.filter((k) => k.endsWith('/rollout'))) {
+      const tier = key.slice(this.keys.tiersPrefix.length).split('/')[0]!;
+      if (!this.leadership.isLeader) return;
+      try {
+        await this.step(tier);
+      } catch (err) {
+        const code = (err as SslwallError).code;
+        this.log[code === 'SSLWALL_E_CONFLICT' ? 'warn' : 'error']({ event: 'rollout_step_failed', tier, code, err: (err as Error).message }, 'rollout step failed; retrying');
+      }
+    }
+  }
+
+  /** One step of one tier's rollout; public for tests. */
+  async step(tier: string): Promise<void> {
+    const cur = await this.readState(tier);
+    if (!cur) return;
+    const { state, mod } = cur;
+    this.counters.steps++;
+    const now = Date.now();
+    if (state.request) return this.handleRequest(tier, state, mod);
+    if (state.status !== 'running') return;
+
+    const agents = this.health.tier(tier);
+    if (state.phase === 'writing') return this.writeStage(tier, state, mod);
+
+    if (state.phase === 'applying') {
+      const cohort = cohortOf(state, agents);
+      if (agents.length === 0) return this.pause(tier, state, mod, 'missing data: no agent of the tier reports health');
+      const applied = cohort.filter((h) => (h.configVersion ?? -1) >= (state.stageVersion ?? 0));
+      if (applied.length === cohort.length) {
+        return this.transition(tier, state, mod, { phase: 'baking', phaseStartedAt: new Date(now).toISOString() }, 'applied', `${applied.length} cohort agents applied version ${state.stageVersion}; baking for ${state.bakeMs} ms`);
+      }
+      if (now - Date.parse(state.phaseStartedAt) > state.analysis.applyDeadlineMs) {
+        return this.rollback(tier, state, mod, 'aborted', `${cohort.length - applied.length} of ${cohort.length} cohort agents did not apply version ${state.stageVersion} within ${state.analysis.applyDeadlineMs} ms`);
+      }
+      return;
+    }
+
+    // baking
+    const urgent = this.urgent.delete(tier);
+    const last = this.lastCheck.get(tier) ?? 0;
+    if (!urgent && now - last < state.analysis.checkIntervalMs) return;
+    this.lastCheck.set(tier, now);
+    this.counters.checks++;
+    const { results, blocked } = await runChecks({
+      state,
+      agents,
+      alerts: await this.alertsFor(tier),
+      previousBlocked: this.blockedSample.get(tier) ?? null,
+      now,
+      promQuery: this.opts.promQuery ?? promInstantQuery,
+    });
+    this.blockedSample.set(tier, blocked);
+    const failed = results.filter((r) => r.status === 'fail');
+    const unknown = results.filter((r) => r.status === 'inconclusive');
+    if (failed.length) {
+      const failures = state.consecutiveFailures + 1;
+      const reason = failed.map((f) => `${f.name}: ${f.detail}`).join('; ');
+      if (failures >= state.analysis.failureLimit) return this.rollback(tier, { ...state, lastChecks: results }, mod, 'aborted', `check failed ${failures} times: ${reason}`);
+      return this.transition(tier, state, mod, { consecutiveFailures: failures, lastChecks: results }, 'check_failed', reason);
+    }
+    if (unknown.length) {
+      return this.pause(tier, { ...state, lastChecks: results }, mod, `missing data: ${unknown.map((u) => `${u.name}: ${u.detail}`).join('; ')}`);
+    }
+    if (now - Date.parse(state.phaseStartedAt) >= state.bakeMs) return this.advance(tier, { ...state, lastChecks: results, consecutiveFailures: 0 }, mod, 'bake ended healthy');
+    if (state.consecutiveFailures !== 0 || JSON.stringify(state.lastChecks.map((c) => c.status)) !== JSON.stringify(results.map((c) => c.status))) {
+      return this.transition(tier, state, mod, { consecutiveFailures: 0, lastChecks: results }, 'check_passed', 'checks pass');
+    }
+  }
+
+  private async handleRequest(tier: string, state: RolloutState, mod: number): Promise<void> {
+    const req = state.request!;
+    const cleared = { ...state, request: null };
+    if (req.action === 'promote') {
+      if (state.status !== 'running' && state.status !== 'paused') return this.transition(tier, cleared, mod, {}, 'promote_ignored', `not running (${state.status})`);
+      return this.advance(tier, { ...cleared, status: 'running' }, mod, `promoted by ${req.by}: ${req.reason}`);
+    }
+    if (req.action === 'abort') {
+      if (state.status !== 'running' && state.status !== 'paused') return this.transition(tier, cleared, mod, {}, 'abort_ignored', `not running (${state.status})`);
+      return this.rollback(tier, cleared, mod, 'aborted', `aborted by ${req.by}: ${req.reason}`);
+    }
+    return this.rollback(tier, cleared, mod, 'undone', `undone by ${req.by}: ${req.reason}`);
+  }
+
+  private async writeStage(tier: string, state: RolloutState, mod: number): Promise<void> {
+    const stage = state.stages[state.stage]!;
+    const base = await this.store.version(tier, state.baselineVersion);
+    const head = await this.store.head(tier);
+    const now = new Date().toISOString();
+    const rec = await this.store.write(
+      tier,
+      { config: base.document.config, rollout: { mode: stage.mode, percent: stage.percent, otherwise: state.otherwise, salt: state.salt } },
+      {
+        author: `engine:${this.opts.id}`,
+        message: `rollout ${state.id} stage ${state.stage + 1}/${state.stages.length}: ${stage.mode}:${stage.percent}`,
+        expectRevision: head?.modRevision ?? 0,
+        audit: { rollout: state.id, stage: state.stage },
+        with: [this.stateWrite(tier, mod, (version) => ({ ...state, phase: 'applying', stageVersion: version, phaseStartedAt: now, consecutiveFailures: 0, events: addEvent(state, 'stage_written', `${stage.mode}:${stage.percent}`, version) }))],
+      },
+    );
+    this.log.info({ event: 'rollout_stage_written', tier, rollout: state.id, stage: state.stage, mode: stage.mode, percent: stage.percent, version: rec.version }, 'stage written');
+    this.onTransition(tier, 'stage_written', `${stage.mode}:${stage.percent}`);
+  }
+
+  private async advance(tier: string, state: RolloutState, mod: number, reason: string): Promise<void> {
+    this.counters.advances++;
+    this.lastCheck.delete(tier);
+    this.blockedSample.delete(tier);
+    if (state.stage + 1 >= state.stages.length) {
+      return this.transition(tier, state, mod, { status: 'completed', reason }, 'completed', reason);
+    }
+    return this.transition(tier, state, mod, { stage: state.stage + 1, phase: 'writing', stageVersion: null, consecutiveFailures: 0, lastChecks: [] }, 'advanced', reason);
+  }
+
+  private async pause(tier: string, state: RolloutState, mod: number, reason: string): Promise<void> {
+    this.counters.pauses++;
+    return this.transition(tier, state, mod, { status: 'paused', reason }, 'paused', reason);
+  }
+
+  /** Back to the version the tier had before the rollout, as a new version, with the state change. */
+  private async rollback(tier: string, state: RolloutState, mod: number, status: 'aborted' | 'undone', reason: string): Promise<void> {
+    this.counters.rollbacks++;
+    const base = await this.store.version(tier, state.baselineVersion);
+    const head = await this.store.head(tier);
+    const rec = await this.store.write(
+      tier,
+      { config: base.document.config, rollout: base.document.rollout },
+      {
+        author: `engine:${this.opts.id}`,
+        message: `rollback of rollout ${state.id} to version ${state.baselineVersion}: ${reason}`,
+        expectRevision: head?.modRevision ?? 0,
+        audit: { rollout: state.id, action: status === 'undone' ? 'undo' : 'rollback', reason },
+        with: [this.stateWrite(tier, mod, (version) => ({ ...state, status, reason, events: addEvent(state, status === 'undone' ? 'undone' : 'rolled_back', reason, version) }))],
+      },
+    );
+    this.log.warn({ event: 'rollout_rolled_back', tier, rollout: state.id, status, reason, version: rec.version, baseline: state.baselineVersion }, 'rolled back');
+    this.onTransition(tier, 'rolled_back', reason);
+  }
+
+  private async transition(tier: string, state: RolloutState, mod: number, change: Partial<RolloutState>, action: string, reason: string): Promise<void> {
+    const next: RolloutState = { ...state, ...change, updatedAt: new Date().toISOString() };
+    if (action !== 'check_passed') next.events = addEvent(state, action, reason);
+    await this.store.casPut(this.keys.rollout(tier), mod, JSON.stringify(next), { tier, entry: { actor: `engine:${this.opts.id}`, action: `rollout_${action}`, rollout: state.id, reason } });
+    this.log.info({ event: `rollout_${action}`, tier, rollout: state.id, stage: next.stage, status: next.status, reason }, action);
+    this.onTransition(tier, action, reason);
+  }
+
+  private stateWrite(tier: string, mod: number, make: (version: number) => RolloutState): SideWrite {
+    return { key: this.keys.rollout(tier), expectMod: mod, value: (v) => JSON.stringify({ ...make(v), updatedAt: new Date().toISOString() }) };
+  }
+
+  // ---- operator actions (any replica: compare-and-swap on the state key) ----
+
+  async startRollout(tier: string, req: StartRequest): Promise<RolloutState> {
+    const head = await this.store.head(tier);
+    if (!head) throw new SslwallError('SSLWALL_E_NOT_FOUND', `tier ${tier} has no config yet; write one first: sslwall config set --tier ${tier} --file F`);
+    const cur = await this.readState(tier);
+    if (cur && (cur.state.status === 'running' || cur.state.status === 'paused')) {
+      throw new SslwallError('SSLWALL_E_ROLLOUT_STATE', `tier ${tier} already has a ${cur.state.status} rollout (${cur.state.id}); abort it or wait for it to end`);
+    }
+    const now = new Date().toISOString();
+    const id = `${tier}-${now.replace(/[-:.TZ]/g, '').slice(0, 14)}-${randomBytes(2).toString('hex')}`;
+    const state: RolloutState = RolloutStateSchema.parse({
+      id,
+      tier,
+      status: 'running',
+      stages: req.stages,
+      stage: 0,
+      phase: 'writing',
+      phaseStartedAt: now,
+      stageVersion: null,
+      bakeMs: req.bakeMs,
+      otherwise: req.otherwise ?? 'passive',
+      salt: `${id}`,
+      analysis: AnalysisSchema.parse(req.analysis ?? {}),
+      baselineVersion: head.doc.version,
+      consecutiveFailures: 0,
+      agentsAtStart: this.health.tier(tier).length,
+      lastChecks: [],
+      request: null,
+      reason: `started by ${req.by}`,
+      startedBy: req.by,
+      startedAt: now,
+      updatedAt: now,
+      events: [{ time: now, action: 'started', reason: `by ${req.by}`, version: head.doc.version }],
+    });
+    await this.store.casPut(this.keys.rollout(tier), cur?.mod ?? 0, JSON.stringify(state), { tier, entry: { actor: req.by, action: 'rollout_started', rollout: id, stages: req.stages } });
+    this.log.info({ event: 'rollout_started', tier, rollout: id, stages: req.stages, by: req.by }, 'rollout started');
+    this.kick();
+    return state;
+  }
+
+  async act(tier: string, action: 'pause' | 'resume' | 'promote' | 'abort' | 'undo', reason: string, by: string): Promise<RolloutState> {
+    const cur = await this.readState(tier);
+    if (!cur) throw new SslwallError('SSLWALL_E_NOT_FOUND', `tier ${tier} has no rollout; start one with: sslwall rollout start --tier ${tier} ...`);
+    const { state, mod } = cur;
+    const now = new Date().toISOString();
+    let next: RolloutState;
+    if (action === 'pause') {
+      if (state.status !== 'running') throw new SslwallError('SSLWALL_E_ROLLOUT_STATE', `rollout ${state.id} is ${state.status}, not running`);
+      next = { ...state, status: 'paused', reason: `paused by ${by}: ${reason}`, events: addEvent(state, 'paused', `by ${by}: ${reason}`) };
+    } else if (action === 'resume') {
+      if (state.status !== 'paused') throw new SslwallError('SSLWALL_E_ROLLOUT_STATE', `rollout ${state.id} is ${state.status}, not paused`);
+      // The bake starts over: health seen before the pause does not count.
+      next = { ...state, status: 'running', phaseStartedAt: now, consecutiveFailures: 0, reason: `resumed by ${by}: ${reason}`, events: addEvent(state, 'resumed', `by ${by}: ${reason}`) };
+    } else {
+      if (action !== 'undo' && state.status !== 'running' && state.status !== 'paused') throw new SslwallError('SSLWALL_E_ROLLOUT_STATE', `rollout ${state.id} is ${state.status}; ${action} needs a running or paused rollout`);
+      if (action === 'undo' && state.status === 'undone') throw new SslwallError('SSLWALL_E_ROLLOUT_STATE', `rollout ${state.id} is already undone`);
+      next = { ...state, request: { action, reason, by } };
+    }
+    next.updatedAt = now;
+    await this.store.casPut(this.keys.rollout(tier), mod, JSON.stringify(next), { tier, entry: { actor: by, action: `rollout_${action}_requested`, rollout: state.id, reason } });
+    this.log.info({ event: `rollout_${action}`, tier, rollout: state.id, by, reason }, action);
+    this.kick();
+    return next;
+  }
+
+  /** Hosts that join the cohort at `percent` (with the running rollout's salt, or the head's), and which would block. */
+  async preview(tier: string, percent: number) {
+    const cur = await this.readState(tier);
+    const head = await this.store.head(tier);
+    const salt = cur && (cur.state.status === 'running' || cur.state.status === 'paused') ? cur.state.salt : head?.doc.rollout.salt;
+    if (!salt) throw new SslwallError('SSLWALL_E_NOT_FOUND', `tier ${tier} has no config`);
+    const currentPercent = cur && cur.state.status !== 'undone' && cur.state.status !== 'aborted' ? cur.state.stages[cur.state.stage]!.percent : (head?.doc.rollout.mode === 'active' ? head.doc.rollout.percent : 0);
+    const joining = this.health
+      .tier(tier)
+      .filter((h) => inCohort(h.hostId, salt, percent) && !(inCohort(h.hostId, salt, currentPercent) && (cur?.state.stages[cur.state.stage]?.mode ?? head?.doc.rollout.mode) === 'active'))
+      .map((h) => ({ hostId: h.hostId, mode: h.mode, violationsReported: h.counters.violationsReported, wouldBlock: h.counters.violationsReported > 0 }))
+      .sort((a, b) => a.hostId.localeCompare(b.hostId));
+    return { tier, percent, salt, currentPercent, joining, wouldBlock: joining.filter((j) => j.wouldBlock) };
+  }
+}
+
+function addEvent(state: RolloutState, action: string, reason: string, version?: number): RolloutState['events'] {
+  return [...state.events, { time: new Date().toISOString(), action, reason, ...(version !== undefined ? { version } : {}) }].slice(-MAX_EVENTS);
+}

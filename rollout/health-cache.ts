@@ -1,0 +1,91 @@
+// The engine's view of agent health: every health key of the watched tiers, kept current by a
+// watch on the health prefix (read once, then watch; read again when etcd cancels the watch).
+// A deleted key is an agent that stopped (its lease expired) and is reported at once.
+import { EventEmitter } from 'node:events';
+import type { Etcd3, Watcher } from 'etcd3';
+import type { Logger } from 'pino';
+import { HealthSchema, type Health } from '../schemas/tier.js';
+import { backoffMs } from '../agent/etcd-client.js';
+
+export class HealthCache extends EventEmitter {
+  readonly agents = new Map<string, Health>(); // key: tier/hostId
+  private watcher: Watcher | null = null;
+  private stopped = false;
+  ready = false;
+
+  constructor(
+    private readonly client: Etcd3,
+    private readonly prefix: string, // e.g. /sslwall/health/
+    private readonly log: Logger,
+  ) {
+    super();
+  }
+
+  start(): void {
+    void this.loop();
+  }
+
+  tier(tier: string): Health[] {
+    const out: Health[] = [];
+    for (const h of this.agents.values()) if (h.tier === tier) out.push(h);
+    return out;
+  }
+
+  private id(key: string): string {
+    return key.slice(this.prefix.length);
+  }
+
+  private set(key: string, value: Buffer): void {
+    try {
+      this.agents.set(this.id(key), HealthSchema.parse(JSON.parse(value.toString())));
+    } catch {
+      // A health document we cannot read is the same as none: the agent counts as missing.
+      this.agents.delete(this.id(key));
+    }
+  }
+
+  private async loop(): Promise<void> {
+    let attempt = 0;
+    while (!this.stopped) {
+      try {
+        const res = await this.client.kv.range({ key: Buffer.from(this.prefix), range_end: Buffer.from(prefixEnd(this.prefix)) });
+        this.agents.clear();
+        for (const kv of res.kvs) this.set(kv.key.toString(), kv.value);
+        this.ready = true;
+        this.emit('reset');
+        attempt = 0;
+        const reason = await new Promise<string>((resolve) => {
+          const w = this.client.watch().prefix(this.prefix).startRevision(String(Number(res.header.revision) + 1)).watcher();
+          this.watcher = w;
+          w.on('put', (kv) => this.set(kv.key.toString(), kv.value));
+          w.on('delete', (kv) => {
+            const id = this.id(kv.key.toString());
+            const gone = this.agents.get(id);
+            this.agents.delete(id);
+            this.emit('gone', id, gone);
+          });
+          w.on('error', (e) => resolve(String(e)));
+          w.on('disconnected', () => resolve('disconnected'));
+        });
+        await this.watcher?.cancel().catch(() => undefined);
+        this.log.warn({ event: 'health_watch_restart', reason }, 'reading agent health again');
+      } catch (err) {
+        this.log.warn({ event: 'health_read_failed', err: (err as Error).message }, 'cannot read agent health');
+      }
+      this.ready = false;
+      await new Promise((r) => setTimeout(r, backoffMs(attempt++)));
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.watcher?.cancel().catch(() => undefined);
+  }
+}
+
+/** The range end that covers every key starting with prefix. */
+export function prefixEnd(prefix: string): Buffer {
+  const b = Buffer.from(prefix);
+  b[b.length - 1]! += 1;
+  return b;
+}

@@ -1,0 +1,288 @@
+// The fleet commands: `sslwall engine`, `sslwall keygen`, and the `config` and `rollout` groups,
+// which talk to an engine's HTTP API (--engine URL; docs/cli.md).
+import { parseArgs } from 'node:util';
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+import pino from 'pino';
+import { SslwallError } from '../../agent/errors.js';
+import { createEtcdClient } from '../../agent/etcd-client.js';
+import { Engine } from '../../rollout/engine.js';
+import { startApi } from '../../rollout/api.js';
+import { Signer, generateKeyPair } from '../../rollout/signing.js';
+import { AnalysisSchema } from '../../schemas/rollout.js';
+import { describeIssues } from '../../schemas/config.js';
+
+export const DEFAULT_ENGINE = 'http://127.0.0.1:7070';
+
+function usage(message: string): SslwallError {
+  return new SslwallError('SSLWALL_E_USAGE', message);
+}
+
+type Opts = NonNullable<Parameters<typeof parseArgs>[0]>['options'];
+function parse(args: string[], options: Opts, where: string): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
+  try {
+    const r = parseArgs({ args, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
+    return { values: r.values as Record<string, string | boolean | undefined>, positionals: r.positionals };
+  } catch (err) {
+    throw usage(`${(err as Error).message}; run sslwall ${where} --help`);
+  }
+}
+
+export const ENGINE_HELP = `Usage: sslwall engine --etcd URL[,URL...] --signing-key FILE [--listen HOST:PORT] [options]
+
+Runs a rollout engine replica: the HTTP API and dashboard, Prometheus /metrics, and the rollout
+loop. Several replicas may run; one leads (etcd election), the others serve the API and take over
+within the lease TTL. Every document is validated and signed (ed25519) before it is written.
+
+Options:
+  --etcd URL[,URL...]   etcd endpoints                                           (required)
+  --signing-key FILE    ed25519 private key (sslwall keygen)                      (required)
+  --listen HOST:PORT    API, dashboard and /metrics                     [127.0.0.1:7070]
+  --etcd-prefix P       key prefix                                            [/sslwall/]
+  --etcd-cacert/--etcd-cert/--etcd-key FILE   TLS to etcd
+  --id ID               this replica's name in the election            [hostname-pid]
+  --lease-ttl S         leader lease TTL in seconds                                 [5]
+  --log-level LEVEL                                                              [info]
+`;
+
+export async function engineCommand(args: string[]): Promise<number> {
+  const { values: v } = parse(args, {
+    etcd: { type: 'string' }, 'signing-key': { type: 'string' }, listen: { type: 'string' }, 'etcd-prefix': { type: 'string' },
+    'etcd-cacert': { type: 'string' }, 'etcd-cert': { type: 'string' }, 'etcd-key': { type: 'string' }, id: { type: 'string' },
+    'lease-ttl': { type: 'string' }, 'log-level': { type: 'string' },
+  }, 'engine');
+  if (v.help) {
+    process.stdout.write(ENGINE_HELP);
+    return 0;
+  }
+  if (!v.etcd) throw usage('engine needs --etcd URL[,URL...]');
+  if (!v['signing-key']) throw usage('engine needs --signing-key FILE (make one with: sslwall keygen --out DIR)');
+  const id = (v.id as string | undefined) ?? `${os.hostname()}-${process.pid}`;
+  const log = pino({ level: (v['log-level'] as string | undefined) ?? 'info', base: { component: 'engine', replica: id } });
+  const client = createEtcdClient({ endpoints: String(v.etcd).split(','), cacert: v['etcd-cacert'] as string | undefined, cert: v['etcd-cert'] as string | undefined, key: v['etcd-key'] as string | undefined });
+  const engine = new Engine({ client, prefix: (v['etcd-prefix'] as string | undefined) ?? '/sslwall/', signer: Signer.fromFile(String(v['signing-key'])), id, log, leaseTtlS: Number(v['lease-ttl'] ?? 5) });
+  const listen = (v.listen as string | undefined) ?? '127.0.0.1:7070';
+  const server = await startApi(engine, listen, log);
+  engine.start();
+  log.info({ event: 'engine_ready', listen, id }, `engine listening on http://${listen}`);
+  await new Promise<void>((resolve) => {
+    process.once('SIGTERM', () => resolve());
+    process.once('SIGINT', () => resolve());
+  });
+  log.info({ event: 'engine_stopping' }, 'stopping; resigning leadership');
+  server.close();
+  await engine.stop();
+  client.close();
+  return 0;
+}
+
+export async function keygenCommand(args: string[]): Promise<number> {
+  const { values: v } = parse(args, { out: { type: 'string' }, json: { type: 'boolean' } }, 'keygen');
+  if (v.help) {
+    process.stdout.write('Usage: sslwall keygen --out DIR [--json]\n\nWrites DIR/signing.key (for the engine, mode 0600) and DIR/verify.pub (for agents: --verify-key).\n');
+    return 0;
+  }
+  if (!v.out) throw usage('keygen needs --out DIR');
+  const r = generateKeyPair(String(v.out));
+  process.stdout.write(v.json ? JSON.stringify(r) + '\n' : `signing key: ${r.signingKey}\nverify key:  ${r.verifyKey}\nkey id:      ${r.keyId}\n`);
+  return 0;
+}
+
+// ---- API client ----
+
+async function api(engine: string, method: string, path: string, body?: unknown): Promise<unknown> {
+  let res: Response;
+  try {
+    res = await fetch(`${engine.replace(/\/$/, '')}${path}`, {
+      method,
+      headers: { 'content-type': 'application/json', 'x-sslwall-user': process.env.SUDO_USER ?? process.env.USER ?? os.userInfo().username },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(15000),
+    });
+  } catch (err) {
+    throw new SslwallError('SSLWALL_E_ENGINE', `cannot reach the engine at ${engine}: ${(err as Error).message}; start one (sslwall engine) or pass --engine URL`);
+  }
+  const text = await res.text();
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    throw new SslwallError('SSLWALL_E_ENGINE', `engine answered HTTP ${res.status} with non-JSON: ${text.slice(0, 200)}`);
+  }
+  if (!res.ok) {
+    const e = json as { code?: string; message?: string };
+    throw new SslwallError((e.code as never) ?? 'SSLWALL_E_ENGINE', e.message ?? `HTTP ${res.status}`);
+  }
+  return json;
+}
+
+const CONFIG_HELP = `Usage: sslwall config <set|get|history|diff|revert> --tier T [options] [--engine URL]
+
+  set --tier T --file F [--message M] [--expect-revision R]
+        write a new version (F: an agent config, or {"config":…,"rollout":…}); validated and
+        signed by the engine; compare-and-swap on the head (R, or the head read now)
+  get --tier T [--version N] [--json]      the head (or version N)
+  history --tier T [--json]                every version: author, message, time
+  diff --tier T A B                        what changed from version A to B
+  revert --tier T --to N [--message M]     a new version with the content of version N
+
+  --engine URL   the engine's API                                [${DEFAULT_ENGINE}]
+`;
+
+const ROLLOUT_HELP = `Usage: sslwall rollout <command> --tier T [options] [--engine URL]
+
+  start --tier T --stages passive:100,active:1,active:5,active:25,active:100 --bake 10m
+        [--analysis FILE] [--otherwise off|passive]
+  status --tier T [--json]       stage, agents applied / in cohort, bake left, checks, events
+  watch --tier T                 status, updated in place every second (Ctrl-C to leave)
+  pause|resume|promote|abort|undo --tier T [--reason R]
+  preview --tier T --percent P [--json]   hosts that would join the cohort at P and which of them
+                                          would now block traffic (passive-mode violations)
+
+  --engine URL   the engine's API                                [${DEFAULT_ENGINE}]
+`;
+
+export async function configCommand(args: string[]): Promise<number> {
+  const [sub, ...rest] = args[0]?.startsWith('-') ? ['help', ...args] : args;
+  const { values: v, positionals } = parse(rest, {
+    tier: { type: 'string' }, file: { type: 'string' }, message: { type: 'string' }, version: { type: 'string' }, json: { type: 'boolean' },
+    to: { type: 'string' }, engine: { type: 'string' }, 'expect-revision': { type: 'string' },
+  }, `config ${sub ?? ''}`);
+  if (!sub || v.help || sub === 'help' || sub.startsWith('-')) {
+    process.stdout.write(CONFIG_HELP);
+    return sub ? 0 : 2;
+  }
+  const engine = (v.engine as string | undefined) ?? process.env.SSLWALL_ENGINE ?? DEFAULT_ENGINE;
+  const tier = v.tier as string | undefined;
+  if (!tier) throw usage(`config ${sub} needs --tier T`);
+  const base = `/api/tiers/${encodeURIComponent(tier)}`;
+  const out = (x: unknown, text: string) => process.stdout.write(v.json ? JSON.stringify(x) + '\n' : text);
+  switch (sub) {
+    case 'set': {
+      if (!v.file) throw usage('config set needs --file F');
+      let doc: unknown;
+      try {
+        doc = JSON.parse(readFileSync(String(v.file), 'utf8'));
+      } catch (err) {
+        throw new SslwallError('SSLWALL_E_CONFIG_READ', `cannot read ${v.file}: ${(err as Error).message}`);
+      }
+      const rec = (await api(engine, 'PUT', `${base}/config`, { document: doc, message: v.message ?? `set from ${v.file}`, expectRevision: v['expect-revision'] === undefined ? undefined : Number(v['expect-revision']) })) as { version: number };
+      out(rec, `tier ${tier}: version ${rec.version} written\n`);
+      return 0;
+    }
+    case 'get': {
+      const doc = await api(engine, 'GET', `${base}/config${v.version ? `?version=${Number(v.version)}` : ''}`);
+      process.stdout.write(JSON.stringify(doc, null, v.json ? undefined : 2) + '\n');
+      return 0;
+    }
+    case 'history': {
+      const h = (await api(engine, 'GET', `${base}/history`)) as Array<{ version: number; author: string; message: string; time: string }>;
+      out(h, h.map((r) => `${String(r.version).padStart(4)}  ${r.time}  ${r.author.padEnd(20)}  ${r.message}`).join('\n') + '\n');
+      return 0;
+    }
+    case 'diff': {
+      const [a, b] = positionals.map(Number);
+      if (!(a! > 0 && b! > 0)) throw usage('config diff needs two versions: sslwall config diff --tier T A B');
+      const [ra, rb] = (await Promise.all([api(engine, 'GET', `${base}/config?version=${a}`), api(engine, 'GET', `${base}/config?version=${b}`)])) as Array<{ document: Record<string, unknown> }>;
+      const changes = diffJson(strip(ra!.document), strip(rb!.document));
+      out(changes, changes.length ? changes.map((c) => `${c.path}: ${JSON.stringify(c.from)} -> ${JSON.stringify(c.to)}`).join('\n') + '\n' : `versions ${a} and ${b} have the same content\n`);
+      return 0;
+    }
+    case 'revert': {
+      if (!v.to) throw usage('config revert needs --to N');
+      const rec = (await api(engine, 'POST', `${base}/revert`, { to: Number(v.to), message: v.message })) as { version: number };
+      out(rec, `tier ${tier}: version ${rec.version} written with the content of version ${v.to}\n`);
+      return 0;
+    }
+  }
+  throw usage(`unknown config command '${sub}'; run sslwall config --help`);
+}
+
+function strip(doc: Record<string, unknown>) {
+  const { signature: _s, version: _v, ...rest } = doc;
+  return rest;
+}
+
+export function diffJson(a: unknown, b: unknown, path = ''): Array<{ path: string; from: unknown; to: unknown }> {
+  if (JSON.stringify(a) === JSON.stringify(b)) return [];
+  if (a && b && typeof a === 'object' && typeof b === 'object' && !Array.isArray(a) && !Array.isArray(b)) {
+    const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].sort();
+    return keys.flatMap((k) => diffJson((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k], path ? `${path}.${k}` : k));
+  }
+  return [{ path: path || '(document)', from: a, to: b }];
+}
+
+export async function rolloutCommand(args: string[]): Promise<number> {
+  const [sub, ...rest] = args[0]?.startsWith('-') ? ['help', ...args] : args;
+  const { values: v } = parse(rest, {
+    tier: { type: 'string' }, stages: { type: 'string' }, bake: { type: 'string' }, analysis: { type: 'string' }, otherwise: { type: 'string' },
+    json: { type: 'boolean' }, reason: { type: 'string' }, percent: { type: 'string' }, engine: { type: 'string' },
+  }, `rollout ${sub ?? ''}`);
+  if (!sub || v.help || sub === 'help' || sub.startsWith('-')) {
+    process.stdout.write(ROLLOUT_HELP);
+    return sub ? 0 : 2;
+  }
+  const engine = (v.engine as string | undefined) ?? process.env.SSLWALL_ENGINE ?? DEFAULT_ENGINE;
+  const tier = v.tier as string | undefined;
+  if (!tier) throw usage(`rollout ${sub} needs --tier T`);
+  const base = `/api/tiers/${encodeURIComponent(tier)}/rollout`;
+  switch (sub) {
+    case 'start': {
+      if (!v.stages) throw usage('rollout start needs --stages, e.g. passive:100,active:1,active:5,active:25,active:100');
+      let analysis: unknown;
+      if (v.analysis) {
+        const parsed = AnalysisSchema.safeParse(JSON.parse(readFileSync(String(v.analysis), 'utf8')));
+        if (!parsed.success) throw new SslwallError('SSLWALL_E_CONFIG_INVALID', `${v.analysis}: ${describeIssues(parsed.error)}`);
+        analysis = parsed.data;
+      }
+      const s = (await api(engine, 'POST', base, { stages: v.stages, bake: v.bake ?? '10m', analysis, otherwise: v.otherwise })) as { id: string };
+      process.stdout.write(v.json ? JSON.stringify(s) + '\n' : `rollout ${s.id} started on tier ${tier}; follow it with: sslwall rollout watch --tier ${tier}\n`);
+      return 0;
+    }
+    case 'status': {
+      const s = await api(engine, 'GET', base);
+      process.stdout.write(v.json ? JSON.stringify(s) + '\n' : renderStatus(s as never));
+      return 0;
+    }
+    case 'watch': {
+      const tty = process.stdout.isTTY;
+      let stop = false;
+      process.once('SIGINT', () => (stop = true));
+      while (!stop) {
+        const s = (await api(engine, 'GET', base)) as { status: string };
+        const text = renderStatus(s as never);
+        process.stdout.write(tty ? `\x1b[H\x1b[2J${text}` : `${text}\n`);
+        if (!tty && s.status !== 'running' && s.status !== 'paused') break;
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+      return 0;
+    }
+    case 'pause': case 'resume': case 'promote': case 'abort': case 'undo': {
+      const s = (await api(engine, 'POST', `${base}/${sub}`, { reason: v.reason ?? `${sub} from the command line` })) as { id: string; status: string };
+      process.stdout.write(v.json ? JSON.stringify(s) + '\n' : `rollout ${s.id}: ${sub} accepted (status ${s.status})\n`);
+      return 0;
+    }
+    case 'preview': {
+      const p = Number(v.percent);
+      if (!(p >= 0 && p <= 100)) throw usage('rollout preview needs --percent 0..100');
+      const r = (await api(engine, 'GET', `/api/tiers/${encodeURIComponent(tier)}/preview?percent=${p}`)) as { joining: Array<{ hostId: string; violationsReported: number; wouldBlock: boolean }>; wouldBlock: unknown[] };
+      process.stdout.write(v.json ? JSON.stringify(r) + '\n' : `${r.joining.length} hosts join the cohort at ${p} %; ${r.wouldBlock.length} of them would now block traffic:\n` + r.joining.map((j) => `  ${j.hostId}${j.wouldBlock ? `  WOULD BLOCK (${j.violationsReported} plaintext flows seen)` : ''}`).join('\n') + '\n');
+      return 0;
+    }
+  }
+  throw usage(`unknown rollout command '${sub}'; run sslwall rollout --help`);
+}
+
+function renderStatus(s: { id: string; tier: string; status: string; stage: number; stages: Array<{ mode: string; percent: number }>; phase: string; stageVersion: number | null; reason: string; lastChecks: Array<{ name: string; status: string; detail: string }>; events: Array<{ time: string; action: string; reason: string }>; live: { agents: number; cohort: number; applied: number; bakeLeftMs: number | null; leader: boolean } }): string {
+  const st = s.stages[s.stage]!;
+  const lines = [
+    `rollout ${s.id} on tier ${s.tier}: ${s.status.toUpperCase()}${s.reason ? ` (${s.reason})` : ''}`,
+    `stage ${s.stage + 1}/${s.stages.length}: ${st.mode}:${st.percent}%  phase ${s.phase}  version ${s.stageVersion ?? '-'}`,
+    `agents: ${s.live.applied} applied / ${s.live.cohort} in cohort / ${s.live.agents} reporting${s.live.bakeLeftMs !== null ? `   bake left: ${Math.ceil(s.live.bakeLeftMs / 1000)} s` : ''}`,
+    'checks:',
+    ...(s.lastChecks.length ? s.lastChecks.map((c) => `  ${c.status.padEnd(12)} ${c.name}: ${c.detail}`) : ['  (none yet)']),
+    'recent events:',
+    ...s.events.slice(-8).map((e) => `  ${e.time}  ${e.action}: ${e.reason}`),
+  ];
+  return lines.join('\n') + '\n';
+}
