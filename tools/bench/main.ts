@@ -18,7 +18,7 @@ const USAGE = `Usage: sslwall bench [--json] [--only NAME,...] [--list]
        npm run bench -- [--json] [--only NAME,...] [--list]
 
 Runs the benchmarks (docs/bench.md); each figure is printed with a baseline measured in the
-same run. Needs root (BPF_PROG_TEST_RUN, network namespaces). Takes about 1.5 minutes.
+same run. Needs root (BPF_PROG_TEST_RUN, network namespaces). Takes about 2 minutes.
 
 Options:
   --json         one JSON object per line on stdout: {"bench","value","unit","baseline","ratio"}

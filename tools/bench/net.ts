@@ -169,7 +169,7 @@ function pct(x: number): string {
 
 const IPERF_SECONDS = 2;
 /** Each round measures A, B and C once; the order flips every round (A B C, C B A, ...). */
-const IPERF_ROUNDS = 8;
+const IPERF_ROUNDS = 10;
 
 export const vethThroughput: Bench = {
   name: 'veth_throughput',
@@ -254,7 +254,7 @@ const CONN_MS = 1500;
 const CONN_WARMUP_MS = 200;
 const CONN_CONCURRENCY = 8;
 /** Each round measures A and B once; the order flips every round (A B, B A, ...). */
-const CONN_ROUNDS = 10;
+const CONN_ROUNDS = 14;
 
 interface ConnReport {
   connections: number;

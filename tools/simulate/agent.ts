@@ -34,6 +34,8 @@ export interface AgentEnv {
   seen(version: number): void;
   /** This version is now in force on one more agent. */
   appliedVersion(version: number): void;
+  /** A health write reporting this version landed. */
+  reported(version: number): void;
 }
 
 type Status = 'starting' | 'running' | 'dead' | 'stopped';
@@ -45,6 +47,8 @@ export class SimAgent implements LeaseOwner {
   applyLatencyMs: number | null = null;
   lastError: Health['lastError'] = null;
   connected = false;
+  /** Both watchers are created on etcd (the stats' "connected"). */
+  watching = false;
   watchRevision: number | null = null;
   relists = 0;
   reconnects = 0;
@@ -72,6 +76,8 @@ export class SimAgent implements LeaseOwner {
   private readonly leaky: boolean;
 
   constructor(
+    /** Position in this process (spreads the agents over watch streams). */
+    private readonly index: number,
     readonly hostId: string,
     readonly failApply: boolean,
     private readonly env: AgentEnv,
@@ -120,6 +126,7 @@ export class SimAgent implements LeaseOwner {
   }
 
   private halt(): void {
+    this.watching = false;
     clearTimeout(this.putTimer);
     this.putTimer = undefined;
     if (this.leaseId) this.env.leases.remove(this.leaseId);
@@ -185,12 +192,14 @@ export class SimAgent implements LeaseOwner {
     this.writing = true;
     this.dirty = false;
     try {
-      await this.env.limiter.run(() => {
-        if (!this.live) return Promise.resolve(undefined);
-        const value = Buffer.from(JSON.stringify(this.healthDoc()));
-        return this.env.conn.client.kv.put({ key: Buffer.from(this.healthKey), value, lease });
+      const version = await this.env.limiter.run(async () => {
+        if (!this.live) return null;
+        const doc = this.healthDoc();
+        await this.env.conn.client.kv.put({ key: Buffer.from(this.healthKey), value: Buffer.from(JSON.stringify(doc)), lease });
+        return doc.configVersion;
       });
       this.healthWrites++;
+      if (version !== null) this.env.reported(version);
     } catch (err) {
       this.healthWriteErrors++;
       this.dirty = true;
@@ -301,13 +310,15 @@ export class SimAgent implements LeaseOwner {
 
   // ---- watch -------------------------------------------------------------------------------
 
+  /** Both keys at one revision, in one call (a read-only txn: what the agent does in two ranges). */
   private async read(): Promise<Snapshot> {
-    const kv = this.env.conn.client.kv;
-    const t = await kv.range({ key: Buffer.from(this.tierKey) });
-    const revision = Number(t.header.revision);
-    const o = await kv.range({ key: Buffer.from(this.overrideKey), revision });
-    const ks = (kvs: IKeyValue[]): KeyState | null => (kvs[0] ? { value: kvs[0].value, modRevision: Number(kvs[0].mod_revision) } : null);
-    return { tier: ks(t.kvs), override: ks(o.kvs), revision };
+    const r = await this.env.conn.client.kv.txn({
+      compare: [],
+      success: [{ request_range: { key: Buffer.from(this.tierKey) } }, { request_range: { key: Buffer.from(this.overrideKey) } }],
+      failure: [],
+    });
+    const ks = (kvs: IKeyValue[] | undefined): KeyState | null => (kvs?.[0] ? { value: kvs[0].value, modRevision: Number(kvs[0].mod_revision) } : null);
+    return { tier: ks(r.responses[0]?.response_range.kvs), override: ks(r.responses[1]?.response_range.kvs), revision: Number(r.header.revision) };
   }
 
   /** agent/etcd-watch.ts loop: resume from the last revision after a break, read again only after a cancel. */
@@ -330,6 +341,7 @@ export class SimAgent implements LeaseOwner {
         }
         const gen = this.env.conn.gen;
         const end = await this.watchFrom(snap);
+        this.watching = false;
         if (!this.live) return;
         // Back off afresh only after a watch that got going: while etcd is away, a resume that
         // never connects keeps growing the delay (instead of retrying every ~100 ms).
@@ -357,7 +369,7 @@ export class SimAgent implements LeaseOwner {
   private watchFrom(snap: Snapshot): Promise<{ reason: string; snapshot: Snapshot; watched: boolean }> {
     const start = String(snap.revision + 1);
     const current = { ...snap };
-    const client = this.env.conn.client;
+    const client = this.env.conn.watchOn(this.index);
     // watcher(), not create(): listeners must be on before the stream answers, since a
     // compaction cancel can follow the "created" answer at once.
     const tw = client.watch().key(this.tierKey).startRevision(start).watcher();
@@ -375,7 +387,10 @@ export class SimAgent implements LeaseOwner {
       this.endWatch = finish;
       const bind = (w: Watcher, which: 'tier' | 'override') => {
         w.on('connected', () => {
-          if (!done && ++connected === 2) this.setConnected(true);
+          if (!done && ++connected === 2) {
+            this.watching = true;
+            this.setConnected(true);
+          }
         });
         w.on('put', (kv) => {
           if (done) return;

@@ -1,7 +1,7 @@
 // What the simulated agents of one worker process share: one etcd3 client (one gRPC connection:
 // watchers multiplexed on its watch stream), a bound on unary calls in flight, and one lease
 // keepalive stream for every agent's health lease.
-import type { Etcd3, IDuplexStream, ILeaseKeepAliveRequest, ILeaseKeepAliveResponse } from 'etcd3';
+import type { Etcd3, Namespace, IDuplexStream, ILeaseKeepAliveRequest, ILeaseKeepAliveResponse } from 'etcd3';
 import { createEtcdClient, backoffMs, type EtcdConnection } from '../../agent/etcd-client.js';
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -30,25 +30,45 @@ export class Limiter {
 }
 
 /**
- * The process's etcd3 client. When the watch stream breaks, the first agent to notice renews it
- * (a fresh client, as the real agent does after a disconnect: etcd3's WatchManager would
- * re-create the old watchers from the server's current revision); every agent then resumes on
- * the new client from its own last revision.
+ * The process's etcd3 client. Watchers go on a few watch streams of that one client (etcd3 gives
+ * each namespace object its own WatchManager, hence its own stream, over the same connection):
+ * etcd3 attaches a stream's watchers one at a time, a round trip each, which for thousands of
+ * watchers on one stream takes minutes on a busy machine.
+ *
+ * When a watch stream breaks, the first agent to notice renews the client (a fresh one, as the
+ * real agent does after a disconnect: etcd3's WatchManager would re-create the old watchers from
+ * the server's current revision); every agent then resumes on the new client from its own last
+ * revision.
  */
 export class SharedConn {
   client: Etcd3;
+  private watchers: Namespace[];
   gen = 0;
   renewals = 0;
   private closed = false;
 
-  constructor(private readonly conn: EtcdConnection) {
+  constructor(
+    private readonly conn: EtcdConnection,
+    private readonly watchStreams: number,
+  ) {
     this.client = createEtcdClient(conn);
+    this.watchers = this.makeWatchers();
+  }
+
+  private makeWatchers(): Namespace[] {
+    return Array.from({ length: Math.max(1, this.watchStreams) }, () => this.client.namespace(''));
+  }
+
+  /** Where agent number i creates its watchers. */
+  watchOn(i: number): Namespace {
+    return this.watchers[i % this.watchers.length]!;
   }
 
   renew(gen: number): void {
     if (gen !== this.gen || this.closed) return;
     const old = this.client;
     this.client = createEtcdClient(this.conn);
+    this.watchers = this.makeWatchers();
     this.gen++;
     this.renewals++;
     // Let cancels and in-flight calls on the old client settle before closing it.
@@ -66,16 +86,25 @@ export interface LeaseOwner {
   leaseLost(id: string): void;
 }
 
+type KeepAliveStream = IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>;
+
+interface Shard {
+  stream: KeepAliveStream | null;
+  opening: boolean;
+  attempt: number;
+}
+
 /**
- * Keeps every agent's lease alive over ONE LeaseKeepAlive stream, each lease refreshed every
- * TTL/3 (what etcd3's Lease does, but etcd3 opens a stream per lease). A response with TTL 0
- * means the lease is gone: its owner is told.
+ * Keeps every agent's lease alive, each refreshed every TTL/3 as etcd3's Lease does, over a few
+ * LeaseKeepAlive streams shared by the agents (etcd3 opens one stream per lease). Not over one:
+ * etcd answers a stream's keepalives one at a time, each after the writes in flight are applied
+ * (and, for an expired lease, after its revocation), so under a burst of writes one stream
+ * falls behind and leases expire. A response with TTL 0 means the lease is gone: its owner is told.
  */
 export class LeaseKeeper {
-  private readonly leases = new Map<string, { owner: LeaseOwner; next: number }>();
-  private stream: IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse> | null = null;
-  private opening = false;
-  private attempt = 0;
+  private readonly leases = new Map<string, { owner: LeaseOwner; next: number; shard: Shard }>();
+  private readonly shards: Shard[];
+  private nextShard = 0;
   private timer: NodeJS.Timeout;
   private stopped = false;
   streamRestarts = 0;
@@ -86,13 +115,16 @@ export class LeaseKeeper {
   constructor(
     private readonly conn: SharedConn,
     private readonly ttlS: number,
+    streams: number,
   ) {
+    this.shards = Array.from({ length: Math.max(1, streams) }, () => ({ stream: null, opening: false, attempt: 0 }));
     this.timer = setInterval(() => this.tick(), 250);
   }
 
   add(id: string, owner: LeaseOwner): void {
+    const shard = this.shards[this.nextShard++ % this.shards.length]!;
     // First refresh a third of the TTL from now, jittered so the leases do not move in step.
-    this.leases.set(id, { owner, next: Date.now() + (this.ttlS * 1000) / 3 - Math.random() * 1000 });
+    this.leases.set(id, { owner, next: Date.now() + (this.ttlS * 1000) / 3 - Math.random() * 1000, shard });
   }
 
   /** Stop refreshing (the lease then expires by its TTL, like a killed agent's). */
@@ -106,25 +138,23 @@ export class LeaseKeeper {
 
   private tick(): void {
     if (this.stopped || this.leases.size === 0) return;
-    if (!this.stream) {
-      void this.open();
-      return;
-    }
+    for (const sh of this.shards) if (!sh.stream) void this.open(sh);
     const now = Date.now();
     const every = (this.ttlS * 1000) / 3;
     for (const [id, l] of this.leases) {
-      if (l.next > now) continue;
+      // Whatever came due while its stream was down goes out once the stream is back.
+      if (l.next > now || !l.shard.stream) continue;
       l.next = now + every;
-      this.stream.write({ ID: id });
+      l.shard.stream.write({ ID: id });
       this.sent++;
     }
   }
 
-  private async open(): Promise<void> {
-    if (this.opening || this.stopped) return;
-    this.opening = true;
+  private async open(sh: Shard): Promise<void> {
+    if (sh.opening || this.stopped) return;
+    sh.opening = true;
     try {
-      if (this.attempt > 0) await sleep(backoffMs(this.attempt));
+      if (sh.attempt > 0) await sleep(backoffMs(sh.attempt));
       const s = await this.conn.client.leaseClient.leaseKeepAlive();
       if (this.stopped) {
         s.cancel();
@@ -134,8 +164,8 @@ export class LeaseKeeper {
       const lost = () => {
         if (dead) return;
         dead = true;
-        if (this.stream === s) this.stream = null;
-        this.attempt++;
+        if (sh.stream === s) sh.stream = null;
+        sh.attempt++;
         this.streamRestarts++;
         try {
           s.cancel();
@@ -144,7 +174,7 @@ export class LeaseKeeper {
         }
       };
       s.on('data', (res) => {
-        this.attempt = 0;
+        sh.attempt = 0;
         this.received++;
         if (Number(res.TTL) > 0) return;
         this.lost++;
@@ -155,23 +185,24 @@ export class LeaseKeeper {
       });
       s.on('error', lost);
       s.on('end', lost);
-      this.stream = s;
-      // Whatever came due while there was no stream goes out at the next tick.
+      sh.stream = s;
     } catch {
-      this.attempt++;
+      sh.attempt++;
     } finally {
-      this.opening = false;
+      sh.opening = false;
     }
   }
 
   stop(): void {
     this.stopped = true;
     clearInterval(this.timer);
-    try {
-      this.stream?.cancel();
-    } catch {
-      /* gone */
+    for (const sh of this.shards) {
+      try {
+        sh.stream?.cancel();
+      } catch {
+        /* gone */
+      }
+      sh.stream = null;
     }
-    this.stream = null;
   }
 }

@@ -138,6 +138,8 @@ export interface StatsLine {
   relists: number;
   reconnects: number;
   lastChangeAppliedMs: Record<string, number>;
+  /** From first sight of a version to the last health write reporting it. */
+  lastChangeReportedMs: Record<string, number>;
   started: number;
   errorCodes: Record<string, number>;
   leaseRegrants: number;
@@ -148,9 +150,10 @@ export interface StatsLine {
 
 /** Sum the workers' latest stats into one line. */
 export function mergeStats(t: number, agents: number, all: Array<WorkerStats | null>, workers: number): StatsLine {
-  const line: StatsLine = { t, agents, alive: 0, connected: 0, applied: {}, errors: 0, relists: 0, reconnects: 0, lastChangeAppliedMs: {}, started: 0, errorCodes: {}, leaseRegrants: 0, healthWrites: 0, healthWriteErrors: 0, workers };
+  const line: StatsLine = { t, agents, alive: 0, connected: 0, applied: {}, errors: 0, relists: 0, reconnects: 0, lastChangeAppliedMs: {}, lastChangeReportedMs: {}, started: 0, errorCodes: {}, leaseRegrants: 0, healthWrites: 0, healthWriteErrors: 0, workers };
   const first = new Map<string, number>();
   const last = new Map<string, number>();
+  const reported = new Map<string, number>();
   for (const s of all) {
     if (!s) continue;
     line.alive += s.alive;
@@ -167,11 +170,14 @@ export function mergeStats(t: number, agents: number, all: Array<WorkerStats | n
     for (const [v, vs] of Object.entries(s.versions)) {
       first.set(v, Math.min(first.get(v) ?? Infinity, vs.firstSeen));
       if (vs.lastApplied !== null) last.set(v, Math.max(last.get(v) ?? 0, vs.lastApplied));
+      if (vs.lastReported !== null) reported.set(v, Math.max(reported.get(v) ?? 0, vs.lastReported));
     }
   }
   for (const [v, f] of first) {
     const l = last.get(v);
     if (l !== undefined) line.lastChangeAppliedMs[v] = Math.max(0, l - f);
+    const r = reported.get(v);
+    if (r !== undefined) line.lastChangeReportedMs[v] = Math.max(0, r - f);
   }
   return line;
 }
@@ -198,7 +204,9 @@ export async function main(argv: string[]): Promise<number> {
 
   for (const sl of slices(opts.agents, opts.processes)) {
     // The worker's stdout goes to our stderr: our stdout carries only the stats lines.
-    const proc = fork(wp, [], { stdio: ['ignore', 2, 2, 'ipc'], serialization: 'json' });
+    // SSLWALL_SIM_WORKER_ARGS: extra node flags for the workers (e.g. --cpu-prof), for profiling.
+    const execArgv = [...process.execArgv, ...(process.env.SSLWALL_SIM_WORKER_ARGS?.split(' ').filter(Boolean) ?? [])];
+    const proc = fork(wp, [], { stdio: ['ignore', 2, 2, 'ipc'], serialization: 'json', execArgv });
     const c: Child = { proc, ...sl, stats: null, started: false, exited: false };
     children.push(c);
     proc.on('message', (raw: unknown) => {

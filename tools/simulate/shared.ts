@@ -38,6 +38,8 @@ export interface VersionStats {
   firstSeen: number;
   /** Epoch ms of the latest apply of this version by an agent of this worker. */
   lastApplied: number | null;
+  /** Epoch ms when the latest health write reporting this version completed. */
+  lastReported: number | null;
 }
 
 export interface WorkerStats {

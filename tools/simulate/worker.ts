@@ -8,6 +8,9 @@ import { Limiter, LeaseKeeper, SharedConn, sleep } from './conn.js';
 import { SimAgent, HEALTH_TTL_S, type AgentEnv } from './agent.js';
 import { hostId, simPicked, type FromWorker, type SimOptions, type ToWorker, type WorkerStats, type VersionStats } from './shared.js';
 
+/** Agents per watch stream and per lease keepalive stream (conn.ts says why not all on one). */
+const AGENTS_PER_STREAM = 50;
+
 function send(msg: FromWorker): void {
   if (process.connected) process.send!(msg);
 }
@@ -28,9 +31,9 @@ class Worker {
     count: number,
     private readonly startedAt: number,
   ) {
-    this.conn = new SharedConn(opts.conn);
+    this.conn = new SharedConn(opts.conn, Math.ceil(count / AGENTS_PER_STREAM));
     this.limiter = new Limiter(opts.concurrency);
-    this.leases = new LeaseKeeper(this.conn, HEALTH_TTL_S);
+    this.leases = new LeaseKeeper(this.conn, HEALTH_TTL_S, Math.ceil(count / AGENTS_PER_STREAM));
     const env: AgentEnv = {
       conn: this.conn,
       limiter: this.limiter,
@@ -41,16 +44,20 @@ class Worker {
       healthMinIntervalMs: opts.healthMinIntervalMs,
       errorFromVersion: opts.errorFromVersion,
       seen: (v) => {
-        if (!this.versions.has(v)) this.versions.set(v, { firstSeen: Date.now(), lastApplied: null });
+        if (!this.versions.has(v)) this.versions.set(v, { firstSeen: Date.now(), lastApplied: null, lastReported: null });
       },
       appliedVersion: (v) => {
         const s = this.versions.get(v);
         if (s) s.lastApplied = Date.now();
       },
+      reported: (v) => {
+        const s = this.versions.get(v);
+        if (s) s.lastReported = Date.now();
+      },
     };
     for (let i = first; i < first + count; i++) {
       const id = hostId(opts.hostPrefix, i);
-      this.agents.push(new SimAgent(id, simPicked('error', id, opts.errorPercent), env));
+      this.agents.push(new SimAgent(i - first, id, simPicked('error', id, opts.errorPercent), env));
     }
   }
 
@@ -115,7 +122,7 @@ class Worker {
       s.healthWriteErrors += a.healthWriteErrors;
       if (a.status !== 'starting' && a.status !== 'running') continue;
       s.alive++;
-      if (a.connected) s.connected++;
+      if (a.watching) s.connected++;
       const v = String(a.applied?.meta.tierVersion ?? 'none');
       s.applied[v] = (s.applied[v] ?? 0) + 1;
       if (a.lastError) {

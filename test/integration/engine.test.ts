@@ -1,0 +1,258 @@
+// The rollout engine against real etcd and a simulated fleet (real watches, leases, signature
+// checks and cohort code): versions and CAS, signatures, stage advance, rollback on an alert and
+// on a PromQL threshold, pause on missing data, agents that stop reporting, promote/abort/undo,
+// and a leader killed mid-rollout (engine replica and etcd member) without skipping or repeating
+// a stage.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { startEtcd, startEtcdCluster, type EtcdServer, type EtcdCluster } from '../lib/etcd.js';
+import { EngineProc, SimProc, makeKeys, fakePrometheus, type Keys } from './fleet.js';
+import { runHost } from './agent-proc.js';
+import { createEtcdClient } from '../../agent/etcd-client.js';
+import { etcdKeys } from '../../schemas/tier.js';
+import type { RolloutState } from '../../schemas/rollout.js';
+
+const BASE = { mode: 'passive', bypass: { ports: [22] }, starttls: { smtp: [25] } };
+type View = RolloutState & { live: { agents: number; cohort: number; applied: number } };
+
+async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    const v = await fn().catch((e) => ((last = e), undefined));
+    if (v) return v as T;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${String(last)})` : ''}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function rolloutStatus(e: EngineProc, tier: string, pred: (s: View) => boolean, what: string, timeoutMs = 30000): Promise<View> {
+  let last: View | undefined;
+  try {
+    return await until(what, async () => {
+      const r = await e.api<View>('GET', `/api/tiers/${tier}/rollout`);
+      last = r.body;
+      return r.status === 200 && pred(r.body) ? r.body : undefined;
+    }, timeoutMs);
+  } catch (err) {
+    const problems = e.log().split('\n').filter((l) => /"level":(40|50)/.test(l)).slice(-8).join('\n');
+    throw new Error(`${(err as Error).message}; last state: ${JSON.stringify(last && { status: last.status, stage: last.stage, phase: last.phase, reason: last.reason, checks: last.lastChecks, live: last.live })}\nengine warnings:\n${problems}`);
+  }
+}
+
+describe('rollout engine on one etcd', () => {
+  let etcd: EtcdServer;
+  let keys: Keys;
+  let engine: EngineProc;
+  let sim: SimProc;
+  let logDir: string;
+  const tier = 'web';
+
+  before(async () => {
+    logDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sslwall-engine-test-'));
+    etcd = await startEtcd();
+    keys = makeKeys();
+    engine = await EngineProc.start(etcd.endpoints, keys, 'a', logDir);
+    const put = await engine.api('PUT', `/api/tiers/${tier}/config`, { document: BASE, message: 'first' });
+    assert.equal(put.status, 201, JSON.stringify(put.body));
+    sim = await SimProc.start(etcd.endpoints, tier, 50, keys, logDir);
+  });
+
+  after(async () => {
+    await sim?.stop();
+    await engine?.stop();
+    await etcd?.destroy();
+    if (keys) fs.rmSync(keys.dir, { recursive: true, force: true });
+    if (logDir) fs.rmSync(logDir, { recursive: true, force: true });
+  });
+
+  async function head(): Promise<{ version: number; config: unknown; rollout: { mode: string; percent: number } }> {
+    return (await engine.api<{ version: number; config: unknown; rollout: { mode: string; percent: number } }>('GET', `/api/tiers/${tier}/config`)).body;
+  }
+
+  async function allApplied(version: number) {
+    await sim.waitStats((s) => s.applied[String(version)] === 50, 15000, `all 50 agents on version ${version}`);
+  }
+
+  test('versions are kept with author and message; a stale compare-and-swap is refused', async () => {
+    const h = (await engine.api<{ version: number; revision: number }>('GET', `/api/tiers/${tier}/config`)).body;
+    const ok = await engine.api<{ version: number }>('PUT', `/api/tiers/${tier}/config`, { document: { ...BASE, bypass: { ports: [22, 179] } }, message: 'add BGP', expectRevision: h.revision });
+    assert.equal(ok.status, 201);
+    const stale = await engine.api<{ code: string; message: string }>('PUT', `/api/tiers/${tier}/config`, { document: BASE, message: 'stale', expectRevision: h.revision });
+    assert.equal(stale.status, 409);
+    assert.equal(stale.body.code, 'SSLWALL_E_CONFLICT');
+    const hist = (await engine.api<Array<{ version: number; author: string; message: string }>>('GET', `/api/tiers/${tier}/history`)).body;
+    assert.deepEqual(hist.map((r) => [r.version, r.message]), [[1, 'first'], [2, 'add BGP']]);
+    const diff = await runHost(['config', 'diff', '--tier', tier, '1', '2', '--engine', engine.url]);
+    assert.equal(diff.code, 0, diff.stderr);
+    assert.match(diff.stdout, /config\.bypass\.ports: \[22\] -> \[22,179\]/);
+    const rev = await runHost(['config', 'revert', '--tier', tier, '--to', '1', '--engine', engine.url, '--json']);
+    assert.equal(rev.code, 0, rev.stderr);
+    const v3 = await head();
+    assert.equal(v3.version, 3);
+    assert.deepEqual((v3.config as { bypass: { ports: number[] } }).bypass.ports, [22]);
+    await allApplied(3);
+    const invalid = await engine.api<{ code: string; message: string }>('PUT', `/api/tiers/${tier}/config`, { document: { mode: 'enforce' } });
+    assert.equal(invalid.status, 400);
+    assert.equal(invalid.body.code, 'SSLWALL_E_CONFIG_INVALID');
+  });
+
+  test('preview (tier in passive mode) lists the hosts joining at a percentage and which would block', async () => {
+    const r = await runHost(['rollout', 'preview', '--tier', tier, '--percent', '30', '--engine', engine.url, '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    const p = JSON.parse(r.stdout) as { joining: Array<{ hostId: string }>; wouldBlock: unknown[] };
+    assert.ok(p.joining.length > 5 && p.joining.length < 30, `about 30 % of 50 hosts join: ${r.stdout.slice(0, 400)}`);
+  });
+
+  test('agents refuse a document that is not signed by the engine', async () => {
+    const client = createEtcdClient({ endpoints: etcd.endpoints });
+    try {
+      const doc = { schema: 1, version: 40, config: { ...BASE, mode: 'active' }, rollout: { mode: 'active', percent: 100, otherwise: 'off', salt: 'x' } };
+      await client.put(etcdKeys().tierConfig(tier)).value(JSON.stringify(doc));
+      await sim.waitStats((s) => s.errors === 50, 15000, 'all agents refusing the unsigned document');
+      assert.equal((await sim.waitStats(() => true, 1000, 'stats')).applied['40'] ?? 0, 0);
+      // Put the signed head back (a new signed version on top).
+      const put = await engine.api('PUT', `/api/tiers/${tier}/config`, { document: BASE, message: 'restore after tampering' });
+      assert.equal(put.status, 201, JSON.stringify(put.body));
+      await sim.waitStats((s) => s.errors === 0, 15000, 'agents healthy again');
+    } finally {
+      client.close();
+    }
+  });
+
+  test('a rollout advances stage by stage after each healthy bake and completes', async () => {
+    const start = await engine.api<RolloutState>('POST', `/api/tiers/${tier}/rollout`, { stages: 'passive:100,active:50,active:100', bake: '1s', analysis: { checkIntervalMs: 250 } });
+    assert.equal(start.status, 201, JSON.stringify(start.body));
+    const done = await rolloutStatus(engine, tier, (s) => s.status === 'completed', 'the rollout to complete', 45000);
+    const written = done.events.filter((e) => e.action === 'stage_written').map((e) => e.reason);
+    assert.deepEqual(written, ['passive:100', 'active:50', 'active:100'], 'each stage written exactly once, in order');
+    const h = await head();
+    assert.deepEqual({ mode: h.rollout.mode, percent: h.rollout.percent }, { mode: 'active', percent: 100 });
+    await allApplied(h.version);
+    const status = await runHost(['rollout', 'status', '--tier', tier, '--engine', engine.url]);
+    assert.match(status.stdout, /COMPLETED/);
+  });
+
+  test('an Alertmanager alert for the tier rolls it back to the version before the rollout', async () => {
+    const before = await head();
+    await engine.api('POST', `/api/tiers/${tier}/rollout`, { stages: 'active:10,active:100', bake: '60s', analysis: { checkIntervalMs: 250, failureLimit: 1 } });
+    await rolloutStatus(engine, tier, (s) => s.phase === 'baking', 'baking');
+    const alert = { version: '4', status: 'firing', alerts: [{ status: 'firing', labels: { alertname: 'HighErrorRate', tier, severity: 'page' }, startsAt: new Date().toISOString(), fingerprint: 'abc123' }] };
+    const r = await engine.api<{ firing: number }>('POST', '/api/alerts', alert);
+    assert.equal(r.body.firing, 1);
+    const s = await rolloutStatus(engine, tier, (x) => x.status === 'aborted', 'rollback after the alert', 15000);
+    assert.match(s.reason, /HighErrorRate/);
+    const after = await head();
+    assert.deepEqual({ config: after.config, rollout: after.rollout }, { config: before.config, rollout: before.rollout }, 'the tier is back to its pre-rollout content');
+    await allApplied(after.version);
+    await engine.api('POST', '/api/alerts', { alerts: [{ ...alert.alerts[0], status: 'resolved' }] });
+  });
+
+  test('a PromQL threshold crossing rolls back; missing PromQL data pauses', async () => {
+    const prom = await fakePrometheus();
+    try {
+      const analysis = { checkIntervalMs: 250, failureLimit: 2, prometheus: { url: prom.url, queries: [{ name: 'error_ratio', query: 'sum(rate(errors[1m]))', max: 0.05 }] } };
+      prom.set(null);
+      await engine.api('POST', `/api/tiers/${tier}/rollout`, { stages: 'active:20,active:100', bake: '2s', analysis });
+      const paused = await rolloutStatus(engine, tier, (s) => s.status === 'paused', 'a pause on missing data');
+      assert.match(paused.reason, /missing data/);
+      prom.set(0.5);
+      const resumed = await engine.api('POST', `/api/tiers/${tier}/rollout/resume`, { reason: 'prometheus back' });
+      assert.equal(resumed.status, 200);
+      const s = await rolloutStatus(engine, tier, (x) => x.status === 'aborted', 'rollback on the PromQL threshold');
+      assert.match(s.reason, /error_ratio/);
+    } finally {
+      await prom.close();
+    }
+  });
+
+  test('promote skips the bake, abort rolls back, undo reverts a completed rollout', async () => {
+    const before = await head();
+    await engine.api('POST', `/api/tiers/${tier}/rollout`, { stages: 'active:5,active:50,active:100', bake: '60s', analysis: { checkIntervalMs: 250 } });
+    await rolloutStatus(engine, tier, (s) => s.phase === 'baking' && s.stage === 0, 'stage 1 baking');
+    const p = await runHost(['rollout', 'promote', '--tier', tier, '--reason', 'looks fine', '--engine', engine.url]);
+    assert.equal(p.code, 0, p.stderr);
+    await rolloutStatus(engine, tier, (s) => s.stage === 1 && s.phase === 'baking', 'stage 2 baking after promote');
+    const a = await runHost(['rollout', 'abort', '--tier', tier, '--reason', 'changed my mind', '--engine', engine.url]);
+    assert.equal(a.code, 0, a.stderr);
+    const aborted = await rolloutStatus(engine, tier, (s) => s.status === 'aborted', 'aborted');
+    assert.match(aborted.reason, /changed my mind/);
+    assert.deepEqual((await head()).rollout, before.rollout);
+
+    await engine.api('POST', `/api/tiers/${tier}/rollout`, { stages: 'active:100', bake: '500ms', analysis: { checkIntervalMs: 200 } });
+    await rolloutStatus(engine, tier, (s) => s.status === 'completed', 'completed');
+    assert.equal((await head()).rollout.mode, 'active');
+    const u = await runHost(['rollout', 'undo', '--tier', tier, '--reason', 'roll back the change', '--engine', engine.url]);
+    assert.equal(u.code, 0, u.stderr);
+    await rolloutStatus(engine, tier, (s) => s.status === 'undone', 'undone');
+    assert.deepEqual((await head()).rollout, before.rollout);
+  });
+
+  test('agents that stop reporting fail the check and roll the tier back', async () => {
+    const dying = await SimProc.start(etcd.endpoints, 'db', 20, keys, logDir, ['--die-percent', '25', '--die-after', '4', '--host-prefix', 'db-']);
+    try {
+      const put = await engine.api('PUT', '/api/tiers/db/config', { document: BASE, message: 'db tier' });
+      assert.equal(put.status, 201);
+      await dying.waitStats((s) => s.applied['1'] === 20, 15000, 'db agents on version 1');
+      await engine.api('POST', '/api/tiers/db/rollout', { stages: 'active:100', bake: '60s', analysis: { checkIntervalMs: 250, failureLimit: 1 } });
+      const s = await rolloutStatus(engine, 'db', (x) => x.status === 'aborted', 'rollback when agents vanish', 30000);
+      assert.match(s.reason, /stopped reporting/);
+    } finally {
+      await dying.stop();
+    }
+  });
+});
+
+describe('leader failover mid-rollout: 3-member etcd, 2 engine replicas', () => {
+  let cluster: EtcdCluster;
+  let keys: Keys;
+  let engines: EngineProc[] = [];
+  let sim: SimProc;
+  let logDir: string;
+  const tier = 'edge';
+
+  before(async () => {
+    logDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sslwall-failover-'));
+    cluster = await startEtcdCluster(3);
+    keys = makeKeys();
+    engines = [await EngineProc.start(cluster.endpoints, keys, 'r1', logDir), await EngineProc.start(cluster.endpoints, keys, 'r2', logDir)];
+    const put = await engines[0]!.api('PUT', `/api/tiers/${tier}/config`, { document: BASE, message: 'first' });
+    assert.equal(put.status, 201, JSON.stringify(put.body));
+    sim = await SimProc.start(cluster.endpoints, tier, 30, keys, logDir, ['--host-prefix', 'edge-']);
+  });
+
+  after(async () => {
+    await sim?.stop();
+    for (const e of engines) await e.stop();
+    await cluster?.destroy();
+    if (keys) fs.rmSync(keys.dir, { recursive: true, force: true });
+    if (logDir) fs.rmSync(logDir, { recursive: true, force: true });
+  });
+
+  test('the rollout continues on the other replica: every stage written exactly once', async () => {
+    const leader = await until('a leader', async () => {
+      for (const e of engines) if (await e.isLeader()) return e;
+      return undefined;
+    });
+    const follower = engines.find((e) => e !== leader)!;
+    const start = await follower.api('POST', `/api/tiers/${tier}/rollout`, { stages: 'passive:100,active:20,active:60,active:100', bake: '1500ms', analysis: { checkIntervalMs: 250 } });
+    assert.equal(start.status, 201, JSON.stringify(start.body));
+    await rolloutStatus(follower, tier, (s) => s.stage === 1 && s.phase === 'baking', 'stage 2 baking');
+    await leader.kill9();
+    await cluster.kill(await cluster.leader());
+    const done = await rolloutStatus(follower, tier, (s) => s.status === 'completed', 'completion after failover', 60000);
+    const written = done.events.filter((e) => e.action === 'stage_written').map((e) => e.reason);
+    assert.deepEqual(written, ['passive:100', 'active:20', 'active:60', 'active:100']);
+    // The first call after losing an etcd member may fail over to another endpoint: retry briefly.
+    const hist = await until('the version history', async () => {
+      const r = await follower.api<Array<{ message: string }>>('GET', `/api/tiers/${tier}/history`);
+      return r.status === 200 ? r.body : undefined;
+    }, 15000);
+    const stageWrites = hist.filter((h) => h.message.startsWith(`rollout ${done.id} stage`));
+    assert.equal(stageWrites.length, 4, `one version per stage: ${hist.map((h) => h.message).join(' | ')}`);
+    await until('the surviving replica to lead', async () => follower.isLeader(), 15000);
+  });
+});

@@ -1,0 +1,121 @@
+// Test fleet: engine replicas and a simulated agent fleet as processes, as an operator runs them.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Proc } from '../lib/proc.js';
+import { freePort } from '../lib/etcd.js';
+import { SSLWALL } from './agent-proc.js';
+import { generateKeyPair } from '../../rollout/signing.js';
+
+export interface Keys {
+  dir: string;
+  signingKey: string;
+  verifyKey: string;
+}
+
+export function makeKeys(): Keys {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sslwall-keys-'));
+  return { dir, ...generateKeyPair(dir) };
+}
+
+export class EngineProc {
+  private constructor(readonly url: string, readonly proc: Proc, readonly id: string) {}
+
+  static async start(endpoints: string[], keys: Keys, id: string, logDir: string): Promise<EngineProc> {
+    const port = await freePort();
+    const proc = Proc.start(`engine-${id}`, process.execPath, [SSLWALL, 'engine', '--etcd', endpoints.join(','), '--signing-key', keys.signingKey, '--listen', `127.0.0.1:${port}`, '--id', id, '--lease-ttl', '2'], path.join(logDir, `engine-${id}.log`));
+    const e = new EngineProc(`http://127.0.0.1:${port}`, proc, id);
+    const deadline = Date.now() + 15000;
+    for (;;) {
+      try {
+        const r = await fetch(`${e.url}/healthz`);
+        if (r.ok) return e;
+      } catch {
+        // not up yet
+      }
+      if (!proc.running || Date.now() > deadline) throw new Error(`engine ${id} did not start:\n${fs.existsSync(proc.logFile) ? fs.readFileSync(proc.logFile, 'utf8').slice(-2000) : ''}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  async api<T = unknown>(method: string, p: string, body?: unknown): Promise<{ status: number; body: T }> {
+    const r = await fetch(`${this.url}${p}`, { method, headers: { 'content-type': 'application/json', 'x-sslwall-user': 'test' }, body: body === undefined ? undefined : JSON.stringify(body) });
+    return { status: r.status, body: (await r.json()) as T };
+  }
+
+  async isLeader(): Promise<boolean> {
+    try {
+      return ((await this.api<{ isLeader: boolean }>('GET', '/api/leader')).body).isLeader;
+    } catch {
+      return false;
+    }
+  }
+
+  log(): string {
+    return fs.existsSync(this.proc.logFile) ? fs.readFileSync(this.proc.logFile, 'utf8') : '';
+  }
+
+  async stop(): Promise<void> {
+    await this.proc.stop('SIGTERM', 5000);
+  }
+
+  async kill9(): Promise<void> {
+    this.proc.killNow();
+    while (this.proc.running) await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+export interface SimStats {
+  agents: number;
+  alive: number;
+  connected: number;
+  applied: Record<string, number>;
+  errors: number;
+  relists: number;
+  reconnects: number;
+}
+
+export class SimProc {
+  private constructor(readonly proc: Proc) {}
+
+  static async start(endpoints: string[], tier: string, agents: number, keys: Keys | null, logDir: string, extra: string[] = []): Promise<SimProc> {
+    const args = [SSLWALL, 'simulate', '--etcd', endpoints.join(','), '--tier', tier, '--agents', String(agents), '--stats-interval', '250', ...(keys ? ['--verify-key', keys.verifyKey] : ['--insecure-unsigned']), ...extra];
+    const proc = Proc.start(`sim-${tier}`, process.execPath, args, path.join(logDir, `sim-${tier}-${Date.now()}.log`));
+    const s = new SimProc(proc);
+    await s.waitStats((st) => st.alive === agents, 30000, `${agents} simulated agents alive`);
+    return s;
+  }
+
+  stats(): SimStats | null {
+    if (!fs.existsSync(this.proc.logFile)) return null;
+    const lines = fs.readFileSync(this.proc.logFile, 'utf8').split('\n').filter((l) => l.startsWith('{"t"'));
+    return lines.length ? (JSON.parse(lines[lines.length - 1]!) as SimStats) : null;
+  }
+
+  async waitStats(pred: (s: SimStats) => boolean, timeoutMs: number, what: string): Promise<SimStats> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const s = this.stats();
+      if (s && pred(s)) return s;
+      if (Date.now() > deadline || !this.proc.running) throw new Error(`simulator: expected ${what} within ${timeoutMs} ms; last stats ${JSON.stringify(s)}\n${fs.existsSync(this.proc.logFile) ? fs.readFileSync(this.proc.logFile, 'utf8').slice(-1500) : ''}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  async stop(): Promise<void> {
+    await this.proc.stop('SIGTERM', 10000);
+  }
+}
+
+/** A tiny stand-in for Prometheus's HTTP API (/api/v1/query), answering what the test sets. */
+export async function fakePrometheus(): Promise<{ url: string; set(value: number | null): void; close(): Promise<void> }> {
+  const http = await import('node:http');
+  let value: number | null = 0;
+  const server = http.createServer((req, res) => {
+    const result = value === null ? [] : [{ metric: {}, value: [Date.now() / 1000, String(value)] }];
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ status: 'success', data: { resultType: 'vector', result } }));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const port = (server.address() as { port: number }).port;
+  return { url: `http://127.0.0.1:${port}`, set: (v) => (value = v), close: () => new Promise((r) => server.close(() => r())) };
+}
