@@ -8,6 +8,7 @@ import { native, BpfError, type BpfObject } from '../native/index.js';
 import { bpfObjects, pinLayout, assertBpffs } from './paths.js';
 import { sizeOf } from './codec.js';
 import { SslwallError } from './errors.js';
+import { MIGRATABLE, capture, restore, type Captured } from './migrate.js';
 
 /** The maps every object shares, with the sizes this build expects (from shared.h via BTF). */
 export function expectedMaps() {
@@ -63,8 +64,13 @@ export class Datapath {
     const addon = native();
 
     const classifier = addon.openObject(bpfObjects.classifier);
-    const reused = reusePinnedMaps(classifier, pins, log);
+    const captured: Captured[] = [];
+    const reused = reusePinnedMaps(classifier, pins, log, captured);
     loadOrExplain(classifier, 'classifier');
+    for (const c of captured) {
+      const n = restore(c, bpfObjects.classifier, classifier.mapFd(c.map));
+      log.info({ event: 'map_migrated', map: c.map, entries: c.entries.length, migrated: n, from: c.value.size, to: classifier.mapDef(c.map).valueSize }, 'pinned state migrated to the new layout');
+    }
     for (const name of Object.keys(expectedMaps())) {
       if (!reused.has(name)) addon.pin(classifier.mapFd(name), pins.map(name));
     }
@@ -112,8 +118,10 @@ export class Datapath {
         try {
           const info = addon.linkInfo(link);
           if (info.ifindex === undefined || info.ifindex === ifindex) {
-            addon.linkUpdate(link, prog);
-            log.info({ event: 'filter_adopted', iface, dir, link_id: info.id }, 'adopted pinned filter');
+            // Same program (same tag: same instructions after relocation)? Keep it running.
+            const same = addon.progInfo(prog).tag === progTag(info.progId);
+            if (!same) addon.linkUpdate(link, prog);
+            log.info({ event: 'filter_adopted', iface, dir, link_id: info.id, replaced: !same }, same ? 'adopted pinned filter (same program)' : 'adopted pinned filter; program replaced');
             continue;
           }
           // Same name, other interface (it was recreated): the old link is dead weight.
@@ -157,6 +165,16 @@ export class Datapath {
   }
 }
 
+/** The tag of the program behind a link, from the program id the link reports. */
+function progTag(progId: number): string {
+  const fd = native().progFdById(progId);
+  try {
+    return native().progInfo(fd).tag;
+  } finally {
+    native().closeFd(fd);
+  }
+}
+
 function u32(n: number): Buffer {
   const b = Buffer.alloc(4);
   b.writeUInt32LE(n >>> 0);
@@ -174,24 +192,32 @@ function loadOrExplain(obj: BpfObject, what: string): void {
   }
 }
 
-/** Reuse every pinned map whose layout matches this build; an older layout is replaced. */
-function reusePinnedMaps(obj: BpfObject, pins: ReturnType<typeof pinLayout>, log: Logger): Set<string> {
+/**
+ * Reuse every pinned map that matches this object's definition. A map whose layout changed is
+ * replaced; if it holds state (flows, owners) its entries are captured first and migrated into
+ * the new map after load.
+ */
+function reusePinnedMaps(obj: BpfObject, pins: ReturnType<typeof pinLayout>, log: Logger, captured: Captured[] = []): Set<string> {
   const addon = native();
   const reused = new Set<string>();
-  for (const [name, want] of Object.entries(expectedMaps())) {
+  for (const name of Object.keys(expectedMaps())) {
     const pin = pins.map(name);
     if (!existsSync(pin)) continue;
     const fd = addon.getPinned(pin);
-    const info = addon.mapInfo(fd);
-    if (want.keySize && (info.keySize !== want.keySize || info.valueSize !== want.valueSize)) {
-      log.warn({ event: 'map_layout_changed', map: name, pinned: info, expected: want }, 'pinned map has another layout; replacing it');
+    try {
+      const info = addon.mapInfo(fd);
+      const want = obj.mapDef(name);
+      if (info.type !== want.type || info.keySize !== want.keySize || info.valueSize !== want.valueSize || info.maxEntries !== want.maxEntries) {
+        if (MIGRATABLE.has(name)) captured.push(capture(name, fd));
+        log.warn({ event: 'map_layout_changed', map: name, pinned: { keySize: info.keySize, valueSize: info.valueSize, maxEntries: info.maxEntries }, expected: want, migrating: MIGRATABLE.has(name) }, 'pinned map has another layout; replacing it');
+        unlinkSync(pin);
+        continue;
+      }
+      obj.reuseMap(name, fd);
+      reused.add(name);
+    } finally {
       addon.closeFd(fd);
-      unlinkSync(pin);
-      continue;
     }
-    obj.reuseMap(name, fd);
-    addon.closeFd(fd);
-    reused.add(name);
   }
   return reused;
 }

@@ -16,9 +16,11 @@ function findRepoRoot(): string {
 }
 
 export const repoRoot = findRepoRoot();
+/** SSLWALL_BPF_DIR points the agent at another build's objects (upgrade drills, tests). */
+const objectDir = process.env.SSLWALL_BPF_DIR ?? path.join(repoRoot, 'bpf/build');
 export const bpfObjects = {
-  classifier: path.join(repoRoot, 'bpf/build/classifier.bpf.o'),
-  lifecycle: path.join(repoRoot, 'bpf/build/lifecycle.bpf.o'),
+  classifier: path.join(objectDir, 'classifier.bpf.o'),
+  lifecycle: path.join(objectDir, 'lifecycle.bpf.o'),
 };
 
 export const DEFAULT_BPFFS = '/sys/fs/bpf/sslwall';

@@ -35,6 +35,8 @@ export interface BpfObject {
   load(): void;
   progFd(name: string): number;
   mapFd(name: string): number;
+  /** The map as this object defines it: type, key/value size, max entries. */
+  mapDef(name: string): { type: number; keySize: number; valueSize: number; maxEntries: number };
   progNames(): string[];
   mapNames(): string[];
   /** Attach a tracing program by its section (tp_btf/, raw_tp/, tracepoint/, iter/ ...); returns an owned link fd. */
@@ -64,9 +66,11 @@ export interface NativeAddon {
   linkInfo(fd: number): LinkInfo;
   /** Every BPF link id on the system (all namespaces). */
   linkIds(): number[];
+  /** A new fd for a program id; the caller closes it. */
+  progFdById(id: number): number;
   /** A new fd for a link id; the caller closes it. */
   linkFdById(id: number): number;
-  mapInfo(fd: number): { id: number; type: number; keySize: number; valueSize: number; maxEntries: number; name: string };
+  mapInfo(fd: number): { id: number; type: number; keySize: number; valueSize: number; maxEntries: number; name: string; btfId: number; btfKeyTypeId: number; btfValueTypeId: number };
   /** Number of possible CPUs (value size multiplier for per-CPU maps). */
   numPossibleCpus(): number;
 

@@ -6,8 +6,10 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync, existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
+import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
+const { layoutsByName } = createRequire(import.meta.url)('./btf-layout.cjs');
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const object = path.join(root, 'bpf/build/classifier.bpf.o');
 const header = path.join(root, 'bpf/shared.h');
@@ -23,41 +25,7 @@ const headerText = readFileSync(header, 'utf8');
 const structNames = [...headerText.matchAll(/^struct (sslwall_\w+) \{/gm)].map((m) => m[1]);
 
 const btf = JSON.parse(execFileSync('bpftool', ['btf', 'dump', 'file', object, '-j'], { maxBuffer: 64 << 20 }).toString());
-const byId = new Map(btf.types.map((t) => [t.id, t]));
-
-function resolve(id) {
-  let t = byId.get(id);
-  while (t && ['TYPEDEF', 'VOLATILE', 'CONST', 'RESTRICT'].includes(t.kind)) t = byId.get(t.type_id);
-  return t;
-}
-
-// A field's shape: scalar of a width, a byte array, a char array, an array of scalars.
-function fieldShape(typeId) {
-  const t = resolve(typeId);
-  if (t.kind === 'INT') return { kind: 'uint', size: t.size };
-  if (t.kind === 'ENUM') return { kind: 'uint', size: t.size };
-  if (t.kind === 'STRUCT') return { kind: 'struct', size: t.size, struct: t.name };
-  if (t.kind === 'ARRAY') {
-    let count = t.nr_elems;
-    let elem = resolve(t.type_id);
-    while (elem.kind === 'ARRAY') { count *= elem.nr_elems; elem = resolve(elem.type_id); }
-    if (elem.kind === 'INT' && elem.size === 1) return { kind: elem.name === 'char' ? 'chars' : 'bytes', size: count };
-    if (elem.kind === 'INT') return { kind: 'uints', size: count * elem.size, elemSize: elem.size, count };
-  }
-  throw new Error(`gen-shared-types: unsupported field type ${JSON.stringify(t)}`);
-}
-
-const layouts = {};
-for (const name of structNames) {
-  const t = btf.types.find((x) => x.kind === 'STRUCT' && x.name === name);
-  if (!t) throw new Error(`gen-shared-types: struct ${name} is not in the BTF of ${object}; is it used by a map or the code?`);
-  const fields = {};
-  for (const m of t.members) {
-    if (m.bitfield_size) throw new Error(`gen-shared-types: ${name}.${m.name} is a bitfield; shared.h forbids them`);
-    fields[m.name] = { offset: m.bits_offset / 8, ...fieldShape(m.type_id) };
-  }
-  layouts[name] = { size: t.size, fields };
-}
+const layouts = layoutsByName(btf, structNames);
 
 // enum NAME { A = expr, B, ... }; expressions use integers, <<, +, *, and earlier names.
 const enums = {};

@@ -40,6 +40,7 @@ class BpfObject : public Napi::ObjectWrap<BpfObject> {
                            InstanceMethod<&BpfObject::Load>("load"),
                            InstanceMethod<&BpfObject::ProgFd>("progFd"),
                            InstanceMethod<&BpfObject::MapFd>("mapFd"),
+                           InstanceMethod<&BpfObject::MapDef>("mapDef"),
                            InstanceMethod<&BpfObject::ProgNames>("progNames"),
                            InstanceMethod<&BpfObject::MapNames>("mapNames"),
                            InstanceMethod<&BpfObject::AttachTracing>("attachTracing"),
@@ -159,6 +160,17 @@ class BpfObject : public Napi::ObjectWrap<BpfObject> {
     int fd = bpf_map__fd(m);
     if (fd < 0) ThrowBpf(info.Env(), "bpf_map__fd", -fd, bpf_map__name(m));
     return Napi::Number::New(info.Env(), fd);
+  }
+
+  // The map as this object defines it (before or after load): what a pinned map must match to be reused.
+  Napi::Value MapDef(const Napi::CallbackInfo& info) {
+    bpf_map* m = Map(info);
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("type", static_cast<uint32_t>(bpf_map__type(m)));
+    o.Set("keySize", bpf_map__key_size(m));
+    o.Set("valueSize", bpf_map__value_size(m));
+    o.Set("maxEntries", bpf_map__max_entries(m));
+    return o;
   }
 
   Napi::Value ProgNames(const Napi::CallbackInfo& info) {

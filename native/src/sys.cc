@@ -90,6 +90,10 @@ Napi::Value MapInfo(const Napi::CallbackInfo& info) {
   o.Set("valueSize", mi.value_size);
   o.Set("maxEntries", mi.max_entries);
   o.Set("name", std::string(mi.name, strnlen(mi.name, sizeof(mi.name))));
+  // BTF of the map's key and value: how an older build laid out a pinned map (migration).
+  o.Set("btfId", mi.btf_id);
+  o.Set("btfKeyTypeId", mi.btf_key_type_id);
+  o.Set("btfValueTypeId", mi.btf_value_type_id);
   return o;
 }
 
@@ -148,6 +152,13 @@ Napi::Value LinkFdById(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), fd);
 }
 
+Napi::Value ProgFdById(const Napi::CallbackInfo& info) {
+  uint32_t id = ArgU32(info, 0, "id");
+  int fd = bpf_prog_get_fd_by_id(id);
+  if (fd < 0) ThrowBpf(info.Env(), "bpf_prog_get_fd_by_id", errno);
+  return Napi::Number::New(info.Env(), fd);
+}
+
 }  // namespace
 
 void InitSys(Napi::Env env, Napi::Object exports) {
@@ -158,6 +169,7 @@ void InitSys(Napi::Env env, Napi::Object exports) {
   exports.Set("progInfo", Napi::Function::New<ProgInfo>(env, "progInfo"));
   exports.Set("linkInfo", Napi::Function::New<LinkInfo>(env, "linkInfo"));
   exports.Set("linkIds", Napi::Function::New<LinkIds>(env, "linkIds"));
+  exports.Set("progFdById", Napi::Function::New<ProgFdById>(env, "progFdById"));
   exports.Set("linkFdById", Napi::Function::New<LinkFdById>(env, "linkFdById"));
   exports.Set("mapInfo", Napi::Function::New<MapInfo>(env, "mapInfo"));
   exports.Set("numPossibleCpus", Napi::Function::New<NumPossibleCpus>(env, "numPossibleCpus"));

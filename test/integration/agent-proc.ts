@@ -52,7 +52,7 @@ export class AgentProc {
     readonly proc: Proc,
   ) {}
 
-  static async start(env: AgentEnv, extraArgs: string[] = []): Promise<AgentProc> {
+  static async start(env: AgentEnv, extraArgs: string[] = [], procEnv?: NodeJS.ProcessEnv): Promise<AgentProc> {
     const args = [
       SSLWALL, 'agent',
       ...(env.configFile ? ['--config-file', env.configFile] : []),
@@ -62,7 +62,7 @@ export class AgentProc {
       '--state-dir', env.stateDir,
       ...extraArgs,
     ];
-    const proc = env.tb.spawn(env.side, `agent-${env.side}-${seq++}`, process.execPath, args);
+    const proc = env.tb.spawn(env.side, `agent-${env.side}-${seq++}`, process.execPath, args, procEnv ? { env: { ...process.env, ...procEnv } } : {});
     const agent = new AgentProc(env, proc);
     await agent.waitFor((l) => l.event === 'agent_ready', 15000, 'agent_ready');
     return agent;

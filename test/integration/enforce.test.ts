@@ -242,6 +242,7 @@ describe('agent enforcement with real peers', () => {
     agent = await AgentProc.start(clientEnv, ['--metrics-addr', METRICS]);
     const adopted = agent.lines().filter((l) => l.event === 'filter_adopted');
     assert.equal(adopted.length, 2, 'ingress and egress filters are adopted, not attached again');
+    assert.deepEqual(adopted.map((l) => l.replaced), [false, false], 'an identical program (same tag) is left running, not replaced');
     // Not /sys/class/net: nsenter --net keeps the host's sysfs; ask netlink inside the namespace.
     const ifindex = (JSON.parse((await tb.exec('client', 'ip', ['-j', 'link', 'show', 'dev', tb.client.ifname])).stdout) as Array<{ ifindex: number }>)[0]!.ifindex;
     // Ours = running the programs of either load (other namespaces may reuse the ifindex).

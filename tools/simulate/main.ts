@@ -29,7 +29,7 @@ effective config, "applies" it (no kernel) and reports health under a lease (TTL
                           without revoking their lease (the health key expires by TTL)  [0]
   --die-after SECONDS     when those agents die, from the simulator's start           [30]
   --processes P           worker processes                               [ceil(N / 2500)]
-  --concurrency C         etcd calls in flight per worker process (start-up, writes)  [200]
+  --concurrency C         etcd calls in flight per worker process (start-up, writes)   [64]
   --health-interval MS    at most one health write per agent per MS                  [1000]
   --prefix P              etcd key prefix                                      [/sslwall/]
   --host-prefix P         host id prefix                                           [sim-]
@@ -109,7 +109,7 @@ export function parseSimulateArgs(argv: string[]): SimOptions {
     prefix: s('prefix') ?? '/sslwall/',
     hostPrefix: s('host-prefix') ?? 'sim-',
     statsIntervalMs: num(s('stats-interval'), 'stats-interval', 1000, 50, 3_600_000, true),
-    concurrency: num(s('concurrency'), 'concurrency', 200, 1, 100_000, true),
+    concurrency: num(s('concurrency'), 'concurrency', 64, 1, 100_000, true),
     healthMinIntervalMs: num(s('health-interval'), 'health-interval', 1000, 0, 3_600_000, true),
   };
 }

@@ -9,7 +9,8 @@ import { SimAgent, HEALTH_TTL_S, type AgentEnv } from './agent.js';
 import { hostId, simPicked, type FromWorker, type SimOptions, type ToWorker, type WorkerStats, type VersionStats } from './shared.js';
 
 /** Agents per watch stream and per lease keepalive stream (conn.ts says why not all on one). */
-const AGENTS_PER_STREAM = 50;
+const AGENTS_PER_WATCH_STREAM = 50;
+const AGENTS_PER_KEEPALIVE_STREAM = 10;
 
 function send(msg: FromWorker): void {
   if (process.connected) process.send!(msg);
@@ -31,9 +32,9 @@ class Worker {
     count: number,
     private readonly startedAt: number,
   ) {
-    this.conn = new SharedConn(opts.conn, Math.ceil(count / AGENTS_PER_STREAM));
+    this.conn = new SharedConn(opts.conn, Math.ceil(count / AGENTS_PER_WATCH_STREAM));
     this.limiter = new Limiter(opts.concurrency);
-    this.leases = new LeaseKeeper(this.conn, HEALTH_TTL_S, Math.ceil(count / AGENTS_PER_STREAM));
+    this.leases = new LeaseKeeper(this.conn, HEALTH_TTL_S, Math.ceil(count / AGENTS_PER_KEEPALIVE_STREAM));
     const env: AgentEnv = {
       conn: this.conn,
       limiter: this.limiter,

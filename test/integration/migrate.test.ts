@@ -1,0 +1,95 @@
+// Release upgrades: a newer build whose flow value has another layout migrates the pinned flow
+// state instead of dropping it (and back again on a downgrade), while a TLS transfer runs on.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { after, before, describe, test } from 'node:test';
+import { makeCerts, type Certs } from '../lib/certs.js';
+import { createTestbed, type Testbed } from '../lib/netns.js';
+import { curl, nginxUrl, startNginx, type NginxPeer } from '../lib/peers.js';
+import { AgentProc, agentEnv, writeConfig, sslwall, type AgentEnv } from './agent-proc.js';
+import { repoRoot, pinLayout } from '../../agent/paths.js';
+import { native } from '../../native/index.js';
+
+/** A second build of the BPF objects whose struct sslwall_flow has one more field. */
+function buildV2(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sslwall-v2-'));
+  const src = path.join(repoRoot, 'bpf');
+  for (const f of ['Makefile', 'shared.h', 'classifier.bpf.c', 'lifecycle.bpf.c']) fs.copyFileSync(path.join(src, f), path.join(dir, f));
+  fs.cpSync(path.join(src, 'lib'), path.join(dir, 'lib'), { recursive: true });
+  fs.cpSync(path.join(src, 'include'), path.join(dir, 'include'), { recursive: true });
+  const h = path.join(dir, 'shared.h');
+  const text = fs.readFileSync(h, 'utf8');
+  const patched = text.replace('\t__u8 hdr[2][6];\t\t/* first bytes of each direction\'s first record */\n};', '\t__u8 hdr[2][6];\t\t/* first bytes of each direction\'s first record */\n\t__u64 upgrade_marker;\t/* v2 only */\n};');
+  assert.notEqual(patched, text, 'the v2 patch applies to struct sslwall_flow');
+  fs.writeFileSync(h, patched);
+  execFileSync('make', ['-C', dir, '--no-print-directory'], { stdio: 'pipe' });
+  return dir;
+}
+
+function pinnedFlows(bpffs: string): { valueSize: number; tls443: number } {
+  const fd = native().getPinned(pinLayout(bpffs).map('sslwall_flows'));
+  try {
+    const info = native().mapInfo(fd);
+    // cls sits at the same offset in both layouts (fields only appended); port_lo/hi in the key.
+    const tls443 = native().mapDump(fd).filter(([k, v]) => (k.readUInt16LE(32) === 443 || k.readUInt16LE(34) === 443) && v[20] === 1).length;
+    return { valueSize: info.valueSize, tls443 };
+  } finally {
+    native().closeFd(fd);
+  }
+}
+
+describe('pinned state across two builds', () => {
+  let tb: Testbed;
+  let certs: Certs;
+  let nginx: NginxPeer;
+  let env: AgentEnv;
+  let v2: string;
+  let agent: AgentProc | undefined;
+
+  before(async () => {
+    v2 = buildV2();
+    tb = await createTestbed('migrate');
+    certs = await makeCerts(tb.tempDir('certs'), { ips: [tb.server.ipv4, tb.server.ipv6] });
+    nginx = await startNginx(tb, certs, { bigFileBytes: 64 * 1024 * 1024 });
+    env = await agentEnv(tb, 'client', await tb.mountCgroup2());
+    writeConfig(env, { mode: 'active' });
+  });
+
+  after(async () => {
+    await agent?.stop();
+    if (env) await sslwall(env, ['uninstall', '--bpffs', env.bpffs]);
+    await tb?.destroy();
+    if (v2) fs.rmSync(v2, { recursive: true, force: true });
+  });
+
+  test('upgrade and downgrade migrate the flow map; the running TLS transfer is never cut', async () => {
+    agent = await AgentProc.start(env);
+    const v1Size = pinnedFlows(env.bpffs).valueSize;
+    const transfer = curl(tb, nginxUrl(tb, nginx, { tls: true, path: '/big.bin' }), { cacert: certs.caCert, args: ['--limit-rate', '12M'], maxTimeS: 30 });
+    const deadline = Date.now() + 5000;
+    while (pinnedFlows(env.bpffs).tls443 === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(pinnedFlows(env.bpffs).tls443, 1, 'the transfer is a tls flow in the map');
+
+    await agent.stop();
+    agent = await AgentProc.start(env, [], { SSLWALL_BPF_DIR: path.join(v2, 'build') });
+    const up = agent.lines().find((l) => l.event === 'map_migrated' && l.map === 'sslwall_flows');
+    assert.ok(up, 'the v2 agent migrated the flow map');
+    assert.ok(Number(up!.migrated) >= 1);
+    const afterUp = pinnedFlows(env.bpffs);
+    assert.equal(afterUp.valueSize, v1Size + 8, 'the pinned map has the v2 layout');
+    assert.equal(afterUp.tls443, 1, 'the tls flow survived the upgrade');
+
+    await agent.stop();
+    agent = await AgentProc.start(env);
+    assert.ok(agent.lines().some((l) => l.event === 'map_migrated' && l.map === 'sslwall_flows'), 'the downgrade migrates back');
+    assert.equal(pinnedFlows(env.bpffs).valueSize, v1Size);
+    assert.equal(pinnedFlows(env.bpffs).tls443, 1, 'the tls flow survived the downgrade');
+
+    const r = await transfer;
+    assert.equal(r.httpCode, 200, `the transfer completes in active mode across both swaps: ${r.stderr}`);
+    assert.equal(r.bytes, 64 * 1024 * 1024);
+  });
+});
