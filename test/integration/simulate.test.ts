@@ -185,9 +185,10 @@ describe('sslwall simulate', () => {
     await waitFor('stats: errors counted', () => sim!.last?.errors === failing.length && sim!.last?.applied?.['2'] === healthy.length, { timeoutMs: 5000 });
     assert.deepEqual(sim!.last!.errorCodes, { SSLWALL_E_BPF: failing.length });
     assert.equal(typeof sim!.last!.lastChangeAppliedMs['2'], 'number');
-    // Back to version 1's config as version 3: nothing to change in the failing agents' kernel,
+    // Back to version 1's config and percent as version 3: nothing to change in the failing agents'
+    // kernel,
     // so they take it too (as the real agent does when the config in force is unchanged).
-    await putSigned(tierDoc(3, 60));
+    await putSigned(tierDoc(3, 30));
     await waitHealth('version 3 everywhere', (h) => h?.configVersion === 3 && h.lastError === null);
   });
 
@@ -201,7 +202,7 @@ describe('sslwall simulate', () => {
     // A short break, no compaction: resumed from the last revision, nothing read again.
     proxy.partition('reset');
     await new Promise((r) => setTimeout(r, 1000));
-    await putSigned(tierDoc(5, 60));
+    await putSigned(tierDoc(5, 30));
     proxy.heal();
     await waitHealth('version 5 after the break', (h) => h?.configVersion === 5 && h.lastError === null);
     await waitFor('reconnects counted', () => (sim!.last?.reconnects ?? 0) >= N, { timeoutMs: 5000 });
@@ -209,8 +210,8 @@ describe('sslwall simulate', () => {
     // Now the revisions missed during the break are compacted away: every agent reads again.
     proxy.partition('reset');
     await new Promise((r) => setTimeout(r, 1000));
-    await putSigned(tierDoc(6, 60));
-    await putSigned(tierDoc(7, 60));
+    await putSigned(tierDoc(6, 30));
+    await putSigned(tierDoc(7, 30));
     await etcd.compact();
     proxy.heal();
     await waitHealth('version 7 after the compaction', (h) => h?.configVersion === 7);
