@@ -84,6 +84,13 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
     log.info({ event: 'config_applied', reason, mode: config.mode, previous_mode: before, verdicts_changed: flipped, apply_ms: ms, ...meta }, 'config applied');
     if (config.mode === 'active') destroyBlocked(dp, log, metrics);
   };
+  const keep = (config: Config, meta: AppliedMeta, reason: string): void => {
+    // Nothing changes in the kernel; the version in force (last good, health) moves on.
+    saveLastGood(opts.stateDir, config, meta);
+    status.applied = { config, meta };
+    metrics.configVersion.set(meta.tierVersion ?? 0);
+    log.info({ event: 'config_applied', reason, mode: config.mode, kernel_unchanged: true, ...meta }, 'config applied (no kernel change)');
+  };
   const refuse = (err: unknown, reason: string, revision: number | null): void => {
     const code = (err as SslwallError).code ?? 'SSLWALL_E_INTERNAL';
     status.lastError = { code, message: (err as Error).message, revision, at: new Date().toISOString() };
@@ -122,7 +129,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
   } else {
     const src = opts.source;
     eventFields = { tier: src.tier, host_id: src.hostId };
-    const etcd = new EtcdAgentSource(src, dp, status, { apply, refuse }, metrics, log, AGENT_VERSION);
+    const etcd = new EtcdAgentSource(src, dp, status, { apply, keep, refuse }, metrics, log, AGENT_VERSION);
     etcd.start();
     // SIGHUP would kill the process by default; in etcd mode there is no file to re-read.
     const onHup = () => log.info({ event: 'sighup_ignored' }, 'SIGHUP: etcd mode follows the watch; nothing to re-read');

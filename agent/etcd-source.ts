@@ -31,6 +31,8 @@ export interface EtcdSourceOptions {
 
 interface Handlers {
   apply(config: Config, meta: AppliedMeta, reason: string): void;
+  /** A new version whose effective config is the one in force: remember it, touch nothing. */
+  keep(config: Config, meta: AppliedMeta, reason: string): void;
   refuse(err: unknown, reason: string, revision: number | null): void;
 }
 
@@ -125,9 +127,7 @@ export class EtcdAgentSource {
     this.status.lastError = null;
     const same = JSON.stringify(eff.config) === JSON.stringify(this.status.applied?.config);
     if (same) {
-      // Nothing changes in the kernel; the version in force (and health) still moves on.
-      this.status.applied = { config: eff.config, meta };
-      this.log.info({ event: 'config_applied', reason, mode: eff.config.mode, kernel_unchanged: true, ...meta }, 'config applied (no kernel change)');
+      this.handlers.keep(eff.config, meta, reason);
     } else {
       try {
         this.handlers.apply(eff.config, meta, reason);

@@ -16,6 +16,7 @@ import { native } from '../../native/index.js';
 import { currentMode, type MapFds } from '../../agent/apply.js';
 import { expectedMaps } from '../../agent/datapath.js';
 import { pinLayout } from '../../agent/paths.js';
+import { Signer, generateKeyPair } from '../../rollout/signing.js';
 
 const TIER = 'web';
 const HOST = 'host-0001'; // bucket 3186 with salt-a (test/unit/cohort.test.ts)
@@ -191,5 +192,26 @@ describe('agent on etcd', () => {
     assert.equal(kernelMode(env.bpffs), 'active');
     bridge.mend();
     await waitHealth((x) => x.etcd.connected && x.configVersion === 8, 'connected again', 15000);
+  });
+
+  test('with --verify-key, unsigned and tampered documents are refused; signed ones applied', async () => {
+    const keyDir = tb.tempDir('keys');
+    const kp = generateKeyPair(keyDir);
+    const signer = Signer.fromFile(kp.signingKey);
+    await agent!.stop();
+    etcdArgs = etcdArgs.filter((a) => a !== '--insecure-unsigned').concat(['--verify-key', kp.verifyKey]);
+    agent = await startAgent();
+    const unsigned = await client.put(keys.tierConfig(TIER)).value(tierDoc(20, 'passive', 100));
+    const r1 = await agent.waitFor((l) => l.event === 'config_refused' && l.revision === Number(unsigned.header.revision), 8000, 'unsigned refused');
+    assert.equal(r1.code, 'SSLWALL_E_CONFIG_SIGNATURE');
+    const signed = signer.sign(JSON.parse(tierDoc(21, 'passive', 100)) as object);
+    const tampered = { ...signed, rollout: { ...(signed as unknown as { rollout: object }).rollout, percent: 50 } };
+    const t = await client.put(keys.tierConfig(TIER)).value(JSON.stringify(tampered));
+    const r2 = await agent.waitFor((l) => l.event === 'config_refused' && l.revision === Number(t.header.revision), 8000, 'tampered refused');
+    assert.match(String(r2.err), /bad signature/);
+    assert.equal(kernelMode(env.bpffs), 'active', 'the last good config stays');
+    await client.put(keys.tierConfig(TIER)).value(JSON.stringify(signed));
+    await agent.waitFor(applied(agent, 21), 8000, 'signed v21 applied');
+    assert.equal(kernelMode(env.bpffs), 'passive');
   });
 });

@@ -56,7 +56,7 @@ export class SharedConn {
   }
 
   private makeWatchers(): Namespace[] {
-    return Array.from({ length: Math.max(1, this.watchStreams) }, () => this.client.namespace(''));
+    return Array.from({ length: Math.max(1, this.watchStreams) }, () => guardWatchManager(this.client.namespace('')));
   }
 
   /** Where agent number i creates its watchers. */
@@ -79,6 +79,26 @@ export class SharedConn {
     this.closed = true;
     this.client.close();
   }
+}
+
+interface WatchManagerInternals {
+  watchers: Array<{ id: string | null }>;
+  handleResponse(res: { watch_id: string }): void;
+}
+
+/**
+ * etcd3's WatchManager throws "Failed to find watcher for IWatchResponse" (from a stream event
+ * handler: the process dies) when a response names a watcher it no longer has. That happens when
+ * our cancel crosses etcd's own cancel of the same watcher (compaction): etcd answers both. Drop
+ * such responses instead; the watcher they name is already gone on both sides.
+ */
+function guardWatchManager(ns: Namespace): Namespace {
+  const wm = (ns as unknown as { watchManager: WatchManagerInternals }).watchManager;
+  const handle = wm.handleResponse.bind(wm);
+  wm.handleResponse = (res) => {
+    if (wm.watchers.some((w) => w.id === res.watch_id)) handle(res);
+  };
+  return ns;
 }
 
 export interface LeaseOwner {
