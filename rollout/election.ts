@@ -44,6 +44,8 @@ export class Leadership extends EventEmitter {
     if (!this.stopped) this.timer = setTimeout(() => void this.campaign(), ms);
   }
 
+  private watching: { cancel(): Promise<void> } | null = null;
+
   private stepDown(reason: string) {
     if (this.fenceRev === null) return;
     this.fenceRev = null;
@@ -74,9 +76,12 @@ export class Leadership extends EventEmitter {
       }
       await lease.revoke().catch(() => undefined);
       // Someone leads: wait for the key to go (lease expiry or resignation), polling as a backstop.
+      await this.watching?.cancel().catch(() => undefined);
       const w = await this.client.watch().key(this.key).create();
+      this.watching = w;
       const done = () => {
         void w.cancel().catch(() => undefined);
+        if (this.watching === w) this.watching = null;
         this.schedule(Math.random() * 100);
       };
       w.on('delete', done);
@@ -84,6 +89,8 @@ export class Leadership extends EventEmitter {
       w.on('disconnected', done);
       const still = await this.client.get(this.key).string();
       if (!still) done();
+      // Backstop: a watch stuck on a dead etcd member hears nothing; try again every TTL.
+      else this.schedule(this.ttlS * 1000);
     } catch (err) {
       this.log.warn({ event: 'campaign_failed', err: (err as Error).message }, 'could not campaign; retrying');
       this.schedule(500 + Math.random() * 500);
@@ -93,6 +100,7 @@ export class Leadership extends EventEmitter {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
+    await this.watching?.cancel().catch(() => undefined);
     const lease = this.lease;
     this.stepDown('stopping');
     // Resign: revoking deletes the key, so a follower takes over at once instead of after the TTL.

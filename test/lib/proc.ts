@@ -150,7 +150,9 @@ export class Proc {
         /* exited meanwhile */
       }
       const timer = setTimeout(() => signalGroup(this.pid, 'SIGKILL'), graceMs);
-      await this.exited;
+      // Poll rather than await the exit promise alone: the child is unref'd, so once the timer
+      // has fired nothing else would keep the event loop alive until it is reaped.
+      while (this.running) await Promise.race([this.exited, new Promise((r) => setTimeout(r, 50))]);
       clearTimeout(timer);
     }
     signalGroup(this.pid, 'SIGKILL');

@@ -163,8 +163,9 @@ test('map lookup, update, delete, dump and batch update on an LRU hash', async (
     assert.deepEqual(dump.sort((a, b) => a[0] - b[0]), [[10, 1], [11, 2], [12, 3]]);
     assert.throws(() => n.mapUpdateBatch(fd, u32(1), u64(1), 2), isBpfError('bpf_map_update_batch', EINVAL));
 
-    const { id, ...shape } = n.mapInfo(fd);
+    const { id, btfId, btfKeyTypeId, btfValueTypeId, ...shape } = n.mapInfo(fd);
     assert.ok(id > 0);
+    assert.ok(btfId > 0 && btfKeyTypeId > 0 && btfValueTypeId > 0, 'a libbpf-created map carries the BTF of its key and value');
     assert.deepEqual(shape, { type: 9 /* BPF_MAP_TYPE_LRU_HASH */, keySize: 4, valueSize: 8, maxEntries: 64, name: 'lru' });
   });
 });
