@@ -2,8 +2,8 @@
 // every network call goes through. Validation errors never count as breaker failures: a bad
 // document is not an unhealthy etcd.
 import { readFileSync } from 'node:fs';
-import { Etcd3 } from 'etcd3';
-import { noop, ExponentialBackoff, type IBackoff } from 'cockatiel';
+import { Etcd3, isRecoverableError, type Namespace } from 'etcd3';
+import { noop, retry, circuitBreaker, handleWhen, ConsecutiveBreaker, ExponentialBackoff, ConstantBackoff, type IBackoff } from 'cockatiel';
 import CircuitBreaker from 'opossum';
 import { SslwallError } from './errors.js';
 
@@ -15,6 +15,12 @@ export interface EtcdConnection {
 }
 
 export function createEtcdClient(conn: EtcdConnection): Etcd3 {
+  const client = newClient(conn);
+  guardWatchManager(client as unknown as Namespace);
+  return client;
+}
+
+function newClient(conn: EtcdConnection): Etcd3 {
   const credentials = conn.cacert
     ? {
         rootCertificate: readFileSync(conn.cacert),
@@ -29,15 +35,36 @@ export function createEtcdClient(conn: EtcdConnection): Etcd3 {
     // Unary calls get a deadline so a black-holed etcd fails the call instead of hanging it;
     // streams (watch, keepalive) stay open.
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + 5000 }),
-    // Retries and breaking are ours (opossum + jittered backoff): etcd3's own per-host breaker
-    // would keep a recovered etcd blocked for its half-open delay on top of ours.
+    // Retries over time are ours (opossum + jittered backoff). etcd3's per-host breaker stays, to
+    // steer calls away from a dead member of a cluster, but half-opens after 1 s (not 5 s) so a
+    // restarted single etcd is used again at once; a failed call tries the other members first.
     faultHandling: {
-      host: () => noop,
-      global: noop,
+      host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 1000, breaker: new ConsecutiveBreaker(2) }),
+      global: conn.endpoints.length > 1 ? retry(handleWhen(isRecoverableError), { maxAttempts: conn.endpoints.length - 1, backoff: new ConstantBackoff(0) }) : noop,
       // etcd3 takes the factory and calls next() itself; its typing says IBackoff.
       watchBackoff: new ExponentialBackoff({ initialDelay: 200, maxDelay: 3000 }) as unknown as IBackoff<unknown>,
     },
   });
+}
+
+interface WatchManagerInternals {
+  watchers: Array<{ id: string | null }>;
+  handleResponse(res: { watch_id: string }): void;
+}
+
+/**
+ * etcd3's WatchManager throws "Failed to find watcher for IWatchResponse" (from a stream event
+ * handler: the process dies) when a response names a watcher it no longer has. That happens when
+ * our cancel crosses etcd's own cancel of the same watcher (compaction): etcd answers both. Drop
+ * such responses instead; the watcher they name is already gone on both sides.
+ */
+export function guardWatchManager(ns: Namespace): Namespace {
+  const wm = (ns as unknown as { watchManager: WatchManagerInternals }).watchManager;
+  const handle = wm.handleResponse.bind(wm);
+  wm.handleResponse = (res) => {
+    if (wm.watchers.some((w) => w.id === res.watch_id)) handle(res);
+  };
+  return ns;
 }
 
 export function isValidationError(err: unknown): boolean {

@@ -92,8 +92,7 @@ export class TierWatch extends EventEmitter {
           snap = await this.readBreaker.fire();
           this.emit('snapshot', { ...snap }, 'read');
         }
-        attempt = 0;
-        const end = await this.watchFrom(snap);
+        const end = await this.watchFrom(snap, () => (attempt = 0));
         if (this.stopped) return;
         // A cancelled watch (compaction, or any server-side cancel) needs a fresh read.
         last = end.reason === 'disconnected' ? end.snapshot : null;
@@ -121,7 +120,7 @@ export class TierWatch extends EventEmitter {
   }
 
   /** Watch both keys from snap.revision + 1; resolves when the watch is lost, with what was seen. */
-  private async watchFrom(snap: Snapshot): Promise<{ reason: string; snapshot: Snapshot }> {
+  private async watchFrom(snap: Snapshot, onRunning: () => void): Promise<{ reason: string; snapshot: Snapshot }> {
     const start = String(snap.revision + 1);
     const current = { ...snap };
     // watcher(), not create(): listeners must be on before the stream answers, since a
@@ -139,7 +138,10 @@ export class TierWatch extends EventEmitter {
       };
       const bind = (w: Watcher, which: 'tier' | 'override') => {
         w.on('connected', () => {
-          if (++connected === 2) this.setState('watching');
+          if (++connected !== 2) return;
+          // Only a watch that runs resets the backoff: a stream that drops at once keeps backing off.
+          onRunning();
+          this.setState('watching');
         });
         w.on('put', (kv) => {
           current[which] = { value: kv.value, modRevision: Number(kv.mod_revision) };

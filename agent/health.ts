@@ -14,6 +14,7 @@ export class HealthReporter {
   private lease: Lease | null = null;
   private timer: NodeJS.Timeout | undefined;
   private lastValue = '';
+  private lastContent = '';
 
   constructor(
     private readonly client: Etcd3,
@@ -31,6 +32,7 @@ export class HealthReporter {
       this.log.warn({ event: 'health_lease_lost', err: err.message }, 'health lease lost; granting a new one');
       if (this.lease === lease) this.lease = null;
       this.lastValue = '';
+      this.lastContent = '';
     });
     this.lease = lease;
     return lease;
@@ -41,11 +43,20 @@ export class HealthReporter {
     this.lastValue = value;
   }
 
-  /** Publish now (if changed) and every intervalMs after. */
-  start(get: () => Health, intervalMs = 5000): void {
+  /**
+   * Publish now and then every intervalMs when something besides the timestamp changed (the lease
+   * keepalive is what says the agent lives: 10,000 agents rewriting a timestamp every 5 s would be
+   * 2,000 writes a second), and at least every refreshMs.
+   */
+  start(get: () => Health, intervalMs = 5000, refreshMs = 60000): void {
+    let lastAt = 0;
     const tick = () => {
-      const value = JSON.stringify(get());
-      if (value === this.lastValue) return;
+      const doc = get();
+      const value = JSON.stringify(doc);
+      const content = JSON.stringify({ ...doc, updatedAt: '' });
+      if (content === this.lastContent && Date.now() - lastAt < refreshMs) return;
+      this.lastContent = content;
+      lastAt = Date.now();
       this.putBreaker.fire(value).catch((err: Error) => this.log.debug({ event: 'health_put_failed', err: err.message }, 'health not written'));
     };
     tick();

@@ -243,7 +243,9 @@ describe('leader failover mid-rollout: 3-member etcd, 2 engine replicas', () => 
     await rolloutStatus(follower, tier, (s) => s.stage === 1 && s.phase === 'baking', 'stage 2 baking');
     await leader.kill9();
     await cluster.kill(await cluster.leader());
+    const killedAt = Date.now();
     const done = await rolloutStatus(follower, tier, (s) => s.status === 'completed', 'completion after failover', 60000);
+    if (process.env.SSLWALL_TEST_VERBOSE) console.error(JSON.stringify({ killedAt: new Date(killedAt).toISOString(), events: done.events }, null, 1));
     const written = done.events.filter((e) => e.action === 'stage_written').map((e) => e.reason);
     assert.deepEqual(written, ['passive:100', 'active:20', 'active:60', 'active:100']);
     // The first call after losing an etcd member may fail over to another endpoint: retry briefly.

@@ -1,6 +1,7 @@
 // What the simulated agents of one worker process share: one etcd3 client (one gRPC connection:
 // watchers multiplexed on its watch stream), a bound on unary calls in flight, and one lease
 // keepalive stream for every agent's health lease.
+import { guardWatchManager } from '../../agent/etcd-client.js';
 import type { Etcd3, Namespace, IDuplexStream, ILeaseKeepAliveRequest, ILeaseKeepAliveResponse } from 'etcd3';
 import { createEtcdClient, backoffMs, type EtcdConnection } from '../../agent/etcd-client.js';
 
@@ -79,26 +80,6 @@ export class SharedConn {
     this.closed = true;
     this.client.close();
   }
-}
-
-interface WatchManagerInternals {
-  watchers: Array<{ id: string | null }>;
-  handleResponse(res: { watch_id: string }): void;
-}
-
-/**
- * etcd3's WatchManager throws "Failed to find watcher for IWatchResponse" (from a stream event
- * handler: the process dies) when a response names a watcher it no longer has. That happens when
- * our cancel crosses etcd's own cancel of the same watcher (compaction): etcd answers both. Drop
- * such responses instead; the watcher they name is already gone on both sides.
- */
-function guardWatchManager(ns: Namespace): Namespace {
-  const wm = (ns as unknown as { watchManager: WatchManagerInternals }).watchManager;
-  const handle = wm.handleResponse.bind(wm);
-  wm.handleResponse = (res) => {
-    if (wm.watchers.some((w) => w.id === res.watch_id)) handle(res);
-  };
-  return ns;
 }
 
 export interface LeaseOwner {
