@@ -57,6 +57,7 @@ export class SimAgent implements LeaseOwner {
   healthWriteErrors = 0;
 
   private leaseId: string | null = null;
+  private readonly formerLeases = new Set<string>();
   private granting = false;
   private watchers: Watcher[] = [];
   private wake: (() => void) | null = null;
@@ -116,13 +117,21 @@ export class SimAgent implements LeaseOwner {
     await this.cancelWatchers();
     const id = this.leaseId;
     this.leaseId = null;
+    for (const old of this.formerLeases) await this.env.conn.client.leaseClient.leaseRevoke({ ID: old }).catch(() => undefined);
+    this.formerLeases.clear();
     if (!wasLive || !id) return false;
-    try {
-      await this.env.limiter.run(() => this.env.conn.client.leaseClient.leaseRevoke({ ID: id }));
-      return true;
-    } catch {
-      return false;
+    // A revoke can fail under load (deadline, a busy member): try again before giving up, or the
+    // key would outlive a clean stop by the whole TTL.
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        await this.env.limiter.run(() => this.env.conn.client.leaseClient.leaseRevoke({ ID: id }));
+        return true;
+      } catch (err) {
+        if (/lease not found/i.test((err as Error).message)) return true;
+        await sleep(100 * (attempt + 1));
+      }
     }
+    return false;
   }
 
   private halt(): void {
@@ -146,7 +155,7 @@ export class SimAgent implements LeaseOwner {
           const res = await this.env.limiter.run(() => this.env.conn.client.leaseClient.leaseGrant({ TTL: HEALTH_TTL_S }));
           if (!this.live) {
             // Stopped meanwhile: do not leave a lease behind.
-            void this.env.conn.client.leaseClient.leaseRevoke({ ID: res.ID }).catch(() => undefined);
+            await this.env.conn.client.leaseClient.leaseRevoke({ ID: res.ID }).catch(() => undefined);
             return;
           }
           this.leaseId = String(res.ID);
@@ -165,6 +174,9 @@ export class SimAgent implements LeaseOwner {
     if (this.leaseId !== id || !this.live) return;
     this.env.leases.remove(id);
     this.leaseId = null;
+    // "Lost" as seen from here (a keepalive answer after a partition) may still hold our key in
+    // etcd until it expires: remember it so a clean stop revokes it too.
+    this.formerLeases.add(id);
     this.leaseRegrants++;
     void this.ensureLease();
   }
