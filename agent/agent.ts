@@ -68,13 +68,22 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
   const metrics = createMetrics(dp);
   const status: AgentStatus = { applied: null, appliedAt: null, applyLatencyMs: null, lastError: null };
 
+  /** The kernel has it: a failure to save it is an error to see, not a refusal of the config. */
+  const remember = (config: Config, meta: AppliedMeta): void => {
+    try {
+      saveLastGood(opts.stateDir, config, meta);
+    } catch (err) {
+      log.error({ event: 'last_good_not_saved', state_dir: opts.stateDir, err: (err as Error).message }, 'config in force but not saved; a restart without etcd would enforce an older one: check --state-dir');
+    }
+  };
+
   /** Apply a validated config to the kernel and remember it as the last good one. */
   const apply = (config: Config, meta: AppliedMeta, reason: string): void => {
     const before = currentMode(dp.maps);
     const started = process.hrtime.bigint();
     const flipped = applyConfig(dp.maps, config, bypass);
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
-    saveLastGood(opts.stateDir, config, meta);
+    remember(config, meta);
     status.applied = { config, meta };
     status.appliedAt = new Date().toISOString();
     status.applyLatencyMs = ms;
@@ -86,7 +95,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
   };
   const keep = (config: Config, meta: AppliedMeta, reason: string): void => {
     // Nothing changes in the kernel; the version in force (last good, health) moves on.
-    saveLastGood(opts.stateDir, config, meta);
+    remember(config, meta);
     status.applied = { config, meta };
     metrics.configVersion.set(meta.tierVersion ?? 0);
     log.info({ event: 'config_applied', reason, mode: config.mode, kernel_unchanged: true, ...meta }, 'config applied (no kernel change)');

@@ -42,6 +42,8 @@ export class Datapath {
   readonly pins;
   readonly maps: Record<SharedMap, number>;
   features: Features;
+  /** Pinned maps this load could not reuse (first start, or a layout change). */
+  mapsReplaced = 0;
   private readonly iterLink: number;
   private readonly classifier: BpfObject;
   private readonly lifecycle: BpfObject;
@@ -94,7 +96,9 @@ export class Datapath {
       kprobes: existsSync('/sys/kernel/debug/kprobes') || existsSync('/sys/kernel/tracing/kprobe_events'),
     };
     log.info({ event: 'datapath_loaded', bpffs, reused_maps: [...reused], features }, 'datapath loaded');
-    return new Datapath(bpffs, classifier, lifecycle, iterLink, features);
+    const dp = new Datapath(bpffs, classifier, lifecycle, iterLink, features);
+    dp.mapsReplaced = Object.keys(expectedMaps()).length - reused.size;
+    return dp;
   }
 
   progFd(dir: TcDirection): number {
@@ -119,7 +123,8 @@ export class Datapath {
           const info = addon.linkInfo(link);
           if (info.ifindex === undefined || info.ifindex === ifindex) {
             // Same program (same tag: same instructions after relocation)? Keep it running.
-            const same = addon.progInfo(prog).tag === progTag(info.progId);
+            // A replaced map (new layout) means the running program points at the old one: replace it.
+            const same = this.mapsReplaced === 0 && addon.progInfo(prog).tag === progTag(info.progId);
             if (!same) addon.linkUpdate(link, prog);
             log.info({ event: 'filter_adopted', iface, dir, link_id: info.id, replaced: !same }, same ? 'adopted pinned filter (same program)' : 'adopted pinned filter; program replaced');
             continue;

@@ -57,7 +57,10 @@ export class HealthReporter {
       if (content === this.lastContent && Date.now() - lastAt < refreshMs) return;
       this.lastContent = content;
       lastAt = Date.now();
-      this.putBreaker.fire(value).catch((err: Error) => this.log.debug({ event: 'health_put_failed', err: err.message }, 'health not written'));
+      this.putBreaker.fire(value).catch((err: Error) => {
+        this.lastContent = ''; // not written: try again at the next tick
+        this.log.debug({ event: 'health_put_failed', err: err.message }, 'health not written');
+      });
     };
     tick();
     this.timer = setInterval(tick, intervalMs);

@@ -386,7 +386,7 @@ static __noinline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p
 	if (!cfg || cfg->mode == SSLWALL_MODE_OFF)
 		return VERDICT_PASS;
 
-	if (!f || (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
+	if (!f || ((p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN && p->sender_is_lo == f->client_is_lo)) {
 		f = open_flow(skb, p, cfg, gen, egress);
 		if (!f || f->cls != SSLWALL_CLASS_PENDING)
 			return VERDICT_PASS;
@@ -451,10 +451,13 @@ static __always_inline int classify(struct __sk_buff *skb, int egress)
 	}
 
 	/* Fast path: a decided flow costs this one lookup. A blocked flow's RST
-	 * still passes so the peer fails fast instead of retransmitting. A SYN
-	 * opens a new flow on the same 4-tuple: it takes the slow path. */
+	 * still passes so the peer fails fast instead of retransmitting. A SYN from
+	 * the flow's client opens a new flow on the same 4-tuple (the close of the
+	 * old one was missed): it takes the slow path. A SYN from the server side
+	 * cannot start a connection on this tuple and is judged by the old flow. */
 	f = bpf_map_lookup_elem(&sslwall_flows, &p.key);
-	if (f && f->cls != SSLWALL_CLASS_PENDING && (p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN) {
+	if (f && f->cls != SSLWALL_CLASS_PENDING &&
+	    ((p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN || p.sender_is_lo != f->client_is_lo)) {
 		if (f->verdict != SSLWALL_VERDICT_BLOCKED || (p.tcp_flags & TCP_FLAG_RST))
 			return VERDICT_PASS;
 		sslwall_count(SSLWALL_CNT_PKT_DROPPED);

@@ -125,7 +125,8 @@ export class Engine {
     const { state, mod } = cur;
     this.counters.steps++;
     const now = Date.now();
-    if (state.request) return this.handleRequest(tier, state, mod);
+    // A promote waits until the current stage is written: promoting an unwritten stage would skip it.
+    if (state.request && !(state.request.action === 'promote' && state.phase === 'writing')) return this.handleRequest(tier, state, mod);
     if (state.status !== 'running') return;
 
     const agents = this.health.tier(tier);

@@ -495,3 +495,17 @@ test('HTTP CONNECT: a client that sends its ClientHello before the 200 arrives i
   expectFlow(c, 'connect', 'allowed');
 });
 
+test('a SYN that claims to come from the server side of a decided flow does not reset it', () => {
+  const c = conv(443);
+  handshake(c);
+  lab.egress(c.fromClient(tlsHello('client')));
+  lab.ingress(c.fromServer(tlsHello('server')));
+  expectFlow(c, 'tls', 'allowed');
+  withMode('active', () => {
+    // A forged SYN "from the server" (its address and port) arriving at the client host.
+    assert.equal(lab.ingress(packet({ src: c.server, dst: c.client, flags: SYN, seq: 77 })), PASS);
+    expectFlow(c, 'tls', 'allowed');
+    assert.equal(lab.ingress(c.fromServer(tlsAppData(200))), PASS, 'the live TLS flow goes on');
+  });
+});
+

@@ -231,7 +231,13 @@ export async function rolloutCommand(args: string[]): Promise<number> {
       if (!v.stages) throw usage('rollout start needs --stages, e.g. passive:100,active:1,active:5,active:25,active:100');
       let analysis: unknown;
       if (v.analysis) {
-        const parsed = AnalysisSchema.safeParse(JSON.parse(readFileSync(String(v.analysis), 'utf8')));
+        let raw: unknown;
+        try {
+          raw = JSON.parse(readFileSync(String(v.analysis), 'utf8'));
+        } catch (err) {
+          throw new SslwallError('SSLWALL_E_CONFIG_READ', `cannot read the analysis file ${v.analysis}: ${(err as Error).message}`);
+        }
+        const parsed = AnalysisSchema.safeParse(raw);
         if (!parsed.success) throw new SslwallError('SSLWALL_E_CONFIG_INVALID', `${v.analysis}: ${describeIssues(parsed.error)}`);
         analysis = parsed.data;
       }
