@@ -104,6 +104,18 @@ export function startApi(engine: Engine, listen: string, log: Logger): Promise<h
         for (const t of r.tiers) engine.urgentCheck(t);
         return send(200, r);
       }
+      const host = /^\/api\/hosts\/([A-Za-z0-9._:-]{1,128})\/override$/.exec(url.pathname)?.[1];
+      if (host && req.method === 'PUT') {
+        const b = (await body(req)) as { mode?: 'off' | 'passive' | 'active'; config?: unknown; reason?: string };
+        const r = await engine.store.setOverride(host, { mode: b.mode, config: b.config, reason: b.reason }, by);
+        log.info({ event: 'override_set', host, by, mode: b.mode, reason: b.reason }, 'host override set');
+        return send(201, r);
+      }
+      if (host && req.method === 'DELETE') {
+        await engine.store.setOverride(host, null, by);
+        log.info({ event: 'override_removed', host, by }, 'host override removed');
+        return send(200, { removed: host });
+      }
       if (req.method === 'GET' && url.pathname === '/api/tiers') {
         const tiers = await engine.store.tiers();
         const out = [];

@@ -5,7 +5,7 @@
 // shared zod schema and signed before it is written.
 import type { Etcd3 } from 'etcd3';
 import { z } from 'zod';
-import { TierDocumentSchema, type TierDocument } from '../schemas/tier.js';
+import { TierDocumentSchema, HostOverrideSchema, type TierDocument } from '../schemas/tier.js';
 import { ConfigSchema, describeIssues } from '../schemas/config.js';
 import { SslwallError } from '../agent/errors.js';
 import type { Signer } from './signing.js';
@@ -142,6 +142,29 @@ export class ConfigStore {
       throw new SslwallError('SSLWALL_E_CONFLICT', `${key} changed meanwhile; read it again and retry`);
     }
     return Number(res.header.revision);
+  }
+
+  /** Write (signed) or remove a host's override of its tier; audited under the host's tier "hosts". */
+  async setOverride(hostId: string, override: { mode?: 'off' | 'passive' | 'active'; config?: unknown; reason?: string } | null, by: string): Promise<{ version: number } | null> {
+    const key = this.keys.hostOverride(hostId);
+    const cur = await this.client.kv.range({ key: Buffer.from(key) });
+    const mod = Number(cur.kvs[0]?.mod_revision ?? 0);
+    const prevVersion = cur.kvs[0] ? (JSON.parse(cur.kvs[0].value.toString()) as { version?: number }).version ?? 0 : 0;
+    let txn = this.client.if(key, 'Mod', '==', mod);
+    const fence = this.fence();
+    if (fence) txn = txn.and(fence.key, 'Mod', '==', fence.modRevision);
+    const audit = this.client.put(this.keys.audit('_hosts')).value(JSON.stringify({ time: new Date().toISOString(), actor: by, action: override ? 'override_set' : 'override_removed', host: hostId, reason: override?.reason }));
+    if (!override) {
+      const res = await txn.then(this.client.delete().key(key), audit).commit();
+      if (!res.succeeded) throw new SslwallError('SSLWALL_E_CONFLICT', `the override of ${hostId} changed meanwhile; retry`);
+      return null;
+    }
+    const parsed = HostOverrideSchema.safeParse({ version: prevVersion + 1, ...override });
+    if (!parsed.success) throw new SslwallError('SSLWALL_E_CONFIG_INVALID', `override of ${hostId}: ${describeIssues(parsed.error)}`);
+    const doc = this.signer.sign(parsed.data);
+    const res = await txn.then(this.client.put(key).value(JSON.stringify(doc)), audit).commit();
+    if (!res.succeeded) throw new SslwallError('SSLWALL_E_CONFLICT', `the override of ${hostId} changed meanwhile; retry`);
+    return { version: parsed.data.version };
   }
 
   async audit(tier: string, limit = 50): Promise<Array<Record<string, unknown>>> {

@@ -107,6 +107,23 @@ describe('rollout engine on one etcd', () => {
     assert.ok(p.joining.length > 5 && p.joining.length < 30, `about 30 % of 50 hosts join: ${r.stdout.slice(0, 400)}`);
   });
 
+  test('a host override written through the engine is signed, followed by that host only, and removable', async () => {
+    const client = createEtcdClient({ endpoints: etcd.endpoints });
+    const health = async (host: string) => JSON.parse((await client.get(etcdKeys().health(tier, host)).string()) ?? 'null') as { mode: string; overrideVersion: number | null } | null;
+    try {
+      const set = await runHost(['config', 'override', '--host', 'sim-00003', '--mode', 'off', '--reason', 'maintenance', '--engine', engine.url, '--json']);
+      assert.equal(set.code, 0, set.stderr);
+      await until('sim-00003 off under its override', async () => (await health('sim-00003'))?.mode === 'off', 10000);
+      assert.equal((await health('sim-00003'))!.overrideVersion, 1);
+      assert.equal((await health('sim-00004'))!.mode, 'passive', 'other hosts follow the tier');
+      const clear = await runHost(['config', 'override', '--host', 'sim-00003', '--clear', '--engine', engine.url]);
+      assert.equal(clear.code, 0, clear.stderr);
+      await until('sim-00003 back to its tier', async () => (await health('sim-00003'))?.mode === 'passive', 10000);
+    } finally {
+      client.close();
+    }
+  });
+
   test('agents refuse a document that is not signed by the engine', async () => {
     const client = createEtcdClient({ endpoints: etcd.endpoints });
     try {

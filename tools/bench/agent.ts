@@ -532,10 +532,14 @@ export const hotSwap: Bench = {
       let replaced = 0;
       const restartMs: number[] = [];
       const configMs: number[] = [];
+      /** [from, to] of each restart, in seconds of the transfer. */
+      const restartWindows: Array<[number, number]> = [];
       for (let r = 0; r < SWAP_RESTARTS; r++) {
         t = Date.now();
+        const from = rel(process.hrtime.bigint());
         await agent.stop();
         const p = await agent.start({ SSLWALL_BPF_DIR: builds[r % 2]! });
+        restartWindows.push([from, rel(process.hrtime.bigint())]);
         restartMs.push(Date.now() - t);
         const adopted = p.lines().filter((l) => l.event === 'filter_adopted');
         if (adopted.length !== 2 || adopted.some((l) => l.replaced !== true)) throw new Error(`restart ${r + 1}: expected both filters adopted with the program replaced, saw ${JSON.stringify(adopted)}`);
@@ -580,6 +584,12 @@ export const hotSwap: Bench = {
       const afterIv = full.filter((i) => i.start >= swapEnd);
       if (beforeIv.length < 2 || duringIv.length < 1) throw new Error(`too few iperf3 intervals to compare (before ${beforeIv.length}, during ${duringIv.length}; swaps from ${round(swapStart, 1)} s to ${round(swapEnd, 1)} s)`);
       const stalls = duringIv.filter((i) => i.gbps < 0.01).length;
+      // Seconds that saw a restart (node start-up, BPF load and verification: CPU-heavy) against
+      // seconds that saw only config changes.
+      const hasRestart = (i: IperfInterval) => restartWindows.some(([a, b]) => i.end > a && i.start < b);
+      const withRestart = duringIv.filter(hasRestart).map((i) => i.gbps);
+      const configOnly = duringIv.filter((i) => !hasRestart(i)).map((i) => i.gbps);
+      const summary = (xs: number[]) => (xs.length ? `mean ${round(mean(xs), 2)}, min ${round(Math.min(...xs), 2)} Gbit/s (${xs.length} s)` : 'none');
 
       const resetsDuring = f3.resets - f1.resets + (interrupted ? 0 : 1);
       const resetsBefore = f1.resets - f0.resets;
@@ -587,6 +597,7 @@ export const hotSwap: Bench = {
       const minDuring = Math.min(...duringIv.map((i) => i.gbps));
       ctx.progress(`swaps from ${round(swapStart, 1)} s to ${round(swapEnd, 1)} s of the transfer: ${SWAP_RESTARTS} restarts (${replaced} program replacements; agent_ready after median ${median(restartMs)} ms), ${configs} config changes (applied after median ${median(configMs)} ms)`);
       ctx.progress(`iperf3 ${interrupted ? 'ran until interrupted' : `FAILED: ${report.error}`}; 1-s intervals (Gbit/s): before ${beforeIv.map((i) => round(i.gbps, 2)).join(' ')} | during ${duringIv.map((i) => round(i.gbps, 2)).join(' ')} | after ${afterIv.map((i) => round(i.gbps, 2)).join(' ')}`);
+      ctx.progress(`during the swaps: seconds with a restart ${summary(withRestart)}; seconds with config changes only ${summary(configOnly)}; before: min ${round(Math.min(...beforeIv.map((i) => i.gbps)), 2)} Gbit/s`);
       ctx.progress(`TCP failures (resets + failed attempts + timeouts, both namespaces): before ${resetsBefore}, during+after ${resetsDuring - (interrupted ? 0 : 1)}; RSTs sent ${f3.outRsts - f1.outRsts}; retransmitted segments before ${f1.retrans - f0.retrans}, during ${f2.retrans - f1.retrans}, after ${f3.retrans - f2.retrans}; stalled intervals ${stalls}`);
       ctx.progress(`flows of the transfer kept: ${flows.length - lost.length}/${flows.length} (same entry, class and verdict)`);
       if (lost.length) throw new Error(`${lost.length} of the transfer's ${flows.length} flows were lost or changed in the flow map: before ${JSON.stringify(flows, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}, after ${JSON.stringify(after, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}`);

@@ -252,18 +252,28 @@ async function waitRollout(engine: EngineProc, pred: (r: RolloutView) => boolean
   }
 }
 
-/** Health keys of the tier reporting `version`, by a read of the whole health prefix. */
+/**
+ * Health keys of the tier reporting `version`, by reading the whole health prefix in pages (all
+ * of 10,000 keys at once is over gRPC's 4 MiB message limit).
+ */
 async function reportingVersion(client: Etcd3, version: number): Promise<number> {
-  const all = await client.getAll().prefix(KEYS.healthPrefix(TIER)).strings();
+  const prefix = Buffer.from(KEYS.healthPrefix(TIER));
+  const end = Buffer.from(prefix);
+  end[end.length - 1]! += 1;
+  let from = prefix;
   let n = 0;
-  for (const v of Object.values(all)) {
-    try {
-      if (HealthSchema.parse(JSON.parse(v)).configVersion === version) n++;
-    } catch {
-      /* unreadable: not reporting */
+  for (;;) {
+    const r = await client.kv.range({ key: from, range_end: end, limit: '2000' });
+    for (const kv of r.kvs) {
+      try {
+        if (HealthSchema.parse(JSON.parse(kv.value.toString())).configVersion === version) n++;
+      } catch {
+        /* unreadable: not reporting */
+      }
     }
+    if (!r.more || r.kvs.length === 0) return n;
+    from = Buffer.concat([r.kvs[r.kvs.length - 1]!.key, Buffer.from([0])]);
   }
-  return n;
 }
 
 const fmtS = (ms: number) => `${round(ms / 1000, 2)} s`;
@@ -425,6 +435,18 @@ export const fleet: Bench = {
       const settled = sim.last()!.s;
       const relists = settled.relists - before.relists;
       ctx.progress(`etcd restart: all ${N} watching again ${fmtS(back.recv - tUp)} after etcd was back; ${settled.reconnects - before.reconnects} resumes, ${relists} re-reads, ${settled.leaseRegrants - before.leaseRegrants} leases granted again, ${settled.errors} agents reporting errors`);
+
+      // Not a figure, but what an operator would ask next: does the engine see the fleet again?
+      // (Its count alone can be stale: the health cache keeps the agents it had until a re-read
+      // of the health prefix succeeds.)
+      const engineLog = engine.log().split('\n');
+      const restarts = engineLog.filter((l) => l.includes('"health_watch_restart"')).length;
+      const readFailures = engineLog.filter((l) => l.includes('"health_read_failed"'));
+      const count = await engineAgents(engine).catch(() => -1);
+      ctx.progress(
+        `engine after the etcd restart: counts ${count} agents; ${restarts} health watch restart(s), ${readFailures.length} failed re-read(s) of the health prefix` +
+          (readFailures.length ? `; last: ${readFailures[readFailures.length - 1]!.slice(0, 300)}` : ''),
+      );
 
       await sim.stop();
       ctx.progress(`fleet bench body took ${fmtS(performance.now() - t0)}`);

@@ -116,7 +116,7 @@ async function api(engine: string, method: string, path: string, body?: unknown)
   return json;
 }
 
-const CONFIG_HELP = `Usage: sslwall config <set|get|history|diff|revert> --tier T [options] [--engine URL]
+const CONFIG_HELP = `Usage: sslwall config <set|get|history|diff|revert|override> [options] [--engine URL]
 
   set --tier T --file F [--message M] [--expect-revision R]
         write a new version (F: an agent config, or {"config":…,"rollout":…}); validated and
@@ -125,6 +125,9 @@ const CONFIG_HELP = `Usage: sslwall config <set|get|history|diff|revert> --tier 
   history --tier T [--json]                every version: author, message, time
   diff --tier T A B                        what changed from version A to B
   revert --tier T --to N [--message M]     a new version with the content of version N
+  override --host H (--mode M | --file F | --clear) [--reason R]
+                                           a host's exception to its tier (signed like tier
+                                           documents): a mode it must run, or a whole config
 
   --engine URL   the engine's API                                [${DEFAULT_ENGINE}]
 `;
@@ -147,16 +150,38 @@ export async function configCommand(args: string[]): Promise<number> {
   const { values: v, positionals } = parse(rest, {
     tier: { type: 'string' }, file: { type: 'string' }, message: { type: 'string' }, version: { type: 'string' }, json: { type: 'boolean' },
     to: { type: 'string' }, engine: { type: 'string' }, 'expect-revision': { type: 'string' },
+    host: { type: 'string' }, mode: { type: 'string' }, clear: { type: 'boolean' }, reason: { type: 'string' },
   }, `config ${sub ?? ''}`);
   if (!sub || v.help || sub === 'help' || sub.startsWith('-')) {
     process.stdout.write(CONFIG_HELP);
     return sub ? 0 : 2;
   }
   const engine = (v.engine as string | undefined) ?? process.env.SSLWALL_ENGINE ?? DEFAULT_ENGINE;
+  const out = (x: unknown, text: string) => process.stdout.write(v.json ? JSON.stringify(x) + '\n' : text);
+  if (sub === 'override') {
+    const host = v.host as string | undefined;
+    if (!host) throw usage('config override needs --host H');
+    const path = `/api/hosts/${encodeURIComponent(host)}/override`;
+    if (v.clear) {
+      out(await api(engine, 'DELETE', path), `host ${host}: override removed; it follows its tier again\n`);
+      return 0;
+    }
+    let config: unknown;
+    if (v.file) {
+      try {
+        config = JSON.parse(readFileSync(String(v.file), 'utf8'));
+      } catch (err) {
+        throw new SslwallError('SSLWALL_E_CONFIG_READ', `cannot read ${v.file}: ${(err as Error).message}`);
+      }
+    }
+    if (!v.mode && !config) throw usage('config override needs --mode off|passive|active, --file F, or --clear');
+    const r = (await api(engine, 'PUT', path, { mode: v.mode, config, reason: v.reason })) as { version: number };
+    out(r, `host ${host}: override version ${r.version} written\n`);
+    return 0;
+  }
   const tier = v.tier as string | undefined;
   if (!tier) throw usage(`config ${sub} needs --tier T`);
   const base = `/api/tiers/${encodeURIComponent(tier)}`;
-  const out = (x: unknown, text: string) => process.stdout.write(v.json ? JSON.stringify(x) + '\n' : text);
   switch (sub) {
     case 'set': {
       if (!v.file) throw usage('config set needs --file F');
