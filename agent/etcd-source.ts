@@ -50,6 +50,67 @@ export function parseDocument<T>(schema: ZodType<T>, kv: KeyState, key: string, 
   return r.data;
 }
 
+/** What a snapshot asks of an agent: nothing (no tier document), a refusal, or a config to enforce. */
+export type Decision =
+  | { kind: 'none' }
+  | { kind: 'refused'; err: unknown }
+  | { kind: 'config'; config: Config; meta: AppliedMeta; tierVersion: number };
+
+/** Validate (and verify) a snapshot's documents and decide this host's effective config. */
+export function decide(s: Snapshot, keys: { tier: string; override: string }, verifier: Verifier | null, hostId: string): Decision {
+  if (!s.tier) return { kind: 'none' };
+  let tier: TierDocument;
+  let override: HostOverride | null = null;
+  try {
+    tier = parseDocument(TierDocumentSchema, s.tier, keys.tier, verifier);
+    if (s.override) override = parseDocument(HostOverrideSchema, s.override, keys.override, verifier);
+  } catch (err) {
+    return { kind: 'refused', err };
+  }
+  const eff = effectiveConfig(tier, override, hostId);
+  return {
+    kind: 'config',
+    config: eff.config,
+    tierVersion: tier.version,
+    meta: { source: 'etcd', tierVersion: tier.version, revision: s.tier.modRevision, overrideVersion: override?.version ?? null, inCohort: eff.inCohort, bucket: eff.bucket },
+  };
+}
+
+/** The health document, from what an agent (or a simulated one) knows; one shape for both. */
+export function healthDocument(a: {
+  hostId: string;
+  tier: string;
+  agentVersion: string;
+  applied: { config: Config; meta: AppliedMeta } | null;
+  applyLatencyMs: number | null;
+  appliedAt: string | null;
+  counters: Health['counters'];
+  connected: boolean;
+  watchRevision: number | null;
+  lastError: Health['lastError'];
+  features: Health['features'];
+}): Health {
+  return {
+    schema: SCHEMA_VERSION,
+    hostId: a.hostId,
+    tier: a.tier,
+    agentVersion: a.agentVersion,
+    configVersion: a.applied?.meta.tierVersion ?? null,
+    configRevision: a.applied?.meta.revision ?? null,
+    overrideVersion: a.applied?.meta.overrideVersion ?? null,
+    mode: a.applied?.config.mode ?? 'off',
+    inCohort: a.applied?.meta.inCohort ?? false,
+    bucket: a.applied?.meta.bucket ?? cohortBucket(a.hostId, ''),
+    applyLatencyMs: a.applyLatencyMs,
+    appliedAt: a.appliedAt,
+    counters: a.counters,
+    etcd: { connected: a.connected, watchRevision: a.watchRevision },
+    lastError: a.lastError,
+    features: a.features,
+    updatedAt: new Date().toISOString(),
+  };
+}
+
 export class EtcdAgentSource {
   private readonly client: Etcd3;
   private readonly watch: TierWatch;
@@ -101,36 +162,22 @@ export class EtcdAgentSource {
   private onSnapshot(s: Snapshot, reason: string): void {
     this.watchRevision = s.revision;
     this.connected = true;
-    if (!s.tier) {
+    const d = decide(s, { tier: this.keys.tierConfig(this.opts.tier), override: this.keys.hostOverride(this.opts.hostId) }, this.verifier, this.opts.hostId);
+    if (d.kind === 'none') {
       this.log.warn({ event: 'tier_missing', tier: this.opts.tier, key: this.keys.tierConfig(this.opts.tier), revision: s.revision }, 'no document for this tier; the config in force stays');
       return;
     }
-    let tier: TierDocument;
-    let override: HostOverride | null = null;
-    try {
-      tier = parseDocument(TierDocumentSchema, s.tier, this.keys.tierConfig(this.opts.tier), this.verifier);
-      if (s.override) override = parseDocument(HostOverrideSchema, s.override, this.keys.hostOverride(this.opts.hostId), this.verifier);
-    } catch (err) {
-      this.handlers.refuse(err, reason, s.revision);
+    if (d.kind === 'refused') {
+      this.handlers.refuse(d.err, reason, s.revision);
       this.health.nudge(() => this.healthDoc());
       return;
     }
-    const eff = effectiveConfig(tier, override, this.opts.hostId);
-    const meta: AppliedMeta = {
-      source: 'etcd',
-      tierVersion: tier.version,
-      revision: s.tier.modRevision,
-      overrideVersion: override?.version ?? null,
-      inCohort: eff.inCohort,
-      bucket: eff.bucket,
-    };
     this.status.lastError = null;
-    const same = JSON.stringify(eff.config) === JSON.stringify(this.status.applied?.config);
-    if (same) {
-      this.handlers.keep(eff.config, meta, reason);
+    if (JSON.stringify(d.config) === JSON.stringify(this.status.applied?.config)) {
+      this.handlers.keep(d.config, d.meta, reason);
     } else {
       try {
-        this.handlers.apply(eff.config, meta, reason);
+        this.handlers.apply(d.config, d.meta, reason);
       } catch (err) {
         this.handlers.refuse(err, reason, s.revision);
       }
@@ -144,18 +191,11 @@ export class EtcdAgentSource {
     // Counting live flows walks the map: do it at most every 30 s (idle CPU matters).
     if (Date.now() - this.liveFlows.at > 30000) this.liveFlows = { at: Date.now(), count: native().mapDump(this.dp.maps.sslwall_flows).length };
     const created = Number(c.flowsCreated), closed = Number(c.flowsClosed);
-    const applied = this.status.applied;
-    return {
-      schema: SCHEMA_VERSION,
+    return healthDocument({
       hostId: this.opts.hostId,
       tier: this.opts.tier,
       agentVersion: this.version,
-      configVersion: applied?.meta.tierVersion ?? null,
-      configRevision: applied?.meta.revision ?? null,
-      overrideVersion: applied?.meta.overrideVersion ?? null,
-      mode: applied?.config.mode ?? 'off',
-      inCohort: applied?.meta.inCohort ?? false,
-      bucket: applied?.meta.bucket ?? cohortBucket(this.opts.hostId, ''),
+      applied: this.status.applied,
       applyLatencyMs: this.status.applyLatencyMs,
       appliedAt: this.status.appliedAt,
       counters: {
@@ -164,10 +204,10 @@ export class EtcdAgentSource {
         flows: this.liveFlows.count,
         evictions: Math.max(0, created - closed - this.liveFlows.count),
       },
-      etcd: { connected: this.connected, watchRevision: this.watchRevision },
+      connected: this.connected,
+      watchRevision: this.watchRevision,
       lastError: this.status.lastError,
       features: { ...this.dp.features },
-      updatedAt: new Date().toISOString(),
-    };
+    });
   }
 }

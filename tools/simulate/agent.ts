@@ -5,8 +5,7 @@
 // and writes the same health document under a lease. The etcd client, the lease keepalive
 // stream and the bound on calls in flight are shared by the agents of one process (conn.ts).
 import type { Watcher, IKeyValue } from 'etcd3';
-import { parseDocument } from '../../agent/etcd-source.js';
-import { effectiveConfig } from '../../agent/effective.js';
+import { decide, healthDocument } from '../../agent/etcd-source.js';
 import { cohortBucket } from '../../agent/cohort.js';
 import { backoffMs } from '../../agent/etcd-client.js';
 import type { KeyState, Snapshot } from '../../agent/etcd-watch.js';
@@ -14,7 +13,7 @@ import type { AppliedMeta } from '../../agent/state.js';
 import { BpfError } from '../../native/index.js';
 import { Verifier } from '../../rollout/signing.js';
 import type { Config } from '../../schemas/config.js';
-import { TierDocumentSchema, HostOverrideSchema, SCHEMA_VERSION, type Health, type TierDocument, type HostOverride, type etcdKeys } from '../../schemas/tier.js';
+import type { Health, etcdKeys } from '../../schemas/tier.js';
 import { Limiter, LeaseKeeper, SharedConn, sleep, type LeaseOwner } from './conn.js';
 
 export const SIM_AGENT_VERSION = '0.1.0-sim';
@@ -225,33 +224,26 @@ export class SimAgent implements LeaseOwner {
 
   /** The health document, field for field as agent/etcd-source.ts writes it. */
   healthDoc(): Health {
-    const applied = this.applied;
-    const mode = applied?.config.mode ?? 'off';
+    const mode = this.applied?.config.mode ?? 'off';
     this.counters.flows = Math.floor(Math.random() * 400);
     if (this.leaky && mode !== 'off' && Math.random() < 0.3) {
       const n = 1 + Math.floor(Math.random() * 3);
       this.counters.violationsReported += n;
       if (mode === 'active') this.counters.violationsBlocked += n;
     }
-    return {
-      schema: SCHEMA_VERSION,
+    return healthDocument({
       hostId: this.hostId,
       tier: this.env.tier,
       agentVersion: SIM_AGENT_VERSION,
-      configVersion: applied?.meta.tierVersion ?? null,
-      configRevision: applied?.meta.revision ?? null,
-      overrideVersion: applied?.meta.overrideVersion ?? null,
-      mode,
-      inCohort: applied?.meta.inCohort ?? false,
-      bucket: applied?.meta.bucket ?? cohortBucket(this.hostId, ''),
+      applied: this.applied,
       applyLatencyMs: this.applyLatencyMs,
       appliedAt: this.appliedAt,
       counters: { ...this.counters },
-      etcd: { connected: this.connected, watchRevision: this.watchRevision },
+      connected: this.connected,
+      watchRevision: this.watchRevision,
       lastError: this.lastError,
       features: { simulated: true, tcAttach: 'none' },
-      updatedAt: new Date().toISOString(),
-    };
+    });
   }
 
   // ---- config ------------------------------------------------------------------------------
@@ -260,37 +252,23 @@ export class SimAgent implements LeaseOwner {
   private onSnapshot(s: Snapshot): void {
     this.watchRevision = s.revision;
     this.setConnected(true);
-    if (!s.tier) return; // no document for this tier: the config in force stays
-    let tier: TierDocument;
-    let override: HostOverride | null = null;
-    try {
-      tier = parseDocument(TierDocumentSchema, s.tier, this.tierKey, this.env.verifier);
-      if (s.override) override = parseDocument(HostOverrideSchema, s.override, this.overrideKey, this.env.verifier);
-    } catch (err) {
-      this.refuse(err, s.revision);
+    const d = decide(s, { tier: this.tierKey, override: this.overrideKey }, this.env.verifier, this.hostId);
+    if (d.kind === 'none') return; // no document for this tier: the config in force stays
+    if (d.kind === 'refused') {
+      this.refuse(d.err, s.revision);
       this.markDirty();
       return;
     }
-    this.env.seen(tier.version);
-    const eff = effectiveConfig(tier, override, this.hostId);
-    const meta: AppliedMeta = {
-      source: 'etcd',
-      tierVersion: tier.version,
-      revision: s.tier.modRevision,
-      overrideVersion: override?.version ?? null,
-      inCohort: eff.inCohort,
-      bucket: eff.bucket,
-    };
+    this.env.seen(d.tierVersion);
     this.lastError = null;
-    const same = JSON.stringify(eff.config) === JSON.stringify(this.applied?.config);
-    if (same) {
+    if (JSON.stringify(d.config) === JSON.stringify(this.applied?.config)) {
       // Nothing changes in the kernel; the version in force (and health) still moves on.
-      this.applied = { config: eff.config, meta };
-      this.env.appliedVersion(tier.version);
+      this.applied = { config: d.config, meta: d.meta };
+      this.env.appliedVersion(d.tierVersion);
     } else {
       try {
-        this.kernelApply(eff.config, meta);
-        this.env.appliedVersion(tier.version);
+        this.kernelApply(d.config, d.meta);
+        this.env.appliedVersion(d.tierVersion);
       } catch (err) {
         this.refuse(err, s.revision);
       }
