@@ -442,10 +442,11 @@ export const fleet: Bench = {
       const engineLog = engine.log().split('\n');
       const restarts = engineLog.filter((l) => l.includes('"health_watch_restart"')).length;
       const readFailures = engineLog.filter((l) => l.includes('"health_read_failed"'));
+      const reasons = [...new Set(readFailures.map((l) => String((JSON.parse(l) as { err?: unknown }).err ?? '?')))];
       const count = await engineAgents(engine).catch(() => -1);
       ctx.progress(
         `engine after the etcd restart: counts ${count} agents; ${restarts} health watch restart(s), ${readFailures.length} failed re-read(s) of the health prefix` +
-          (readFailures.length ? `; last: ${readFailures[readFailures.length - 1]!.slice(0, 300)}` : ''),
+          (reasons.length ? ` (${reasons.map((r) => r.slice(0, 160)).join(' | ')})` : ''),
       );
 
       await sim.stop();
