@@ -24,7 +24,7 @@ const STATUS_FOR: Record<string, number> = {
 
 export function createMetrics(engine: Engine) {
   const registry = new client.Registry();
-  client.collectDefaultMetrics({ register: registry });
+  client.collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 1000 });
   new client.Gauge({
     name: 'sslwall_engine_leader',
     help: '1 when this replica leads',

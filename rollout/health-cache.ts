@@ -7,6 +7,8 @@ import type { Logger } from 'pino';
 import { HealthSchema, type Health } from '../schemas/tier.js';
 import { backoffMs } from '../agent/etcd-client.js';
 
+const PAGE = 2000;
+
 export class HealthCache extends EventEmitter {
   readonly agents = new Map<string, Health>(); // key: tier/hostId
   private watcher: Watcher | null = null;
@@ -48,9 +50,19 @@ export class HealthCache extends EventEmitter {
     let attempt = 0;
     while (!this.stopped) {
       try {
-        const res = await this.client.kv.range({ key: Buffer.from(this.prefix), range_end: Buffer.from(prefixEnd(this.prefix)) });
+        // In pages at one revision: 10,000 health documents are over gRPC's 4 MiB message limit.
         this.agents.clear();
-        for (const kv of res.kvs) this.set(kv.key.toString(), kv.value);
+        const end = prefixEnd(this.prefix);
+        let from = Buffer.from(this.prefix);
+        let revision: string | undefined;
+        for (;;) {
+          const page = await this.client.kv.range({ key: from, range_end: end, limit: PAGE, ...(revision ? { revision } : {}) });
+          revision ??= String(page.header.revision);
+          for (const kv of page.kvs) this.set(kv.key.toString(), kv.value);
+          if (!page.more || page.kvs.length === 0) break;
+          from = Buffer.concat([page.kvs[page.kvs.length - 1]!.key, Buffer.from([0])]);
+        }
+        const res = { header: { revision: revision! } };
         this.ready = true;
         this.emit('reset');
         attempt = 0;
