@@ -254,17 +254,6 @@ Options:
       return 0;
     },
   },
-  bench: {
-    help: `Usage: sslwall bench [--json] [--only NAME,...]
-
-Runs the benchmarks (docs/bench.md); each figure is printed with a baseline measured in the same run.
-`,
-    options: { json: { type: 'boolean' }, only: { type: 'string' } },
-    async run(_v, _rest) {
-      const { main } = await import('../bench/main.js');
-      return main(process.argv.slice(3));
-    },
-  },
 };
 
 // Commands with their own parsing (subcommand groups, or modules loaded only when used).
@@ -274,6 +263,7 @@ const GROUPS: Record<string, (args: string[]) => Promise<number>> = {
   config: configCommand,
   rollout: rolloutCommand,
   simulate: async (args) => ((await import(modulePath('../simulate/main.js'))) as { main(a: string[]): Promise<number> }).main(args),
+  bench: async (args) => ((await import(modulePath('../bench/main.js'))) as { main(a: string[]): Promise<number> }).main(args),
   up: async (args) => ((await import(modulePath('./up.js'))) as { upCommand(a: string[]): Promise<number> }).upCommand(args),
 };
 
