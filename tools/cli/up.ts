@@ -162,7 +162,14 @@ export async function upCommand(argv: string[]): Promise<number> {
     start('bridge-host', 'socat', [`UNIX-LISTEN:${sock},fork,mode=600`, `TCP:127.0.0.1:${etcdPort}`]);
     start('bridge-ns', 'nsenter', [`--net=/run/netns/${nsAgent}`, 'socat', 'TCP-LISTEN:2379,bind=127.0.0.1,fork,reuseaddr', `UNIX-CONNECT:${sock}`]);
     // peers: plaintext HTTP on 8080 and a plaintext sink on 9000
-    start('peer-http', 'nsenter', [`--net=/run/netns/${nsPeer}`, 'socat', 'TCP-LISTEN:8080,fork,reuseaddr', 'SYSTEM:echo HTTP/1.0 200 OK; echo; echo hello from the plaintext peer']);
+    start('peer-http', 'nsenter', [`--net=/run/netns/${nsPeer}`, process.execPath, '-e', "require('http').createServer((q, r) => r.end('hello from the plaintext peer\\n')).listen(8080, '10.203.0.2')"]);
+    for (let i = 0; ; i++) {
+      // Listening before we say "ready": the first curl must find it.
+      const listening = execFileSync('nsenter', [`--net=/run/netns/${nsPeer}`, 'ss', '-Hltn', 'sport = :8080']).toString().trim() !== '';
+      if (listening) break;
+      if (i > 100) throw new SslwallError('SSLWALL_E_INTERNAL', `the plaintext peer did not start; see ${dir}/peer-http.log`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
 
     // the agent
     const agent = start('agent', 'nsenter', [`--net=/run/netns/${nsAgent}`, process.execPath, path.join(repoRoot, 'bin/sslwall.js'), 'agent', '--etcd', 'http://127.0.0.1:2379', '--tier', tier, '--host-id', `up-${id}`, '--verify-key', keys.verifyKey, '--iface', 'up0', '--bpffs', bpffs, '--cgroup', cgroup, '--state-dir', path.join(dir, 'state')], 'inherit');
