@@ -13,7 +13,6 @@ export class HealthReporter {
   readonly putBreaker: CircuitBreaker<[string], void>;
   private lease: Lease | null = null;
   private timer: NodeJS.Timeout | undefined;
-  private lastValue = '';
   private lastContent = '';
 
   constructor(
@@ -31,7 +30,6 @@ export class HealthReporter {
     lease.on('lost', (err) => {
       this.log.warn({ event: 'health_lease_lost', err: err.message }, 'health lease lost; granting a new one');
       if (this.lease === lease) this.lease = null;
-      this.lastValue = '';
       this.lastContent = '';
     });
     this.lease = lease;
@@ -40,7 +38,6 @@ export class HealthReporter {
 
   private async put(value: string): Promise<void> {
     await this.leaseFor().put(this.key).value(value).exec();
-    this.lastValue = value;
   }
 
   /**

@@ -9,7 +9,7 @@ import { createTestbed, type Testbed } from '../lib/netns.js';
 import {
   curl, nginxUrl, plainClient, psql, requireAllPeers, squidProxyUrl, ssh, startNginx, startPostgres,
   startSink, startSmtp, startSquid, startSshd, swaks,
-  type NginxPeer, type PostgresPeer, type SinkPeer, type SmtpPeer, type SquidPeer, type SshdPeer,
+  type NginxPeer, type PostgresPeer, type SinkPeer, type SquidPeer, type SshdPeer,
 } from '../lib/peers.js';
 import { tcxLinksOn } from '../../agent/datapath.js';
 import { native } from '../../native/index.js';
@@ -45,7 +45,6 @@ describe('agent enforcement with real peers', () => {
   let certs: Certs;
   let nginx: NginxPeer;
   let pg: PostgresPeer;
-  let smtp: SmtpPeer;
   let squid: SquidPeer;
   let sshd: SshdPeer;
   let sink: SinkPeer;
@@ -58,7 +57,7 @@ describe('agent enforcement with real peers', () => {
     tb = await createTestbed('enforce');
     certs = await makeCerts(tb.tempDir('certs'), { ips: [tb.server.ipv4, tb.server.ipv6], dnsNames: ['server.test'] });
     cgroup2 = await tb.mountCgroup2();
-    [nginx, pg, smtp, squid, sshd, sink] = await Promise.all([
+    [nginx, pg, , squid, sshd, sink] = await Promise.all([
       startNginx(tb, certs, { bigFileBytes: 64 * 1024 * 1024 }),
       startPostgres(tb, certs),
       startSmtp(tb, certs),

@@ -75,7 +75,7 @@ describe('agent on etcd', () => {
     return a;
   }
 
-  function applied(a: AgentProc, version: number): (l: LogLine) => boolean {
+  function applied(_agent: AgentProc, version: number): (l: LogLine) => boolean {
     return (l) => l.event === 'config_applied' && l.tierVersion === version;
   }
 

@@ -111,7 +111,7 @@ export class SimProc {
 export async function fakePrometheus(): Promise<{ url: string; set(value: number | null): void; close(): Promise<void> }> {
   const http = await import('node:http');
   let value: number | null = 0;
-  const server = http.createServer((req, res) => {
+  const server = http.createServer((_req, res) => {
     const result = value === null ? [] : [{ metric: {}, value: [Date.now() / 1000, String(value)] }];
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ status: 'success', data: { resultType: 'vector', result } }));
   });
