@@ -6,6 +6,7 @@ import { Proc } from '../lib/proc.js';
 import { freePort } from '../lib/etcd.js';
 import { SSLWALL } from './agent-proc.js';
 import { generateKeyPair } from '../../rollout/signing.js';
+import type { StatsLine } from '../../tools/simulate/main.js';
 
 export interface Keys {
   dir: string;
@@ -65,15 +66,8 @@ export class EngineProc {
   }
 }
 
-export interface SimStats {
-  agents: number;
-  alive: number;
-  connected: number;
-  applied: Record<string, number>;
-  errors: number;
-  relists: number;
-  reconnects: number;
-}
+/** One stats line of `sslwall simulate` (its own type, not a copy). */
+export type SimStats = StatsLine;
 
 export class SimProc {
   private constructor(readonly proc: Proc) {}

@@ -27,9 +27,10 @@ import { createTestbed, type Testbed } from '../../test/lib/netns.js';
 import { startEtcd, type EtcdServer } from '../../test/lib/etcd.js';
 import { startIperf } from '../../test/lib/peers.js';
 import { BIN, Proc, pidAlive } from '../../test/lib/proc.js';
-import { AgentProc, agentEnv, sslwall, writeConfig, type AgentEnv, type LogLine } from '../../test/integration/agent-proc.js';
+import { AgentProc, agentEnv, writeConfig, type AgentEnv, type LogLine } from '../../test/integration/agent-proc.js';
 import { EtcdBridge } from '../../test/integration/etcd-bridge.js';
 import { mean, median, quantile, round } from './stats.js';
+import { uninstallChecked } from './net.js';
 import type { Bench, BenchContext, BenchResult } from './types.js';
 
 // ---- figures with a target on the value ----------------------------------------------------
@@ -160,15 +161,7 @@ class BedAgent {
     await this.stop();
     if (!this.installed) return;
     this.installed = false;
-    const ifname = this.env.tb.client.ifname;
-    const r = await sslwall(this.env, ['uninstall', '--bpffs', this.env.bpffs, '--iface', ifname, '--json']);
-    if (r.code !== 0) throw new Error(`sslwall uninstall failed (exit ${r.code}): ${r.stderr || r.stdout}`);
-    const removed = (JSON.parse(r.stdout) as { removed: string[] }).removed;
-    for (const dir of ['ingress', 'egress']) {
-      if (!removed.some((p) => p.endsWith(`tcx_${ifname}_${dir}`) || p === `clsact ${dir} filter on ${ifname}`)) {
-        throw new Error(`uninstall did not report removing the ${dir} filter of ${ifname}: ${r.stdout}`);
-      }
-    }
+    await uninstallChecked(this.env);
     this.ctx.progress('agent stopped, filter uninstalled');
   }
 }

@@ -86,16 +86,7 @@ class BenchAgent {
     }
     if (!this.installed) return;
     this.installed = false;
-    const ifname = this.env.tb.client.ifname;
-    // --iface also removes the clsact fallback filters of kernels without tcx.
-    const r = await sslwall(this.env, ['uninstall', '--bpffs', this.env.bpffs, '--iface', ifname, '--json']);
-    if (r.code !== 0) throw new Error(`sslwall uninstall failed (exit ${r.code}): ${r.stderr || r.stdout}`);
-    const removed = (JSON.parse(r.stdout) as { removed: string[] }).removed;
-    for (const dir of ['ingress', 'egress']) {
-      if (!removed.some((p) => p.endsWith(`tcx_${ifname}_${dir}`) || p === `clsact ${dir} filter on ${ifname}`)) {
-        throw new Error(`uninstall did not report removing the ${dir} filter of ${ifname}: ${r.stdout}`);
-      }
-    }
+    await uninstallChecked(this.env);
     this.ctx.progress('agent stopped, filter uninstalled');
   }
 
@@ -117,6 +108,20 @@ type Cleanup = (fn: () => Promise<void>) => void;
  * is printed and the body's error wins; after a successful body it fails the bench: leftovers
  * must not go unnoticed.
  */
+/** `sslwall uninstall` on the bed's client interface, checking both filters were reported removed. */
+export async function uninstallChecked(env: AgentEnv): Promise<void> {
+  const ifname = env.tb.client.ifname;
+  // --iface also removes the clsact fallback filters of kernels without tcx.
+  const r = await sslwall(env, ['uninstall', '--bpffs', env.bpffs, '--iface', ifname, '--json']);
+  if (r.code !== 0) throw new Error(`sslwall uninstall failed (exit ${r.code}): ${r.stderr || r.stdout}`);
+  const removed = (JSON.parse(r.stdout) as { removed: string[] }).removed;
+  for (const dir of ['ingress', 'egress']) {
+    if (!removed.some((p) => p.endsWith(`tcx_${ifname}_${dir}`) || p === `clsact ${dir} filter on ${ifname}`)) {
+      throw new Error(`uninstall did not report removing the ${dir} filter of ${ifname}: ${r.stdout}`);
+    }
+  }
+}
+
 async function onBeds<T>(label: string, ctx: BenchContext, body: (plain: Testbed, withAgent: Testbed, cleanup: Cleanup) => Promise<T>): Promise<T> {
   const beds: Testbed[] = [];
   const cleanups: (() => Promise<void>)[] = [];
