@@ -10,13 +10,12 @@ import { saveLastGood, loadLastGood, type AppliedMeta } from './state.js';
 import { ensureBypassCgroup } from './cgroup.js';
 import { createMetrics, serveMetrics } from './metrics.js';
 import { startEventPump, destroyBlocked } from './events.js';
-import { SslwallError } from './errors.js';
+import { SslwallError } from '../schemas/errors.js';
 import { routeInterfaces } from './interfaces.js';
 import { EtcdAgentSource } from './etcd-source.js';
-import type { EtcdConnection } from './etcd-client.js';
+import type { EtcdConnection } from '../schemas/etcd.js';
 import type { Config } from '../schemas/config.js';
-
-export const AGENT_VERSION = '0.1.0';
+import { AGENT_VERSION, type AgentStatus } from './status.js';
 
 export type SourceOptions =
   | { kind: 'file'; configFile: string }
@@ -29,14 +28,6 @@ export interface AgentOptions {
   cgroup?: string;
   stateDir: string;
   metricsAddr?: string;
-}
-
-/** What the agent has in force, for health and logs. */
-export interface AgentStatus {
-  applied: { config: Config; meta: AppliedMeta } | null;
-  appliedAt: string | null;
-  applyLatencyMs: number | null;
-  lastError: { code: string; message: string; revision: number | null; at: string } | null;
 }
 
 export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {

@@ -2,7 +2,7 @@
 // the filter lets their sockets through (bpf_skb_ancestor_cgroup_id against its id).
 import { mkdirSync, readFileSync, statSync, writeFileSync, existsSync, statfsSync } from 'node:fs';
 import path from 'node:path';
-import { SslwallError } from './errors.js';
+import { SslwallError } from '../schemas/errors.js';
 import type { BypassCgroup } from './apply.js';
 
 const CGROUP2_SUPER_MAGIC = 0x63677270;

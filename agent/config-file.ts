@@ -3,7 +3,7 @@
 import { existsSync, readFileSync, watch, type FSWatcher } from 'node:fs';
 import path from 'node:path';
 import { ConfigSchema, describeIssues, type Config } from '../schemas/config.js';
-import { SslwallError } from './errors.js';
+import { SslwallError } from '../schemas/errors.js';
 
 export function parseConfigText(text: string, source: string): Config {
   let doc: unknown;

@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { native, BpfError, type BpfObject } from '../native/index.js';
 import { bpfObjects, pinLayout, assertBpffs } from './paths.js';
 import { sizeOf } from './codec.js';
-import { SslwallError } from './errors.js';
+import { SslwallError } from '../schemas/errors.js';
 import { MIGRATABLE, capture, restore, type Captured } from './migrate.js';
 
 /** The maps every object shares, with the sizes this build expects (from shared.h via BTF). */

@@ -1,71 +1,7 @@
-// One etcd3 client per agent, with TLS client credentials when given, and the opossum breaker
-// every network call goes through. Validation errors never count as breaker failures: a bad
-// document is not an unhealthy etcd.
-import { readFileSync } from 'node:fs';
-import { Etcd3, isRecoverableError, type Namespace } from 'etcd3';
-import { noop, retry, circuitBreaker, handleWhen, ConsecutiveBreaker, ExponentialBackoff, ConstantBackoff, type IBackoff } from 'cockatiel';
+// The opossum breaker every agent call to etcd goes through. Validation errors never count as
+// breaker failures: a bad document is not an unhealthy etcd.
 import CircuitBreaker from 'opossum';
-import { SslwallError } from './errors.js';
-
-export interface EtcdConnection {
-  endpoints: string[];
-  cacert?: string;
-  cert?: string;
-  key?: string;
-}
-
-export function createEtcdClient(conn: EtcdConnection): Etcd3 {
-  const client = newClient(conn);
-  guardWatchManager(client as unknown as Namespace);
-  return client;
-}
-
-function newClient(conn: EtcdConnection): Etcd3 {
-  const credentials = conn.cacert
-    ? {
-        rootCertificate: readFileSync(conn.cacert),
-        ...(conn.cert ? { certChain: readFileSync(conn.cert) } : {}),
-        ...(conn.key ? { privateKey: readFileSync(conn.key) } : {}),
-      }
-    : undefined;
-  return new Etcd3({
-    hosts: conn.endpoints,
-    credentials,
-    dialTimeout: 3000,
-    // Unary calls get a deadline so a black-holed etcd fails the call instead of hanging it;
-    // streams (watch, keepalive) stay open.
-    defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + 5000 }),
-    // Retries over time are ours (opossum + jittered backoff). etcd3's per-host breaker stays, to
-    // steer calls away from a dead member of a cluster, but half-opens after 1 s (not 5 s) so a
-    // restarted single etcd is used again at once; a failed call tries the other members first.
-    faultHandling: {
-      host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 1000, breaker: new ConsecutiveBreaker(2) }),
-      global: conn.endpoints.length > 1 ? retry(handleWhen(isRecoverableError), { maxAttempts: conn.endpoints.length - 1, backoff: new ConstantBackoff(0) }) : noop,
-      // etcd3 takes the factory and calls next() itself; its typing says IBackoff.
-      watchBackoff: new ExponentialBackoff({ initialDelay: 200, maxDelay: 3000 }) as unknown as IBackoff<unknown>,
-    },
-  });
-}
-
-interface WatchManagerInternals {
-  watchers: Array<{ id: string | null }>;
-  handleResponse(res: { watch_id: string }): void;
-}
-
-/**
- * etcd3's WatchManager throws "Failed to find watcher for IWatchResponse" (from a stream event
- * handler: the process dies) when a response names a watcher it no longer has. That happens when
- * our cancel crosses etcd's own cancel of the same watcher (compaction): etcd answers both. Drop
- * such responses instead; the watcher they name is already gone on both sides.
- */
-export function guardWatchManager(ns: Namespace): Namespace {
-  const wm = (ns as unknown as { watchManager: WatchManagerInternals }).watchManager;
-  const handle = wm.handleResponse.bind(wm);
-  wm.handleResponse = (res) => {
-    if (wm.watchers.some((w) => w.id === res.watch_id)) handle(res);
-  };
-  return ns;
-}
+import { SslwallError } from '../schemas/errors.js';
 
 export function isValidationError(err: unknown): boolean {
   return err instanceof SslwallError && (err.code === 'SSLWALL_E_CONFIG_INVALID' || err.code === 'SSLWALL_E_CONFIG_SIGNATURE');
@@ -83,10 +19,6 @@ export function breaker<A extends unknown[], R>(name: string, fn: (...args: A) =
   });
 }
 
-/** Full-jitter exponential backoff: a thousand agents do not come back in step. */
-export function backoffMs(attempt: number, baseMs = 200, maxMs = 5000): number {
-  return Math.random() * Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 16));
-}
 
 export function breakerState(b: CircuitBreaker): 'closed' | 'open' | 'half_open' {
   return b.opened ? 'open' : b.halfOpen ? 'half_open' : 'closed';

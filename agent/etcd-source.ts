@@ -3,22 +3,24 @@
 // refused with its revision and reported in health; the last good config stays in force.
 import type { Logger } from 'pino';
 import type { Etcd3 } from 'etcd3';
-import { createEtcdClient, breakerState, type EtcdConnection } from './etcd-client.js';
+import { createEtcdClient, type EtcdConnection } from '../schemas/etcd.js';
+import { breakerState } from './etcd-client.js';
 import { TierWatch, type Snapshot, type KeyState } from './etcd-watch.js';
 import { HealthReporter } from './health.js';
 import { effectiveConfig } from './effective.js';
 import { readCounters } from './flows.js';
 import { native } from '../native/index.js';
-import { SslwallError } from './errors.js';
+import { SslwallError } from '../schemas/errors.js';
 import { describeIssues, type Config } from '../schemas/config.js';
-import { TierDocumentSchema, HostOverrideSchema, etcdKeys, SCHEMA_VERSION, type Health, type TierDocument, type HostOverride } from '../schemas/tier.js';
+import { TierDocumentSchema, HostOverrideSchema, SCHEMA_VERSION, type Health, type TierDocument, type HostOverride } from '../schemas/tier.js';
+import { etcdKeys } from '../schemas/keys.js';
 import type { Datapath } from './datapath.js';
-import type { AgentStatus } from './agent.js';
+import type { AgentStatus } from './status.js';
 import type { AppliedMeta } from './state.js';
 import type { Metrics } from './metrics.js';
-import { cohortBucket } from './cohort.js';
+import { cohortBucket } from '../schemas/cohort.js';
 import type { ZodType } from 'zod';
-import { Verifier } from '../rollout/signing.js';
+import { Verifier } from '../schemas/signing.js';
 
 export interface EtcdSourceOptions {
   conn: EtcdConnection;

@@ -9,7 +9,8 @@ import { EventEmitter } from 'node:events';
 import type { Etcd3, Watcher, IKeyValue } from 'etcd3';
 import type { Logger } from 'pino';
 import type CircuitBreaker from 'opossum';
-import { breaker, backoffMs } from './etcd-client.js';
+import { breaker } from './etcd-client.js';
+import { backoffMs } from '../schemas/etcd.js';
 
 export interface KeyState {
   value: Buffer;

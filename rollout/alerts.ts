@@ -3,7 +3,7 @@
 // until resolved; a firing alert makes the leader check that tier at once.
 import { z } from 'zod';
 import type { Etcd3 } from 'etcd3';
-import type { EngineKeys } from './keys.js';
+import type { EngineKeys } from '../schemas/keys.js';
 
 export const AlertmanagerPayloadSchema = z.object({
   version: z.string().optional(),

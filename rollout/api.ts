@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import type { Engine } from './engine.js';
 import { receiveAlerts } from './alerts.js';
 import { validateInput, type DocumentInput } from './store.js';
-import { SslwallError } from '../agent/errors.js';
+import { SslwallError } from '../schemas/errors.js';
 import { ConfigSchema } from '../schemas/config.js';
 import { parseStages, parseDuration, type RolloutState } from '../schemas/rollout.js';
 import { cohortOf } from './checks.js';

@@ -2,7 +2,7 @@
 // inconclusive (the rollout pauses), never a pass.
 import type { Health } from '../schemas/tier.js';
 import type { Analysis, CheckResult, RolloutState } from '../schemas/rollout.js';
-import { inCohort } from '../agent/cohort.js';
+import { inCohort } from '../schemas/cohort.js';
 
 export interface AlertView {
   alertname: string;

@@ -9,10 +9,10 @@ import { ConfigStore, type SideWrite } from './store.js';
 import { Leadership } from './election.js';
 import { HealthCache } from './health-cache.js';
 import { runChecks, cohortOf, promInstantQuery, type AlertView } from './checks.js';
-import { engineKeys, type EngineKeys } from './keys.js';
+import { engineKeys, type EngineKeys } from '../schemas/keys.js';
 import type { Signer } from './signing.js';
-import { SslwallError } from '../agent/errors.js';
-import { inCohort } from '../agent/cohort.js';
+import { SslwallError } from '../schemas/errors.js';
+import { inCohort } from '../schemas/cohort.js';
 import { AnalysisSchema, RolloutStateSchema, type RolloutState, type Stage } from '../schemas/rollout.js';
 
 export interface EngineOptions {

@@ -5,7 +5,7 @@ import { EventEmitter } from 'node:events';
 import type { Etcd3, Watcher } from 'etcd3';
 import type { Logger } from 'pino';
 import { HealthSchema, type Health } from '../schemas/tier.js';
-import { backoffMs } from '../agent/etcd-client.js';
+import { backoffMs } from '../schemas/etcd.js';
 
 const PAGE = 2000;
 

@@ -7,9 +7,9 @@ import type { Etcd3 } from 'etcd3';
 import { z } from 'zod';
 import { TierDocumentSchema, HostOverrideSchema, type TierDocument } from '../schemas/tier.js';
 import { ConfigSchema, describeIssues } from '../schemas/config.js';
-import { SslwallError } from '../agent/errors.js';
+import { SslwallError } from '../schemas/errors.js';
 import type { Signer } from './signing.js';
-import type { EngineKeys } from './keys.js';
+import type { EngineKeys } from '../schemas/keys.js';
 
 export const VersionRecordSchema = z.object({
   version: z.number().int(),

@@ -73,14 +73,3 @@ export type TierDocument = z.infer<typeof TierDocumentSchema>;
 export type HostOverride = z.infer<typeof HostOverrideSchema>;
 export type Health = z.infer<typeof HealthSchema>;
 
-/** The etcd key layout under a prefix (default /sslwall/). */
-export function etcdKeys(prefix = '/sslwall/') {
-  const p = prefix.endsWith('/') ? prefix : `${prefix}/`;
-  return {
-    prefix: p,
-    tierConfig: (tier: string) => `${p}tiers/${tier}/config`,
-    hostOverride: (hostId: string) => `${p}hosts/${hostId}/override`,
-    health: (tier: string, hostId: string) => `${p}health/${tier}/${hostId}`,
-    healthPrefix: (tier: string) => `${p}health/${tier}/`,
-  };
-}

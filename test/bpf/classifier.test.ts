@@ -4,8 +4,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { Lab, PASS, DROP, clientPort } from './lab.js';
-import { Conversation, packet, tlsHello, tlsAppData, SYN, ACK, type Endpoint } from './packets.js';
+import { Lab, PASS, DROP, clientPort } from '../../tools/lab/bpf-lab.js';
+import { Conversation, packet, tlsHello, tlsAppData, SYN, ACK, type Endpoint } from '../../tools/lab/packets.js';
 
 const BASE = {
   bypass: { ports: [22, 179], cidrs: ['192.0.2.0/24', '2001:db8::/32'] },

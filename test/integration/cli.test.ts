@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { runHost } from './agent-proc.js';
+import { runHost } from '../../tools/lab/agent-proc.js';
 
 test('sslwall --help lists the commands; each command has --help', async () => {
   const r = await runHost(['--help']);

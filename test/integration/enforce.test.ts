@@ -4,16 +4,16 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
-import { makeCerts, type Certs } from '../lib/certs.js';
-import { createTestbed, type Testbed } from '../lib/netns.js';
+import { makeCerts, type Certs } from '../../tools/lab/certs.js';
+import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
 import {
   curl, nginxUrl, plainClient, psql, requireAllPeers, squidProxyUrl, ssh, startNginx, startPostgres,
   startSink, startSmtp, startSquid, startSshd, swaks,
   type NginxPeer, type PostgresPeer, type SinkPeer, type SquidPeer, type SshdPeer,
-} from '../lib/peers.js';
+} from '../../tools/lab/peers.js';
 import { tcxLinksOn } from '../../agent/datapath.js';
 import { native } from '../../native/index.js';
-import { AgentProc, agentEnv, writeConfig, sslwall, type AgentEnv } from './agent-proc.js';
+import { AgentProc, agentEnv, writeConfig, sslwall, type AgentEnv } from '../../tools/lab/agent-proc.js';
 
 const SINK_PORT = 9000;
 const METRICS = '127.0.0.1:9464';
@@ -179,7 +179,7 @@ describe('agent enforcement with real peers', () => {
     await setMode('active');
     try {
       const r = await tb.exec('client', process.execPath, [
-        (await import('./agent-proc.js')).SSLWALL, 'exec', '--cgroup', clientEnv.cgroup, '--',
+        (await import('../../tools/lab/agent-proc.js')).SSLWALL, 'exec', '--cgroup', clientEnv.cgroup, '--',
         'curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '5', nginxUrl(tb, nginx, { tls: false }),
       ]);
       assert.equal(r.stdout.trim(), '200', `plain curl under sslwall exec must pass: ${r.stderr}`);

@@ -8,11 +8,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { startEtcd, startEtcdCluster, type EtcdServer, type EtcdCluster } from '../lib/etcd.js';
-import { EngineProc, SimProc, makeKeys, fakePrometheus, type Keys } from './fleet.js';
-import { runHost } from './agent-proc.js';
-import { createEtcdClient } from '../../agent/etcd-client.js';
-import { etcdKeys } from '../../schemas/tier.js';
+import { startEtcd, startEtcdCluster, type EtcdServer, type EtcdCluster } from '../../tools/lab/etcd.js';
+import { EngineProc, SimProc, makeKeys, fakePrometheus, type Keys } from '../../tools/lab/fleet.js';
+import { runHost } from '../../tools/lab/agent-proc.js';
+import { createEtcdClient } from '../../schemas/etcd.js';
+import { etcdKeys } from '../../schemas/keys.js';
 import type { RolloutState } from '../../schemas/rollout.js';
 
 const BASE = { mode: 'passive', bypass: { ports: [22] }, starttls: { smtp: [25] } };

@@ -5,14 +5,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
-import { createTestbed, type Testbed } from '../lib/netns.js';
-import { makeCerts, type Certs } from '../lib/certs.js';
-import { freePort } from '../lib/etcd.js';
-import { Proc } from '../lib/proc.js';
-import { AgentProc, agentEnv, sslwall, type AgentEnv } from './agent-proc.js';
-import { EtcdBridge } from './etcd-bridge.js';
-import { createEtcdClient } from '../../agent/etcd-client.js';
-import { etcdKeys } from '../../schemas/tier.js';
+import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
+import { makeCerts, type Certs } from '../../tools/lab/certs.js';
+import { freePort } from '../../tools/lab/etcd.js';
+import { Proc } from '../../tools/lab/proc.js';
+import { AgentProc, agentEnv, sslwall, type AgentEnv } from '../../tools/lab/agent-proc.js';
+import { EtcdBridge } from '../../tools/lab/etcd-bridge.js';
+import { createEtcdClient } from '../../schemas/etcd.js';
+import { etcdKeys } from '../../schemas/keys.js';
 
 describe('agent on an etcd with mutual TLS', () => {
   let tb: Testbed;

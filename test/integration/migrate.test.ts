@@ -6,10 +6,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
-import { makeCerts, type Certs } from '../lib/certs.js';
-import { createTestbed, type Testbed } from '../lib/netns.js';
-import { curl, nginxUrl, startNginx, type NginxPeer } from '../lib/peers.js';
-import { AgentProc, agentEnv, writeConfig, sslwall, type AgentEnv } from './agent-proc.js';
+import { makeCerts, type Certs } from '../../tools/lab/certs.js';
+import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
+import { curl, nginxUrl, startNginx, type NginxPeer } from '../../tools/lab/peers.js';
+import { AgentProc, agentEnv, writeConfig, sslwall, type AgentEnv } from '../../tools/lab/agent-proc.js';
 import { repoRoot, pinLayout } from '../../agent/paths.js';
 import { native } from '../../native/index.js';
 

@@ -6,9 +6,9 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Proc } from '../lib/proc.js';
-import { freePort } from '../lib/etcd.js';
-import { SSLWALL } from './agent-proc.js';
+import { Proc } from '../../tools/lab/proc.js';
+import { freePort } from '../../tools/lab/etcd.js';
+import { SSLWALL } from '../../tools/lab/agent-proc.js';
 
 test('sslwall up: starts, enforces passively, and cleans up on Ctrl-C', async () => {
   const port = await freePort();

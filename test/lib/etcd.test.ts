@@ -6,9 +6,9 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import { after, describe, test } from 'node:test';
 import { Etcd3, type IOptions } from 'etcd3';
-import { etcdctl, requireEtcd, startEtcd, startEtcdCluster, type EtcdCluster, type EtcdServer } from './etcd.js';
-import { startFaultProxy, type FaultProxy } from './faultproxy.js';
-import { pidAlive, waitFor } from './proc.js';
+import { etcdctl, requireEtcd, startEtcd, startEtcdCluster, type EtcdCluster, type EtcdServer } from '../../tools/lab/etcd.js';
+import { startFaultProxy, type FaultProxy } from '../../tools/lab/faultproxy.js';
+import { pidAlive, waitFor } from '../../tools/lab/proc.js';
 
 /** Every call gets a deadline, so a partition shows up as an error instead of a hang. */
 function client(hosts: string[], deadlineMs = 2_000, extra: Partial<IOptions> = {}): Etcd3 {

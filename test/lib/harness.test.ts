@@ -4,8 +4,8 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
-import { makeCerts, type Certs } from './certs.js';
-import { createTestbed, listNamespaces, pidsInNetns, type Testbed } from './netns.js';
+import { makeCerts, type Certs } from '../../tools/lab/certs.js';
+import { createTestbed, listNamespaces, pidsInNetns, type Testbed } from '../../tools/lab/netns.js';
 import {
   curl,
   iperfClient,
@@ -31,8 +31,8 @@ import {
   type SquidPeer,
   type SshdPeer,
   type IperfPeer,
-} from './peers.js';
-import { pidAlive, type RunResult } from './proc.js';
+} from '../../tools/lab/peers.js';
+import { pidAlive, type RunResult } from '../../tools/lab/proc.js';
 
 /** A failed client shows its exit status and output, not just "false !== true". */
 function assertOk(what: string, r: RunResult): void {

@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { cohortBucket, inCohort } from '../../agent/cohort.js';
+import { cohortBucket, inCohort } from '../../schemas/cohort.js';
 import { effectiveConfig } from '../../agent/effective.js';
 import { TierDocumentSchema } from '../../schemas/tier.js';
 

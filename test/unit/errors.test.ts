@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { ErrorCodes } from '../../agent/errors.js';
+import { ErrorCodes } from '../../schemas/errors.js';
 import { repoRoot } from '../../agent/paths.js';
 
 test('docs/errors.md lists exactly the codes of agent/errors.ts', () => {

@@ -16,19 +16,19 @@ import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import type { Etcd3 } from 'etcd3';
 import { native } from '../../native/index.js';
-import { createEtcdClient } from '../../agent/etcd-client.js';
+import { createEtcdClient } from '../../schemas/etcd.js';
 import { activeGen, currentMode, type MapFds } from '../../agent/apply.js';
 import { decode, encode, addrToBytes } from '../../agent/codec.js';
 import { pinLayout, repoRoot } from '../../agent/paths.js';
 import { Defines, SslwallClass, SslwallVerdict, type SslwallFlow, type SslwallFlowKey } from '../../agent/generated/shared.js';
 import { generateKeyPair, Signer } from '../../rollout/signing.js';
-import { etcdKeys } from '../../schemas/tier.js';
-import { createTestbed, type Testbed } from '../../test/lib/netns.js';
-import { startEtcd, type EtcdServer } from '../../test/lib/etcd.js';
-import { startIperf } from '../../test/lib/peers.js';
-import { BIN, Proc, pidAlive } from '../../test/lib/proc.js';
-import { AgentProc, agentEnv, writeConfig, type AgentEnv, type LogLine } from '../../test/integration/agent-proc.js';
-import { EtcdBridge } from '../../test/integration/etcd-bridge.js';
+import { etcdKeys } from '../../schemas/keys.js';
+import { createTestbed, type Testbed } from '../lab/netns.js';
+import { startEtcd, type EtcdServer } from '../lab/etcd.js';
+import { startIperf } from '../lab/peers.js';
+import { BIN, Proc, pidAlive } from '../lab/proc.js';
+import { AgentProc, agentEnv, writeConfig, type AgentEnv, type LogLine } from '../lab/agent-proc.js';
+import { EtcdBridge } from '../lab/etcd-bridge.js';
 import { mean, median, quantile, round } from './stats.js';
 import { uninstallChecked } from './net.js';
 import type { Bench, BenchContext, BenchResult } from './types.js';
@@ -286,7 +286,7 @@ class BareWatcher {
   private constructor(private readonly proc: Proc) {}
 
   static async start(fx: EtcdFixture, scope: Scope): Promise<BareWatcher> {
-    const mod = new URL('../../agent/etcd-client.js', import.meta.url).href;
+    const mod = new URL('../../schemas/etcd.js', import.meta.url).href;
     const proc = fx.tb.spawn('client', 'bare-watcher', process.execPath, ['--input-type=module', '-e', WATCHER_JS, mod, fx.bridge.url, fx.key]);
     scope.defer('bare watcher', () => proc.stop());
     const w = new BareWatcher(proc);

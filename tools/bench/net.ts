@@ -18,10 +18,10 @@ import { fileURLToPath } from 'node:url';
 import { native } from '../../native/index.js';
 import { readCounters, type Counters } from '../../agent/flows.js';
 import { pinLayout } from '../../agent/paths.js';
-import { createTestbed, type Testbed } from '../../test/lib/netns.js';
-import { iperfClient, startIperf, type IperfPeer } from '../../test/lib/peers.js';
-import { waitFor, tail } from '../../test/lib/proc.js';
-import { AgentProc, agentEnv, sslwall, writeConfig, type AgentEnv } from '../../test/integration/agent-proc.js';
+import { createTestbed, type Testbed } from '../lab/netns.js';
+import { iperfClient, startIperf, type IperfPeer } from '../lab/peers.js';
+import { waitFor, tail } from '../lab/proc.js';
+import { AgentProc, agentEnv, sslwall, writeConfig, type AgentEnv } from '../lab/agent-proc.js';
 import { mean, median, round, spread } from './stats.js';
 import type { Bench, BenchContext, BenchResult } from './types.js';
 

@@ -7,8 +7,8 @@
 // the test-run harness itself (skb setup is outside the timer; the loop, the indirect call and
 // the clock reads are inside), so value - baseline is what the classifier adds per packet.
 import { native } from '../../native/index.js';
-import { Lab } from '../../test/bpf/lab.js';
-import { Conversation, tlsAppData, tlsHello, type Endpoint } from '../../test/bpf/packets.js';
+import { Lab } from '../lab/bpf-lab.js';
+import { Conversation, tlsAppData, tlsHello, type Endpoint } from '../lab/packets.js';
 import { mean, median, quantile, round, spread } from './stats.js';
 import type { Bench, BenchContext, BenchResult } from './types.js';
 

@@ -10,11 +10,11 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import pino from 'pino';
-import { createEtcdClient } from '../../agent/etcd-client.js';
+import { createEtcdClient } from '../../schemas/etcd.js';
 import { Engine } from '../../rollout/engine.js';
 import { startApi } from '../../rollout/api.js';
 import { Signer, generateKeyPair } from '../../rollout/signing.js';
-import { SslwallError } from '../../agent/errors.js';
+import { SslwallError } from '../../schemas/errors.js';
 import { repoRoot } from '../../agent/paths.js';
 
 const HELP = `Usage: sslwall up [--etcd URL] [--listen HOST:PORT] [--tier TIER]

@@ -6,14 +6,15 @@
 // stream and the bound on calls in flight are shared by the agents of one process (conn.ts).
 import type { Watcher, IKeyValue } from 'etcd3';
 import { decide, healthDocument } from '../../agent/etcd-source.js';
-import { cohortBucket } from '../../agent/cohort.js';
-import { backoffMs } from '../../agent/etcd-client.js';
+import { cohortBucket } from '../../schemas/cohort.js';
+import { backoffMs } from '../../schemas/etcd.js';
 import type { KeyState, Snapshot } from '../../agent/etcd-watch.js';
 import type { AppliedMeta } from '../../agent/state.js';
 import { BpfError } from '../../native/index.js';
-import { Verifier } from '../../rollout/signing.js';
+import { Verifier } from '../../schemas/signing.js';
 import type { Config } from '../../schemas/config.js';
-import type { Health, etcdKeys } from '../../schemas/tier.js';
+import type { Health } from '../../schemas/tier.js';
+import type { etcdKeys } from '../../schemas/keys.js';
 import { Limiter, LeaseKeeper, SharedConn, sleep, type LeaseOwner } from './conn.js';
 
 export const SIM_AGENT_VERSION = '0.1.0-sim';

@@ -1,9 +1,9 @@
 // What the simulated agents of one worker process share: one etcd3 client (one gRPC connection:
 // watchers multiplexed on its watch stream), a bound on unary calls in flight, and one lease
 // keepalive stream for every agent's health lease.
-import { guardWatchManager } from '../../agent/etcd-client.js';
+import { guardWatchManager } from '../../schemas/etcd.js';
 import type { Etcd3, Namespace, IDuplexStream, ILeaseKeepAliveRequest, ILeaseKeepAliveResponse } from 'etcd3';
-import { createEtcdClient, backoffMs, type EtcdConnection } from '../../agent/etcd-client.js';
+import { createEtcdClient, backoffMs, type EtcdConnection } from '../../schemas/etcd.js';
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 

@@ -7,7 +7,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { SslwallError, exitCodeFor } from '../../agent/errors.js';
+import { SslwallError, exitCodeFor } from '../../schemas/errors.js';
 import { slices, type FromWorker, type SimOptions, type ToWorker, type WorkerStats } from './shared.js';
 
 export const SIMULATE_HELP = `Usage: sslwall simulate --etcd URL[,URL...] --tier TIER --agents N (--verify-key FILE | --insecure-unsigned) [options]

@@ -2,7 +2,7 @@
 // host ids, and which hosts are picked to fail or to die (deterministic, so a test or an
 // engine can tell which hosts to expect in trouble).
 import { createHash } from 'node:crypto';
-import type { EtcdConnection } from '../../agent/etcd-client.js';
+import type { EtcdConnection } from '../../schemas/etcd.js';
 
 export interface SimOptions {
   conn: EtcdConnection;

@@ -2,8 +2,8 @@
 // shared etcd3 client and answers the parent's stats requests over IPC. Stops (revoking every
 // lease) on the parent's "stop", on SIGTERM/SIGINT, or when the parent goes away.
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { etcdKeys } from '../../schemas/tier.js';
-import { Verifier } from '../../rollout/signing.js';
+import { etcdKeys } from '../../schemas/keys.js';
+import { Verifier } from '../../schemas/signing.js';
 import { Limiter, LeaseKeeper, SharedConn, sleep } from './conn.js';
 import { SimAgent, HEALTH_TTL_S, type AgentEnv } from './agent.js';
 import { hostId, simPicked, type FromWorker, type SimOptions, type ToWorker, type WorkerStats, type VersionStats } from './shared.js';

@@ -293,12 +293,12 @@ function isExecutable(p: string): boolean {
 }
 
 /**
- * Path of a file in test/lib/fixtures. Tests run from dist/, where tsc copies no fixtures, so
+ * Path of a file in tools/lab/fixtures. Tests run from dist/, where tsc copies no fixtures, so
  * look beside this module first and then in the source tree.
  */
 export function fixture(name: string): string {
   const here = path.dirname(fileURLToPath(import.meta.url));
-  const candidates = [path.join(here, 'fixtures', name), path.resolve(here, '../../../test/lib/fixtures', name)];
+  const candidates = [path.join(here, 'fixtures', name), path.resolve(here, '../../../tools/lab/fixtures', name)];
   const found = candidates.find((c) => fs.existsSync(c));
   if (!found) throw new Error(`fixture ${name} not found; looked in ${candidates.join(', ')}`);
   return found;

@@ -3,9 +3,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { repoRoot } from '../../agent/paths.js';
-import type { Testbed, Side } from '../lib/netns.js';
-import type { Proc } from '../lib/proc.js';
-import { run, type RunResult } from '../lib/proc.js';
+import type { Testbed, Side } from './netns.js';
+import type { Proc } from './proc.js';
+import { run, type RunResult } from './proc.js';
 
 export const SSLWALL = path.join(repoRoot, 'bin/sslwall.js');
 

@@ -5,9 +5,9 @@
 // the host side, a blunt partition.
 import fs from 'node:fs';
 import path from 'node:path';
-import { Proc, BIN, waitFor } from '../lib/proc.js';
-import { freePort } from '../lib/etcd.js';
-import type { Testbed, Side } from '../lib/netns.js';
+import { Proc, BIN, waitFor } from './proc.js';
+import { freePort } from './etcd.js';
+import type { Testbed, Side } from './netns.js';
 
 export class EtcdBridge {
   private hostSide: Proc | undefined;

@@ -2,11 +2,11 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Proc } from '../lib/proc.js';
-import { freePort } from '../lib/etcd.js';
+import { Proc } from './proc.js';
+import { freePort } from './etcd.js';
 import { SSLWALL } from './agent-proc.js';
 import { generateKeyPair } from '../../rollout/signing.js';
-import type { StatsLine } from '../../tools/simulate/main.js';
+import type { StatsLine } from '../simulate/main.js';
 
 export interface Keys {
   dir: string;

@@ -1,5 +1,18 @@
-// The engine's etcd keys, beside the agents' (schemas/tier.ts etcdKeys). docs/etcd.md lists all.
-import { etcdKeys } from '../schemas/tier.js';
+// The etcd key layout, the one place it is written down (docs/etcd.md lists the keys): what
+// agents read and write (etcdKeys), and the engine's keys beside them (engineKeys).
+
+/** The etcd key layout under a prefix (default /sslwall/). */
+export function etcdKeys(prefix = '/sslwall/') {
+  const p = prefix.endsWith('/') ? prefix : `${prefix}/`;
+  return {
+    prefix: p,
+    tierConfig: (tier: string) => `${p}tiers/${tier}/config`,
+    hostOverride: (hostId: string) => `${p}hosts/${hostId}/override`,
+    health: (tier: string, hostId: string) => `${p}health/${tier}/${hostId}`,
+    healthPrefix: (tier: string) => `${p}health/${tier}/`,
+  };
+}
+
 
 export function engineKeys(prefix = '/sslwall/') {
   const k = etcdKeys(prefix);
