@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { copyKeyPairFor, type Certs } from './certs.js';
 import type { ExecOptions, Testbed } from './netns.js';
-import { BIN, fixture, requireBins, requirePythonModule, runOk, tail, waitFor, type Proc, type RunResult } from './proc.js';
+import { BIN, fixture, requireBins, requireModule, runOk, tail, waitFor, type Proc, type RunResult } from './proc.js';
 
 /** A running server. */
 export interface Peer {
@@ -330,7 +330,7 @@ export interface SmtpPeer extends Peer {
 }
 
 export async function startSmtp(tb: Testbed, certs: Certs, opts: { ports?: number[] } = {}): Promise<SmtpPeer> {
-  requirePythonModule('aiosmtpd', 'python3-aiosmtpd');
+  requireModule('python3', 'aiosmtpd');
   requireBins(['ss']);
   const ports = opts.ports ?? [25, 587];
   const dir = tb.tempDir('smtp');
@@ -349,6 +349,8 @@ export async function startSmtp(tb: Testbed, certs: Certs, opts: { ports?: numbe
  */
 export async function swaks(tb: Testbed, o: ClientOptions & { starttls: boolean; port?: number }): Promise<RunResult> {
   requireBins(['swaks']);
+  if (o.starttls) requireModule('perl', 'Net::SSLeay');
+  if (o.v6) requireModule('perl', 'IO::Socket::INET6');
   const args = ['--to', 'a@b.test', '--from', 'c@d.test', '--helo', 'client.test', '--server', serverAddr(tb, o.v6),
     '--port', String(o.port ?? 25), '--timeout', '10', '--h-Subject', 'sslwall test'];
   if (o.starttls) args.push('--tls');
@@ -600,6 +602,6 @@ function osUser(name: string, pkg: string): { uid: number; gid: number } {
 /** Everything the full set of peers needs, checked at once so a test fails with one message. */
 export function requireAllPeers(): void {
   requireBins(['nginx', 'postgres', 'initdb', 'psql', 'squid', 'sshd', 'ssh', 'ssh-keygen', 'curl', 'iperf3', 'swaks', 'socat', 'ss', 'nstat', 'openssl']);
-  requirePythonModule('aiosmtpd', 'python3-aiosmtpd');
+  requireModule('python3', 'aiosmtpd');
   if (os.userInfo().uid !== 0) throw new Error('the peers need root');
 }

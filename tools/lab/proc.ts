@@ -2,7 +2,6 @@
 // with its output in a log file, stop it (its whole process group) and wait for it, poll for a
 // condition. Namespace-aware wrappers live in netns.ts; this file knows nothing about namespaces.
 import { spawn as nodeSpawn, type ChildProcess } from 'node:child_process';
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -208,54 +207,8 @@ export async function waitFor(
 }
 
 /** Where each prerequisite comes from, so a missing one fails with the package to install. */
-const PACKAGE_OF: Record<string, string> = {
-  ip: 'iproute2',
-  ss: 'iproute2',
-  nstat: 'iproute2',
-  nsenter: 'util-linux',
-  setpriv: 'util-linux',
-  mount: 'mount',
-  openssl: 'openssl',
-  nginx: 'nginx-light',
-  squid: 'squid',
-  sshd: 'openssh-server',
-  ssh: 'openssh-client',
-  'ssh-keygen': 'openssh-client',
-  curl: 'curl',
-  iperf3: 'iperf3',
-  swaks: 'swaks',
-  socat: 'socat',
-  psql: 'postgresql-client-15',
-  postgres: 'postgresql-15',
-  initdb: 'postgresql-15',
-  python3: 'python3',
-};
-
-/** Absolute paths of the system binaries the harness uses (Debian locations). */
-export const BIN = {
-  ip: '/usr/sbin/ip',
-  ss: '/usr/bin/ss',
-  nstat: '/usr/bin/nstat',
-  nsenter: '/usr/bin/nsenter',
-  setpriv: '/usr/bin/setpriv',
-  mount: '/usr/bin/mount',
-  umount: '/usr/bin/umount',
-  openssl: '/usr/bin/openssl',
-  nginx: '/usr/sbin/nginx',
-  squid: '/usr/sbin/squid',
-  sshd: '/usr/sbin/sshd',
-  ssh: '/usr/bin/ssh',
-  'ssh-keygen': '/usr/bin/ssh-keygen',
-  curl: '/usr/bin/curl',
-  iperf3: '/usr/bin/iperf3',
-  swaks: '/usr/bin/swaks',
-  socat: '/usr/bin/socat',
-  psql: '/usr/bin/psql',
-  postgres: '/usr/lib/postgresql/15/bin/postgres',
-  initdb: '/usr/lib/postgresql/15/bin/initdb',
-  // Debian's python3, not a pyenv shim: aiosmtpd comes from the python3-aiosmtpd package.
-  python3: '/usr/bin/python3',
-} as const;
+export { BIN } from './prerequisites.js';
+import { BIN, MODULES, PROGRAMS, moduleLoads } from './prerequisites.js';
 
 export type BinName = keyof typeof BIN;
 
@@ -266,21 +219,18 @@ export type BinName = keyof typeof BIN;
 export function requireBins(names: BinName[]): void {
   const missing = names.filter((n) => !isExecutable(BIN[n]));
   if (missing.length) {
-    const pkgs = [...new Set(missing.map((n) => PACKAGE_OF[n] ?? n))];
+    const pkgs = [...new Set(missing.map((n) => PROGRAMS[n].package))];
     throw new Error(
       `missing prerequisites: ${missing.map((n) => BIN[n]).join(', ')} — install Debian package(s): ${pkgs.join(' ')}`,
     );
   }
 }
 
-/** Python modules from Debian packages, checked by importing them with Debian's python3. */
-export function requirePythonModule(module: string, pkg: string): void {
-  requireBins(['python3']);
-  try {
-    execFileSync(BIN.python3, ['-c', `import ${module}`], { stdio: 'ignore' });
-  } catch {
-    throw new Error(`missing python module ${module} for ${BIN.python3} — install Debian package: ${pkg}`);
-  }
+/** A script-language module from Debian's packages (prerequisites.ts MODULES), checked by loading it. */
+export function requireModule(lang: 'python3' | 'perl', module: (typeof MODULES)[number]['module']): void {
+  requireBins([lang]);
+  const m = MODULES.find((x) => x.lang === lang && x.module === module)!;
+  if (!moduleLoads(lang, module)) throw new Error(`missing ${lang} module ${module} (${m.for}) — install Debian package: ${m.package}`);
 }
 
 function isExecutable(p: string): boolean {
