@@ -1,27 +1,12 @@
 // The Alertmanager webhook receiver (POST /api/alerts, webhook format version 4). Alerts with a
 // `tier` label are kept in etcd under alerts/<tier>/<fingerprint> (so every replica sees them)
 // until resolved; a firing alert makes the leader check that tier at once.
-import { z } from 'zod';
 import type { Etcd3 } from 'etcd3';
 import type { EngineKeys } from '../schemas/keys.js';
+import type { AlertmanagerPayload, AlertsResult } from '../schemas/api.js';
 
-export const AlertmanagerPayloadSchema = z.object({
-  version: z.string().optional(),
-  status: z.string().optional(),
-  alerts: z.array(
-    z.object({
-      status: z.enum(['firing', 'resolved']),
-      labels: z.record(z.string(), z.string()),
-      annotations: z.record(z.string(), z.string()).optional(),
-      startsAt: z.string().optional(),
-      endsAt: z.string().optional(),
-      fingerprint: z.string().optional(),
-    }),
-  ),
-});
-
-export async function receiveAlerts(client: Etcd3, keys: EngineKeys, body: unknown): Promise<{ tiers: string[]; firing: number; resolved: number; ignored: number }> {
-  const payload = AlertmanagerPayloadSchema.parse(body);
+/** Store or clear each alert of a webhook call (already parsed at the API's boundary). */
+export async function receiveAlerts(client: Etcd3, keys: EngineKeys, payload: AlertmanagerPayload): Promise<AlertsResult> {
   const tiers = new Set<string>();
   let firing = 0, resolved = 0, ignored = 0;
   for (const a of payload.alerts) {

@@ -1,19 +1,28 @@
-// The engine's HTTP API (JSON), Prometheus /metrics and the dashboard. Any replica answers;
-// writes are compare-and-swap in etcd, so it does not matter which one takes them.
-import http from 'node:http';
+// The engine's HTTP API (JSON, fastify), Prometheus /metrics and the dashboard. Any replica
+// answers; writes are compare-and-swap in etcd, so it does not matter which one takes them.
+// Every body, parameter and query is a zod schema of schemas/api.ts, parsed here at the boundary;
+// every error answers {code, message} with the status of its code (STATUS_FOR).
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { randomBytes } from 'node:crypto';
+import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import fastifyStatic from '@fastify/static';
+import { serializerCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
+import type { FastifySchemaCompiler } from 'fastify';
+import { z } from 'zod';
 import client from 'prom-client';
 import type { Logger } from 'pino';
-import { randomBytes } from 'node:crypto';
 import type { Engine } from './engine.js';
 import { receiveAlerts } from './alerts.js';
 import { validateInput, type DocumentInput } from './store.js';
-import { SslwallError } from '../schemas/errors.js';
-import { ConfigSchema } from '../schemas/config.js';
-import { parseStages, parseDuration, type RolloutState } from '../schemas/rollout.js';
 import { cohortOf } from './checks.js';
-import { dashboardHtml } from './dashboard.js';
+import { SslwallError, type ErrorCode } from '../schemas/errors.js';
+import { ConfigSchema, describeIssues } from '../schemas/config.js';
+import { parseStages, parseDuration, RolloutStateSchema, type RolloutState } from '../schemas/rollout.js';
+import * as api from '../schemas/api.js';
 
-const STATUS_FOR: Record<string, number> = {
+const STATUS_FOR: Partial<Record<ErrorCode, number>> = {
   SSLWALL_E_CONFIG_INVALID: 400,
   SSLWALL_E_USAGE: 400,
   SSLWALL_E_NOT_FOUND: 404,
@@ -21,6 +30,8 @@ const STATUS_FOR: Record<string, number> = {
   SSLWALL_E_ROLLOUT_STATE: 409,
   SSLWALL_E_NOT_LEADER: 503,
 };
+
+const BODY_LIMIT = 4 << 20;
 
 export function createMetrics(engine: Engine) {
   const registry = new client.Registry();
@@ -51,24 +62,8 @@ export function createMetrics(engine: Engine) {
   return { registry, alerts };
 }
 
-async function body(req: http.IncomingMessage): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const c of req) {
-    size += (c as Buffer).length;
-    if (size > 4 << 20) throw new SslwallError('SSLWALL_E_USAGE', 'request body over 4 MiB');
-    chunks.push(c as Buffer);
-  }
-  if (!size) return {};
-  try {
-    return JSON.parse(Buffer.concat(chunks).toString());
-  } catch {
-    throw new SslwallError('SSLWALL_E_CONFIG_INVALID', 'request body is not JSON');
-  }
-}
-
 /** What `rollout status` shows: the stored state plus live numbers from agent health. */
-export function rolloutView(engine: Engine, state: RolloutState) {
+export function rolloutView(engine: Engine, state: RolloutState): api.RolloutViewBody {
   const agents = engine.health.tier(state.tier);
   const cohort = cohortOf(state, agents);
   const applied = cohort.filter((h) => (h.configVersion ?? -1) >= (state.stageVersion ?? Infinity)).length;
@@ -76,126 +71,169 @@ export function rolloutView(engine: Engine, state: RolloutState) {
   return { ...state, live: { agents: agents.length, cohort: cohort.length, applied, bakeLeftMs, leader: engine.leadership.isLeader } };
 }
 
-export function startApi(engine: Engine, listen: string, log: Logger): Promise<http.Server> {
+/**
+ * Requests are parsed with their zod schema; a bad body is an invalid document
+ * (SSLWALL_E_CONFIG_INVALID), a bad path parameter or query a wrong call (SSLWALL_E_USAGE). The
+ * message names each bad field.
+ */
+const validatorCompiler: FastifySchemaCompiler<z.ZodType> = ({ schema, httpPart }) => (data) => {
+  // fastify hands a missing body over as null; the schema's own default applies to "missing".
+  const r = schema.safeParse(data === null ? undefined : data);
+  if (r.success) return { value: r.data };
+  const body = httpPart === 'body';
+  return { error: new SslwallError(body ? 'SSLWALL_E_CONFIG_INVALID' : 'SSLWALL_E_USAGE', `${body ? 'request body' : httpPart}: ${describeIssues(r.error)}`) };
+};
+
+/** The one error mapping: whatever a route throws becomes a status and {code, message}. */
+function errorReply(err: FastifyError | SslwallError | Error): { status: number; body: z.infer<typeof api.ErrorBodySchema> } {
+  if (err instanceof SslwallError) return { status: STATUS_FOR[err.code] ?? 500, body: { code: err.code, message: err.message } };
+  // Documents read back from etcd or built by the engine (a rollout's analysis) failed their schema.
+  if (err instanceof z.ZodError) return { status: 400, body: { code: 'SSLWALL_E_CONFIG_INVALID', message: describeIssues(err) } };
+  const f = err as FastifyError;
+  if (f.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return { status: 400, body: { code: 'SSLWALL_E_USAGE', message: `request body over ${BODY_LIMIT >> 20} MiB` } };
+  if (f.code === 'FST_ERR_RESPONSE_SERIALIZATION') {
+    return { status: 500, body: { code: 'SSLWALL_E_INTERNAL', message: `the engine's answer does not match its schema: ${err.cause instanceof z.ZodError ? describeIssues(err.cause) : err.message}` } };
+  }
+  // Other fastify refusals of the request itself (a malformed URL, an unsupported method).
+  if (f.statusCode && f.statusCode < 500) return { status: 400, body: { code: 'SSLWALL_E_USAGE', message: err.message } };
+  // etcd failures and bugs.
+  return { status: 500, body: { code: 'SSLWALL_E_INTERNAL', message: err.message } };
+}
+
+/** The dashboard's files: tsc copies no HTML to dist/, so look beside this module, then in the source tree. */
+function dashboardDir(): string {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const candidates = [path.join(here, 'dashboard'), path.resolve(here, '../../rollout/dashboard')];
+  const found = candidates.find((c) => fs.existsSync(path.join(c, 'index.html')));
+  if (!found) throw new SslwallError('SSLWALL_E_INTERNAL', `the dashboard (index.html) is missing; looked in ${candidates.join(', ')}`);
+  return found;
+}
+
+export async function buildApi(engine: Engine, log: Logger): Promise<FastifyInstance> {
   const metrics = createMetrics(engine);
-  const server = http.createServer(async (req, res) => {
-    const url = new URL(req.url ?? '/', 'http://x');
-    const send = (status: number, value: unknown) => {
-      res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(value, null, 1) + '\n');
-    };
+  // fastify's own request log would be a line per request; the engine logs events (api_error, config_written).
+  const app = Fastify({ logger: false, bodyLimit: BODY_LIMIT }).withTypeProvider<ZodTypeProvider>();
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+
+  // Any content type is JSON (curl -d sends form encoding): the body's schema decides what is valid.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { parseAs: 'string' }, (_req, text, done) => {
+    if (text === '') return done(null, undefined);
     try {
-      const parts = url.pathname.split('/').filter(Boolean);
-      const by = String(req.headers['x-sslwall-user'] ?? 'api');
-      if (req.method === 'GET' && url.pathname === '/') {
-        res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(dashboardHtml());
-        return;
-      }
-      if (req.method === 'GET' && url.pathname === '/metrics') {
-        res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(await metrics.registry.metrics());
-        return;
-      }
-      if (req.method === 'GET' && url.pathname === '/healthz') return send(200, { ok: true, leader: engine.leadership.isLeader });
-      if (req.method === 'GET' && url.pathname === '/api/leader') return send(200, { id: engine.leadership.id, leader: await engine.leadership.leader(), isLeader: engine.leadership.isLeader });
-      if (req.method === 'POST' && url.pathname === '/api/alerts') {
-        const r = await receiveAlerts(engine.client, engine.keys, await body(req));
-        metrics.alerts.inc({ status: 'firing' }, r.firing);
-        metrics.alerts.inc({ status: 'resolved' }, r.resolved);
-        log.warn({ event: 'alerts_received', ...r }, 'alerts received');
-        for (const t of r.tiers) engine.urgentCheck(t);
-        return send(200, r);
-      }
-      const host = /^\/api\/hosts\/([A-Za-z0-9._:-]{1,128})\/override$/.exec(url.pathname)?.[1];
-      if (host && req.method === 'PUT') {
-        const b = (await body(req)) as { mode?: 'off' | 'passive' | 'active'; config?: unknown; reason?: string };
-        const r = await engine.store.setOverride(host, { mode: b.mode, config: b.config, reason: b.reason }, by);
-        log.info({ event: 'override_set', host, by, mode: b.mode, reason: b.reason }, 'host override set');
-        return send(201, r);
-      }
-      if (host && req.method === 'DELETE') {
-        await engine.store.setOverride(host, null, by);
-        log.info({ event: 'override_removed', host, by }, 'host override removed');
-        return send(200, { removed: host });
-      }
-      if (req.method === 'GET' && url.pathname === '/api/tiers') {
-        const tiers = await engine.store.tiers();
-        const out = [];
-        for (const tier of tiers) {
-          const head = await engine.store.head(tier);
-          const ro = await engine.readState(tier);
-          out.push({ tier, version: head?.doc.version ?? null, rollout: ro ? rolloutView(engine, ro.state) : null, agents: engine.health.tier(tier).length });
-        }
-        return send(200, out);
-      }
-      if (parts[0] === 'api' && parts[1] === 'tiers' && parts[2]) {
-        const tier = parts[2];
-        if (!/^[A-Za-z0-9._-]{1,64}$/.test(tier)) throw new SslwallError('SSLWALL_E_USAGE', `bad tier name ${tier}`);
-        const rest = parts.slice(3).join('/');
-        if (req.method === 'GET' && rest === 'config') {
-          const v = url.searchParams.get('version');
-          if (v) return send(200, await engine.store.version(tier, Number(v)));
-          const head = await engine.store.head(tier);
-          if (!head) throw new SslwallError('SSLWALL_E_NOT_FOUND', `tier ${tier} has no config`);
-          return send(200, { ...head.doc, revision: head.modRevision });
-        }
-        if (req.method === 'PUT' && rest === 'config') {
-          const b = (await body(req)) as { document?: unknown; message?: string; author?: string; expectRevision?: number };
-          const input = await completeInput(engine, tier, b.document);
-          const rec = await engine.store.write(tier, input, { author: b.author ?? by, message: b.message ?? 'config set', expectRevision: b.expectRevision });
-          log.info({ event: 'config_written', tier, version: rec.version, author: rec.author, message: rec.message }, 'config written');
-          return send(201, rec);
-        }
-        if (req.method === 'GET' && rest === 'history') return send(200, await engine.store.history(tier));
-        if (req.method === 'GET' && rest === 'audit') return send(200, await engine.store.audit(tier, Number(url.searchParams.get('limit') ?? 50)));
-        if (req.method === 'POST' && rest === 'revert') {
-          const b = (await body(req)) as { to?: number; message?: string; expectRevision?: number };
-          if (typeof b.to !== 'number') throw new SslwallError('SSLWALL_E_USAGE', 'revert needs {"to": VERSION}');
-          return send(201, await engine.store.revert(tier, b.to, { author: by, message: b.message, expectRevision: b.expectRevision }));
-        }
-        if (req.method === 'GET' && rest === 'rollout') {
-          const ro = await engine.readState(tier);
-          if (!ro) throw new SslwallError('SSLWALL_E_NOT_FOUND', `tier ${tier} has no rollout`);
-          return send(200, rolloutView(engine, ro.state));
-        }
-        if (req.method === 'POST' && rest === 'rollout') {
-          const b = (await body(req)) as { stages?: string; bake?: string; analysis?: unknown; otherwise?: 'off' | 'passive' };
-          let stages, bakeMs;
-          try {
-            stages = parseStages(b.stages ?? '');
-            bakeMs = parseDuration(b.bake ?? '10m');
-          } catch (err) {
-            throw new SslwallError('SSLWALL_E_USAGE', (err as Error).message);
-          }
-          return send(201, await engine.startRollout(tier, { stages, bakeMs, analysis: b.analysis, otherwise: b.otherwise, by }));
-        }
-        const action = /^rollout\/(pause|resume|promote|abort|undo)$/.exec(rest)?.[1] as 'pause' | 'resume' | 'promote' | 'abort' | 'undo' | undefined;
-        if (req.method === 'POST' && action) {
-          const b = (await body(req)) as { reason?: string };
-          return send(200, await engine.act(tier, action, b.reason ?? 'no reason given', by));
-        }
-        if (req.method === 'GET' && rest === 'preview') {
-          const p = Number(url.searchParams.get('percent'));
-          if (!(p >= 0 && p <= 100)) throw new SslwallError('SSLWALL_E_USAGE', 'preview needs ?percent=0..100');
-          return send(200, await engine.preview(tier, p));
-        }
-      }
-      send(404, { code: 'SSLWALL_E_NOT_FOUND', message: `no route ${req.method} ${url.pathname}; see docs/rollout.md` });
-    } catch (err) {
-      const code = (err as SslwallError).code ?? 'SSLWALL_E_INTERNAL';
-      const status = STATUS_FOR[code] ?? ((err as Error).name === 'ZodError' ? 400 : 500);
-      if (status >= 500) log.error({ event: 'api_error', code, err: (err as Error).message }, 'api error');
-      send(status, { code: (err as Error).name === 'ZodError' ? 'SSLWALL_E_CONFIG_INVALID' : code, message: (err as Error).message });
+      done(null, JSON.parse(text as string));
+    } catch {
+      done(new SslwallError('SSLWALL_E_CONFIG_INVALID', 'request body is not JSON'), undefined);
     }
   });
-  const idx = listen.lastIndexOf(':');
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(Number(listen.slice(idx + 1)), listen.slice(0, idx).replace(/^\[|\]$/g, '') || '127.0.0.1', () => resolve(server));
+
+  app.setErrorHandler((err: FastifyError | SslwallError | Error, req, reply) => {
+    const { status, body } = errorReply(err);
+    if (status >= 500) log.error({ event: 'api_error', code: body.code, route: `${req.method} ${req.url}`, err: err.message }, 'api error');
+    return reply.code(status).send(body);
   });
+  app.setNotFoundHandler((req, reply) => reply.code(404).send({ code: 'SSLWALL_E_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}; see docs/rollout.md` }));
+
+  // GET / (index.html) and /dashboard.js; routes made once from the folder's files.
+  await app.register(fastifyStatic, { root: dashboardDir(), wildcard: false });
+
+  const by = (req: { headers: Record<string, unknown> }) => String(req.headers['x-sslwall-user'] ?? 'api');
+
+  app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
+  app.get('/healthz', { schema: { response: { 200: api.HealthzResponse } } }, async () => ({ ok: true as const, leader: engine.leadership.isLeader }));
+  app.get('/api/leader', { schema: { response: { 200: api.LeaderResponse } } }, async () => ({ id: engine.leadership.id, leader: await engine.leadership.leader(), isLeader: engine.leadership.isLeader }));
+
+  app.post('/api/alerts', { schema: { body: api.AlertmanagerPayloadSchema, response: { 200: api.AlertsResponse } } }, async (req) => {
+    const r = await receiveAlerts(engine.client, engine.keys, req.body);
+    metrics.alerts.inc({ status: 'firing' }, r.firing);
+    metrics.alerts.inc({ status: 'resolved' }, r.resolved);
+    log.warn({ event: 'alerts_received', ...r }, 'alerts received');
+    for (const t of r.tiers) engine.urgentCheck(t);
+    return r;
+  });
+
+  app.put('/api/hosts/:host/override', { schema: { params: api.HostParams, body: api.OverrideRequest, response: { 201: api.OverrideResponse } } }, async (req, reply) => {
+    const { host } = req.params;
+    const b = req.body;
+    const r = await engine.store.setOverride(host, { mode: b.mode, config: b.config, reason: b.reason }, by(req));
+    log.info({ event: 'override_set', host, by: by(req), mode: b.mode, reason: b.reason }, 'host override set');
+    return reply.code(201).send(r!);
+  });
+  app.delete('/api/hosts/:host/override', { schema: { params: api.HostParams, response: { 200: api.OverrideRemovedResponse } } }, async (req) => {
+    const { host } = req.params;
+    await engine.store.setOverride(host, null, by(req));
+    log.info({ event: 'override_removed', host, by: by(req) }, 'host override removed');
+    return { removed: host };
+  });
+
+  app.get('/api/tiers', { schema: { response: { 200: api.TiersResponse } } }, async () => {
+    const out: z.infer<typeof api.TiersResponse> = [];
+    for (const tier of await engine.store.tiers()) {
+      const head = await engine.store.head(tier);
+      const ro = await engine.readState(tier);
+      out.push({ tier, version: head?.doc.version ?? null, rollout: ro ? rolloutView(engine, ro.state) : null, agents: engine.health.tier(tier).length });
+    }
+    return out;
+  });
+
+  app.get('/api/tiers/:tier/config', { schema: { params: api.TierParams, querystring: api.ConfigQuery, response: { 200: z.union([api.HeadResponse, api.HistoryResponse.element]) } } }, async (req) => {
+    const { tier } = req.params;
+    if (req.query.version !== undefined) return engine.store.version(tier, req.query.version);
+    const head = await engine.store.head(tier);
+    if (!head) throw new SslwallError('SSLWALL_E_NOT_FOUND', `tier ${tier} has no config`);
+    return { ...head.doc, revision: head.modRevision };
+  });
+  app.put('/api/tiers/:tier/config', { schema: { params: api.TierParams, body: api.PutConfigRequest, response: { 201: api.WrittenResponse } } }, async (req, reply) => {
+    const { tier } = req.params;
+    const b = req.body;
+    const input = await completeInput(engine, tier, b.document);
+    const rec = await engine.store.write(tier, input, { author: b.author ?? by(req), message: b.message ?? 'config set', expectRevision: b.expectRevision });
+    log.info({ event: 'config_written', tier, version: rec.version, author: rec.author, message: rec.message }, 'config written');
+    return reply.code(201).send(rec);
+  });
+  app.get('/api/tiers/:tier/history', { schema: { params: api.TierParams, response: { 200: api.HistoryResponse } } }, async (req) => engine.store.history(req.params.tier));
+  app.get('/api/tiers/:tier/audit', { schema: { params: api.TierParams, querystring: api.AuditQuery, response: { 200: api.AuditResponse } } }, async (req) => engine.store.audit(req.params.tier, req.query.limit));
+  app.post('/api/tiers/:tier/revert', { schema: { params: api.TierParams, body: api.RevertRequest, response: { 201: api.WrittenResponse } } }, async (req, reply) => {
+    const b = req.body;
+    return reply.code(201).send(await engine.store.revert(req.params.tier, b.to, { author: by(req), message: b.message, expectRevision: b.expectRevision }));
+  });
+
+  app.get('/api/tiers/:tier/rollout', { schema: { params: api.TierParams, response: { 200: api.RolloutView } } }, async (req) => {
+    const { tier } = req.params;
+    const ro = await engine.readState(tier);
+    if (!ro) throw new SslwallError('SSLWALL_E_NOT_FOUND', `tier ${tier} has no rollout`);
+    return rolloutView(engine, ro.state);
+  });
+  app.post('/api/tiers/:tier/rollout', { schema: { params: api.TierParams, body: api.StartRolloutRequest, response: { 201: RolloutStateSchema } } }, async (req, reply) => {
+    const b = req.body;
+    let stages, bakeMs;
+    try {
+      stages = parseStages(b.stages);
+      bakeMs = parseDuration(b.bake);
+    } catch (err) {
+      throw new SslwallError('SSLWALL_E_USAGE', (err as Error).message);
+    }
+    return reply.code(201).send(await engine.startRollout(req.params.tier, { stages, bakeMs, analysis: b.analysis, otherwise: b.otherwise, by: by(req) }));
+  });
+  app.post('/api/tiers/:tier/rollout/:action', { schema: { params: api.ActionParams, body: api.ActionRequest, response: { 200: RolloutStateSchema } } }, async (req) =>
+    engine.act(req.params.tier, req.params.action, req.body.reason ?? 'no reason given', by(req)),
+  );
+  app.get('/api/tiers/:tier/preview', { schema: { params: api.TierParams, querystring: api.PreviewQuery, response: { 200: api.PreviewResponse } } }, async (req) => engine.preview(req.params.tier, req.query.percent));
+
+  return app;
+}
+
+/** The API on HOST:PORT (an IPv6 host in brackets); resolves once it listens. */
+export async function startApi(engine: Engine, listen: string, log: Logger): Promise<FastifyInstance> {
+  const app = await buildApi(engine, log);
+  const idx = listen.lastIndexOf(':');
+  await app.listen({ port: Number(listen.slice(idx + 1)), host: listen.slice(0, idx).replace(/^\[|\]$/g, '') || '127.0.0.1' });
+  return app;
 }
 
 /** A posted document: either {config, rollout}, or only an agent config (the rollout fields then come from the head, or start all-off for a new tier). */
-async function completeInput(engine: Engine, tier: string, doc: unknown): Promise<DocumentInput> {
-  if (doc && typeof doc === 'object' && 'config' in doc) return validateInput(doc, `tier ${tier}`);
+async function completeInput(engine: Engine, tier: string, doc: Record<string, unknown>): Promise<DocumentInput> {
+  if ('config' in doc) return validateInput(doc, `tier ${tier}`);
   const config = ConfigSchema.safeParse(doc);
   if (!config.success) return validateInput({ config: doc, rollout: undefined }, `tier ${tier}`);
   const head = await engine.store.head(tier);

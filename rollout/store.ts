@@ -5,22 +5,11 @@
 // shared zod schema and signed before it is written.
 import type { Etcd3 } from 'etcd3';
 import { z } from 'zod';
-import { TierDocumentSchema, HostOverrideSchema, type TierDocument } from '../schemas/tier.js';
+import { TierDocumentSchema, HostOverrideSchema, VersionRecordSchema, type TierDocument, type VersionRecord } from '../schemas/tier.js';
 import { ConfigSchema, describeIssues } from '../schemas/config.js';
 import { SslwallError } from '../schemas/errors.js';
 import type { Signer } from './signing.js';
 import type { EngineKeys } from '../schemas/keys.js';
-
-export const VersionRecordSchema = z.object({
-  version: z.number().int(),
-  author: z.string(),
-  message: z.string(),
-  time: z.string(),
-  /** mod revision of the head this version replaced (0: the first version). */
-  replacedRevision: z.number().int(),
-  document: TierDocumentSchema,
-});
-export type VersionRecord = z.infer<typeof VersionRecordSchema>;
 
 /** Another key written in the same transaction (compare-and-swap on its mod revision); its value may name the new version. */
 export interface SideWrite {

@@ -68,8 +68,20 @@ export const HealthSchema = z.object({
   updatedAt: z.string(),
 });
 
+/** One version in a tier's history (tiers/<tier>/history/<version>): what was written, by whom and why. */
+export const VersionRecordSchema = z.object({
+  version: z.number().int(),
+  author: z.string(),
+  message: z.string(),
+  time: z.string(),
+  /** mod revision of the head this version replaced (0: the first version). */
+  replacedRevision: z.number().int(),
+  document: TierDocumentSchema,
+});
+
 export type Rollout = z.infer<typeof RolloutSchema>;
 export type TierDocument = z.infer<typeof TierDocumentSchema>;
 export type HostOverride = z.infer<typeof HostOverrideSchema>;
 export type Health = z.infer<typeof HealthSchema>;
+export type VersionRecord = z.infer<typeof VersionRecordSchema>;
 

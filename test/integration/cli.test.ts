@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { runHost } from '../../tools/lab/agent-proc.js';
+import { freePort } from '../../tools/lab/etcd.js';
 
 test('sslwall --help lists the commands; each command has --help', async () => {
   const r = await runHost(['--help']);
@@ -62,4 +63,11 @@ test('a --bpffs folder that is not a BPF filesystem is refused with how to mount
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('an engine that cannot be reached: SSLWALL_E_ENGINE, saying what to do', async () => {
+  const port = await freePort();
+  const r = await runHost(['rollout', 'status', '--tier', 'web', '--engine', `http://127.0.0.1:${port}`]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, new RegExp(`SSLWALL_E_ENGINE: cannot reach the engine at http://127.0.0.1:${port}: connect ECONNREFUSED .*; start one \\(sslwall engine\\) or pass --engine URL`));
 });

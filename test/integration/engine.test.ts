@@ -14,6 +14,7 @@ import { runHost } from '../../tools/lab/agent-proc.js';
 import { createEtcdClient } from '../../schemas/etcd.js';
 import { etcdKeys } from '../../schemas/keys.js';
 import type { RolloutState } from '../../schemas/rollout.js';
+import { EngineClient } from '../../rollout/client.js';
 
 const BASE = { mode: 'passive', bypass: { ports: [22] }, starttls: { smtp: [25] } };
 type View = RolloutState & { live: { agents: number; cohort: number; applied: number } };
@@ -98,6 +99,41 @@ describe('rollout engine on one etcd', () => {
     const invalid = await engine.api<{ code: string; message: string }>('PUT', `/api/tiers/${tier}/config`, { document: { mode: 'enforce' } });
     assert.equal(invalid.status, 400);
     assert.equal(invalid.body.code, 'SSLWALL_E_CONFIG_INVALID');
+  });
+
+  test('every error answers {code, message} with the status of its code; the client throws it with the engine\'s code', async () => {
+    const cases: Array<[string, string, unknown, number, string, RegExp]> = [
+      ['GET', '/api/nope', undefined, 404, 'SSLWALL_E_NOT_FOUND', /no route GET \/api\/nope/],
+      ['GET', '/api/tiers/bad%20tier/config', undefined, 400, 'SSLWALL_E_USAGE', /params: tier:/],
+      ['GET', `/api/tiers/${tier}/preview?percent=101`, undefined, 400, 'SSLWALL_E_USAGE', /querystring: percent:/],
+      ['POST', `/api/tiers/${tier}/rollout/frobnicate`, {}, 400, 'SSLWALL_E_USAGE', /params: action:/],
+      ['POST', `/api/tiers/${tier}/revert`, {}, 400, 'SSLWALL_E_CONFIG_INVALID', /request body: to:/],
+      ['PUT', `/api/tiers/${tier}/config`, { documen: BASE }, 400, 'SSLWALL_E_CONFIG_INVALID', /request body: document:/],
+      ['POST', '/api/alerts', { alerts: [{ status: 'burning' }] }, 400, 'SSLWALL_E_CONFIG_INVALID', /alerts\[0\]\.status/],
+      ['POST', `/api/tiers/${tier}/rollout`, { stages: 'active:x' }, 400, 'SSLWALL_E_USAGE', /stage "active:x"/],
+      ['GET', '/api/tiers/none/rollout', undefined, 404, 'SSLWALL_E_NOT_FOUND', /tier none has no rollout/],
+    ];
+    for (const [method, p, body, status, code, message] of cases) {
+      const r = await engine.api<{ code: string; message: string }>(method, p, body);
+      assert.deepEqual([r.status, r.body.code, Object.keys(r.body).sort()], [status, code, ['code', 'message']], `${method} ${p}: ${JSON.stringify(r.body)}`);
+      assert.match(r.body.message, message, `${method} ${p}`);
+    }
+    const client = new EngineClient(engine.url, { user: 'test' });
+    await assert.rejects(client.version(tier, 999), (e: { code?: string; name?: string }) => e.name === 'SslwallError' && e.code === 'SSLWALL_E_NOT_FOUND');
+    assert.equal((await client.head(tier)).version, (await client.history(tier)).at(-1)!.version, 'the client parses the head and the history');
+  });
+
+  test('the dashboard page and its script are served from rollout/dashboard', async () => {
+    const page = await fetch(`${engine.url}/`);
+    assert.equal(page.status, 200);
+    assert.match(page.headers.get('content-type') ?? '', /text\/html/);
+    const html = await page.text();
+    assert.match(html, /Is my traffic affected\?/);
+    assert.match(html, /<script src="dashboard.js">/);
+    const js = await fetch(`${engine.url}/dashboard.js`);
+    assert.equal(js.status, 200);
+    assert.match(js.headers.get('content-type') ?? '', /javascript/);
+    assert.match(await js.text(), /\/api\/tiers/);
   });
 
   test('preview (tier in passive mode) lists the hosts joining at a percentage and which would block', async () => {

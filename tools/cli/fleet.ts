@@ -1,16 +1,16 @@
 // The fleet commands: `sslwall engine`, `sslwall keygen`, and the `config` and `rollout` groups,
 // which talk to an engine's HTTP API (--engine URL; docs/cli.md).
 import { parseArgs } from 'node:util';
+import type { z } from 'zod';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import pino from 'pino';
 import { SslwallError } from '../../schemas/errors.js';
-import { createEtcdClient } from '../../schemas/etcd.js';
-import { Engine } from '../../rollout/engine.js';
-import { startApi } from '../../rollout/api.js';
-import { Signer, generateKeyPair } from '../../rollout/signing.js';
+import { generateKeyPair } from '../../rollout/signing.js';
+import { EngineClient } from '../../rollout/client.js';
 import { AnalysisSchema } from '../../schemas/rollout.js';
 import { describeIssues } from '../../schemas/config.js';
+import type { RolloutViewBody } from '../../schemas/api.js';
 
 export const DEFAULT_ENGINE = 'http://127.0.0.1:7070';
 
@@ -59,20 +59,16 @@ export async function engineCommand(args: string[]): Promise<number> {
   if (!v['signing-key']) throw usage('engine needs --signing-key FILE (make one with: sslwall keygen --out DIR)');
   const id = (v.id as string | undefined) ?? `${os.hostname()}-${process.pid}`;
   const log = pino({ level: (v['log-level'] as string | undefined) ?? 'info', base: { component: 'engine', replica: id } });
-  const client = createEtcdClient({ endpoints: String(v.etcd).split(','), cacert: v['etcd-cacert'] as string | undefined, cert: v['etcd-cert'] as string | undefined, key: v['etcd-key'] as string | undefined });
-  const engine = new Engine({ client, prefix: (v['etcd-prefix'] as string | undefined) ?? '/sslwall/', signer: Signer.fromFile(String(v['signing-key'])), id, log, leaseTtlS: Number(v['lease-ttl'] ?? 5) });
-  const listen = (v.listen as string | undefined) ?? '127.0.0.1:7070';
-  const server = await startApi(engine, listen, log);
-  engine.start();
-  log.info({ event: 'engine_ready', listen, id }, `engine listening on http://${listen}`);
-  await new Promise<void>((resolve) => {
-    process.once('SIGTERM', () => resolve());
-    process.once('SIGINT', () => resolve());
-  });
-  log.info({ event: 'engine_stopping' }, 'stopping; resigning leadership');
-  server.close();
-  await engine.stop();
-  client.close();
+  // Loaded here, not at the top: fastify and the engine are not needed by the other commands.
+  const { runEngine } = await import('../../rollout/main.js');
+  await runEngine({
+    etcd: { endpoints: String(v.etcd).split(','), cacert: v['etcd-cacert'] as string | undefined, cert: v['etcd-cert'] as string | undefined, key: v['etcd-key'] as string | undefined },
+    signingKey: String(v['signing-key']),
+    id,
+    listen: (v.listen as string | undefined) ?? '127.0.0.1:7070',
+    prefix: v['etcd-prefix'] as string | undefined,
+    leaseTtlS: v['lease-ttl'] === undefined ? undefined : Number(v['lease-ttl']),
+  }, log);
   return 0;
 }
 
@@ -88,32 +84,8 @@ export async function keygenCommand(args: string[]): Promise<number> {
   return 0;
 }
 
-// ---- API client ----
-
-async function api(engine: string, method: string, path: string, body?: unknown): Promise<unknown> {
-  let res: Response;
-  try {
-    res = await fetch(`${engine.replace(/\/$/, '')}${path}`, {
-      method,
-      headers: { 'content-type': 'application/json', 'x-sslwall-user': process.env.SUDO_USER ?? process.env.USER ?? os.userInfo().username },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(15000),
-    });
-  } catch (err) {
-    throw new SslwallError('SSLWALL_E_ENGINE', `cannot reach the engine at ${engine}: ${(err as Error).message}; start one (sslwall engine) or pass --engine URL`);
-  }
-  const text = await res.text();
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    throw new SslwallError('SSLWALL_E_ENGINE', `engine answered HTTP ${res.status} with non-JSON: ${text.slice(0, 200)}`);
-  }
-  if (!res.ok) {
-    const e = json as { code?: string; message?: string };
-    throw new SslwallError((e.code as never) ?? 'SSLWALL_E_ENGINE', e.message ?? `HTTP ${res.status}`);
-  }
-  return json;
+function engineClient(url: string): EngineClient {
+  return new EngineClient(url, { user: process.env.SUDO_USER ?? process.env.USER ?? os.userInfo().username });
 }
 
 const CONFIG_HELP = `Usage: sslwall config <set|get|history|diff|revert|override> [options] [--engine URL]
@@ -156,14 +128,13 @@ export async function configCommand(args: string[]): Promise<number> {
     process.stdout.write(CONFIG_HELP);
     return sub ? 0 : 2;
   }
-  const engine = (v.engine as string | undefined) ?? process.env.SSLWALL_ENGINE ?? DEFAULT_ENGINE;
+  const engine = engineClient((v.engine as string | undefined) ?? process.env.SSLWALL_ENGINE ?? DEFAULT_ENGINE);
   const out = (x: unknown, text: string) => process.stdout.write(v.json ? JSON.stringify(x) + '\n' : text);
   if (sub === 'override') {
     const host = v.host as string | undefined;
     if (!host) throw usage('config override needs --host H');
-    const path = `/api/hosts/${encodeURIComponent(host)}/override`;
     if (v.clear) {
-      out(await api(engine, 'DELETE', path), `host ${host}: override removed; it follows its tier again\n`);
+      out(await engine.clearOverride(host), `host ${host}: override removed; it follows its tier again\n`);
       return 0;
     }
     let config: unknown;
@@ -175,47 +146,47 @@ export async function configCommand(args: string[]): Promise<number> {
       }
     }
     if (!v.mode && !config) throw usage('config override needs --mode off|passive|active, --file F, or --clear');
-    const r = (await api(engine, 'PUT', path, { mode: v.mode, config, reason: v.reason })) as { version: number };
+    // The engine validates mode and config and names the bad field.
+    const r = await engine.setOverride(host, { mode: v.mode as 'off' | 'passive' | 'active' | undefined, config: config as never, reason: v.reason as string | undefined });
     out(r, `host ${host}: override version ${r.version} written\n`);
     return 0;
   }
   const tier = v.tier as string | undefined;
   if (!tier) throw usage(`config ${sub} needs --tier T`);
-  const base = `/api/tiers/${encodeURIComponent(tier)}`;
   switch (sub) {
     case 'set': {
       if (!v.file) throw usage('config set needs --file F');
-      let doc: unknown;
+      let doc: Record<string, unknown>;
       try {
         doc = JSON.parse(readFileSync(String(v.file), 'utf8'));
       } catch (err) {
         throw new SslwallError('SSLWALL_E_CONFIG_READ', `cannot read ${v.file}: ${(err as Error).message}`);
       }
-      const rec = (await api(engine, 'PUT', `${base}/config`, { document: doc, message: v.message ?? `set from ${v.file}`, expectRevision: v['expect-revision'] === undefined ? undefined : Number(v['expect-revision']) })) as { version: number };
+      const rec = await engine.putConfig(tier, { document: doc, message: (v.message as string | undefined) ?? `set from ${v.file}`, expectRevision: v['expect-revision'] === undefined ? undefined : Number(v['expect-revision']) });
       out(rec, `tier ${tier}: version ${rec.version} written\n`);
       return 0;
     }
     case 'get': {
-      const doc = await api(engine, 'GET', `${base}/config${v.version ? `?version=${Number(v.version)}` : ''}`);
+      const doc = v.version ? await engine.version(tier, Number(v.version)) : await engine.head(tier);
       process.stdout.write(JSON.stringify(doc, null, v.json ? undefined : 2) + '\n');
       return 0;
     }
     case 'history': {
-      const h = (await api(engine, 'GET', `${base}/history`)) as Array<{ version: number; author: string; message: string; time: string }>;
+      const h = await engine.history(tier);
       out(h, h.map((r) => `${String(r.version).padStart(4)}  ${r.time}  ${r.author.padEnd(20)}  ${r.message}`).join('\n') + '\n');
       return 0;
     }
     case 'diff': {
       const [a, b] = positionals.map(Number);
       if (!(a! > 0 && b! > 0)) throw usage('config diff needs two versions: sslwall config diff --tier T A B');
-      const [ra, rb] = (await Promise.all([api(engine, 'GET', `${base}/config?version=${a}`), api(engine, 'GET', `${base}/config?version=${b}`)])) as Array<{ document: Record<string, unknown> }>;
+      const [ra, rb] = await Promise.all([engine.version(tier, a!), engine.version(tier, b!)]);
       const changes = diffJson(strip(ra!.document), strip(rb!.document));
       out(changes, changes.length ? changes.map((c) => `${c.path}: ${JSON.stringify(c.from)} -> ${JSON.stringify(c.to)}`).join('\n') + '\n' : `versions ${a} and ${b} have the same content\n`);
       return 0;
     }
     case 'revert': {
       if (!v.to) throw usage('config revert needs --to N');
-      const rec = (await api(engine, 'POST', `${base}/revert`, { to: Number(v.to), message: v.message })) as { version: number };
+      const rec = await engine.revert(tier, { to: Number(v.to), message: v.message as string | undefined });
       out(rec, `tier ${tier}: version ${rec.version} written with the content of version ${v.to}\n`);
       return 0;
     }
@@ -247,14 +218,13 @@ export async function rolloutCommand(args: string[]): Promise<number> {
     process.stdout.write(ROLLOUT_HELP);
     return sub ? 0 : 2;
   }
-  const engine = (v.engine as string | undefined) ?? process.env.SSLWALL_ENGINE ?? DEFAULT_ENGINE;
+  const engine = engineClient((v.engine as string | undefined) ?? process.env.SSLWALL_ENGINE ?? DEFAULT_ENGINE);
   const tier = v.tier as string | undefined;
   if (!tier) throw usage(`rollout ${sub} needs --tier T`);
-  const base = `/api/tiers/${encodeURIComponent(tier)}/rollout`;
   switch (sub) {
     case 'start': {
       if (!v.stages) throw usage('rollout start needs --stages, e.g. passive:100,active:1,active:5,active:25,active:100');
-      let analysis: unknown;
+      let analysis: z.input<typeof AnalysisSchema> | undefined;
       if (v.analysis) {
         let raw: unknown;
         try {
@@ -266,13 +236,13 @@ export async function rolloutCommand(args: string[]): Promise<number> {
         if (!parsed.success) throw new SslwallError('SSLWALL_E_CONFIG_INVALID', `${v.analysis}: ${describeIssues(parsed.error)}`);
         analysis = parsed.data;
       }
-      const s = (await api(engine, 'POST', base, { stages: v.stages, bake: v.bake ?? '10m', analysis, otherwise: v.otherwise })) as { id: string };
+      const s = await engine.startRollout(tier, { stages: String(v.stages), bake: (v.bake as string | undefined) ?? '10m', analysis, otherwise: v.otherwise as 'off' | 'passive' | undefined });
       process.stdout.write(v.json ? JSON.stringify(s) + '\n' : `rollout ${s.id} started on tier ${tier}; follow it with: sslwall rollout watch --tier ${tier}\n`);
       return 0;
     }
     case 'status': {
-      const s = await api(engine, 'GET', base);
-      process.stdout.write(v.json ? JSON.stringify(s) + '\n' : renderStatus(s as never));
+      const s = await engine.rollout(tier);
+      process.stdout.write(v.json ? JSON.stringify(s) + '\n' : renderStatus(s));
       return 0;
     }
     case 'watch': {
@@ -280,8 +250,8 @@ export async function rolloutCommand(args: string[]): Promise<number> {
       let stop = false;
       process.once('SIGINT', () => (stop = true));
       while (!stop) {
-        const s = (await api(engine, 'GET', base)) as { status: string };
-        const text = renderStatus(s as never);
+        const s = await engine.rollout(tier);
+        const text = renderStatus(s);
         process.stdout.write(tty ? `\x1b[H\x1b[2J${text}` : `${text}\n`);
         if (!tty && s.status !== 'running' && s.status !== 'paused') break;
         await new Promise((r) => setTimeout(r, 1000));
@@ -289,14 +259,14 @@ export async function rolloutCommand(args: string[]): Promise<number> {
       return 0;
     }
     case 'pause': case 'resume': case 'promote': case 'abort': case 'undo': {
-      const s = (await api(engine, 'POST', `${base}/${sub}`, { reason: v.reason ?? `${sub} from the command line` })) as { id: string; status: string };
+      const s = await engine.act(tier, sub, (v.reason as string | undefined) ?? `${sub} from the command line`);
       process.stdout.write(v.json ? JSON.stringify(s) + '\n' : `rollout ${s.id}: ${sub} accepted (status ${s.status})\n`);
       return 0;
     }
     case 'preview': {
       const p = Number(v.percent);
       if (!(p >= 0 && p <= 100)) throw usage('rollout preview needs --percent 0..100');
-      const r = (await api(engine, 'GET', `/api/tiers/${encodeURIComponent(tier)}/preview?percent=${p}`)) as { joining: Array<{ hostId: string; violationsReported: number; wouldBlock: boolean }>; wouldBlock: unknown[] };
+      const r = await engine.preview(tier, p);
       process.stdout.write(v.json ? JSON.stringify(r) + '\n' : `${r.joining.length} hosts join the cohort at ${p} %; ${r.wouldBlock.length} of them would now block traffic:\n` + r.joining.map((j) => `  ${j.hostId}${j.wouldBlock ? `  WOULD BLOCK (${j.violationsReported} plaintext flows seen)` : ''}`).join('\n') + '\n');
       return 0;
     }
@@ -304,7 +274,7 @@ export async function rolloutCommand(args: string[]): Promise<number> {
   throw usage(`unknown rollout command '${sub}'; run sslwall rollout --help`);
 }
 
-function renderStatus(s: { id: string; tier: string; status: string; stage: number; stages: Array<{ mode: string; percent: number }>; phase: string; stageVersion: number | null; reason: string; lastChecks: Array<{ name: string; status: string; detail: string }>; events: Array<{ time: string; action: string; reason: string }>; live: { agents: number; cohort: number; applied: number; bakeLeftMs: number | null; leader: boolean } }): string {
+function renderStatus(s: RolloutViewBody): string {
   const st = s.stages[s.stage]!;
   const lines = [
     `rollout ${s.id} on tier ${s.tier}: ${s.status.toUpperCase()}${s.reason ? ` (${s.reason})` : ''}`,

@@ -11,9 +11,8 @@ import { parseArgs } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import pino from 'pino';
 import { createEtcdClient } from '../../schemas/etcd.js';
-import { Engine } from '../../rollout/engine.js';
-import { startApi } from '../../rollout/api.js';
-import { Signer, generateKeyPair } from '../../rollout/signing.js';
+import { startEngine } from '../../rollout/main.js';
+import { generateKeyPair } from '../../rollout/signing.js';
 import { SslwallError } from '../../schemas/errors.js';
 import { repoRoot } from '../../agent/paths.js';
 
@@ -103,25 +102,26 @@ export async function upCommand(argv: string[]): Promise<number> {
       start('etcd', 'etcd', ['--name', 'up', '--data-dir', path.join(dir, 'etcd'), '--listen-client-urls', etcdUrl, '--advertise-client-urls', etcdUrl, '--listen-peer-urls', `http://127.0.0.1:${pp}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${pp}`, '--initial-cluster', `up=http://127.0.0.1:${pp}`]);
       say(`etcd:      ${etcdUrl} (data in ${dir}/etcd)`);
     }
-    const client = createEtcdClient({ endpoints: [etcdUrl] });
-    cleanups.push(() => client.close());
-    for (let i = 0; ; i++) {
-      try {
-        await client.get('health-probe').string();
-        break;
-      } catch (err) {
-        if (i > 100) throw new SslwallError('SSLWALL_E_ETCD', `etcd at ${etcdUrl} does not answer: ${(err as Error).message}; see ${dir}/etcd.log`);
-        await new Promise((r) => setTimeout(r, 100));
+    // A fresh etcd takes a moment; the engine starts once it answers.
+    const probe = createEtcdClient({ endpoints: [etcdUrl] });
+    try {
+      for (let i = 0; ; i++) {
+        try {
+          await probe.get('health-probe').string();
+          break;
+        } catch (err) {
+          if (i > 100) throw new SslwallError('SSLWALL_E_ETCD', `etcd at ${etcdUrl} does not answer: ${(err as Error).message}; see ${dir}/etcd.log`);
+          await new Promise((r) => setTimeout(r, 100));
+        }
       }
+    } finally {
+      probe.close();
     }
 
     // keys, engine, first config
     const keys = generateKeyPair(path.join(dir, 'keys'));
-    const engine = new Engine({ client, prefix: '/sslwall/', signer: Signer.fromFile(keys.signingKey), id: `up-${id}`, log: log.child({ component: 'engine' }) });
-    const server = await startApi(engine, listen, log);
-    cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
-    engine.start();
-    cleanups.push(() => engine.stop());
+    const { engine, stop: stopEngine } = await startEngine({ etcd: { endpoints: [etcdUrl] }, signingKey: keys.signingKey, id: `up-${id}`, listen }, log.child({ component: 'engine' }));
+    cleanups.push(stopEngine);
     if (!(await engine.store.head(tier))) {
       await engine.store.write(tier, { config: { mode: 'passive', bypass: { ports: [22], cidrs: [] }, starttls: { smtp: [25, 587], imap: [], pop3: [], ftp: [], postgres: [5432], mysql: [] }, connect: { ports: [3128] } }, rollout: { mode: 'passive', percent: 100, otherwise: 'off', salt: randomBytes(4).toString('hex') } }, { author: 'sslwall up', message: 'first config' });
     }

@@ -1,20 +1,5 @@
-// The dashboard: one page, no build step. A service owner looks up a tier (and a host) and sees
-// whether their traffic is affected: mode, cohort, violations, the rollout's stage and events.
-export function dashboardHtml(): string {
-  return `<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>sslwall</title>
-<style>
-body{font:14px system-ui,sans-serif;margin:2em;color:#222}h1{font-size:1.4em}table{border-collapse:collapse;margin:1em 0}
-td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}th{background:#f3f3f3}.bad{color:#b00}.ok{color:#070}
-.muted{color:#777}input{font:inherit;padding:.2em}
-</style></head><body>
-<h1>sslwall — rollouts</h1>
-<p class="muted">Refreshes every 2 s. Data from <code>/api/tiers</code>.</p>
-<div id="tiers">loading…</div>
-<h2>Is my traffic affected?</h2>
-<p>Tier <input id="tier" placeholder="web"> host <input id="host" placeholder="host id (optional)"> <button onclick="look()">look up</button></p>
-<div id="lookup"></div>
-<script>
+// The dashboard's script (index.html): the tiers table from /api/tiers every 2 s, and the
+// "is my traffic affected?" lookup from /api/tiers/T/preview?percent=100.
 async function j(u){const r=await fetch(u);return r.json();}
 function esc(s){return String(s).replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));}
 async function refresh(){
@@ -33,6 +18,5 @@ async function look(){
   h+='<table><tr><th>host</th><th>mode</th><th>plaintext flows reported</th><th>would block</th></tr>'+rows.slice(0,200).map(x=>'<tr><td>'+esc(x.hostId)+'</td><td>'+esc(x.mode)+'</td><td>'+x.violationsReported+'</td><td class="'+(x.wouldBlock?'bad':'ok')+'">'+(x.wouldBlock?'yes':'no')+'</td></tr>').join('')+'</table>';
   document.getElementById('lookup').innerHTML=h;
 }
+document.getElementById('look').addEventListener('click',look);
 refresh();setInterval(refresh,2000);
-</script></body></html>`;
-}

@@ -1,0 +1,113 @@
+// The rollout engine's HTTP API (docs/rollout.md#http-api): every request and response body,
+// path parameter and query. The engine parses requests with these at its boundary and encodes
+// its answers with them; rollout/client.ts parses the answers with the same schemas.
+import { z } from 'zod';
+import { ConfigSchema } from './config.js';
+import { AnalysisSchema, RolloutStateSchema } from './rollout.js';
+import { TierDocumentSchema, VersionRecordSchema } from './tier.js';
+
+/** Every error answer: a stable code (schemas/errors.ts) and a message that says what to do. */
+export const ErrorBodySchema = z.object({ code: z.string(), message: z.string() });
+
+// ---- path parameters and queries ----
+
+export const TierName = z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'a tier is 1-64 of A-Z a-z 0-9 . _ -');
+export const HostId = z.string().regex(/^[A-Za-z0-9._:-]{1,128}$/, 'a host id is 1-128 of A-Z a-z 0-9 . _ : -');
+export const RolloutAction = z.enum(['pause', 'resume', 'promote', 'abort', 'undo']);
+export type RolloutAction = z.infer<typeof RolloutAction>;
+
+export const TierParams = z.object({ tier: TierName });
+export const HostParams = z.object({ host: HostId });
+export const ActionParams = z.object({ tier: TierName, action: RolloutAction });
+export const ConfigQuery = z.object({ version: z.coerce.number().int().min(1).optional() });
+export const AuditQuery = z.object({ limit: z.coerce.number().int().min(1).max(10000).default(50) });
+export const PreviewQuery = z.object({ percent: z.coerce.number().min(0).max(100) });
+
+// ---- request bodies ----
+
+export const PutConfigRequest = z.object({
+  /** {"config":…,"rollout":…}, or a bare agent config (the engine completes the rollout fields). */
+  document: z.record(z.string(), z.unknown()),
+  message: z.string().optional(),
+  author: z.string().optional(),
+  /** The head's mod revision this change is based on (compare-and-swap); 0: the tier must be new. */
+  expectRevision: z.number().int().min(0).optional(),
+});
+
+export const RevertRequest = z.object({ to: z.number().int().min(1), message: z.string().optional(), expectRevision: z.number().int().min(0).optional() });
+
+export const OverrideRequest = z.object({
+  mode: z.enum(['off', 'passive', 'active']).optional(),
+  config: ConfigSchema.optional(),
+  reason: z.string().max(500).optional(),
+});
+
+export const StartRolloutRequest = z.object({
+  /** "passive:100,active:5" (schemas/rollout.ts parseStages). */
+  stages: z.string(),
+  /** "10m", "90s" (parseDuration). */
+  bake: z.string().default('10m'),
+  analysis: AnalysisSchema.optional(),
+  otherwise: z.enum(['off', 'passive']).optional(),
+});
+
+/** pause, resume, promote, abort, undo; a bare POST without a body is allowed. */
+export const ActionRequest = z.object({ reason: z.string().optional() }).default({});
+
+/** Alertmanager's webhook, format version 4 (fields the engine does not use are let through). */
+export const AlertmanagerPayloadSchema = z.object({
+  version: z.string().optional(),
+  status: z.string().optional(),
+  alerts: z.array(
+    z.object({
+      status: z.enum(['firing', 'resolved']),
+      labels: z.record(z.string(), z.string()),
+      annotations: z.record(z.string(), z.string()).optional(),
+      startsAt: z.string().optional(),
+      endsAt: z.string().optional(),
+      fingerprint: z.string().optional(),
+    }),
+  ),
+});
+
+// ---- response bodies ----
+
+export const HealthzResponse = z.object({ ok: z.literal(true), leader: z.boolean() });
+export const LeaderResponse = z.object({ id: z.string(), leader: z.string().nullable(), isLeader: z.boolean() });
+export const AlertsResponse = z.object({ tiers: z.array(z.string()), firing: z.number().int(), resolved: z.number().int(), ignored: z.number().int() });
+
+/** The rollout state with live figures from agent health (what `rollout status` shows). */
+export const RolloutView = RolloutStateSchema.extend({
+  live: z.object({
+    agents: z.number().int(),
+    cohort: z.number().int(),
+    applied: z.number().int(),
+    bakeLeftMs: z.number().nullable(),
+    leader: z.boolean(),
+  }),
+});
+
+export const TiersResponse = z.array(z.object({ tier: z.string(), version: z.number().int().nullable(), rollout: RolloutView.nullable(), agents: z.number().int() }));
+/** The head document plus its mod revision (for expectRevision). */
+export const HeadResponse = TierDocumentSchema.extend({ revision: z.number().int() });
+/** A version written: its record plus the etcd revision of the write. */
+export const WrittenResponse = VersionRecordSchema.extend({ revision: z.number().int() });
+export const HistoryResponse = z.array(VersionRecordSchema);
+export const AuditResponse = z.array(z.record(z.string(), z.unknown()));
+export const OverrideResponse = z.object({ version: z.number().int() });
+export const OverrideRemovedResponse = z.object({ removed: z.string() });
+
+const PreviewHost = z.object({ hostId: z.string(), mode: z.enum(['off', 'passive', 'active']), violationsReported: z.number(), wouldBlock: z.boolean() });
+export const PreviewResponse = z.object({
+  tier: z.string(),
+  percent: z.number(),
+  salt: z.string(),
+  currentPercent: z.number(),
+  joining: z.array(PreviewHost),
+  wouldBlock: z.array(PreviewHost),
+});
+
+export type AlertmanagerPayload = z.infer<typeof AlertmanagerPayloadSchema>;
+export type AlertsResult = z.infer<typeof AlertsResponse>;
+export type RolloutViewBody = z.infer<typeof RolloutView>;
+export type PreviewBody = z.infer<typeof PreviewResponse>;
