@@ -1,14 +1,37 @@
 // `sslwall up`, the fleet of one: it comes up (etcd, engine, agent in a namespace), reports the
-// agent in the engine, shows a violation for plaintext, and Ctrl-C removes all it made.
+// agent in the engine, shows a violation for plaintext, and Ctrl-C removes all it made, also when
+// its stdout was closed first (`npm start | tee log`, where Ctrl-C ends tee too).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Proc } from '../../tools/lab/proc.js';
+import { Proc, waitFor } from '../../tools/lab/proc.js';
 import { freePort } from '../../tools/lab/etcd.js';
 import { SSLWALL } from '../../tools/lab/agent-proc.js';
+
+interface UpBed {
+  ns: string;
+  peer: string;
+  /** What the run made that must be gone afterwards: the bed's prefix (namespaces, mounts, temp dir). */
+  prefix: string;
+}
+
+function parseReady(out: string): UpBed {
+  const m = /in netns (\S+) \(peer \S+ at (\S+)\)/.exec(out);
+  assert.ok(m, `sslwall up names its namespace and peer:\n${out}`);
+  return { ns: m[1]!, peer: m[2]!, prefix: m[1]!.replace(/c$/, '') };
+}
+
+function assertAllGone(bed: UpBed): void {
+  const left = execFileSync('ip', ['netns', 'list']).toString();
+  assert.ok(!left.includes(bed.prefix), `namespaces ${bed.prefix}* removed; left: ${left}`);
+  const mounts = fs.readFileSync('/proc/mounts', 'utf8').split('\n').filter((l) => l.includes(bed.prefix));
+  assert.deepEqual(mounts, [], 'bpffs and cgroup2 mounts removed');
+  const temp = fs.readdirSync(os.tmpdir()).filter((f) => f.startsWith(bed.prefix));
+  assert.deepEqual(temp, [], 'temp folder removed');
+}
 
 test('sslwall up: starts, enforces passively, and cleans up on Ctrl-C', async () => {
   const port = await freePort();
@@ -16,28 +39,44 @@ test('sslwall up: starts, enforces passively, and cleans up on Ctrl-C', async ()
   const proc = Proc.start('up', process.execPath, [SSLWALL, 'up', '--listen', `127.0.0.1:${port}`], path.join(logDir, 'up.log'), { stopSignal: 'SIGINT' });
   const out = () => fs.readFileSync(proc.logFile, 'utf8');
   try {
-    const deadline = Date.now() + 30000;
-    while (!out().includes('ready. Try:')) {
-      assert.ok(proc.running && Date.now() < deadline, `sslwall up did not become ready:\n${out()}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const ns = /in netns (sslwall-up-[0-9a-f]+) /.exec(out())![1]!;
+    await waitFor('sslwall up to print "ready. Try:"', () => out().includes('ready. Try:'), { timeoutMs: 60_000, abortIf: () => (proc.running ? undefined : 'it exited'), explain: out });
+    const bed = parseReady(out());
     const tiers = (await (await fetch(`http://127.0.0.1:${port}/api/tiers`)).json()) as Array<{ tier: string; agents: number }>;
     assert.deepEqual(tiers.map((t) => [t.tier, t.agents]), [['local', 1]]);
-    execFileSync('nsenter', [`--net=/run/netns/${ns}`, 'curl', '-s', '--max-time', '3', 'http://10.203.0.2:8080/']);
-    const until = Date.now() + 5000;
-    while (!out().includes('"event":"violation"')) {
-      assert.ok(Date.now() < until, `a violation line is shown:\n${out()}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    await proc.stop('SIGINT', 20000);
-    assert.match(out(), /cleaned up\./);
+    execFileSync('nsenter', [`--net=/run/netns/${bed.ns}`, 'curl', '-s', '--max-time', '3', `http://${bed.peer}:8080/`]);
+    await waitFor('a violation line shown', () => out().includes('"event":"violation"'), { timeoutMs: 10_000, explain: out });
+    await proc.stop('SIGINT', 30_000);
+    assert.match(out(), /cleaned up\.\n/);
     assert.equal(proc.exitCode, 0);
-    const left = execFileSync('ip', ['netns', 'list']).toString();
-    assert.ok(!left.includes(ns), `namespaces removed: ${left}`);
-    assert.ok(!fs.readFileSync('/proc/mounts', 'utf8').includes('sslwall-up-'), 'bpffs and cgroup2 mounts removed');
+    assertAllGone(bed);
   } finally {
-    await proc.stop('SIGINT', 20000);
+    await proc.stop('SIGINT', 30_000);
     fs.rmSync(logDir, { recursive: true, force: true });
+  }
+});
+
+test('sslwall up: Ctrl-C cleans up even after its stdout was closed', async () => {
+  const port = await freePort();
+  const child = spawn(process.execPath, [SSLWALL, 'up', '--listen', `127.0.0.1:${port}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+  child.stderr.on('data', (b: Buffer) => (err += b.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  try {
+    await waitFor('sslwall up to print "ready. Try:"', () => out.includes('ready. Try:'), { timeoutMs: 60_000, abortIf: () => (child.exitCode === null ? undefined : 'it exited'), explain: () => out + err });
+    const bed = parseReady(out);
+    // The reader goes away, as tee does on Ctrl-C: the next write to stdout fails with EPIPE.
+    child.stdout.destroy();
+    child.kill('SIGINT');
+    const code = await Promise.race([exited, new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 30_000))]);
+    assert.equal(code, 0, `expected exit 0 after Ctrl-C, got ${code}; stderr:\n${err.slice(-3000)}`);
+    assert.doesNotMatch(err, /EPIPE|cleanup_problem/, 'no EPIPE crash and no cleanup problem');
+    assertAllGone(bed);
+  } finally {
+    if (child.exitCode === null) {
+      child.kill('SIGINT');
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 30_000))]);
+    }
   }
 });

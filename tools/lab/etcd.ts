@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { atExit } from './exit.js';
 import { pidAlive, Proc, run, tail, waitFor, type RunResult } from './proc.js';
 
 export const ETCD_BIN = '/usr/bin/etcd';
@@ -112,7 +113,7 @@ function installExitHandlers(): void {
   exitHandlersInstalled = true;
   // Last resort for a test that crashed or forgot destroy(): SIGKILL every etcd we started and
   // wait (briefly, synchronously: nothing async runs in 'exit') until it is gone.
-  process.on('exit', () => {
+  atExit(() => {
     for (const p of live) p.killNow();
     const deadline = Date.now() + 2000;
     while ([...live].some((p) => pidAlive(p.pid)) && Date.now() < deadline) {
@@ -120,10 +121,6 @@ function installExitHandlers(): void {
     }
     for (const d of liveDirs) fs.rmSync(d, { recursive: true, force: true });
   });
-  // A signal's default action skips 'exit' handlers; exiting explicitly runs them.
-  for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] as const) {
-    process.on(sig, () => process.exit(code));
-  }
 }
 
 /**

@@ -8,6 +8,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { atExit } from './exit.js';
 import { BIN, Proc, pidAlive, requireBins, run, runOk, type RunOptions, type RunResult } from './proc.js';
 
 export type Side = 'client' | 'server';
@@ -496,27 +497,16 @@ function sleepSync(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
-let handlersInstalled = false;
+let exitHandlerInstalled = false;
 
 /** Clean up live beds when the process ends without destroy(): a crash, Ctrl-C, a kill. */
 function installExitHandlers(): void {
-  if (handlersInstalled) return;
-  handlersInstalled = true;
-  const cleanAll = () => {
+  if (exitHandlerInstalled) return;
+  exitHandlerInstalled = true;
+  atExit(() => {
     for (const tb of [...live]) {
       const errs = tb.cleanupSync();
-      if (errs.length) process.stderr.write(`sslwall test harness: cleanup of ${tb.prefix}: ${errs.join('; ')}\n`);
+      if (errs.length) process.stderr.write(`sslwall lab: cleanup of ${tb.prefix}: ${errs.join('; ')}\n`);
     }
-  };
-  process.on('exit', cleanAll);
-  for (const [sig, code] of [
-    ['SIGINT', 130],
-    ['SIGTERM', 143],
-    ['SIGHUP', 129],
-  ] as const) {
-    process.on(sig, () => {
-      cleanAll();
-      process.exit(code);
-    });
-  }
+  });
 }
