@@ -31,7 +31,8 @@ const filters = unitOnly ? args.slice(1) : args;
 // Fast layers first: a broken classifier fails in seconds, before the integration suites run.
 const order = ['unit', 'native', 'bpf', 'lib', 'integration'];
 const files = walk(unitOnly ? path.join(dist, 'unit') : dist)
-  .filter((f) => filters.length === 0 || filters.some((s) => f.includes(s)))
+  // Filters match the path inside the checkout, so the checkout's own path (say /work/wt-unit) matches nothing.
+  .filter((f) => filters.length === 0 || filters.some((s) => path.relative(root, f).includes(s)))
   .sort((a, b) => order.indexOf(path.relative(dist, a).split(path.sep)[0]) - order.indexOf(path.relative(dist, b).split(path.sep)[0]) || a.localeCompare(b));
 if (files.length === 0) {
   console.error(`run-tests: no ${unitOnly ? 'unit ' : ''}test file matches ${filters.join(' ')}`);
