@@ -97,11 +97,16 @@ export function applyConfig(maps: MapFds, config: Config, bypassCgroup: BypassCg
 // generation touches only the ports that differ (a full write of 65,536 entries costs ~18 ms).
 const writtenRoles = new WeakMap<MapFds, Array<Buffer | null>>();
 
-function writePortRoles(maps: MapFds, gen: number, roles: Buffer): void {
-  const known = writtenRoles.get(maps) ?? [null, null];
-  const before = known[gen];
+/** The ports whose role differs from what was last written (every port when nothing was). */
+export function changedPorts(before: Buffer | null, roles: Buffer): number[] {
   const ports: number[] = [];
   for (let port = 0; port < PORTS; port++) if (!before || before[port] !== roles[port]) ports.push(port);
+  return ports;
+}
+
+function writePortRoles(maps: MapFds, gen: number, roles: Buffer): void {
+  const known = writtenRoles.get(maps) ?? [null, null];
+  const ports = changedPorts(known[gen] ?? null, roles);
   if (ports.length) {
     const keys = Buffer.alloc(ports.length * 4);
     const values = Buffer.alloc(ports.length);

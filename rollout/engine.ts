@@ -8,7 +8,8 @@ import type { Logger } from 'pino';
 import { ConfigStore, type SideWrite } from './store.js';
 import { Leadership } from './election.js';
 import { HealthCache } from './health-cache.js';
-import { runChecks, cohortOf, promInstantQuery, type AlertView } from './checks.js';
+import { runChecks, promInstantQuery, type AlertView } from './checks.js';
+import { nextStep, afterChecks, transitioned, stageWritten, rolledBack, operatorAction, type Step } from './steps.js';
 import { engineKeys, type EngineKeys } from '../schemas/keys.js';
 import type { Signer } from './signing.js';
 import { SslwallError } from '../schemas/errors.js';
@@ -33,8 +34,6 @@ export interface StartRequest {
   otherwise?: 'off' | 'passive';
   by: string;
 }
-
-const MAX_EVENTS = 30;
 
 export class Engine {
   readonly keys: EngineKeys;
@@ -125,77 +124,33 @@ export class Engine {
     const { state, mod } = cur;
     this.counters.steps++;
     const now = Date.now();
-    // A promote waits until the current stage is written: promoting an unwritten stage would skip it.
-    if (state.request && !(state.request.action === 'promote' && state.phase === 'writing')) return this.handleRequest(tier, state, mod);
-    if (state.status !== 'running') return;
-
     const agents = this.health.tier(tier);
-    if (state.phase === 'writing') return this.writeStage(tier, state, mod);
-
-    if (state.phase === 'applying') {
-      const cohort = cohortOf(state, agents);
-      if (agents.length === 0) return this.pause(tier, state, mod, 'missing data: no agent of the tier reports health');
-      const applied = cohort.filter((h) => (h.configVersion ?? -1) >= (state.stageVersion ?? 0));
-      if (applied.length === cohort.length) {
-        return this.transition(tier, state, mod, { phase: 'baking', phaseStartedAt: new Date(now).toISOString() }, 'applied', `${applied.length} cohort agents applied version ${state.stageVersion}; baking for ${state.bakeMs} ms`);
-      }
-      if (now - Date.parse(state.phaseStartedAt) > state.analysis.applyDeadlineMs) {
-        return this.rollback(tier, state, mod, 'aborted', `${cohort.length - applied.length} of ${cohort.length} cohort agents did not apply version ${state.stageVersion} within ${state.analysis.applyDeadlineMs} ms`);
-      }
-      return;
+    let next = nextStep(state, { agents, now, lastCheckAt: this.lastCheck.get(tier) ?? 0, urgent: this.urgent.has(tier) });
+    if (next.do === 'check') {
+      this.urgent.delete(tier);
+      this.lastCheck.set(tier, now);
+      this.counters.checks++;
+      const { results, blocked } = await runChecks({
+        state,
+        agents,
+        alerts: await this.alertsFor(tier),
+        previousBlocked: this.blockedSample.get(tier) ?? null,
+        now,
+        promQuery: this.opts.promQuery ?? promInstantQuery,
+      });
+      this.blockedSample.set(tier, blocked);
+      next = afterChecks(state, results, now);
     }
-
-    // baking
-    const urgent = this.urgent.delete(tier);
-    const last = this.lastCheck.get(tier) ?? 0;
-    if (!urgent && now - last < state.analysis.checkIntervalMs) return;
-    this.lastCheck.set(tier, now);
-    this.counters.checks++;
-    const { results, blocked } = await runChecks({
-      state,
-      agents,
-      alerts: await this.alertsFor(tier),
-      previousBlocked: this.blockedSample.get(tier) ?? null,
-      now,
-      promQuery: this.opts.promQuery ?? promInstantQuery,
-    });
-    this.blockedSample.set(tier, blocked);
-    const failed = results.filter((r) => r.status === 'fail');
-    const unknown = results.filter((r) => r.status === 'inconclusive');
-    if (failed.length) {
-      const failures = state.consecutiveFailures + 1;
-      const reason = failed.map((f) => `${f.name}: ${f.detail}`).join('; ');
-      if (failures >= state.analysis.failureLimit) return this.rollback(tier, { ...state, lastChecks: results }, mod, 'aborted', `check failed ${failures} times: ${reason}`);
-      return this.transition(tier, state, mod, { consecutiveFailures: failures, lastChecks: results }, 'check_failed', reason);
-    }
-    if (unknown.length) {
-      return this.pause(tier, { ...state, lastChecks: results }, mod, `missing data: ${unknown.map((u) => `${u.name}: ${u.detail}`).join('; ')}`);
-    }
-    if (now - Date.parse(state.phaseStartedAt) >= state.bakeMs) return this.advance(tier, { ...state, lastChecks: results, consecutiveFailures: 0 }, mod, 'bake ended healthy');
-    if (state.consecutiveFailures !== 0 || JSON.stringify(state.lastChecks.map((c) => c.status)) !== JSON.stringify(results.map((c) => c.status))) {
-      return this.transition(tier, state, mod, { consecutiveFailures: 0, lastChecks: results }, 'check_passed', 'checks pass');
-    }
-  }
-
-  private async handleRequest(tier: string, state: RolloutState, mod: number): Promise<void> {
-    const req = state.request!;
-    const cleared = { ...state, request: null };
-    if (req.action === 'promote') {
-      if (state.status !== 'running' && state.status !== 'paused') return this.transition(tier, cleared, mod, {}, 'promote_ignored', `not running (${state.status})`);
-      return this.advance(tier, { ...cleared, status: 'running' }, mod, `promoted by ${req.by}: ${req.reason}`);
-    }
-    if (req.action === 'abort') {
-      if (state.status !== 'running' && state.status !== 'paused') return this.transition(tier, cleared, mod, {}, 'abort_ignored', `not running (${state.status})`);
-      return this.rollback(tier, cleared, mod, 'aborted', `aborted by ${req.by}: ${req.reason}`);
-    }
-    return this.rollback(tier, cleared, mod, 'undone', `undone by ${req.by}: ${req.reason}`);
+    if (next.do === 'write') return this.writeStage(tier, state, mod);
+    if (next.do === 'rollback') return this.rollback(tier, next, mod);
+    if (next.do === 'transition') return this.transition(tier, next, mod);
   }
 
   private async writeStage(tier: string, state: RolloutState, mod: number): Promise<void> {
     const stage = state.stages[state.stage]!;
     const base = await this.store.version(tier, state.baselineVersion);
     const head = await this.store.head(tier);
-    const now = new Date().toISOString();
+    const now = new Date();
     const rec = await this.store.write(
       tier,
       { config: base.document.config, rollout: { mode: stage.mode, percent: stage.percent, otherwise: state.otherwise, salt: state.salt } },
@@ -204,30 +159,16 @@ export class Engine {
         message: `rollout ${state.id} stage ${state.stage + 1}/${state.stages.length}: ${stage.mode}:${stage.percent}`,
         expectRevision: head?.modRevision ?? 0,
         audit: { rollout: state.id, stage: state.stage },
-        with: [this.stateWrite(tier, mod, (version) => ({ ...state, phase: 'applying', stageVersion: version, phaseStartedAt: now, consecutiveFailures: 0, events: addEvent(state, 'stage_written', `${stage.mode}:${stage.percent}`, version) }))],
+        with: [this.stateWrite(tier, mod, (version) => stageWritten(state, version, now))],
       },
     );
     this.log.info({ event: 'rollout_stage_written', tier, rollout: state.id, stage: state.stage, mode: stage.mode, percent: stage.percent, version: rec.version }, 'stage written');
     this.onTransition(tier, 'stage_written', `${stage.mode}:${stage.percent}`);
   }
 
-  private async advance(tier: string, state: RolloutState, mod: number, reason: string): Promise<void> {
-    this.counters.advances++;
-    this.lastCheck.delete(tier);
-    this.blockedSample.delete(tier);
-    if (state.stage + 1 >= state.stages.length) {
-      return this.transition(tier, state, mod, { status: 'completed', reason }, 'completed', reason);
-    }
-    return this.transition(tier, state, mod, { stage: state.stage + 1, phase: 'writing', stageVersion: null, consecutiveFailures: 0, lastChecks: [] }, 'advanced', reason);
-  }
-
-  private async pause(tier: string, state: RolloutState, mod: number, reason: string): Promise<void> {
-    this.counters.pauses++;
-    return this.transition(tier, state, mod, { status: 'paused', reason }, 'paused', reason);
-  }
-
   /** Back to the version the tier had before the rollout, as a new version, with the state change. */
-  private async rollback(tier: string, state: RolloutState, mod: number, status: 'aborted' | 'undone', reason: string): Promise<void> {
+  private async rollback(tier: string, step: Extract<Step, { do: 'rollback' }>, mod: number): Promise<void> {
+    const { state, status, reason } = step;
     this.counters.rollbacks++;
     const base = await this.store.version(tier, state.baselineVersion);
     const head = await this.store.head(tier);
@@ -239,16 +180,23 @@ export class Engine {
         message: `rollback of rollout ${state.id} to version ${state.baselineVersion}: ${reason}`,
         expectRevision: head?.modRevision ?? 0,
         audit: { rollout: state.id, action: status === 'undone' ? 'undo' : 'rollback', reason },
-        with: [this.stateWrite(tier, mod, (version) => ({ ...state, status, reason, events: addEvent(state, status === 'undone' ? 'undone' : 'rolled_back', reason, version) }))],
+        with: [this.stateWrite(tier, mod, (version) => rolledBack(step, version, new Date()))],
       },
     );
     this.log.warn({ event: 'rollout_rolled_back', tier, rollout: state.id, status, reason, version: rec.version, baseline: state.baselineVersion }, 'rolled back');
     this.onTransition(tier, 'rolled_back', reason);
   }
 
-  private async transition(tier: string, state: RolloutState, mod: number, change: Partial<RolloutState>, action: string, reason: string): Promise<void> {
-    const next: RolloutState = { ...state, ...change, updatedAt: new Date().toISOString() };
-    if (action !== 'check_passed') next.events = addEvent(state, action, reason);
+  private async transition(tier: string, step: Extract<Step, { do: 'transition' }>, mod: number): Promise<void> {
+    const { state, action, reason } = step;
+    if (action === 'advanced' || action === 'completed') {
+      this.counters.advances++;
+      // The next stage is judged on its own: no check interval or blocked-flow sample carries over.
+      this.lastCheck.delete(tier);
+      this.blockedSample.delete(tier);
+    }
+    if (action === 'paused') this.counters.pauses++;
+    const next = transitioned(step, new Date());
     await this.store.casPut(this.keys.rollout(tier), mod, JSON.stringify(next), { tier, entry: { actor: `engine:${this.opts.id}`, action: `rollout_${action}`, rollout: state.id, reason } });
     this.log.info({ event: `rollout_${action}`, tier, rollout: state.id, stage: next.stage, status: next.status, reason }, action);
     this.onTransition(tier, action, reason);
@@ -303,21 +251,7 @@ export class Engine {
     const cur = await this.readState(tier);
     if (!cur) throw new SslwallError('SSLWALL_E_NOT_FOUND', `tier ${tier} has no rollout; start one with: sslwall rollout start --tier ${tier} ...`);
     const { state, mod } = cur;
-    const now = new Date().toISOString();
-    let next: RolloutState;
-    if (action === 'pause') {
-      if (state.status !== 'running') throw new SslwallError('SSLWALL_E_ROLLOUT_STATE', `rollout ${state.id} is ${state.status}, not running`);
-      next = { ...state, status: 'paused', reason: `paused by ${by}: ${reason}`, events: addEvent(state, 'paused', `by ${by}: ${reason}`) };
-    } else if (action === 'resume') {
-      if (state.status !== 'paused') throw new SslwallError('SSLWALL_E_ROLLOUT_STATE', `rollout ${state.id} is ${state.status}, not paused`);
-      // The bake starts over: health seen before the pause does not count.
-      next = { ...state, status: 'running', phaseStartedAt: now, consecutiveFailures: 0, reason: `resumed by ${by}: ${reason}`, events: addEvent(state, 'resumed', `by ${by}: ${reason}`) };
-    } else {
-      if (action !== 'undo' && state.status !== 'running' && state.status !== 'paused') throw new SslwallError('SSLWALL_E_ROLLOUT_STATE', `rollout ${state.id} is ${state.status}; ${action} needs a running or paused rollout`);
-      if (action === 'undo' && state.status === 'undone') throw new SslwallError('SSLWALL_E_ROLLOUT_STATE', `rollout ${state.id} is already undone`);
-      next = { ...state, request: { action, reason, by } };
-    }
-    next.updatedAt = now;
+    const next = operatorAction(state, action, reason, by, new Date());
     await this.store.casPut(this.keys.rollout(tier), mod, JSON.stringify(next), { tier, entry: { actor: by, action: `rollout_${action}_requested`, rollout: state.id, reason } });
     this.log.info({ event: `rollout_${action}`, tier, rollout: state.id, by, reason }, action);
     this.kick();
@@ -338,8 +272,4 @@ export class Engine {
       .sort((a, b) => a.hostId.localeCompare(b.hostId));
     return { tier, percent, salt, currentPercent, joining, wouldBlock: joining.filter((j) => j.wouldBlock) };
   }
-}
-
-function addEvent(state: RolloutState, action: string, reason: string, version?: number): RolloutState['events'] {
-  return [...state.events, { time: new Date().toISOString(), action, reason, ...(version !== undefined ? { version } : {}) }].slice(-MAX_EVENTS);
 }

@@ -2,6 +2,7 @@
 // Runs every compiled test file with node's test runner, one file at a time: kernel tests
 // share the machine's BPF and network namespaces, and each file cleans up after itself.
 // Usage: npm test [-- FILTER...]   (FILTER: substrings of test file paths)
+//        npm run test:unit          (= --unit: only test/unit, which needs no root, addon, BPF or etcd)
 import { readdirSync, statSync, existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
@@ -12,8 +13,10 @@ if (!existsSync(dist)) {
   console.error('run-tests: dist/test is missing; run tools/setup (npm run build)');
   process.exit(2);
 }
-if (process.getuid?.() !== 0) {
-  console.error('run-tests: the tests load BPF programs and create network namespaces: run them as root');
+const args = process.argv.slice(2);
+const unitOnly = args[0] === '--unit';
+if (!unitOnly && process.getuid?.() !== 0) {
+  console.error('run-tests: the tests load BPF programs and create network namespaces: run them as root (or only the unit layer: npm run test:unit)');
   process.exit(2);
 }
 
@@ -24,14 +27,15 @@ function walk(dir) {
   });
 }
 
-const filters = process.argv.slice(2);
+const filters = unitOnly ? args.slice(1) : args;
 // Fast layers first: a broken classifier fails in seconds, before the integration suites run.
 const order = ['unit', 'native', 'bpf', 'lib', 'integration'];
-const files = walk(dist)
-  .filter((f) => filters.length === 0 || filters.some((s) => f.includes(s)))
+const files = walk(unitOnly ? path.join(dist, 'unit') : dist)
+  // Filters match the path inside the checkout, so the checkout's own path (say /work/wt-unit) matches nothing.
+  .filter((f) => filters.length === 0 || filters.some((s) => path.relative(root, f).includes(s)))
   .sort((a, b) => order.indexOf(path.relative(dist, a).split(path.sep)[0]) - order.indexOf(path.relative(dist, b).split(path.sep)[0]) || a.localeCompare(b));
 if (files.length === 0) {
-  console.error(`run-tests: no test file matches ${filters.join(' ')}`);
+  console.error(`run-tests: no ${unitOnly ? 'unit ' : ''}test file matches ${filters.join(' ')}`);
   process.exit(2);
 }
 const r = spawnSync(process.execPath, ['--enable-source-maps', '--test', '--test-concurrency=1', '--test-reporter=spec', ...files], { stdio: 'inherit', cwd: root });

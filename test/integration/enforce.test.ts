@@ -13,7 +13,7 @@ import {
 } from '../../tools/lab/peers.js';
 import { tcxLinksOn } from '../../agent/datapath.js';
 import { native } from '../../native/index.js';
-import { AgentProc, agentEnv, writeConfig, sslwall, type AgentEnv } from '../../tools/lab/agent-proc.js';
+import { AgentProc, agentEnv, writeConfig, sslwall, type AgentEnv, type LogLine } from '../../tools/lab/agent-proc.js';
 
 const SINK_PORT = 9000;
 const METRICS = '127.0.0.1:9464';
@@ -82,6 +82,29 @@ describe('agent enforcement with real peers', () => {
     await agent!.waitFor(() => agent!.lines().filter((l) => l.event === 'config_applied').length > before, 5000, `config_applied (${mode})`);
   }
 
+  /**
+   * The violations logged since index `since`, once a plain HTTP marker request sent now has been
+   * logged too: the filter's events reach the agent through one ring buffer, in order, so a
+   * violation of anything sent before the marker would be in the log by then.
+   */
+  async function violationsBeforeMarker(since: number): Promise<LogLine[]> {
+    const isMarker = (l: LogLine) => l.dport === 80 && l.comm === 'curl';
+    await curl(tb, nginxUrl(tb, nginx, { tls: false }), { maxTimeS: 5 });
+    await agent!.waitFor(() => agent!.violations().slice(since).some(isMarker), 3000, 'the violation of the plain HTTP marker request');
+    return agent!.violations().slice(since).filter((l) => !isMarker(l));
+  }
+
+  /** Poll `sslwall flows --json` until `pred` holds for the flows, or throw after timeoutMs. */
+  async function waitForFlows(pred: (flows: Array<{ dport: number; class: string }>) => boolean, timeoutMs: number, what: string) {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const flows = JSON.parse((await sslwall(clientEnv, ['flows', '--json', '--bpffs', clientEnv.bpffs])).stdout) as Array<{ dport: number; class: string }>;
+      if (pred(flows)) return flows;
+      if (Date.now() > deadline) throw new Error(`expected ${what} within ${timeoutMs} ms; flows: ${JSON.stringify(flows)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
   test('passive: plain HTTP is reported with endpoints and the process, and still works', async () => {
     const r = await curl(tb, nginxUrl(tb, nginx, { tls: false }));
     assert.equal(r.httpCode, 200, `plain curl must still work in passive mode: ${r.stderr}`);
@@ -101,8 +124,7 @@ describe('agent enforcement with real peers', () => {
         assert.equal(r.httpCode, 200, `TLS curl (v6=${v6}, tfo=${tfo}): ${r.stderr}`);
       }
     }
-    await new Promise((r) => setTimeout(r, 300));
-    assert.deepEqual(agent!.violations().slice(before), [], 'no violation for TLS traffic');
+    assert.deepEqual(await violationsBeforeMarker(before), [], 'no violation for TLS traffic');
   });
 
   test('passive: IPv6 plaintext is reported', async () => {
@@ -115,9 +137,7 @@ describe('agent enforcement with real peers', () => {
   test('a closed connection leaves the flow map', async () => {
     const r = await curl(tb, nginxUrl(tb, nginx, { tls: true }), { cacert: certs.caCert });
     assert.equal(r.httpCode, 200);
-    await new Promise((res) => setTimeout(res, 300));
-    const flows = JSON.parse((await sslwall(clientEnv, ['flows', '--json', '--bpffs', clientEnv.bpffs])).stdout) as Array<{ dport: number; class: string }>;
-    assert.deepEqual(flows.filter((f) => f.dport === 443), [], 'finished TLS flows are gone from the map');
+    await waitForFlows((flows) => !flows.some((f) => f.dport === 443), 3000, 'finished TLS flows gone from the map');
   });
 
   test('sslwall flows --json lists open flows with their class', async () => {
@@ -144,8 +164,7 @@ describe('agent enforcement with real peers', () => {
       assert.equal(s.code, 0, `ssh (bypassed port 22): ${s.stderr}`);
       const t = await curl(tb, nginxUrl(tb, nginx, { tls: true, v6: true }), { cacert: certs.caCert, tfo: true });
       assert.equal(t.httpCode, 200, `TLS over IPv6 with TFO: ${t.stderr}`);
-      await new Promise((r) => setTimeout(r, 300));
-      assert.deepEqual(agent!.violations().slice(before), [], 'allowed traffic raised no violation');
+      assert.deepEqual(await violationsBeforeMarker(before), [], 'allowed traffic raised no violation');
     } finally {
       await setMode('passive');
     }
@@ -190,7 +209,8 @@ describe('agent enforcement with real peers', () => {
 
   test('hot swap passive -> active during a long TLS transfer: the transfer completes', async () => {
     const transfer = curl(tb, nginxUrl(tb, nginx, { tls: true, path: '/big.bin' }), { cacert: certs.caCert, args: ['--limit-rate', '20M'], maxTimeS: 30 });
-    await new Promise((r) => setTimeout(r, 800));
+    // Swap only once the transfer's flow is classified: then the swap lands mid-transfer.
+    await waitForFlows((flows) => flows.some((f) => f.dport === 443 && f.class === 'tls'), 5000, 'the TLS transfer classified in the flow map');
     await setMode('active');
     try {
       const r = await transfer;

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { ErrorCodes } from '../../schemas/errors.js';
 import { repoRoot } from '../../agent/paths.js';
 
-test('docs/errors.md lists exactly the codes of agent/errors.ts', () => {
+test('docs/errors.md lists exactly the codes of schemas/errors.ts', () => {
   const doc = readFileSync(path.join(repoRoot, 'docs/errors.md'), 'utf8');
   const documented = new Set([...doc.matchAll(/^\|\s*`(SSLWALL_E_[A-Z_]+)`/gm)].map((m) => m[1]));
   const known = new Set(Object.keys(ErrorCodes));

@@ -1,0 +1,151 @@
+// What the engine does next with a rollout, decided from the rollout state, the tier's health,
+// the check results and the clock alone — no etcd, no timers — so every transition of the step
+// machine is unit-tested (test/unit/steps.test.ts). rollout/engine.ts reads the inputs, runs the
+// checks when asked to and carries the decision out in one fenced transaction.
+import type { Health } from '../schemas/tier.js';
+import type { CheckResult, RolloutState } from '../schemas/rollout.js';
+import { SslwallError } from '../schemas/errors.js';
+import { cohortOf } from './checks.js';
+
+const MAX_EVENTS = 30;
+
+export type Step =
+  /** Nothing to do on this tick. */
+  | { do: 'wait' }
+  /** Write the current stage's config as a new tier version (stageWritten gives the next state). */
+  | { do: 'write' }
+  /** Baking and a check is due: run the checks, then decide with afterChecks. */
+  | { do: 'check' }
+  /** Change the state key only; `state` is the state to change (it may carry the latest check results). */
+  | { do: 'transition'; state: RolloutState; change: Partial<RolloutState>; action: string; reason: string }
+  /** Write the baseline config back as a new version, with the state ending as `status`. */
+  | { do: 'rollback'; state: RolloutState; status: 'aborted' | 'undone'; reason: string };
+
+export interface StepInputs {
+  /** Health of the tier's agents, as the health cache has it now. */
+  agents: Health[];
+  now: number;
+  /** When this leader last ran the checks for the tier (0: never). */
+  lastCheckAt: number;
+  /** An alert arrived or an agent vanished: check now rather than at the interval. */
+  urgent: boolean;
+}
+
+/** The step for a rollout read from etcd, before any check runs. */
+export function nextStep(state: RolloutState, { agents, now, lastCheckAt, urgent }: StepInputs): Step {
+  // A promote waits until the current stage is written: promoting an unwritten stage would skip it.
+  if (state.request && !(state.request.action === 'promote' && state.phase === 'writing')) return requestStep(state);
+  if (state.status !== 'running') return { do: 'wait' };
+  if (state.phase === 'writing') return { do: 'write' };
+
+  if (state.phase === 'applying') {
+    if (agents.length === 0) return pause(state, 'missing data: no agent of the tier reports health');
+    const cohort = cohortOf(state, agents);
+    const applied = cohort.filter((h) => (h.configVersion ?? -1) >= (state.stageVersion ?? 0));
+    if (applied.length === cohort.length) {
+      return transition(state, { phase: 'baking', phaseStartedAt: new Date(now).toISOString() }, 'applied', `${applied.length} cohort agents applied version ${state.stageVersion}; baking for ${state.bakeMs} ms`);
+    }
+    if (now - Date.parse(state.phaseStartedAt) > state.analysis.applyDeadlineMs) {
+      return { do: 'rollback', state, status: 'aborted', reason: `${cohort.length - applied.length} of ${cohort.length} cohort agents did not apply version ${state.stageVersion} within ${state.analysis.applyDeadlineMs} ms` };
+    }
+    return { do: 'wait' };
+  }
+
+  // baking
+  if (!urgent && now - lastCheckAt < state.analysis.checkIntervalMs) return { do: 'wait' };
+  return { do: 'check' };
+}
+
+/** The step once the baking stage's checks have run. */
+export function afterChecks(state: RolloutState, results: CheckResult[], now: number): Step {
+  const failed = results.filter((r) => r.status === 'fail');
+  const unknown = results.filter((r) => r.status === 'inconclusive');
+  if (failed.length) {
+    const failures = state.consecutiveFailures + 1;
+    const reason = failed.map((f) => `${f.name}: ${f.detail}`).join('; ');
+    if (failures >= state.analysis.failureLimit) return { do: 'rollback', state: { ...state, lastChecks: results }, status: 'aborted', reason: `check failed ${failures} times: ${reason}` };
+    return transition(state, { consecutiveFailures: failures, lastChecks: results }, 'check_failed', reason);
+  }
+  if (unknown.length) return pause({ ...state, lastChecks: results }, `missing data: ${unknown.map((u) => `${u.name}: ${u.detail}`).join('; ')}`);
+  if (now - Date.parse(state.phaseStartedAt) >= state.bakeMs) return advance({ ...state, lastChecks: results, consecutiveFailures: 0 }, 'bake ended healthy');
+  if (state.consecutiveFailures !== 0 || JSON.stringify(state.lastChecks.map((c) => c.status)) !== JSON.stringify(results.map((c) => c.status))) {
+    return transition(state, { consecutiveFailures: 0, lastChecks: results }, 'check_passed', 'checks pass');
+  }
+  return { do: 'wait' };
+}
+
+/** Carry out an operator's request (promote, abort, undo) that act() recorded in the state. */
+function requestStep(state: RolloutState): Step {
+  const req = state.request!;
+  const cleared = { ...state, request: null };
+  const live = state.status === 'running' || state.status === 'paused';
+  if (req.action === 'promote') {
+    if (!live) return transition(cleared, {}, 'promote_ignored', `not running (${state.status})`);
+    return advance({ ...cleared, status: 'running' }, `promoted by ${req.by}: ${req.reason}`);
+  }
+  if (req.action === 'abort') {
+    if (!live) return transition(cleared, {}, 'abort_ignored', `not running (${state.status})`);
+    return { do: 'rollback', state: cleared, status: 'aborted', reason: `aborted by ${req.by}: ${req.reason}` };
+  }
+  return { do: 'rollback', state: cleared, status: 'undone', reason: `undone by ${req.by}: ${req.reason}` };
+}
+
+/** The next stage, or the end of the rollout after the last one. */
+function advance(state: RolloutState, reason: string): Step {
+  if (state.stage + 1 >= state.stages.length) return transition(state, { status: 'completed', reason }, 'completed', reason);
+  return transition(state, { stage: state.stage + 1, phase: 'writing', stageVersion: null, consecutiveFailures: 0, lastChecks: [] }, 'advanced', reason);
+}
+
+function pause(state: RolloutState, reason: string): Step {
+  return transition(state, { status: 'paused', reason }, 'paused', reason);
+}
+
+function transition(state: RolloutState, change: Partial<RolloutState>, action: string, reason: string): Step {
+  return { do: 'transition', state, change, action, reason };
+}
+
+/** The state a transition step writes. A passing check that changes nothing but the results is not an event. */
+export function transitioned(s: Extract<Step, { do: 'transition' }>, at: Date): RolloutState {
+  const next: RolloutState = { ...s.state, ...s.change, updatedAt: at.toISOString() };
+  if (s.action !== 'check_passed') next.events = addEvent(s.state, s.action, s.reason, undefined, at);
+  return next;
+}
+
+/** The state written with the stage's config, as version `version`: the cohort now applies it. */
+export function stageWritten(state: RolloutState, version: number, at: Date): RolloutState {
+  const stage = state.stages[state.stage]!;
+  return { ...state, phase: 'applying', stageVersion: version, phaseStartedAt: at.toISOString(), consecutiveFailures: 0, events: addEvent(state, 'stage_written', `${stage.mode}:${stage.percent}`, version, at) };
+}
+
+/** The state written with the baseline config, as version `version`. */
+export function rolledBack(s: Extract<Step, { do: 'rollback' }>, version: number, at: Date): RolloutState {
+  return { ...s.state, status: s.status, reason: s.reason, events: addEvent(s.state, s.status === 'undone' ? 'undone' : 'rolled_back', s.reason, version, at) };
+}
+
+/**
+ * An operator's action on the state (any replica may take it): pause and resume change the
+ * status at once; promote, abort and undo are recorded as a request the leader carries out.
+ * Throws SSLWALL_E_ROLLOUT_STATE when the rollout is in no state for the action.
+ */
+export function operatorAction(state: RolloutState, action: 'pause' | 'resume' | 'promote' | 'abort' | 'undo', reason: string, by: string, at: Date): RolloutState {
+  let next: RolloutState;
+  if (action === 'pause') {
+    if (state.status !== 'running') throw new SslwallError('SSLWALL_E_ROLLOUT_STATE', `rollout ${state.id} is ${state.status}, not running`);
+    next = { ...state, status: 'paused', reason: `paused by ${by}: ${reason}`, events: addEvent(state, 'paused', `by ${by}: ${reason}`, undefined, at) };
+  } else if (action === 'resume') {
+    if (state.status !== 'paused') throw new SslwallError('SSLWALL_E_ROLLOUT_STATE', `rollout ${state.id} is ${state.status}, not paused`);
+    // The bake starts over: health seen before the pause does not count.
+    next = { ...state, status: 'running', phaseStartedAt: at.toISOString(), consecutiveFailures: 0, reason: `resumed by ${by}: ${reason}`, events: addEvent(state, 'resumed', `by ${by}: ${reason}`, undefined, at) };
+  } else {
+    if (action !== 'undo' && state.status !== 'running' && state.status !== 'paused') throw new SslwallError('SSLWALL_E_ROLLOUT_STATE', `rollout ${state.id} is ${state.status}; ${action} needs a running or paused rollout`);
+    if (action === 'undo' && state.status === 'undone') throw new SslwallError('SSLWALL_E_ROLLOUT_STATE', `rollout ${state.id} is already undone`);
+    next = { ...state, request: { action, reason, by } };
+  }
+  next.updatedAt = at.toISOString();
+  return next;
+}
+
+/** The state's event list with one more event, keeping the last MAX_EVENTS. */
+function addEvent(state: RolloutState, action: string, reason: string, version: number | undefined, at: Date): RolloutState['events'] {
+  return [...state.events, { time: at.toISOString(), action, reason, ...(version !== undefined ? { version } : {}) }].slice(-MAX_EVENTS);
+}
