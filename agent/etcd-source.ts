@@ -1,12 +1,14 @@
 // The agent's etcd side: turn watch snapshots into applied configs (validated, cohort decided,
 // override merged) and keep the health key current. A document that fails validation is
 // refused with its revision and reported in health; the last good config stays in force.
+// EtcdFollower is all of it but the kernel step and the counters: the real agent
+// (EtcdAgentSource) applies to the maps and counts from them, a simulated one
+// (tools/simulate/agent.ts) records the version and can fail on purpose.
 import type { Logger } from 'pino';
-import type { Etcd3 } from 'etcd3';
-import { createEtcdClient, type EtcdConnection } from '../schemas/etcd.js';
-import { breakerState } from './etcd-client.js';
-import { TierWatch, type Snapshot, type KeyState } from './etcd-watch.js';
-import { HealthReporter } from './health.js';
+import type { EtcdConnection } from '../schemas/etcd.js';
+import { breakerState, etcdBreaker, Etcd3Transport, type EtcdTransport } from './etcd-client.js';
+import { TierWatch, type Snapshot, type KeyState, type WatchState } from './etcd-watch.js';
+import { HealthReporter, DEFAULT_HEALTH, type HealthOptions } from './health.js';
 import { effectiveConfig } from './effective.js';
 import { readCounters } from './flows.js';
 import { native } from '../native/index.js';
@@ -31,7 +33,8 @@ export interface EtcdSourceOptions {
   hostId: string;
 }
 
-interface Handlers {
+/** The kernel step: what differs between a real agent and a simulated one. */
+export interface Handlers {
   apply(config: Config, meta: AppliedMeta, reason: string): void;
   /** A new version whose effective config is the one in force: remember it, touch nothing. */
   keep(config: Config, meta: AppliedMeta, reason: string): void;
@@ -113,67 +116,91 @@ export function healthDocument(a: {
   };
 }
 
-export class EtcdAgentSource {
-  private readonly client: Etcd3;
-  private readonly watch: TierWatch;
-  private readonly health: HealthReporter;
-  private readonly keys;
-  private connected = false;
-  private watchRevision: number | null = null;
-  private liveFlows = { at: 0, count: 0 };
-  private readonly verifier: Verifier | null;
+export interface FollowerOptions {
+  keys: ReturnType<typeof etcdKeys>;
+  tier: string;
+  hostId: string;
+  verifier: Verifier | null;
+  agentVersion: string;
+  health?: HealthOptions;
+}
+
+/** Where the health document's counters and features come from (the kernel's maps, or simulated). */
+export interface HostFacts {
+  counters(): Health['counters'];
+  features(): Health['features'];
+}
+
+/** Snapshots -> decisions -> apply/keep/refuse, and the health key: the same for real and simulated agents. */
+export class EtcdFollower {
+  readonly watch: TierWatch;
+  readonly health: HealthReporter;
+  readonly breaker;
+  connected = false;
+  watchRevision: number | null = null;
+  private readonly tierKey: string;
+  private readonly overrideKey: string;
 
   constructor(
-    private readonly opts: EtcdSourceOptions,
-    private readonly dp: Datapath,
+    transport: EtcdTransport,
+    private readonly opts: FollowerOptions,
     private readonly status: AgentStatus,
     private readonly handlers: Handlers,
-    private readonly metrics: Metrics,
+    private readonly host: HostFacts,
     private readonly log: Logger,
-    private readonly version: string,
+    /** A valid tier document with this version was decided (the simulator times propagation with it). */
+    private readonly onDecided: (tierVersion: number) => void = () => undefined,
+    onHealthWritten?: (doc: Health) => void,
   ) {
-    this.keys = etcdKeys(opts.prefix);
-    this.verifier = opts.verifyKey ? Verifier.fromFile(opts.verifyKey) : null;
-    this.client = createEtcdClient(opts.conn);
-    this.watch = new TierWatch(() => createEtcdClient(opts.conn), this.keys.tierConfig(opts.tier), this.keys.hostOverride(opts.hostId), log);
-    this.health = new HealthReporter(this.client, this.keys.health(opts.tier, opts.hostId), log);
-    metrics.watchBreakerState(() => breakerState(this.watch.readBreaker));
-    metrics.healthBreakerState(() => breakerState(this.health.putBreaker));
+    this.tierKey = opts.keys.tierConfig(opts.tier);
+    this.overrideKey = opts.keys.hostOverride(opts.hostId);
+    const { breaker, guard } = etcdBreaker();
+    this.breaker = breaker;
+    this.watch = new TierWatch(transport, guard, this.tierKey, this.overrideKey, log);
+    this.health = new HealthReporter(transport, guard, opts.keys.health(opts.tier, opts.hostId), log, opts.health ?? DEFAULT_HEALTH, onHealthWritten);
   }
 
   start(): void {
     this.watch.on('snapshot', (s, reason) => this.onSnapshot(s, reason));
-    this.watch.on('state', (state) => {
-      const wasConnected = this.connected;
-      this.connected = state === 'watching';
-      this.metrics.watchState.set({ state }, 1);
-      for (const other of ['reading', 'watching', 'disconnected', 'backoff', 'stopped']) if (other !== state) this.metrics.watchState.set({ state: other }, 0);
-      if (this.connected && !wasConnected) this.log.info({ event: 'etcd_connected', revision: this.watchRevision }, 'watching etcd');
-      if (!this.connected && wasConnected) this.log.warn({ event: 'etcd_disconnected', state }, 'lost etcd; enforcing the config in force');
-    });
+    this.watch.on('state', (state) => this.onState(state));
     this.watch.start();
     this.health.start(() => this.healthDoc());
   }
 
-  async stop(): Promise<void> {
+  /** revoke false: as a killed agent (simulated), the lease is left to expire. True when the lease was revoked. */
+  async stop(revoke = true): Promise<boolean> {
     await this.watch.stop();
-    await this.health.stop(true);
-    this.client.close();
+    const revoked = await this.health.stop(revoke);
+    this.breaker.shutdown();
+    return revoked;
+  }
+
+  private onState(state: WatchState): void {
+    const wasConnected = this.connected;
+    this.connected = state === 'watching';
+    if (this.connected && !wasConnected) {
+      this.log.info({ event: 'etcd_connected', revision: this.watchRevision }, 'watching etcd');
+      // Back on etcd after a break: tell the engine.
+      if (this.status.applied) this.health.nudge();
+    }
+    if (!this.connected && wasConnected) this.log.warn({ event: 'etcd_disconnected', state }, 'lost etcd; enforcing the config in force');
   }
 
   private onSnapshot(s: Snapshot, reason: string): void {
     this.watchRevision = s.revision;
     this.connected = true;
-    const d = decide(s, { tier: this.keys.tierConfig(this.opts.tier), override: this.keys.hostOverride(this.opts.hostId) }, this.verifier, this.opts.hostId);
+    const d = decide(s, { tier: this.tierKey, override: this.overrideKey }, this.opts.verifier, this.opts.hostId);
     if (d.kind === 'none') {
-      this.log.warn({ event: 'tier_missing', tier: this.opts.tier, key: this.keys.tierConfig(this.opts.tier), revision: s.revision }, 'no document for this tier; the config in force stays');
+      this.log.warn({ event: 'tier_missing', tier: this.opts.tier, key: this.tierKey, revision: s.revision }, 'no document for this tier; the config in force stays');
+      this.health.nudge();
       return;
     }
     if (d.kind === 'refused') {
       this.handlers.refuse(d.err, reason, s.revision);
-      this.health.nudge(() => this.healthDoc());
+      this.health.nudge();
       return;
     }
+    this.onDecided(d.tierVersion);
     this.status.lastError = null;
     if (JSON.stringify(d.config) === JSON.stringify(this.status.applied?.config)) {
       this.handlers.keep(d.config, d.meta, reason);
@@ -184,32 +211,72 @@ export class EtcdAgentSource {
         this.handlers.refuse(err, reason, s.revision);
       }
     }
-    this.health.nudge(() => this.healthDoc());
+    this.health.nudge();
   }
 
   healthDoc(): Health {
+    return healthDocument({
+      hostId: this.opts.hostId,
+      tier: this.opts.tier,
+      agentVersion: this.opts.agentVersion,
+      applied: this.status.applied,
+      applyLatencyMs: this.status.applyLatencyMs,
+      appliedAt: this.status.appliedAt,
+      counters: this.host.counters(),
+      connected: this.connected,
+      watchRevision: this.watchRevision,
+      lastError: this.status.lastError,
+      features: this.host.features(),
+    });
+  }
+}
+
+/** The real agent's etcd source: the follower over its own etcd3 clients, the kernel maps behind. */
+export class EtcdAgentSource {
+  private readonly transport: Etcd3Transport;
+  private readonly follower: EtcdFollower;
+  private liveFlows = { at: 0, count: 0 };
+
+  constructor(
+    opts: EtcdSourceOptions,
+    private readonly dp: Datapath,
+    status: AgentStatus,
+    handlers: Handlers,
+    private readonly metrics: Metrics,
+    log: Logger,
+    version: string,
+  ) {
+    this.transport = new Etcd3Transport(opts.conn);
+    const followerOpts = { keys: etcdKeys(opts.prefix), tier: opts.tier, hostId: opts.hostId, verifier: opts.verifyKey ? Verifier.fromFile(opts.verifyKey) : null, agentVersion: version };
+    this.follower = new EtcdFollower(this.transport, followerOpts, status, handlers, { counters: () => this.counters(), features: () => ({ ...dp.features }) }, log);
+    const f = this.follower;
+    metrics.etcdBreakerState(() => breakerState(f.breaker));
+  }
+
+  start(): void {
+    this.follower.watch.on('state', (state) => {
+      this.metrics.watchState.set({ state }, 1);
+      for (const other of ['reading', 'watching', 'disconnected', 'backoff', 'stopped']) if (other !== state) this.metrics.watchState.set({ state: other }, 0);
+    });
+    this.follower.start();
+  }
+
+  async stop(): Promise<void> {
+    await this.follower.stop(true);
+    this.transport.close();
+  }
+
+  private counters(): Health['counters'] {
     const c = readCounters(this.dp.maps.sslwall_counters);
     const by = (cls: string, verdict: string) => Number(c.byClass.find((x) => x.class === cls && x.verdict === verdict)?.value ?? 0n);
     // Counting live flows walks the map: do it at most every 30 s (idle CPU matters).
     if (Date.now() - this.liveFlows.at > 30000) this.liveFlows = { at: Date.now(), count: native().mapDump(this.dp.maps.sslwall_flows).length };
     const created = Number(c.flowsCreated), closed = Number(c.flowsClosed);
-    return healthDocument({
-      hostId: this.opts.hostId,
-      tier: this.opts.tier,
-      agentVersion: this.version,
-      applied: this.status.applied,
-      applyLatencyMs: this.status.applyLatencyMs,
-      appliedAt: this.status.appliedAt,
-      counters: {
-        violationsReported: by('plaintext', 'reported'),
-        violationsBlocked: by('plaintext', 'blocked'),
-        flows: this.liveFlows.count,
-        evictions: Math.max(0, created - closed - this.liveFlows.count),
-      },
-      connected: this.connected,
-      watchRevision: this.watchRevision,
-      lastError: this.status.lastError,
-      features: { ...this.dp.features },
-    });
+    return {
+      violationsReported: by('plaintext', 'reported'),
+      violationsBlocked: by('plaintext', 'blocked'),
+      flows: this.liveFlows.count,
+      evictions: Math.max(0, created - closed - this.liveFlows.count),
+    };
   }
 }

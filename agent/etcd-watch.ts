@@ -1,21 +1,17 @@
 // Following the tier document and the host override in etcd. Read both keys at one revision R,
-// watch them from R+1. When the stream breaks we resume from the last revision we saw (no read);
-// when etcd cancels that watch because the revision was compacted while we were away, we read
-// again at the current revision and watch from there: the latest version is never missed.
-// We do the resuming ourselves, on a fresh etcd3 client, instead of leaving it to etcd3's watch
-// manager: on reconnect it moves a watcher's start revision to the server's current one
-// (skipping what it missed), and watchers cancelled while disconnected confuse its re-creation.
+// watch them from R+1. When the stream breaks we resume from the last revision we saw (no read),
+// on a fresh connection; when etcd cancels that watch because the revision was compacted while
+// we were away, we read again at the current revision and watch from there: the latest version
+// is never missed. We do the resuming ourselves instead of leaving it to etcd3's watch manager:
+// on reconnect it moves a watcher's start revision to the server's current one (skipping what it
+// missed), and watchers cancelled while disconnected confuse its re-creation. The etcd calls go
+// through an EtcdTransport (agent/etcd-client.ts), so the simulator runs this same loop.
 import { EventEmitter } from 'node:events';
-import type { Etcd3, Watcher, IKeyValue } from 'etcd3';
 import type { Logger } from 'pino';
-import type CircuitBreaker from 'opossum';
-import { breaker } from './etcd-client.js';
 import { backoffMs } from '../schemas/etcd.js';
+import type { EtcdTransport, Guard, KeyState } from './etcd-client.js';
 
-export interface KeyState {
-  value: Buffer;
-  modRevision: number;
-}
+export type { KeyState } from './etcd-client.js';
 
 export interface Snapshot {
   tier: KeyState | null;
@@ -32,25 +28,24 @@ export declare interface TierWatch {
 }
 
 export class TierWatch extends EventEmitter {
-  readonly readBreaker: CircuitBreaker<[], Snapshot>;
   state: WatchState = 'reading';
   private stopped = false;
-  private watchers: Watcher[] = [];
+  private cancelWatch: (() => Promise<void>) | null = null;
+  private endWatch: ((reason: string) => void) | null = null;
   private wake: (() => void) | null = null;
+  /** Watches resumed after a broken stream. */
   reconnects = 0;
+  /** Reads of both keys (the first, and one after each cancelled watch). */
   reads = 0;
 
-  private client: Etcd3;
-
   constructor(
-    private readonly makeClient: () => Etcd3,
+    private readonly transport: EtcdTransport,
+    private readonly guard: Guard,
     private readonly tierKey: string,
     private readonly overrideKey: string,
     private readonly log: Logger,
   ) {
     super();
-    this.client = makeClient();
-    this.readBreaker = breaker('etcd_read', () => this.read());
   }
 
   start(): void {
@@ -60,24 +55,21 @@ export class TierWatch extends EventEmitter {
   async stop(): Promise<void> {
     this.stopped = true;
     this.wake?.();
+    this.endWatch?.('stopped');
     await this.cancelWatchers();
-    this.client.close();
     this.setState('stopped');
   }
 
   private setState(s: WatchState) {
-    if (this.state === s) return;
+    if (this.state === s || (this.stopped && s !== 'stopped')) return;
     this.state = s;
     this.emit('state', s);
   }
 
   private async read(): Promise<Snapshot> {
-    const t = await this.client.kv.range({ key: Buffer.from(this.tierKey) });
-    const revision = Number(t.header.revision);
-    const o = await this.client.kv.range({ key: Buffer.from(this.overrideKey), revision });
-    const kv = (kvs: IKeyValue[]): KeyState | null => (kvs[0] ? { value: kvs[0].value, modRevision: Number(kvs[0].mod_revision) } : null);
+    const r = await this.guard(() => this.transport.read([this.tierKey, this.overrideKey]));
     this.reads++;
-    return { tier: kv(t.kvs), override: kv(o.kvs), revision };
+    return { tier: r.values[0] ?? null, override: r.values[1] ?? null, revision: r.revision };
   }
 
   private async loop(): Promise<void> {
@@ -90,19 +82,22 @@ export class TierWatch extends EventEmitter {
           snap = last; // resume: watch from the revision after the last one seen
         } else {
           this.setState('reading');
-          snap = await this.readBreaker.fire();
+          snap = await this.read();
+          if (this.stopped) return;
           this.emit('snapshot', { ...snap }, 'read');
         }
-        const end = await this.watchFrom(snap, () => (attempt = 0));
+        const end = await this.watchFrom(snap);
         if (this.stopped) return;
+        // Back off afresh only after a watch that got going: while etcd is away, a resume that
+        // never connects keeps growing the delay (instead of retrying every ~100 ms).
+        if (end.watched) attempt = 0;
         // A cancelled watch (compaction, or any server-side cancel) needs a fresh read.
         last = end.reason === 'disconnected' ? end.snapshot : null;
         this.log.warn({ event: 'etcd_watch_restart', reason: end.reason, resume_from: last ? last.revision + 1 : null }, last ? 'watch broken; resuming' : 'watch cancelled; reading again');
-        if (last) this.reconnects++;
-        if (end.reason === 'disconnected') {
+        if (last) {
+          this.reconnects++;
           this.setState('disconnected');
-          this.client.close();
-          this.client = this.makeClient();
+          this.transport.renew();
         }
       } catch (err) {
         if (this.stopped) return;
@@ -121,53 +116,47 @@ export class TierWatch extends EventEmitter {
   }
 
   /** Watch both keys from snap.revision + 1; resolves when the watch is lost, with what was seen. */
-  private async watchFrom(snap: Snapshot, onRunning: () => void): Promise<{ reason: string; snapshot: Snapshot }> {
-    const start = String(snap.revision + 1);
+  private watchFrom(snap: Snapshot): Promise<{ reason: string; snapshot: Snapshot; watched: boolean }> {
     const current = { ...snap };
-    // watcher(), not create(): listeners must be on before the stream answers, since a
-    // compaction cancel can follow the "created" answer at once.
-    const tw = this.client.watch().key(this.tierKey).startRevision(start).watcher();
-    const ow = this.client.watch().key(this.overrideKey).startRevision(start).watcher();
-    this.watchers = [tw, ow];
+    const which = ['tier', 'override'] as const;
     return new Promise((resolve) => {
       let done = false;
-      let connected = 0;
+      let watched = false;
       const finish = (reason: string) => {
         if (done) return;
         done = true;
-        void this.cancelWatchers().then(() => resolve({ reason, snapshot: { ...current } }));
+        this.endWatch = null;
+        void this.cancelWatchers().then(() => resolve({ reason, snapshot: { ...current }, watched }));
       };
-      const bind = (w: Watcher, which: 'tier' | 'override') => {
-        w.on('connected', () => {
-          if (++connected !== 2) return;
-          // Only a watch that runs resets the backoff: a stream that drops at once keeps backing off.
-          onRunning();
+      this.endWatch = finish;
+      this.cancelWatch = this.transport.watch([this.tierKey, this.overrideKey], snap.revision + 1, {
+        connected: () => {
+          if (done) return;
+          watched = true;
           this.setState('watching');
-        });
-        w.on('put', (kv) => {
-          current[which] = { value: kv.value, modRevision: Number(kv.mod_revision) };
-          current.revision = Math.max(current.revision, Number(kv.mod_revision));
-          this.emit('snapshot', { ...current }, `${which}_put`);
-        });
-        w.on('delete', (kv) => {
-          current[which] = null;
-          current.revision = Math.max(current.revision, Number(kv.mod_revision));
-          this.emit('snapshot', { ...current }, `${which}_delete`);
-        });
-        w.on('disconnected', () => finish('disconnected'));
-        // Compaction (or any cancel) ends the watcher for good: read and watch again.
-        w.on('error', (err) => finish(`cancelled: ${String((err as Error).message ?? err)}`));
-      };
-      bind(tw, 'tier');
-      bind(ow, 'override');
+        },
+        put: (i, kv) => {
+          if (done) return;
+          current[which[i]!] = kv;
+          current.revision = Math.max(current.revision, kv.modRevision);
+          this.emit('snapshot', { ...current }, `${which[i]}_put`);
+        },
+        delete: (i, modRevision) => {
+          if (done) return;
+          current[which[i]!] = null;
+          current.revision = Math.max(current.revision, modRevision);
+          this.emit('snapshot', { ...current }, `${which[i]}_delete`);
+        },
+        disconnected: () => finish('disconnected'),
+        cancelled: (err) => finish(`cancelled: ${err.message}`),
+      });
       if (this.stopped) finish('stopped');
     });
   }
 
   private async cancelWatchers(): Promise<void> {
-    const ws = this.watchers;
-    this.watchers = [];
-    // A cancel waits for the server's answer; with the stream gone there is none to wait for.
-    await Promise.race([Promise.all(ws.map((w) => w.cancel().catch(() => undefined))), new Promise((r) => setTimeout(r, 500))]);
+    const cancel = this.cancelWatch;
+    this.cancelWatch = null;
+    await cancel?.();
   }
 }

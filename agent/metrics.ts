@@ -72,14 +72,14 @@ export function createMetrics(dp: Datapath) {
     labelNames: ['state'] as const,
     registers: [registry],
   });
-  const breakerStates: Record<string, () => string> = {};
+  let breakerState: (() => string) | null = null;
   const breakers = new client.Gauge({
     name: 'sslwall_etcd_breaker_open',
-    help: 'Circuit breaker around etcd calls: 1 open, 0.5 half open, 0 closed',
+    help: 'The circuit breaker around the agent\'s etcd calls: 1 open, 0.5 half open, 0 closed',
     labelNames: ['breaker'] as const,
     registers: [registry],
     collect() {
-      for (const [name, state] of Object.entries(breakerStates)) breakers.set({ breaker: name }, { open: 1, half_open: 0.5, closed: 0 }[state()] ?? 0);
+      if (breakerState) breakers.set({ breaker: 'etcd' }, { open: 1, half_open: 0.5, closed: 0 }[breakerState()] ?? 0);
     },
   });
   return {
@@ -89,8 +89,7 @@ export function createMetrics(dp: Datapath) {
     applyLatency,
     configVersion,
     watchState,
-    watchBreakerState: (fn: () => string) => (breakerStates.watch = fn),
-    healthBreakerState: (fn: () => string) => (breakerStates.health = fn),
+    etcdBreakerState: (fn: () => string) => (breakerState = fn),
   };
 }
 

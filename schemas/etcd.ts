@@ -33,13 +33,15 @@ function newClient(conn: EtcdConnection): Etcd3 {
     // Unary calls get a deadline so a black-holed etcd fails the call instead of hanging it;
     // streams (watch, keepalive) stay open.
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + 5000 }),
-    // Retries over time are ours (opossum + jittered backoff). etcd3's per-host breaker stays, to
-    // steer calls away from a dead member of a cluster, but half-opens after 1 s (not 5 s) so a
+    // Retries over time are the callers' (full-jitter backoffMs; the agent adds one opossum
+    // breaker: docs/agent.md "Retries and breakers"). etcd3's per-host breaker stays, to steer
+    // calls away from a dead member of a cluster, but half-opens after 1 s (not 5 s) so a
     // restarted single etcd is used again at once; a failed call tries the other members first.
     faultHandling: {
       host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 1000, breaker: new ConsecutiveBreaker(2) }),
       global: conn.endpoints.length > 1 ? retry(handleWhen(isRecoverableError), { maxAttempts: conn.endpoints.length - 1, backoff: new ConstantBackoff(0) }) : noop,
-      // etcd3 takes the factory and calls next() itself; its typing says IBackoff.
+      // For etcd3's own watch reconnect (the engine's watches; the agent resumes on a fresh
+      // client instead). etcd3 takes the factory and calls next() itself; its typing says IBackoff.
       watchBackoff: new ExponentialBackoff({ initialDelay: 200, maxDelay: 3000 }) as unknown as IBackoff<unknown>,
     },
   });

@@ -24,7 +24,7 @@ import { HealthSchema } from '../../schemas/tier.js';
 import { startEtcd, type EtcdServer } from '../lab/etcd.js';
 import { SSLWALL } from '../lab/agent-proc.js';
 import { EngineProc, makeKeys, type Keys } from '../lab/fleet.js';
-import type { StatsLine } from '../simulate/main.js';
+import type { StatsLine } from '../simulate/shared.js';
 import { quantile, round } from './stats.js';
 import { scoped, sleep, type Figure, type Scope } from './agent.js';
 import type { Bench, BenchContext } from './types.js';

@@ -6,7 +6,7 @@ import { Proc } from './proc.js';
 import { freePort } from './etcd.js';
 import { SSLWALL } from './agent-proc.js';
 import { generateKeyPair } from '../../rollout/signing.js';
-import type { StatsLine } from '../simulate/main.js';
+import type { StatsLine } from '../simulate/shared.js';
 
 export interface Keys {
   dir: string;
@@ -66,9 +66,6 @@ export class EngineProc {
   }
 }
 
-/** One stats line of `sslwall simulate` (its own type, not a copy). */
-export type SimStats = StatsLine;
-
 export class SimProc {
   private constructor(readonly proc: Proc) {}
 
@@ -80,13 +77,13 @@ export class SimProc {
     return s;
   }
 
-  stats(): SimStats | null {
+  stats(): StatsLine | null {
     if (!fs.existsSync(this.proc.logFile)) return null;
     const lines = fs.readFileSync(this.proc.logFile, 'utf8').split('\n').filter((l) => l.startsWith('{"t"'));
-    return lines.length ? (JSON.parse(lines[lines.length - 1]!) as SimStats) : null;
+    return lines.length ? (JSON.parse(lines[lines.length - 1]!) as StatsLine) : null;
   }
 
-  async waitStats(pred: (s: SimStats) => boolean, timeoutMs: number, what: string): Promise<SimStats> {
+  async waitStats(pred: (s: StatsLine) => boolean, timeoutMs: number, what: string): Promise<StatsLine> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const s = this.stats();

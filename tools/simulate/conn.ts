@@ -1,9 +1,11 @@
 // What the simulated agents of one worker process share: one etcd3 client (one gRPC connection:
-// watchers multiplexed on its watch stream), a bound on unary calls in flight, and one lease
-// keepalive stream for every agent's health lease.
-import { guardWatchManager } from '../../schemas/etcd.js';
+// watchers multiplexed on a few watch streams), a bound on unary calls in flight, and a few lease
+// keepalive streams for every agent's health lease. SimTransport puts that behind the agent's
+// EtcdTransport seam (agent/etcd-client.ts): each simulated agent runs the agent's own watch,
+// decision and health code over it.
 import type { Etcd3, Namespace, IDuplexStream, ILeaseKeepAliveRequest, ILeaseKeepAliveResponse } from 'etcd3';
-import { createEtcdClient, backoffMs, type EtcdConnection } from '../../schemas/etcd.js';
+import { createEtcdClient, guardWatchManager, backoffMs, type EtcdConnection } from '../../schemas/etcd.js';
+import { readKeys, watchKeys, type EtcdTransport, type WatchHandlers } from '../../agent/etcd-client.js';
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -82,11 +84,6 @@ export class SharedConn {
   }
 }
 
-export interface LeaseOwner {
-  /** The lease expired or etcd forgot it: grant a new one and write the health key again. */
-  leaseLost(id: string): void;
-}
-
 type KeepAliveStream = IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>;
 
 interface Shard {
@@ -103,7 +100,7 @@ interface Shard {
  * falls behind and leases expire. A response with TTL 0 means the lease is gone: its owner is told.
  */
 export class LeaseKeeper {
-  private readonly leases = new Map<string, { owner: LeaseOwner; next: number; shard: Shard }>();
+  private readonly leases = new Map<string, { lost: () => void; next: number; shard: Shard }>();
   private readonly shards: Shard[];
   private nextShard = 0;
   private timer: NodeJS.Timeout;
@@ -122,10 +119,11 @@ export class LeaseKeeper {
     this.timer = setInterval(() => this.tick(), 250);
   }
 
-  add(id: string, owner: LeaseOwner): void {
+  /** Keep id alive; lost() when etcd answers that it is gone. */
+  add(id: string, lost: () => void): void {
     const shard = this.shards[this.nextShard++ % this.shards.length]!;
     // First refresh a third of the TTL from now, jittered so the leases do not move in step.
-    this.leases.set(id, { owner, next: Date.now() + (this.ttlS * 1000) / 3 - Math.random() * 1000, shard });
+    this.leases.set(id, { lost, next: Date.now() + (this.ttlS * 1000) / 3 - Math.random() * 1000, shard });
   }
 
   /** Stop refreshing (the lease then expires by its TTL, like a killed agent's). */
@@ -182,7 +180,7 @@ export class LeaseKeeper {
         const l = this.leases.get(String(res.ID));
         if (!l) return;
         this.leases.delete(String(res.ID));
-        l.owner.leaseLost(String(res.ID));
+        l.lost();
       });
       s.on('error', lost);
       s.on('end', lost);
@@ -206,4 +204,54 @@ export class LeaseKeeper {
       sh.stream = null;
     }
   }
+}
+
+/** One simulated agent's EtcdTransport: the worker's shared client, streams and limiter. */
+export class SimTransport implements EtcdTransport {
+  private gen = 0;
+
+  constructor(
+    private readonly conn: SharedConn,
+    private readonly limiter: Limiter,
+    private readonly leases: LeaseKeeper,
+    /** Position in the worker (spreads the agents over watch streams). */
+    private readonly index: number,
+  ) {}
+
+  read(keys: string[]) {
+    return this.limiter.run(() => readKeys(this.conn.client, keys));
+  }
+
+  watch(keys: string[], fromRevision: number, h: WatchHandlers) {
+    this.gen = this.conn.gen;
+    return watchKeys(this.conn.watchOn(this.index), keys, fromRevision, h);
+  }
+
+  /** The first agent to see the stream broken renews the shared client; the others resume on it. */
+  renew(): void {
+    this.conn.renew(this.gen);
+  }
+
+  async grantLease(ttlS: number, onLost: () => void): Promise<string> {
+    const res = await this.limiter.run(() => this.conn.client.leaseClient.leaseGrant({ TTL: ttlS }));
+    const id = String(res.ID);
+    this.leases.add(id, onLost);
+    return id;
+  }
+
+  releaseLease(id: string): void {
+    this.leases.remove(id);
+  }
+
+  async revokeLease(id: string): Promise<void> {
+    this.leases.remove(id);
+    await this.limiter.run(() => this.conn.client.leaseClient.leaseRevoke({ ID: id }));
+  }
+
+  async put(key: string, value: string, leaseId: string): Promise<void> {
+    await this.limiter.run(() => this.conn.client.kv.put({ key: Buffer.from(key), value: Buffer.from(value), lease: leaseId }));
+  }
+
+  /** The shared client is the worker's to close. */
+  close(): void {}
 }

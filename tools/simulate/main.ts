@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { SslwallError, exitCodeFor } from '../../schemas/errors.js';
-import { slices, type FromWorker, type SimOptions, type ToWorker, type WorkerStats } from './shared.js';
+import { slices, type FromWorker, type SimOptions, type StatsLine, type ToWorker, type WorkerStats } from './shared.js';
 
 export const SIMULATE_HELP = `Usage: sslwall simulate --etcd URL[,URL...] --tier TIER --agents N (--verify-key FILE | --insecure-unsigned) [options]
 
@@ -126,26 +126,6 @@ interface Child {
   stats: WorkerStats | null;
   started: boolean;
   exited: boolean;
-}
-
-export interface StatsLine {
-  t: number;
-  agents: number;
-  alive: number;
-  connected: number;
-  applied: Record<string, number>;
-  errors: number;
-  relists: number;
-  reconnects: number;
-  lastChangeAppliedMs: Record<string, number>;
-  /** From first sight of a version to the last health write reporting it. */
-  lastChangeReportedMs: Record<string, number>;
-  started: number;
-  errorCodes: Record<string, number>;
-  leaseRegrants: number;
-  healthWrites: number;
-  healthWriteErrors: number;
-  workers: number;
 }
 
 /** Sum the workers' latest stats into one line. */

@@ -42,7 +42,11 @@ export interface VersionStats {
   lastReported: number | null;
 }
 
-export interface WorkerStats {
+/**
+ * The fleet's counts: what each worker reports of its agents, and what the parent's stats line
+ * sums (one type; tools/lab and tools/bench read the same).
+ */
+export interface FleetCounts {
   agents: number;
   started: number;
   alive: number;
@@ -57,7 +61,22 @@ export interface WorkerStats {
   leaseRegrants: number;
   healthWrites: number;
   healthWriteErrors: number;
+}
+
+/** A worker's counts and when its agents saw, applied and reported each version. */
+export interface WorkerStats extends FleetCounts {
   versions: Record<string, VersionStats>;
+}
+
+/** One line of `sslwall simulate`'s stdout: the workers' counts summed, and propagation times. */
+export interface StatsLine extends FleetCounts {
+  /** ms since the simulator's launch. */
+  t: number;
+  workers: number;
+  /** From first sight of a version to its last apply. */
+  lastChangeAppliedMs: Record<string, number>;
+  /** From first sight of a version to the last health write reporting it. */
+  lastChangeReportedMs: Record<string, number>;
 }
 
 /** Worker -> parent. */

@@ -118,17 +118,18 @@ class Worker {
     for (const a of this.agents) {
       s.relists += a.relists;
       s.reconnects += a.reconnects;
-      s.leaseRegrants += a.leaseRegrants;
-      s.healthWrites += a.healthWrites;
-      s.healthWriteErrors += a.healthWriteErrors;
+      s.leaseRegrants += a.health.regrants;
+      s.healthWrites += a.health.writes;
+      s.healthWriteErrors += a.health.writeErrors;
       if (a.status !== 'starting' && a.status !== 'running') continue;
       s.alive++;
       if (a.watching) s.connected++;
-      const v = String(a.applied?.meta.tierVersion ?? 'none');
+      const v = String(a.state.applied?.meta.tierVersion ?? 'none');
       s.applied[v] = (s.applied[v] ?? 0) + 1;
-      if (a.lastError) {
+      const err = a.state.lastError;
+      if (err) {
         s.errors++;
-        s.errorCodes[a.lastError.code] = (s.errorCodes[a.lastError.code] ?? 0) + 1;
+        s.errorCodes[err.code] = (s.errorCodes[err.code] ?? 0) + 1;
       }
     }
     return s;
