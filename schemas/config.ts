@@ -16,6 +16,26 @@ export const Cidr = z.string().superRefine((value, ctx) => {
   }
 });
 
+/** Where every host's TTLS terminator listens unless the config says otherwise (docs/ttls.md). */
+export const DEFAULT_TTLS_PORT = 15443;
+
+/**
+ * Transparent TLS (docs/ttls.md): connect() calls from processes under the agent's cgroup to an
+ * address in `cidrs` on a port in `ports` are carried inside mutually authenticated TLS to the
+ * terminator on the destination host, which listens on `port`.
+ */
+export const TtlsSchema = z
+  .strictObject({
+    ports: PortList.min(1, 'list at least one port to wrap'),
+    cidrs: z.array(Cidr).min(1, 'list at least one destination CIDR').max(4000),
+    port: Port.default(DEFAULT_TTLS_PORT),
+  })
+  .superRefine((t, ctx) => {
+    const i = t.ports.indexOf(t.port);
+    if (i >= 0) ctx.addIssue({ code: 'custom', path: ['ports', i], message: `port ${t.port} is ttls.port, where terminators listen; wrapping it would send the proxy's own TLS into the proxy` });
+  });
+export type TtlsConfig = z.infer<typeof TtlsSchema>;
+
 export const StarttlsProtocols = ['smtp', 'imap', 'pop3', 'ftp', 'postgres', 'mysql'] as const;
 export type StarttlsProtocol = (typeof StarttlsProtocols)[number];
 
@@ -36,6 +56,7 @@ export const ConfigSchema = z
       })
       .default({ smtp: [], imap: [], pop3: [], ftp: [], postgres: [], mysql: [] }),
     connect: z.strictObject({ ports: PortList.default([]) }).default({ ports: [] }),
+    ttls: TtlsSchema.optional(),
   })
   .superRefine((cfg, ctx) => {
     // One port, one negotiation: the filter keeps one protocol per server port.
