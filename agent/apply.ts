@@ -2,7 +2,7 @@
 // roles and the bypass CIDRs of one generation; we fill the inactive generation completely and
 // then flip sslwall_active_gen with one u32 write, so the filter never sees a half-written
 // config. Flow state is untouched, except the verdicts of plaintext flows, which follow the mode.
-import { native } from '../native/index.js';
+import { native, BpfError, type MapHandle } from '../native/index.js';
 import type { Config, StarttlsProtocol } from '../schemas/config.js';
 import { StarttlsProtocols } from '../schemas/config.js';
 import { encode, decode, addrToBytes } from './codec.js';
@@ -17,8 +17,8 @@ import {
 } from './generated/shared.js';
 import type { SharedMap } from './datapath.js';
 
-/** The pinned (or freshly created) shared maps, by name. */
-export type MapFds = Record<SharedMap, number>;
+/** The pinned (or freshly created) shared maps, by name; whoever opened them closes them. */
+export type MapHandles = Record<SharedMap, MapHandle>;
 
 /** Plaintext bytes a STARTTLS or CONNECT preamble may use before TLS must start. */
 export const NEGOTIATION_BUDGET = 4096;
@@ -58,12 +58,12 @@ function u32(n: number): Buffer {
   return b;
 }
 
-export function activeGen(maps: MapFds): number {
+export function activeGen(maps: MapHandles): number {
   const v = native().mapLookup(maps.sslwall_active_gen, u32(0));
   return v ? v.readUInt32LE(0) & 1 : 0;
 }
 
-export function currentMode(maps: MapFds): Config['mode'] {
+export function currentMode(maps: MapHandles): Config['mode'] {
   const gen = activeGen(maps);
   const raw = native().mapLookup(maps.sslwall_config, u32(gen));
   const mode = raw ? raw.readUInt32LE(0) : 0;
@@ -71,7 +71,7 @@ export function currentMode(maps: MapFds): Config['mode'] {
 }
 
 /** Apply a config; returns the number of plaintext flows whose verdict changed with the mode. */
-export function applyConfig(maps: MapFds, config: Config, bypassCgroup: BypassCgroup | null): number {
+export function applyConfig(maps: MapHandles, config: Config, bypassCgroup: BypassCgroup | null): number {
   const addon = native();
   const next = activeGen(maps) ^ 1;
 
@@ -95,7 +95,7 @@ export function applyConfig(maps: MapFds, config: Config, bypassCgroup: BypassCg
 
 // What this process last wrote into each generation of the port roles: the next write into that
 // generation touches only the ports that differ (a full write of 65,536 entries costs ~18 ms).
-const writtenRoles = new WeakMap<MapFds, Array<Buffer | null>>();
+const writtenRoles = new WeakMap<MapHandles, Array<Buffer | null>>();
 
 /** The ports whose role differs from what was last written (every port when nothing was). */
 export function changedPorts(before: Buffer | null, roles: Buffer): number[] {
@@ -104,7 +104,7 @@ export function changedPorts(before: Buffer | null, roles: Buffer): number[] {
   return ports;
 }
 
-function writePortRoles(maps: MapFds, gen: number, roles: Buffer): void {
+function writePortRoles(maps: MapHandles, gen: number, roles: Buffer): void {
   const known = writtenRoles.get(maps) ?? [null, null];
   const ports = changedPorts(known[gen] ?? null, roles);
   if (ports.length) {
@@ -120,23 +120,23 @@ function writePortRoles(maps: MapFds, gen: number, roles: Buffer): void {
   writtenRoles.set(maps, known);
 }
 
-function writeCidrs(maps: MapFds, gen: number, cidrs: string[]): void {
+function writeCidrs(maps: MapHandles, gen: number, cidrs: string[]): void {
   const addon = native();
-  const fd = maps.sslwall_bypass_cidrs;
-  for (const [key] of addon.mapDump(fd)) {
-    if (decode<SslwallCidrKey>('sslwall_cidr_key', key).gen === gen) addon.mapDelete(fd, key);
+  const map = maps.sslwall_bypass_cidrs;
+  for (const [key] of addon.mapDump(map)) {
+    if (decode<SslwallCidrKey>('sslwall_cidr_key', key).gen === gen) addon.mapDelete(map, key);
   }
   for (const cidr of cidrs) {
     const [addr, bits] = cidr.split('/');
     const { family, bytes } = addrToBytes(addr!);
     const len = bits === undefined ? (family === 4 ? 32 : 128) : Number(bits);
     const key = encode<SslwallCidrKey>('sslwall_cidr_key', { prefixlen: 16 + len, gen, family, addr: bytes });
-    addon.mapUpdate(fd, key, Buffer.from([1]));
+    addon.mapUpdate(map, key, Buffer.from([1]));
   }
 }
 
 /** Plaintext flows carry the verdict of the mode in force; rewrite them when it changes. */
-export function reconcileVerdicts(maps: MapFds, mode: Config['mode']): number {
+export function reconcileVerdicts(maps: MapHandles, mode: Config['mode']): number {
   const addon = native();
   const want =
     mode === 'active' ? SslwallVerdict.SSLWALL_VERDICT_BLOCKED
@@ -152,7 +152,7 @@ export function reconcileVerdicts(maps: MapFds, mode: Config['mode']): number {
       addon.mapUpdate(maps.sslwall_flows, key, encode('sslwall_flow', flow), 2 /* BPF_EXIST */);
       changed++;
     } catch (err) {
-      if ((err as { errno?: number }).errno !== 2 /* ENOENT: closed meanwhile */) throw err;
+      if (!(err instanceof BpfError) || err.errno !== 2 /* ENOENT: closed meanwhile */) throw err;
     }
   }
   return changed;

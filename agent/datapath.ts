@@ -4,7 +4,7 @@
 // an existing link instead of attaching a second filter.
 import { mkdirSync, existsSync, unlinkSync, statSync, readdirSync } from 'node:fs';
 import type { Logger } from 'pino';
-import { native, BpfError, type BpfObject } from '../native/index.js';
+import { native, BpfError, type BpfObject, type MapHandle, type ProgHandle, type LinkHandle } from '../native/index.js';
 import { bpfObjects, pinLayout, assertBpffs } from './paths.js';
 import { sizeOf } from './codec.js';
 import { SslwallError } from '../schemas/errors.js';
@@ -38,23 +38,35 @@ export interface Features {
   kprobes: boolean;
 }
 
+/** A handle on each shared map of a loaded object; the caller closes them (closeMaps). */
+export function sharedMaps(obj: BpfObject): Record<SharedMap, MapHandle> {
+  return Object.fromEntries(Object.keys(expectedMaps()).map((m) => [m, obj.map(m)])) as Record<SharedMap, MapHandle>;
+}
+
+export function closeMaps(maps: Partial<Record<SharedMap, MapHandle>>): void {
+  for (const h of Object.values(maps)) h?.close();
+}
+
 export class Datapath {
   readonly pins;
-  readonly maps: Record<SharedMap, number>;
+  /** Owned by the Datapath: valid until close(). */
+  readonly maps: Record<SharedMap, MapHandle>;
   features: Features;
   /** Pinned maps this load could not reuse (first start, or a layout change). */
   mapsReplaced = 0;
-  private readonly iterLink: number;
+  private readonly iterLink: LinkHandle;
+  private readonly progs: Record<TcDirection, ProgHandle>;
   private readonly classifier: BpfObject;
   private readonly lifecycle: BpfObject;
 
-  private constructor(bpffs: string, classifier: BpfObject, lifecycle: BpfObject, iterLink: number, features: Features) {
+  private constructor(bpffs: string, classifier: BpfObject, lifecycle: BpfObject, iterLink: LinkHandle, features: Features) {
     this.pins = pinLayout(bpffs);
     this.classifier = classifier;
     this.lifecycle = lifecycle;
     this.iterLink = iterLink;
     this.features = features;
-    this.maps = Object.fromEntries(Object.keys(expectedMaps()).map((m) => [m, classifier.mapFd(m)])) as Record<SharedMap, number>;
+    this.maps = sharedMaps(classifier);
+    this.progs = { egress: classifier.prog('sslwall_classify_egress'), ingress: classifier.prog('sslwall_classify_ingress') };
   }
 
   /** Load both objects, reusing pinned maps, and (re)attach the lifecycle hook. */
@@ -70,11 +82,23 @@ export class Datapath {
     const reused = reusePinnedMaps(classifier, pins, log, captured);
     loadOrExplain(classifier, 'classifier');
     for (const c of captured) {
-      const n = restore(c, bpfObjects.classifier, classifier.mapFd(c.map));
+      const map = classifier.map(c.map);
+      let n: number;
+      try {
+        n = restore(c, bpfObjects.classifier, map);
+      } finally {
+        map.close();
+      }
       log.info({ event: 'map_migrated', map: c.map, entries: c.entries.length, migrated: n, from: c.value.size, to: classifier.mapDef(c.map).valueSize }, 'pinned state migrated to the new layout');
     }
     for (const name of Object.keys(expectedMaps())) {
-      if (!reused.has(name)) addon.pin(classifier.mapFd(name), pins.map(name));
+      if (reused.has(name)) continue;
+      const map = classifier.map(name);
+      try {
+        addon.pin(map, pins.map(name));
+      } finally {
+        map.close();
+      }
     }
 
     const lifecycle = addon.openObject(bpfObjects.lifecycle);
@@ -85,8 +109,11 @@ export class Datapath {
     // A tracing link cannot be updated in place: attach the new one, then swap the pin.
     const stateLink = lifecycle.attachTracing('sslwall_sock_state');
     if (existsSync(pins.lifecycleLink)) unlinkSync(pins.lifecycleLink);
-    addon.pin(stateLink, pins.lifecycleLink);
-    addon.closeFd(stateLink);
+    try {
+      addon.pin(stateLink, pins.lifecycleLink);
+    } finally {
+      stateLink.close();
+    }
 
     const iterLink = lifecycle.attachIter('sslwall_destroy_blocked');
     const features: Features = {
@@ -101,8 +128,9 @@ export class Datapath {
     return dp;
   }
 
-  progFd(dir: TcDirection): number {
-    return this.classifier.progFd(dir === 'egress' ? 'sslwall_classify_egress' : 'sslwall_classify_ingress');
+  /** The classifier program of one direction; owned by the Datapath. */
+  prog(dir: TcDirection): ProgHandle {
+    return this.progs[dir];
   }
 
   /** Attach (or adopt and update) the classifier on an interface of this network namespace. */
@@ -116,9 +144,9 @@ export class Datapath {
     }
     for (const dir of ['ingress', 'egress'] as const) {
       const pin = this.pins.tcxLink(iface, dir);
-      const prog = this.progFd(dir);
+      const prog = this.prog(dir);
       if (existsSync(pin)) {
-        const link = addon.getPinned(pin);
+        const link = addon.getPinned(pin, 'link');
         try {
           const info = addon.linkInfo(link);
           if (info.ifindex === undefined || info.ifindex === ifindex) {
@@ -132,15 +160,18 @@ export class Datapath {
           // Same name, other interface (it was recreated): the old link is dead weight.
           addon.linkDetach(link);
         } finally {
-          addon.closeFd(link);
+          link.close();
         }
         unlinkSync(pin);
       }
       if (this.features.tcAttach === 'tcx') {
         try {
           const link = addon.tcxAttach(prog, ifindex, dir);
-          addon.pin(link, pin);
-          addon.closeFd(link);
+          try {
+            addon.pin(link, pin);
+          } finally {
+            link.close();
+          }
           log.info({ event: 'filter_attached', iface, dir, ifindex, via: 'tcx' }, 'filter attached');
           continue;
         } catch (err) {
@@ -164,7 +195,9 @@ export class Datapath {
   }
 
   close(): void {
-    native().closeFd(this.iterLink);
+    this.iterLink.close();
+    closeMaps(this.maps);
+    for (const p of Object.values(this.progs)) p.close();
     this.lifecycle.close();
     this.classifier.close();
   }
@@ -172,11 +205,11 @@ export class Datapath {
 
 /** The tag of the program behind a link, from the program id the link reports. */
 function progTag(progId: number): string {
-  const fd = native().progFdById(progId);
+  const prog = native().progById(progId);
   try {
-    return native().progInfo(fd).tag;
+    return native().progInfo(prog).tag;
   } finally {
-    native().closeFd(fd);
+    prog.close();
   }
 }
 
@@ -208,20 +241,20 @@ function reusePinnedMaps(obj: BpfObject, pins: ReturnType<typeof pinLayout>, log
   for (const name of Object.keys(expectedMaps())) {
     const pin = pins.map(name);
     if (!existsSync(pin)) continue;
-    const fd = addon.getPinned(pin);
+    const map = addon.getPinned(pin, 'map');
     try {
-      const info = addon.mapInfo(fd);
+      const info = addon.mapInfo(map);
       const want = obj.mapDef(name);
       if (info.type !== want.type || info.keySize !== want.keySize || info.valueSize !== want.valueSize || info.maxEntries !== want.maxEntries) {
-        if (MIGRATABLE.has(name)) captured.push(capture(name, fd));
+        if (MIGRATABLE.has(name)) captured.push(capture(name, map));
         log.warn({ event: 'map_layout_changed', map: name, pinned: { keySize: info.keySize, valueSize: info.valueSize, maxEntries: info.maxEntries }, expected: want, migrating: MIGRATABLE.has(name) }, 'pinned map has another layout; replacing it');
         unlinkSync(pin);
         continue;
       }
-      obj.reuseMap(name, fd);
+      obj.reuseMap(name, map);
       reused.add(name);
     } finally {
-      addon.closeFd(fd);
+      map.close();
     }
   }
   return reused;
@@ -242,17 +275,17 @@ export function tcxLinksOn(ifindex: number): Array<{ id: number; progId: number;
   const addon = native();
   const out: Array<{ id: number; progId: number; attachType: number }> = [];
   for (const id of addon.linkIds()) {
-    let fd: number;
+    let link: LinkHandle;
     try {
-      fd = addon.linkFdById(id);
+      link = addon.linkById(id);
     } catch {
       continue; // released meanwhile
     }
     try {
-      const info = addon.linkInfo(fd);
+      const info = addon.linkInfo(link);
       if (info.ifindex === ifindex && info.attachType !== undefined) out.push({ id, progId: info.progId, attachType: info.attachType });
     } finally {
-      addon.closeFd(fd);
+      link.close();
     }
   }
   return out;

@@ -1,5 +1,5 @@
 // Reading the flows map for `sslwall flows` and the counters for metrics.
-import { native } from '../native/index.js';
+import { native, type MapHandle } from '../native/index.js';
 import { decode, endpoints, classNames, verdictNames, protoNames, type Family } from './codec.js';
 import { SslwallCounter, SslwallClass, SslwallVerdict, type SslwallFlow, type SslwallFlowKey } from './generated/shared.js';
 
@@ -14,9 +14,9 @@ export interface FlowRecord {
   proto: string;
 }
 
-export function readFlows(flowsMapFd: number): FlowRecord[] {
+export function readFlows(flows: MapHandle): FlowRecord[] {
   return native()
-    .mapDump(flowsMapFd)
+    .mapDump(flows)
     .map(([k, v]) => {
       const key = decode<SslwallFlowKey>('sslwall_flow_key', k);
       const flow = decode<SslwallFlow>('sslwall_flow', v);
@@ -42,12 +42,12 @@ export interface Counters {
 }
 
 /** Sum the per-CPU counters. */
-export function readCounters(countersMapFd: number): Counters {
+export function readCounters(counters: MapHandle): Counters {
   const addon = native();
   const read = (idx: number): bigint => {
     const key = Buffer.alloc(4);
     key.writeUInt32LE(idx);
-    const v = addon.mapLookup(countersMapFd, key);
+    const v = addon.mapLookup(counters, key);
     let sum = 0n;
     if (v) for (let off = 0; off + 8 <= v.length; off += 8) sum += v.readBigUInt64LE(off);
     return sum;

@@ -7,7 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { native } from '../native/index.js';
+import { native, type MapHandle } from '../native/index.js';
 import { repoRoot } from './paths.js';
 import type { StructLayout } from './generated/shared.js';
 
@@ -34,11 +34,11 @@ function btfDump(args: string[]): unknown {
 }
 
 /** Read a pinned map's entries and its layouts (from its own BTF) before it is replaced. */
-export function capture(map: string, fd: number): Captured {
-  const info = native().mapInfo(fd);
+export function capture(map: string, pinned: MapHandle): Captured {
+  const info = native().mapInfo(pinned);
   if (!info.btfId || !info.btfKeyTypeId || !info.btfValueTypeId) throw new Error(`pinned map ${map} carries no BTF; its entries cannot be read`);
   const btf = btfDump(['id', String(info.btfId)]);
-  return { map, key: btfLayout.layoutOfType(btf, info.btfKeyTypeId), value: btfLayout.layoutOfType(btf, info.btfValueTypeId), entries: native().mapDump(fd) };
+  return { map, key: btfLayout.layoutOfType(btf, info.btfKeyTypeId), value: btfLayout.layoutOfType(btf, info.btfValueTypeId), entries: native().mapDump(pinned) };
 }
 
 /** Copy fields by name from one layout to another. */
@@ -53,13 +53,13 @@ export function convert(buf: Buffer, from: StructLayout, to: StructLayout): Buff
 }
 
 /** Write captured entries into the new map of an object file; returns how many made it. */
-export function restore(c: Captured, objectFile: string, newFd: number): number {
+export function restore(c: Captured, objectFile: string, newMap: MapHandle): number {
   const btf = btfDump(['file', objectFile]);
   const layouts = btfLayout.layoutsByName(btf, [c.key.name, c.value.name]);
   let n = 0;
   for (const [k, v] of c.entries) {
     try {
-      native().mapUpdate(newFd, convert(k, c.key, layouts[c.key.name]!), convert(v, c.value, layouts[c.value.name]!));
+      native().mapUpdate(newMap, convert(k, c.key, layouts[c.key.name]!), convert(v, c.value, layouts[c.value.name]!));
       n++;
     } catch {
       // The new map is smaller or the entry no longer fits: an LRU would have evicted it anyway.

@@ -5,6 +5,7 @@
       "sources": [
         "src/addon.cc",
         "src/common.cc",
+        "src/handles.cc",
         "src/object.cc",
         "src/maps.cc",
         "src/links.cc",

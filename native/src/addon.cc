@@ -6,6 +6,7 @@ namespace sslwall {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InstallLibbpfPrint();
   env.SetInstanceData(new AddonData());
+  InitHandles(env, exports);
   InitObject(env, exports);
   InitMaps(env, exports);
   InitLinks(env, exports);

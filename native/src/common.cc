@@ -10,17 +10,22 @@ namespace sslwall {
 
 namespace {
 
-Napi::Error MakeError(Napi::Env env, const std::string& op, int err, const std::string& detail) {
+// Builds the error through the registered BpfError class, so JS sees that class as thrown, with no
+// re-wrapping on the way out. verifierLog is undefined unless given.
+Napi::Error MakeError(Napi::Env env, const std::string& op, int err, const std::string& detail,
+                      const std::string& extra, const std::string* verifierLog) {
   if (err < 0) err = -err;
   if (err == 0) err = EIO;  // a failure without an errno still has to say something
   std::string msg = op;
   if (!detail.empty()) msg += "(" + detail + ")";
   msg += ": ";
   msg += std::strerror(err);
-  Napi::Error e = Napi::Error::New(env, msg);
-  e.Set("op", Napi::String::New(env, op));
-  e.Set("errno", Napi::Number::New(env, err));
-  return e;
+  if (!extra.empty()) msg += "\n" + extra;
+  Napi::Value log = verifierLog ? Napi::String::New(env, *verifierLog) : env.Undefined();
+  Napi::FunctionReference& ctor = env.GetInstanceData<AddonData>()->bpfError;
+  if (ctor.IsEmpty())
+    return Napi::Error::New(env, "sslwall_native: loaded without native/index.ts (no BpfError class); " + msg);
+  return Napi::Error(env, ctor.New({Napi::String::New(env, msg), Napi::String::New(env, op), Napi::Number::New(env, err), log}));
 }
 
 thread_local LogCapture* current = nullptr;
@@ -43,15 +48,11 @@ int PrintFn(enum libbpf_print_level level, const char* fmt, va_list args) {
 }  // namespace
 
 void ThrowBpf(Napi::Env env, const std::string& op, int err, const std::string& detail, const std::string& libbpfLog) {
-  Napi::Error e = MakeError(env, op, err, detail);
-  if (!libbpfLog.empty()) e.Set("message", Napi::String::New(env, e.Message() + "\n" + libbpfLog));
-  throw e;
+  throw MakeError(env, op, err, detail, libbpfLog, nullptr);
 }
 
 void ThrowLoad(Napi::Env env, const std::string& op, int err, const std::string& detail, const std::string& verifierLog) {
-  Napi::Error e = MakeError(env, op, err, detail);
-  e.Set("verifierLog", Napi::String::New(env, verifierLog));
-  throw e;
+  throw MakeError(env, op, err, detail, "", &verifierLog);
 }
 
 LogCapture::LogCapture() : prev_(current) { current = this; }

@@ -1,4 +1,4 @@
-// Attachments made from fds rather than from a BpfObject: tcx links, classic tc (clsact), link
+// Attachments made from handles rather than from a BpfObject: tcx links, classic tc (clsact), link
 // update/detach, and reading a BPF iterator.
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -26,13 +26,14 @@ bool Ingress(const Napi::CallbackInfo& info, size_t i) {
 }
 
 Napi::Value TcxAttach(const Napi::CallbackInfo& info) {
-  int progFd = ArgInt(info, 0, "progFd");
+  int progFd = ArgHandle(info, 0, FdKind::kProg, "prog", "bpf_link_create");
   int ifindex = ArgInt(info, 1, "ifindex");
   bool ingress = Ingress(info, 2);
   int fd = bpf_link_create(progFd, ifindex, static_cast<bpf_attach_type>(ingress ? kBpfTcxIngress : kBpfTcxEgress), nullptr);
   if (fd < 0)
     ThrowBpf(info.Env(), "bpf_link_create", -fd, std::string(ingress ? "tcx_ingress" : "tcx_egress") + " ifindex " + std::to_string(ifindex));
-  return Napi::Number::New(info.Env(), fd);
+  std::string what = std::string(ingress ? "tcx_ingress" : "tcx_egress") + " link on ifindex " + std::to_string(ifindex);
+  return FdHandle::New(info.Env(), FdKind::kLink, UniqueFd(fd), what);
 }
 
 bpf_tc_hook Hook(int ifindex, bool ingress) {
@@ -44,7 +45,7 @@ bpf_tc_hook Hook(int ifindex, bool ingress) {
 }
 
 void TcAttach(const Napi::CallbackInfo& info) {
-  int progFd = ArgInt(info, 0, "progFd");
+  int progFd = ArgHandle(info, 0, FdKind::kProg, "prog", "bpf_tc_attach");
   int ifindex = ArgInt(info, 1, "ifindex");
   bpf_tc_hook hook = Hook(ifindex, Ingress(info, 2));
   bpf_tc_opts opts{};
@@ -75,19 +76,20 @@ void TcDetach(const Napi::CallbackInfo& info) {
 }
 
 void LinkUpdate(const Napi::CallbackInfo& info) {
-  int err = bpf_link_update(ArgInt(info, 0, "linkFd"), ArgInt(info, 1, "progFd"), nullptr);
+  int link = ArgHandle(info, 0, FdKind::kLink, "link", "bpf_link_update");
+  int err = bpf_link_update(link, ArgHandle(info, 1, FdKind::kProg, "prog", "bpf_link_update"), nullptr);
   if (err) ThrowBpf(info.Env(), "bpf_link_update", -err);
 }
 
 void LinkDetach(const Napi::CallbackInfo& info) {
-  int err = bpf_link_detach(ArgInt(info, 0, "linkFd"));
+  int err = bpf_link_detach(ArgHandle(info, 0, FdKind::kLink, "link", "bpf_link_detach"));
   if (err) ThrowBpf(info.Env(), "bpf_link_detach", -err);
 }
 
 // Each bpf_iter_create starts a fresh pass of the iterator; read() runs the program until EOF.
 Napi::Value IterRun(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int ret = bpf_iter_create(ArgInt(info, 0, "linkFd"));
+  int ret = bpf_iter_create(ArgHandle(info, 0, FdKind::kLink, "link", "bpf_iter_create"));
   if (ret < 0) ThrowBpf(env, "bpf_iter_create", -ret);
   UniqueFd fd(ret);
   std::vector<uint8_t> out;

@@ -1,5 +1,5 @@
-// Map element operations on a map fd. Sizes come from the kernel (bpf_obj_get_info_by_fd) on every
-// call rather than from a cache: an fd number can be closed and reused for another map.
+// Map element operations on a map handle. Sizes come from the kernel (bpf_obj_get_info_by_fd) on
+// every call: one syscall, and no cache to keep in step with the handle.
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
@@ -22,7 +22,7 @@ MapShape Shape(Napi::Env env, int fd) {
   bpf_map_info mi{};
   uint32_t len = sizeof(mi);
   int err = bpf_obj_get_info_by_fd(fd, &mi, &len);
-  if (err) ThrowBpf(env, "bpf_obj_get_info_by_fd", -err, "map fd " + std::to_string(fd));
+  if (err) ThrowBpf(env, "bpf_obj_get_info_by_fd", -err, "map");
   MapShape s{mi.key_size, mi.value_size};
   switch (mi.type) {
     case BPF_MAP_TYPE_PERCPU_HASH:
@@ -48,7 +48,7 @@ void CheckSize(Napi::Env env, const char* op, const char* what, size_t got, size
 
 Napi::Value MapLookup(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = ArgInt(info, 0, "fd");
+  int fd = ArgHandle(info, 0, FdKind::kMap, "map", "bpf_map_lookup_elem");
   Napi::Buffer<uint8_t> key = ArgBuf(info, 1, "key");
   MapShape s = Shape(env, fd);
   CheckSize(env, "bpf_map_lookup_elem", "key", key.Length(), s.keySize);
@@ -61,7 +61,7 @@ Napi::Value MapLookup(const Napi::CallbackInfo& info) {
 
 void MapUpdate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = ArgInt(info, 0, "fd");
+  int fd = ArgHandle(info, 0, FdKind::kMap, "map", "bpf_map_update_elem");
   Napi::Buffer<uint8_t> key = ArgBuf(info, 1, "key");
   Napi::Buffer<uint8_t> value = ArgBuf(info, 2, "value");
   uint64_t flags = info[3].IsUndefined() ? uint64_t{BPF_ANY} : ArgU32(info, 3, "flags");
@@ -74,7 +74,7 @@ void MapUpdate(const Napi::CallbackInfo& info) {
 
 Napi::Value MapDelete(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = ArgInt(info, 0, "fd");
+  int fd = ArgHandle(info, 0, FdKind::kMap, "map", "bpf_map_delete_elem");
   Napi::Buffer<uint8_t> key = ArgBuf(info, 1, "key");
   CheckSize(env, "bpf_map_delete_elem", "key", key.Length(), Shape(env, fd).keySize);
   int err = bpf_map_delete_elem(fd, key.Data());
@@ -85,7 +85,7 @@ Napi::Value MapDelete(const Napi::CallbackInfo& info) {
 
 Napi::Value MapDump(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = ArgInt(info, 0, "fd");
+  int fd = ArgHandle(info, 0, FdKind::kMap, "map", "bpf_map_get_next_key");
   MapShape s = Shape(env, fd);
   Napi::Array out = Napi::Array::New(env);
   std::vector<uint8_t> key(s.keySize), next(s.keySize);
@@ -112,7 +112,7 @@ Napi::Value MapDump(const Napi::CallbackInfo& info) {
 
 void MapUpdateBatch(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = ArgInt(info, 0, "fd");
+  int fd = ArgHandle(info, 0, FdKind::kMap, "map", "bpf_map_update_batch");
   Napi::Buffer<uint8_t> keys = ArgBuf(info, 1, "keys");
   Napi::Buffer<uint8_t> values = ArgBuf(info, 2, "values");
   uint32_t count = ArgU32(info, 3, "count");

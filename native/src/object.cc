@@ -1,6 +1,9 @@
-// BpfObject: a JS handle owning one struct bpf_object from open to close.
+// BpfObject: a JS handle owning one struct bpf_object from open to close. Its maps, programs and
+// links come out as FdHandles owning fds of their own.
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
+
+#include <fcntl.h>
 
 #include <cstring>
 #include <memory>
@@ -20,11 +23,19 @@ struct ObjectCloser {
 // libbpf closes the link fd: after this the fd, and with it the kernel attachment, belongs to the
 // caller (closing it detaches unless the link is pinned). For perf-event links (tracepoint/,
 // kprobe/) libbpf also keeps a perf event fd that this leaves open: one per such attach.
-int TakeLinkFd(bpf_link* link) {
-  int fd = bpf_link__fd(link);
+Napi::Object TakeLink(Napi::Env env, bpf_link* link, const std::string& what) {
+  UniqueFd fd(bpf_link__fd(link));
   bpf_link__disconnect(link);
   bpf_link__destroy(link);
-  return fd;
+  return FdHandle::New(env, FdKind::kLink, std::move(fd), what);
+}
+
+// An owned duplicate of an fd libbpf keeps inside the bpf_object: the handle stays valid after
+// the object is closed, and closing the handle leaves the object's own fd alone.
+Napi::Object DupHandle(Napi::Env env, FdKind kind, int fd, const std::string& what) {
+  int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) ThrowBpf(env, "fcntl(F_DUPFD_CLOEXEC)", errno, what);
+  return FdHandle::New(env, kind, UniqueFd(dup), what);
 }
 
 }  // namespace
@@ -36,16 +47,12 @@ class BpfObject : public Napi::ObjectWrap<BpfObject> {
                        {
                            InstanceMethod<&BpfObject::SetRodata>("setRodata"),
                            InstanceMethod<&BpfObject::ReuseMap>("reuseMap"),
-                           InstanceMethod<&BpfObject::SetAutoload>("setAutoload"),
                            InstanceMethod<&BpfObject::Load>("load"),
-                           InstanceMethod<&BpfObject::ProgFd>("progFd"),
-                           InstanceMethod<&BpfObject::MapFd>("mapFd"),
+                           InstanceMethod<&BpfObject::Prog>("prog"),
+                           InstanceMethod<&BpfObject::MapHandle>("map"),
                            InstanceMethod<&BpfObject::MapDef>("mapDef"),
-                           InstanceMethod<&BpfObject::ProgNames>("progNames"),
-                           InstanceMethod<&BpfObject::MapNames>("mapNames"),
                            InstanceMethod<&BpfObject::AttachTracing>("attachTracing"),
                            InstanceMethod<&BpfObject::AttachIter>("attachIter"),
-                           InstanceMethod<&BpfObject::AttachCgroup>("attachCgroup"),
                            InstanceMethod<&BpfObject::Close>("close"),
                        });
   }
@@ -67,14 +74,14 @@ class BpfObject : public Napi::ObjectWrap<BpfObject> {
     return obj_.get();
   }
 
-  bpf_program* Prog(const Napi::CallbackInfo& info) {
+  bpf_program* FindProg(const Napi::CallbackInfo& info) {
     std::string name = ArgStr(info, 0, "progName");
     bpf_program* p = bpf_object__find_program_by_name(Obj(info.Env()), name.c_str());
     if (!p) ThrowBpf(info.Env(), "bpf_object__find_program_by_name", ENOENT, name);
     return p;
   }
 
-  bpf_map* Map(const Napi::CallbackInfo& info) {
+  bpf_map* FindMap(const Napi::CallbackInfo& info) {
     std::string name = ArgStr(info, 0, "name");
     bpf_map* m = bpf_object__find_map_by_name(Obj(info.Env()), name.c_str());
     if (!m) ThrowBpf(info.Env(), "bpf_object__find_map_by_name", ENOENT, name);
@@ -125,16 +132,10 @@ class BpfObject : public Napi::ObjectWrap<BpfObject> {
   }
 
   void ReuseMap(const Napi::CallbackInfo& info) {
-    bpf_map* m = Map(info);
-    int err = bpf_map__reuse_fd(m, ArgInt(info, 1, "fd"));
+    bpf_map* m = FindMap(info);
+    // libbpf dups the fd: the handle stays the caller's to close.
+    int err = bpf_map__reuse_fd(m, ArgHandle(info, 1, FdKind::kMap, "map", "bpf_map__reuse_fd"));
     if (err) ThrowBpf(info.Env(), "bpf_map__reuse_fd", -err, bpf_map__name(m));
-  }
-
-  void SetAutoload(const Napi::CallbackInfo& info) {
-    bpf_program* p = Prog(info);
-    if (!info[1].IsBoolean()) throw Napi::TypeError::New(info.Env(), "autoload must be a boolean");
-    int err = bpf_program__set_autoload(p, info[1].As<Napi::Boolean>().Value());
-    if (err) ThrowBpf(info.Env(), "bpf_program__set_autoload", -err, bpf_program__name(p));
   }
 
   void Load(const Napi::CallbackInfo& info) {
@@ -147,24 +148,23 @@ class BpfObject : public Napi::ObjectWrap<BpfObject> {
     loaded_ = true;
   }
 
-  // The fds below stay owned by this object: valid until close(); dupFd() one to keep it longer.
-  Napi::Value ProgFd(const Napi::CallbackInfo& info) {
-    bpf_program* p = Prog(info);
+  Napi::Value Prog(const Napi::CallbackInfo& info) {
+    bpf_program* p = FindProg(info);
     int fd = bpf_program__fd(p);
     if (fd < 0) ThrowBpf(info.Env(), "bpf_program__fd", -fd, bpf_program__name(p));
-    return Napi::Number::New(info.Env(), fd);
+    return DupHandle(info.Env(), FdKind::kProg, fd, std::string("prog ") + bpf_program__name(p));
   }
 
-  Napi::Value MapFd(const Napi::CallbackInfo& info) {
-    bpf_map* m = Map(info);
+  Napi::Value MapHandle(const Napi::CallbackInfo& info) {
+    bpf_map* m = FindMap(info);
     int fd = bpf_map__fd(m);
     if (fd < 0) ThrowBpf(info.Env(), "bpf_map__fd", -fd, bpf_map__name(m));
-    return Napi::Number::New(info.Env(), fd);
+    return DupHandle(info.Env(), FdKind::kMap, fd, std::string("map ") + bpf_map__name(m));
   }
 
   // The map as this object defines it (before or after load): what a pinned map must match to be reused.
   Napi::Value MapDef(const Napi::CallbackInfo& info) {
-    bpf_map* m = Map(info);
+    bpf_map* m = FindMap(info);
     Napi::Object o = Napi::Object::New(info.Env());
     o.Set("type", static_cast<uint32_t>(bpf_map__type(m)));
     o.Set("keySize", bpf_map__key_size(m));
@@ -173,55 +173,30 @@ class BpfObject : public Napi::ObjectWrap<BpfObject> {
     return o;
   }
 
-  Napi::Value ProgNames(const Napi::CallbackInfo& info) {
-    Napi::Array out = Napi::Array::New(info.Env());
-    bpf_program* p;
-    bpf_object__for_each_program(p, Obj(info.Env())) out.Set(out.Length(), bpf_program__name(p));
-    return out;
-  }
-
-  Napi::Value MapNames(const Napi::CallbackInfo& info) {
-    Napi::Array out = Napi::Array::New(info.Env());
-    bpf_map* m;
-    bpf_object__for_each_map(m, Obj(info.Env())) out.Set(out.Length(), bpf_map__name(m));
-    return out;
-  }
-
   Napi::Value AttachTracing(const Napi::CallbackInfo& info) {
-    bpf_program* p = Prog(info);
+    bpf_program* p = FindProg(info);
     LogCapture log;
     bpf_link* link = bpf_program__attach(p);
     if (!link) {
       int err = errno;
       ThrowBpf(info.Env(), "bpf_program__attach", err, bpf_program__name(p), log.log());
     }
-    return Napi::Number::New(info.Env(), TakeLinkFd(link));
+    return TakeLink(info.Env(), link, std::string("tracing link ") + bpf_program__name(p));
   }
 
   Napi::Value AttachIter(const Napi::CallbackInfo& info) {
-    bpf_program* p = Prog(info);
+    bpf_program* p = FindProg(info);
     LogCapture log;
     bpf_link* link = bpf_program__attach_iter(p, nullptr);
     if (!link) {
       int err = errno;
       ThrowBpf(info.Env(), "bpf_program__attach_iter", err, bpf_program__name(p), log.log());
     }
-    return Napi::Number::New(info.Env(), TakeLinkFd(link));
+    return TakeLink(info.Env(), link, std::string("iter link ") + bpf_program__name(p));
   }
 
-  Napi::Value AttachCgroup(const Napi::CallbackInfo& info) {
-    bpf_program* p = Prog(info);
-    int cgroupFd = ArgInt(info, 1, "cgroupFd");
-    LogCapture log;
-    bpf_link* link = bpf_program__attach_cgroup(p, cgroupFd);
-    if (!link) {
-      int err = errno;
-      ThrowBpf(info.Env(), "bpf_program__attach_cgroup", err, bpf_program__name(p), log.log());
-    }
-    return Napi::Number::New(info.Env(), TakeLinkFd(link));
-  }
-
-  // Closes the object's own prog/map fds; programs stay loaded while a link or pin refers to them.
+  // Closes the object's own prog/map fds; programs and maps stay loaded while a handle, link or pin
+  // refers to them.
   void Close(const Napi::CallbackInfo&) { obj_.reset(); }
 
   std::unique_ptr<bpf_object, ObjectCloser> obj_;

@@ -1,6 +1,7 @@
 // RingBufferPoller: a native thread in ring_buffer__poll that hands records to a JS callback
 // through a ThreadSafeFunction.
 #include <bpf/libbpf.h>
+#include <fcntl.h>
 
 #include <atomic>
 #include <cstdio>
@@ -35,6 +36,7 @@ struct RingBufferFree {
 // after close() aborted the TSFN or at environment teardown with the poller still open; whichever
 // of close(), the object's destructor and the finalizer comes first stops the thread.
 struct PollState {
+  UniqueFd mapFd;  // a dup of the caller's handle: the map outlives whatever JS does with that
   std::unique_ptr<ring_buffer, RingBufferFree> rb;
   Tsfn tsfn;
   std::thread thread;
@@ -99,13 +101,15 @@ class RingBufferPoller : public Napi::ObjectWrap<RingBufferPoller> {
   explicit RingBufferPoller(const Napi::CallbackInfo& info)
       : Napi::ObjectWrap<RingBufferPoller>(info), state_(std::make_shared<PollState>()) {
     Napi::Env env = info.Env();
-    int mapFd = ArgInt(info, 0, "mapFd");
+    int fd = ArgHandle(info, 0, FdKind::kMap, "map", "ring_buffer__new");
     Napi::Function cb = ArgFn(info, 1, "cb");
+    state_->mapFd.reset(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+    if (state_->mapFd.get() < 0) ThrowBpf(env, "fcntl(F_DUPFD_CLOEXEC)", errno, "ring buffer map");
     LogCapture log;
-    ring_buffer* rb = ring_buffer__new(mapFd, &PollState::OnSample, state_.get(), nullptr);
+    ring_buffer* rb = ring_buffer__new(state_->mapFd.get(), &PollState::OnSample, state_.get(), nullptr);
     if (!rb) {
       int err = errno;
-      ThrowBpf(env, "ring_buffer__new", err, "map fd " + std::to_string(mapFd), log.log());
+      ThrowBpf(env, "ring_buffer__new", err, "", log.log());
     }
     state_->rb.reset(rb);
     // While open the TSFN holds the event loop, as an active socket or timer does; Abort in close()

@@ -1,7 +1,6 @@
-// fd-level operations: pinning, fd bookkeeping, object info, test runs, interface lookup.
+// Handle-level operations: pinning, opening pins and ids, object info, test runs, interface lookup.
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
-#include <fcntl.h>
 #include <net/if.h>
 
 #include <cstddef>
@@ -18,40 +17,57 @@ constexpr uint32_t kBpfLinkTypeTcx = 11;  // BPF_LINK_TYPE_TCX, kernel 6.6; not 
 
 void Pin(const Napi::CallbackInfo& info) {
   std::string file = ArgStr(info, 1, "file");
-  int err = bpf_obj_pin(ArgInt(info, 0, "fd"), file.c_str());
+  int err = bpf_obj_pin(ArgAnyHandle(info, 0, "handle", "bpf_obj_pin"), file.c_str());
   if (err) ThrowBpf(info.Env(), "bpf_obj_pin", -err, file);
 }
 
+FdKind ArgKind(const Napi::CallbackInfo& info, size_t i) {
+  std::string kind = ArgStr(info, i, "kind");
+  for (FdKind k : {FdKind::kMap, FdKind::kProg, FdKind::kLink})
+    if (kind == KindName(k)) return k;
+  throw Napi::TypeError::New(info.Env(), "kind must be 'map', 'prog' or 'link'");
+}
+
+// What the kernel says an fd is: bpf fds are anon inodes named "bpf-map", "bpf-prog", and for
+// links "bpf_link" when created but "bpf-link" when reopened from a pin or an id.
+bool IsKind(int fd, FdKind kind) {
+  char buf[64];
+  std::string link = "/proc/self/fd/" + std::to_string(fd);
+  ssize_t n = ::readlink(link.c_str(), buf, sizeof(buf) - 1);
+  if (n < 0) return false;
+  std::string target(buf, static_cast<size_t>(n));
+  switch (kind) {
+    case FdKind::kMap: return target == "anon_inode:bpf-map";
+    case FdKind::kProg: return target == "anon_inode:bpf-prog";
+    case FdKind::kLink: return target == "anon_inode:bpf_link" || target == "anon_inode:bpf-link";
+  }
+  return false;
+}
+
+// bpf_obj_get, checked against the kind the caller expects: a pin of another kind is an error here,
+// not a wrong handle later.
 Napi::Value GetPinned(const Napi::CallbackInfo& info) {
   std::string file = ArgStr(info, 0, "file");
-  int fd = bpf_obj_get(file.c_str());
-  if (fd < 0) ThrowBpf(info.Env(), "bpf_obj_get", -fd, file);
-  return Napi::Number::New(info.Env(), fd);
-}
-
-void CloseFd(const Napi::CallbackInfo& info) {
-  // No retry on EINTR: on Linux the fd is released even when close() reports it.
-  if (::close(ArgInt(info, 0, "fd")) < 0) ThrowBpf(info.Env(), "close", errno);
-}
-
-Napi::Value DupFd(const Napi::CallbackInfo& info) {
-  int fd = ::fcntl(ArgInt(info, 0, "fd"), F_DUPFD_CLOEXEC, 0);
-  if (fd < 0) ThrowBpf(info.Env(), "fcntl(F_DUPFD_CLOEXEC)", errno);
-  return Napi::Number::New(info.Env(), fd);
+  FdKind kind = ArgKind(info, 1);
+  int ret = bpf_obj_get(file.c_str());
+  if (ret < 0) ThrowBpf(info.Env(), "bpf_obj_get", -ret, file);
+  UniqueFd fd(ret);
+  if (!IsKind(fd.get(), kind)) ThrowBpf(info.Env(), "bpf_obj_get", EINVAL, file + " is not a pinned " + KindName(kind));
+  return FdHandle::New(info.Env(), kind, std::move(fd), "pinned " + file);
 }
 
 template <typename Info>
-Info GetInfo(const Napi::CallbackInfo& info) {
+Info GetInfo(const Napi::CallbackInfo& info, FdKind kind) {
   Info out{};
   uint32_t len = sizeof(out);
-  int err = bpf_obj_get_info_by_fd(ArgInt(info, 0, "fd"), &out, &len);
+  int err = bpf_obj_get_info_by_fd(ArgHandle(info, 0, kind, "handle", "bpf_obj_get_info_by_fd"), &out, &len);
   if (err) ThrowBpf(info.Env(), "bpf_obj_get_info_by_fd", -err);
   return out;
 }
 
 Napi::Value ProgInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto pi = GetInfo<bpf_prog_info>(info);
+  auto pi = GetInfo<bpf_prog_info>(info, FdKind::kProg);
   char tag[2 * BPF_TAG_SIZE + 1];
   for (int i = 0; i < BPF_TAG_SIZE; i++) std::snprintf(tag + 2 * i, 3, "%02x", pi.tag[i]);
   Napi::Object o = Napi::Object::New(env);
@@ -64,7 +80,7 @@ Napi::Value ProgInfo(const Napi::CallbackInfo& info) {
 
 Napi::Value LinkInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto li = GetInfo<bpf_link_info>(info);
+  auto li = GetInfo<bpf_link_info>(info, FdKind::kLink);
   Napi::Object o = Napi::Object::New(env);
   o.Set("id", li.id);
   o.Set("progId", li.prog_id);
@@ -82,7 +98,7 @@ Napi::Value LinkInfo(const Napi::CallbackInfo& info) {
 
 Napi::Value MapInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto mi = GetInfo<bpf_map_info>(info);
+  auto mi = GetInfo<bpf_map_info>(info, FdKind::kMap);
   Napi::Object o = Napi::Object::New(env);
   o.Set("id", mi.id);
   o.Set("type", mi.type);
@@ -97,15 +113,9 @@ Napi::Value MapInfo(const Napi::CallbackInfo& info) {
   return o;
 }
 
-Napi::Value NumPossibleCpus(const Napi::CallbackInfo& info) {
-  int n = libbpf_num_possible_cpus();
-  if (n < 0) ThrowBpf(info.Env(), "libbpf_num_possible_cpus", -n);
-  return Napi::Number::New(info.Env(), n);
-}
-
 Napi::Value TestRun(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int progFd = ArgInt(info, 0, "progFd");
+  int progFd = ArgHandle(info, 0, FdKind::kProg, "prog", "bpf_prog_test_run_opts");
   Napi::Buffer<uint8_t> data = ArgBuf(info, 1, "data");
   uint32_t repeat = ArgU32(info, 2, "repeat");
   // Room for programs that grow the packet (bpf_skb_adjust_room, encap headers).
@@ -145,18 +155,18 @@ Napi::Value LinkIds(const Napi::CallbackInfo& info) {
   return out;
 }
 
-Napi::Value LinkFdById(const Napi::CallbackInfo& info) {
+Napi::Value LinkById(const Napi::CallbackInfo& info) {
   uint32_t id = ArgU32(info, 0, "id");
   int fd = bpf_link_get_fd_by_id(id);
-  if (fd < 0) ThrowBpf(info.Env(), "bpf_link_get_fd_by_id", errno);
-  return Napi::Number::New(info.Env(), fd);
+  if (fd < 0) ThrowBpf(info.Env(), "bpf_link_get_fd_by_id", errno, "link id " + std::to_string(id));
+  return FdHandle::New(info.Env(), FdKind::kLink, UniqueFd(fd), "link id " + std::to_string(id));
 }
 
-Napi::Value ProgFdById(const Napi::CallbackInfo& info) {
+Napi::Value ProgById(const Napi::CallbackInfo& info) {
   uint32_t id = ArgU32(info, 0, "id");
   int fd = bpf_prog_get_fd_by_id(id);
-  if (fd < 0) ThrowBpf(info.Env(), "bpf_prog_get_fd_by_id", errno);
-  return Napi::Number::New(info.Env(), fd);
+  if (fd < 0) ThrowBpf(info.Env(), "bpf_prog_get_fd_by_id", errno, "prog id " + std::to_string(id));
+  return FdHandle::New(info.Env(), FdKind::kProg, UniqueFd(fd), "prog id " + std::to_string(id));
 }
 
 }  // namespace
@@ -164,15 +174,12 @@ Napi::Value ProgFdById(const Napi::CallbackInfo& info) {
 void InitSys(Napi::Env env, Napi::Object exports) {
   exports.Set("pin", Napi::Function::New<Pin>(env, "pin"));
   exports.Set("getPinned", Napi::Function::New<GetPinned>(env, "getPinned"));
-  exports.Set("closeFd", Napi::Function::New<CloseFd>(env, "closeFd"));
-  exports.Set("dupFd", Napi::Function::New<DupFd>(env, "dupFd"));
   exports.Set("progInfo", Napi::Function::New<ProgInfo>(env, "progInfo"));
   exports.Set("linkInfo", Napi::Function::New<LinkInfo>(env, "linkInfo"));
   exports.Set("linkIds", Napi::Function::New<LinkIds>(env, "linkIds"));
-  exports.Set("progFdById", Napi::Function::New<ProgFdById>(env, "progFdById"));
-  exports.Set("linkFdById", Napi::Function::New<LinkFdById>(env, "linkFdById"));
+  exports.Set("progById", Napi::Function::New<ProgById>(env, "progById"));
+  exports.Set("linkById", Napi::Function::New<LinkById>(env, "linkById"));
   exports.Set("mapInfo", Napi::Function::New<MapInfo>(env, "mapInfo"));
-  exports.Set("numPossibleCpus", Napi::Function::New<NumPossibleCpus>(env, "numPossibleCpus"));
   exports.Set("testRun", Napi::Function::New<TestRun>(env, "testRun"));
   exports.Set("ifNameToIndex", Napi::Function::New<IfNameToIndex>(env, "ifNameToIndex"));
 }

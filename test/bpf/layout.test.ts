@@ -4,7 +4,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
-import { native } from '../../native/index.js';
+import { native, BpfError, type MapHandle } from '../../native/index.js';
 import { bpfObjects, repoRoot } from '../../agent/paths.js';
 import { expectedMaps } from '../../agent/datapath.js';
 
@@ -22,11 +22,21 @@ for (const [name, file] of Object.entries(bpfObjects)) {
     objects.push(obj);
     obj.load();
     for (const [map, want] of Object.entries(expectedMaps())) {
-      if (!obj.mapNames().includes(map)) continue;
-      const info = native().mapInfo(obj.mapFd(map));
       if (want.keySize === 0) continue; // ring buffer: no key/value
-      assert.equal(info.keySize, want.keySize, `${name}.${map} key size`);
-      assert.equal(info.valueSize, want.valueSize, `${name}.${map} value size`);
+      let handle: MapHandle;
+      try {
+        handle = obj.map(map);
+      } catch (err) {
+        if (err instanceof BpfError && err.op === 'bpf_object__find_map_by_name') continue; // not one of this object's maps
+        throw err;
+      }
+      try {
+        const info = native().mapInfo(handle);
+        assert.equal(info.keySize, want.keySize, `${name}.${map} key size`);
+        assert.equal(info.valueSize, want.valueSize, `${name}.${map} value size`);
+      } finally {
+        handle.close();
+      }
     }
   });
 }

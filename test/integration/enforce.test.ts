@@ -31,11 +31,11 @@ function config(mode: 'passive' | 'active') {
 function pinnedTcxProgIds(bpffs: string): number[] {
   const dir = `${bpffs}/links`;
   return fs.readdirSync(dir).filter((f) => f.startsWith('tcx_')).map((f) => {
-    const fd = native().getPinned(`${dir}/${f}`);
+    const link = native().getPinned(`${dir}/${f}`, 'link');
     try {
-      return native().linkInfo(fd).progId;
+      return native().linkInfo(link).progId;
     } finally {
-      native().closeFd(fd);
+      link.close();
     }
   });
 }

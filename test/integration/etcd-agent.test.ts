@@ -14,8 +14,8 @@ import { EtcdBridge } from '../../tools/lab/etcd-bridge.js';
 import { etcdKeys } from '../../schemas/keys.js';
 import { HealthSchema, type Health } from '../../schemas/tier.js';
 import { native } from '../../native/index.js';
-import { currentMode, type MapFds } from '../../agent/apply.js';
-import { expectedMaps } from '../../agent/datapath.js';
+import { currentMode, type MapHandles } from '../../agent/apply.js';
+import { expectedMaps, closeMaps } from '../../agent/datapath.js';
 import { pinLayout } from '../../agent/paths.js';
 import { Signer, generateKeyPair } from '../../rollout/signing.js';
 
@@ -35,11 +35,11 @@ function tierDoc(version: number, mode: 'passive' | 'active', percent: number, o
 /** The mode the kernel has in force, read from the pinned maps. */
 function kernelMode(bpffs: string): string {
   const pins = pinLayout(bpffs);
-  const fds = Object.fromEntries(Object.keys(expectedMaps()).map((m) => [m, native().getPinned(pins.map(m))])) as MapFds;
+  const maps = Object.fromEntries(Object.keys(expectedMaps()).map((m) => [m, native().getPinned(pins.map(m), 'map')])) as MapHandles;
   try {
-    return currentMode(fds);
+    return currentMode(maps);
   } finally {
-    Object.values(fds).forEach((fd) => native().closeFd(fd));
+    closeMaps(maps);
   }
 }
 

@@ -30,14 +30,14 @@ function buildV2(): string {
 }
 
 function pinnedFlows(bpffs: string): { valueSize: number; tls443: number } {
-  const fd = native().getPinned(pinLayout(bpffs).map('sslwall_flows'));
+  const flows = native().getPinned(pinLayout(bpffs).map('sslwall_flows'), 'map');
   try {
-    const info = native().mapInfo(fd);
+    const info = native().mapInfo(flows);
     // cls sits at the same offset in both layouts (fields only appended); port_lo/hi in the key.
-    const tls443 = native().mapDump(fd).filter(([k, v]) => (k.readUInt16LE(32) === 443 || k.readUInt16LE(34) === 443) && v[20] === 1).length;
+    const tls443 = native().mapDump(flows).filter(([k, v]) => (k.readUInt16LE(32) === 443 || k.readUInt16LE(34) === 443) && v[20] === 1).length;
     return { valueSize: info.valueSize, tls443 };
   } finally {
-    native().closeFd(fd);
+    flows.close();
   }
 }
 

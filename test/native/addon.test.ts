@@ -1,23 +1,24 @@
 // The native addon against a real kernel: a small fixture object (fixtures/minimal.bpf.c) loaded,
-// test-run, pinned, polled, iterated and attached with tcx/tc on a veth inside a netns made here.
-// Needs root with BPF. Every mount, netns, fd and object is released in a finally, and the mount
-// and netns are checked gone.
+// test-run, pinned, polled, iterated and attached with tcx/tc on a veth inside a netns made here,
+// and the handles it returns checked to own their fds. Needs root with BPF. Every mount, netns,
+// handle and object is released in a finally, and the mount and netns are checked gone.
 import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readlinkSync, rmdirSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { BpfError, native, type BpfObject, type LinkInfo, type NativeAddon } from '../../native/index.js';
+import { BpfError, native, type BpfObject, type LinkHandle, type LinkInfo, type MapHandle, type NativeAddon } from '../../native/index.js';
 
-const { EACCES, EBUSY, EEXIST, EINVAL, ENODEV, ENOENT } = os.constants.errno;
+const { EACCES, EBADF, EBUSY, EEXIST, EINVAL, ENODEV, ENOENT } = os.constants.errno;
 const here = path.dirname(fileURLToPath(import.meta.url));
 // Compiled into dist/test/native/; the fixture sources stay in test/native/fixtures/.
 const root = findRoot(here);
 const fixtures = path.join(root, 'test/native/fixtures');
 const objFile = path.join(fixtures, 'minimal.bpf.o');
+const rejectedFile = path.join(fixtures, 'rejected.bpf.o');
 // What a child process imports to get the same addon this file uses.
 const nativeUrl = new URL('../../native/index.js', import.meta.url).href;
 
@@ -58,16 +59,43 @@ async function waitFor(done: () => boolean, ms: number, what: string): Promise<v
   }
 }
 
-/** Opens the fixture, lets `setup` act before load, loads, runs `fn`, closes whatever happens. */
-async function withObject<T>(fn: (o: BpfObject) => T | Promise<T>, setup?: (o: BpfObject) => void): Promise<T> {
+type Own = <H extends { close(): void }>(h: H) => H;
+
+/**
+ * Opens the fixture, lets `setup` act before load, loads, runs `fn`, closes whatever happens: the
+ * object and every handle `fn` passed through `own`.
+ */
+async function withObject<T>(fn: (o: BpfObject, own: Own) => T | Promise<T>, setup?: (o: BpfObject) => void): Promise<T> {
   const o = n.openObject(objFile);
+  const owned: Array<{ close(): void }> = [];
   try {
     setup?.(o);
     o.load();
-    return await fn(o);
+    return await fn(o, (h) => (owned.push(h), h));
   } finally {
+    for (const h of owned) h.close();
     o.close();
   }
+}
+
+/** What the kernel says fd is in this process, or null if it is not open. */
+function fdTarget(fd: number): string | null {
+  try {
+    return readlinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    return null;
+  }
+}
+
+/** The number of possible CPUs, as libbpf counts them (ranges in /sys/devices/system/cpu/possible). */
+function possibleCpus(): number {
+  return readFileSync('/sys/devices/system/cpu/possible', 'utf8')
+    .trim()
+    .split(',')
+    .reduce((sum, r) => {
+      const [lo, hi] = r.split('-').map(Number);
+      return sum + (hi === undefined ? 1 : hi - lo! + 1);
+    }, 0);
 }
 
 function isBpfError(op: string, errno: number) {
@@ -84,8 +112,8 @@ function sh(cmd: string, args: string[]): string {
 }
 
 /** Runs an ES module script in a child node (optionally via nsenter) and returns its stdout. */
-function runChild(script: string, opts: { netns?: string; timeoutMs: number }): string {
-  const nodeArgs = ['--input-type=module', '-e', script];
+function runChild(script: string, opts: { netns?: string; timeoutMs: number; nodeFlags?: string[] }): string {
+  const nodeArgs = [...(opts.nodeFlags ?? []), '--input-type=module', '-e', script];
   const [cmd, args] = opts.netns
     ? ['nsenter', [`--net=/run/netns/${opts.netns}`, '--', process.execPath, ...nodeArgs]]
     : [process.execPath, nodeArgs];
@@ -96,11 +124,11 @@ function runChild(script: string, opts: { netns?: string; timeoutMs: number }): 
 }
 
 test('setRodata before load sets the value the program reads', async () => {
-  const plain = await withObject((o) => n.testRun(o.progFd('test_tc'), packet(), 1));
+  const plain = await withObject((o, own) => n.testRun(own(o.prog('test_tc')), packet(), 1));
   assert.equal(plain.retval, 0, 'answer defaults to 0');
 
   const set = await withObject(
-    (o) => n.testRun(o.progFd('test_tc'), packet(), 10),
+    (o, own) => n.testRun(own(o.prog('test_tc')), packet(), 10),
     (o) => o.setRodata('answer', u32(42)),
   );
   assert.equal(set.retval, 42);
@@ -121,9 +149,8 @@ test('setRodata rejects an unknown name, a wrong size and a loaded object', asyn
 });
 
 test('a verifier rejection throws BpfError carrying the verifier log', () => {
-  const o = n.openObject(objFile);
+  const o = n.openObject(rejectedFile);
   try {
-    o.setAutoload('test_rejected', true);
     assert.throws(
       () => o.load(),
       (e) => {
@@ -139,31 +166,114 @@ test('a verifier rejection throws BpfError carrying the verifier log', () => {
   }
 });
 
-test('a program left with autoload off is not loaded', async () => {
+test('the addon throws BpfError itself: its class, code, op and errno, with no wrapper in between', async () => {
   await withObject((o) => {
-    assert.deepEqual(o.progNames().sort(), ['test_connect4', 'test_iter_tcp', 'test_newtask', 'test_rejected', 'test_tc', 'test_tc_alt']);
-    assert.throws(() => o.progFd('test_rejected'), (e) => e instanceof BpfError && e.op === 'bpf_program__fd');
-    assert.throws(() => o.progFd('nope'), isBpfError('bpf_object__find_program_by_name', ENOENT));
+    let caught: unknown;
+    try {
+      o.map('nope');
+    } catch (e) {
+      caught = e;
+    }
+    assert.ok(caught instanceof BpfError, `expected a BpfError, got ${String(caught)}`);
+    assert.equal(Object.getPrototypeOf(caught), BpfError.prototype, 'constructed as BpfError, not a subclass or proxy');
+    assert.deepEqual(
+      { name: caught.name, code: caught.code, op: caught.op, errno: caught.errno, verifierLog: caught.verifierLog },
+      { name: 'BpfError', code: 'SSLWALL_E_BPF', op: 'bpf_object__find_map_by_name', errno: ENOENT, verifierLog: undefined },
+    );
+    assert.match(caught.message, /^bpf_object__find_map_by_name\(nope\): No such file or directory$/);
+    assert.throws(() => o.prog('nope'), isBpfError('bpf_object__find_program_by_name', ENOENT));
   });
 });
 
-test('map lookup, update, delete, dump and batch update on an LRU hash', async () => {
+test('a handle owns its fd: close() closes it, and a closed handle is refused with a clear error', async () => {
   await withObject((o) => {
-    const fd = o.mapFd('lru');
-    assert.equal(n.mapLookup(fd, u32(1)), null, 'missing key');
-    n.mapUpdate(fd, u32(1), u64(100));
-    assert.deepEqual(n.mapLookup(fd, u32(1)), u64(100));
-    assert.throws(() => n.mapUpdate(fd, u32(1), u64(5), 1 /* BPF_NOEXIST */), isBpfError('bpf_map_update_elem', EEXIST));
-    assert.throws(() => n.mapLookup(fd, u64(1)), isBpfError('bpf_map_lookup_elem', EINVAL));
-    assert.equal(n.mapDelete(fd, u32(1)), true);
-    assert.equal(n.mapDelete(fd, u32(1)), false, 'deleting a missing key');
+    const map = o.map('arr');
+    const fd = map.fd;
+    assert.equal(map.kind, 'map');
+    assert.equal(fdTarget(fd), 'anon_inode:bpf-map', `fd ${fd} of ${String(map)}`);
+    n.mapUpdate(map, u32(0), u64(1));
+    map.close();
+    assert.equal(fdTarget(fd), null, `fd ${fd} is still open after close()`);
+    assert.equal(map.closed, true);
+    assert.equal(map.fd, -1);
+    map.close(); // idempotent
+    assert.throws(
+      () => n.mapLookup(map, u32(0)),
+      (e) => isBpfError('bpf_map_lookup_elem', EBADF)(e) && /map handle map arr is closed/.test((e as Error).message),
+    );
+    const prog = o.prog('test_tc');
+    prog.close();
+    assert.throws(() => n.testRun(prog, packet(), 1), isBpfError('bpf_prog_test_run_opts', EBADF));
+    assert.throws(() => n.pin(prog, '/sys/fs/bpf/never'), isBpfError('bpf_obj_pin', EBADF));
+  });
+});
 
-    n.mapUpdateBatch(fd, Buffer.concat([u32(10), u32(11), u32(12)]), Buffer.concat([u64(1), u64(2), u64(3)]), 3);
-    const dump = n.mapDump(fd).map(([k, v]) => [k.readUInt32LE(), Number(v.readBigUInt64LE())]);
+test('closing a handle leaves the object and other handles on the same map working', async () => {
+  await withObject((o, own) => {
+    const a = o.map('arr');
+    const b = own(o.map('arr'));
+    assert.notEqual(a.fd, b.fd, 'each handle has an fd of its own');
+    a.close();
+    n.mapUpdate(b, u32(1), u64(5));
+    assert.deepEqual(n.mapLookup(own(o.map('arr')), u32(1)), u64(5));
+  });
+});
+
+test('a map handle is refused where a program is expected, and a bare fd number anywhere', async () => {
+  await withObject((o, own) => {
+    const map = own(o.map('arr'));
+    const prog = own(o.prog('test_tc'));
+    // The @ts-expect-error lines are the type-level check: tsc fails the build if they compile.
+    // @ts-expect-error a MapHandle is not a ProgHandle
+    assert.throws(() => n.testRun(map, packet(), 1), { name: 'TypeError', message: 'prog must be a prog handle, got a map handle' });
+    // @ts-expect-error a ProgHandle is not a MapHandle
+    assert.throws(() => n.mapLookup(prog, u32(0)), { name: 'TypeError', message: 'map must be a map handle, got a prog handle' });
+    // @ts-expect-error a MapHandle is not a LinkHandle
+    assert.throws(() => n.linkUpdate(map, prog), { name: 'TypeError', message: 'link must be a link handle, got a map handle' });
+    // @ts-expect-error fd numbers are not accepted
+    assert.throws(() => n.mapLookup(map.fd, u32(0)), { name: 'TypeError', message: /must be a handle from the addon, not a bare fd/ });
+    assert.equal(n.progInfo(prog).name, 'test_tc', 'the right kind still works');
+  });
+});
+
+test('a handle dropped without close() is closed by its finalizer', () => {
+  const script = `
+    import { native } from ${JSON.stringify(nativeUrl)};
+    import { readlinkSync } from 'node:fs';
+    const n = native();
+    const o = n.openObject(${JSON.stringify(objFile)});
+    o.load();
+    let fd = (() => o.map('arr').fd)();
+    const open = () => { try { return readlinkSync('/proc/self/fd/' + fd); } catch { return null; } };
+    const before = open();
+    for (let i = 0; i < 50 && open() !== null; i++) {
+      globalThis.gc();
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    console.log(JSON.stringify({ before, after: open() }));
+    o.close();
+  `;
+  const r = JSON.parse(runChild(script, { timeoutMs: 10_000, nodeFlags: ['--expose-gc'] })) as { before: string; after: string | null };
+  assert.deepEqual(r, { before: 'anon_inode:bpf-map', after: null });
+});
+
+test('map lookup, update, delete, dump and batch update on an LRU hash', async () => {
+  await withObject((o, own) => {
+    const map = own(o.map('lru'));
+    assert.equal(n.mapLookup(map, u32(1)), null, 'missing key');
+    n.mapUpdate(map, u32(1), u64(100));
+    assert.deepEqual(n.mapLookup(map, u32(1)), u64(100));
+    assert.throws(() => n.mapUpdate(map, u32(1), u64(5), 1 /* BPF_NOEXIST */), isBpfError('bpf_map_update_elem', EEXIST));
+    assert.throws(() => n.mapLookup(map, u64(1)), isBpfError('bpf_map_lookup_elem', EINVAL));
+    assert.equal(n.mapDelete(map, u32(1)), true);
+    assert.equal(n.mapDelete(map, u32(1)), false, 'deleting a missing key');
+
+    n.mapUpdateBatch(map, Buffer.concat([u32(10), u32(11), u32(12)]), Buffer.concat([u64(1), u64(2), u64(3)]), 3);
+    const dump = n.mapDump(map).map(([k, v]) => [k.readUInt32LE(), Number(v.readBigUInt64LE())]);
     assert.deepEqual(dump.sort((a, b) => a[0] - b[0]), [[10, 1], [11, 2], [12, 3]]);
-    assert.throws(() => n.mapUpdateBatch(fd, u32(1), u64(1), 2), isBpfError('bpf_map_update_batch', EINVAL));
+    assert.throws(() => n.mapUpdateBatch(map, u32(1), u64(1), 2), isBpfError('bpf_map_update_batch', EINVAL));
 
-    const { id, btfId, btfKeyTypeId, btfValueTypeId, ...shape } = n.mapInfo(fd);
+    const { id, btfId, btfKeyTypeId, btfValueTypeId, ...shape } = n.mapInfo(map);
     assert.ok(id > 0);
     assert.ok(btfId > 0 && btfKeyTypeId > 0 && btfValueTypeId > 0, 'a libbpf-created map carries the BTF of its key and value');
     assert.deepEqual(shape, { type: 9 /* BPF_MAP_TYPE_LRU_HASH */, keySize: 4, valueSize: 8, maxEntries: 64, name: 'lru' });
@@ -171,73 +281,76 @@ test('map lookup, update, delete, dump and batch update on an LRU hash', async (
 });
 
 test('an array map dumps every slot', async () => {
-  await withObject((o) => {
-    const fd = o.mapFd('arr');
-    n.mapUpdate(fd, u32(2), u64(7));
-    const dump = n.mapDump(fd).map(([k, v]) => [k.readUInt32LE(), Number(v.readBigUInt64LE())]);
+  await withObject((o, own) => {
+    const map = own(o.map('arr'));
+    n.mapUpdate(map, u32(2), u64(7));
+    const dump = n.mapDump(map).map(([k, v]) => [k.readUInt32LE(), Number(v.readBigUInt64LE())]);
     assert.deepEqual(dump, [[0, 0], [1, 0], [2, 7], [3, 0]]);
   });
 });
 
 test('per-CPU values are one 8-byte-aligned slot per possible CPU', async () => {
-  await withObject((o) => {
-    const fd = o.mapFd('pcpu');
-    const cpus = n.numPossibleCpus();
+  await withObject((o, own) => {
+    const map = own(o.map('pcpu'));
+    const cpus = possibleCpus();
     assert.ok(cpus >= 1);
-    assert.equal(n.mapInfo(fd).valueSize, 4, 'the declared value is a __u32');
-    assert.equal(n.mapLookup(fd, u32(0))?.length, 8 * cpus);
+    assert.equal(n.mapInfo(map).valueSize, 4, 'the declared value is a __u32');
+    assert.equal(n.mapLookup(map, u32(0))?.length, 8 * cpus);
     const value = Buffer.alloc(8 * cpus);
     for (let cpu = 0; cpu < cpus; cpu++) value.writeUInt32LE(cpu + 1, cpu * 8);
-    n.mapUpdate(fd, u32(1), value);
-    assert.deepEqual(n.mapLookup(fd, u32(1)), value);
-    assert.throws(() => n.mapUpdate(fd, u32(1), u32(1)), isBpfError('bpf_map_update_elem', EINVAL));
+    n.mapUpdate(map, u32(1), value);
+    assert.deepEqual(n.mapLookup(map, u32(1)), value);
+    assert.throws(() => n.mapUpdate(map, u32(1), u32(1)), isBpfError('bpf_map_update_elem', EINVAL));
   });
 });
 
 test('reuseMap makes a second object share the first one\'s map', async () => {
-  await withObject(async (first) => {
-    assert.deepEqual(first.mapNames().sort(), ['arr', 'events', 'hits', 'lru', 'minimal.rodata', 'pcpu']);
-    const shared = first.mapFd('lru');
+  await withObject(async (first, own) => {
+    const shared = own(first.map('lru'));
     n.mapUpdate(shared, u32(7), u64(70));
     await withObject(
-      (second) => {
-        assert.equal(n.mapInfo(second.mapFd('lru')).id, n.mapInfo(shared).id);
-        assert.deepEqual(n.mapLookup(second.mapFd('lru'), u32(7)), u64(70));
+      (second, own2) => {
+        const lru = own2(second.map('lru'));
+        assert.equal(n.mapInfo(lru).id, n.mapInfo(shared).id);
+        assert.deepEqual(n.mapLookup(lru, u32(7)), u64(70));
       },
       (second) => second.reuseMap('lru', shared),
     );
   });
 });
 
-test('pinned programs and maps reopen as the same kernel objects on a bpffs', async () => {
+test('pinned programs and maps reopen as the same kernel objects on a bpffs, checked for kind', async () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'sslwall-bpffs-'));
   sh('mount', ['-t', 'bpf', 'bpf', dir]);
-  const fds: number[] = [];
+  const handles: Array<{ close(): void }> = [];
   try {
-    await withObject((o) => {
-      const progFd = o.progFd('test_tc');
-      const mapFd = o.mapFd('arr');
-      n.pin(progFd, path.join(dir, 'prog'));
-      n.pin(mapFd, path.join(dir, 'map'));
-      fds.push(n.dupFd(progFd));
+    const kept = await withObject((o, own) => {
+      n.pin(own(o.prog('test_tc')), path.join(dir, 'prog'));
+      n.pin(own(o.map('arr')), path.join(dir, 'map'));
+      const h = o.prog('test_tc');
+      handles.push(h);
+      return h;
     });
-    // The object is closed: only the pins (and the dup) keep the program and map alive.
-    const prog = n.getPinned(path.join(dir, 'prog'));
-    fds.push(prog);
-    const map = n.getPinned(path.join(dir, 'map'));
-    fds.push(map);
+    // The object is closed: only the pins (and the handle kept) hold the program and map.
+    const prog = n.getPinned(path.join(dir, 'prog'), 'prog');
+    handles.push(prog);
+    const map = n.getPinned(path.join(dir, 'map'), 'map');
+    handles.push(map);
     const pinned = n.progInfo(prog);
-    const duped = n.progInfo(fds[0]);
-    assert.equal(pinned.id, duped.id);
+    const held = n.progInfo(kept);
+    assert.equal(pinned.id, held.id);
     assert.match(pinned.tag, /^[0-9a-f]{16}$/);
-    assert.equal(pinned.tag, duped.tag);
+    assert.equal(pinned.tag, held.tag);
     assert.equal(pinned.name, 'test_tc');
     assert.equal(pinned.type, 3 /* BPF_PROG_TYPE_SCHED_CLS */);
+    assert.equal(n.testRun(kept, packet(), 1).retval, 0, 'a program handle works after its object is closed');
     n.mapUpdate(map, u32(3), u64(9));
     assert.deepEqual(n.mapLookup(map, u32(3)), u64(9));
-    assert.throws(() => n.getPinned(path.join(dir, 'absent')), isBpfError('bpf_obj_get', ENOENT));
+    assert.throws(() => n.getPinned(path.join(dir, 'absent'), 'map'), isBpfError('bpf_obj_get', ENOENT));
+    assert.throws(() => n.getPinned(path.join(dir, 'prog'), 'map'), isBpfError('bpf_obj_get', EINVAL));
+    assert.throws(() => n.getPinned(path.join(dir, 'map'), 'link'), isBpfError('bpf_obj_get', EINVAL));
   } finally {
-    for (const fd of fds) n.closeFd(fd);
+    for (const h of handles) h.close();
     sh('umount', [dir]);
     rmdirSync(dir);
   }
@@ -246,18 +359,22 @@ test('pinned programs and maps reopen as the same kernel objects on a bpffs', as
 
 test('the ring buffer poller hands each record to JS, and none after close()', async () => {
   await withObject(
-    async (o) => {
+    async (o, own) => {
+      const prog = own(o.prog('test_tc'));
+      const events = o.map('events');
       const records: Buffer[] = [];
-      const poller = n.ringBufferPoll(o.mapFd('events'), (r) => records.push(r));
+      const poller = n.ringBufferPoll(events, (r) => records.push(r));
+      // The poller holds its own fd: closing the handle it was given does not stop it.
+      events.close();
       try {
-        n.testRun(o.progFd('test_tc'), packet(), 3);
+        n.testRun(prog, packet(), 3);
         await waitFor(() => records.length >= 3, 5000, '3 ring buffer records');
         assert.equal(records.length, 3);
         for (const r of records) assert.deepEqual([r.readUInt32LE(0), r.readUInt32LE(4)], [5, 64]);
       } finally {
         poller.close();
       }
-      n.testRun(o.progFd('test_tc'), packet(), 2);
+      n.testRun(prog, packet(), 2);
       await sleep(300);
       assert.equal(records.length, 3, 'records arrived after close()');
       poller.close(); // idempotent
@@ -267,13 +384,13 @@ test('the ring buffer poller hands each record to JS, and none after close()', a
 });
 
 test('closing the poller from its own callback stops delivery at once', async () => {
-  await withObject(async (o) => {
+  await withObject(async (o, own) => {
     let seen = 0;
-    const poller = n.ringBufferPoll(o.mapFd('events'), () => {
+    const poller = n.ringBufferPoll(own(o.map('events')), () => {
       seen++;
       poller.close();
     });
-    n.testRun(o.progFd('test_tc'), packet(), 5);
+    n.testRun(own(o.prog('test_tc')), packet(), 5);
     await waitFor(() => seen > 0, 5000, 'the first record');
     await sleep(300);
     assert.equal(seen, 1);
@@ -286,12 +403,16 @@ test('an open poller delivers with nothing else holding the event loop, and a cl
     const n = native();
     const o = n.openObject(${JSON.stringify(objFile)});
     o.load();
-    const p = n.ringBufferPoll(o.mapFd('events'), (r) => {
+    const events = o.map('events');
+    const prog = o.prog('test_tc');
+    const p = n.ringBufferPoll(events, (r) => {
       console.log('record len=' + r.readUInt32LE(4));
       p.close();
+      events.close();
+      prog.close();
       o.close();
     });
-    n.testRun(o.progFd('test_tc'), Buffer.alloc(64), 1);
+    n.testRun(prog, Buffer.alloc(64), 1);
   `;
   assert.equal(runChild(script, { timeoutMs: 10_000 }).trim(), 'record len=64');
 });
@@ -300,71 +421,40 @@ test('an iter link outlives its object and each iterRun is a fresh pass over TCP
   const server = net.createServer();
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as net.AddressInfo).port;
-  let link = -1;
+  let link: LinkHandle | undefined;
   try {
-    await withObject((o) => {
-      link = o.attachIter('test_iter_tcp');
-    });
+    link = await withObject((o) => o.attachIter('test_iter_tcp'));
+    assert.equal(link.kind, 'link');
+    assert.equal(fdTarget(link.fd), 'anon_inode:bpf_link');
     assert.equal(n.linkInfo(link).type, 4 /* BPF_LINK_TYPE_ITER */);
     for (let pass = 0; pass < 2; pass++) {
       const text = n.iterRun(link).toString();
       assert.match(text, new RegExp(`^family=2 state=10 port=${port}$`, 'm'), `pass ${pass}: no line for the listener:\n${text}`);
     }
   } finally {
-    if (link >= 0) n.closeFd(link);
+    link?.close();
     await new Promise((resolve) => server.close(resolve));
   }
 });
 
-test('a tracing link keeps counting after its object is closed, until its fd is closed', async () => {
-  let link = -1;
-  let hits = -1;
+test('a tracing link keeps counting after its object is closed, until its handle is closed', async () => {
+  let link: LinkHandle | undefined;
+  let hits: MapHandle | undefined;
   try {
-    await withObject((o) => {
-      hits = n.dupFd(o.mapFd('hits'));
-      link = o.attachTracing('test_newtask');
-    });
+    [link, hits] = await withObject((o) => [o.attachTracing('test_newtask'), o.map('hits')] as const);
     assert.equal(n.linkInfo(link).type, 1 /* BPF_LINK_TYPE_RAW_TRACEPOINT: what tp_btf attaches as */);
-    const count = () => Number(n.mapLookup(hits, u32(0))!.readBigUInt64LE());
+    const count = () => Number(n.mapLookup(hits!, u32(0))!.readBigUInt64LE());
     const before = count();
     spawnSync('true');
     assert.ok(count() > before, 'test_newtask did not run for a new process');
-    n.closeFd(link);
-    link = -1;
+    link.close();
     const detached = count();
     spawnSync('true');
-    assert.equal(count(), detached, 'test_newtask still ran after its link fd was closed');
+    assert.equal(count(), detached, 'test_newtask still ran after its link handle was closed');
   } finally {
-    if (link >= 0) n.closeFd(link);
-    if (hits >= 0) n.closeFd(hits);
+    link?.close();
+    hits?.close();
   }
-});
-
-test('attachCgroup links a program to an empty cgroup of our own', async () => {
-  // The cgroup2 mount point differs between hosts (/sys/fs/cgroup, /sys/fs/cgroup/unified).
-  const mount = readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .find((l) => l.split(' - ')[1]?.startsWith('cgroup2 '))
-    ?.split(' ')[4];
-  assert.ok(mount, 'no cgroup2 mount in /proc/self/mountinfo');
-  const dir = path.join(mount, `sslwall-native-${process.pid}`);
-  mkdirSync(dir);
-  let cgroupFd = -1;
-  let link = -1;
-  try {
-    cgroupFd = openSync(dir, 'r');
-    await withObject((o) => {
-      link = o.attachCgroup('test_connect4', cgroupFd);
-      const info = n.linkInfo(link);
-      assert.equal(info.type, 3 /* BPF_LINK_TYPE_CGROUP */);
-      assert.equal(info.progId, n.progInfo(o.progFd('test_connect4')).id);
-    });
-  } finally {
-    if (link >= 0) n.closeFd(link);
-    if (cgroupFd >= 0) n.closeFd(cgroupFd);
-    rmdirSync(dir);
-  }
-  assert.ok(!existsSync(dir), `${dir} still exists`);
 });
 
 test('ifNameToIndex resolves loopback and throws for a missing interface', () => {
@@ -401,8 +491,8 @@ const childPrelude = `
   const n = native();
   const o = n.openObject(${JSON.stringify(objFile)});
   o.load();
-  const main = o.progFd('test_tc');
-  const alt = o.progFd('test_tc_alt');
+  const main = o.prog('test_tc');
+  const alt = o.prog('test_tc_alt');
   const ifindex = n.ifNameToIndex('sw0');
   const out = { ifindex, mainId: n.progInfo(main).id, altId: n.progInfo(alt).id };
 `;
@@ -419,8 +509,10 @@ test('tcx: attach both directions, swap the program with linkUpdate, detach', { 
       n.linkDetach(ingress);
       out.detached = n.linkInfo(ingress);
     } finally {
-      n.closeFd(ingress);
-      n.closeFd(egress);
+      ingress.close();
+      egress.close();
+      main.close();
+      alt.close();
       o.close();
     }
     console.log(JSON.stringify(out));
@@ -450,6 +542,8 @@ test('classic tc: clsact attach, replace in place by handle/priority, detach', {
       out.detached = show();
       try { n.tcDetach(ifindex, 'egress', 1, 1); } catch (e) { out.again = { op: e.op, errno: e.errno }; }
     } finally {
+      main.close();
+      alt.close();
       o.close();
     }
     console.log(JSON.stringify(out));

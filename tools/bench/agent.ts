@@ -15,11 +15,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import type { Etcd3 } from 'etcd3';
-import { native } from '../../native/index.js';
+import { native, type MapHandle } from '../../native/index.js';
 import { createEtcdClient } from '../../schemas/etcd.js';
-import { activeGen, currentMode, type MapFds } from '../../agent/apply.js';
+import { activeGen, currentMode, type MapHandles } from '../../agent/apply.js';
 import { decode, encode, addrToBytes } from '../../agent/codec.js';
 import { pinLayout, repoRoot } from '../../agent/paths.js';
+import { closeMaps } from '../../agent/datapath.js';
 import { Defines, SslwallClass, SslwallVerdict, type SslwallFlow, type SslwallFlowKey } from '../../agent/generated/shared.js';
 import { generateKeyPair, Signer } from '../../rollout/signing.js';
 import { etcdKeys } from '../../schemas/keys.js';
@@ -168,36 +169,37 @@ class BedAgent {
 
 /** The maps that say which config the kernel has in force, opened once from the agent's pins. */
 class PinnedConfig {
-  private readonly fds: MapFds;
+  private readonly maps: MapHandles;
   constructor(bpffs: string) {
     const pins = pinLayout(bpffs);
-    const fds: Partial<MapFds> = {};
+    const maps: Partial<MapHandles> = {};
     try {
-      for (const m of ['sslwall_active_gen', 'sslwall_config'] as const) fds[m] = native().getPinned(pins.map(m));
+      for (const m of ['sslwall_active_gen', 'sslwall_config'] as const) maps[m] = native().getPinned(pins.map(m), 'map');
     } catch (e) {
-      for (const fd of Object.values(fds)) native().closeFd(fd);
+      closeMaps(maps);
       throw e;
     }
-    this.fds = fds as MapFds;
+    // Only the two maps activeGen and currentMode read are opened.
+    this.maps = maps as MapHandles;
   }
   /** Two map lookups: the active generation, then that generation's config slot. */
   mode(): string {
-    return currentMode(this.fds);
+    return currentMode(this.maps);
   }
   gen(): number {
-    return activeGen(this.fds);
+    return activeGen(this.maps);
   }
   close(): void {
-    for (const fd of Object.values(this.fds)) if (typeof fd === 'number') native().closeFd(fd);
+    closeMaps(this.maps);
   }
 }
 
-function withPinnedMap<T>(bpffs: string, map: string, fn: (fd: number) => T): T {
-  const fd = native().getPinned(pinLayout(bpffs).map(map));
+function withPinnedMap<T>(bpffs: string, name: string, fn: (map: MapHandle) => T): T {
+  const map = native().getPinned(pinLayout(bpffs).map(name), 'map');
   try {
-    return fn(fd);
+    return fn(map);
   } finally {
-    native().closeFd(fd);
+    map.close();
   }
 }
 
@@ -446,9 +448,9 @@ interface FlowState {
 }
 
 function flowsOnPort(bpffs: string, port: number): FlowState[] {
-  return withPinnedMap(bpffs, 'sslwall_flows', (fd) =>
+  return withPinnedMap(bpffs, 'sslwall_flows', (map) =>
     native()
-      .mapDump(fd)
+      .mapDump(map)
       .flatMap(([k, v]) => {
         const key = decode<SslwallFlowKey>('sslwall_flow_key', k);
         if (key.port_lo !== port && key.port_hi !== port) return [];
@@ -675,9 +677,9 @@ function insertFlows(tb: Testbed, bpffs: string, n: number): number {
   for (let i = 0; i < n; i++) {
     keys.push(encode<SslwallFlowKey>('sslwall_flow_key', { addr_lo: client, addr_hi: server, port_lo: 20_000 + i, port_hi: 443, family: Defines.SSLWALL_FAMILY_IPV4 }));
   }
-  return withPinnedMap(bpffs, 'sslwall_flows', (fd) => {
-    native().mapUpdateBatch(fd, Buffer.concat(keys), Buffer.concat(Array<Buffer>(n).fill(value)), n);
-    return native().mapDump(fd).length;
+  return withPinnedMap(bpffs, 'sslwall_flows', (map) => {
+    native().mapUpdateBatch(map, Buffer.concat(keys), Buffer.concat(Array<Buffer>(n).fill(value)), n);
+    return native().mapDump(map).length;
   });
 }
 
@@ -724,7 +726,7 @@ export const agentIdle: Bench = {
       const aCpu = cpu(a0, a1);
       const bCpu = cpu(b0, b1);
       const oneTick = (1 / hz / ((b1.at - b0.at) / 1000)) * 100;
-      const still = withPinnedMap(agent.bpffs, 'sslwall_flows', (fd) => native().mapDump(fd).length);
+      const still = withPinnedMap(agent.bpffs, 'sslwall_flows', (map) => native().mapDump(map).length);
       ctx.progress(`agent pid ${pid}: ${a1.ticks - a0.ticks} ticks (${round(cpuFine(a0, a1), 3)} % by schedstat), RSS ${round(aRss, 1)} MB; idle node: ${b1.ticks - b0.ticks} ticks (${round(cpuFine(b0, b1), 3)} % by schedstat), RSS ${round(bRss, 1)} MB; ${still} flows still in the map`);
       if (still < IDLE_FLOWS) throw new Error(`flows vanished from the map while idle: ${still} of ${IDLE_FLOWS}`);
 

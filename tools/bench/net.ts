@@ -70,11 +70,11 @@ class BenchAgent {
 
   /** The filter's own counters, read from the agent's pinned map (independent of its logging). */
   counters(): Counters {
-    const fd = native().getPinned(pinLayout(this.env.bpffs).map('sslwall_counters'));
+    const map = native().getPinned(pinLayout(this.env.bpffs).map('sslwall_counters'), 'map');
     try {
-      return readCounters(fd);
+      return readCounters(map);
     } finally {
-      native().closeFd(fd);
+      map.close();
     }
   }
 

@@ -6,7 +6,7 @@
 // the very same packet the same number of times. What the kernel reports for it is the cost of
 // the test-run harness itself (skb setup is outside the timer; the loop, the indirect call and
 // the clock reads are inside), so value - baseline is what the classifier adds per packet.
-import { native } from '../../native/index.js';
+import { native, type ProgHandle } from '../../native/index.js';
 import { Lab } from '../lab/bpf-lab.js';
 import { Conversation, tlsAppData, tlsHello, type Endpoint } from '../lab/packets.js';
 import { mean, median, quantile, round, spread } from './stats.js';
@@ -29,26 +29,23 @@ const FASTPATH_ROUNDS = 7;
 const FIRST_PACKET_FLOWS = 20_000;
 const FIRST_PORT = 1024;
 
-function progFds(lab: Lab) {
-  return {
-    egress: lab.obj.progFd('sslwall_classify_egress'),
-    ingress: lab.obj.progFd('sslwall_classify_ingress'),
-    empty: lab.obj.progFd('sslwall_empty'),
-  };
-}
+interface Progs { egress: ProgHandle; ingress: ProgHandle; empty: ProgHandle }
 
-function timeRun(fd: number, pkt: Buffer, repeat: number): number {
-  const r = native().testRun(fd, pkt, repeat);
-  if (r.retval >>> 0 !== PASS) throw new Error(`program fd ${fd} returned ${r.retval | 0} instead of pass (-1) on a benchmark packet`);
+function timeRun(prog: ProgHandle, pkt: Buffer, repeat: number): number {
+  const r = native().testRun(prog, pkt, repeat);
+  if (r.retval >>> 0 !== PASS) throw new Error(`${String(prog)} returned ${r.retval | 0} instead of pass (-1) on a benchmark packet`);
   return r.durationNs;
 }
 
-function withLab<T>(fn: (lab: Lab) => T): T {
+function withLab<T>(fn: (lab: Lab, progs: Progs) => T): T {
   const lab = new Lab();
+  let empty: ProgHandle | undefined;
   try {
     lab.configure(CONFIG);
-    return fn(lab);
+    empty = lab.obj.prog('sslwall_empty');
+    return fn(lab, { egress: lab.egressProg, ingress: lab.ingressProg, empty });
   } finally {
+    empty?.close();
     lab.close();
   }
 }
@@ -62,8 +59,7 @@ export const tcFastpath: Bench = {
   produces: ['tc_fastpath_ns'],
   summary: 'ns per packet of an already classified (TLS) flow on egress vs sslwall_empty; repeat 1e6, median of 7 interleaved rounds',
   async run(ctx: BenchContext): Promise<BenchResult[]> {
-    return withLab((lab) => {
-      const fd = progFds(lab);
+    return withLab((lab, fd) => {
       // A TLS flow seen from the client host: SYN out, SYN-ACK in, ClientHello out, ServerHello in.
       const c = new Conversation({ addr: CLIENT, port: 40000 }, SERVER);
       timeRun(fd.egress, c.syn(), 1);
@@ -116,8 +112,7 @@ export const tcFirstPacket: Bench = {
   produces: ['tc_first_packet_ns', 'tc_flow_open_ns'],
   summary: `ns for the ClientHello of a new flow (and for its SYN, which creates the flow) vs sslwall_empty; repeat 1 over ${FIRST_PACKET_FLOWS} distinct flows`,
   async run(ctx: BenchContext): Promise<BenchResult[]> {
-    return withLab((lab) => {
-      const fd = progFds(lab);
+    return withLab((lab, fd) => {
       // repeat must be 1: with repeat > 1 only the first run sees a new flow, the others a
       // flow that already exists. So each flow gets its own client port, and every packet is
       // timed once, the empty program on the same packet right beside it.

@@ -147,12 +147,12 @@ Options:
       const pins = pinLayout(str(v.bpffs) ?? DEFAULT_BPFFS);
       const pin = pins.map('sslwall_flows');
       if (!existsSync(pin)) throw new SslwallError('SSLWALL_E_NOT_INSTALLED', `no flow map pinned at ${pin}; is the agent running with --bpffs ${pins.root}?`);
-      const fd = native().getPinned(pin);
+      const map = native().getPinned(pin, 'map');
       let flows: FlowRecord[];
       try {
-        flows = readFlows(fd);
+        flows = readFlows(map);
       } finally {
-        native().closeFd(fd);
+        map.close();
       }
       const out = flows.map(({ proto: _proto, ...rest }) => rest);
       if (v.json) {
@@ -219,13 +219,13 @@ Options:
       if (existsSync(pins.links)) {
         for (const f of readdirSync(pins.links)) {
           const p = `${pins.links}/${f}`;
-          const fd = native().getPinned(p);
+          const link = native().getPinned(p, 'link');
           try {
-            native().linkDetach(fd);
+            native().linkDetach(link);
           } catch {
             // Already detached (interface gone): removing the pin is all that is left.
           } finally {
-            native().closeFd(fd);
+            link.close();
           }
           unlinkSync(p);
           removed.push(p);

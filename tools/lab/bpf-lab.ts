@@ -1,10 +1,10 @@
 // SETUP for classifier tests: the classifier object loaded into the kernel (maps private to this
 // process, nothing pinned or attached), a config written through the agent's own apply code,
 // and helpers to run packets through BPF_PROG_TEST_RUN and read what the filter decided.
-import { native, type BpfObject } from '../../native/index.js';
+import { native, type BpfObject, type ProgHandle } from '../../native/index.js';
 import { bpfObjects } from '../../agent/paths.js';
-import { expectedMaps, type SharedMap } from '../../agent/datapath.js';
-import { applyConfig, type MapFds } from '../../agent/apply.js';
+import { sharedMaps, closeMaps } from '../../agent/datapath.js';
+import { applyConfig, type MapHandles } from '../../agent/apply.js';
 import { readFlows, readCounters, type FlowRecord } from '../../agent/flows.js';
 import { ConfigSchema } from '../../schemas/config.js';
 import type { Endpoint } from './packets.js';
@@ -14,16 +14,16 @@ export const DROP = 2;
 
 export class Lab {
   readonly obj: BpfObject;
-  readonly maps: MapFds;
-  private readonly egressFd: number;
-  private readonly ingressFd: number;
+  readonly maps: MapHandles;
+  readonly egressProg: ProgHandle;
+  readonly ingressProg: ProgHandle;
 
   constructor() {
     this.obj = native().openObject(bpfObjects.classifier);
     this.obj.load();
-    this.maps = Object.fromEntries(Object.keys(expectedMaps()).map((m) => [m, this.obj.mapFd(m)])) as Record<SharedMap, number>;
-    this.egressFd = this.obj.progFd('sslwall_classify_egress');
-    this.ingressFd = this.obj.progFd('sslwall_classify_ingress');
+    this.maps = sharedMaps(this.obj);
+    this.egressProg = this.obj.prog('sslwall_classify_egress');
+    this.ingressProg = this.obj.prog('sslwall_classify_ingress');
   }
 
   configure(doc: unknown): void {
@@ -32,11 +32,11 @@ export class Lab {
 
   /** A packet leaving this host; returns the tc verdict (-1 pass, 2 drop). */
   egress(pkt: Buffer): number {
-    return native().testRun(this.egressFd, pkt, 1).retval | 0;
+    return native().testRun(this.egressProg, pkt, 1).retval | 0;
   }
 
   ingress(pkt: Buffer): number {
-    return native().testRun(this.ingressFd, pkt, 1).retval | 0;
+    return native().testRun(this.ingressProg, pkt, 1).retval | 0;
   }
 
   flows(): FlowRecord[] {
@@ -52,6 +52,9 @@ export class Lab {
   }
 
   close(): void {
+    closeMaps(this.maps);
+    this.egressProg.close();
+    this.ingressProg.close();
     this.obj.close();
   }
 }
