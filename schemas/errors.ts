@@ -20,6 +20,7 @@ export const ErrorCodes = {
   SSLWALL_E_CGROUP: 'The cgroup v2 folder for bypassed processes is missing or unusable.',
   SSLWALL_E_NOT_INSTALLED: 'No pinned sslwall state was found under --bpffs.',
   SSLWALL_E_INTERNAL: 'A bug: please report it with the log line.',
+  SSLWALL_E_TTLS_CERT: 'A TTLS certificate, key or CA file could not be read or does not fit the others; a running agent keeps the previous ones.',
   SSLWALL_E_KERNEL_FEATURE: 'The kernel lacks a feature sslwall needs.',
 } as const;
 
