@@ -29,6 +29,8 @@ export interface TtlsOptions {
   proxyHosts?: string[];
   /** Default "::" (all addresses). */
   terminatorHost?: string;
+  /** Run the terminator (default true); false for a host that only wraps outgoing connections. */
+  terminator?: boolean;
   /** Offer HTTP/2 multiplexing on the terminator (default true). */
   multiplex?: boolean;
   limits?: Partial<PoolLimits>;
@@ -40,7 +42,8 @@ export interface Ttls {
   update(config: TtlsOptions['config']): Promise<void>;
   stop(): void;
   proxyAddresses(): net.AddressInfo[];
-  terminatorPort(): number;
+  /** undefined without a terminator. */
+  terminatorPort(): number | undefined;
   /** Pooled TLS sessions open now. */
   poolSize(): number;
 }
@@ -53,7 +56,7 @@ export async function startTtls(opts: TtlsOptions): Promise<Ttls> {
   const pool = new Pool(opts.certs, tel, limits, opts.connectTimeoutMs ?? 1000);
   const onCerts = () => pool.drainAll();
   opts.certs.on('change', onCerts);
-  const terminator = new Terminator({ port: config.ttls.port, certs: opts.certs, tel, host: opts.terminatorHost, multiplex: opts.multiplex, limits });
+  const terminator = opts.terminator === false ? undefined : new Terminator({ port: config.ttls.port, certs: opts.certs, tel, host: opts.terminatorHost, multiplex: opts.multiplex, limits });
   const proxy = new Proxy({
     hosts: opts.proxyHosts,
     port: opts.proxyPort ?? DEFAULT_PROXY_PORT,
@@ -65,10 +68,10 @@ export async function startTtls(opts: TtlsOptions): Promise<Ttls> {
     onTlsDestination: opts.onTlsDestination,
   });
   try {
-    await terminator.listen();
+    await terminator?.listen();
     await proxy.listen();
   } catch (e) {
-    terminator.close();
+    terminator?.close();
     proxy.close();
     opts.certs.off('change', onCerts);
     throw e;
@@ -77,17 +80,17 @@ export async function startTtls(opts: TtlsOptions): Promise<Ttls> {
   return {
     async update(next) {
       config = next;
-      await terminator.setPort(next.ttls.port);
+      await terminator?.setPort(next.ttls.port);
       proxy.forgetTlsDestinations();
     },
     stop() {
       opts.certs.off('change', onCerts);
       proxy.close();
-      terminator.close();
+      terminator?.close();
       log.info({ event: 'ttls_stopped' });
     },
     proxyAddresses: () => proxy.addresses(),
-    terminatorPort: () => terminator.port,
+    terminatorPort: () => terminator?.port,
     poolSize: () => pool.size,
   };
 }

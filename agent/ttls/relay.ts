@@ -15,6 +15,8 @@ export interface Leg {
   reset(): void;
   /** After 'close': did the leg end normally (both directions finished, no reset)? */
   closedCleanly(): boolean;
+  /** Calls fn when the leg's reading side ended with a FIN / END_STREAM, not a reset. */
+  onCleanEnd(fn: () => void): void;
 }
 
 const RESET_CODES = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED', 'ERR_HTTP2_STREAM_ERROR']);
@@ -28,6 +30,8 @@ export function socketLeg(s: net.Socket, raw: net.Socket = s): Leg {
       else if (!s.destroyed) s.destroy();
     },
     closedCleanly: () => s.readableEnded && s.writableFinished,
+    // The proxy may see the FIN before relaying starts (a client that writes and shuts down at once).
+    onCleanEnd: (fn) => (s.readableEnded ? process.nextTick(fn) : s.once('end', fn)),
   };
 }
 
@@ -38,6 +42,15 @@ export function streamLeg(st: http2.Http2Stream): Leg {
       if (!st.closed && !st.destroyed) st.close(http2.constants.NGHTTP2_CONNECT_ERROR);
     },
     closedCleanly: () => st.rstCode === undefined || st.rstCode === http2.constants.NGHTTP2_NO_ERROR,
+    // A received RST_STREAM also ends the readable side; rstCode is known a moment later.
+    onCleanEnd: (fn) => {
+      const check = () =>
+        setImmediate(() => {
+          if (st.rstCode === undefined || st.rstCode === http2.constants.NGHTTP2_NO_ERROR) fn();
+        });
+      if (st.readableEnded) check();
+      else st.once('end', check);
+    },
   };
 }
 
@@ -86,8 +99,10 @@ export function relay(a: Leg, b: Leg, done: (d: RelayDone) => void, t0 = perform
     start() {
       a.duplex.on('data', (c: Buffer) => (sent += c.length));
       b.duplex.on('data', (c: Buffer) => (received += c.length));
-      a.duplex.pipe(b.duplex);
-      b.duplex.pipe(a.duplex);
+      a.duplex.pipe(b.duplex, { end: false });
+      b.duplex.pipe(a.duplex, { end: false });
+      a.onCleanEnd(() => b.duplex.end());
+      b.onCleanEnd(() => a.duplex.end());
     },
     abandon() {
       abandoned = true;

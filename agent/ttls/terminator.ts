@@ -59,14 +59,15 @@ export class Terminator {
     const server = tls.createServer({
       ...secureOptions(this.opts.certs.current),
       requestCert: true,
-      rejectUnauthorized: true,
+      // Checked in onSecure instead: node reports a refused client certificate only as "socket
+      // hang up", and the log must say why.
+      rejectUnauthorized: false,
       ALPNProtocols: this.opts.multiplex === false ? [ALPN_RAW] : [ALPN_H2, ALPN_RAW],
       allowHalfOpen: true,
     });
     server.on('secureConnection', (s) => this.onSecure(s));
     server.on('tlsClientError', (err: NodeJS.ErrnoException, s) => {
-      const reason = /certificate|CERT|SIGNATURE|self.signed/i.test(`${err.code} ${err.message}`) ? 'client_certificate' : 'tls_handshake';
-      this.opts.tel.failed('server', { saddr: plainAddress(s.remoteAddress), daddr: plainAddress(s.localAddress), dport: this.port }, reason, err);
+      this.opts.tel.failed('server', { saddr: plainAddress(s.remoteAddress), daddr: plainAddress(s.localAddress), dport: this.port }, 'tls_handshake', err);
     });
     return server;
   }
@@ -97,8 +98,15 @@ export class Terminator {
   }
 
   private onSecure(s: tls.TLSSocket): void {
-    this.opts.tel.handshake('server');
     s.on('error', () => {});
+    if (!s.authorized) {
+      const cert = s.getPeerCertificate();
+      this.opts.tel.failed('server', { saddr: plainAddress(s.remoteAddress), daddr: plainAddress(s.localAddress), dport: this.port }, 'client_certificate',
+        new Error(`${s.authorizationError ?? 'no client certificate'}${cert?.subject ? ` (subject ${JSON.stringify(cert.subject)}, issuer ${JSON.stringify(cert.issuer)})` : ''}`));
+      s.destroy();
+      return;
+    }
+    this.opts.tel.handshake('server');
     s.setKeepAlive(true, 30_000);
     s.setNoDelay(true);
     if (s.alpnProtocol === ALPN_H2) this.h2.emit('connection', s);

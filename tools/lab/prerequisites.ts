@@ -33,6 +33,8 @@ export const PROGRAMS = {
   postgres: { path: '/usr/lib/postgresql/15/bin/postgres', package: 'postgresql-15' },
   initdb: { path: '/usr/lib/postgresql/15/bin/initdb', package: 'postgresql-15' },
   // Debian's python3, not a pyenv shim: aiosmtpd comes from the python3-aiosmtpd package.
+  stunnel4: { path: '/usr/bin/stunnel4', package: 'stunnel4' },
+  tcpdump: { path: '/usr/bin/tcpdump', package: 'tcpdump' },
   python3: { path: '/usr/bin/python3', package: 'python3' },
   perl: { path: '/usr/bin/perl', package: 'perl' },
   etcd: { path: '/usr/bin/etcd', package: 'etcd-server' },

@@ -25,6 +25,8 @@ export interface TtlsNodeArgs {
   table: string;
   metricsPort: number;
   multiplex?: boolean;
+  /** Run the terminator too (default true). */
+  terminator?: boolean;
   limits?: Partial<PoolLimits>;
 }
 
@@ -42,6 +44,7 @@ async function main(): Promise<void> {
     registry,
     proxyPort: args.proxyPort,
     multiplex: args.multiplex,
+    terminator: args.terminator,
     limits: args.limits,
     originalDestination(socket): Destination | null {
       const table = JSON.parse(fs.readFileSync(args.table, 'utf8')) as Record<string, Destination>;
