@@ -145,16 +145,32 @@ export class Proxy {
           if (!hello) tel.closed('client', o, { sent: 0, received: 0, ms: performance.now() - t0, result: 'reset' });
           return;
         }
-        const st = session.h2!.request(
-          { ':method': 'CONNECT', ':authority': authority(o.daddr, o.dport), [HDR_SADDR]: o.saddr, [HDR_SPORT]: String(o.sport) },
-          { endStream: false },
-        );
+        let st: http2.ClientHttp2Stream;
+        try {
+          st = session.h2!.request(
+            { ':method': 'CONNECT', ':authority': authority(o.daddr, o.dport), [HDR_SADDR]: o.saddr, [HDR_SPORT]: String(o.sport) },
+            { endStream: false },
+          );
+        } catch (e) {
+          // The session closed between the pool's choice and the request (the terminator dropped it).
+          session.release();
+          tel.failed('client', o, 'session_closed', e);
+          tel.closed('client', o, { sent: 0, received: 0, ms: performance.now() - t0, result: 'error' });
+          app.resetAndDestroy();
+          return;
+        }
         st.on('error', () => {});
+        let answered = false;
+        st.once('close', () => {
+          // A terminator that refused this host's certificate closes the session without answering.
+          if (!answered) tel.failed('client', o, 'no_answer_from_terminator', st.rstCode === undefined ? undefined : `RST_STREAM ${st.rstCode}`);
+        });
         st.once('close', () => session.release());
         const leg = streamLeg(st);
         remote = { leg, cancel: () => st.close(http2.constants.NGHTTP2_CANCEL) };
         rel = relay(socketLeg(app), leg, (r) => tel.closed('client', o, { ...r, extra: { peer_serial: (session.h2?.socket as { getPeerCertificate?: () => { serialNumber?: string } } | undefined)?.getPeerCertificate?.()?.serialNumber } }), t0);
         st.once('response', (h) => {
+          answered = true;
           if (h[':status'] === 200) return;
           rel!.fail('refused');
           tel.failed('client', o, 'destination_unreachable', h[HDR_ERROR]);

@@ -1,7 +1,8 @@
 // Carries one wrapped connection between two legs (an accepted or outgoing TCP socket, an HTTP/2
 // stream, a per-connection TLS socket) with TCP's semantics: a FIN one way half-closes
 // (END_STREAM on HTTP/2), the other way keeps flowing; a reset on one leg becomes a reset on
-// the other (TCP RST <-> RST_STREAM(CONNECT_ERROR), as RFC 9113 8.5 maps them); back-pressure
+// the other (TCP RST <-> RST_STREAM with an error code; RFC 9113 8.5 names CONNECT_ERROR, node lets us
+// send INTERNAL_ERROR without a preceding END_STREAM, see streamLeg); back-pressure
 // comes from pipe(): a leg whose writes are not drained stops the other leg's reads, so at most
 // a socket buffer and a flow-control window are held per direction.
 import http2 from 'node:http2';
@@ -39,7 +40,10 @@ export function streamLeg(st: http2.Http2Stream): Leg {
   return {
     duplex: st,
     reset() {
-      if (!st.closed && !st.destroyed) st.close(http2.constants.NGHTTP2_CONNECT_ERROR);
+      // destroy(err) and not close(CONNECT_ERROR): close() ends the writable side first, and the
+      // END_STREAM it sends can reach the peer before the RST_STREAM, which would then see a clean
+      // half-close. destroy(err) sends RST_STREAM(INTERNAL_ERROR) alone.
+      if (!st.destroyed) st.destroy(new Error('wrapped connection reset'));
     },
     closedCleanly: () => st.rstCode === undefined || st.rstCode === http2.constants.NGHTTP2_NO_ERROR,
     // A received RST_STREAM also ends the readable side; rstCode is known a moment later.
