@@ -11,10 +11,11 @@ import { tcFastpath, tcFirstPacket } from './tc.js';
 import { vethThroughput, connectRate } from './net.js';
 import { propagation, hotSwap, agentIdle, type Figure } from './agent.js';
 import { fleet, fleetOptions } from './fleet.js';
+import { ttlsBench } from './ttls.js';
 import { round } from './stats.js';
 import type { Bench, BenchResult } from './types.js';
 
-export const BENCHES: Bench[] = [tcFastpath, tcFirstPacket, vethThroughput, connectRate, propagation, hotSwap, agentIdle, fleet];
+export const BENCHES: Bench[] = [tcFastpath, tcFirstPacket, vethThroughput, connectRate, propagation, hotSwap, agentIdle, fleet, ttlsBench];
 
 const USAGE = `Usage: sslwall bench [--json] [--only NAME,...] [--list] [--fleet-agents N]
        npm run bench -- [--json] [--only NAME,...] [--list] [--fleet-agents N]
@@ -136,6 +137,7 @@ function table(results: BenchResult[], failures: Failure[]): string {
     'Baselines: tc_* = sslwall_empty on the same packet, same repeat; veth_throughput*/connect_rate = an identical test bed without any filter, runs alternating;',
     '  propagation_* = a bare etcd3 watcher on the same path; hot_swap_* = the same transfer before the swaps; agent_* = an idle node process;',
     '  fleet_propagation/rollback = one bare etcd3 watcher; dead_agent_detect_ms = the lease TTL; reconnect_relists_per_agent = 1 re-read per agent.',
+    '  ttls_* = stunnel4 client -> stunnel4 server with the same certificates and data; ttls_connect_rate = TTLS without multiplexing; ttls_rss_1000_mb = the proxy before.',
     'Targets in units (ms, MB, %, a count) apply to VALUE; targets with × apply to RATIO.',
   ].join('\n');
   return [line(header), ...rows.map(line), '', baselineNote, ''].join('\n');
