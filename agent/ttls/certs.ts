@@ -4,11 +4,12 @@
 // a new file and renaming it over the old one replace the inode a file watch would be holding.
 // A new set that does not load (unparsable, key not matching the certificate, certificate not
 // issued by the CA) is refused with a log line and the previous set stays in force.
+
+import { X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
 import tls from 'node:tls';
-import { X509Certificate } from 'node:crypto';
 import type { Logger } from 'pino';
 import { SslwallError } from '../../schemas/errors.js';
 
@@ -56,16 +57,24 @@ export function readCertSet(files: CertFiles): CertSet {
     throw new SslwallError('SSLWALL_E_TTLS_CERT', `--ttls-ca ${files.ca} is not a PEM certificate: ${(e as Error).message}`, { cause: e });
   }
   if (!leaf.checkIssued(caCert) || !leaf.verify(caCert.publicKey)) {
-    throw new SslwallError('SSLWALL_E_TTLS_CERT', `--ttls-cert ${files.cert} (${leaf.subject}) is not issued by the CA in --ttls-ca ${files.ca} (${caCert.subject}); peers would refuse it`);
+    throw new SslwallError(
+      'SSLWALL_E_TTLS_CERT',
+      `--ttls-cert ${files.cert} (${leaf.subject}) is not issued by the CA in --ttls-ca ${files.ca} (${caCert.subject}); peers would refuse it`,
+    );
   }
   let context: tls.SecureContext;
   try {
     // Also checks that the key belongs to the certificate ("key values mismatch").
     context = tls.createSecureContext({ cert, key, ca });
   } catch (e) {
-    throw new SslwallError('SSLWALL_E_TTLS_CERT', `--ttls-key ${files.key} does not load with --ttls-cert ${files.cert}: ${(e as Error).message}`, { cause: e });
+    throw new SslwallError('SSLWALL_E_TTLS_CERT', `--ttls-key ${files.key} does not load with --ttls-cert ${files.cert}: ${(e as Error).message}`, {
+      cause: e,
+    });
   }
-  const ips = (leaf.subjectAltName ?? '').split(', ').filter((s) => s.startsWith('IP Address:')).map((s) => s.slice('IP Address:'.length));
+  const ips = (leaf.subjectAltName ?? '')
+    .split(', ')
+    .filter((s) => s.startsWith('IP Address:'))
+    .map((s) => s.slice('IP Address:'.length));
   return { cert, key, ca, context, serial: leaf.serialNumber, ips };
 }
 
@@ -113,7 +122,10 @@ export class TtlsCerts extends EventEmitter<{ change: [CertSet] }> {
     try {
       next = readCertSet(this.files);
     } catch (e) {
-      this.log.error({ event: 'ttls_cert_refused', code: (e as SslwallError).code, err: (e as Error).message, serial: this.set.serial }, 'new TTLS certificate files refused; the previous ones stay in force');
+      this.log.error(
+        { event: 'ttls_cert_refused', code: (e as SslwallError).code, err: (e as Error).message, serial: this.set.serial },
+        'new TTLS certificate files refused; the previous ones stay in force',
+      );
       return;
     }
     const cur = this.set;

@@ -4,12 +4,12 @@
 // wrapped: listeners and file watches wait in the kernel; a pooled session's idle timer exists
 // only while that session is idle.
 import type net from 'node:net';
-import type client from 'prom-client';
 import type { Logger } from 'pino';
+import type client from 'prom-client';
 import type { Config } from '../../schemas/config.js';
 import type { TtlsCerts } from './certs.js';
 import { Pool } from './pool.js';
-import { Proxy, type Destination } from './proxy.js';
+import { type Destination, Proxy } from './proxy.js';
 import { createTelemetry } from './telemetry.js';
 import { Terminator } from './terminator.js';
 import { DEFAULT_LIMITS, type PoolLimits } from './wire.js';
@@ -56,7 +56,10 @@ export async function startTtls(opts: TtlsOptions): Promise<Ttls> {
   const pool = new Pool(opts.certs, tel, limits, opts.connectTimeoutMs ?? 1000);
   const onCerts = () => pool.drainAll();
   opts.certs.on('change', onCerts);
-  const terminator = opts.terminator === false ? undefined : new Terminator({ port: config.ttls.port, certs: opts.certs, tel, host: opts.terminatorHost, multiplex: opts.multiplex, limits });
+  const terminator =
+    opts.terminator === false
+      ? undefined
+      : new Terminator({ port: config.ttls.port, certs: opts.certs, tel, host: opts.terminatorHost, multiplex: opts.multiplex, limits });
   const proxy = new Proxy({
     hosts: opts.proxyHosts,
     port: opts.proxyPort ?? DEFAULT_PROXY_PORT,
@@ -95,5 +98,5 @@ export async function startTtls(opts: TtlsOptions): Promise<Ttls> {
   };
 }
 
-export { TtlsCerts, readCertSet, type CertFiles, type CertSet } from './certs.js';
+export { type CertFiles, type CertSet, readCertSet, TtlsCerts } from './certs.js';
 export type { Destination } from './proxy.js';

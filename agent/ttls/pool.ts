@@ -11,7 +11,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import type { TtlsCerts } from './certs.js';
 import type { Telemetry } from './telemetry.js';
-import { ALPN_H2, ALPN_RAW, MAX_SESSION_MEMORY_MB, authority, h2Settings, sessionWindow, type PoolLimits } from './wire.js';
+import { ALPN_H2, ALPN_RAW, authority, h2Settings, MAX_SESSION_MEMORY_MB, type PoolLimits, sessionWindow } from './wire.js';
 
 /** A TLS connection that does not multiplex: the caller owns it. */
 export interface RawTls {
@@ -49,26 +49,29 @@ export class PooledSession {
     address: string,
     port: number,
   ) {
-    this.ready = pool.dial(address, port).then((conn): Channel => {
-      if (conn.tls.alpnProtocol !== ALPN_H2) {
+    this.ready = pool.dial(address, port).then(
+      (conn): Channel => {
+        if (conn.tls.alpnProtocol !== ALPN_H2) {
+          this.pool.forget(this);
+          return { kind: 'raw', conn };
+        }
+        const h2 = http2.connect(`https://${authority(address, port)}`, {
+          createConnection: () => conn.tls,
+          settings: h2Settings(pool.limits),
+          maxSessionMemory: MAX_SESSION_MEMORY_MB,
+        });
+        h2.on('error', () => {});
+        h2.once('connect', () => h2.setLocalWindowSize(sessionWindow(pool.limits)));
+        h2.once('close', () => this.pool.forget(this));
+        h2.once('goaway', () => this.pool.forget(this));
+        this.h2 = h2;
+        return { kind: 'h2', session: this };
+      },
+      (e) => {
         this.pool.forget(this);
-        return { kind: 'raw', conn };
-      }
-      const h2 = http2.connect(`https://${authority(address, port)}`, {
-        createConnection: () => conn.tls,
-        settings: h2Settings(pool.limits),
-        maxSessionMemory: MAX_SESSION_MEMORY_MB,
-      });
-      h2.on('error', () => {});
-      h2.once('connect', () => h2.setLocalWindowSize(sessionWindow(pool.limits)));
-      h2.once('close', () => this.pool.forget(this));
-      h2.once('goaway', () => this.pool.forget(this));
-      this.h2 = h2;
-      return { kind: 'h2', session: this };
-    }, (e) => {
-      this.pool.forget(this);
-      throw e;
-    });
+        throw e;
+      },
+    );
   }
 
   /** A stream was promised; cancel a pending idle close. */
@@ -170,8 +173,19 @@ export class Pool {
       raw.setKeepAlive(true, 30_000);
       // No servername: SNI may not carry an IP address, and without it node checks the
       // certificate against `host` — the destination address must be one of its IP SANs.
-      const t = tls.connect({ socket: raw, host: address, secureContext: this.certs.current.context, ALPNProtocols: [ALPN_H2, ALPN_RAW], rejectUnauthorized: true, allowHalfOpen: true } as tls.ConnectionOptions);
-      const timer = setTimeout(() => raw.destroy(Object.assign(new Error(`no TLS handshake with ${authority(address, port)} within ${this.connectTimeoutMs} ms`), { code: 'ETIMEDOUT' })), this.connectTimeoutMs);
+      const t = tls.connect({
+        socket: raw,
+        host: address,
+        secureContext: this.certs.current.context,
+        ALPNProtocols: [ALPN_H2, ALPN_RAW],
+        rejectUnauthorized: true,
+        allowHalfOpen: true,
+      } as tls.ConnectionOptions);
+      const timer = setTimeout(
+        () =>
+          raw.destroy(Object.assign(new Error(`no TLS handshake with ${authority(address, port)} within ${this.connectTimeoutMs} ms`), { code: 'ETIMEDOUT' })),
+        this.connectTimeoutMs,
+      );
       const fail = (e: NodeJS.ErrnoException) => {
         clearTimeout(timer);
         raw.destroy();

@@ -9,9 +9,9 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import type { Mode } from '../../schemas/config.js';
 import { DialError, type Pool, type PooledSession } from './pool.js';
-import { relay, socketLeg, streamLeg, type Leg, type Relay } from './relay.js';
+import { type Leg, type Relay, relay, socketLeg, streamLeg } from './relay.js';
 import type { Original, Telemetry } from './telemetry.js';
-import { HDR_ERROR, HDR_SADDR, HDR_SPORT, authority, plainAddress } from './wire.js';
+import { authority, HDR_ERROR, HDR_SADDR, HDR_SPORT, plainAddress } from './wire.js';
 
 export interface Destination {
   address: string;
@@ -137,75 +137,90 @@ export class Proxy {
       });
     };
 
-    this.opts.pool.acquire(o.daddr, this.opts.remotePort()).then((ch) => {
-      if (ch.kind === 'h2') {
-        const session: PooledSession = ch.session;
-        if (hello || app.destroyed) {
-          session.release();
-          if (!hello) tel.closed('client', o, { sent: 0, received: 0, ms: performance.now() - t0, result: 'reset' });
-          return;
-        }
-        let st: http2.ClientHttp2Stream;
-        try {
-          st = session.h2!.request(
-            { ':method': 'CONNECT', ':authority': authority(o.daddr, o.dport), [HDR_SADDR]: o.saddr, [HDR_SPORT]: String(o.sport) },
-            { endStream: false },
+    this.opts.pool.acquire(o.daddr, this.opts.remotePort()).then(
+      (ch) => {
+        if (ch.kind === 'h2') {
+          const session: PooledSession = ch.session;
+          if (hello || app.destroyed) {
+            session.release();
+            if (!hello) tel.closed('client', o, { sent: 0, received: 0, ms: performance.now() - t0, result: 'reset' });
+            return;
+          }
+          let st: http2.ClientHttp2Stream;
+          try {
+            st = session.h2!.request(
+              { ':method': 'CONNECT', ':authority': authority(o.daddr, o.dport), [HDR_SADDR]: o.saddr, [HDR_SPORT]: String(o.sport) },
+              { endStream: false },
+            );
+          } catch (e) {
+            // The session closed between the pool's choice and the request (the terminator dropped it).
+            session.release();
+            tel.failed('client', o, 'session_closed', e);
+            tel.closed('client', o, { sent: 0, received: 0, ms: performance.now() - t0, result: 'error' });
+            app.resetAndDestroy();
+            return;
+          }
+          st.on('error', () => {});
+          let answered = false;
+          st.once('close', () => {
+            // A terminator that refused this host's certificate closes the session without answering.
+            if (!answered) tel.failed('client', o, 'no_answer_from_terminator', st.rstCode === undefined ? undefined : `RST_STREAM ${st.rstCode}`);
+          });
+          st.once('close', () => session.release());
+          const leg = streamLeg(st);
+          remote = { leg, cancel: () => st.close(http2.constants.NGHTTP2_CANCEL) };
+          rel = relay(
+            socketLeg(app),
+            leg,
+            (r) =>
+              tel.closed('client', o, {
+                ...r,
+                extra: {
+                  peer_serial: (session.h2?.socket as { getPeerCertificate?: () => { serialNumber?: string } } | undefined)?.getPeerCertificate?.()
+                    ?.serialNumber,
+                },
+              }),
+            t0,
           );
-        } catch (e) {
-          // The session closed between the pool's choice and the request (the terminator dropped it).
-          session.release();
-          tel.failed('client', o, 'session_closed', e);
-          tel.closed('client', o, { sent: 0, received: 0, ms: performance.now() - t0, result: 'error' });
-          app.resetAndDestroy();
+          st.once('response', (h) => {
+            answered = true;
+            if (h[':status'] === 200) return;
+            rel!.fail('refused');
+            tel.failed('client', o, 'destination_unreachable', h[HDR_ERROR]);
+            app.resetAndDestroy();
+          });
+          serverSpoke(leg);
+        } else {
+          const { tls: t, raw } = ch.conn;
+          if (hello || app.destroyed) {
+            raw.destroy();
+            return;
+          }
+          t.write(`${JSON.stringify({ dport: o.dport, saddr: o.saddr, sport: o.sport })}\n`);
+          const leg = socketLeg(t, raw);
+          remote = { leg, cancel: () => raw.destroy() };
+          const serial = t.getPeerCertificate()?.serialNumber;
+          rel = relay(socketLeg(app), leg, (r) => tel.closed('client', o, { ...r, extra: { peer_serial: serial, multiplexed: false } }), t0);
+          serverSpoke(leg);
+        }
+        maybeStart();
+      },
+      (e: unknown) => {
+        if (hello) return;
+        const reason = e instanceof DialError ? e.reason : 'error';
+        const cause = e instanceof DialError ? e.cause : e;
+        if (this.opts.mode() === 'passive') {
+          tel.failed('client', { ...o }, reason, cause);
+          app.off('data', onFirst);
+          app.off('end', onEnd);
+          direct(app, o);
           return;
         }
-        st.on('error', () => {});
-        let answered = false;
-        st.once('close', () => {
-          // A terminator that refused this host's certificate closes the session without answering.
-          if (!answered) tel.failed('client', o, 'no_answer_from_terminator', st.rstCode === undefined ? undefined : `RST_STREAM ${st.rstCode}`);
-        });
-        st.once('close', () => session.release());
-        const leg = streamLeg(st);
-        remote = { leg, cancel: () => st.close(http2.constants.NGHTTP2_CANCEL) };
-        rel = relay(socketLeg(app), leg, (r) => tel.closed('client', o, { ...r, extra: { peer_serial: (session.h2?.socket as { getPeerCertificate?: () => { serialNumber?: string } } | undefined)?.getPeerCertificate?.()?.serialNumber } }), t0);
-        st.once('response', (h) => {
-          answered = true;
-          if (h[':status'] === 200) return;
-          rel!.fail('refused');
-          tel.failed('client', o, 'destination_unreachable', h[HDR_ERROR]);
-          app.resetAndDestroy();
-        });
-        serverSpoke(leg);
-      } else {
-        const { tls: t, raw } = ch.conn;
-        if (hello || app.destroyed) {
-          raw.destroy();
-          return;
-        }
-        t.write(JSON.stringify({ dport: o.dport, saddr: o.saddr, sport: o.sport }) + '\n');
-        const leg = socketLeg(t, raw);
-        remote = { leg, cancel: () => raw.destroy() };
-        const serial = t.getPeerCertificate()?.serialNumber;
-        rel = relay(socketLeg(app), leg, (r) => tel.closed('client', o, { ...r, extra: { peer_serial: serial, multiplexed: false } }), t0);
-        serverSpoke(leg);
-      }
-      maybeStart();
-    }, (e: unknown) => {
-      if (hello) return;
-      const reason = e instanceof DialError ? e.reason : 'error';
-      const cause = e instanceof DialError ? e.cause : e;
-      if (this.opts.mode() === 'passive') {
-        tel.failed('client', { ...o }, reason, cause);
-        app.off('data', onFirst);
-        app.off('end', onEnd);
-        direct(app, o);
-        return;
-      }
-      tel.failed('client', o, reason, cause);
-      tel.closed('client', o, { sent: 0, received: 0, ms: performance.now() - t0, result: reason === 'terminator_unreachable' ? 'refused' : 'error' });
-      app.resetAndDestroy();
-    });
+        tel.failed('client', o, reason, cause);
+        tel.closed('client', o, { sent: 0, received: 0, ms: performance.now() - t0, result: reason === 'terminator_unreachable' ? 'refused' : 'error' });
+        app.resetAndDestroy();
+      },
+    );
   }
 }
 

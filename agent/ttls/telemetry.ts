@@ -3,8 +3,9 @@
 // wrapped, and three counters on the registry the agent passes in. Byte counts are those of the
 // original connection on both sides: `sent` flowed from the original client to the original
 // server, `received` the other way, so the two sides' lines of one connection agree.
-import client from 'prom-client';
+
 import type { Logger } from 'pino';
+import client from 'prom-client';
 
 export type Role = 'client' | 'server';
 export type Result = 'ok' | 'reset' | 'refused' | 'error';
@@ -37,7 +38,16 @@ export function createTelemetry(log: Logger, registry: client.Registry): Telemet
       connections.inc({ role, result: r.result });
       if (r.sent) bytes.inc({ role, direction: 'sent' }, r.sent);
       if (r.received) bytes.inc({ role, direction: 'received' }, r.received);
-      log.info({ event: 'ttls_closed', role, ...o, bytes_sent: r.sent, bytes_received: r.received, duration_ms: Math.round(r.ms), result: r.result, ...r.extra });
+      log.info({
+        event: 'ttls_closed',
+        role,
+        ...o,
+        bytes_sent: r.sent,
+        bytes_received: r.received,
+        duration_ms: Math.round(r.ms),
+        result: r.result,
+        ...r.extra,
+      });
     },
     failed(role, o, reason, err) {
       log.warn({ event: 'ttls_failed', role, ...o, reason, err: err === undefined ? undefined : ((err as Error).message ?? String(err)) });

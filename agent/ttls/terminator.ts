@@ -10,12 +10,23 @@
 import http2 from 'node:http2';
 import net from 'node:net';
 import tls from 'node:tls';
-import type { TtlsCerts, CertSet } from './certs.js';
+import type { CertSet, TtlsCerts } from './certs.js';
 import { relay, socketLeg, streamLeg } from './relay.js';
 import type { Original, Telemetry } from './telemetry.js';
 import {
-  ALPN_H2, ALPN_RAW, DEFAULT_LIMITS, HDR_ERROR, HDR_SADDR, HDR_SPORT, MAX_SESSION_MEMORY_MB, RAW_HEADER_MAX,
-  h2Settings, plainAddress, sessionWindow, type PoolLimits, type RawHeader,
+  ALPN_H2,
+  ALPN_RAW,
+  DEFAULT_LIMITS,
+  HDR_ERROR,
+  HDR_SADDR,
+  HDR_SPORT,
+  h2Settings,
+  MAX_SESSION_MEMORY_MB,
+  type PoolLimits,
+  plainAddress,
+  RAW_HEADER_MAX,
+  type RawHeader,
+  sessionWindow,
 } from './wire.js';
 
 export interface TerminatorOptions {
@@ -101,8 +112,14 @@ export class Terminator {
     s.on('error', () => {});
     if (!s.authorized) {
       const cert = s.getPeerCertificate();
-      this.opts.tel.failed('server', { saddr: plainAddress(s.remoteAddress), daddr: plainAddress(s.localAddress), dport: this.port }, 'client_certificate',
-        new Error(`${s.authorizationError ?? 'no client certificate'}${cert?.subject ? ` (subject ${JSON.stringify(cert.subject)}, issuer ${JSON.stringify(cert.issuer)})` : ''}`));
+      this.opts.tel.failed(
+        'server',
+        { saddr: plainAddress(s.remoteAddress), daddr: plainAddress(s.localAddress), dport: this.port },
+        'client_certificate',
+        new Error(
+          `${s.authorizationError ?? 'no client certificate'}${cert?.subject ? ` (subject ${JSON.stringify(cert.subject)}, issuer ${JSON.stringify(cert.issuer)})` : ''}`,
+        ),
+      );
       s.destroy();
       return;
     }
@@ -153,18 +170,23 @@ export class Terminator {
       return;
     }
     const extra = { peer: plainAddress(sock?.remoteAddress), peer_serial: sock && this.peerSerial(sock) };
-    const d = this.dial(daddr, dport, (e) => {
-      if (!st.closed) st.respond({ ':status': 502, [HDR_ERROR]: e.code ?? 'error' }, { endStream: true });
-      tel.closed('server', o, { sent: 0, received: 0, ms: performance.now() - t0, result: e.code === 'ECONNREFUSED' ? 'refused' : 'error', extra });
-    }, (dest) => {
-      if (st.closed || st.destroyed) {
-        dest.resetAndDestroy();
-        tel.closed('server', o, { sent: 0, received: 0, ms: performance.now() - t0, result: 'reset', extra });
-        return;
-      }
-      st.respond({ ':status': 200 });
-      relay(streamLeg(st), socketLeg(dest), (r) => tel.closed('server', o, { ...r, extra }), t0).start();
-    });
+    const d = this.dial(
+      daddr,
+      dport,
+      (e) => {
+        if (!st.closed) st.respond({ ':status': 502, [HDR_ERROR]: e.code ?? 'error' }, { endStream: true });
+        tel.closed('server', o, { sent: 0, received: 0, ms: performance.now() - t0, result: e.code === 'ECONNREFUSED' ? 'refused' : 'error', extra });
+      },
+      (dest) => {
+        if (st.closed || st.destroyed) {
+          dest.resetAndDestroy();
+          tel.closed('server', o, { sent: 0, received: 0, ms: performance.now() - t0, result: 'reset', extra });
+          return;
+        }
+        st.respond({ ':status': 200 });
+        relay(streamLeg(st), socketLeg(dest), (r) => tel.closed('server', o, { ...r, extra }), t0).start();
+      },
+    );
     // The client gave up before the destination answered.
     st.once('close', () => {
       if (d.connecting) d.destroy();
@@ -196,12 +218,17 @@ export class Terminator {
       }
       const o: Original = { saddr: String(h.saddr ?? ''), sport: Number(h.sport ?? 0), daddr, dport: h.dport };
       if (buf.length > nl + 1) s.unshift(buf.subarray(nl + 1));
-      this.dial(daddr, h.dport, (e) => {
-        socketLeg(s, raw).reset();
-        tel.closed('server', o, { sent: 0, received: 0, ms: performance.now() - t0, result: e.code === 'ECONNREFUSED' ? 'refused' : 'error', extra });
-      }, (dest) => {
-        relay(socketLeg(s, raw), socketLeg(dest), (r) => tel.closed('server', o, { ...r, extra }), t0).start();
-      });
+      this.dial(
+        daddr,
+        h.dport,
+        (e) => {
+          socketLeg(s, raw).reset();
+          tel.closed('server', o, { sent: 0, received: 0, ms: performance.now() - t0, result: e.code === 'ECONNREFUSED' ? 'refused' : 'error', extra });
+        },
+        (dest) => {
+          relay(socketLeg(s, raw), socketLeg(dest), (r) => tel.closed('server', o, { ...r, extra }), t0).start();
+        },
+      );
     };
     s.on('data', onData);
   }

@@ -10,7 +10,7 @@
 // ALPN "sslwall-tcp/1": the fallback for a peer that does not multiplex: one TLS connection per
 // wrapped connection, opened by one JSON line {"dport","saddr","sport"} from the client; then
 // the bytes, a TLS close_notify + FIN as the half-close and a TCP RST as the reset.
-import http2 from 'node:http2';
+import type http2 from 'node:http2';
 
 export const ALPN_H2 = 'h2';
 export const ALPN_RAW = 'sslwall-tcp/1';

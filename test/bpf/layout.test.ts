@@ -1,12 +1,13 @@
 // One source of truth: the TypeScript layouts are generated from bpf/shared.h through the
 // object's BTF; check the generated file is current and that the kernel agrees on the sizes.
-import { test, after } from 'node:test';
+
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
-import { native, BpfError, type MapHandle } from '../../native/index.js';
-import { bpfObjects, repoRoot } from '../../agent/paths.js';
+import { after, test } from 'node:test';
 import { expectedMaps } from '../../agent/datapath.js';
+import { bpfObjects, repoRoot } from '../../agent/paths.js';
+import { BpfError, type MapHandle, native } from '../../native/index.js';
 
 test('agent/generated/shared.ts is what the generator makes from the current object', () => {
   const r = spawnSync(process.execPath, [path.join(repoRoot, 'tools/gen-shared-types.mjs'), '--check'], { encoding: 'utf8' });

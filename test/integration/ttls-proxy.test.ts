@@ -7,12 +7,12 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
-import { makeCa, makeCerts, makeHostCert, type Ca, type HostCert } from '../../tools/lab/certs.js';
+import { fileURLToPath } from 'node:url';
+import { type Ca, type HostCert, makeCa, makeCerts, makeHostCert } from '../../tools/lab/certs.js';
 import { createTestbed, type Side, type Testbed } from '../../tools/lab/netns.js';
-import { startNginx, startSmtp, type NginxPeer } from '../../tools/lab/peers.js';
-import { BIN, requireBins, tail, waitFor, type Proc } from '../../tools/lab/proc.js';
+import { type NginxPeer, startNginx, startSmtp } from '../../tools/lab/peers.js';
+import { BIN, type Proc, requireBins, tail, waitFor } from '../../tools/lab/proc.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const TTLS_NODE = path.resolve(here, '../../tools/lab/ttls-node.js');
@@ -34,7 +34,11 @@ class TtlsNode {
   ) {}
 
   lines(): LogLine[] {
-    return fs.readFileSync(this.proc.logFile, 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as LogLine);
+    return fs
+      .readFileSync(this.proc.logFile, 'utf8')
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as LogLine);
   }
 
   events(name: string): LogLine[] {
@@ -48,14 +52,29 @@ class TtlsNode {
   }
 }
 
-async function startNode(tb: Testbed, side: Side, name: string, o: {
-  cert: HostCert; ca: string; port: number; proxyPort: number; metricsPort: number; multiplex?: boolean; terminator?: boolean; mode?: 'active' | 'passive';
-}): Promise<TtlsNode> {
+async function startNode(
+  tb: Testbed,
+  side: Side,
+  name: string,
+  o: {
+    cert: HostCert;
+    ca: string;
+    port: number;
+    proxyPort: number;
+    metricsPort: number;
+    multiplex?: boolean;
+    terminator?: boolean;
+    mode?: 'active' | 'passive';
+  },
+): Promise<TtlsNode> {
   const table = path.join(tb.dir, `${name}-table.json`);
   fs.writeFileSync(table, '{}');
   const args = {
     certs: { cert: o.cert.cert, key: o.cert.key, ca: o.ca },
-    config: { mode: o.mode ?? 'active', ttls: { ports: [80, 25, 443, TEST_SERVER_PORT], cidrs: [`${tb.server.ipv4}/32`, `${tb.server.ipv6}/128`], port: o.port } },
+    config: {
+      mode: o.mode ?? 'active',
+      ttls: { ports: [80, 25, 443, TEST_SERVER_PORT], cidrs: [`${tb.server.ipv4}/32`, `${tb.server.ipv6}/128`], port: o.port },
+    },
     proxyPort: o.proxyPort,
     table,
     metricsPort: o.metricsPort,
@@ -143,7 +162,16 @@ describe('TTLS proxy and terminator between two hosts', () => {
   const P = 15001;
 
   const curlVia = (src: string, urlPath = '/', extra: string[] = []) =>
-    tb.exec('client', BIN.curl, ['-sS', '-g', '--max-time', '20', '--interface', src, ...extra, `http://${src.includes(':') ? `[${src}]` : '127.0.0.1'}:${P}${urlPath}`]);
+    tb.exec('client', BIN.curl, [
+      '-sS',
+      '-g',
+      '--max-time',
+      '20',
+      '--interface',
+      src,
+      ...extra,
+      `http://${src.includes(':') ? `[${src}]` : '127.0.0.1'}:${P}${urlPath}`,
+    ]);
 
   before(async () => {
     requireBins(['curl', 'tcpdump', 'swaks', 'nginx', 'openssl']);
@@ -154,7 +182,10 @@ describe('TTLS proxy and terminator between two hosts', () => {
     cliCert = await makeHostCert(certDir, ca, 'client', [tb.client.ipv4, tb.client.ipv6]);
     const peerCerts = await makeCerts(tb.tempDir('peer-certs'), { ips: [tb.server.ipv4, tb.server.ipv6] });
     nginx = await startNginx(tb, peerCerts, { bigFileBytes: 100 * 1024 * 1024, bigFileRandom: true });
-    bigSha = crypto.createHash('sha256').update(fs.readFileSync(path.join(nginx.dir, 'www/big.bin'))).digest('hex');
+    bigSha = crypto
+      .createHash('sha256')
+      .update(fs.readFileSync(path.join(nginx.dir, 'www/big.bin')))
+      .digest('hex');
     await startSmtp(tb, peerCerts, { ports: [25] });
     testServer = tb.spawn('server', 'test-server', NODE, ['-e', TEST_SERVER]);
     await waitFor('test server', () => fs.existsSync(testServer.logFile) && fs.readFileSync(testServer.logFile, 'utf8').includes('listening'));
@@ -168,8 +199,12 @@ describe('TTLS proxy and terminator between two hosts', () => {
     client.route('127.0.0.4', s4, 443);
     client.route('127.0.0.5', tb.server.ipv6, TEST_SERVER_PORT);
     // Started first, checked last: a wrapped connection idle for 30 s still carries bytes.
-    idle = nodeClient(tb, `${connectTo(P, '127.0.0.5')} c.write('echo\\n'); let got = ''; c.on('data', (d) => { got += d;
-      if (got === 'ready\\n') setTimeout(() => c.write('after-idle'), 30000); if (got.endsWith('after-idle')) out({ got }); });`, 60_000);
+    idle = nodeClient(
+      tb,
+      `${connectTo(P, '127.0.0.5')} c.write('echo\\n'); let got = ''; c.on('data', (d) => { got += d;
+      if (got === 'ready\\n') setTimeout(() => c.write('after-idle'), 30000); if (got.endsWith('after-idle')) out({ got }); });`,
+      60_000,
+    );
   });
 
   after(async () => {
@@ -179,7 +214,9 @@ describe('TTLS proxy and terminator between two hosts', () => {
   test('curl to plain HTTP over IPv4 and IPv6, and the link carries only TLS to ttls.port', async () => {
     const pcap = path.join(tb.dir, 'http.pcap');
     const dump = tb.spawn('client', 'tcpdump', BIN.tcpdump, ['-i', tb.client.ifname, '--immediate-mode', '-U', '-s', '0', '-w', pcap, 'tcp']);
-    await waitFor('tcpdump to listen', () => fs.existsSync(dump.logFile) && fs.readFileSync(dump.logFile, 'utf8').includes('listening on'), { explain: () => tail(dump.logFile) });
+    await waitFor('tcpdump to listen', () => fs.existsSync(dump.logFile) && fs.readFileSync(dump.logFile, 'utf8').includes('listening on'), {
+      explain: () => tail(dump.logFile),
+    });
     const v4 = await curlVia('127.0.0.1');
     assert.equal(v4.stdout, nginx.smallBody, `IPv4 body; stderr ${v4.stderr}`);
     const v6 = await curlVia('::1');
@@ -203,15 +240,31 @@ describe('TTLS proxy and terminator between two hosts', () => {
   });
 
   test('server-first SMTP (swaks, no STARTTLS) through the pair', async () => {
-    const r = await tb.exec('client', BIN.swaks, ['--to', 'a@b.test', '--from', 'c@d.test', '--server', '127.0.0.1', '--port', String(P),
-      '--local-interface', '127.0.0.2', '--timeout', '10', '--h-Subject', 'ttls']);
+    const r = await tb.exec('client', BIN.swaks, [
+      '--to',
+      'a@b.test',
+      '--from',
+      'c@d.test',
+      '--server',
+      '127.0.0.1',
+      '--port',
+      String(P),
+      '--local-interface',
+      '127.0.0.2',
+      '--timeout',
+      '10',
+      '--h-Subject',
+      'ttls',
+    ]);
     assert.equal(r.code, 0, `swaks: ${r.stdout}\n${r.stderr}`);
-    assert.match(r.stdout, /Connected to .*\n<-  220 /, 'the server greeted first');
+    assert.match(r.stdout, /Connected to .*\n<- {2}220 /, 'the server greeted first');
     assert.match(r.stdout, /\n<- {2}250 OK\n -> QUIT/, 'the message was accepted');
   });
 
   test('a 100 MiB transfer arrives byte-exact', async () => {
-    const r = await tb.exec('client', '/bin/sh', ['-c', `${BIN.curl} -sS --max-time 120 --interface 127.0.0.1 http://127.0.0.1:${P}/big.bin | sha256sum`], { timeoutMs: 130_000 });
+    const r = await tb.exec('client', '/bin/sh', ['-c', `${BIN.curl} -sS --max-time 120 --interface 127.0.0.1 http://127.0.0.1:${P}/big.bin | sha256sum`], {
+      timeoutMs: 130_000,
+    });
     assert.equal(r.stdout.split(' ')[0], bigSha, r.stderr);
   });
 
@@ -220,25 +273,47 @@ describe('TTLS proxy and terminator between two hosts', () => {
     const conns0 = await metric(tb, client, 'sslwall_ttls_connections_total', 'role="client",result="ok"');
     const rs = await Promise.all(Array.from({ length: 10 }, () => curlVia('127.0.0.1')));
     for (const r of rs) assert.equal(r.stdout, nginx.smallBody, r.stderr);
-    await waitFor('10 more ok connections', async () => (await metric(tb, client, 'sslwall_ttls_connections_total', 'role="client",result="ok"')) >= conns0 + 10);
+    await waitFor(
+      '10 more ok connections',
+      async () => (await metric(tb, client, 'sslwall_ttls_connections_total', 'role="client",result="ok"')) >= conns0 + 10,
+    );
     const hs = (await metric(tb, client, 'sslwall_ttls_handshakes_total', 'role="client"')) - hs0;
     assert.ok(hs <= 1, `handshakes for 10 connections: ${hs} (expected at most 1: the pool's session may already be open)`);
   });
 
   test('half-close: the client shuts down writing and still gets the answer', async () => {
-    const r = await nodeClient(tb, `${connectTo(P, '127.0.0.3')} c.end('count\\n' + 'x'.repeat(100000)); let got = ''; c.on('data', (d) => got += d); c.on('end', () => out({ got }));`);
+    const r = await nodeClient(
+      tb,
+      `${connectTo(P, '127.0.0.3')} c.end('count\\n' + 'x'.repeat(100000)); let got = ''; c.on('data', (d) => got += d); c.on('end', () => out({ got }));`,
+    );
     assert.equal(r.got, 'got 100000\n');
   });
 
   test('a reset reaches the other side, both ways', async () => {
     const fromServer = await nodeClient(tb, `${connectTo(P, '127.0.0.3')} c.write('reset\\n'); c.on('end', () => out({ end: true }));`);
-    assert.equal(fromServer.error, 'ECONNRESET', `the client sees the server's reset: ${JSON.stringify(fromServer)} ${JSON.stringify(client.events('ttls_closed').slice(-2))}`);
+    assert.equal(
+      fromServer.error,
+      'ECONNRESET',
+      `the client sees the server's reset: ${JSON.stringify(fromServer)} ${JSON.stringify(client.events('ttls_closed').slice(-2))}`,
+    );
     const before = fs.readFileSync(testServer.logFile, 'utf8').split('\n').length;
-    const fromClient = await nodeClient(tb, `${connectTo(P, '127.0.0.3')} c.write('hold\\n'); c.on('data', () => { c.resetAndDestroy(); setTimeout(() => out({ reset: true }), 100); });`);
+    const fromClient = await nodeClient(
+      tb,
+      `${connectTo(P, '127.0.0.3')} c.write('hold\\n'); c.on('data', () => { c.resetAndDestroy(); setTimeout(() => out({ reset: true }), 100); });`,
+    );
     assert.equal(fromClient.reset, true);
-    await waitFor('the server to see the client reset', () => fs.readFileSync(testServer.logFile, 'utf8').split('\n').slice(before - 1).some((l) => l.includes('"mode":"hold","hadError":true')), {
-      explain: () => tail(testServer.logFile),
-    });
+    await waitFor(
+      'the server to see the client reset',
+      () =>
+        fs
+          .readFileSync(testServer.logFile, 'utf8')
+          .split('\n')
+          .slice(before - 1)
+          .some((l) => l.includes('"mode":"hold","hadError":true')),
+      {
+        explain: () => tail(testServer.logFile),
+      },
+    );
     await waitFor('ttls_closed with result reset', () => client.events('ttls_closed').filter((l) => l.result === 'reset').length >= 2);
   });
 
@@ -247,7 +322,12 @@ describe('TTLS proxy and terminator between two hosts', () => {
     const start = fs.readFileSync(testServer.logFile, 'utf8').length;
     const r = await nodeClient(tb, `${connectTo(P, '127.0.0.3')} c.write('flood\\n'); c.pause(); setTimeout(() => out({ ok: true }), 6000);`);
     assert.equal(r.ok, true);
-    const floods = fs.readFileSync(testServer.logFile, 'utf8').slice(start).split('\n').filter((l) => l.includes('"flood"')).map((l) => (JSON.parse(l) as { written: number }).written);
+    const floods = fs
+      .readFileSync(testServer.logFile, 'utf8')
+      .slice(start)
+      .split('\n')
+      .filter((l) => l.includes('"flood"'))
+      .map((l) => (JSON.parse(l) as { written: number }).written);
     assert.ok(floods.length >= 8, `flood reports: ${floods.length}`);
     const last = floods.at(-2)!;
     const mid = floods[Math.floor(floods.length / 2)]!;
@@ -261,7 +341,10 @@ describe('TTLS proxy and terminator between two hosts', () => {
     const r = await tb.exec('client', BIN.curl, ['-sS', '-k', '--max-time', '20', '--interface', '127.0.0.4', `https://127.0.0.1:${P}/`]);
     assert.equal(r.stdout, nginx.smallBody, r.stderr);
     await waitFor('tls_destination', () => client.events('tls_destination').some((l) => l.address === tb.server.ipv4 && l.port === 443));
-    assert.ok(client.events('ttls_failed').some((l) => l.reason === 'client_speaks_tls' && l.dport === 443), JSON.stringify(client.events('ttls_failed')));
+    assert.ok(
+      client.events('ttls_failed').some((l) => l.reason === 'client_speaks_tls' && l.dport === 443),
+      JSON.stringify(client.events('ttls_failed')),
+    );
     const again = await tb.exec('client', BIN.curl, ['-sS', '-k', '--max-time', '20', '--interface', '127.0.0.4', `https://127.0.0.1:${P}/`]);
     assert.equal(again.stdout, nginx.smallBody, again.stderr);
   });
@@ -276,56 +359,104 @@ describe('TTLS proxy and terminator between two hosts', () => {
     rn.route('127.0.0.1', tb.server.ipv4, 80);
     const r = await tb.exec('client', BIN.curl, ['-sS', '--max-time', '10', `http://127.0.0.1:15002/`]);
     assert.notEqual(r.stdout, nginx.smallBody, 'nothing may come through');
-    await waitFor('the terminator to log the refusal', () => server.events('ttls_failed').some((l) => l.reason === 'client_certificate'), { explain: () => tail(server.proc.logFile) });
+    await waitFor('the terminator to log the refusal', () => server.events('ttls_failed').some((l) => l.reason === 'client_certificate'), {
+      explain: () => tail(server.proc.logFile),
+    });
     // TLS 1.3: the client's handshake completes before the server checks its certificate, so the
     // proxy learns of the refusal on its first stream.
-    await waitFor('the proxy to log the failure', () => rn.events('ttls_failed').length > 0 || rn.events('ttls_closed').some((l) => l.result !== 'ok'), { explain: () => tail(rn.proc.logFile) });
+    await waitFor('the proxy to log the failure', () => rn.events('ttls_failed').length > 0 || rn.events('ttls_closed').some((l) => l.result !== 'ok'), {
+      explain: () => tail(rn.proc.logFile),
+    });
     await rn.proc.stop();
   });
 
   test('a server certificate without the destination address is refused', async () => {
     const noIp = await makeHostCert(certDir, ca, 'no-ip', ['192.0.2.1']);
     const bad = await startNode(tb, 'server', 'ttls-badserver', { cert: noIp, ca: ca.caCert, port: 15444, proxyPort: 15012, metricsPort: 19466 });
-    const cn = await startNode(tb, 'client', 'ttls-tobad', { cert: cliCert, ca: ca.caCert, port: 15444, proxyPort: 15003, metricsPort: 19467, terminator: false });
+    const cn = await startNode(tb, 'client', 'ttls-tobad', {
+      cert: cliCert,
+      ca: ca.caCert,
+      port: 15444,
+      proxyPort: 15003,
+      metricsPort: 19467,
+      terminator: false,
+    });
     cn.route('127.0.0.1', tb.server.ipv4, 80);
     const t0 = Date.now();
     const r = await tb.exec('client', BIN.curl, ['-sS', '--max-time', '10', `http://127.0.0.1:15003/`]);
     assert.notEqual(r.stdout, nginx.smallBody);
     assert.ok(Date.now() - t0 < 3000, `the application failed fast (${Date.now() - t0} ms)`);
-    await waitFor('server_certificate failure', () => cn.events('ttls_failed').some((l) => l.reason === 'server_certificate'), { explain: () => tail(cn.proc.logFile) });
+    await waitFor('server_certificate failure', () => cn.events('ttls_failed').some((l) => l.reason === 'server_certificate'), {
+      explain: () => tail(cn.proc.logFile),
+    });
     await Promise.all([bad.proc.stop(), cn.proc.stop()]);
   });
 
   test('a terminator without multiplexing gets one TLS connection per wrapped connection', async () => {
-    const nm = await startNode(tb, 'server', 'ttls-nomux', { cert: srvCert, ca: ca.caCert, port: 15445, proxyPort: 15013, metricsPort: 19468, multiplex: false });
-    const cn = await startNode(tb, 'client', 'ttls-tonomux', { cert: cliCert, ca: ca.caCert, port: 15445, proxyPort: 15004, metricsPort: 19469, terminator: false });
+    const nm = await startNode(tb, 'server', 'ttls-nomux', {
+      cert: srvCert,
+      ca: ca.caCert,
+      port: 15445,
+      proxyPort: 15013,
+      metricsPort: 19468,
+      multiplex: false,
+    });
+    const cn = await startNode(tb, 'client', 'ttls-tonomux', {
+      cert: cliCert,
+      ca: ca.caCert,
+      port: 15445,
+      proxyPort: 15004,
+      metricsPort: 19469,
+      terminator: false,
+    });
     cn.route('127.0.0.1', tb.server.ipv4, 80);
     cn.route('127.0.0.2', tb.server.ipv4, 25);
     const rs = await Promise.all([1, 2, 3].map(() => tb.exec('client', BIN.curl, ['-sS', '--max-time', '10', `http://127.0.0.1:15004/`])));
     for (const r of rs) assert.equal(r.stdout, nginx.smallBody, r.stderr);
-    const sw = await tb.exec('client', BIN.swaks, ['--to', 'a@b.test', '--from', 'c@d.test', '--server', '127.0.0.1', '--port', '15004', '--local-interface', '127.0.0.2', '--timeout', '10']);
+    const sw = await tb.exec('client', BIN.swaks, [
+      '--to',
+      'a@b.test',
+      '--from',
+      'c@d.test',
+      '--server',
+      '127.0.0.1',
+      '--port',
+      '15004',
+      '--local-interface',
+      '127.0.0.2',
+      '--timeout',
+      '10',
+    ]);
     assert.equal(sw.code, 0, sw.stdout);
     assert.equal(await metric(tb, cn, 'sslwall_ttls_handshakes_total', 'role="client"'), 4);
     await Promise.all([nm.proc.stop(), cn.proc.stop()]);
   });
 
   test('certificate rotation: a bad file is refused, open connections survive, new ones use the new certificates', async () => {
-    const open = nodeClient(tb, `${connectTo(P, '127.0.0.3')} c.write('echo\\n'); let got = '';
-      c.on('data', (d) => { got += d; if (got === 'ready\\n') { process.stderr.write('open\\n'); setTimeout(() => c.write('still-here'), 4000); } if (got.endsWith('still-here')) out({ got }); });`);
+    const open = nodeClient(
+      tb,
+      `${connectTo(P, '127.0.0.3')} c.write('echo\\n'); let got = '';
+      c.on('data', (d) => { got += d; if (got === 'ready\\n') { process.stderr.write('open\\n'); setTimeout(() => c.write('still-here'), 4000); } if (got.endsWith('still-here')) out({ got }); });`,
+    );
     await new Promise((r) => setTimeout(r, 800));
     fs.writeFileSync(srvCert.cert, 'not a certificate\n');
     await waitFor('ttls_cert_refused on the server', () => server.events('ttls_cert_refused').length > 0, { explain: () => tail(server.proc.logFile) });
     const s2 = await makeHostCert(certDir, ca, 'server', [tb.server.ipv4, tb.server.ipv6]);
     const c2 = await makeHostCert(certDir, ca, 'client', [tb.client.ipv4, tb.client.ipv6]);
-    await waitFor('both sides to load the new certificates', () =>
-      server.events('ttls_cert_loaded').some((l) => l.serial === s2.serial) && client.events('ttls_cert_loaded').some((l) => l.serial === c2.serial));
+    await waitFor(
+      'both sides to load the new certificates',
+      () => server.events('ttls_cert_loaded').some((l) => l.serial === s2.serial) && client.events('ttls_cert_loaded').some((l) => l.serial === c2.serial),
+    );
     assert.equal((await open).got, 'ready\nstill-here', 'the connection opened before the rotation still works');
     const r = await curlVia('127.0.0.1');
     assert.equal(r.stdout, nginx.smallBody, r.stderr);
-    await waitFor('ttls_closed lines naming the new certificates', () =>
-      client.events('ttls_closed').some((l) => l.peer_serial === s2.serial) && server.events('ttls_closed').some((l) => l.peer_serial === c2.serial), {
-      explain: () => JSON.stringify({ c: client.events('ttls_closed').slice(-2), s: server.events('ttls_closed').slice(-2), want: [s2.serial, c2.serial] }),
-    });
+    await waitFor(
+      'ttls_closed lines naming the new certificates',
+      () => client.events('ttls_closed').some((l) => l.peer_serial === s2.serial) && server.events('ttls_closed').some((l) => l.peer_serial === c2.serial),
+      {
+        explain: () => JSON.stringify({ c: client.events('ttls_closed').slice(-2), s: server.events('ttls_closed').slice(-2), want: [s2.serial, c2.serial] }),
+      },
+    );
   });
 
   test('a wrapped connection idle for 30 s still works', async () => {

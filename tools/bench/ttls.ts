@@ -11,7 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { makeCa, makeHostCert } from '../lab/certs.js';
 import { createTestbed, type Testbed } from '../lab/netns.js';
-import { BIN, tail, waitFor, type Proc } from '../lab/proc.js';
+import { BIN, type Proc, tail, waitFor } from '../lab/proc.js';
 import { median, round } from './stats.js';
 import type { Bench, BenchContext, BenchResult } from './types.js';
 
@@ -67,10 +67,20 @@ interface Paths {
 
 function stunnelConf(dir: string, name: string, o: { client: boolean; cert: string; key: string; ca: string; services: [string, string][] }): string {
   const f = path.join(dir, `${name}.conf`);
-  const lines = ['foreground = yes', `pid =`, 'debug = 3', 'socket = l:TCP_NODELAY=1', 'socket = r:TCP_NODELAY=1', `cert = ${o.cert}`, `key = ${o.key}`, `CAfile = ${o.ca}`, 'verifyChain = yes'];
+  const lines = [
+    'foreground = yes',
+    `pid =`,
+    'debug = 3',
+    'socket = l:TCP_NODELAY=1',
+    'socket = r:TCP_NODELAY=1',
+    `cert = ${o.cert}`,
+    `key = ${o.key}`,
+    `CAfile = ${o.ca}`,
+    'verifyChain = yes',
+  ];
   if (o.client) lines.push('client = yes');
   for (const [accept, connect] of o.services) lines.push(`[${accept.replace(/\W/g, '_')}]`, `accept = ${accept}`, `connect = ${connect}`);
-  fs.writeFileSync(f, lines.join('\n') + '\n');
+  fs.writeFileSync(f, `${lines.join('\n')}\n`);
   return f;
 }
 
@@ -99,17 +109,51 @@ async function setUp(ctx: BenchContext): Promise<Paths> {
     const srv = tb.spawn('server', 'servers', process.execPath, ['-e', SERVERS]);
     await waitFor('bench servers', () => fs.existsSync(srv.logFile) && fs.readFileSync(srv.logFile, 'utf8').includes('listening'));
     const s4 = tb.server.ipv4;
-    const sconf = stunnelConf(dir, 'stunnel-server', { client: false, cert: sc.cert, key: sc.key, ca: ca.caCert, services: [[`${s4}:16001`, `127.0.0.1:${SINK}`], [`${s4}:16002`, `127.0.0.1:${ECHO}`]] });
-    const cconf = stunnelConf(dir, 'stunnel-client', { client: true, cert: cc.cert, key: cc.key, ca: ca.caCert, services: [['127.0.0.1:17001', `${s4}:16001`], ['127.0.0.1:17002', `${s4}:16002`]] });
+    const sconf = stunnelConf(dir, 'stunnel-server', {
+      client: false,
+      cert: sc.cert,
+      key: sc.key,
+      ca: ca.caCert,
+      services: [
+        [`${s4}:16001`, `127.0.0.1:${SINK}`],
+        [`${s4}:16002`, `127.0.0.1:${ECHO}`],
+      ],
+    });
+    const cconf = stunnelConf(dir, 'stunnel-client', {
+      client: true,
+      cert: cc.cert,
+      key: cc.key,
+      ca: ca.caCert,
+      services: [
+        ['127.0.0.1:17001', `${s4}:16001`],
+        ['127.0.0.1:17002', `${s4}:16002`],
+      ],
+    });
     tb.spawn('server', 'stunnel-server', BIN.stunnel4, [sconf]);
     tb.spawn('client', 'stunnel-client', BIN.stunnel4, [cconf]);
-    const node = async (side: 'client' | 'server', name: string, port: number, proxyPort: number, extra: Record<string, unknown>, table: Record<string, unknown>) => {
+    const node = async (
+      side: 'client' | 'server',
+      name: string,
+      port: number,
+      proxyPort: number,
+      extra: Record<string, unknown>,
+      table: Record<string, unknown>,
+    ) => {
       const tf = path.join(tb.dir, `${name}.json`);
       fs.writeFileSync(tf, JSON.stringify(table));
       const cert = side === 'client' ? cc : sc;
-      const args = { certs: { cert: cert.cert, key: cert.key, ca: ca.caCert }, config: { mode: 'active', ttls: { ports: [SINK, ECHO], cidrs: [`${s4}/32`], port } }, proxyPort, table: tf, metricsPort: 19000 + proxyPort % 1000, ...extra };
+      const args = {
+        certs: { cert: cert.cert, key: cert.key, ca: ca.caCert },
+        config: { mode: 'active', ttls: { ports: [SINK, ECHO], cidrs: [`${s4}/32`], port } },
+        proxyPort,
+        table: tf,
+        metricsPort: 19000 + (proxyPort % 1000),
+        ...extra,
+      };
       const p = tb.spawn(side, name, process.execPath, [TTLS_NODE, JSON.stringify(args)]);
-      await waitFor(`${name} ready`, () => fs.existsSync(p.logFile) && fs.readFileSync(p.logFile, 'utf8').includes('ttls_node_ready'), { explain: () => tail(p.logFile) });
+      await waitFor(`${name} ready`, () => fs.existsSync(p.logFile) && fs.readFileSync(p.logFile, 'utf8').includes('ttls_node_ready'), {
+        explain: () => tail(p.logFile),
+      });
       return p;
     };
     const table = { '127.0.0.1': { address: s4, port: SINK }, '127.0.0.2': { address: s4, port: ECHO } };
@@ -136,33 +180,63 @@ export const ttlsBench: Bench = {
       const s: Record<string, number[]> = {};
       const add = (k: string, v: number) => (s[k] ??= []).push(v);
       for (let r = 0; r < ROUNDS; r++) {
-        for (const [label, port] of [['ttls', 15001], ['stunnel', 17001]] as const) {
+        for (const [label, port] of [
+          ['ttls', 15001],
+          ['stunnel', 17001],
+        ] as const) {
           add(`${label}_tput`, (await load(tb, ['tput', '127.0.0.1', String(port), '127.0.0.1', String(TPUT_BYTES), '1'])).mbps!);
           add(`${label}_tput16`, (await load(tb, ['tput', '127.0.0.1', String(port), '127.0.0.1', String(TPUT_BYTES), '16'])).mbps!);
         }
-        for (const [label, host, port, local] of [['ttls', '127.0.0.1', 15001, '127.0.0.2'], ['stunnel', '127.0.0.1', 17002, '127.0.0.1'], ['direct', tb.server.ipv4, ECHO, tb.client.ipv4]] as const) {
+        for (const [label, host, port, local] of [
+          ['ttls', '127.0.0.1', 15001, '127.0.0.2'],
+          ['stunnel', '127.0.0.1', 17002, '127.0.0.1'],
+          ['direct', tb.server.ipv4, ECHO, tb.client.ipv4],
+        ] as const) {
           const l = await load(tb, ['lat', host, String(port), local, '5000']);
           add(`${label}_p50`, l.p50!);
           add(`${label}_p99`, l.p99!);
         }
-        for (const [label, port] of [['ttls', 15001], ['ttls1', 15004]] as const) add(`${label}_rate`, (await load(tb, ['rate', '127.0.0.1', String(port), '127.0.0.2', '3000', '32'])).rate!);
+        for (const [label, port] of [
+          ['ttls', 15001],
+          ['ttls1', 15004],
+        ] as const)
+          add(`${label}_rate`, (await load(tb, ['rate', '127.0.0.1', String(port), '127.0.0.2', '3000', '32'])).rate!);
         ctx.progress(`round ${r + 1}: ${JSON.stringify(Object.fromEntries(Object.entries(s).map(([k, v]) => [k, round(v.at(-1)!, 1)])))}`);
       }
       const rss0 = rssMiB(ttlsClient.pid);
       const hold = tb.spawn('client', 'hold', process.execPath, ['-e', LOAD, 'hold', '127.0.0.1', '15001', '127.0.0.2', '1000']);
-      await waitFor('1000 wrapped connections open', () => fs.existsSync(hold.logFile) && fs.readFileSync(hold.logFile, 'utf8').includes('"held"'), { timeoutMs: 60_000, explain: () => tail(hold.logFile) });
+      await waitFor('1000 wrapped connections open', () => fs.existsSync(hold.logFile) && fs.readFileSync(hold.logFile, 'utf8').includes('"held"'), {
+        timeoutMs: 60_000,
+        explain: () => tail(hold.logFile),
+      });
       const rss = rssMiB(ttlsClient.pid);
       await hold.stop();
       const m = (k: string) => round(median(s[k]!), 1);
-      const fig = (bench: string, value: number, unit: string, baseline: number, meaning: string, target?: BenchResult['target']): BenchResult =>
-        ({ bench, value, unit, baseline, ratio: round(value / baseline, 3), meaning, ...(target ? { target } : {}) });
+      const fig = (bench: string, value: number, unit: string, baseline: number, meaning: string, target?: BenchResult['target']): BenchResult => ({
+        bench,
+        value,
+        unit,
+        baseline,
+        ratio: round(value / baseline, 3),
+        meaning,
+        ...(target ? { target } : {}),
+      });
       return [
         fig('ttls_throughput', m('ttls_tput'), 'MB/s', m('stunnel_tput'), 'one wrapped stream vs one stunnel4 connection, 256 MiB', { op: '>=', ratio: 1 }),
         fig('ttls_throughput_16', m('ttls_tput16'), 'MB/s', m('stunnel_tput16'), '16 parallel wrapped streams (one pooled session) vs 16 stunnel4 connections'),
         fig('ttls_latency_p50_us', m('ttls_p50'), 'us', m('stunnel_p50'), `1-byte echo round trip, median; direct TCP ${m('direct_p50')} us`),
         fig('ttls_latency_p99_us', m('ttls_p99'), 'us', m('stunnel_p99'), `1-byte echo round trip, p99; direct TCP ${m('direct_p99')} us`),
-        fig('ttls_connect_rate', m('ttls_rate'), 'conn/s', m('ttls1_rate'), 'new wrapped connections/s, pooled vs one TLS handshake each', { op: '>=', ratio: 3 }),
-        fig('ttls_rss_1000_mb', round(rss, 1), 'MB', round(rss0, 1), 'proxy process RSS with 1,000 open wrapped connections (baseline: the same process before)'),
+        fig('ttls_connect_rate', m('ttls_rate'), 'conn/s', m('ttls1_rate'), 'new wrapped connections/s, pooled vs one TLS handshake each', {
+          op: '>=',
+          ratio: 3,
+        }),
+        fig(
+          'ttls_rss_1000_mb',
+          round(rss, 1),
+          'MB',
+          round(rss0, 1),
+          'proxy process RSS with 1,000 open wrapped connections (baseline: the same process before)',
+        ),
       ];
     } finally {
       await tb.destroy();

@@ -35,19 +35,46 @@ export async function makeCerts(dir: string, opts: CertOptions): Promise<Certs> 
   const ossl = (...args: string[]) => runOk(BIN.openssl, args, { cwd: dir });
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
 
-  await ossl('req', '-x509', ...ec, '-keyout', f('ca.key'), '-out', f('ca.crt'), '-days', days,
-    '-subj', '/CN=sslwall test CA',
-    '-addext', 'basicConstraints=critical,CA:TRUE',
-    '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
+  await ossl(
+    'req',
+    '-x509',
+    ...ec,
+    '-keyout',
+    f('ca.key'),
+    '-out',
+    f('ca.crt'),
+    '-days',
+    days,
+    '-subj',
+    '/CN=sslwall test CA',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  );
   await ossl('req', ...ec, '-keyout', f('server.key'), '-out', f('server.csr'), '-subj', `/CN=${dns[0]}`);
   const san = [...opts.ips.map((ip) => `IP:${ip}`), ...dns.map((d) => `DNS:${d}`)].join(',');
   fs.writeFileSync(
     f('server.ext'),
-    `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n` +
-      `extendedKeyUsage=serverAuth\nsubjectAltName=${san}\n`,
+    `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n` + `extendedKeyUsage=serverAuth\nsubjectAltName=${san}\n`,
   );
-  await ossl('x509', '-req', '-in', f('server.csr'), '-CA', f('ca.crt'), '-CAkey', f('ca.key'), '-CAcreateserial',
-    '-out', f('server.crt'), '-days', days, '-extfile', f('server.ext'));
+  await ossl(
+    'x509',
+    '-req',
+    '-in',
+    f('server.csr'),
+    '-CA',
+    f('ca.crt'),
+    '-CAkey',
+    f('ca.key'),
+    '-CAcreateserial',
+    '-out',
+    f('server.crt'),
+    '-days',
+    days,
+    '-extfile',
+    f('server.ext'),
+  );
   fs.writeFileSync(f('chain.crt'), fs.readFileSync(f('server.crt'), 'utf8') + fs.readFileSync(f('ca.crt'), 'utf8'));
   for (const k of ['ca.key', 'server.key']) fs.chmodSync(f(k), 0o600);
   return { dir, caCert: f('ca.crt'), caKey: f('ca.key'), cert: f('server.crt'), key: f('server.key'), chain: f('chain.crt') };
@@ -80,9 +107,31 @@ export async function makeCa(dir: string, name: string, days = 2): Promise<Ca> {
   fs.mkdirSync(dir, { recursive: true });
   const caCert = path.join(dir, `${name}.crt`);
   const caKey = path.join(dir, `${name}.key`);
-  await runOk(BIN.openssl, ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-    '-keyout', caKey, '-out', caCert, '-days', String(days), '-subj', `/CN=${name}`,
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'], { cwd: dir });
+  await runOk(
+    BIN.openssl,
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-keyout',
+      caKey,
+      '-out',
+      caCert,
+      '-days',
+      String(days),
+      '-subj',
+      `/CN=${name}`,
+      '-addext',
+      'basicConstraints=critical,CA:TRUE',
+      '-addext',
+      'keyUsage=critical,keyCertSign,cRLSign',
+    ],
+    { cwd: dir },
+  );
   fs.chmodSync(caKey, 0o600);
   return { caCert, caKey };
 }
@@ -105,12 +154,38 @@ export async function makeHostCert(dir: string, ca: Ca, name: string, ips: strin
   const tmp = fs.mkdtempSync(path.join(dir, `.${name}-`));
   const f = (n: string) => path.join(tmp, n);
   try {
-    await runOk(BIN.openssl, ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-      '-keyout', f('host.key'), '-out', f('host.csr'), '-subj', `/CN=${name}`], { cwd: tmp });
+    await runOk(
+      BIN.openssl,
+      ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', f('host.key'), '-out', f('host.csr'), '-subj', `/CN=${name}`],
+      { cwd: tmp },
+    );
     const san = ips.length ? `subjectAltName=${ips.map((ip) => `IP:${ip}`).join(',')}\n` : '';
-    fs.writeFileSync(f('host.ext'), `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n${san}`);
-    await runOk(BIN.openssl, ['x509', '-req', '-in', f('host.csr'), '-CA', ca.caCert, '-CAkey', ca.caKey, '-set_serial', `0x${crypto.randomBytes(8).toString('hex')}`,
-      '-out', f('host.crt'), '-days', String(days), '-extfile', f('host.ext')], { cwd: tmp });
+    fs.writeFileSync(
+      f('host.ext'),
+      `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n${san}`,
+    );
+    await runOk(
+      BIN.openssl,
+      [
+        'x509',
+        '-req',
+        '-in',
+        f('host.csr'),
+        '-CA',
+        ca.caCert,
+        '-CAkey',
+        ca.caKey,
+        '-set_serial',
+        `0x${crypto.randomBytes(8).toString('hex')}`,
+        '-out',
+        f('host.crt'),
+        '-days',
+        String(days),
+        '-extfile',
+        f('host.ext'),
+      ],
+      { cwd: tmp },
+    );
     fs.chmodSync(f('host.key'), 0o600);
     const cert = path.join(dir, `${name}.crt`);
     const key = path.join(dir, `${name}.key`);

@@ -13,9 +13,9 @@ import fs from 'node:fs';
 import http from 'node:http';
 import { pino } from 'pino';
 import client from 'prom-client';
-import { ConfigSchema } from '../../schemas/config.js';
-import { TtlsCerts, startTtls, type Destination } from '../../agent/ttls/index.js';
+import { type Destination, startTtls, TtlsCerts } from '../../agent/ttls/index.js';
 import type { PoolLimits } from '../../agent/ttls/wire.js';
+import { ConfigSchema } from '../../schemas/config.js';
 
 export interface TtlsNodeArgs {
   certs: { cert: string; key: string; ca: string };
