@@ -1,5 +1,8 @@
 // Reading the flows map for `sslwall flows` and the counters for metrics.
+import { existsSync } from 'node:fs';
 import { native, type MapHandle } from '../native/index.js';
+import { SslwallError } from '../schemas/errors.js';
+import { pinLayout } from './paths.js';
 import { decode, endpoints, classNames, verdictNames, protoNames, type Family } from './codec.js';
 import { SslwallCounter, SslwallClass, SslwallVerdict, type SslwallFlow, type SslwallFlowKey } from './generated/shared.js';
 
@@ -12,6 +15,18 @@ export interface FlowRecord {
   class: string;
   verdict: string;
   proto: string;
+}
+
+/** The flows in the map an agent pinned under bpffs (`sslwall flows`). */
+export function readPinnedFlows(bpffs: string): FlowRecord[] {
+  const pin = pinLayout(bpffs).map('sslwall_flows');
+  if (!existsSync(pin)) throw new SslwallError('SSLWALL_E_NOT_INSTALLED', `no flow map pinned at ${pin}; is the agent running with --bpffs ${bpffs}?`);
+  const map = native().getPinned(pin, 'map');
+  try {
+    return readFlows(map);
+  } finally {
+    map.close();
+  }
 }
 
 export function readFlows(flows: MapHandle): FlowRecord[] {
