@@ -2,11 +2,14 @@
 // namespace, nothing attached. The object is loaded with maps private to this process (the
 // same Lab the classifier tests use) and closed at the end, which frees its maps.
 //
-// Baseline: sslwall_empty, a tc program in the same object that returns "pass" at once, run on
-// the very same packet the same number of times. What the kernel reports for it is the cost of
+// Baseline: sslwall_empty, a tc program that returns "pass" at once, run on the very same packet
+// the same number of times. It lives in its own object (bpf/bench-baseline.bpf.o), loaded here
+// beside the classifier and closed with it, so production hosts never carry it. What the kernel reports for it is the cost of
 // the test-run harness itself (skb setup is outside the timer; the loop, the indirect call and
 // the clock reads are inside), so value - baseline is what the classifier adds per packet.
-import { native } from '../../native/index.js';
+import path from 'node:path';
+import { native, type BpfObject } from '../../native/index.js';
+import { bpfObjects } from '../../agent/paths.js';
 import { Lab } from '../lab/bpf-lab.js';
 import { Conversation, tlsAppData, tlsHello, type Endpoint } from '../lab/packets.js';
 import { mean, median, quantile, round, spread } from './stats.js';
@@ -29,11 +32,14 @@ const FASTPATH_ROUNDS = 7;
 const FIRST_PACKET_FLOWS = 20_000;
 const FIRST_PORT = 1024;
 
-function progFds(lab: Lab) {
+/** Beside the classifier's object, so SSLWALL_BPF_DIR moves both. */
+const BASELINE_OBJECT = path.join(path.dirname(bpfObjects.classifier), 'bench-baseline.bpf.o');
+
+function progFds(lab: Lab, baseline: BpfObject) {
   return {
     egress: lab.obj.progFd('sslwall_classify_egress'),
     ingress: lab.obj.progFd('sslwall_classify_ingress'),
-    empty: lab.obj.progFd('sslwall_empty'),
+    empty: baseline.progFd('sslwall_empty'),
   };
 }
 
@@ -43,12 +49,16 @@ function timeRun(fd: number, pkt: Buffer, repeat: number): number {
   return r.durationNs;
 }
 
-function withLab<T>(fn: (lab: Lab) => T): T {
+function withLab<T>(fn: (fd: ReturnType<typeof progFds>, lab: Lab) => T): T {
   const lab = new Lab();
+  let baseline: BpfObject | undefined;
   try {
+    baseline = native().openObject(BASELINE_OBJECT);
+    baseline.load();
     lab.configure(CONFIG);
-    return fn(lab);
+    return fn(progFds(lab, baseline), lab);
   } finally {
+    baseline?.close();
     lab.close();
   }
 }
@@ -62,8 +72,7 @@ export const tcFastpath: Bench = {
   produces: ['tc_fastpath_ns'],
   summary: 'ns per packet of an already classified (TLS) flow on egress vs sslwall_empty; repeat 1e6, median of 7 interleaved rounds',
   async run(ctx: BenchContext): Promise<BenchResult[]> {
-    return withLab((lab) => {
-      const fd = progFds(lab);
+    return withLab((fd, lab) => {
       // A TLS flow seen from the client host: SYN out, SYN-ACK in, ClientHello out, ServerHello in.
       const c = new Conversation({ addr: CLIENT, port: 40000 }, SERVER);
       timeRun(fd.egress, c.syn(), 1);
@@ -116,8 +125,7 @@ export const tcFirstPacket: Bench = {
   produces: ['tc_first_packet_ns', 'tc_flow_open_ns'],
   summary: `ns for the ClientHello of a new flow (and for its SYN, which creates the flow) vs sslwall_empty; repeat 1 over ${FIRST_PACKET_FLOWS} distinct flows`,
   async run(ctx: BenchContext): Promise<BenchResult[]> {
-    return withLab((lab) => {
-      const fd = progFds(lab);
+    return withLab((fd, lab) => {
       // repeat must be 1: with repeat > 1 only the first run sees a new flow, the others a
       // flow that already exists. So each flow gets its own client port, and every packet is
       // timed once, the empty program on the same packet right beside it.
