@@ -79,7 +79,7 @@ int sslwall_classify_ingress(struct __sk_buff *skb)
 static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const struct sslwall_pkt *p,
 						 const struct sslwall_config *cfg, __u32 gen, int egress)
 {
-	int syn = (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	int syn = is_syn(p);
 	int synack = (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK);
 	struct sslwall_flow f = {};
 	struct sslwall_flow *stored;
