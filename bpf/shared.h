@@ -3,7 +3,8 @@
  * Every struct and enum that crosses between the kernel programs and user space.
  * This header is the single source of truth: the TypeScript codecs in
  * agent/generated/shared.ts are generated from the BTF of the built objects
- * (tools/gen-shared-types.mjs), and test/bpf/layout.test.ts checks them.
+ * (tools/gen-shared-types.mjs), and test/bpf/layout.test.ts checks them against a
+ * fresh compile of this header and against the BTF of the maps the kernel created.
  *
  * Rules for editing: fixed-width types only, explicit padding, no bitfields
  * (the generator reads byte offsets). A pinned map whose key or value size
