@@ -44,7 +44,8 @@ export type LinkHandle = FdHandle<'link'>;
 interface HandleOf { map: MapHandle; prog: ProgHandle; link: LinkHandle }
 
 export interface ProgInfo { id: number; name: string; tag: string; type: number }
-export interface LinkInfo { id: number; progId: number; type: number; ifindex?: number; attachType?: number }
+/** ifindex for tcx links; cgroupId (the cgroup folder's inode) for cgroup links; attachType for both. */
+export interface LinkInfo { id: number; progId: number; type: number; ifindex?: number; cgroupId?: bigint; attachType?: number }
 export interface MapInfo { id: number; type: number; keySize: number; valueSize: number; maxEntries: number; name: string; btfId: number; btfKeyTypeId: number; btfValueTypeId: number }
 export interface TestRunResult { retval: number; durationNs: number; dataOut: Buffer }
 
@@ -66,6 +67,8 @@ export interface BpfObject {
   attachTracing(progName: string): LinkHandle;
   /** Attach an iter/ program. */
   attachIter(progName: string): LinkHandle;
+  /** Attach a cgroup program (cgroup/connect4, sockops, ...) to a cgroup v2 folder as a link, with the attach type its section names. */
+  attachCgroup(progName: string, cgroupDir: string): LinkHandle;
   close(): void;
 }
 
