@@ -1,10 +1,11 @@
-// Reading the flows map for `sslwall flows` and the counters for metrics.
+// Reading the flows map (and the connections transparent TLS wrapped) for `sslwall flows`, and the
+// counters for metrics.
 import { existsSync } from 'node:fs';
 import { native, type MapHandle } from '../native/index.js';
 import { SslwallError } from '../schemas/errors.js';
 import { pinLayout } from './paths.js';
-import { decode, endpoints, classNames, verdictNames, protoNames, type Family } from './codec.js';
-import { SslwallCounter, SslwallClass, SslwallVerdict, type SslwallFlow, type SslwallFlowKey } from './generated/shared.js';
+import { decode, endpoints, addrToString, familyName, classNames, verdictNames, protoNames, type Family } from './codec.js';
+import { SslwallCounter, SslwallClass, SslwallVerdict, type SslwallFlow, type SslwallFlowKey, type SslwallTtlsAddr, type SslwallTtlsOrig } from './generated/shared.js';
 
 export interface FlowRecord {
   family: Family;
@@ -15,6 +16,8 @@ export interface FlowRecord {
   class: string;
   verdict: string;
   proto: string;
+  /** Carried by transparent TLS: s is the client's socket (on loopback, to the proxy), d where it asked to go. */
+  wrapped?: true;
 }
 
 /** The flows in the map an agent pinned under bpffs (`sslwall flows`). */
@@ -22,11 +25,41 @@ export function readPinnedFlows(bpffs: string): FlowRecord[] {
   const pin = pinLayout(bpffs).map('sslwall_flows');
   if (!existsSync(pin)) throw new SslwallError('SSLWALL_E_NOT_INSTALLED', `no flow map pinned at ${pin}; is the agent running with --bpffs ${bpffs}?`);
   const map = native().getPinned(pin, 'map');
+  let flows: FlowRecord[];
   try {
-    return readFlows(map);
+    flows = readFlows(map);
   } finally {
     map.close();
   }
+  const wrapped = pinLayout(bpffs).map('sslwall_ttls_by_local');
+  if (!existsSync(wrapped)) return flows; // transparent TLS never loaded here
+  const ttls = native().getPinned(wrapped, 'map');
+  try {
+    return [...flows, ...readWrappedFlows(ttls)];
+  } finally {
+    ttls.close();
+  }
+}
+
+/** The connections transparent TLS wrapped, from its map of established ones: class tls, to the original destination. */
+export function readWrappedFlows(byLocal: MapHandle): FlowRecord[] {
+  return native()
+    .mapDump(byLocal)
+    .map(([k, v]) => {
+      const local = decode<SslwallTtlsAddr>('sslwall_ttls_addr', k);
+      const { dst } = decode<SslwallTtlsOrig>('sslwall_ttls_orig', v);
+      return {
+        family: familyName(dst.family),
+        saddr: addrToString(local.addr, local.family),
+        sport: local.port,
+        daddr: addrToString(dst.addr, dst.family),
+        dport: dst.port,
+        class: classNames[SslwallClass.SSLWALL_CLASS_TLS]!,
+        verdict: verdictNames[SslwallVerdict.SSLWALL_VERDICT_ALLOWED]!,
+        proto: 'none',
+        wrapped: true as const,
+      };
+    });
 }
 
 export function readFlows(flows: MapHandle): FlowRecord[] {

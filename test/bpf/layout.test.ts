@@ -13,6 +13,7 @@ import path from 'node:path';
 import { native, BpfError, type BpfObject, type MapHandle } from '../../native/index.js';
 import { bpfObjects, repoRoot } from '../../agent/paths.js';
 import { expectedMaps } from '../../agent/datapath.js';
+import { ttlsMaps } from '../../agent/ttls-kernel.js';
 import * as generated from '../../agent/generated/shared.js';
 
 interface BtfMember { name: string; type_id: number; bits_offset: number; bitfield_size?: number }
@@ -109,7 +110,7 @@ for (const [name, file] of Object.entries(bpfObjects)) {
     objects.push(obj);
     obj.load();
     let checkedStructs = 0;
-    for (const [map, want] of Object.entries(expectedMaps())) {
+    for (const [map, want] of Object.entries({ ...expectedMaps(), ...ttlsMaps() })) {
       if (want.keySize === 0) continue; // ring buffer: no key/value
       let handle: MapHandle;
       try {
@@ -136,6 +137,7 @@ for (const [name, file] of Object.entries(bpfObjects)) {
         checkedStructs++;
       }
     }
+    if (name === 'ttls') assert.ok(checkedStructs >= 4, `expected the struct keys/values of the ttls maps to be checked, checked ${checkedStructs}`);
     if (name === 'classifier') assert.ok(checkedStructs >= 5, `expected the struct keys/values of the classifier's maps to be checked, checked ${checkedStructs}`);
   });
 }

@@ -135,6 +135,8 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
 
 Lists the open flows in the filter's flow map: family, client (s) and server (d) endpoints,
 class (tls, starttls, connect, bypass, plaintext, pending) and verdict (allowed, reported, blocked).
+Connections carried by transparent TLS show as class tls, "(wrapped)" ("wrapped": true in JSON),
+from the client's socket to the destination it asked for.
 
 Options:
   --json        a JSON array, one object per flow
@@ -147,7 +149,7 @@ Options:
       if (v.json) {
         process.stdout.write(JSON.stringify(out) + '\n');
       } else {
-        process.stdout.write(table(out.map((f) => [f.family, `${f.saddr}:${f.sport}`, `${f.daddr}:${f.dport}`, f.class, f.verdict]), ['FAMILY', 'SOURCE', 'DESTINATION', 'CLASS', 'VERDICT']));
+        process.stdout.write(table(out.map((f) => [f.family, `${f.saddr}:${f.sport}`, `${f.daddr}:${f.dport}`, f.wrapped ? `${f.class} (wrapped)` : f.class, f.verdict]), ['FAMILY', 'SOURCE', 'DESTINATION', 'CLASS', 'VERDICT']));
       }
       return 0;
     },
