@@ -16,6 +16,7 @@ import type { Proc } from '../../tools/lab/proc.js';
 import { TtlsKernel, type TtlsSettings } from '../../agent/ttls-kernel.js';
 import { ensureBypassCgroup } from '../../agent/cgroup.js';
 import { pinLayout } from '../../agent/paths.js';
+import { uninstall } from '../../agent/uninstall.js';
 import { native } from '../../native/index.js';
 import type { BypassCgroup } from '../../agent/apply.js';
 
@@ -215,5 +216,15 @@ describe('ttls kernel side: connect() redirect, original destination, exclusions
     assert.equal(execFileSync('bpftool', ['cgroup', 'show', cg], { encoding: 'utf8' }).trim(), '', 'programs left on the cgroup');
     assert.equal(await connect(tb.server.ipv4, WRAPPED), `direct ${WRAPPED}`);
     assert.ok(!fs.readdirSync(pinLayout(bpffs).links).some((f) => f.startsWith('ttls_')), 'ttls link pins left');
+  });
+
+  test('sslwall uninstall detaches the ttls links it finds pinned and removes the ttls map pins', async () => {
+    const again = TtlsKernel.load(bpffs, cg, log);
+    again.close();
+    assert.notEqual(execFileSync('bpftool', ['cgroup', 'show', cg], { encoding: 'utf8' }).trim(), '', 'attached again');
+    const removed = uninstall(bpffs, []);
+    assert.ok(removed.some((p) => p.endsWith('/links/ttls_sockops')) && removed.some((p) => p.endsWith('/maps/sslwall_ttls_by_local')), `removed: ${removed.join(', ')}`);
+    assert.equal(execFileSync('bpftool', ['cgroup', 'show', cg], { encoding: 'utf8' }).trim(), '', 'programs left on the cgroup');
+    assert.equal(await connect(tb.server.ipv4, WRAPPED), `direct ${WRAPPED}`);
   });
 });
