@@ -1,15 +1,7 @@
 // Encoding and decoding of the structs in bpf/shared.h, driven by the layouts generated from
 // the object's BTF (agent/generated/shared.ts). Nothing here knows an offset by heart.
 import net from 'node:net';
-import {
-  layouts,
-  SslwallClass,
-  SslwallVerdict,
-  SslwallProto,
-  Defines,
-  type StructLayout,
-  type SslwallFlowKey,
-} from './generated/shared.js';
+import { Defines, layouts, SslwallClass, type SslwallFlowKey, SslwallProto, SslwallVerdict, type StructLayout } from './generated/shared.js';
 
 export function decode<T>(structName: string, buf: Buffer): T {
   const layout = layoutOf(structName);
@@ -91,12 +83,19 @@ export function addrToString(bytes: Buffer, family: number): string {
   const groups: string[] = [];
   for (let i = 0; i < 16; i += 2) groups.push(bytes.readUInt16BE(i).toString(16));
   // Compress the longest run of zero groups (RFC 5952).
-  let best = -1, bestLen = 0;
+  let best = -1,
+    bestLen = 0;
   for (let i = 0; i < 8; ) {
-    if (groups[i] !== '0') { i++; continue; }
+    if (groups[i] !== '0') {
+      i++;
+      continue;
+    }
     let j = i;
     while (j < 8 && groups[j] === '0') j++;
-    if (j - i > bestLen && j - i > 1) { best = i; bestLen = j - i; }
+    if (j - i > bestLen && j - i > 1) {
+      best = i;
+      bestLen = j - i;
+    }
     i = j;
   }
   if (best < 0) return groups.join(':');
@@ -116,7 +115,7 @@ export function addrToBytes(addr: string): { family: number; bytes: Buffer } {
   const quad = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
   if (quad) {
     const o = quad[1]!.split('.').map(Number);
-    text = text.slice(0, quad.index) + ((o[0]! << 8) | o[1]!).toString(16) + ':' + ((o[2]! << 8) | o[3]!).toString(16);
+    text = `${text.slice(0, quad.index) + ((o[0]! << 8) | o[1]!).toString(16)}:${((o[2]! << 8) | o[3]!).toString(16)}`;
   }
   const [head, tail] = text.split('::') as [string, string | undefined];
   const h = head ? head.split(':') : [];

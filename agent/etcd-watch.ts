@@ -93,7 +93,10 @@ export class TierWatch extends EventEmitter {
         if (end.watched) attempt = 0;
         // A cancelled watch (compaction, or any server-side cancel) needs a fresh read.
         last = end.reason === 'disconnected' ? end.snapshot : null;
-        this.log.warn({ event: 'etcd_watch_restart', reason: end.reason, resume_from: last ? last.revision + 1 : null }, last ? 'watch broken; resuming' : 'watch cancelled; reading again');
+        this.log.warn(
+          { event: 'etcd_watch_restart', reason: end.reason, resume_from: last ? last.revision + 1 : null },
+          last ? 'watch broken; resuming' : 'watch cancelled; reading again',
+        );
         if (last) {
           this.reconnects++;
           this.setState('disconnected');

@@ -1,11 +1,19 @@
 // Reading the flows map (and the connections transparent TLS wrapped) for `sslwall flows`, and the
 // counters for metrics.
 import { existsSync } from 'node:fs';
-import { native, type MapHandle } from '../native/index.js';
+import { type MapHandle, native } from '../native/index.js';
 import { SslwallError } from '../schemas/errors.js';
+import { addrToString, classNames, decode, endpoints, type Family, familyName, protoNames, verdictNames } from './codec.js';
+import {
+  SslwallClass,
+  SslwallCounter,
+  type SslwallFlow,
+  type SslwallFlowKey,
+  type SslwallTtlsAddr,
+  type SslwallTtlsOrig,
+  SslwallVerdict,
+} from './generated/shared.js';
 import { pinLayout } from './paths.js';
-import { decode, endpoints, addrToString, familyName, classNames, verdictNames, protoNames, type Family } from './codec.js';
-import { SslwallCounter, SslwallClass, SslwallVerdict, type SslwallFlow, type SslwallFlowKey, type SslwallTtlsAddr, type SslwallTtlsOrig } from './generated/shared.js';
 
 export interface FlowRecord {
   family: Family;

@@ -5,12 +5,12 @@
 // (originalDestination), and this destination speaks TLS itself (markSpeaksTls).
 import { existsSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
-import { native, BpfError, type BpfObject, type MapHandle } from '../native/index.js';
+import { BpfError, type BpfObject, type MapHandle, native } from '../native/index.js';
 import type { TtlsConfig } from '../schemas/config.js';
 import type { BypassCgroup } from './apply.js';
 import { addrToBytes, addrToString, decode, encode, sizeOf } from './codec.js';
-import { readWrappedFlows, type FlowRecord } from './flows.js';
-import { SslwallTtlsCounter, Defines, type SslwallCidrKey, type SslwallTtlsConfig, type SslwallTtlsOrig, type SslwallTtlsAddr } from './generated/shared.js';
+import { type FlowRecord, readWrappedFlows } from './flows.js';
+import { Defines, type SslwallCidrKey, type SslwallTtlsAddr, type SslwallTtlsConfig, SslwallTtlsCounter, type SslwallTtlsOrig } from './generated/shared.js';
 import { assertBpffs, bpfObjects, pinLayout } from './paths.js';
 
 /** The ttls object's maps with the sizes this build expects (from shared.h via BTF). */
@@ -86,7 +86,8 @@ export class TtlsKernel {
       try {
         obj.load();
       } catch (err) {
-        if (err instanceof BpfError) err.message = `loading the ttls programs failed (${err.message}); the verifier log is in the error's verifierLog. Is this kernel at least 6.6 with BTF?`;
+        if (err instanceof BpfError)
+          err.message = `loading the ttls programs failed (${err.message}); the verifier log is in the error's verifierLog. Is this kernel at least 6.6 with BTF?`;
         throw err;
       }
       const maps = Object.fromEntries(Object.keys(ttlsMaps()).map((m) => [m, obj.map(m)])) as Record<TtlsMap, MapHandle>;
@@ -281,7 +282,10 @@ function reusePinnedMaps(obj: BpfObject, pins: ReturnType<typeof pinLayout>, log
       const info = addon.mapInfo(map);
       const want = obj.mapDef(name);
       if (info.type !== want.type || info.keySize !== want.keySize || info.valueSize !== want.valueSize || info.maxEntries !== want.maxEntries) {
-        log.warn({ event: 'map_layout_changed', map: name, pinned: { keySize: info.keySize, valueSize: info.valueSize, maxEntries: info.maxEntries }, expected: want }, 'pinned map has another layout; replacing it');
+        log.warn(
+          { event: 'map_layout_changed', map: name, pinned: { keySize: info.keySize, valueSize: info.valueSize, maxEntries: info.maxEntries }, expected: want },
+          'pinned map has another layout; replacing it',
+        );
         unlinkSync(pin);
         continue;
       }

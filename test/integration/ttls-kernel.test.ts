@@ -8,17 +8,17 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
-import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
-import type { Proc } from '../../tools/lab/proc.js';
-import { TtlsKernel, type TtlsSettings } from '../../agent/ttls-kernel.js';
+import type { BypassCgroup } from '../../agent/apply.js';
 import { ensureBypassCgroup } from '../../agent/cgroup.js';
 import { pinLayout } from '../../agent/paths.js';
+import { TtlsKernel, type TtlsSettings } from '../../agent/ttls-kernel.js';
 import { uninstall } from '../../agent/uninstall.js';
 import { native } from '../../native/index.js';
-import type { BypassCgroup } from '../../agent/apply.js';
+import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
+import type { Proc } from '../../tools/lab/proc.js';
 
 const PROBE = fileURLToPath(new URL('../../tools/lab/ttls-probe.js', import.meta.url));
 const PROXY_PORT = 15001;
@@ -163,7 +163,10 @@ describe('ttls kernel side: connect() redirect, original destination, exclusions
     try {
       await until(() => kernel!.wrappedFlows().length === 1, 10_000, 'the held connection to be established');
       const [f] = kernel!.wrappedFlows();
-      assert.deepEqual({ ...f, sport: 0 }, { family: 'ipv6', saddr: '::1', sport: 0, daddr: tb.server.ipv6, dport: WRAPPED, class: 'tls', verdict: 'allowed', proto: 'none', wrapped: true });
+      assert.deepEqual(
+        { ...f, sport: 0 },
+        { family: 'ipv6', saddr: '::1', sport: 0, daddr: tb.server.ipv6, dport: WRAPPED, class: 'tls', verdict: 'allowed', proto: 'none', wrapped: true },
+      );
     } finally {
       fs.writeFileSync(hold, '');
       await exited(p);
@@ -192,14 +195,15 @@ describe('ttls kernel side: connect() redirect, original destination, exclusions
 
   test('a restart adopts the pinned links and maps: same links, program swapped in, still wrapping', async () => {
     const pins = pinLayout(bpffs);
-    const linkIds = () => (['connect4', 'connect6', 'sockops'] as const).map((w) => {
-      const l = native().getPinned(pins.ttlsLink(w), 'link');
-      try {
-        return native().linkInfo(l).id;
-      } finally {
-        l.close();
-      }
-    });
+    const linkIds = () =>
+      (['connect4', 'connect6', 'sockops'] as const).map((w) => {
+        const l = native().getPinned(pins.ttlsLink(w), 'link');
+        try {
+          return native().linkInfo(l).id;
+        } finally {
+          l.close();
+        }
+      });
     const ids = linkIds();
     const again = TtlsKernel.load(bpffs, cg, log);
     try {
@@ -223,7 +227,10 @@ describe('ttls kernel side: connect() redirect, original destination, exclusions
     again.close();
     assert.notEqual(execFileSync('bpftool', ['cgroup', 'show', cg], { encoding: 'utf8' }).trim(), '', 'attached again');
     const removed = uninstall(bpffs, []);
-    assert.ok(removed.some((p) => p.endsWith('/links/ttls_sockops')) && removed.some((p) => p.endsWith('/maps/sslwall_ttls_by_local')), `removed: ${removed.join(', ')}`);
+    assert.ok(
+      removed.some((p) => p.endsWith('/links/ttls_sockops')) && removed.some((p) => p.endsWith('/maps/sslwall_ttls_by_local')),
+      `removed: ${removed.join(', ')}`,
+    );
     assert.equal(execFileSync('bpftool', ['cgroup', 'show', cg], { encoding: 'utf8' }).trim(), '', 'programs left on the cgroup');
     assert.equal(await connect(tb.server.ipv4, WRAPPED), `direct ${WRAPPED}`);
   });

@@ -3,9 +3,16 @@
 // the classifier does not verify them, and BPF_PROG_TEST_RUN does not either.
 import net from 'node:net';
 
-export const SYN = 0x02, ACK = 0x10, PSH = 0x08, RST = 0x04, FIN = 0x01;
+export const SYN = 0x02,
+  ACK = 0x10,
+  PSH = 0x08,
+  RST = 0x04,
+  FIN = 0x01;
 
-export interface Endpoint { addr: string; port: number }
+export interface Endpoint {
+  addr: string;
+  port: number;
+}
 
 export interface PacketSpec {
   src: Endpoint;
@@ -109,7 +116,10 @@ export function tlsAppData(len = 64): Buffer {
 export class Conversation {
   private cseq = 1000;
   private sseq = 5000;
-  constructor(readonly client: Endpoint, readonly server: Endpoint) {}
+  constructor(
+    readonly client: Endpoint,
+    readonly server: Endpoint,
+  ) {}
 
   syn(payload?: Buffer | string): Buffer {
     const p = packet({ src: this.client, dst: this.server, flags: SYN, seq: this.cseq, payload });

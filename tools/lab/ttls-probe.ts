@@ -10,9 +10,9 @@
 //                            connection open until FILE exists, then sends "ping" and prints the echo
 import fs from 'node:fs';
 import net from 'node:net';
-import { native } from '../../native/index.js';
-import { lookupOriginal } from '../../agent/ttls-kernel.js';
 import { pinLayout } from '../../agent/paths.js';
+import { lookupOriginal } from '../../agent/ttls-kernel.js';
+import { native } from '../../native/index.js';
 
 const [mode, ...args] = process.argv.slice(2);
 
@@ -43,7 +43,11 @@ function listen(server: net.Server, port: number, host: string): Promise<void> {
 async function main(): Promise<void> {
   if (mode === 'serve') {
     for (const port of args.map(Number)) {
-      await listen(net.createServer((s) => s.end(`direct ${port}\n`)), port, '::');
+      await listen(
+        net.createServer((s) => s.end(`direct ${port}\n`)),
+        port,
+        '::',
+      );
     }
     console.log('ready');
   } else if (mode === 'proxy') {
@@ -61,7 +65,10 @@ async function main(): Promise<void> {
     console.log('ready');
   } else if (mode === 'connect') {
     const [host, port] = [args[0]!, Number(args[1])];
-    const opt = (name: string) => { const i = args.indexOf(name); return i < 0 ? undefined : args[i + 1]; };
+    const opt = (name: string) => {
+      const i = args.indexOf(name);
+      return i < 0 ? undefined : args[i + 1];
+    };
     const go = opt('--go');
     const hold = opt('--hold');
     if (go) await untilExists(go);
