@@ -1,20 +1,21 @@
 // `sslwall agent`: load the data plane, apply a config, attach to interfaces, and keep
 // following the config source (a file, or the tier's keys in etcd). On SIGTERM/SIGINT the agent
 // exits and the pinned programs stay, enforcing the last config; the next start adopts them.
-import type { Logger } from 'pino';
+
 import type { Server } from 'node:http';
-import { Datapath } from './datapath.js';
-import { applyConfig, currentMode, type BypassCgroup } from './apply.js';
-import { readConfigFile, watchConfigFile } from './config-file.js';
-import { saveLastGood, loadLastGood, type AppliedMeta } from './state.js';
-import { ensureBypassCgroup } from './cgroup.js';
-import { createMetrics, serveMetrics } from './metrics.js';
-import { startEventPump, destroyBlocked } from './events.js';
-import { SslwallError } from '../schemas/errors.js';
-import { routeInterfaces } from './interfaces.js';
-import { EtcdAgentSource } from './etcd-source.js';
-import type { EtcdConnection } from '../schemas/etcd.js';
+import type { Logger } from 'pino';
 import type { Config } from '../schemas/config.js';
+import { SslwallError } from '../schemas/errors.js';
+import type { EtcdConnection } from '../schemas/etcd.js';
+import { applyConfig, type BypassCgroup, currentMode } from './apply.js';
+import { ensureBypassCgroup } from './cgroup.js';
+import { readConfigFile, watchConfigFile } from './config-file.js';
+import { Datapath } from './datapath.js';
+import { EtcdAgentSource } from './etcd-source.js';
+import { destroyBlocked, startEventPump } from './events.js';
+import { routeInterfaces } from './interfaces.js';
+import { createMetrics, serveMetrics } from './metrics.js';
+import { type AppliedMeta, loadLastGood, saveLastGood } from './state.js';
 import { AGENT_VERSION, type AgentStatus } from './status.js';
 
 export type SourceOptions =
@@ -38,7 +39,10 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
       initial = { config: readConfigFile(opts.source.configFile), meta: fileMeta() };
     } catch (err) {
       if (!lastGood) throw err;
-      log.error({ event: 'config_refused', code: (err as SslwallError).code, err: (err as Error).message }, 'config file refused; enforcing the last good config');
+      log.error(
+        { event: 'config_refused', code: (err as SslwallError).code, err: (err as Error).message },
+        'config file refused; enforcing the last good config',
+      );
       initial = lastGood;
     }
   } else if (lastGood) {
@@ -64,7 +68,10 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
     try {
       saveLastGood(opts.stateDir, config, meta);
     } catch (err) {
-      log.error({ event: 'last_good_not_saved', state_dir: opts.stateDir, err: (err as Error).message }, 'config in force but not saved; a restart without etcd would enforce an older one: check --state-dir');
+      log.error(
+        { event: 'last_good_not_saved', state_dir: opts.stateDir, err: (err as Error).message },
+        'config in force but not saved; a restart without etcd would enforce an older one: check --state-dir',
+      );
     }
   };
 
@@ -141,7 +148,10 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
   }
   const poller = startEventPump(dp, log, metrics, eventFields);
 
-  log.info({ event: 'agent_ready', ifaces, mode: status.applied?.config.mode ?? 'unset', bpffs: opts.bpffs, features: dp.features, ...eventFields }, 'agent ready');
+  log.info(
+    { event: 'agent_ready', ifaces, mode: status.applied?.config.mode ?? 'unset', bpffs: opts.bpffs, features: dp.features, ...eventFields },
+    'agent ready',
+  );
 
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {

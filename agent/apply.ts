@@ -2,20 +2,12 @@
 // roles and the bypass CIDRs of one generation; we fill the inactive generation completely and
 // then flip sslwall_active_gen with one u32 write, so the filter never sees a half-written
 // config. Flow state is untouched, except the verdicts of plaintext flows, which follow the mode.
-import { native, BpfError, type MapHandle } from '../native/index.js';
+import { BpfError, type MapHandle, native } from '../native/index.js';
 import type { Config, StarttlsProtocol } from '../schemas/config.js';
 import { StarttlsProtocols } from '../schemas/config.js';
-import { encode, decode, addrToBytes } from './codec.js';
-import {
-  SslwallMode,
-  SslwallProto,
-  SslwallPortRoleBits,
-  SslwallClass,
-  SslwallVerdict,
-  type SslwallFlow,
-  type SslwallCidrKey,
-} from './generated/shared.js';
+import { addrToBytes, decode, encode } from './codec.js';
 import type { SharedMap } from './datapath.js';
+import { type SslwallCidrKey, SslwallClass, type SslwallFlow, SslwallMode, SslwallPortRoleBits, SslwallProto, SslwallVerdict } from './generated/shared.js';
 
 /** The pinned (or freshly created) shared maps, by name; whoever opened them closes them. */
 export type MapHandles = Record<SharedMap, MapHandle>;
@@ -139,9 +131,11 @@ function writeCidrs(maps: MapHandles, gen: number, cidrs: string[]): void {
 export function reconcileVerdicts(maps: MapHandles, mode: Config['mode']): number {
   const addon = native();
   const want =
-    mode === 'active' ? SslwallVerdict.SSLWALL_VERDICT_BLOCKED
-    : mode === 'passive' ? SslwallVerdict.SSLWALL_VERDICT_REPORTED
-    : SslwallVerdict.SSLWALL_VERDICT_ALLOWED;
+    mode === 'active'
+      ? SslwallVerdict.SSLWALL_VERDICT_BLOCKED
+      : mode === 'passive'
+        ? SslwallVerdict.SSLWALL_VERDICT_REPORTED
+        : SslwallVerdict.SSLWALL_VERDICT_ALLOWED;
   let changed = 0;
   for (const [key, value] of addon.mapDump(maps.sslwall_flows)) {
     const flow = decode<SslwallFlow>('sslwall_flow', value);

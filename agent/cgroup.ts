@@ -1,6 +1,6 @@
 // The bypass cgroup: processes started by `sslwall exec` live in <cgroup2>/sslwall-bypass and
 // the filter lets their sockets through (bpf_skb_ancestor_cgroup_id against its id).
-import { mkdirSync, readFileSync, statSync, writeFileSync, existsSync, statfsSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statfsSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { SslwallError } from '../schemas/errors.js';
 import type { BypassCgroup } from './apply.js';
@@ -20,7 +20,10 @@ export function defaultCgroup2Root(): string | null {
 function resolveRoot(dir: string | undefined): string {
   const root = dir ?? defaultCgroup2Root();
   if (!root) {
-    throw new SslwallError('SSLWALL_E_CGROUP', 'no cgroup v2 hierarchy is mounted; mount one (mkdir -p /sys/fs/cgroup/unified; mount -t cgroup2 none /sys/fs/cgroup/unified) or pass --cgroup DIR');
+    throw new SslwallError(
+      'SSLWALL_E_CGROUP',
+      'no cgroup v2 hierarchy is mounted; mount one (mkdir -p /sys/fs/cgroup/unified; mount -t cgroup2 none /sys/fs/cgroup/unified) or pass --cgroup DIR',
+    );
   }
   let type: number;
   try {

@@ -1,15 +1,7 @@
 // Encoding and decoding of the structs in bpf/shared.h, driven by the layouts generated from
 // the object's BTF (agent/generated/shared.ts). Nothing here knows an offset by heart.
 import net from 'node:net';
-import {
-  layouts,
-  SslwallClass,
-  SslwallVerdict,
-  SslwallProto,
-  Defines,
-  type StructLayout,
-  type SslwallFlowKey,
-} from './generated/shared.js';
+import { Defines, layouts, SslwallClass, type SslwallFlowKey, SslwallProto, SslwallVerdict, type StructLayout } from './generated/shared.js';
 
 export function decode<T>(structName: string, buf: Buffer): T {
   const layout = layoutOf(structName);
@@ -59,7 +51,7 @@ export function encode<T extends object>(structName: string, value: Partial<T>):
         buf.write(String(v).slice(0, f.size - 1), at, 'utf8');
         break;
       case 'uints':
-        (v as number[]).forEach((n, i) => buf.writeUIntLE(n, at + i * f.elemSize!, f.elemSize!));
+        for (const [i, n] of (v as number[]).entries()) buf.writeUIntLE(n, at + i * f.elemSize!, f.elemSize!);
         break;
       case 'struct':
         encode(f.struct!, v as object).copy(buf, at);
@@ -91,12 +83,19 @@ export function addrToString(bytes: Buffer, family: number): string {
   const groups: string[] = [];
   for (let i = 0; i < 16; i += 2) groups.push(bytes.readUInt16BE(i).toString(16));
   // Compress the longest run of zero groups (RFC 5952).
-  let best = -1, bestLen = 0;
+  let best = -1,
+    bestLen = 0;
   for (let i = 0; i < 8; ) {
-    if (groups[i] !== '0') { i++; continue; }
+    if (groups[i] !== '0') {
+      i++;
+      continue;
+    }
     let j = i;
     while (j < 8 && groups[j] === '0') j++;
-    if (j - i > bestLen && j - i > 1) { best = i; bestLen = j - i; }
+    if (j - i > bestLen && j - i > 1) {
+      best = i;
+      bestLen = j - i;
+    }
     i = j;
   }
   if (best < 0) return groups.join(':');
@@ -107,7 +106,7 @@ export function addrToString(bytes: Buffer, family: number): string {
 export function addrToBytes(addr: string): { family: number; bytes: Buffer } {
   const bytes = Buffer.alloc(16);
   if (net.isIPv4(addr)) {
-    addr.split('.').forEach((o, i) => (bytes[i] = Number(o)));
+    for (const [i, o] of addr.split('.').entries()) bytes[i] = Number(o);
     return { family: Defines.SSLWALL_FAMILY_IPV4, bytes };
   }
   if (!net.isIPv6(addr)) throw new Error(`not an IP address: ${addr}`);
@@ -116,13 +115,13 @@ export function addrToBytes(addr: string): { family: number; bytes: Buffer } {
   const quad = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
   if (quad) {
     const o = quad[1]!.split('.').map(Number);
-    text = text.slice(0, quad.index) + ((o[0]! << 8) | o[1]!).toString(16) + ':' + ((o[2]! << 8) | o[3]!).toString(16);
+    text = `${text.slice(0, quad.index) + ((o[0]! << 8) | o[1]!).toString(16)}:${((o[2]! << 8) | o[3]!).toString(16)}`;
   }
   const [head, tail] = text.split('::') as [string, string | undefined];
   const h = head ? head.split(':') : [];
   const t = tail ? tail.split(':') : [];
   const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
-  groups.forEach((g, i) => bytes.writeUInt16BE(parseInt(g, 16), i * 2));
+  for (const [i, g] of groups.entries()) bytes.writeUInt16BE(parseInt(g, 16), i * 2);
   return { family: Defines.SSLWALL_FAMILY_IPV6, bytes };
 }
 

@@ -1,8 +1,8 @@
 // The etcd-less config source: a JSON file, re-read when it changes and on SIGHUP. A bad
 // file is refused with an error line and the config in force stays.
-import { existsSync, readFileSync, watch, type FSWatcher } from 'node:fs';
+import { existsSync, type FSWatcher, readFileSync, watch } from 'node:fs';
 import path from 'node:path';
-import { ConfigSchema, describeIssues, type Config } from '../schemas/config.js';
+import { type Config, ConfigSchema, describeIssues } from '../schemas/config.js';
 import { SslwallError } from '../schemas/errors.js';
 
 export function parseConfigText(text: string, source: string): Config {

@@ -2,13 +2,13 @@
 // reused by every later load, so replacing programs (or restarting the agent) keeps flow state.
 // Interfaces get tcx links pinned under <bpffs>/links; a restart updates the program behind
 // an existing link instead of attaching a second filter.
-import { mkdirSync, existsSync, unlinkSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
-import { native, BpfError, type BpfObject, type MapHandle, type ProgHandle, type LinkHandle } from '../native/index.js';
-import { bpfObjects, pinLayout, assertBpffs } from './paths.js';
-import { sizeOf } from './codec.js';
+import { BpfError, type BpfObject, type LinkHandle, type MapHandle, native, type ProgHandle } from '../native/index.js';
 import { SslwallError } from '../schemas/errors.js';
-import { MIGRATABLE, capture, restore, type Captured } from './migrate.js';
+import { sizeOf } from './codec.js';
+import { type Captured, capture, MIGRATABLE, restore } from './migrate.js';
+import { assertBpffs, bpfObjects, pinLayout } from './paths.js';
 
 /** The maps every object shares, with the sizes this build expects (from shared.h via BTF). */
 export function expectedMaps() {
@@ -89,7 +89,10 @@ export class Datapath {
       } finally {
         map.close();
       }
-      log.info({ event: 'map_migrated', map: c.map, entries: c.entries.length, migrated: n, from: c.value.size, to: classifier.mapDef(c.map).valueSize }, 'pinned state migrated to the new layout');
+      log.info(
+        { event: 'map_migrated', map: c.map, entries: c.entries.length, migrated: n, from: c.value.size, to: classifier.mapDef(c.map).valueSize },
+        'pinned state migrated to the new layout',
+      );
     }
     for (const name of Object.keys(expectedMaps())) {
       if (reused.has(name)) continue;
@@ -154,7 +157,10 @@ export class Datapath {
             // A replaced map (new layout) means the running program points at the old one: replace it.
             const same = this.mapsReplaced === 0 && addon.progInfo(prog).tag === progTag(info.progId);
             if (!same) addon.linkUpdate(link, prog);
-            log.info({ event: 'filter_adopted', iface, dir, link_id: info.id, replaced: !same }, same ? 'adopted pinned filter (same program)' : 'adopted pinned filter; program replaced');
+            log.info(
+              { event: 'filter_adopted', iface, dir, link_id: info.id, replaced: !same },
+              same ? 'adopted pinned filter (same program)' : 'adopted pinned filter; program replaced',
+            );
             continue;
           }
           // Same name, other interface (it was recreated): the old link is dead weight.
@@ -247,7 +253,16 @@ function reusePinnedMaps(obj: BpfObject, pins: ReturnType<typeof pinLayout>, log
       const want = obj.mapDef(name);
       if (info.type !== want.type || info.keySize !== want.keySize || info.valueSize !== want.valueSize || info.maxEntries !== want.maxEntries) {
         if (MIGRATABLE.has(name)) captured.push(capture(name, map));
-        log.warn({ event: 'map_layout_changed', map: name, pinned: { keySize: info.keySize, valueSize: info.valueSize, maxEntries: info.maxEntries }, expected: want, migrating: MIGRATABLE.has(name) }, 'pinned map has another layout; replacing it');
+        log.warn(
+          {
+            event: 'map_layout_changed',
+            map: name,
+            pinned: { keySize: info.keySize, valueSize: info.valueSize, maxEntries: info.maxEntries },
+            expected: want,
+            migrating: MIGRATABLE.has(name),
+          },
+          'pinned map has another layout; replacing it',
+        );
         unlinkSync(pin);
         continue;
       }
@@ -259,7 +274,6 @@ function reusePinnedMaps(obj: BpfObject, pins: ReturnType<typeof pinLayout>, log
   }
   return reused;
 }
-
 
 /** The tcx links on an interface index (of any namespace: ifindexes repeat across namespaces). */
 export function tcxLinksOn(ifindex: number): Array<{ id: number; progId: number; attachType: number }> {

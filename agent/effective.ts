@@ -1,7 +1,8 @@
 // What one host enforces, from its tier document and its optional override.
-import type { Config } from '../schemas/config.js';
-import type { TierDocument, HostOverride } from '../schemas/tier.js';
+
 import { cohortBucket } from '../schemas/cohort.js';
+import type { Config } from '../schemas/config.js';
+import type { HostOverride, TierDocument } from '../schemas/tier.js';
 
 export interface Effective {
   config: Config;

@@ -3,8 +3,9 @@
 // opossum breaker every unary call of an agent goes through. The fleet simulator implements the
 // same seam over clients shared by many agents (tools/simulate/conn.ts): the watch, decision and
 // health code above it is the same. docs/agent.md "Retries and breakers" says why each layer.
+
+import { type Etcd3, EtcdLeaseInvalidError, type IKeyValue, type Lease, type Namespace } from 'etcd3';
 import CircuitBreaker from 'opossum';
-import { EtcdLeaseInvalidError, type Etcd3, type Lease, type Namespace, type IKeyValue } from 'etcd3';
 import { createEtcdClient, type EtcdConnection } from '../schemas/etcd.js';
 
 export interface KeyState {

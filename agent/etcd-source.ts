@@ -5,24 +5,24 @@
 // (EtcdAgentSource) applies to the maps and counts from them, a simulated one
 // (tools/simulate/agent.ts) records the version and can fail on purpose.
 import type { Logger } from 'pino';
-import type { EtcdConnection } from '../schemas/etcd.js';
-import { breakerState, etcdBreaker, Etcd3Transport, type EtcdTransport } from './etcd-client.js';
-import { TierWatch, type Snapshot, type KeyState, type WatchState } from './etcd-watch.js';
-import { HealthReporter, DEFAULT_HEALTH, type HealthOptions } from './health.js';
-import { effectiveConfig } from './effective.js';
-import { readCounters } from './flows.js';
-import { native } from '../native/index.js';
-import { SslwallError } from '../schemas/errors.js';
-import { describeIssues, type Config } from '../schemas/config.js';
-import { TierDocumentSchema, HostOverrideSchema, SCHEMA_VERSION, type Health, type TierDocument, type HostOverride } from '../schemas/tier.js';
-import { etcdKeys } from '../schemas/keys.js';
-import type { Datapath } from './datapath.js';
-import type { AgentStatus } from './status.js';
-import type { AppliedMeta } from './state.js';
-import type { Metrics } from './metrics.js';
-import { cohortBucket } from '../schemas/cohort.js';
 import type { ZodType } from 'zod';
+import { native } from '../native/index.js';
+import { cohortBucket } from '../schemas/cohort.js';
+import { type Config, describeIssues } from '../schemas/config.js';
+import { SslwallError } from '../schemas/errors.js';
+import type { EtcdConnection } from '../schemas/etcd.js';
+import { etcdKeys } from '../schemas/keys.js';
 import { Verifier } from '../schemas/signing.js';
+import { type Health, type HostOverride, HostOverrideSchema, SCHEMA_VERSION, type TierDocument, TierDocumentSchema } from '../schemas/tier.js';
+import type { Datapath } from './datapath.js';
+import { effectiveConfig } from './effective.js';
+import { breakerState, Etcd3Transport, type EtcdTransport, etcdBreaker } from './etcd-client.js';
+import { type KeyState, type Snapshot, TierWatch, type WatchState } from './etcd-watch.js';
+import { readCounters } from './flows.js';
+import { DEFAULT_HEALTH, type HealthOptions, HealthReporter } from './health.js';
+import type { Metrics } from './metrics.js';
+import type { AppliedMeta } from './state.js';
+import type { AgentStatus } from './status.js';
 
 export interface EtcdSourceOptions {
   conn: EtcdConnection;
@@ -56,10 +56,7 @@ export function parseDocument<T>(schema: ZodType<T>, kv: KeyState, key: string, 
 }
 
 /** What a snapshot asks of an agent: nothing (no tier document), a refusal, or a config to enforce. */
-export type Decision =
-  | { kind: 'none' }
-  | { kind: 'refused'; err: unknown }
-  | { kind: 'config'; config: Config; meta: AppliedMeta; tierVersion: number };
+export type Decision = { kind: 'none' } | { kind: 'refused'; err: unknown } | { kind: 'config'; config: Config; meta: AppliedMeta; tierVersion: number };
 
 /** Validate (and verify) a snapshot's documents and decide this host's effective config. */
 export function decide(s: Snapshot, keys: { tier: string; override: string }, verifier: Verifier | null, hostId: string): Decision {
@@ -77,7 +74,14 @@ export function decide(s: Snapshot, keys: { tier: string; override: string }, ve
     kind: 'config',
     config: eff.config,
     tierVersion: tier.version,
-    meta: { source: 'etcd', tierVersion: tier.version, revision: s.tier.modRevision, overrideVersion: override?.version ?? null, inCohort: eff.inCohort, bucket: eff.bucket },
+    meta: {
+      source: 'etcd',
+      tierVersion: tier.version,
+      revision: s.tier.modRevision,
+      overrideVersion: override?.version ?? null,
+      inCohort: eff.inCohort,
+      bucket: eff.bucket,
+    },
   };
 }
 
@@ -191,7 +195,10 @@ export class EtcdFollower {
     this.connected = true;
     const d = decide(s, { tier: this.tierKey, override: this.overrideKey }, this.opts.verifier, this.opts.hostId);
     if (d.kind === 'none') {
-      this.log.warn({ event: 'tier_missing', tier: this.opts.tier, key: this.tierKey, revision: s.revision }, 'no document for this tier; the config in force stays');
+      this.log.warn(
+        { event: 'tier_missing', tier: this.opts.tier, key: this.tierKey, revision: s.revision },
+        'no document for this tier; the config in force stays',
+      );
       this.health.nudge();
       return;
     }
@@ -247,8 +254,21 @@ export class EtcdAgentSource {
     version: string,
   ) {
     this.transport = new Etcd3Transport(opts.conn);
-    const followerOpts = { keys: etcdKeys(opts.prefix), tier: opts.tier, hostId: opts.hostId, verifier: opts.verifyKey ? Verifier.fromFile(opts.verifyKey) : null, agentVersion: version };
-    this.follower = new EtcdFollower(this.transport, followerOpts, status, handlers, { counters: () => this.counters(), features: () => ({ ...dp.features }) }, log);
+    const followerOpts = {
+      keys: etcdKeys(opts.prefix),
+      tier: opts.tier,
+      hostId: opts.hostId,
+      verifier: opts.verifyKey ? Verifier.fromFile(opts.verifyKey) : null,
+      agentVersion: version,
+    };
+    this.follower = new EtcdFollower(
+      this.transport,
+      followerOpts,
+      status,
+      handlers,
+      { counters: () => this.counters(), features: () => ({ ...dp.features }) },
+      log,
+    );
     const f = this.follower;
     metrics.etcdBreakerState(() => breakerState(f.breaker));
   }
@@ -271,7 +291,8 @@ export class EtcdAgentSource {
     const by = (cls: string, verdict: string) => Number(c.byClass.find((x) => x.class === cls && x.verdict === verdict)?.value ?? 0n);
     // Counting live flows walks the map: do it at most every 30 s (idle CPU matters).
     if (Date.now() - this.liveFlows.at > 30000) this.liveFlows = { at: Date.now(), count: native().mapDump(this.dp.maps.sslwall_flows).length };
-    const created = Number(c.flowsCreated), closed = Number(c.flowsClosed);
+    const created = Number(c.flowsCreated),
+      closed = Number(c.flowsClosed);
     return {
       violationsReported: by('plaintext', 'reported'),
       violationsBlocked: by('plaintext', 'blocked'),

@@ -22,12 +22,7 @@ export interface Snapshot {
 
 export type WatchState = 'reading' | 'watching' | 'disconnected' | 'backoff' | 'stopped';
 
-export declare interface TierWatch {
-  on(event: 'snapshot', fn: (s: Snapshot, reason: string) => void): this;
-  on(event: 'state', fn: (s: WatchState) => void): this;
-}
-
-export class TierWatch extends EventEmitter {
+export class TierWatch extends EventEmitter<{ snapshot: [s: Snapshot, reason: string]; state: [s: WatchState] }> {
   state: WatchState = 'reading';
   private stopped = false;
   private cancelWatch: (() => Promise<void>) | null = null;
@@ -93,7 +88,10 @@ export class TierWatch extends EventEmitter {
         if (end.watched) attempt = 0;
         // A cancelled watch (compaction, or any server-side cancel) needs a fresh read.
         last = end.reason === 'disconnected' ? end.snapshot : null;
-        this.log.warn({ event: 'etcd_watch_restart', reason: end.reason, resume_from: last ? last.revision + 1 : null }, last ? 'watch broken; resuming' : 'watch cancelled; reading again');
+        this.log.warn(
+          { event: 'etcd_watch_restart', reason: end.reason, resume_from: last ? last.revision + 1 : null },
+          last ? 'watch broken; resuming' : 'watch cancelled; reading again',
+        );
         if (last) {
           this.reconnects++;
           this.setState('disconnected');

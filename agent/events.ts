@@ -2,9 +2,9 @@
 // sweep: the destroy iterator aborts the local sockets so applications fail fast.
 import type { Logger } from 'pino';
 import { native, type RingBufferPoller } from '../native/index.js';
-import { decode, addrToString, familyName, classNames, verdictNames, protoNames } from './codec.js';
-import { SslwallVerdict, type SslwallEvent } from './generated/shared.js';
+import { addrToString, classNames, decode, familyName, protoNames, verdictNames } from './codec.js';
 import type { Datapath } from './datapath.js';
+import { type SslwallEvent, SslwallVerdict } from './generated/shared.js';
 import type { Metrics } from './metrics.js';
 
 export interface ViolationLine {

@@ -1,10 +1,10 @@
 // Reading the flows map for `sslwall flows` and the counters for metrics.
 import { existsSync } from 'node:fs';
-import { native, type MapHandle } from '../native/index.js';
+import { type MapHandle, native } from '../native/index.js';
 import { SslwallError } from '../schemas/errors.js';
+import { classNames, decode, endpoints, type Family, protoNames, verdictNames } from './codec.js';
+import { SslwallClass, SslwallCounter, type SslwallFlow, type SslwallFlowKey, SslwallVerdict } from './generated/shared.js';
 import { pinLayout } from './paths.js';
-import { decode, endpoints, classNames, verdictNames, protoNames, type Family } from './codec.js';
-import { SslwallCounter, SslwallClass, SslwallVerdict, type SslwallFlow, type SslwallFlowKey } from './generated/shared.js';
 
 export interface FlowRecord {
   family: Family;

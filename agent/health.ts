@@ -5,8 +5,8 @@
 // (agent/etcd-client.ts), so the simulator runs this same reporter.
 import type { Logger } from 'pino';
 import { backoffMs } from '../schemas/etcd.js';
-import { isLeaseGone, type EtcdTransport, type Guard } from './etcd-client.js';
 import type { Health } from '../schemas/tier.js';
+import { type EtcdTransport, type Guard, isLeaseGone } from './etcd-client.js';
 
 export const HEALTH_TTL_S = 10;
 

@@ -1,10 +1,10 @@
 // Prometheus metrics (prom-client). Kernel counters are read at scrape time, so a scrape
 // always sees the kernel's current totals and no timer runs between scrapes.
 import http from 'node:http';
-import client from 'prom-client';
 import type { Logger } from 'pino';
-import { readCounters } from './flows.js';
+import client from 'prom-client';
 import type { Datapath } from './datapath.js';
+import { readCounters } from './flows.js';
 
 export function createMetrics(dp: Datapath) {
   const registry = new client.Registry();
@@ -75,7 +75,7 @@ export function createMetrics(dp: Datapath) {
   let breakerState: (() => string) | null = null;
   const breakers = new client.Gauge({
     name: 'sslwall_etcd_breaker_open',
-    help: 'The circuit breaker around the agent\'s etcd calls: 1 open, 0.5 half open, 0 closed',
+    help: "The circuit breaker around the agent's etcd calls: 1 open, 0.5 half open, 0 closed",
     labelNames: ['breaker'] as const,
     registers: [registry],
     collect() {

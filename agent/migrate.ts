@@ -7,9 +7,9 @@
 import { execFileSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { native, type MapHandle } from '../native/index.js';
-import { repoRoot } from './paths.js';
+import { type MapHandle, native } from '../native/index.js';
 import type { StructLayout } from './generated/shared.js';
+import { repoRoot } from './paths.js';
 
 interface NamedLayout extends StructLayout {
   name: string;
@@ -38,7 +38,12 @@ export function capture(map: string, pinned: MapHandle): Captured {
   const info = native().mapInfo(pinned);
   if (!info.btfId || !info.btfKeyTypeId || !info.btfValueTypeId) throw new Error(`pinned map ${map} carries no BTF; its entries cannot be read`);
   const btf = btfDump(['id', String(info.btfId)]);
-  return { map, key: btfLayout.layoutOfType(btf, info.btfKeyTypeId), value: btfLayout.layoutOfType(btf, info.btfValueTypeId), entries: native().mapDump(pinned) };
+  return {
+    map,
+    key: btfLayout.layoutOfType(btf, info.btfKeyTypeId),
+    value: btfLayout.layoutOfType(btf, info.btfValueTypeId),
+    entries: native().mapDump(pinned),
+  };
 }
 
 /** Copy fields by name from one layout to another. */

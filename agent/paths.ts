@@ -9,7 +9,7 @@ function findRepoRoot(): string {
   let dir = path.dirname(fileURLToPath(import.meta.url));
   while (!existsSync(path.join(dir, 'package.json'))) {
     const up = path.dirname(dir);
-    if (up === dir) throw new Error('sslwall: cannot find the package root above ' + fileURLToPath(import.meta.url));
+    if (up === dir) throw new Error(`sslwall: cannot find the package root above ${fileURLToPath(import.meta.url)}`);
     dir = up;
   }
   return dir;
@@ -54,7 +54,9 @@ export function assertBpffs(dir: string): void {
   try {
     type = statfsSync(dir).type;
   } catch (err) {
-    throw new SslwallError('SSLWALL_E_BPFFS', `cannot stat --bpffs ${dir}: create it on a BPF filesystem (mkdir -p ${dir}; mount -t bpf bpf ${dir})`, { cause: err });
+    throw new SslwallError('SSLWALL_E_BPFFS', `cannot stat --bpffs ${dir}: create it on a BPF filesystem (mkdir -p ${dir}; mount -t bpf bpf ${dir})`, {
+      cause: err,
+    });
   }
   if (type !== BPF_FS_MAGIC) {
     throw new SslwallError('SSLWALL_E_BPFFS', `${dir} is not on a BPF filesystem; mount one: mount -t bpf bpf ${dir} (or use a folder under /sys/fs/bpf)`);

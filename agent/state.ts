@@ -1,9 +1,9 @@
 // Last known good config on disk: written atomically (write, fsync, rename) after every apply,
 // read at start when the configured source is unusable.
-import { mkdirSync, openSync, writeSync, fsyncSync, closeSync, renameSync, readFileSync, existsSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import path from 'node:path';
-import { parseConfigText } from './config-file.js';
 import type { Config } from '../schemas/config.js';
+import { parseConfigText } from './config-file.js';
 
 export function lastGoodPath(stateDir: string): string {
   return path.join(stateDir, 'last-good.json');
@@ -31,7 +31,7 @@ export function saveLastGood(stateDir: string, config: Config, meta: AppliedMeta
   const tmp = `${file}.tmp-${process.pid}`;
   const fd = openSync(tmp, 'w', 0o600);
   try {
-    writeSync(fd, JSON.stringify({ savedAt: new Date().toISOString(), meta, config }, null, 2) + '\n');
+    writeSync(fd, `${JSON.stringify({ savedAt: new Date().toISOString(), meta, config }, null, 2)}\n`);
     fsyncSync(fd);
   } finally {
     closeSync(fd);

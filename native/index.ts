@@ -2,8 +2,8 @@
 // more. Policy (what to pin where, when to replace) lives in agent/; this file only loads the addon
 // and gives it the BpfError class it throws.
 import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 /**
  * A libbpf/kernel failure: the operation, the errno and, for loads, the verifier log. The addon
@@ -41,12 +41,41 @@ export interface FdHandle<K extends FdKind> {
 export type MapHandle = FdHandle<'map'>;
 export type ProgHandle = FdHandle<'prog'>;
 export type LinkHandle = FdHandle<'link'>;
-interface HandleOf { map: MapHandle; prog: ProgHandle; link: LinkHandle }
+interface HandleOf {
+  map: MapHandle;
+  prog: ProgHandle;
+  link: LinkHandle;
+}
 
-export interface ProgInfo { id: number; name: string; tag: string; type: number }
-export interface LinkInfo { id: number; progId: number; type: number; ifindex?: number; attachType?: number }
-export interface MapInfo { id: number; type: number; keySize: number; valueSize: number; maxEntries: number; name: string; btfId: number; btfKeyTypeId: number; btfValueTypeId: number }
-export interface TestRunResult { retval: number; durationNs: number; dataOut: Buffer }
+export interface ProgInfo {
+  id: number;
+  name: string;
+  tag: string;
+  type: number;
+}
+export interface LinkInfo {
+  id: number;
+  progId: number;
+  type: number;
+  ifindex?: number;
+  attachType?: number;
+}
+export interface MapInfo {
+  id: number;
+  type: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  name: string;
+  btfId: number;
+  btfKeyTypeId: number;
+  btfValueTypeId: number;
+}
+export interface TestRunResult {
+  retval: number;
+  durationNs: number;
+  dataOut: Buffer;
+}
 
 /** An opened (and, after load(), loaded) BPF object; owns its bpf_object. */
 export interface BpfObject {
@@ -139,9 +168,7 @@ function loadAddon(): NativeAddon {
     binding.setErrorClass(BpfError);
     return binding;
   }
-  const e = new Error(
-    `native addon not found or not loadable; run tools/setup (or npm run build:native). Tried:\n${errors.join('\n')}`,
-  );
+  const e = new Error(`native addon not found or not loadable; run tools/setup (or npm run build:native). Tried:\n${errors.join('\n')}`);
   (e as Error & { code: string }).code = 'SSLWALL_E_NATIVE_MISSING';
   throw e;
 }

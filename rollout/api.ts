@@ -2,25 +2,26 @@
 // answers; writes are compare-and-swap in etcd, so it does not matter which one takes them.
 // Every body, parameter and query is a zod schema of schemas/api.ts, parsed here at the boundary;
 // every error answers {code, message} with the status of its code (STATUS_FOR).
+
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { randomBytes } from 'node:crypto';
-import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import fastifyStatic from '@fastify/static';
-import { serializerCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { FastifySchemaCompiler } from 'fastify';
-import { z } from 'zod';
-import client from 'prom-client';
+import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import { serializerCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { Logger } from 'pino';
-import type { Engine } from './engine.js';
-import { receiveAlerts } from './alerts.js';
-import { validateInput, type DocumentInput } from './store.js';
-import { cohortOf } from './checks.js';
-import { SslwallError, type ErrorCode } from '../schemas/errors.js';
-import { ConfigSchema, describeIssues } from '../schemas/config.js';
-import { parseStages, parseDuration, RolloutStateSchema, type RolloutState } from '../schemas/rollout.js';
+import client from 'prom-client';
+import { z } from 'zod';
 import * as api from '../schemas/api.js';
+import { ConfigSchema, describeIssues } from '../schemas/config.js';
+import { type ErrorCode, SslwallError } from '../schemas/errors.js';
+import { parseDuration, parseStages, type RolloutState, RolloutStateSchema } from '../schemas/rollout.js';
+import { receiveAlerts } from './alerts.js';
+import { cohortOf } from './checks.js';
+import type { Engine } from './engine.js';
+import { type DocumentInput, validateInput } from './store.js';
 
 const STATUS_FOR: Partial<Record<ErrorCode, number>> = {
   SSLWALL_E_CONFIG_INVALID: 400,
@@ -56,8 +57,18 @@ export function createMetrics(engine: Engine) {
       for (const [tier, n] of by) this.set({ tier }, n);
     },
   });
-  const transitions = new client.Counter({ name: 'sslwall_engine_rollout_transitions_total', help: 'Rollout transitions by action', labelNames: ['tier', 'action'] as const, registers: [registry] });
-  const alerts = new client.Counter({ name: 'sslwall_engine_alerts_received_total', help: 'Alertmanager alerts received', labelNames: ['status'] as const, registers: [registry] });
+  const transitions = new client.Counter({
+    name: 'sslwall_engine_rollout_transitions_total',
+    help: 'Rollout transitions by action',
+    labelNames: ['tier', 'action'] as const,
+    registers: [registry],
+  });
+  const alerts = new client.Counter({
+    name: 'sslwall_engine_alerts_received_total',
+    help: 'Alertmanager alerts received',
+    labelNames: ['status'] as const,
+    registers: [registry],
+  });
   engine.onTransition = (tier, action) => transitions.inc({ tier, action });
   return { registry, alerts };
 }
@@ -67,7 +78,8 @@ export function rolloutView(engine: Engine, state: RolloutState): api.RolloutVie
   const agents = engine.health.tier(state.tier);
   const cohort = cohortOf(state, agents);
   const applied = cohort.filter((h) => (h.configVersion ?? -1) >= (state.stageVersion ?? Infinity)).length;
-  const bakeLeftMs = state.phase === 'baking' && state.status === 'running' ? Math.max(0, state.bakeMs - (Date.now() - Date.parse(state.phaseStartedAt))) : null;
+  const bakeLeftMs =
+    state.phase === 'baking' && state.status === 'running' ? Math.max(0, state.bakeMs - (Date.now() - Date.parse(state.phaseStartedAt))) : null;
   return { ...state, live: { agents: agents.length, cohort: cohort.length, applied, bakeLeftMs, leader: engine.leadership.isLeader } };
 }
 
@@ -76,13 +88,17 @@ export function rolloutView(engine: Engine, state: RolloutState): api.RolloutVie
  * (SSLWALL_E_CONFIG_INVALID), a bad path parameter or query a wrong call (SSLWALL_E_USAGE). The
  * message names each bad field.
  */
-const validatorCompiler: FastifySchemaCompiler<z.ZodType> = ({ schema, httpPart }) => (data) => {
-  // fastify hands a missing body over as null; the schema's own default applies to "missing".
-  const r = schema.safeParse(data === null ? undefined : data);
-  if (r.success) return { value: r.data };
-  const body = httpPart === 'body';
-  return { error: new SslwallError(body ? 'SSLWALL_E_CONFIG_INVALID' : 'SSLWALL_E_USAGE', `${body ? 'request body' : httpPart}: ${describeIssues(r.error)}`) };
-};
+const validatorCompiler: FastifySchemaCompiler<z.ZodType> =
+  ({ schema, httpPart }) =>
+  (data) => {
+    // fastify hands a missing body over as null; the schema's own default applies to "missing".
+    const r = schema.safeParse(data === null ? undefined : data);
+    if (r.success) return { value: r.data };
+    const body = httpPart === 'body';
+    return {
+      error: new SslwallError(body ? 'SSLWALL_E_CONFIG_INVALID' : 'SSLWALL_E_USAGE', `${body ? 'request body' : httpPart}: ${describeIssues(r.error)}`),
+    };
+  };
 
 /** The one error mapping: whatever a route throws becomes a status and {code, message}. */
 function errorReply(err: FastifyError | SslwallError | Error): { status: number; body: z.infer<typeof api.ErrorBodySchema> } {
@@ -92,7 +108,13 @@ function errorReply(err: FastifyError | SslwallError | Error): { status: number;
   const f = err as FastifyError;
   if (f.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return { status: 400, body: { code: 'SSLWALL_E_USAGE', message: `request body over ${BODY_LIMIT >> 20} MiB` } };
   if (f.code === 'FST_ERR_RESPONSE_SERIALIZATION') {
-    return { status: 500, body: { code: 'SSLWALL_E_INTERNAL', message: `the engine's answer does not match its schema: ${err.cause instanceof z.ZodError ? describeIssues(err.cause) : err.message}` } };
+    return {
+      status: 500,
+      body: {
+        code: 'SSLWALL_E_INTERNAL',
+        message: `the engine's answer does not match its schema: ${err.cause instanceof z.ZodError ? describeIssues(err.cause) : err.message}`,
+      },
+    };
   }
   // Other fastify refusals of the request itself (a malformed URL, an unsupported method).
   if (f.statusCode && f.statusCode < 500) return { status: 400, body: { code: 'SSLWALL_E_USAGE', message: err.message } };
@@ -132,7 +154,9 @@ export async function buildApi(engine: Engine, log: Logger): Promise<FastifyInst
     if (status >= 500) log.error({ event: 'api_error', code: body.code, route: `${req.method} ${req.url}`, err: err.message }, 'api error');
     return reply.code(status).send(body);
   });
-  app.setNotFoundHandler((req, reply) => reply.code(404).send({ code: 'SSLWALL_E_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}; see docs/rollout.md` }));
+  app.setNotFoundHandler((req, reply) =>
+    reply.code(404).send({ code: 'SSLWALL_E_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}; see docs/rollout.md` }),
+  );
 
   // GET / (index.html) and /dashboard.js; routes made once from the folder's files.
   await app.register(fastifyStatic, { root: dashboardDir(), wildcard: false });
@@ -141,7 +165,11 @@ export async function buildApi(engine: Engine, log: Logger): Promise<FastifyInst
 
   app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
   app.get('/healthz', { schema: { response: { 200: api.HealthzResponse } } }, async () => ({ ok: true as const, leader: engine.leadership.isLeader }));
-  app.get('/api/leader', { schema: { response: { 200: api.LeaderResponse } } }, async () => ({ id: engine.leadership.id, leader: await engine.leadership.leader(), isLeader: engine.leadership.isLeader }));
+  app.get('/api/leader', { schema: { response: { 200: api.LeaderResponse } } }, async () => ({
+    id: engine.leadership.id,
+    leader: await engine.leadership.leader(),
+    isLeader: engine.leadership.isLeader,
+  }));
 
   app.post('/api/alerts', { schema: { body: api.AlertmanagerPayloadSchema, response: { 200: api.AlertsResponse } } }, async (req) => {
     const r = await receiveAlerts(engine.client, engine.keys, req.body);
@@ -152,13 +180,17 @@ export async function buildApi(engine: Engine, log: Logger): Promise<FastifyInst
     return r;
   });
 
-  app.put('/api/hosts/:host/override', { schema: { params: api.HostParams, body: api.OverrideRequest, response: { 201: api.OverrideResponse } } }, async (req, reply) => {
-    const { host } = req.params;
-    const b = req.body;
-    const r = await engine.store.setOverride(host, { mode: b.mode, config: b.config, reason: b.reason }, by(req));
-    log.info({ event: 'override_set', host, by: by(req), mode: b.mode, reason: b.reason }, 'host override set');
-    return reply.code(201).send(r!);
-  });
+  app.put(
+    '/api/hosts/:host/override',
+    { schema: { params: api.HostParams, body: api.OverrideRequest, response: { 201: api.OverrideResponse } } },
+    async (req, reply) => {
+      const { host } = req.params;
+      const b = req.body;
+      const r = await engine.store.setOverride(host, { mode: b.mode, config: b.config, reason: b.reason }, by(req));
+      log.info({ event: 'override_set', host, by: by(req), mode: b.mode, reason: b.reason }, 'host override set');
+      return reply.code(201).send(r!);
+    },
+  );
   app.delete('/api/hosts/:host/override', { schema: { params: api.HostParams, response: { 200: api.OverrideRemovedResponse } } }, async (req) => {
     const { host } = req.params;
     await engine.store.setOverride(host, null, by(req));
@@ -176,27 +208,43 @@ export async function buildApi(engine: Engine, log: Logger): Promise<FastifyInst
     return out;
   });
 
-  app.get('/api/tiers/:tier/config', { schema: { params: api.TierParams, querystring: api.ConfigQuery, response: { 200: z.union([api.HeadResponse, api.HistoryResponse.element]) } } }, async (req) => {
-    const { tier } = req.params;
-    if (req.query.version !== undefined) return engine.store.version(tier, req.query.version);
-    const head = await engine.store.head(tier);
-    if (!head) throw new SslwallError('SSLWALL_E_NOT_FOUND', `tier ${tier} has no config`);
-    return { ...head.doc, revision: head.modRevision };
-  });
-  app.put('/api/tiers/:tier/config', { schema: { params: api.TierParams, body: api.PutConfigRequest, response: { 201: api.WrittenResponse } } }, async (req, reply) => {
-    const { tier } = req.params;
-    const b = req.body;
-    const input = await completeInput(engine, tier, b.document);
-    const rec = await engine.store.write(tier, input, { author: b.author ?? by(req), message: b.message ?? 'config set', expectRevision: b.expectRevision });
-    log.info({ event: 'config_written', tier, version: rec.version, author: rec.author, message: rec.message }, 'config written');
-    return reply.code(201).send(rec);
-  });
-  app.get('/api/tiers/:tier/history', { schema: { params: api.TierParams, response: { 200: api.HistoryResponse } } }, async (req) => engine.store.history(req.params.tier));
-  app.get('/api/tiers/:tier/audit', { schema: { params: api.TierParams, querystring: api.AuditQuery, response: { 200: api.AuditResponse } } }, async (req) => engine.store.audit(req.params.tier, req.query.limit));
-  app.post('/api/tiers/:tier/revert', { schema: { params: api.TierParams, body: api.RevertRequest, response: { 201: api.WrittenResponse } } }, async (req, reply) => {
-    const b = req.body;
-    return reply.code(201).send(await engine.store.revert(req.params.tier, b.to, { author: by(req), message: b.message, expectRevision: b.expectRevision }));
-  });
+  app.get(
+    '/api/tiers/:tier/config',
+    { schema: { params: api.TierParams, querystring: api.ConfigQuery, response: { 200: z.union([api.HeadResponse, api.HistoryResponse.element]) } } },
+    async (req) => {
+      const { tier } = req.params;
+      if (req.query.version !== undefined) return engine.store.version(tier, req.query.version);
+      const head = await engine.store.head(tier);
+      if (!head) throw new SslwallError('SSLWALL_E_NOT_FOUND', `tier ${tier} has no config`);
+      return { ...head.doc, revision: head.modRevision };
+    },
+  );
+  app.put(
+    '/api/tiers/:tier/config',
+    { schema: { params: api.TierParams, body: api.PutConfigRequest, response: { 201: api.WrittenResponse } } },
+    async (req, reply) => {
+      const { tier } = req.params;
+      const b = req.body;
+      const input = await completeInput(engine, tier, b.document);
+      const rec = await engine.store.write(tier, input, { author: b.author ?? by(req), message: b.message ?? 'config set', expectRevision: b.expectRevision });
+      log.info({ event: 'config_written', tier, version: rec.version, author: rec.author, message: rec.message }, 'config written');
+      return reply.code(201).send(rec);
+    },
+  );
+  app.get('/api/tiers/:tier/history', { schema: { params: api.TierParams, response: { 200: api.HistoryResponse } } }, async (req) =>
+    engine.store.history(req.params.tier),
+  );
+  app.get('/api/tiers/:tier/audit', { schema: { params: api.TierParams, querystring: api.AuditQuery, response: { 200: api.AuditResponse } } }, async (req) =>
+    engine.store.audit(req.params.tier, req.query.limit),
+  );
+  app.post(
+    '/api/tiers/:tier/revert',
+    { schema: { params: api.TierParams, body: api.RevertRequest, response: { 201: api.WrittenResponse } } },
+    async (req, reply) => {
+      const b = req.body;
+      return reply.code(201).send(await engine.store.revert(req.params.tier, b.to, { author: by(req), message: b.message, expectRevision: b.expectRevision }));
+    },
+  );
 
   app.get('/api/tiers/:tier/rollout', { schema: { params: api.TierParams, response: { 200: api.RolloutView } } }, async (req) => {
     const { tier } = req.params;
@@ -204,21 +252,32 @@ export async function buildApi(engine: Engine, log: Logger): Promise<FastifyInst
     if (!ro) throw new SslwallError('SSLWALL_E_NOT_FOUND', `tier ${tier} has no rollout`);
     return rolloutView(engine, ro.state);
   });
-  app.post('/api/tiers/:tier/rollout', { schema: { params: api.TierParams, body: api.StartRolloutRequest, response: { 201: RolloutStateSchema } } }, async (req, reply) => {
-    const b = req.body;
-    let stages, bakeMs;
-    try {
-      stages = parseStages(b.stages);
-      bakeMs = parseDuration(b.bake);
-    } catch (err) {
-      throw new SslwallError('SSLWALL_E_USAGE', (err as Error).message);
-    }
-    return reply.code(201).send(await engine.startRollout(req.params.tier, { stages, bakeMs, analysis: b.analysis, otherwise: b.otherwise, by: by(req) }));
-  });
-  app.post('/api/tiers/:tier/rollout/:action', { schema: { params: api.ActionParams, body: api.ActionRequest, response: { 200: RolloutStateSchema } } }, async (req) =>
-    engine.act(req.params.tier, req.params.action, req.body.reason ?? 'no reason given', by(req)),
+  app.post(
+    '/api/tiers/:tier/rollout',
+    { schema: { params: api.TierParams, body: api.StartRolloutRequest, response: { 201: RolloutStateSchema } } },
+    async (req, reply) => {
+      const b = req.body;
+      let stages: ReturnType<typeof parseStages>;
+      let bakeMs: number;
+      try {
+        stages = parseStages(b.stages);
+        bakeMs = parseDuration(b.bake);
+      } catch (err) {
+        throw new SslwallError('SSLWALL_E_USAGE', (err as Error).message);
+      }
+      return reply.code(201).send(await engine.startRollout(req.params.tier, { stages, bakeMs, analysis: b.analysis, otherwise: b.otherwise, by: by(req) }));
+    },
   );
-  app.get('/api/tiers/:tier/preview', { schema: { params: api.TierParams, querystring: api.PreviewQuery, response: { 200: api.PreviewResponse } } }, async (req) => engine.preview(req.params.tier, req.query.percent));
+  app.post(
+    '/api/tiers/:tier/rollout/:action',
+    { schema: { params: api.ActionParams, body: api.ActionRequest, response: { 200: RolloutStateSchema } } },
+    async (req) => engine.act(req.params.tier, req.params.action, req.body.reason ?? 'no reason given', by(req)),
+  );
+  app.get(
+    '/api/tiers/:tier/preview',
+    { schema: { params: api.TierParams, querystring: api.PreviewQuery, response: { 200: api.PreviewResponse } } },
+    async (req) => engine.preview(req.params.tier, req.query.percent),
+  );
 
   return app;
 }
@@ -237,6 +296,11 @@ async function completeInput(engine: Engine, tier: string, doc: Record<string, u
   const config = ConfigSchema.safeParse(doc);
   if (!config.success) return validateInput({ config: doc, rollout: undefined }, `tier ${tier}`);
   const head = await engine.store.head(tier);
-  const rollout = head?.doc.rollout ?? { mode: config.data.mode === 'active' ? 'active' : 'passive', percent: config.data.mode === 'off' ? 0 : 100, otherwise: 'off', salt: randomBytes(6).toString('hex') };
+  const rollout = head?.doc.rollout ?? {
+    mode: config.data.mode === 'active' ? 'active' : 'passive',
+    percent: config.data.mode === 'off' ? 0 : 100,
+    otherwise: 'off',
+    salt: randomBytes(6).toString('hex'),
+  };
   return validateInput({ config: config.data, rollout }, `tier ${tier}`);
 }

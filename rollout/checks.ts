@@ -1,8 +1,9 @@
 // The checks run while a stage bakes. Each answers pass, fail or inconclusive; missing data is
 // inconclusive (the rollout pauses), never a pass.
-import type { Health } from '../schemas/tier.js';
-import type { Analysis, CheckResult, RolloutState } from '../schemas/rollout.js';
+
 import { inCohort } from '../schemas/cohort.js';
+import type { Analysis, CheckResult, RolloutState } from '../schemas/rollout.js';
+import type { Health } from '../schemas/tier.js';
 
 export interface AlertView {
   alertname: string;
@@ -40,10 +41,21 @@ export async function runChecks(input: CheckInputs): Promise<{ results: CheckRes
     const behind = cohort.filter((h) => (h.configVersion ?? -1) < (state.stageVersion ?? 0));
     const erroring = cohort.filter((h) => h.lastError !== null);
     const problems: string[] = [];
-    if (behind.length) problems.push(`${behind.length} cohort agents have not applied version ${state.stageVersion} (e.g. ${behind.slice(0, 3).map((h) => h.hostId).join(', ')})`);
-    if (erroring.length > a.maxErroringAgents) problems.push(`${erroring.length} cohort agents report errors (e.g. ${erroring[0]!.hostId}: ${erroring[0]!.lastError!.code})`);
+    if (behind.length)
+      problems.push(
+        `${behind.length} cohort agents have not applied version ${state.stageVersion} (e.g. ${behind
+          .slice(0, 3)
+          .map((h) => h.hostId)
+          .join(', ')})`,
+      );
+    if (erroring.length > a.maxErroringAgents)
+      problems.push(`${erroring.length} cohort agents report errors (e.g. ${erroring[0]!.hostId}: ${erroring[0]!.lastError!.code})`);
     if (missing > a.maxMissingAgents) problems.push(`${missing} agents stopped reporting (${agents.length} of ${state.agentsAtStart})`);
-    results.push(problems.length ? { name: 'agents', status: 'fail', detail: problems.join('; ') } : { name: 'agents', status: 'pass', detail: `${cohort.length} cohort agents on version ${state.stageVersion}, ${agents.length} agents reporting` });
+    results.push(
+      problems.length
+        ? { name: 'agents', status: 'fail', detail: problems.join('; ') }
+        : { name: 'agents', status: 'pass', detail: `${cohort.length} cohort agents on version ${state.stageVersion}, ${agents.length} agents reporting` },
+    );
   }
 
   // 2. Blocked flows per minute in the cohort.
@@ -51,14 +63,22 @@ export async function runChecks(input: CheckInputs): Promise<{ results: CheckRes
   const blocked = { at: now, sum };
   if (input.previousBlocked && now > input.previousBlocked.at) {
     const perMin = (Math.max(0, sum - input.previousBlocked.sum) * 60000) / (now - input.previousBlocked.at);
-    results.push({ name: 'blocked_rate', status: perMin > a.maxBlockedPerMinute ? 'fail' : 'pass', detail: `${perMin.toFixed(1)} blocked flows/min in the cohort (max ${a.maxBlockedPerMinute})` });
+    results.push({
+      name: 'blocked_rate',
+      status: perMin > a.maxBlockedPerMinute ? 'fail' : 'pass',
+      detail: `${perMin.toFixed(1)} blocked flows/min in the cohort (max ${a.maxBlockedPerMinute})`,
+    });
   } else {
     results.push({ name: 'blocked_rate', status: 'pass', detail: `first sample: ${sum} blocked flows so far` });
   }
 
   // 3. Alertmanager alerts firing for the tier.
   const firing = input.alerts.filter((al) => !al.endsAt || al.endsAt.startsWith('0001') || Date.parse(al.endsAt) > now);
-  results.push(firing.length ? { name: 'alerts', status: 'fail', detail: `alerts firing: ${firing.map((f) => f.alertname).join(', ')}` } : { name: 'alerts', status: 'pass', detail: 'no alert firing for the tier' });
+  results.push(
+    firing.length
+      ? { name: 'alerts', status: 'fail', detail: `alerts firing: ${firing.map((f) => f.alertname).join(', ')}` }
+      : { name: 'alerts', status: 'pass', detail: 'no alert firing for the tier' },
+  );
 
   // 4. PromQL thresholds.
   for (const q of a.prometheus?.queries ?? []) {

@@ -1,10 +1,10 @@
 // The engine's HTTP API from the caller's side: a method per route (docs/rollout.md#http-api),
 // requests typed and answers parsed with the schemas of schemas/api.ts. An error answer becomes
 // an SslwallError with the engine's code; an engine that cannot be reached SSLWALL_E_ENGINE.
-import { z } from 'zod';
-import { SslwallError, ErrorCodes, type ErrorCode } from '../schemas/errors.js';
-import { describeIssues } from '../schemas/config.js';
+import type { z } from 'zod';
 import * as api from '../schemas/api.js';
+import { describeIssues } from '../schemas/config.js';
+import { type ErrorCode, ErrorCodes, SslwallError } from '../schemas/errors.js';
 import { RolloutStateSchema } from '../schemas/rollout.js';
 import { VersionRecordSchema } from '../schemas/tier.js';
 
@@ -17,7 +17,10 @@ export interface EngineClientOptions {
 export class EngineClient {
   readonly url: string;
 
-  constructor(url: string, private readonly opts: EngineClientOptions = {}) {
+  constructor(
+    url: string,
+    private readonly opts: EngineClientOptions = {},
+  ) {
     this.url = url.replace(/\/$/, '');
   }
 
@@ -97,22 +100,32 @@ export class EngineClient {
       });
     } catch (err) {
       const why = (err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message;
-      throw new SslwallError('SSLWALL_E_ENGINE', `cannot reach the engine at ${this.url}: ${why}; start one (sslwall engine) or pass --engine URL`, { cause: err });
+      throw new SslwallError('SSLWALL_E_ENGINE', `cannot reach the engine at ${this.url}: ${why}; start one (sslwall engine) or pass --engine URL`, {
+        cause: err,
+      });
     }
     const text = await res.text();
     let json: unknown;
     try {
       json = JSON.parse(text);
     } catch {
-      throw new SslwallError('SSLWALL_E_ENGINE', `the engine at ${this.url} answered ${method} ${path} with HTTP ${res.status} and no JSON: ${text.slice(0, 200)}; is --engine an sslwall engine?`);
+      throw new SslwallError(
+        'SSLWALL_E_ENGINE',
+        `the engine at ${this.url} answered ${method} ${path} with HTTP ${res.status} and no JSON: ${text.slice(0, 200)}; is --engine an sslwall engine?`,
+      );
     }
     if (!res.ok) {
       const e = api.ErrorBodySchema.safeParse(json);
-      if (!e.success) throw new SslwallError('SSLWALL_E_ENGINE', `the engine at ${this.url} answered ${method} ${path} with HTTP ${res.status}: ${text.slice(0, 200)}`);
+      if (!e.success)
+        throw new SslwallError('SSLWALL_E_ENGINE', `the engine at ${this.url} answered ${method} ${path} with HTTP ${res.status}: ${text.slice(0, 200)}`);
       throw new SslwallError(e.data.code in ErrorCodes ? (e.data.code as ErrorCode) : 'SSLWALL_E_ENGINE', e.data.message);
     }
     const r = schema.safeParse(json);
-    if (!r.success) throw new SslwallError('SSLWALL_E_ENGINE', `the engine at ${this.url} answered ${method} ${path} with a body this client does not understand (${describeIssues(r.error)}); is it the same sslwall version?`);
+    if (!r.success)
+      throw new SslwallError(
+        'SSLWALL_E_ENGINE',
+        `the engine at ${this.url} answered ${method} ${path} with a body this client does not understand (${describeIssues(r.error)}); is it the same sslwall version?`,
+      );
     return r.data;
   }
 }

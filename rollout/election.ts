@@ -63,10 +63,7 @@ export class Leadership extends EventEmitter {
         this.schedule(200);
       });
       const leaseId = await lease.grant();
-      const res = await this.client
-        .if(this.key, 'Create', '==', 0)
-        .then(this.client.put(this.key).value(this.id).lease(leaseId))
-        .commit();
+      const res = await this.client.if(this.key, 'Create', '==', 0).then(this.client.put(this.key).value(this.id).lease(leaseId)).commit();
       if (res.succeeded) {
         this.lease = lease;
         this.fenceRev = Number(res.header.revision);

@@ -5,16 +5,16 @@
 import { randomBytes } from 'node:crypto';
 import type { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
-import { ConfigStore, type SideWrite } from './store.js';
+import { inCohort } from '../schemas/cohort.js';
+import { SslwallError } from '../schemas/errors.js';
+import { type EngineKeys, engineKeys } from '../schemas/keys.js';
+import { AnalysisSchema, type RolloutState, RolloutStateSchema, type Stage } from '../schemas/rollout.js';
+import { type AlertView, promInstantQuery, runChecks } from './checks.js';
 import { Leadership } from './election.js';
 import { HealthCache } from './health-cache.js';
-import { runChecks, promInstantQuery, type AlertView } from './checks.js';
-import { nextStep, afterChecks, transitioned, stageWritten, rolledBack, operatorAction, type Step } from './steps.js';
-import { engineKeys, type EngineKeys } from '../schemas/keys.js';
 import type { Signer } from './signing.js';
-import { SslwallError } from '../schemas/errors.js';
-import { inCohort } from '../schemas/cohort.js';
-import { AnalysisSchema, RolloutStateSchema, type RolloutState, type Stage } from '../schemas/rollout.js';
+import { afterChecks, nextStep, operatorAction, rolledBack, type Step, stageWritten, transitioned } from './steps.js';
+import { ConfigStore, type SideWrite } from './store.js';
 
 export interface EngineOptions {
   client: Etcd3;
@@ -112,7 +112,10 @@ export class Engine {
         await this.step(tier);
       } catch (err) {
         const code = (err as SslwallError).code;
-        this.log[code === 'SSLWALL_E_CONFLICT' ? 'warn' : 'error']({ event: 'rollout_step_failed', tier, code, err: (err as Error).message }, 'rollout step failed; retrying');
+        this.log[code === 'SSLWALL_E_CONFLICT' ? 'warn' : 'error'](
+          { event: 'rollout_step_failed', tier, code, err: (err as Error).message },
+          'rollout step failed; retrying',
+        );
       }
     }
   }
@@ -162,7 +165,10 @@ export class Engine {
         with: [this.stateWrite(tier, mod, (version) => stageWritten(state, version, now))],
       },
     );
-    this.log.info({ event: 'rollout_stage_written', tier, rollout: state.id, stage: state.stage, mode: stage.mode, percent: stage.percent, version: rec.version }, 'stage written');
+    this.log.info(
+      { event: 'rollout_stage_written', tier, rollout: state.id, stage: state.stage, mode: stage.mode, percent: stage.percent, version: rec.version },
+      'stage written',
+    );
     this.onTransition(tier, 'stage_written', `${stage.mode}:${stage.percent}`);
   }
 
@@ -183,7 +189,10 @@ export class Engine {
         with: [this.stateWrite(tier, mod, (version) => rolledBack(step, version, new Date()))],
       },
     );
-    this.log.warn({ event: 'rollout_rolled_back', tier, rollout: state.id, status, reason, version: rec.version, baseline: state.baselineVersion }, 'rolled back');
+    this.log.warn(
+      { event: 'rollout_rolled_back', tier, rollout: state.id, status, reason, version: rec.version, baseline: state.baselineVersion },
+      'rolled back',
+    );
     this.onTransition(tier, 'rolled_back', reason);
   }
 
@@ -197,7 +206,10 @@ export class Engine {
     }
     if (action === 'paused') this.counters.pauses++;
     const next = transitioned(step, new Date());
-    await this.store.casPut(this.keys.rollout(tier), mod, JSON.stringify(next), { tier, entry: { actor: `engine:${this.opts.id}`, action: `rollout_${action}`, rollout: state.id, reason } });
+    await this.store.casPut(this.keys.rollout(tier), mod, JSON.stringify(next), {
+      tier,
+      entry: { actor: `engine:${this.opts.id}`, action: `rollout_${action}`, rollout: state.id, reason },
+    });
     this.log.info({ event: `rollout_${action}`, tier, rollout: state.id, stage: next.stage, status: next.status, reason }, action);
     this.onTransition(tier, action, reason);
   }
@@ -213,7 +225,10 @@ export class Engine {
     if (!head) throw new SslwallError('SSLWALL_E_NOT_FOUND', `tier ${tier} has no config yet; write one first: sslwall config set --tier ${tier} --file F`);
     const cur = await this.readState(tier);
     if (cur && (cur.state.status === 'running' || cur.state.status === 'paused')) {
-      throw new SslwallError('SSLWALL_E_ROLLOUT_STATE', `tier ${tier} already has a ${cur.state.status} rollout (${cur.state.id}); abort it or wait for it to end`);
+      throw new SslwallError(
+        'SSLWALL_E_ROLLOUT_STATE',
+        `tier ${tier} already has a ${cur.state.status} rollout (${cur.state.id}); abort it or wait for it to end`,
+      );
     }
     const now = new Date().toISOString();
     const id = `${tier}-${now.replace(/[-:.TZ]/g, '').slice(0, 14)}-${randomBytes(2).toString('hex')}`;
@@ -241,7 +256,10 @@ export class Engine {
       updatedAt: now,
       events: [{ time: now, action: 'started', reason: `by ${req.by}`, version: head.doc.version }],
     });
-    await this.store.casPut(this.keys.rollout(tier), cur?.mod ?? 0, JSON.stringify(state), { tier, entry: { actor: req.by, action: 'rollout_started', rollout: id, stages: req.stages } });
+    await this.store.casPut(this.keys.rollout(tier), cur?.mod ?? 0, JSON.stringify(state), {
+      tier,
+      entry: { actor: req.by, action: 'rollout_started', rollout: id, stages: req.stages },
+    });
     this.log.info({ event: 'rollout_started', tier, rollout: id, stages: req.stages, by: req.by }, 'rollout started');
     this.kick();
     return state;
@@ -252,7 +270,10 @@ export class Engine {
     if (!cur) throw new SslwallError('SSLWALL_E_NOT_FOUND', `tier ${tier} has no rollout; start one with: sslwall rollout start --tier ${tier} ...`);
     const { state, mod } = cur;
     const next = operatorAction(state, action, reason, by, new Date());
-    await this.store.casPut(this.keys.rollout(tier), mod, JSON.stringify(next), { tier, entry: { actor: by, action: `rollout_${action}_requested`, rollout: state.id, reason } });
+    await this.store.casPut(this.keys.rollout(tier), mod, JSON.stringify(next), {
+      tier,
+      entry: { actor: by, action: `rollout_${action}_requested`, rollout: state.id, reason },
+    });
     this.log.info({ event: `rollout_${action}`, tier, rollout: state.id, by, reason }, action);
     this.kick();
     return next;
@@ -264,10 +285,19 @@ export class Engine {
     const head = await this.store.head(tier);
     const salt = cur && (cur.state.status === 'running' || cur.state.status === 'paused') ? cur.state.salt : head?.doc.rollout.salt;
     if (!salt) throw new SslwallError('SSLWALL_E_NOT_FOUND', `tier ${tier} has no config`);
-    const currentPercent = cur && cur.state.status !== 'undone' && cur.state.status !== 'aborted' ? cur.state.stages[cur.state.stage]!.percent : (head?.doc.rollout.mode === 'active' ? head.doc.rollout.percent : 0);
+    const currentPercent =
+      cur && cur.state.status !== 'undone' && cur.state.status !== 'aborted'
+        ? cur.state.stages[cur.state.stage]!.percent
+        : head?.doc.rollout.mode === 'active'
+          ? head.doc.rollout.percent
+          : 0;
     const joining = this.health
       .tier(tier)
-      .filter((h) => inCohort(h.hostId, salt, percent) && !(inCohort(h.hostId, salt, currentPercent) && (cur?.state.stages[cur.state.stage]?.mode ?? head?.doc.rollout.mode) === 'active'))
+      .filter(
+        (h) =>
+          inCohort(h.hostId, salt, percent) &&
+          !(inCohort(h.hostId, salt, currentPercent) && (cur?.state.stages[cur.state.stage]?.mode ?? head?.doc.rollout.mode) === 'active'),
+      )
       .map((h) => ({ hostId: h.hostId, mode: h.mode, violationsReported: h.counters.violationsReported, wouldBlock: h.counters.violationsReported > 0 }))
       .sort((a, b) => a.hostId.localeCompare(b.hostId));
     return { tier, percent, salt, currentPercent, joining, wouldBlock: joining.filter((j) => j.wouldBlock) };

@@ -4,8 +4,8 @@
 import { EventEmitter } from 'node:events';
 import type { Etcd3, Watcher } from 'etcd3';
 import type { Logger } from 'pino';
-import { HealthSchema, type Health } from '../schemas/tier.js';
 import { backoffMs } from '../schemas/etcd.js';
+import { type Health, HealthSchema } from '../schemas/tier.js';
 
 const PAGE = 2000;
 
@@ -67,7 +67,11 @@ export class HealthCache extends EventEmitter {
         this.emit('reset');
         attempt = 0;
         const reason = await new Promise<string>((resolve) => {
-          const w = this.client.watch().prefix(this.prefix).startRevision(String(Number(res.header.revision) + 1)).watcher();
+          const w = this.client
+            .watch()
+            .prefix(this.prefix)
+            .startRevision(String(Number(res.header.revision) + 1))
+            .watcher();
           this.watcher = w;
           w.on('put', (kv) => this.set(kv.key.toString(), kv.value));
           w.on('delete', (kv) => {

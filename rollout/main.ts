@@ -4,8 +4,8 @@
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { createEtcdClient, type EtcdConnection } from '../schemas/etcd.js';
-import { Engine } from './engine.js';
 import { startApi } from './api.js';
+import { Engine } from './engine.js';
 import { Signer } from './signing.js';
 
 export interface EngineRunOptions {

@@ -1,7 +1,7 @@
 // The engine's side of signatures: the signing key and the key pair `sslwall keygen` makes.
 // What is signed, and how it is checked, is in schemas/signing.ts.
-import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
-import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject, sign } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { SslwallError } from '../schemas/errors.js';
 import { canonicalJson, keyId, type Signature } from '../schemas/signing.js';
@@ -15,7 +15,11 @@ export class Signer {
     try {
       return new Signer(createPrivateKey(readFileSync(file)));
     } catch (err) {
-      throw new SslwallError('SSLWALL_E_SIGNING_KEY', `cannot read the ed25519 signing key ${file}: ${(err as Error).message}; make one with: sslwall keygen --out DIR`, { cause: err });
+      throw new SslwallError(
+        'SSLWALL_E_SIGNING_KEY',
+        `cannot read the ed25519 signing key ${file}: ${(err as Error).message}; make one with: sslwall keygen --out DIR`,
+        { cause: err },
+      );
     }
   }
   /** The document with its signature field set. */

@@ -2,9 +2,10 @@
 // the check results and the clock alone — no etcd, no timers — so every transition of the step
 // machine is unit-tested (test/unit/steps.test.ts). rollout/engine.ts reads the inputs, runs the
 // checks when asked to and carries the decision out in one fenced transaction.
-import type { Health } from '../schemas/tier.js';
-import type { CheckResult, RolloutState } from '../schemas/rollout.js';
+
 import { SslwallError } from '../schemas/errors.js';
+import type { CheckResult, RolloutState } from '../schemas/rollout.js';
+import type { Health } from '../schemas/tier.js';
 import { cohortOf } from './checks.js';
 
 const MAX_EVENTS = 30;
@@ -43,10 +44,20 @@ export function nextStep(state: RolloutState, { agents, now, lastCheckAt, urgent
     const cohort = cohortOf(state, agents);
     const applied = cohort.filter((h) => (h.configVersion ?? -1) >= (state.stageVersion ?? 0));
     if (applied.length === cohort.length) {
-      return transition(state, { phase: 'baking', phaseStartedAt: new Date(now).toISOString() }, 'applied', `${applied.length} cohort agents applied version ${state.stageVersion}; baking for ${state.bakeMs} ms`);
+      return transition(
+        state,
+        { phase: 'baking', phaseStartedAt: new Date(now).toISOString() },
+        'applied',
+        `${applied.length} cohort agents applied version ${state.stageVersion}; baking for ${state.bakeMs} ms`,
+      );
     }
     if (now - Date.parse(state.phaseStartedAt) > state.analysis.applyDeadlineMs) {
-      return { do: 'rollback', state, status: 'aborted', reason: `${cohort.length - applied.length} of ${cohort.length} cohort agents did not apply version ${state.stageVersion} within ${state.analysis.applyDeadlineMs} ms` };
+      return {
+        do: 'rollback',
+        state,
+        status: 'aborted',
+        reason: `${cohort.length - applied.length} of ${cohort.length} cohort agents did not apply version ${state.stageVersion} within ${state.analysis.applyDeadlineMs} ms`,
+      };
     }
     return { do: 'wait' };
   }
@@ -63,7 +74,8 @@ export function afterChecks(state: RolloutState, results: CheckResult[], now: nu
   if (failed.length) {
     const failures = state.consecutiveFailures + 1;
     const reason = failed.map((f) => `${f.name}: ${f.detail}`).join('; ');
-    if (failures >= state.analysis.failureLimit) return { do: 'rollback', state: { ...state, lastChecks: results }, status: 'aborted', reason: `check failed ${failures} times: ${reason}` };
+    if (failures >= state.analysis.failureLimit)
+      return { do: 'rollback', state: { ...state, lastChecks: results }, status: 'aborted', reason: `check failed ${failures} times: ${reason}` };
     return transition(state, { consecutiveFailures: failures, lastChecks: results }, 'check_failed', reason);
   }
   if (unknown.length) return pause({ ...state, lastChecks: results }, `missing data: ${unknown.map((u) => `${u.name}: ${u.detail}`).join('; ')}`);
@@ -114,7 +126,14 @@ export function transitioned(s: Extract<Step, { do: 'transition' }>, at: Date): 
 /** The state written with the stage's config, as version `version`: the cohort now applies it. */
 export function stageWritten(state: RolloutState, version: number, at: Date): RolloutState {
   const stage = state.stages[state.stage]!;
-  return { ...state, phase: 'applying', stageVersion: version, phaseStartedAt: at.toISOString(), consecutiveFailures: 0, events: addEvent(state, 'stage_written', `${stage.mode}:${stage.percent}`, version, at) };
+  return {
+    ...state,
+    phase: 'applying',
+    stageVersion: version,
+    phaseStartedAt: at.toISOString(),
+    consecutiveFailures: 0,
+    events: addEvent(state, 'stage_written', `${stage.mode}:${stage.percent}`, version, at),
+  };
 }
 
 /** The state written with the baseline config, as version `version`. */
@@ -127,7 +146,13 @@ export function rolledBack(s: Extract<Step, { do: 'rollback' }>, version: number
  * status at once; promote, abort and undo are recorded as a request the leader carries out.
  * Throws SSLWALL_E_ROLLOUT_STATE when the rollout is in no state for the action.
  */
-export function operatorAction(state: RolloutState, action: 'pause' | 'resume' | 'promote' | 'abort' | 'undo', reason: string, by: string, at: Date): RolloutState {
+export function operatorAction(
+  state: RolloutState,
+  action: 'pause' | 'resume' | 'promote' | 'abort' | 'undo',
+  reason: string,
+  by: string,
+  at: Date,
+): RolloutState {
   let next: RolloutState;
   if (action === 'pause') {
     if (state.status !== 'running') throw new SslwallError('SSLWALL_E_ROLLOUT_STATE', `rollout ${state.id} is ${state.status}, not running`);
@@ -135,9 +160,17 @@ export function operatorAction(state: RolloutState, action: 'pause' | 'resume' |
   } else if (action === 'resume') {
     if (state.status !== 'paused') throw new SslwallError('SSLWALL_E_ROLLOUT_STATE', `rollout ${state.id} is ${state.status}, not paused`);
     // The bake starts over: health seen before the pause does not count.
-    next = { ...state, status: 'running', phaseStartedAt: at.toISOString(), consecutiveFailures: 0, reason: `resumed by ${by}: ${reason}`, events: addEvent(state, 'resumed', `by ${by}: ${reason}`, undefined, at) };
+    next = {
+      ...state,
+      status: 'running',
+      phaseStartedAt: at.toISOString(),
+      consecutiveFailures: 0,
+      reason: `resumed by ${by}: ${reason}`,
+      events: addEvent(state, 'resumed', `by ${by}: ${reason}`, undefined, at),
+    };
   } else {
-    if (action !== 'undo' && state.status !== 'running' && state.status !== 'paused') throw new SslwallError('SSLWALL_E_ROLLOUT_STATE', `rollout ${state.id} is ${state.status}; ${action} needs a running or paused rollout`);
+    if (action !== 'undo' && state.status !== 'running' && state.status !== 'paused')
+      throw new SslwallError('SSLWALL_E_ROLLOUT_STATE', `rollout ${state.id} is ${state.status}; ${action} needs a running or paused rollout`);
     if (action === 'undo' && state.status === 'undone') throw new SslwallError('SSLWALL_E_ROLLOUT_STATE', `rollout ${state.id} is already undone`);
     next = { ...state, request: { action, reason, by } };
   }

@@ -5,11 +5,11 @@
 // shared zod schema and signed before it is written.
 import type { Etcd3 } from 'etcd3';
 import { z } from 'zod';
-import { TierDocumentSchema, HostOverrideSchema, VersionRecordSchema, type TierDocument, type VersionRecord } from '../schemas/tier.js';
 import { ConfigSchema, describeIssues } from '../schemas/config.js';
 import { SslwallError } from '../schemas/errors.js';
-import type { Signer } from './signing.js';
 import type { EngineKeys } from '../schemas/keys.js';
+import { HostOverrideSchema, type TierDocument, TierDocumentSchema, type VersionRecord, VersionRecordSchema } from '../schemas/tier.js';
+import type { Signer } from './signing.js';
 
 /** Another key written in the same transaction (compare-and-swap on its mod revision); its value may name the new version. */
 export interface SideWrite {
@@ -55,7 +55,9 @@ export class ConfigStore {
 
   async history(tier: string): Promise<VersionRecord[]> {
     const all = await this.client.getAll().prefix(this.keys.historyPrefix(tier)).strings();
-    return Object.keys(all).sort().map((k) => VersionRecordSchema.parse(JSON.parse(all[k]!)));
+    return Object.keys(all)
+      .sort()
+      .map((k) => VersionRecordSchema.parse(JSON.parse(all[k]!)));
   }
 
   async version(tier: string, version: number): Promise<VersionRecord> {
@@ -85,7 +87,14 @@ export class ConfigStore {
     if (!head && base !== 0) throw conflict(tier, base, 0);
     const version = (head?.doc.version ?? 0) + 1;
     const doc = this.signer.sign(TierDocumentSchema.parse({ version, ...valid }));
-    const record: VersionRecord = { version, author: meta.author, message: meta.message, time: new Date().toISOString(), replacedRevision: base, document: doc };
+    const record: VersionRecord = {
+      version,
+      author: meta.author,
+      message: meta.message,
+      time: new Date().toISOString(),
+      replacedRevision: base,
+      document: doc,
+    };
 
     const headKey = this.keys.tierConfig(tier);
     let txn = this.client.if(headKey, 'Mod', '==', base);
@@ -96,14 +105,17 @@ export class ConfigStore {
       .then(
         this.client.put(headKey).value(JSON.stringify(doc)),
         this.client.put(this.keys.history(tier, version)).value(JSON.stringify(record)),
-        this.client.put(this.keys.audit(tier)).value(JSON.stringify({ time: record.time, actor: meta.author, action: 'config_write', version, message: meta.message, ...meta.audit })),
+        this.client
+          .put(this.keys.audit(tier))
+          .value(JSON.stringify({ time: record.time, actor: meta.author, action: 'config_write', version, message: meta.message, ...meta.audit })),
         ...(meta.with ?? []).map((w) => this.client.put(w.key).value(w.value(version))),
       )
       .commit();
     if (!res.succeeded) {
       if (fence) {
         const f = await this.client.kv.range({ key: Buffer.from(fence.key) });
-        if (Number(f.kvs[0]?.mod_revision ?? 0) !== fence.modRevision) throw new SslwallError('SSLWALL_E_NOT_LEADER', 'this engine is no longer the leader; its write was refused (fencing)');
+        if (Number(f.kvs[0]?.mod_revision ?? 0) !== fence.modRevision)
+          throw new SslwallError('SSLWALL_E_NOT_LEADER', 'this engine is no longer the leader; its write was refused (fencing)');
       }
       const now = await this.head(tier);
       throw conflict(tier, base, now?.modRevision ?? 0);
@@ -114,7 +126,11 @@ export class ConfigStore {
   /** A new version whose content is that of an old one. */
   async revert(tier: string, to: number, meta: { author: string; message?: string; expectRevision?: number }): Promise<VersionRecord & { revision: number }> {
     const old = await this.version(tier, to);
-    return this.write(tier, { config: old.document.config, rollout: old.document.rollout }, { author: meta.author, message: meta.message ?? `revert to version ${to}`, expectRevision: meta.expectRevision, audit: { revertedTo: to } });
+    return this.write(
+      tier,
+      { config: old.document.config, rollout: old.document.rollout },
+      { author: meta.author, message: meta.message ?? `revert to version ${to}`, expectRevision: meta.expectRevision, audit: { revertedTo: to } },
+    );
   }
 
   /** A fenced compare-and-swap of one key (the rollout state), with an audit entry. */
@@ -122,11 +138,17 @@ export class ConfigStore {
     let txn = this.client.if(key, 'Mod', '==', expectMod);
     const fence = this.fence();
     if (fence) txn = txn.and(fence.key, 'Mod', '==', fence.modRevision);
-    const res = await txn.then(this.client.put(key).value(value), this.client.put(this.keys.audit(audit.tier)).value(JSON.stringify({ time: new Date().toISOString(), ...audit.entry }))).commit();
+    const res = await txn
+      .then(
+        this.client.put(key).value(value),
+        this.client.put(this.keys.audit(audit.tier)).value(JSON.stringify({ time: new Date().toISOString(), ...audit.entry })),
+      )
+      .commit();
     if (!res.succeeded) {
       if (fence) {
         const f = await this.client.kv.range({ key: Buffer.from(fence.key) });
-        if (Number(f.kvs[0]?.mod_revision ?? 0) !== fence.modRevision) throw new SslwallError('SSLWALL_E_NOT_LEADER', 'this engine is no longer the leader; its write was refused (fencing)');
+        if (Number(f.kvs[0]?.mod_revision ?? 0) !== fence.modRevision)
+          throw new SslwallError('SSLWALL_E_NOT_LEADER', 'this engine is no longer the leader; its write was refused (fencing)');
       }
       throw new SslwallError('SSLWALL_E_CONFLICT', `${key} changed meanwhile; read it again and retry`);
     }
@@ -134,15 +156,27 @@ export class ConfigStore {
   }
 
   /** Write (signed) or remove a host's override of its tier; audited under the host's tier "hosts". */
-  async setOverride(hostId: string, override: { mode?: 'off' | 'passive' | 'active'; config?: unknown; reason?: string } | null, by: string): Promise<{ version: number } | null> {
+  async setOverride(
+    hostId: string,
+    override: { mode?: 'off' | 'passive' | 'active'; config?: unknown; reason?: string } | null,
+    by: string,
+  ): Promise<{ version: number } | null> {
     const key = this.keys.hostOverride(hostId);
     const cur = await this.client.kv.range({ key: Buffer.from(key) });
     const mod = Number(cur.kvs[0]?.mod_revision ?? 0);
-    const prevVersion = cur.kvs[0] ? (JSON.parse(cur.kvs[0].value.toString()) as { version?: number }).version ?? 0 : 0;
+    const prevVersion = cur.kvs[0] ? ((JSON.parse(cur.kvs[0].value.toString()) as { version?: number }).version ?? 0) : 0;
     let txn = this.client.if(key, 'Mod', '==', mod);
     const fence = this.fence();
     if (fence) txn = txn.and(fence.key, 'Mod', '==', fence.modRevision);
-    const audit = this.client.put(this.keys.audit('_hosts')).value(JSON.stringify({ time: new Date().toISOString(), actor: by, action: override ? 'override_set' : 'override_removed', host: hostId, reason: override?.reason }));
+    const audit = this.client.put(this.keys.audit('_hosts')).value(
+      JSON.stringify({
+        time: new Date().toISOString(),
+        actor: by,
+        action: override ? 'override_set' : 'override_removed',
+        host: hostId,
+        reason: override?.reason,
+      }),
+    );
     if (!override) {
       const res = await txn.then(this.client.delete().key(key), audit).commit();
       if (!res.succeeded) throw new SslwallError('SSLWALL_E_CONFLICT', `the override of ${hostId} changed meanwhile; retry`);
@@ -158,10 +192,15 @@ export class ConfigStore {
 
   async audit(tier: string, limit = 50): Promise<Array<Record<string, unknown>>> {
     const all = await this.client.getAll().prefix(this.keys.auditPrefix(tier)).sort('Key', 'Descend').limit(limit).strings();
-    return Object.keys(all).sort().map((k) => JSON.parse(all[k]!) as Record<string, unknown>);
+    return Object.keys(all)
+      .sort()
+      .map((k) => JSON.parse(all[k]!) as Record<string, unknown>);
   }
 }
 
 function conflict(tier: string, expected: number, actual: number): SslwallError {
-  return new SslwallError('SSLWALL_E_CONFLICT', `tier ${tier} changed meanwhile (expected head revision ${expected}, found ${actual}); read it again (sslwall config get --tier ${tier}) and retry`);
+  return new SslwallError(
+    'SSLWALL_E_CONFLICT',
+    `tier ${tier} changed meanwhile (expected head revision ${expected}, found ${actual}); read it again (sslwall config get --tier ${tier}) and retry`,
+  );
 }

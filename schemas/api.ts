@@ -87,7 +87,9 @@ export const RolloutView = RolloutStateSchema.extend({
   }),
 });
 
-export const TiersResponse = z.array(z.object({ tier: z.string(), version: z.number().int().nullable(), rollout: RolloutView.nullable(), agents: z.number().int() }));
+export const TiersResponse = z.array(
+  z.object({ tier: z.string(), version: z.number().int().nullable(), rollout: RolloutView.nullable(), agents: z.number().int() }),
+);
 /** The head document plus its mod revision (for expectRevision). */
 export const HeadResponse = TierDocumentSchema.extend({ revision: z.number().int() });
 /** A version written: its record plus the etcd revision of the write. */

@@ -1,7 +1,8 @@
 // The config document of the agent (docs/config.md). Every config type in TypeScript is
 // z.infer of a schema here; documents are parsed once, at the boundary (file, etcd, HTTP).
-import { z } from 'zod';
+
 import net from 'node:net';
+import { z } from 'zod';
 
 const Port = z.number().int().min(1).max(65535);
 const PortList = z.array(Port).max(1024);
@@ -32,7 +33,12 @@ export const TtlsSchema = z
   })
   .superRefine((t, ctx) => {
     const i = t.ports.indexOf(t.port);
-    if (i >= 0) ctx.addIssue({ code: 'custom', path: ['ports', i], message: `port ${t.port} is ttls.port, where terminators listen; wrapping it would send the proxy's own TLS into the proxy` });
+    if (i >= 0)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['ports', i],
+        message: `port ${t.port} is ttls.port, where terminators listen; wrapping it would send the proxy's own TLS into the proxy`,
+      });
   });
 export type TtlsConfig = z.infer<typeof TtlsSchema>;
 
@@ -42,9 +48,7 @@ export type StarttlsProtocol = (typeof StarttlsProtocols)[number];
 export const ConfigSchema = z
   .strictObject({
     mode: z.enum(['off', 'passive', 'active']),
-    bypass: z
-      .strictObject({ ports: PortList.default([]), cidrs: z.array(Cidr).max(4000).default([]) })
-      .default({ ports: [], cidrs: [] }),
+    bypass: z.strictObject({ ports: PortList.default([]), cidrs: z.array(Cidr).max(4000).default([]) }).default({ ports: [], cidrs: [] }),
     starttls: z
       .strictObject({
         smtp: PortList.default([]),
@@ -69,7 +73,11 @@ export const ConfigSchema = z
       ports.forEach((port, i) => {
         const prev = owner.get(port);
         if (prev && prev !== name) {
-          ctx.addIssue({ code: 'custom', path: name.split('.').concat(String(i)), message: `port ${port} is already in ${prev}; a port can allow one negotiation only` });
+          ctx.addIssue({
+            code: 'custom',
+            path: name.split('.').concat(String(i)),
+            message: `port ${port} is already in ${prev}; a port can allow one negotiation only`,
+          });
         }
         owner.set(port, name);
       });
@@ -83,7 +91,10 @@ export type Mode = Config['mode'];
 export function describeIssues(error: z.ZodError): string {
   return error.issues
     .map((i) => {
-      const path = i.path.map((p) => (typeof p === 'number' || /^\d+$/.test(String(p)) ? `[${String(p)}]` : `.${String(p)}`)).join('').replace(/^\./, '');
+      const path = i.path
+        .map((p) => (typeof p === 'number' || /^\d+$/.test(String(p)) ? `[${String(p)}]` : `.${String(p)}`))
+        .join('')
+        .replace(/^\./, '');
       return `${path || '(document)'}: ${i.message}`;
     })
     .join('; ');

@@ -2,8 +2,8 @@
 // given, etcd3's own per-member fault handling (cockatiel), the guard against a crash in its
 // watch manager, and the jittered backoff every reconnect loop uses.
 import { readFileSync } from 'node:fs';
+import { ConsecutiveBreaker, ConstantBackoff, circuitBreaker, ExponentialBackoff, handleWhen, type IBackoff, noop, retry } from 'cockatiel';
 import { Etcd3, isRecoverableError, type Namespace } from 'etcd3';
-import { noop, retry, circuitBreaker, handleWhen, ConsecutiveBreaker, ExponentialBackoff, ConstantBackoff, type IBackoff } from 'cockatiel';
 
 export interface EtcdConnection {
   endpoints: string[];
@@ -39,7 +39,8 @@ function newClient(conn: EtcdConnection): Etcd3 {
     // restarted single etcd is used again at once; a failed call tries the other members first.
     faultHandling: {
       host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 1000, breaker: new ConsecutiveBreaker(2) }),
-      global: conn.endpoints.length > 1 ? retry(handleWhen(isRecoverableError), { maxAttempts: conn.endpoints.length - 1, backoff: new ConstantBackoff(0) }) : noop,
+      global:
+        conn.endpoints.length > 1 ? retry(handleWhen(isRecoverableError), { maxAttempts: conn.endpoints.length - 1, backoff: new ConstantBackoff(0) }) : noop,
       // For etcd3's own watch reconnect (the engine's watches; the agent resumes on a fresh
       // client instead). etcd3 takes the factory and calls next() itself; its typing says IBackoff.
       watchBackoff: new ExponentialBackoff({ initialDelay: 200, maxDelay: 3000 }) as unknown as IBackoff<unknown>,
@@ -66,7 +67,6 @@ export function guardWatchManager(ns: Namespace): Namespace {
   };
   return ns;
 }
-
 
 /** Full-jitter exponential backoff: a thousand agents do not come back in step. */
 export function backoffMs(attempt: number, baseMs = 200, maxMs = 5000): number {

@@ -13,7 +13,6 @@ export function etcdKeys(prefix = '/sslwall/') {
   };
 }
 
-
 export function engineKeys(prefix = '/sslwall/') {
   const k = etcdKeys(prefix);
   return {

@@ -71,11 +71,15 @@ export type CheckResult = z.infer<typeof CheckResultSchema>;
 
 /** "passive:100,active:1,active:5" -> stages. */
 export function parseStages(text: string): Stage[] {
-  const stages = text.split(',').map((s) => s.trim()).filter(Boolean).map((s) => {
-    const m = /^(passive|active):(\d+(?:\.\d+)?)$/.exec(s);
-    if (!m) throw new Error(`stage "${s}": write MODE:PERCENT with MODE passive or active, e.g. active:5`);
-    return StageSchema.parse({ mode: m[1], percent: Number(m[2]) });
-  });
+  const stages = text
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map((s) => {
+      const m = /^(passive|active):(\d+(?:\.\d+)?)$/.exec(s);
+      if (!m) throw new Error(`stage "${s}": write MODE:PERCENT with MODE passive or active, e.g. active:5`);
+      return StageSchema.parse({ mode: m[1], percent: Number(m[2]) });
+    });
   if (stages.length === 0) throw new Error('no stages: e.g. --stages passive:100,active:1,active:5,active:25,active:100');
   return stages;
 }

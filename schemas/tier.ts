@@ -84,4 +84,3 @@ export type TierDocument = z.infer<typeof TierDocumentSchema>;
 export type HostOverride = z.infer<typeof HostOverrideSchema>;
 export type Health = z.infer<typeof HealthSchema>;
 export type VersionRecord = z.infer<typeof VersionRecordSchema>;
-

@@ -57,7 +57,7 @@ function layoutsByName(btf, names) {
 function layoutOfType(btf, typeId) {
   const byId = index(btf);
   const t = resolve(byId, typeId);
-  if (!t || t.kind !== 'STRUCT') throw new Error(`btf-layout: type ${typeId} is not a struct`);
+  if (t?.kind !== 'STRUCT') throw new Error(`btf-layout: type ${typeId} is not a struct`);
   return { name: t.name, ...structLayout(byId, t) };
 }
 

@@ -14,7 +14,12 @@ export const SOURCE_FOLDERS = ['agent', 'rollout', 'schemas', 'native', 'tools',
 const graphArg = process.argv.find((a) => a.startsWith('--graph'));
 const graph = graphArg ? (graphArg === '--graph=text' ? 'text' : 'archi') : null;
 const bin = path.join(root, 'node_modules/.bin/depcruise');
-const args = [...SOURCE_FOLDERS, '--config', '.dependency-cruiser.cjs', ...(graph ? ['--output-type', graph, '--include-only', `^(${SOURCE_FOLDERS.join('|')})/`] : [])];
+const args = [
+  ...SOURCE_FOLDERS,
+  '--config',
+  '.dependency-cruiser.cjs',
+  ...(graph ? ['--output-type', graph, '--include-only', `^(${SOURCE_FOLDERS.join('|')})/`] : []),
+];
 const r = spawnSync(bin, args, { cwd: process.cwd(), stdio: 'inherit' });
 if (r.error) {
   console.error(`check-deps: cannot run ${bin}: ${r.error.message}; run tools/setup`);

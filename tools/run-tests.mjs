@@ -1,10 +1,10 @@
 #!/usr/bin/env node
+import { spawnSync } from 'node:child_process';
 // Runs every compiled test file with node's test runner, one file at a time: kernel tests
 // share the machine's BPF and network namespaces, and each file cleans up after itself.
 // Usage: npm test [-- FILTER...]   (FILTER: substrings of test file paths)
 //        npm run test:unit          (= --unit: only test/unit, which needs no root, addon, BPF or etcd)
-import { readdirSync, statSync, existsSync } from 'node:fs';
-import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
@@ -44,5 +44,8 @@ if (files.length === 0) {
   console.error(`run-tests: no ${unitOnly ? 'unit ' : ''}test file matches ${filters.join(' ')}`);
   process.exit(2);
 }
-const r = spawnSync(process.execPath, ['--enable-source-maps', '--test', '--test-concurrency=1', '--test-reporter=spec', ...files], { stdio: 'inherit', cwd: root });
+const r = spawnSync(process.execPath, ['--enable-source-maps', '--test', '--test-concurrency=1', '--test-reporter=spec', ...files], {
+  stdio: 'inherit',
+  cwd: root,
+});
 process.exit(r.status ?? 1);

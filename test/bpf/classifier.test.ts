@@ -1,11 +1,12 @@
 // The tc classifier, packet by packet, through BPF_PROG_TEST_RUN: every class, both families,
 // each STARTTLS protocol's allowed and forbidden preambles, split records, TFO, malformed input.
 // Each case: PKTGEN (packets.ts) -> SETUP (a config) -> CHECK (verdicts and the flow map).
-import { test, before, after } from 'node:test';
+
 import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
 import fc from 'fast-check';
-import { Lab, PASS, DROP, clientPort } from '../../tools/lab/bpf-lab.js';
-import { Conversation, packet, tlsHello, tlsAppData, SYN, ACK, type Endpoint } from '../../tools/lab/packets.js';
+import { clientPort, DROP, Lab, PASS } from '../../tools/lab/bpf-lab.js';
+import { ACK, Conversation, type Endpoint, packet, SYN, tlsAppData, tlsHello } from '../../tools/lab/packets.js';
 
 const BASE = {
   bypass: { ports: [22, 179], cidrs: ['192.0.2.0/24', '2001:db8::/32'] },
@@ -48,7 +49,10 @@ function withMode<T>(mode: 'passive' | 'active', fn: () => T): T {
   }
 }
 
-for (const [name, fam] of [['IPv4', V4], ['IPv6', V6]] as const) {
+for (const [name, fam] of [
+  ['IPv4', V4],
+  ['IPv6', V6],
+] as const) {
   test(`${name}: ClientHello then ServerHello is tls, and later packets take the fast path`, () => {
     const c = conv(443, fam);
     handshake(c);
@@ -169,11 +173,41 @@ test('a retransmitted segment is not judged twice', () => {
 
 // STARTTLS: each protocol's allowed negotiation, then a forbidden command.
 const starttlsCases: Array<{ proto: string; port: number; server: string[]; client: string[]; forbidden: string }> = [
-  { proto: 'smtp', port: 25, server: ['220 mx.test ESMTP\r\n', '250-mx.test\r\n250 STARTTLS\r\n', '220 2.0.0 Ready to start TLS\r\n'], client: ['EHLO client.test\r\n', 'STARTTLS\r\n'], forbidden: 'MAIL FROM:<a@b.test>\r\n' },
-  { proto: 'smtp (587)', port: 587, server: ['220 mx.test ESMTP\r\n', '250 STARTTLS\r\n', '220 go ahead\r\n'], client: ['helo client\r\n', 'starttls\r\n'], forbidden: 'AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n' },
-  { proto: 'imap', port: 143, server: ['* OK IMAP4rev1 ready\r\n', '* CAPABILITY IMAP4rev1 STARTTLS\r\na1 OK done\r\n', 'a2 OK Begin TLS\r\n'], client: ['a1 CAPABILITY\r\n', 'a2 STARTTLS\r\n'], forbidden: 'a1 LOGIN alice secret\r\n' },
-  { proto: 'pop3', port: 110, server: ['+OK POP3 ready\r\n', '+OK\r\nSTLS\r\n.\r\n', '+OK Begin TLS\r\n'], client: ['CAPA\r\n', 'STLS\r\n'], forbidden: 'USER alice\r\n' },
-  { proto: 'ftp', port: 21, server: ['220 FTP ready\r\n', '211-Features:\r\n AUTH TLS\r\n211 End\r\n', '234 AUTH TLS OK\r\n'], client: ['FEAT\r\n', 'AUTH TLS\r\n'], forbidden: 'USER anonymous\r\n' },
+  {
+    proto: 'smtp',
+    port: 25,
+    server: ['220 mx.test ESMTP\r\n', '250-mx.test\r\n250 STARTTLS\r\n', '220 2.0.0 Ready to start TLS\r\n'],
+    client: ['EHLO client.test\r\n', 'STARTTLS\r\n'],
+    forbidden: 'MAIL FROM:<a@b.test>\r\n',
+  },
+  {
+    proto: 'smtp (587)',
+    port: 587,
+    server: ['220 mx.test ESMTP\r\n', '250 STARTTLS\r\n', '220 go ahead\r\n'],
+    client: ['helo client\r\n', 'starttls\r\n'],
+    forbidden: 'AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n',
+  },
+  {
+    proto: 'imap',
+    port: 143,
+    server: ['* OK IMAP4rev1 ready\r\n', '* CAPABILITY IMAP4rev1 STARTTLS\r\na1 OK done\r\n', 'a2 OK Begin TLS\r\n'],
+    client: ['a1 CAPABILITY\r\n', 'a2 STARTTLS\r\n'],
+    forbidden: 'a1 LOGIN alice secret\r\n',
+  },
+  {
+    proto: 'pop3',
+    port: 110,
+    server: ['+OK POP3 ready\r\n', '+OK\r\nSTLS\r\n.\r\n', '+OK Begin TLS\r\n'],
+    client: ['CAPA\r\n', 'STLS\r\n'],
+    forbidden: 'USER alice\r\n',
+  },
+  {
+    proto: 'ftp',
+    port: 21,
+    server: ['220 FTP ready\r\n', '211-Features:\r\n AUTH TLS\r\n211 End\r\n', '234 AUTH TLS OK\r\n'],
+    client: ['FEAT\r\n', 'AUTH TLS\r\n'],
+    forbidden: 'USER anonymous\r\n',
+  },
 ];
 
 for (const tc of starttlsCases) {
@@ -223,7 +257,7 @@ test('STARTTLS smtp: a server that never stops talking exhausts the budget', () 
   handshake(c);
   let violated = false;
   for (let i = 0; i < 10 && !violated; i++) {
-    lab.ingress(c.fromServer('250-' + 'x'.repeat(1000) + '\r\n'));
+    lab.ingress(c.fromServer(`250-${'x'.repeat(1000)}\r\n`));
     violated = lab.flow(c.client, c.server)?.class === 'plaintext';
   }
   assert.ok(violated, 'expected the plaintext budget (4096 bytes) to run out within 10 KB');
@@ -298,7 +332,8 @@ function mysqlGreeting(): Buffer {
 }
 function mysqlSslRequest(ssl: boolean): Buffer {
   const b = Buffer.alloc(36);
-  b[0] = 32; b[3] = 1;
+  b[0] = 32;
+  b[3] = 1;
   b.writeUInt32LE(0x000aa285 | (ssl ? 0x800 : 0), 4);
   b.writeUInt32LE(16777216, 8);
   b[12] = 45;
@@ -354,7 +389,7 @@ test('HTTP CONNECT: plaintext after the tunnel opens is a violation', () => {
 test('HTTP CONNECT: a request with plaintext riding after the headers is a violation', () => {
   const c = conv(3128);
   handshake(c);
-  lab.egress(c.fromClient(CONNECT_REQ + 'GET / HTTP/1.1\r\n\r\n'));
+  lab.egress(c.fromClient(`${CONNECT_REQ}GET / HTTP/1.1\r\n\r\n`));
   expectFlow(c, 'plaintext', 'reported');
 });
 
@@ -421,11 +456,23 @@ test('truncated and garbage packets pass, are counted, and create no flow', () =
   // BPF_PROG_TEST_RUN itself refuses packets without a whole IPv4 header (EINVAL), as the
   // stack never hands tc such a packet; cuts start after it.
   const cases = [
-    good.subarray(0, 14 + 20),          // no TCP header at all
-    good.subarray(0, 14 + 20 + 10),     // TCP header cut
-    (() => { const b = Buffer.from(good); b[14] = 0x4f; return b; })(), // IHL 60 > packet
-    (() => { const b = Buffer.from(good); b[14 + 20 + 12] = 0xf0; return b; })(), // doff 60 > segment
-    (() => { const b = Buffer.from(good); b.writeUInt16BE(10, 16); return b; })(), // tot_len < header
+    good.subarray(0, 14 + 20), // no TCP header at all
+    good.subarray(0, 14 + 20 + 10), // TCP header cut
+    (() => {
+      const b = Buffer.from(good);
+      b[14] = 0x4f;
+      return b;
+    })(), // IHL 60 > packet
+    (() => {
+      const b = Buffer.from(good);
+      b[14 + 20 + 12] = 0xf0;
+      return b;
+    })(), // doff 60 > segment
+    (() => {
+      const b = Buffer.from(good);
+      b.writeUInt16BE(10, 16);
+      return b;
+    })(), // tot_len < header
   ];
   for (const pkt of cases) assert.equal(lab.egress(pkt), PASS);
   assert.ok(lab.counters().truncated - before >= BigInt(cases.length), 'every malformed packet is counted as truncated');
@@ -436,30 +483,44 @@ test('truncated and garbage packets pass, are counted, and create no flow', () =
 
 test('property (passive): random printable text is plaintext/reported and passes; random bytes always pass', () => {
   fc.assert(
-    fc.property(fc.string({ unit: fc.constantFrom(...' \t\r\nabcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:/.-_<>@'.split('')), minLength: 1, maxLength: 300 }), fc.boolean(), (text, fromServer) => {
-      const c = conv(443);
-      handshake(c);
-      const r = fromServer ? lab.ingress(c.fromServer(text)) : lab.egress(c.fromClient(text));
-      const f = lab.flow(c.client, c.server);
-      assert.equal(r, PASS, `passive mode passes the violating packet, saw verdict ${r}`);
-      assert.equal(`${f?.class}/${f?.verdict}`, 'plaintext/reported', `text ${JSON.stringify(text)} from the ${fromServer ? 'server' : 'client'}`);
-    }),
+    fc.property(
+      fc.string({
+        unit: fc.constantFrom(...' \t\r\nabcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:/.-_<>@'.split('')),
+        minLength: 1,
+        maxLength: 300,
+      }),
+      fc.boolean(),
+      (text, fromServer) => {
+        const c = conv(443);
+        handshake(c);
+        const r = fromServer ? lab.ingress(c.fromServer(text)) : lab.egress(c.fromClient(text));
+        const f = lab.flow(c.client, c.server);
+        assert.equal(r, PASS, `passive mode passes the violating packet, saw verdict ${r}`);
+        assert.equal(`${f?.class}/${f?.verdict}`, 'plaintext/reported', `text ${JSON.stringify(text)} from the ${fromServer ? 'server' : 'client'}`);
+      },
+    ),
     { numRuns: 300 },
   );
   fc.assert(
-    fc.property(fc.uint8Array({ minLength: 0, maxLength: 200 }), fc.integer({ min: 0, max: 255 }), fc.uint8Array({ minLength: 40, maxLength: 120 }), fc.boolean(), (bytes, flags, l3, v6) => {
-      const c = conv(443);
-      const r = lab.egress(packet({ src: c.client, dst: c.server, flags, payload: Buffer.from(bytes) }));
-      // Random bytes after a valid Ethernet header: IP and TCP headers are garbage.
-      const eth = Buffer.from([2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, v6 ? 0x86 : 0x08, v6 ? 0xdd : 0x00]);
-      const body = Buffer.from(l3);
-      if (v6) body[0] = 0x60 | (body[0]! & 0x0f);
-      else body[0] = 0x40 | Math.max(5, body[0]! & 0x0f);
-      const raw = lab.egress(Buffer.concat([eth, body]));
-      // The lab is in passive mode: nothing is ever dropped, whatever the bytes.
-      assert.equal(r, PASS, `random payload with TCP flags 0x${flags.toString(16)}: expected pass, saw ${r}`);
-      assert.equal(raw, PASS, `random ${v6 ? 'IPv6' : 'IPv4'} headers: expected pass, saw ${raw}`);
-    }),
+    fc.property(
+      fc.uint8Array({ minLength: 0, maxLength: 200 }),
+      fc.integer({ min: 0, max: 255 }),
+      fc.uint8Array({ minLength: 40, maxLength: 120 }),
+      fc.boolean(),
+      (bytes, flags, l3, v6) => {
+        const c = conv(443);
+        const r = lab.egress(packet({ src: c.client, dst: c.server, flags, payload: Buffer.from(bytes) }));
+        // Random bytes after a valid Ethernet header: IP and TCP headers are garbage.
+        const eth = Buffer.from([2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, v6 ? 0x86 : 0x08, v6 ? 0xdd : 0x00]);
+        const body = Buffer.from(l3);
+        if (v6) body[0] = 0x60 | (body[0]! & 0x0f);
+        else body[0] = 0x40 | Math.max(5, body[0]! & 0x0f);
+        const raw = lab.egress(Buffer.concat([eth, body]));
+        // The lab is in passive mode: nothing is ever dropped, whatever the bytes.
+        assert.equal(r, PASS, `random payload with TCP flags 0x${flags.toString(16)}: expected pass, saw ${r}`);
+        assert.equal(raw, PASS, `random ${v6 ? 'IPv6' : 'IPv4'} headers: expected pass, saw ${raw}`);
+      },
+    ),
     { numRuns: 300 },
   );
 });
@@ -530,4 +591,3 @@ test('a SYN that claims to come from the server side of a decided flow does not 
     assert.equal(lab.ingress(c.fromServer(tlsAppData(200))), PASS, 'the live TLS flow goes on');
   });
 });
-

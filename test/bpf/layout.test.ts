@@ -4,22 +4,42 @@
 // shared.h, and the BTF of the maps the kernel created from the built objects. So an edit of
 // shared.h without a rebuild, a stale object, or a hand edit of the generated file fails here.
 // The BTF is read by this file's own small reader, not by tools/btf-layout.cjs (the generator's).
-import { test, before, after } from 'node:test';
+
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { native, BpfError, type BpfObject, type MapHandle } from '../../native/index.js';
-import { bpfObjects, repoRoot } from '../../agent/paths.js';
+import { after, before, test } from 'node:test';
 import { expectedMaps } from '../../agent/datapath.js';
 import * as generated from '../../agent/generated/shared.js';
+import { bpfObjects, repoRoot } from '../../agent/paths.js';
+import { BpfError, type BpfObject, type MapHandle, native } from '../../native/index.js';
 
-interface BtfMember { name: string; type_id: number; bits_offset: number; bitfield_size?: number }
-interface BtfType { id: number; kind: string; name?: string; size?: number; type_id?: number; nr_elems?: number; members?: BtfMember[]; values?: Array<{ name: string; val: number }> }
-interface Btf { types: BtfType[] }
+interface BtfMember {
+  name: string;
+  type_id: number;
+  bits_offset: number;
+  bitfield_size?: number;
+}
+interface BtfType {
+  id: number;
+  kind: string;
+  name?: string;
+  size?: number;
+  type_id?: number;
+  nr_elems?: number;
+  members?: BtfMember[];
+  values?: Array<{ name: string; val: number }>;
+}
+interface Btf {
+  types: BtfType[];
+}
 /** A struct as BTF lays it out: size, and each member's byte offset and size. */
-interface Layout { size: number; fields: Record<string, { offset: number; size: number }> }
+interface Layout {
+  size: number;
+  fields: Record<string, { offset: number; size: number }>;
+}
 
 function btfDump(args: string[]): Btf {
   return JSON.parse(execFileSync('bpftool', ['btf', 'dump', ...args, '-j'], { maxBuffer: 64 << 20 }).toString()) as Btf;
@@ -67,7 +87,11 @@ function generatedLayout(name: string): Layout {
   return { size: l.size, fields: Object.fromEntries(Object.entries(l.fields).map(([f, s]) => [f, { offset: s.offset, size: s.size }])) };
 }
 
-const pascal = (s: string) => s.split('_').map((w) => w[0]!.toUpperCase() + w.slice(1)).join('');
+const pascal = (s: string) =>
+  s
+    .split('_')
+    .map((w) => w[0]!.toUpperCase() + w.slice(1))
+    .join('');
 const header = fs.readFileSync(path.join(repoRoot, 'bpf/shared.h'), 'utf8');
 const structNames = [...header.matchAll(/^struct (sslwall_\w+) \{/gm)].map((m) => m[1]!);
 const enumNames = [...header.matchAll(/^enum (sslwall_\w+) \{/gm)].map((m) => m[1]!);
@@ -78,7 +102,16 @@ before(() => {
   // One global of every struct and enum type makes clang emit all of them into BTF.
   probeDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sslwall-layout-'));
   const src = path.join(probeDir, 'probe.c');
-  fs.writeFileSync(src, ['#include "vmlinux.h"', '#include "shared.h"', ...structNames.map((s, i) => `struct ${s} probe_s${i};`), ...enumNames.map((e, i) => `enum ${e} probe_e${i};`), ''].join('\n'));
+  fs.writeFileSync(
+    src,
+    [
+      '#include "vmlinux.h"',
+      '#include "shared.h"',
+      ...structNames.map((s, i) => `struct ${s} probe_s${i};`),
+      ...enumNames.map((e, i) => `enum ${e} probe_e${i};`),
+      '',
+    ].join('\n'),
+  );
   const obj = path.join(probeDir, 'probe.o');
   execFileSync('clang', ['-g', '-O2', '-target', 'bpf', '-I', path.join(repoRoot, 'bpf'), '-I', path.join(repoRoot, 'bpf/include'), '-c', src, '-o', obj]);
   probe = reader(btfDump(['file', obj]));
@@ -87,7 +120,8 @@ after(() => fs.rmSync(probeDir, { recursive: true, force: true }));
 
 test('the generated layouts are exactly the structs of shared.h, as clang lays them out now', () => {
   assert.deepEqual(Object.keys(generated.layouts).sort(), [...structNames].sort(), 'generated structs vs the structs shared.h defines');
-  for (const name of structNames) assert.deepEqual(generatedLayout(name), probe.struct(name), `struct ${name}: generated layout vs BTF of the current shared.h`);
+  for (const name of structNames)
+    assert.deepEqual(generatedLayout(name), probe.struct(name), `struct ${name}: generated layout vs BTF of the current shared.h`);
 });
 
 test('the generated enums carry the values shared.h gives them', () => {
@@ -101,7 +135,9 @@ test('the generated enums carry the values shared.h gives them', () => {
 });
 
 const objects: BpfObject[] = [];
-after(() => objects.forEach((o) => o.close()));
+after(() => {
+  for (const o of objects) o.close();
+});
 
 for (const [name, file] of Object.entries(bpfObjects)) {
   test(`the maps the kernel created from the ${name} object have the layouts the agent encodes`, () => {
@@ -129,13 +165,17 @@ for (const [name, file] of Object.entries(bpfObjects)) {
       assert.ok(info.btfId > 0, `${name}.${map} was created without BTF`);
       // The kernel's copy of the object's BTF, as it holds it for this map.
       const kernel = reader(btfDump(['id', String(info.btfId)]));
-      for (const [part, typeId] of [['key', info.btfKeyTypeId], ['value', info.btfValueTypeId]] as const) {
+      for (const [part, typeId] of [
+        ['key', info.btfKeyTypeId],
+        ['value', info.btfValueTypeId],
+      ] as const) {
         const s = kernel.layoutOf(typeId);
         if (!s) continue; // a scalar: its size was checked above
         assert.deepEqual(generatedLayout(s.name), s.layout, `${name}.${map} ${part} (struct ${s.name}): generated layout vs the kernel's BTF`);
         checkedStructs++;
       }
     }
-    if (name === 'classifier') assert.ok(checkedStructs >= 5, `expected the struct keys/values of the classifier's maps to be checked, checked ${checkedStructs}`);
+    if (name === 'classifier')
+      assert.ok(checkedStructs >= 5, `expected the struct keys/values of the classifier's maps to be checked, checked ${checkedStructs}`);
   });
 }

@@ -1,9 +1,10 @@
 // The sslwall command as a user meets it: help, usage errors, config errors with exit codes.
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { test } from 'node:test';
 import { runHost } from '../../tools/lab/agent-proc.js';
 import { freePort } from '../../tools/lab/etcd.js';
 
@@ -69,5 +70,10 @@ test('an engine that cannot be reached: SSLWALL_E_ENGINE, saying what to do', as
   const port = await freePort();
   const r = await runHost(['rollout', 'status', '--tier', 'web', '--engine', `http://127.0.0.1:${port}`]);
   assert.equal(r.code, 1);
-  assert.match(r.stderr, new RegExp(`SSLWALL_E_ENGINE: cannot reach the engine at http://127.0.0.1:${port}: connect ECONNREFUSED .*; start one \\(sslwall engine\\) or pass --engine URL`));
+  assert.match(
+    r.stderr,
+    new RegExp(
+      `SSLWALL_E_ENGINE: cannot reach the engine at http://127.0.0.1:${port}: connect ECONNREFUSED .*; start one \\(sslwall engine\\) or pass --engine URL`,
+    ),
+  );
 });

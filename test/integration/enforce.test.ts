@@ -4,16 +4,32 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
-import { makeCerts, type Certs } from '../../tools/lab/certs.js';
-import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
-import {
-  curl, nginxUrl, plainClient, psql, requireAllPeers, squidProxyUrl, ssh, startNginx, startPostgres,
-  startSink, startSmtp, startSquid, startSshd, swaks,
-  type NginxPeer, type PostgresPeer, type SinkPeer, type SquidPeer, type SshdPeer,
-} from '../../tools/lab/peers.js';
 import { tcxLinksOn } from '../../agent/datapath.js';
 import { native } from '../../native/index.js';
-import { AgentProc, agentEnv, writeConfig, sslwall, type AgentEnv, type LogLine } from '../../tools/lab/agent-proc.js';
+import { type AgentEnv, AgentProc, agentEnv, type LogLine, sslwall, writeConfig } from '../../tools/lab/agent-proc.js';
+import { type Certs, makeCerts } from '../../tools/lab/certs.js';
+import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
+import {
+  curl,
+  type NginxPeer,
+  nginxUrl,
+  type PostgresPeer,
+  plainClient,
+  psql,
+  requireAllPeers,
+  type SinkPeer,
+  type SquidPeer,
+  type SshdPeer,
+  squidProxyUrl,
+  ssh,
+  startNginx,
+  startPostgres,
+  startSink,
+  startSmtp,
+  startSquid,
+  startSshd,
+  swaks,
+} from '../../tools/lab/peers.js';
 
 const SINK_PORT = 9000;
 const METRICS = '127.0.0.1:9464';
@@ -30,14 +46,17 @@ function config(mode: 'passive' | 'active') {
 /** Program ids behind the tcx links pinned under an agent's bpffs. */
 function pinnedTcxProgIds(bpffs: string): number[] {
   const dir = `${bpffs}/links`;
-  return fs.readdirSync(dir).filter((f) => f.startsWith('tcx_')).map((f) => {
-    const link = native().getPinned(`${dir}/${f}`, 'link');
-    try {
-      return native().linkInfo(link).progId;
-    } finally {
-      link.close();
-    }
-  });
+  return fs
+    .readdirSync(dir)
+    .filter((f) => f.startsWith('tcx_'))
+    .map((f) => {
+      const link = native().getPinned(`${dir}/${f}`, 'link');
+      try {
+        return native().linkInfo(link).progId;
+      } finally {
+        link.close();
+      }
+    });
 }
 
 describe('agent enforcement with real peers', () => {
@@ -91,7 +110,10 @@ describe('agent enforcement with real peers', () => {
     const isMarker = (l: LogLine) => l.dport === 80 && l.comm === 'curl';
     await curl(tb, nginxUrl(tb, nginx, { tls: false }), { maxTimeS: 5 });
     await agent!.waitFor(() => agent!.violations().slice(since).some(isMarker), 3000, 'the violation of the plain HTTP marker request');
-    return agent!.violations().slice(since).filter((l) => !isMarker(l));
+    return agent!
+      .violations()
+      .slice(since)
+      .filter((l) => !isMarker(l));
   }
 
   /** Poll `sslwall flows --json` until `pred` holds for the flows, or throw after timeoutMs. */
@@ -198,8 +220,20 @@ describe('agent enforcement with real peers', () => {
     await setMode('active');
     try {
       const r = await tb.exec('client', process.execPath, [
-        (await import('../../tools/lab/agent-proc.js')).SSLWALL, 'exec', '--cgroup', clientEnv.cgroup, '--',
-        'curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '5', nginxUrl(tb, nginx, { tls: false }),
+        (await import('../../tools/lab/agent-proc.js')).SSLWALL,
+        'exec',
+        '--cgroup',
+        clientEnv.cgroup,
+        '--',
+        'curl',
+        '-s',
+        '-o',
+        '/dev/null',
+        '-w',
+        '%{http_code}',
+        '--max-time',
+        '5',
+        nginxUrl(tb, nginx, { tls: false }),
       ]);
       assert.equal(r.stdout.trim(), '200', `plain curl under sslwall exec must pass: ${r.stderr}`);
     } finally {
@@ -261,9 +295,14 @@ describe('agent enforcement with real peers', () => {
     agent = await AgentProc.start(clientEnv, ['--metrics-addr', METRICS]);
     const adopted = agent.lines().filter((l) => l.event === 'filter_adopted');
     assert.equal(adopted.length, 2, 'ingress and egress filters are adopted, not attached again');
-    assert.deepEqual(adopted.map((l) => l.replaced), [false, false], 'an identical program (same tag) is left running, not replaced');
+    assert.deepEqual(
+      adopted.map((l) => l.replaced),
+      [false, false],
+      'an identical program (same tag) is left running, not replaced',
+    );
     // Not /sys/class/net: nsenter --net keeps the host's sysfs; ask netlink inside the namespace.
-    const ifindex = (JSON.parse((await tb.exec('client', 'ip', ['-j', 'link', 'show', 'dev', tb.client.ifname])).stdout) as Array<{ ifindex: number }>)[0]!.ifindex;
+    const ifindex = (JSON.parse((await tb.exec('client', 'ip', ['-j', 'link', 'show', 'dev', tb.client.ifname])).stdout) as Array<{ ifindex: number }>)[0]!
+      .ifindex;
     // Ours = running the programs of either load (other namespaces may reuse the ifindex).
     const ours = new Set([...before, ...pinnedTcxProgIds(clientEnv.bpffs)]);
     const tcx = tcxLinksOn(ifindex).filter((l) => ours.has(l.progId));
@@ -289,12 +328,24 @@ describe('agent enforcement with real peers', () => {
     const r = await sslwall(clientEnv, ['uninstall', '--bpffs', clientEnv.bpffs, '--json']);
     assert.equal(r.code, 0, r.stderr);
     const removed = (JSON.parse(r.stdout) as { removed: string[] }).removed;
-    assert.ok(removed.some((p) => p.includes('tcx_')), `tcx links were removed: ${removed.join(', ')}`);
+    assert.ok(
+      removed.some((p) => p.includes('tcx_')),
+      `tcx links were removed: ${removed.join(', ')}`,
+    );
     // maps.debug and progs.debug are the kernel's own (bpf_preload) files at a bpffs root.
-    assert.deepEqual(fs.readdirSync(clientEnv.bpffs).filter((f) => !f.endsWith('.debug')), [], 'nothing is left pinned');
-    const ifindex = (JSON.parse((await tb.exec('client', 'ip', ['-j', 'link', 'show', 'dev', tb.client.ifname])).stdout) as Array<{ ifindex: number }>)[0]!.ifindex;
+    assert.deepEqual(
+      fs.readdirSync(clientEnv.bpffs).filter((f) => !f.endsWith('.debug')),
+      [],
+      'nothing is left pinned',
+    );
+    const ifindex = (JSON.parse((await tb.exec('client', 'ip', ['-j', 'link', 'show', 'dev', tb.client.ifname])).stdout) as Array<{ ifindex: number }>)[0]!
+      .ifindex;
     const ours = new Set(progIdsBeforeUninstall);
-    assert.deepEqual(tcxLinksOn(ifindex).filter((l) => ours.has(l.progId)), [], 'no filter of ours is left on the interface');
+    assert.deepEqual(
+      tcxLinksOn(ifindex).filter((l) => ours.has(l.progId)),
+      [],
+      'no filter of ours is left on the interface',
+    );
     const plain = await curl(tb, nginxUrl(tb, nginx, { tls: false }));
     assert.equal(plain.httpCode, 200);
   });

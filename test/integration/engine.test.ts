@@ -8,13 +8,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { startEtcd, startEtcdCluster, type EtcdServer, type EtcdCluster } from '../../tools/lab/etcd.js';
-import { EngineProc, SimProc, makeKeys, fakePrometheus, type Keys } from '../../tools/lab/fleet.js';
-import { runHost } from '../../tools/lab/agent-proc.js';
+import { EngineClient } from '../../rollout/client.js';
 import { createEtcdClient } from '../../schemas/etcd.js';
 import { etcdKeys } from '../../schemas/keys.js';
 import type { RolloutState } from '../../schemas/rollout.js';
-import { EngineClient } from '../../rollout/client.js';
+import { runHost } from '../../tools/lab/agent-proc.js';
+import { type EtcdCluster, type EtcdServer, startEtcd, startEtcdCluster } from '../../tools/lab/etcd.js';
+import { EngineProc, fakePrometheus, type Keys, makeKeys, SimProc } from '../../tools/lab/fleet.js';
 
 const BASE = { mode: 'passive', bypass: { ports: [22] }, starttls: { smtp: [25] } };
 type View = RolloutState & { live: { agents: number; cohort: number; applied: number } };
@@ -23,7 +23,10 @@ async function until<T>(what: string, fn: () => Promise<T | undefined | false>, 
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
-    const v = await fn().catch((e) => ((last = e), undefined));
+    const v = await fn().catch((e) => {
+      last = e;
+      return undefined;
+    });
     if (v) return v as T;
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${String(last)})` : ''}`);
     await new Promise((r) => setTimeout(r, 100));
@@ -33,14 +36,25 @@ async function until<T>(what: string, fn: () => Promise<T | undefined | false>, 
 async function rolloutStatus(e: EngineProc, tier: string, pred: (s: View) => boolean, what: string, timeoutMs = 30000): Promise<View> {
   let last: View | undefined;
   try {
-    return await until(what, async () => {
-      const r = await e.api<View>('GET', `/api/tiers/${tier}/rollout`);
-      last = r.body;
-      return r.status === 200 && pred(r.body) ? r.body : undefined;
-    }, timeoutMs);
+    return await until(
+      what,
+      async () => {
+        const r = await e.api<View>('GET', `/api/tiers/${tier}/rollout`);
+        last = r.body;
+        return r.status === 200 && pred(r.body) ? r.body : undefined;
+      },
+      timeoutMs,
+    );
   } catch (err) {
-    const problems = e.log().split('\n').filter((l) => /"level":(40|50)/.test(l)).slice(-8).join('\n');
-    throw new Error(`${(err as Error).message}; last state: ${JSON.stringify(last && { status: last.status, stage: last.stage, phase: last.phase, reason: last.reason, checks: last.lastChecks, live: last.live })}\nengine warnings:\n${problems}`);
+    const problems = e
+      .log()
+      .split('\n')
+      .filter((l) => /"level":(40|50)/.test(l))
+      .slice(-8)
+      .join('\n');
+    throw new Error(
+      `${(err as Error).message}; last state: ${JSON.stringify(last && { status: last.status, stage: last.stage, phase: last.phase, reason: last.reason, checks: last.lastChecks, live: last.live })}\nengine warnings:\n${problems}`,
+    );
   }
 }
 
@@ -80,13 +94,27 @@ describe('rollout engine on one etcd', () => {
 
   test('versions are kept with author and message; a stale compare-and-swap is refused', async () => {
     const h = (await engine.api<{ version: number; revision: number }>('GET', `/api/tiers/${tier}/config`)).body;
-    const ok = await engine.api<{ version: number }>('PUT', `/api/tiers/${tier}/config`, { document: { ...BASE, bypass: { ports: [22, 179] } }, message: 'add BGP', expectRevision: h.revision });
+    const ok = await engine.api<{ version: number }>('PUT', `/api/tiers/${tier}/config`, {
+      document: { ...BASE, bypass: { ports: [22, 179] } },
+      message: 'add BGP',
+      expectRevision: h.revision,
+    });
     assert.equal(ok.status, 201);
-    const stale = await engine.api<{ code: string; message: string }>('PUT', `/api/tiers/${tier}/config`, { document: BASE, message: 'stale', expectRevision: h.revision });
+    const stale = await engine.api<{ code: string; message: string }>('PUT', `/api/tiers/${tier}/config`, {
+      document: BASE,
+      message: 'stale',
+      expectRevision: h.revision,
+    });
     assert.equal(stale.status, 409);
     assert.equal(stale.body.code, 'SSLWALL_E_CONFLICT');
     const hist = (await engine.api<Array<{ version: number; author: string; message: string }>>('GET', `/api/tiers/${tier}/history`)).body;
-    assert.deepEqual(hist.map((r) => [r.version, r.message]), [[1, 'first'], [2, 'add BGP']]);
+    assert.deepEqual(
+      hist.map((r) => [r.version, r.message]),
+      [
+        [1, 'first'],
+        [2, 'add BGP'],
+      ],
+    );
     const diff = await runHost(['config', 'diff', '--tier', tier, '1', '2', '--engine', engine.url]);
     assert.equal(diff.code, 0, diff.stderr);
     assert.match(diff.stdout, /config\.bypass\.ports: \[22\] -> \[22,179\]/);
@@ -101,7 +129,7 @@ describe('rollout engine on one etcd', () => {
     assert.equal(invalid.body.code, 'SSLWALL_E_CONFIG_INVALID');
   });
 
-  test('every error answers {code, message} with the status of its code; the client throws it with the engine\'s code', async () => {
+  test("every error answers {code, message} with the status of its code; the client throws it with the engine's code", async () => {
     const cases: Array<[string, string, unknown, number, string, RegExp]> = [
       ['GET', '/api/nope', undefined, 404, 'SSLWALL_E_NOT_FOUND', /no route GET \/api\/nope/],
       ['GET', '/api/tiers/bad%20tier/config', undefined, 400, 'SSLWALL_E_USAGE', /params: tier:/],
@@ -145,7 +173,8 @@ describe('rollout engine on one etcd', () => {
 
   test('a host override written through the engine is signed, followed by that host only, and removable', async () => {
     const client = createEtcdClient({ endpoints: etcd.endpoints });
-    const health = async (host: string) => JSON.parse((await client.get(etcdKeys().health(tier, host)).string()) ?? 'null') as { mode: string; overrideVersion: number | null } | null;
+    const health = async (host: string) =>
+      JSON.parse((await client.get(etcdKeys().health(tier, host)).string()) ?? 'null') as { mode: string; overrideVersion: number | null } | null;
     try {
       const set = await runHost(['config', 'override', '--host', 'sim-00003', '--mode', 'off', '--reason', 'maintenance', '--engine', engine.url, '--json']);
       assert.equal(set.code, 0, set.stderr);
@@ -177,7 +206,11 @@ describe('rollout engine on one etcd', () => {
   });
 
   test('a rollout advances stage by stage after each healthy bake and completes', async () => {
-    const start = await engine.api<RolloutState>('POST', `/api/tiers/${tier}/rollout`, { stages: 'passive:100,active:50,active:100', bake: '1s', analysis: { checkIntervalMs: 250 } });
+    const start = await engine.api<RolloutState>('POST', `/api/tiers/${tier}/rollout`, {
+      stages: 'passive:100,active:50,active:100',
+      bake: '1s',
+      analysis: { checkIntervalMs: 250 },
+    });
     assert.equal(start.status, 201, JSON.stringify(start.body));
     const done = await rolloutStatus(engine, tier, (s) => s.status === 'completed', 'the rollout to complete', 45000);
     const written = done.events.filter((e) => e.action === 'stage_written').map((e) => e.reason);
@@ -191,15 +224,27 @@ describe('rollout engine on one etcd', () => {
 
   test('an Alertmanager alert for the tier rolls it back to the version before the rollout', async () => {
     const before = await head();
-    await engine.api('POST', `/api/tiers/${tier}/rollout`, { stages: 'active:10,active:100', bake: '60s', analysis: { checkIntervalMs: 250, failureLimit: 1 } });
+    await engine.api('POST', `/api/tiers/${tier}/rollout`, {
+      stages: 'active:10,active:100',
+      bake: '60s',
+      analysis: { checkIntervalMs: 250, failureLimit: 1 },
+    });
     await rolloutStatus(engine, tier, (s) => s.phase === 'baking', 'baking');
-    const alert = { version: '4', status: 'firing', alerts: [{ status: 'firing', labels: { alertname: 'HighErrorRate', tier, severity: 'page' }, startsAt: new Date().toISOString(), fingerprint: 'abc123' }] };
+    const alert = {
+      version: '4',
+      status: 'firing',
+      alerts: [{ status: 'firing', labels: { alertname: 'HighErrorRate', tier, severity: 'page' }, startsAt: new Date().toISOString(), fingerprint: 'abc123' }],
+    };
     const r = await engine.api<{ firing: number }>('POST', '/api/alerts', alert);
     assert.equal(r.body.firing, 1);
     const s = await rolloutStatus(engine, tier, (x) => x.status === 'aborted', 'rollback after the alert', 15000);
     assert.match(s.reason, /HighErrorRate/);
     const after = await head();
-    assert.deepEqual({ config: after.config, rollout: after.rollout }, { config: before.config, rollout: before.rollout }, 'the tier is back to its pre-rollout content');
+    assert.deepEqual(
+      { config: after.config, rollout: after.rollout },
+      { config: before.config, rollout: before.rollout },
+      'the tier is back to its pre-rollout content',
+    );
     await allApplied(after.version);
     await engine.api('POST', '/api/alerts', { alerts: [{ ...alert.alerts[0], status: 'resolved' }] });
   });
@@ -207,7 +252,11 @@ describe('rollout engine on one etcd', () => {
   test('a PromQL threshold crossing rolls back; missing PromQL data pauses', async () => {
     const prom = await fakePrometheus();
     try {
-      const analysis = { checkIntervalMs: 250, failureLimit: 2, prometheus: { url: prom.url, queries: [{ name: 'error_ratio', query: 'sum(rate(errors[1m]))', max: 0.05 }] } };
+      const analysis = {
+        checkIntervalMs: 250,
+        failureLimit: 2,
+        prometheus: { url: prom.url, queries: [{ name: 'error_ratio', query: 'sum(rate(errors[1m]))', max: 0.05 }] },
+      };
       prom.set(null);
       await engine.api('POST', `/api/tiers/${tier}/rollout`, { stages: 'active:20,active:100', bake: '2s', analysis });
       const paused = await rolloutStatus(engine, tier, (s) => s.status === 'paused', 'a pause on missing data');
@@ -291,7 +340,11 @@ describe('leader failover mid-rollout: 3-member etcd, 2 engine replicas', () => 
       return undefined;
     });
     const follower = engines.find((e) => e !== leader)!;
-    const start = await follower.api('POST', `/api/tiers/${tier}/rollout`, { stages: 'passive:100,active:20,active:60,active:100', bake: '1500ms', analysis: { checkIntervalMs: 250 } });
+    const start = await follower.api('POST', `/api/tiers/${tier}/rollout`, {
+      stages: 'passive:100,active:20,active:60,active:100',
+      bake: '1500ms',
+      analysis: { checkIntervalMs: 250 },
+    });
     assert.equal(start.status, 201, JSON.stringify(start.body));
     await rolloutStatus(follower, tier, (s) => s.stage === 1 && s.phase === 'baking', 'stage 2 baking');
     await leader.kill9();
@@ -302,10 +355,14 @@ describe('leader failover mid-rollout: 3-member etcd, 2 engine replicas', () => 
     const written = done.events.filter((e) => e.action === 'stage_written').map((e) => e.reason);
     assert.deepEqual(written, ['passive:100', 'active:20', 'active:60', 'active:100']);
     // The first call after losing an etcd member may fail over to another endpoint: retry briefly.
-    const hist = await until('the version history', async () => {
-      const r = await follower.api<Array<{ message: string }>>('GET', `/api/tiers/${tier}/history`);
-      return r.status === 200 ? r.body : undefined;
-    }, 15000);
+    const hist = await until(
+      'the version history',
+      async () => {
+        const r = await follower.api<Array<{ message: string }>>('GET', `/api/tiers/${tier}/history`);
+        return r.status === 200 ? r.body : undefined;
+      },
+      15000,
+    );
     const stageWrites = hist.filter((h) => h.message.startsWith(`rollout ${done.id} stage`));
     assert.equal(stageWrites.length, 4, `one version per stage: ${hist.map((h) => h.message).join(' | ')}`);
     await until('the surviving replica to lead', async () => follower.isLeader(), 15000);

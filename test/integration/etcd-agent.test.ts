@@ -5,19 +5,19 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { Etcd3 } from 'etcd3';
-import { createEtcdClient } from '../../schemas/etcd.js';
-import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
-import { startEtcd, type EtcdServer } from '../../tools/lab/etcd.js';
-import { startSink, plainClient, type SinkPeer } from '../../tools/lab/peers.js';
-import { AgentProc, agentEnv, sslwall, type AgentEnv, type LogLine } from '../../tools/lab/agent-proc.js';
-import { EtcdBridge } from '../../tools/lab/etcd-bridge.js';
-import { etcdKeys } from '../../schemas/keys.js';
-import { HealthSchema, type Health } from '../../schemas/tier.js';
-import { native } from '../../native/index.js';
 import { currentMode, type MapHandles } from '../../agent/apply.js';
-import { expectedMaps, closeMaps } from '../../agent/datapath.js';
+import { closeMaps, expectedMaps } from '../../agent/datapath.js';
 import { pinLayout } from '../../agent/paths.js';
-import { Signer, generateKeyPair } from '../../rollout/signing.js';
+import { native } from '../../native/index.js';
+import { generateKeyPair, Signer } from '../../rollout/signing.js';
+import { createEtcdClient } from '../../schemas/etcd.js';
+import { etcdKeys } from '../../schemas/keys.js';
+import { type Health, HealthSchema } from '../../schemas/tier.js';
+import { type AgentEnv, AgentProc, agentEnv, type LogLine, sslwall } from '../../tools/lab/agent-proc.js';
+import { type EtcdServer, startEtcd } from '../../tools/lab/etcd.js';
+import { EtcdBridge } from '../../tools/lab/etcd-bridge.js';
+import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
+import { plainClient, type SinkPeer, startSink } from '../../tools/lab/peers.js';
 
 const TIER = 'web';
 const HOST = 'host-0001'; // bucket 3186 with salt-a (test/unit/cohort.test.ts)

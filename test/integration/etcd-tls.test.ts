@@ -1,18 +1,18 @@
 // The agent talks to an etcd that requires TLS with client certificates (--etcd-cacert,
 // --etcd-cert, --etcd-key); without a client certificate etcd refuses the connection.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { execFileSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
-import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
-import { makeCerts, type Certs } from '../../tools/lab/certs.js';
-import { freePort } from '../../tools/lab/etcd.js';
-import { Proc } from '../../tools/lab/proc.js';
-import { AgentProc, agentEnv, sslwall, type AgentEnv } from '../../tools/lab/agent-proc.js';
-import { EtcdBridge } from '../../tools/lab/etcd-bridge.js';
 import { createEtcdClient } from '../../schemas/etcd.js';
 import { etcdKeys } from '../../schemas/keys.js';
+import { type AgentEnv, AgentProc, agentEnv, sslwall } from '../../tools/lab/agent-proc.js';
+import { type Certs, makeCerts } from '../../tools/lab/certs.js';
+import { freePort } from '../../tools/lab/etcd.js';
+import { EtcdBridge } from '../../tools/lab/etcd-bridge.js';
+import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
+import { Proc } from '../../tools/lab/proc.js';
 
 describe('agent on an etcd with mutual TLS', () => {
   let tb: Testbed;
@@ -28,23 +28,84 @@ describe('agent on an etcd with mutual TLS', () => {
     tb = await createTestbed('etcd-tls');
     certs = await makeCerts(tb.tempDir('certs'), { ips: ['127.0.0.1'] });
     const f = (n: string) => path.join(certs.dir, n);
-    execFileSync('openssl', ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', f('client.key'), '-out', f('client.csr'), '-subj', '/CN=sslwall-agent'], { stdio: 'pipe' });
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:prime256v1',
+        '-nodes',
+        '-keyout',
+        f('client.key'),
+        '-out',
+        f('client.csr'),
+        '-subj',
+        '/CN=sslwall-agent',
+      ],
+      { stdio: 'pipe' },
+    );
     fs.writeFileSync(f('client.ext'), 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n');
-    execFileSync('openssl', ['x509', '-req', '-in', f('client.csr'), '-CA', certs.caCert, '-CAkey', certs.caKey, '-CAcreateserial', '-out', f('client.crt'), '-days', '2', '-extfile', f('client.ext')], { stdio: 'pipe' });
+    execFileSync(
+      'openssl',
+      [
+        'x509',
+        '-req',
+        '-in',
+        f('client.csr'),
+        '-CA',
+        certs.caCert,
+        '-CAkey',
+        certs.caKey,
+        '-CAcreateserial',
+        '-out',
+        f('client.crt'),
+        '-days',
+        '2',
+        '-extfile',
+        f('client.ext'),
+      ],
+      { stdio: 'pipe' },
+    );
     port = await freePort();
     const peer = await freePort();
     const data = tb.tempDir('etcd-data');
-    etcd = Proc.start('etcd-tls', '/usr/bin/etcd', [
-      '--name', 'tls', '--data-dir', data,
-      '--listen-client-urls', `https://127.0.0.1:${port}`, '--advertise-client-urls', `https://127.0.0.1:${port}`,
-      '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', `tls=http://127.0.0.1:${peer}`,
-      '--cert-file', certs.cert, '--key-file', certs.key, '--trusted-ca-file', certs.caCert, '--client-cert-auth',
-    ], path.join(data, '..', 'etcd.log'));
+    etcd = Proc.start(
+      'etcd-tls',
+      '/usr/bin/etcd',
+      [
+        '--name',
+        'tls',
+        '--data-dir',
+        data,
+        '--listen-client-urls',
+        `https://127.0.0.1:${port}`,
+        '--advertise-client-urls',
+        `https://127.0.0.1:${port}`,
+        '--listen-peer-urls',
+        `http://127.0.0.1:${peer}`,
+        '--initial-advertise-peer-urls',
+        `http://127.0.0.1:${peer}`,
+        '--initial-cluster',
+        `tls=http://127.0.0.1:${peer}`,
+        '--cert-file',
+        certs.cert,
+        '--key-file',
+        certs.key,
+        '--trusted-ca-file',
+        certs.caCert,
+        '--client-cert-auth',
+      ],
+      path.join(data, '..', 'etcd.log'),
+    );
     client = createEtcdClient({ endpoints: [`https://127.0.0.1:${port}`], cacert: certs.caCert, ...clientCert() });
     const deadline = Date.now() + 15000;
     for (;;) {
       try {
-        await client.put(etcdKeys().tierConfig('tls')).value(JSON.stringify({ version: 1, config: { mode: 'passive' }, rollout: { mode: 'active', percent: 100, otherwise: 'off', salt: 's' } }));
+        await client
+          .put(etcdKeys().tierConfig('tls'))
+          .value(JSON.stringify({ version: 1, config: { mode: 'passive' }, rollout: { mode: 'active', percent: 100, otherwise: 'off', salt: 's' } }));
         break;
       } catch (err) {
         if (Date.now() > deadline) throw new Error(`etcd with TLS did not come up: ${(err as Error).message}`);
@@ -65,7 +126,21 @@ describe('agent on an etcd with mutual TLS', () => {
   test('with the client certificate the agent follows the tier over TLS', async () => {
     const bridge = await EtcdBridge.start(tb, 'client', port);
     const url = bridge.url.replace('http://', 'https://');
-    agent = await AgentProc.start({ ...env, configFile: '' }, ['--etcd', url, '--tier', 'tls', '--host-id', 'tls-host', '--insecure-unsigned', '--etcd-cacert', certs.caCert, '--etcd-cert', clientCert().cert, '--etcd-key', clientCert().key]);
+    agent = await AgentProc.start({ ...env, configFile: '' }, [
+      '--etcd',
+      url,
+      '--tier',
+      'tls',
+      '--host-id',
+      'tls-host',
+      '--insecure-unsigned',
+      '--etcd-cacert',
+      certs.caCert,
+      '--etcd-cert',
+      clientCert().cert,
+      '--etcd-key',
+      clientCert().key,
+    ]);
     const line = await agent.waitFor((l) => l.event === 'config_applied' && l.tierVersion === 1, 10000, 'config applied over TLS');
     assert.equal(line.mode, 'active');
   });

@@ -1,17 +1,17 @@
 // Release upgrades: a newer build whose flow value has another layout migrates the pinned flow
 // state instead of dropping it (and back again on a downgrade), while a TLS transfer runs on.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { execFileSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
-import { makeCerts, type Certs } from '../../tools/lab/certs.js';
-import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
-import { curl, nginxUrl, startNginx, type NginxPeer } from '../../tools/lab/peers.js';
-import { AgentProc, agentEnv, writeConfig, sslwall, type AgentEnv } from '../../tools/lab/agent-proc.js';
-import { repoRoot, pinLayout } from '../../agent/paths.js';
+import { pinLayout, repoRoot } from '../../agent/paths.js';
 import { native } from '../../native/index.js';
+import { type AgentEnv, AgentProc, agentEnv, sslwall, writeConfig } from '../../tools/lab/agent-proc.js';
+import { type Certs, makeCerts } from '../../tools/lab/certs.js';
+import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
+import { curl, type NginxPeer, nginxUrl, startNginx } from '../../tools/lab/peers.js';
 
 /** A second build of the BPF objects whose struct sslwall_flow has one more field. */
 function buildV2(): string {
@@ -22,7 +22,10 @@ function buildV2(): string {
   fs.cpSync(path.join(src, 'include'), path.join(dir, 'include'), { recursive: true });
   const h = path.join(dir, 'shared.h');
   const text = fs.readFileSync(h, 'utf8');
-  const patched = text.replace('\t__u8 hdr[2][6];\t\t/* first bytes of each direction\'s first record */\n};', '\t__u8 hdr[2][6];\t\t/* first bytes of each direction\'s first record */\n\t__u64 upgrade_marker;\t/* v2 only */\n};');
+  const patched = text.replace(
+    "\t__u8 hdr[2][6];\t\t/* first bytes of each direction's first record */\n};",
+    "\t__u8 hdr[2][6];\t\t/* first bytes of each direction's first record */\n\t__u64 upgrade_marker;\t/* v2 only */\n};",
+  );
   assert.notEqual(patched, text, 'the v2 patch applies to struct sslwall_flow');
   fs.writeFileSync(h, patched);
   execFileSync('make', ['-C', dir, '--no-print-directory'], { stdio: 'pipe' });
@@ -34,7 +37,9 @@ function pinnedFlows(bpffs: string): { valueSize: number; tls443: number } {
   try {
     const info = native().mapInfo(flows);
     // cls sits at the same offset in both layouts (fields only appended); port_lo/hi in the key.
-    const tls443 = native().mapDump(flows).filter(([k, v]) => (k.readUInt16LE(32) === 443 || k.readUInt16LE(34) === 443) && v[20] === 1).length;
+    const tls443 = native()
+      .mapDump(flows)
+      .filter(([k, v]) => (k.readUInt16LE(32) === 443 || k.readUInt16LE(34) === 443) && v[20] === 1).length;
     return { valueSize: info.valueSize, tls443 };
   } finally {
     flows.close();
@@ -84,7 +89,10 @@ describe('pinned state across two builds', () => {
 
     await agent.stop();
     agent = await AgentProc.start(env);
-    assert.ok(agent.lines().some((l) => l.event === 'map_migrated' && l.map === 'sslwall_flows'), 'the downgrade migrates back');
+    assert.ok(
+      agent.lines().some((l) => l.event === 'map_migrated' && l.map === 'sslwall_flows'),
+      'the downgrade migrates back',
+    );
     assert.equal(pinnedFlows(env.bpffs).valueSize, v1Size);
     assert.equal(pinnedFlows(env.bpffs).tls443, 1, 'the tls flow survived the downgrade');
 

@@ -4,21 +4,21 @@
 // partition and reads again after a compaction, a share of agents dies and its keys expire, and
 // SIGTERM leaves no health key and no worker behind.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import type { Etcd3 } from 'etcd3';
-import { createEtcdClient } from '../../schemas/etcd.js';
-import { cohortBucket, inCohort } from '../../schemas/cohort.js';
-import { startEtcd, type EtcdServer } from '../../tools/lab/etcd.js';
-import { startFaultProxy, type FaultProxy } from '../../tools/lab/faultproxy.js';
-import { pidAlive, waitFor } from '../../tools/lab/proc.js';
 import { generateKeyPair, Signer } from '../../rollout/signing.js';
+import { cohortBucket, inCohort } from '../../schemas/cohort.js';
+import { createEtcdClient } from '../../schemas/etcd.js';
 import { etcdKeys } from '../../schemas/keys.js';
-import { HealthSchema, type Health } from '../../schemas/tier.js';
+import { type Health, HealthSchema } from '../../schemas/tier.js';
+import { type EtcdServer, startEtcd } from '../../tools/lab/etcd.js';
+import { type FaultProxy, startFaultProxy } from '../../tools/lab/faultproxy.js';
+import { pidAlive, waitFor } from '../../tools/lab/proc.js';
 import { hostId, simPicked } from '../../tools/simulate/shared.js';
 
 const TIER = 'sim';
@@ -38,6 +38,7 @@ function tierDoc(version: number, percent: number, bypassPorts: number[] = [22])
 
 /** A running simulator: its stdout stats lines, stderr, and the worker pids it logged. */
 class Sim {
+  // biome-ignore lint/suspicious/noExplicitAny: the simulator's stats lines, read field by field by each test
   readonly lines: Array<Record<string, any>> = [];
   stderr = '';
   private exit: Promise<number | null>;
@@ -45,8 +46,7 @@ class Sim {
     let buf = '';
     proc.stdout!.on('data', (b: Buffer) => {
       buf += b.toString();
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
+      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
         this.lines.push(JSON.parse(buf.slice(0, nl)));
         buf = buf.slice(nl + 1);
       }
@@ -57,6 +57,7 @@ class Sim {
   static start(args: string[]): Sim {
     return new Sim(spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] }));
   }
+  // biome-ignore lint/suspicious/noExplicitAny: as above
   get last(): Record<string, any> | undefined {
     return this.lines[this.lines.length - 1];
   }
@@ -124,7 +125,12 @@ describe('sslwall simulate', () => {
   }
 
   /** Wait until every listed host's health satisfies pred; returns the last read. */
-  async function waitHealth(what: string, pred: (h: Health | undefined, host: string) => boolean, timeoutMs = 20_000, of = hosts): Promise<Map<string, Health>> {
+  async function waitHealth(
+    what: string,
+    pred: (h: Health | undefined, host: string) => boolean,
+    timeoutMs = 20_000,
+    of = hosts,
+  ): Promise<Map<string, Health>> {
     let last = new Map<string, Health>();
     await waitFor(
       what,
@@ -151,8 +157,24 @@ describe('sslwall simulate', () => {
     assert.ok(failing.length > 5 && failing.length < 40, `about 10% picked to fail: ${failing.length}`);
     await putSigned(tierDoc(1, 30));
     sim = Sim.start([
-      '--etcd', proxy.url, '--tier', TIER, '--agents', String(N), '--processes', '2', '--verify-key', verifyKey,
-      '--host-prefix', 't-', '--error-percent', '10', '--error-from-version', '2', '--stats-interval', '250',
+      '--etcd',
+      proxy.url,
+      '--tier',
+      TIER,
+      '--agents',
+      String(N),
+      '--processes',
+      '2',
+      '--verify-key',
+      verifyKey,
+      '--host-prefix',
+      't-',
+      '--error-percent',
+      '10',
+      '--error-from-version',
+      '2',
+      '--stats-interval',
+      '250',
     ]);
     sims.push(sim);
     const hs = await waitHealth('all 200 agents on version 1', (h) => h?.configVersion === 1);
@@ -167,7 +189,9 @@ describe('sslwall simulate', () => {
       assert.equal(h.tier, TIER);
     }
     assert.ok([...hs.values()].some((h) => h.inCohort) && [...hs.values()].some((h) => !h.inCohort));
-    await waitFor('a stats line with every agent applied and watching', () => sim!.last?.applied?.['1'] === N && sim!.last?.connected === N, { timeoutMs: 10_000 });
+    await waitFor('a stats line with every agent applied and watching', () => sim!.last?.applied?.['1'] === N && sim!.last?.connected === N, {
+      timeoutMs: 10_000,
+    });
     const line = sim.last!;
     assert.equal(line.agents, N);
     assert.equal(line.alive, N);
@@ -179,7 +203,9 @@ describe('sslwall simulate', () => {
   test('a new version reaches every agent; the ~10% picked to fail keep the old one with SSLWALL_E_BPF', async () => {
     const rev = await putSigned(tierDoc(2, 60, [22, 2222]));
     await waitHealth('version 2 applied, or refused with SSLWALL_E_BPF', (h, host) =>
-      failing.includes(host) ? h?.lastError?.code === 'SSLWALL_E_BPF' && h.configVersion === 1 && h.lastError.revision === rev : h?.configVersion === 2 && h.lastError === null,
+      failing.includes(host)
+        ? h?.lastError?.code === 'SSLWALL_E_BPF' && h.configVersion === 1 && h.lastError.revision === rev
+        : h?.configVersion === 2 && h.lastError === null,
     );
     const hs = await health();
     for (const host of healthy) assert.equal(hs.get(host)!.inCohort, inCohort(host, SALT, 60));
@@ -196,7 +222,10 @@ describe('sslwall simulate', () => {
   test('an unsigned document is refused by every agent: SSLWALL_E_CONFIG_SIGNATURE, version unchanged', async () => {
     const r = await client.put(keys.tierConfig(TIER)).value(JSON.stringify(tierDoc(4, 100)));
     const rev = Number(r.header.revision);
-    await waitHealth('unsigned version 4 refused', (h) => h?.configVersion === 3 && h.lastError?.code === 'SSLWALL_E_CONFIG_SIGNATURE' && h.lastError.revision === rev);
+    await waitHealth(
+      'unsigned version 4 refused',
+      (h) => h?.configVersion === 3 && h.lastError?.code === 'SSLWALL_E_CONFIG_SIGNATURE' && h.lastError.revision === rev,
+    );
   });
 
   test('after a partition the watches resume; after a compaction they read again (relists)', async () => {
@@ -228,7 +257,11 @@ describe('sslwall simulate', () => {
     // Revoked, not expired: every key is gone the moment the simulator has exited (a key left
     // by a revoke that did not land would stay for the whole TTL).
     assert.deepEqual([...(await health()).keys()], [], 'no health key outlives a clean stop');
-    assert.match(sim!.stderr, new RegExp(`stopped, ${N / 2} lease\\(s\\) revoked[\\s\\S]*stopped, ${N / 2} lease\\(s\\) revoked`), 'every worker revoked every lease');
+    assert.match(
+      sim!.stderr,
+      new RegExp(`stopped, ${N / 2} lease\\(s\\) revoked[\\s\\S]*stopped, ${N / 2} lease\\(s\\) revoked`),
+      'every worker revoked every lease',
+    );
     const leases = await client.leaseClient.leaseLeases();
     assert.deepEqual(leases.leases, [], 'no lease left in etcd');
     for (const pid of pids) assert.equal(pidAlive(pid), false, `worker ${pid} still running`);
@@ -241,7 +274,25 @@ describe('sslwall simulate', () => {
     const living = hosts.filter((h) => !dying.includes(h));
     assert.ok(dying.length > 5 && dying.length < 40, `about 10% picked to die: ${dying.length}`);
     const t0 = Date.now();
-    sim = Sim.start(['--etcd', etcd.endpoint, '--tier', TIER, '--agents', String(N), '--processes', '2', '--insecure-unsigned', '--host-prefix', 't-', '--die-percent', '10', '--die-after', '5', '--stats-interval', '250']);
+    sim = Sim.start([
+      '--etcd',
+      etcd.endpoint,
+      '--tier',
+      TIER,
+      '--agents',
+      String(N),
+      '--processes',
+      '2',
+      '--insecure-unsigned',
+      '--host-prefix',
+      't-',
+      '--die-percent',
+      '10',
+      '--die-after',
+      '5',
+      '--stats-interval',
+      '250',
+    ]);
     sims.push(sim);
     // Poll from the start: when each dying host's key was last seen (some may die before their
     // first write lands; a write in flight at death still lands and then expires).

@@ -2,14 +2,14 @@
 // agent in the engine, shows a violation for plaintext, and Ctrl-C removes all it made, also when
 // its stdout was closed first (`npm start | tee log`, where Ctrl-C ends tee too).
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Proc, waitFor } from '../../tools/lab/proc.js';
-import { freePort } from '../../tools/lab/etcd.js';
+import { test } from 'node:test';
 import { SSLWALL } from '../../tools/lab/agent-proc.js';
+import { freePort } from '../../tools/lab/etcd.js';
+import { Proc, waitFor } from '../../tools/lab/proc.js';
 
 interface UpBed {
   ns: string;
@@ -27,7 +27,10 @@ function parseReady(out: string): UpBed {
 function assertAllGone(bed: UpBed): void {
   const left = execFileSync('ip', ['netns', 'list']).toString();
   assert.ok(!left.includes(bed.prefix), `namespaces ${bed.prefix}* removed; left: ${left}`);
-  const mounts = fs.readFileSync('/proc/mounts', 'utf8').split('\n').filter((l) => l.includes(bed.prefix));
+  const mounts = fs
+    .readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .filter((l) => l.includes(bed.prefix));
   assert.deepEqual(mounts, [], 'bpffs and cgroup2 mounts removed');
   const temp = fs.readdirSync(os.tmpdir()).filter((f) => f.startsWith(bed.prefix));
   assert.deepEqual(temp, [], 'temp folder removed');
@@ -39,10 +42,17 @@ test('sslwall up: starts, enforces passively, and cleans up on Ctrl-C', async ()
   const proc = Proc.start('up', process.execPath, [SSLWALL, 'up', '--listen', `127.0.0.1:${port}`], path.join(logDir, 'up.log'), { stopSignal: 'SIGINT' });
   const out = () => fs.readFileSync(proc.logFile, 'utf8');
   try {
-    await waitFor('sslwall up to print "ready. Try:"', () => out().includes('ready. Try:'), { timeoutMs: 60_000, abortIf: () => (proc.running ? undefined : 'it exited'), explain: out });
+    await waitFor('sslwall up to print "ready. Try:"', () => out().includes('ready. Try:'), {
+      timeoutMs: 60_000,
+      abortIf: () => (proc.running ? undefined : 'it exited'),
+      explain: out,
+    });
     const bed = parseReady(out());
     const tiers = (await (await fetch(`http://127.0.0.1:${port}/api/tiers`)).json()) as Array<{ tier: string; agents: number }>;
-    assert.deepEqual(tiers.map((t) => [t.tier, t.agents]), [['local', 1]]);
+    assert.deepEqual(
+      tiers.map((t) => [t.tier, t.agents]),
+      [['local', 1]],
+    );
     execFileSync('nsenter', [`--net=/run/netns/${bed.ns}`, 'curl', '-s', '--max-time', '3', `http://${bed.peer}:8080/`]);
     await waitFor('a violation line shown', () => out().includes('"event":"violation"'), { timeoutMs: 10_000, explain: out });
     await proc.stop('SIGINT', 30_000);
@@ -64,7 +74,11 @@ test('sslwall up: Ctrl-C cleans up even after its stdout was closed', async () =
   child.stderr.on('data', (b: Buffer) => (err += b.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   try {
-    await waitFor('sslwall up to print "ready. Try:"', () => out.includes('ready. Try:'), { timeoutMs: 60_000, abortIf: () => (child.exitCode === null ? undefined : 'it exited'), explain: () => out + err });
+    await waitFor('sslwall up to print "ready. Try:"', () => out.includes('ready. Try:'), {
+      timeoutMs: 60_000,
+      abortIf: () => (child.exitCode === null ? undefined : 'it exited'),
+      explain: () => out + err,
+    });
     const bed = parseReady(out);
     // The reader goes away, as tee does on Ctrl-C: the next write to stdout fails with EPIPE.
     child.stdout.destroy();

@@ -6,8 +6,8 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import { after, describe, test } from 'node:test';
 import { Etcd3, type IOptions } from 'etcd3';
-import { etcdctl, requireEtcd, startEtcd, startEtcdCluster, type EtcdCluster, type EtcdServer } from '../../tools/lab/etcd.js';
-import { startFaultProxy, type FaultProxy } from '../../tools/lab/faultproxy.js';
+import { type EtcdCluster, type EtcdServer, etcdctl, requireEtcd, startEtcd, startEtcdCluster } from '../../tools/lab/etcd.js';
+import { type FaultProxy, startFaultProxy } from '../../tools/lab/faultproxy.js';
 import { pidAlive, waitFor } from '../../tools/lab/proc.js';
 
 /** Every call gets a deadline, so a partition shows up as an error instead of a hang. */

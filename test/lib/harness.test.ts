@@ -4,15 +4,22 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
-import { makeCerts, type Certs } from '../../tools/lab/certs.js';
+import { type Certs, makeCerts } from '../../tools/lab/certs.js';
 import { createTestbed, listNamespaces, pidsInNetns, type Testbed } from '../../tools/lab/netns.js';
 import {
   curl,
+  type IperfPeer,
   iperfClient,
+  type NginxPeer,
   nginxUrl,
+  type PostgresPeer,
   plainClient,
   psql,
   requireAllPeers,
+  type SinkPeer,
+  type SmtpPeer,
+  type SquidPeer,
+  type SshdPeer,
   squidProxyUrl,
   ssh,
   startIperf,
@@ -24,13 +31,6 @@ import {
   startSshd,
   swaks,
   tfoCounters,
-  type NginxPeer,
-  type PostgresPeer,
-  type SinkPeer,
-  type SmtpPeer,
-  type SquidPeer,
-  type SshdPeer,
-  type IperfPeer,
 } from '../../tools/lab/peers.js';
 import { pidAlive, type RunResult } from '../../tools/lab/proc.js';
 
@@ -72,7 +72,12 @@ describe('integration harness', () => {
   });
 
   test('namespaces exist with the expected addresses and TFO enabled', async () => {
-    assert.deepEqual(listNamespaces().filter((n) => n.startsWith(tb.prefix)).sort(), [tb.client.ns, tb.server.ns].sort());
+    assert.deepEqual(
+      listNamespaces()
+        .filter((n) => n.startsWith(tb.prefix))
+        .sort(),
+      [tb.client.ns, tb.server.ns].sort(),
+    );
     const addrs = await tb.execOk('client', 'ip', ['-brief', 'addr', 'show', 'dev', tb.client.ifname]);
     assert.match(addrs.stdout, new RegExp(`${tb.client.ipv4.replaceAll('.', '\\.')}/24`));
     assert.match(addrs.stdout, new RegExp(`${tb.client.ipv6}/64`));
@@ -184,7 +189,11 @@ describe('integration harness', () => {
     await tb.destroy();
     await tb.destroy(); // idempotent
 
-    assert.deepEqual(listNamespaces().filter((n) => n.startsWith(tb.prefix)), [], 'namespaces left behind');
+    assert.deepEqual(
+      listNamespaces().filter((n) => n.startsWith(tb.prefix)),
+      [],
+      'namespaces left behind',
+    );
     assert.deepEqual(pids.filter(pidAlive), [], 'spawned processes still alive');
     for (const ino of inodes) assert.deepEqual(pidsInNetns(ino), [], 'processes still in a deleted namespace');
     const mounts = fs.readFileSync('/proc/self/mounts', 'utf8');

@@ -2,15 +2,16 @@
 // test-run, pinned, polled, iterated and attached with tcx/tc on a veth inside a netns made here,
 // and the handles it returns checked to own their fds. Needs root with BPF. Every mount, netns,
 // handle and object is released in a finally, and the mount and netns are checked gone.
-import { before, test } from 'node:test';
+
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readlinkSync, rmdirSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { BpfError, native, type BpfObject, type LinkHandle, type LinkInfo, type MapHandle, type NativeAddon } from '../../native/index.js';
+import { BpfError, type BpfObject, type LinkHandle, type LinkInfo, type MapHandle, type NativeAddon, native } from '../../native/index.js';
 
 const { EACCES, EBADF, EBUSY, EEXIST, EINVAL, ENODEV, ENOENT } = os.constants.errno;
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -71,7 +72,10 @@ async function withObject<T>(fn: (o: BpfObject, own: Own) => T | Promise<T>, set
   try {
     setup?.(o);
     o.load();
-    return await fn(o, (h) => (owned.push(h), h));
+    return await fn(o, (h) => {
+      owned.push(h);
+      return h;
+    });
   } finally {
     for (const h of owned) h.close();
     o.close();
@@ -114,9 +118,7 @@ function sh(cmd: string, args: string[]): string {
 /** Runs an ES module script in a child node (optionally via nsenter) and returns its stdout. */
 function runChild(script: string, opts: { netns?: string; timeoutMs: number; nodeFlags?: string[] }): string {
   const nodeArgs = [...(opts.nodeFlags ?? []), '--input-type=module', '-e', script];
-  const [cmd, args] = opts.netns
-    ? ['nsenter', [`--net=/run/netns/${opts.netns}`, '--', process.execPath, ...nodeArgs]]
-    : [process.execPath, nodeArgs];
+  const [cmd, args] = opts.netns ? ['nsenter', [`--net=/run/netns/${opts.netns}`, '--', process.execPath, ...nodeArgs]] : [process.execPath, nodeArgs];
   const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: opts.timeoutMs });
   assert.equal(r.signal, null, `child killed by ${r.signal} (still running after ${opts.timeoutMs} ms?)\n${r.stderr}`);
   assert.equal(r.status, 0, `child exited ${r.status}:\n${r.stderr}`);
@@ -270,7 +272,14 @@ test('map lookup, update, delete, dump and batch update on an LRU hash', async (
 
     n.mapUpdateBatch(map, Buffer.concat([u32(10), u32(11), u32(12)]), Buffer.concat([u64(1), u64(2), u64(3)]), 3);
     const dump = n.mapDump(map).map(([k, v]) => [k.readUInt32LE(), Number(v.readBigUInt64LE())]);
-    assert.deepEqual(dump.sort((a, b) => a[0] - b[0]), [[10, 1], [11, 2], [12, 3]]);
+    assert.deepEqual(
+      dump.sort((a, b) => a[0] - b[0]),
+      [
+        [10, 1],
+        [11, 2],
+        [12, 3],
+      ],
+    );
     assert.throws(() => n.mapUpdateBatch(map, u32(1), u64(1), 2), isBpfError('bpf_map_update_batch', EINVAL));
 
     const { id, btfId, btfKeyTypeId, btfValueTypeId, ...shape } = n.mapInfo(map);
@@ -285,7 +294,12 @@ test('an array map dumps every slot', async () => {
     const map = own(o.map('arr'));
     n.mapUpdate(map, u32(2), u64(7));
     const dump = n.mapDump(map).map(([k, v]) => [k.readUInt32LE(), Number(v.readBigUInt64LE())]);
-    assert.deepEqual(dump, [[0, 0], [1, 0], [2, 7], [3, 0]]);
+    assert.deepEqual(dump, [
+      [0, 0],
+      [1, 0],
+      [2, 7],
+      [3, 0],
+    ]);
   });
 });
 
@@ -304,7 +318,7 @@ test('per-CPU values are one 8-byte-aligned slot per possible CPU', async () => 
   });
 });
 
-test('reuseMap makes a second object share the first one\'s map', async () => {
+test("reuseMap makes a second object share the first one's map", async () => {
   await withObject(async (first, own) => {
     const shared = own(first.map('lru'));
     n.mapUpdate(shared, u32(7), u64(70));
@@ -483,7 +497,11 @@ function withNetns<T>(fn: (netns: string) => T): T {
 }
 
 /** What every netns child reports before its own fields. */
-interface ChildBase { ifindex: number; mainId: number; altId: number }
+interface ChildBase {
+  ifindex: number;
+  mainId: number;
+  altId: number;
+}
 
 const childPrelude = `
   import { native } from ${JSON.stringify(nativeUrl)};

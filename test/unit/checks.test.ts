@@ -1,9 +1,10 @@
 // The checks a baking stage runs (rollout/checks.ts), on health, alerts and query values given here.
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
-import { runChecks, type CheckInputs } from '../../rollout/checks.js';
+import { test } from 'node:test';
+import { type CheckInputs, runChecks } from '../../rollout/checks.js';
 import type { CheckResult } from '../../schemas/rollout.js';
-import { T0, iso, rollout, agent, agents, hostsWhere } from './rollout-fixtures.js';
+import { agent, agents, hostsWhere, iso, rollout, T0 } from './rollout-fixtures.js';
 
 const noProm: CheckInputs['promQuery'] = async () => {
   throw new Error('no PromQL query is configured in this test');
@@ -22,7 +23,14 @@ async function result(name: string, input: Partial<CheckInputs>): Promise<CheckR
 
 test('all well: every check passes', async () => {
   const { results } = await check({});
-  assert.deepEqual(results.map((r) => [r.name, r.status]), [['agents', 'pass'], ['blocked_rate', 'pass'], ['alerts', 'pass']]);
+  assert.deepEqual(
+    results.map((r) => [r.name, r.status]),
+    [
+      ['agents', 'pass'],
+      ['blocked_rate', 'pass'],
+      ['alerts', 'pass'],
+    ],
+  );
   assert.equal(results[0]!.detail, '3 cohort agents on version 7, 3 agents reporting');
 });
 
@@ -121,11 +129,15 @@ test('prometheus: each query is held to its min and max, missing data is inconcl
     return results.filter((r) => r.name.startsWith('prom:'));
   };
 
-  assert.deepEqual(await run({ err_rate: 0.01, p99: 0.1, up: 1 }), [
-    { name: 'prom:errors', status: 'pass', detail: 'err_rate = 0.01' },
-    { name: 'prom:latency', status: 'pass', detail: 'p99 = 0.1' },
-    { name: 'prom:floor', status: 'pass', detail: 'up = 1' },
-  ], 'values on the bounds pass');
+  assert.deepEqual(
+    await run({ err_rate: 0.01, p99: 0.1, up: 1 }),
+    [
+      { name: 'prom:errors', status: 'pass', detail: 'err_rate = 0.01' },
+      { name: 'prom:latency', status: 'pass', detail: 'p99 = 0.1' },
+      { name: 'prom:floor', status: 'pass', detail: 'up = 1' },
+    ],
+    'values on the bounds pass',
+  );
   assert.deepEqual(await run({ err_rate: 0.02, p99: 0.05, up: 0 }), [
     { name: 'prom:errors', status: 'fail', detail: 'err_rate = 0.02 (allowed -inf..0.01)' },
     { name: 'prom:latency', status: 'fail', detail: 'p99 = 0.05 (allowed 0.1..0.5)' },

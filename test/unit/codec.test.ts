@@ -1,6 +1,7 @@
 // Address conversions between text and the 16-byte map form.
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import fc from 'fast-check';
 import { addrToBytes, addrToString } from '../../agent/codec.js';
 

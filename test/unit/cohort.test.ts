@@ -1,9 +1,10 @@
 // The cohort: fixed vectors other tools can reproduce (docs/etcd.md), and monotonicity.
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import fc from 'fast-check';
-import { cohortBucket, inCohort } from '../../schemas/cohort.js';
 import { effectiveConfig } from '../../agent/effective.js';
+import { cohortBucket, inCohort } from '../../schemas/cohort.js';
 import { TierDocumentSchema } from '../../schemas/tier.js';
 
 // bucket = SHA-256(salt + "\n" + hostId)[0..4] big-endian mod 10000 — the same table is in docs/etcd.md.
@@ -25,10 +26,16 @@ test('fixed test vectors', () => {
 
 test('property: raising the percentage only adds hosts', () => {
   fc.assert(
-    fc.property(fc.string({ minLength: 1, maxLength: 40 }), fc.string({ minLength: 1, maxLength: 20 }), fc.integer({ min: 0, max: 10000 }), fc.integer({ min: 0, max: 10000 }), (host, salt, a, b) => {
-      const [lo, hi] = a < b ? [a / 100, b / 100] : [b / 100, a / 100];
-      return !inCohort(host, salt, lo) || inCohort(host, salt, hi);
-    }),
+    fc.property(
+      fc.string({ minLength: 1, maxLength: 40 }),
+      fc.string({ minLength: 1, maxLength: 20 }),
+      fc.integer({ min: 0, max: 10000 }),
+      fc.integer({ min: 0, max: 10000 }),
+      (host, salt, a, b) => {
+        const [lo, hi] = a < b ? [a / 100, b / 100] : [b / 100, a / 100];
+        return !inCohort(host, salt, lo) || inCohort(host, salt, hi);
+      },
+    ),
     { numRuns: 2000 },
   );
 });

@@ -1,8 +1,9 @@
 // The config document's schema: the fixed interface scripts depend on (docs/config.md).
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
-import { ConfigSchema, describeIssues } from '../../schemas/config.js';
+import { test } from 'node:test';
 import { parseConfigText } from '../../agent/config-file.js';
+import { ConfigSchema, describeIssues } from '../../schemas/config.js';
 
 const FULL = {
   mode: 'active',
@@ -43,5 +44,8 @@ for (const [name, doc, field] of [
 }
 
 test('a file that is not JSON is refused with SSLWALL_E_CONFIG_INVALID', () => {
-  assert.throws(() => parseConfigText('{mode: passive', 'f.json'), (e: Error & { code?: string }) => e.code === 'SSLWALL_E_CONFIG_INVALID' && /f\.json is not valid JSON/.test(e.message));
+  assert.throws(
+    () => parseConfigText('{mode: passive', 'f.json'),
+    (e: Error & { code?: string }) => e.code === 'SSLWALL_E_CONFIG_INVALID' && /f\.json is not valid JSON/.test(e.message),
+  );
 });

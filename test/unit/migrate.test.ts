@@ -1,9 +1,10 @@
 // Converting a pinned map's entries from the layout they were written with to the new build's
 // (agent/migrate.ts convert): fields are matched by name and kind, on synthetic layouts.
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
-import { convert } from '../../agent/migrate.js';
+import { test } from 'node:test';
 import { layouts, type StructLayout } from '../../agent/generated/shared.js';
+import { convert } from '../../agent/migrate.js';
 
 // v1: { u32 a; u16 b; u8 tag[6]; u64 gone; }          (size 24)
 const v1: StructLayout = {

@@ -1,10 +1,11 @@
 // Port roles as the filter reads them (agent/apply.ts): one byte per port, the negotiation the
 // port allows in the low bits and the bypass bit on top; and the ports a new config changes.
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
-import { portRoles, changedPorts } from '../../agent/apply.js';
+import { test } from 'node:test';
+import { changedPorts, portRoles } from '../../agent/apply.js';
+import { SslwallPortRoleBits, SslwallProto } from '../../agent/generated/shared.js';
 import { ConfigSchema } from '../../schemas/config.js';
-import { SslwallProto, SslwallPortRoleBits } from '../../agent/generated/shared.js';
 
 const { SSLWALL_ROLE_BYPASS: BYPASS, SSLWALL_ROLE_PROTO_MASK: MASK } = SslwallPortRoleBits;
 const config = (c: object) => ConfigSchema.parse({ mode: 'active', ...c });
@@ -24,11 +25,13 @@ test('every port has a byte; a config without ports gives none a role', () => {
 });
 
 test('each STARTTLS protocol and CONNECT mark their ports, bypass adds its bit', () => {
-  const roles = portRoles(config({
-    starttls: { smtp: [25, 587], imap: [143], pop3: [110], ftp: [21], postgres: [5432], mysql: [3306] },
-    connect: { ports: [3128, 8080] },
-    bypass: { ports: [22, 587, 8080, 65535] },
-  }));
+  const roles = portRoles(
+    config({
+      starttls: { smtp: [25, 587], imap: [143], pop3: [110], ftp: [21], postgres: [5432], mysql: [3306] },
+      connect: { ports: [3128, 8080] },
+      bypass: { ports: [22, 587, 8080, 65535] },
+    }),
+  );
   assert.deepEqual(roleMap(roles), {
     21: SslwallProto.SSLWALL_PROTO_FTP,
     22: BYPASS,

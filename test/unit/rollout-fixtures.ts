@@ -1,7 +1,8 @@
 // Rollout states and agent health built in memory for the step machine and checks tests.
-import { AnalysisSchema, RolloutStateSchema, type RolloutState } from '../../schemas/rollout.js';
-import { HealthSchema, SCHEMA_VERSION, type Health } from '../../schemas/tier.js';
+
 import { inCohort } from '../../schemas/cohort.js';
+import { AnalysisSchema, type RolloutState, RolloutStateSchema } from '../../schemas/rollout.js';
+import { type Health, HealthSchema, SCHEMA_VERSION } from '../../schemas/tier.js';
 
 export const T0 = Date.parse('2025-01-01T00:00:00.000Z');
 export const iso = (ms: number) => new Date(ms).toISOString();

@@ -1,7 +1,8 @@
 // Stage lists and durations as an operator writes them (schemas/rollout.ts).
-import { test } from 'node:test';
+
 import assert from 'node:assert/strict';
-import { parseStages, parseDuration } from '../../schemas/rollout.js';
+import { test } from 'node:test';
+import { parseDuration, parseStages } from '../../schemas/rollout.js';
 
 test('stages: MODE:PERCENT lists, spaces and empty entries ignored', () => {
   assert.deepEqual(parseStages('passive:100,active:1,active:5'), [
@@ -18,7 +19,11 @@ test('stages: MODE:PERCENT lists, spaces and empty entries ignored', () => {
 
 test('stages: a malformed stage is refused, naming it and the form to write', () => {
   for (const bad of ['active', 'active:', 'off:5', 'ACTIVE:5', 'active:-1', 'active:5%', 'active: 5', 'active:1e2']) {
-    assert.throws(() => parseStages(`passive:100,${bad}`), { message: `stage "${bad.trim()}": write MODE:PERCENT with MODE passive or active, e.g. active:5` }, bad);
+    assert.throws(
+      () => parseStages(`passive:100,${bad}`),
+      { message: `stage "${bad.trim()}": write MODE:PERCENT with MODE passive or active, e.g. active:5` },
+      bad,
+    );
   }
 });
 

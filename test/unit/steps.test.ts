@@ -1,17 +1,21 @@
 // The rollout step machine (rollout/steps.ts): what the engine does next from a rollout state,
 // the tier's health, the check results and the clock; and the operator's actions.
-import { describe, test } from 'node:test';
+
 import assert from 'node:assert/strict';
-import { nextStep, afterChecks, transitioned, stageWritten, rolledBack, operatorAction, type Step, type StepInputs } from '../../rollout/steps.js';
-import type { CheckResult, RolloutState } from '../../schemas/rollout.js';
+import { describe, test } from 'node:test';
+import { afterChecks, nextStep, operatorAction, rolledBack, type Step, type StepInputs, stageWritten, transitioned } from '../../rollout/steps.js';
 import { SslwallError } from '../../schemas/errors.js';
-import { T0, iso, rollout, agent, agents, hostsWhere } from './rollout-fixtures.js';
+import type { CheckResult, RolloutState } from '../../schemas/rollout.js';
+import { agent, agents, hostsWhere, iso, rollout, T0 } from './rollout-fixtures.js';
 
 const quiet: StepInputs = { agents: agents(3), now: T0 + 1000, lastCheckAt: 0, urgent: false };
 const pass = (name: string): CheckResult => ({ name, status: 'pass', detail: `${name} ok` });
 const fail = (name: string): CheckResult => ({ name, status: 'fail', detail: `${name} bad` });
 const unknown = (name: string): CheckResult => ({ name, status: 'inconclusive', detail: `${name} no data` });
-const twoStages = [{ mode: 'passive', percent: 100 }, { mode: 'active', percent: 100 }] as const;
+const twoStages = [
+  { mode: 'passive', percent: 100 },
+  { mode: 'active', percent: 100 },
+] as const;
 
 function expectTransition(s: Step, action: string): Extract<Step, { do: 'transition' }> {
   assert.equal(s.do, 'transition', `expected a ${action} transition, got ${JSON.stringify(s)}`);
@@ -211,7 +215,10 @@ describe('the states transitions write', () => {
 describe('operatorAction', () => {
   const at = new Date(T0 + 7000);
   const refused = (state: RolloutState, action: Parameters<typeof operatorAction>[1], message: string) =>
-    assert.throws(() => operatorAction(state, action, 'why', 'bob', at), (err: unknown) => err instanceof SslwallError && err.code === 'SSLWALL_E_ROLLOUT_STATE' && err.message === message);
+    assert.throws(
+      () => operatorAction(state, action, 'why', 'bob', at),
+      (err: unknown) => err instanceof SslwallError && err.code === 'SSLWALL_E_ROLLOUT_STATE' && err.message === message,
+    );
 
   test('pause stops a running rollout at once', () => {
     const next = operatorAction(rollout(), 'pause', 'why', 'bob', at);

@@ -11,27 +11,28 @@
 //
 // Nothing here touches a host interface. At the end (also on error) the agent is stopped,
 // `sslwall uninstall` run, etcd killed and its data removed, and the bed destroyed.
+
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { execFileSync } from 'node:child_process';
 import type { Etcd3 } from 'etcd3';
-import { native, type MapHandle } from '../../native/index.js';
-import { createEtcdClient } from '../../schemas/etcd.js';
 import { activeGen, currentMode, type MapHandles } from '../../agent/apply.js';
-import { decode, encode, addrToBytes } from '../../agent/codec.js';
-import { pinLayout, repoRoot } from '../../agent/paths.js';
+import { addrToBytes, decode, encode } from '../../agent/codec.js';
 import { closeMaps } from '../../agent/datapath.js';
-import { Defines, SslwallClass, SslwallVerdict, type SslwallFlow, type SslwallFlowKey } from '../../agent/generated/shared.js';
+import { Defines, SslwallClass, type SslwallFlow, type SslwallFlowKey, SslwallVerdict } from '../../agent/generated/shared.js';
+import { pinLayout, repoRoot } from '../../agent/paths.js';
+import { type MapHandle, native } from '../../native/index.js';
 import { generateKeyPair, Signer } from '../../rollout/signing.js';
+import { createEtcdClient } from '../../schemas/etcd.js';
 import { etcdKeys } from '../../schemas/keys.js';
+import { type AgentEnv, AgentProc, agentEnv, type LogLine, writeConfig } from '../lab/agent-proc.js';
+import { type EtcdServer, startEtcd } from '../lab/etcd.js';
+import { EtcdBridge } from '../lab/etcd-bridge.js';
 import { createTestbed, type Testbed } from '../lab/netns.js';
-import { startEtcd, type EtcdServer } from '../lab/etcd.js';
 import { startIperf } from '../lab/peers.js';
 import { BIN, Proc, pidAlive } from '../lab/proc.js';
-import { AgentProc, agentEnv, writeConfig, type AgentEnv, type LogLine } from '../lab/agent-proc.js';
-import { EtcdBridge } from '../lab/etcd-bridge.js';
-import { mean, median, quantile, round } from './stats.js';
 import { uninstallChecked } from './net.js';
+import { mean, median, quantile, round } from './stats.js';
 import type { Bench, BenchContext, BenchResult } from './types.js';
 
 // ---- figures with a target on the value ----------------------------------------------------
@@ -233,7 +234,9 @@ async function etcdFixture(label: string, ctx: BenchContext, scope: Scope): Prom
   const bridge = await EtcdBridge.start(tb, 'client', etcd.clientPort);
   const keys = generateKeyPair(tb.tempDir('keys')); // removed with the bed
   const signer = Signer.fromFile(keys.signingKey);
-  ctx.progress(`bed ${tb.prefix} (${tb.client.ns} <-veth-> ${tb.server.ns}), etcd ${etcd.endpoint}, bridge ${bridge.url} in ${tb.client.ns} (${Date.now() - t0} ms)`);
+  ctx.progress(
+    `bed ${tb.prefix} (${tb.client.ns} <-veth-> ${tb.server.ns}), etcd ${etcd.endpoint}, bridge ${bridge.url} in ${tb.client.ns} (${Date.now() - t0} ms)`,
+  );
   return {
     tb,
     etcd,
@@ -362,7 +365,14 @@ export const propagation: Bench = {
         }
         const rev = Number((await put).header.revision);
         if (tApplied === undefined) {
-          throw new Error(`version ${version} (mode ${mode}, revision ${rev}) did not reach the kernel within ${PROP_TIMEOUT_MS} ms; agent log:\n${agent.need().lines().slice(-8).map((l) => JSON.stringify(l)).join('\n')}`);
+          throw new Error(
+            `version ${version} (mode ${mode}, revision ${rev}) did not reach the kernel within ${PROP_TIMEOUT_MS} ms; agent log:\n${agent
+              .need()
+              .lines()
+              .slice(-8)
+              .map((l) => JSON.stringify(l))
+              .join('\n')}`,
+          );
         }
         if (maps.gen() === genBefore) throw new Error(`version ${version}: the mode changed without a generation flip`);
         const tWatch = await watcher.seen(rev, PROP_TIMEOUT_MS);
@@ -370,7 +380,10 @@ export const propagation: Bench = {
           agentMs.push(tApplied - t0);
           watchMs.push(tWatch - (performance.timeOrigin + t0));
         }
-        if ((i + 1) % 25 === 0) ctx.progress(`${i + 1}/${PROP_WARMUP + PROP_PUTS} puts (first ${PROP_WARMUP} are warm-up); last: agent ${ms2(tApplied - t0)} ms, bare watcher ${ms2(tWatch - (performance.timeOrigin + t0))} ms`);
+        if ((i + 1) % 25 === 0)
+          ctx.progress(
+            `${i + 1}/${PROP_WARMUP + PROP_PUTS} puts (first ${PROP_WARMUP} are warm-up); last: agent ${ms2(tApplied - t0)} ms, bare watcher ${ms2(tWatch - (performance.timeOrigin + t0))} ms`,
+          );
         // A pause between puts, jittered so they do not fall in step with the agent's timers.
         await sleep(20 + Math.random() * 30);
       }
@@ -379,10 +392,14 @@ export const propagation: Bench = {
       const lines = agent.need().lines();
       const refused = lines.filter((l) => l.event === 'config_refused');
       if (refused.length) throw new Error(`the agent refused ${refused.length} document(s): ${JSON.stringify(refused[0])}`);
-      const applied = lines.filter((l: LogLine) => l.event === 'config_applied' && typeof l.tierVersion === 'number' && (l.tierVersion as number) > 1 + PROP_WARMUP);
+      const applied = lines.filter(
+        (l: LogLine) => l.event === 'config_applied' && typeof l.tierVersion === 'number' && (l.tierVersion as number) > 1 + PROP_WARMUP,
+      );
       if (applied.length !== PROP_PUTS) throw new Error(`expected ${PROP_PUTS} config_applied lines for the measured versions, saw ${applied.length}`);
       const applyMs = applied.map((l) => Number(l.apply_ms));
-      ctx.progress(`agent: p50 ${ms2(median(agentMs))} ms, p90 ${ms2(quantile(agentMs, 0.9))} ms, p99 ${ms2(quantile(agentMs, 0.99))} ms, max ${ms2(Math.max(...agentMs))} ms`);
+      ctx.progress(
+        `agent: p50 ${ms2(median(agentMs))} ms, p90 ${ms2(quantile(agentMs, 0.9))} ms, p99 ${ms2(quantile(agentMs, 0.99))} ms, max ${ms2(Math.max(...agentMs))} ms`,
+      );
       ctx.progress(`bare watcher: p50 ${ms2(median(watchMs))} ms, p99 ${ms2(quantile(watchMs, 0.99))} ms, max ${ms2(Math.max(...watchMs))} ms`);
       ctx.progress(`of which the agent's map writes (apply_ms in its log): p50 ${ms2(median(applyMs))} ms, p99 ${ms2(quantile(applyMs, 0.99))} ms`);
 
@@ -435,7 +452,9 @@ function buildVariant(dir: string): string {
   for (const f of ['Makefile', 'shared.h', 'classifier.bpf.c', 'lifecycle.bpf.c']) fs.copyFileSync(path.join(src, f), path.join(dir, f));
   for (const d of ['lib', 'include']) fs.cpSync(path.join(src, d), path.join(dir, d), { recursive: true });
   const arch = process.arch === 'arm64' ? 'arm64' : 'x86';
-  execFileSync('make', ['-C', dir, '--no-print-directory', `CFLAGS=-O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_${arch} -Iinclude -I. -mcpu=v2`], { stdio: 'pipe' });
+  execFileSync('make', ['-C', dir, '--no-print-directory', `CFLAGS=-O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_${arch} -Iinclude -I. -mcpu=v2`], {
+    stdio: 'pipe',
+  });
   return path.join(dir, 'build');
 }
 
@@ -455,7 +474,9 @@ function flowsOnPort(bpffs: string, port: number): FlowState[] {
         const key = decode<SslwallFlowKey>('sslwall_flow_key', k);
         if (key.port_lo !== port && key.port_hi !== port) return [];
         const f = decode<SslwallFlow>('sslwall_flow', v);
-        return [{ key: k.toString('hex'), cls: f.cls, verdict: f.verdict, firstSeenNs: f.first_seen_ns, ports: [key.port_lo, key.port_hi] as [number, number] }];
+        return [
+          { key: k.toString('hex'), cls: f.cls, verdict: f.verdict, firstSeenNs: f.first_seen_ns, ports: [key.port_lo, key.port_hi] as [number, number] },
+        ];
       }),
   );
 }
@@ -504,13 +525,19 @@ export const hotSwap: Bench = {
       // The long transfer: stopped with SIGINT at the end (iperf3 then prints its JSON report
       // with the 1-s intervals and the error "interrupt - the client has terminated").
       const iperfLog = path.join(tb.tempDir('iperf3-client'), 'client.json');
-      const client = tb.spawn('client', 'iperf3-client', BIN.iperf3, ['-c', iperf.address, '-p', String(IPERF_PORT), '-t', '900', '-i', '1', '--json'], { logFile: iperfLog });
+      const client = tb.spawn('client', 'iperf3-client', BIN.iperf3, ['-c', iperf.address, '-p', String(IPERF_PORT), '-t', '900', '-i', '1', '--json'], {
+        logFile: iperfLog,
+      });
       scope.defer('iperf3 client', () => client.stop('SIGKILL', 1000));
-      let flows: FlowState[] = [];
       const deadline = Date.now() + 10_000;
       // The control connection and the data connection, both decided (iperf3 is plaintext).
-      while ((flows = flowsOnPort(agent.bpffs, IPERF_PORT)).filter((f) => f.cls !== SslwallClass.SSLWALL_CLASS_PENDING).length < 2) {
-        if (Date.now() > deadline || !client.running) throw new Error(`iperf3's flows did not show up decided in the flow map: ${JSON.stringify(flows, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}\n${fs.existsSync(iperfLog) ? fs.readFileSync(iperfLog, 'utf8').slice(-800) : ''}`);
+      const decided = (fs: FlowState[]) => fs.filter((f) => f.cls !== SslwallClass.SSLWALL_CLASS_PENDING).length;
+      let flows = flowsOnPort(agent.bpffs, IPERF_PORT);
+      for (; decided(flows) < 2; flows = flowsOnPort(agent.bpffs, IPERF_PORT)) {
+        if (Date.now() > deadline || !client.running)
+          throw new Error(
+            `iperf3's flows did not show up decided in the flow map: ${JSON.stringify(flows, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}\n${fs.existsSync(iperfLog) ? fs.readFileSync(iperfLog, 'utf8').slice(-800) : ''}`,
+          );
         await sleep(50);
       }
       // The data connection is the later one; its first packet is when the test's clock starts.
@@ -537,9 +564,11 @@ export const hotSwap: Bench = {
         restartWindows.push([from, rel(process.hrtime.bigint())]);
         restartMs.push(Date.now() - t);
         const adopted = p.lines().filter((l) => l.event === 'filter_adopted');
-        if (adopted.length !== 2 || adopted.some((l) => l.replaced !== true)) throw new Error(`restart ${r + 1}: expected both filters adopted with the program replaced, saw ${JSON.stringify(adopted)}`);
+        if (adopted.length !== 2 || adopted.some((l) => l.replaced !== true))
+          throw new Error(`restart ${r + 1}: expected both filters adopted with the program replaced, saw ${JSON.stringify(adopted)}`);
         const loaded = p.lines().find((l) => l.event === 'datapath_loaded');
-        if (!(loaded?.reused_maps as string[] | undefined)?.includes('sslwall_flows')) throw new Error(`restart ${r + 1}: the pinned flow map was not reused: ${JSON.stringify(loaded)}`);
+        if (!(loaded?.reused_maps as string[] | undefined)?.includes('sslwall_flows'))
+          throw new Error(`restart ${r + 1}: the pinned flow map was not reused: ${JSON.stringify(loaded)}`);
         replaced += adopted.length;
         for (let c = 0; c < SWAP_CONFIGS / SWAP_RESTARTS; c++) {
           const count = () => p.lines().filter((l) => l.event === 'config_applied').length;
@@ -550,7 +579,9 @@ export const hotSwap: Bench = {
           configMs.push(Date.now() - t);
           configs++;
         }
-        ctx.progress(`restart ${r + 1}/${SWAP_RESTARTS} (${r % 2 === 0 ? '-mcpu=v2 build' : 'repo build'}, ${restartMs[r]} ms to agent_ready) + ${configs} config changes so far`);
+        ctx.progress(
+          `restart ${r + 1}/${SWAP_RESTARTS} (${r % 2 === 0 ? '-mcpu=v2 build' : 'repo build'}, ${restartMs[r]} ms to agent_ready) + ${configs} config changes so far`,
+        );
       }
       const swapEnd = rel(process.hrtime.bigint());
       const f2 = await bothFailures(tb);
@@ -571,13 +602,21 @@ export const hotSwap: Bench = {
         throw new Error(`iperf3 printed no JSON report: ${fs.readFileSync(iperfLog, 'utf8').slice(-800)}`);
       }
       const interrupted = report.error === undefined || /interrupt - the client has terminated/.test(report.error);
-      const intervals: IperfInterval[] = (report.intervals ?? []).map((i) => ({ start: i.sum.start, end: i.sum.end, seconds: i.sum.seconds, gbps: i.sum.bits_per_second / 1e9 }));
+      const intervals: IperfInterval[] = (report.intervals ?? []).map((i) => ({
+        start: i.sum.start,
+        end: i.sum.end,
+        seconds: i.sum.seconds,
+        gbps: i.sum.bits_per_second / 1e9,
+      }));
       // Full seconds only; the first one holds the ramp-up.
       const full = intervals.filter((i) => i.seconds >= 0.9);
       const beforeIv = full.filter((i) => i.start >= 1 && i.end <= swapStart);
       const duringIv = full.filter((i) => i.end > swapStart && i.start < swapEnd);
       const afterIv = full.filter((i) => i.start >= swapEnd);
-      if (beforeIv.length < 2 || duringIv.length < 1) throw new Error(`too few iperf3 intervals to compare (before ${beforeIv.length}, during ${duringIv.length}; swaps from ${round(swapStart, 1)} s to ${round(swapEnd, 1)} s)`);
+      if (beforeIv.length < 2 || duringIv.length < 1)
+        throw new Error(
+          `too few iperf3 intervals to compare (before ${beforeIv.length}, during ${duringIv.length}; swaps from ${round(swapStart, 1)} s to ${round(swapEnd, 1)} s)`,
+        );
       const stalls = duringIv.filter((i) => i.gbps < 0.01).length;
       // Seconds that saw a restart (node start-up, BPF load and verification: CPU-heavy) against
       // seconds that saw only config changes.
@@ -590,12 +629,23 @@ export const hotSwap: Bench = {
       const resetsBefore = f1.resets - f0.resets;
       const base = mean(beforeIv.map((i) => i.gbps));
       const minDuring = Math.min(...duringIv.map((i) => i.gbps));
-      ctx.progress(`swaps from ${round(swapStart, 1)} s to ${round(swapEnd, 1)} s of the transfer: ${SWAP_RESTARTS} restarts (${replaced} program replacements; agent_ready after median ${median(restartMs)} ms), ${configs} config changes (applied after median ${median(configMs)} ms)`);
-      ctx.progress(`iperf3 ${interrupted ? 'ran until interrupted' : `FAILED: ${report.error}`}; 1-s intervals (Gbit/s): before ${beforeIv.map((i) => round(i.gbps, 2)).join(' ')} | during ${duringIv.map((i) => round(i.gbps, 2)).join(' ')} | after ${afterIv.map((i) => round(i.gbps, 2)).join(' ')}`);
-      ctx.progress(`during the swaps: seconds with a restart ${summary(withRestart)}; seconds with config changes only ${summary(configOnly)}; before: min ${round(Math.min(...beforeIv.map((i) => i.gbps)), 2)} Gbit/s`);
-      ctx.progress(`TCP failures (resets + failed attempts + timeouts, both namespaces): before ${resetsBefore}, during+after ${resetsDuring - (interrupted ? 0 : 1)}; RSTs sent ${f3.outRsts - f1.outRsts}; retransmitted segments before ${f1.retrans - f0.retrans}, during ${f2.retrans - f1.retrans}, after ${f3.retrans - f2.retrans}; stalled intervals ${stalls}`);
+      ctx.progress(
+        `swaps from ${round(swapStart, 1)} s to ${round(swapEnd, 1)} s of the transfer: ${SWAP_RESTARTS} restarts (${replaced} program replacements; agent_ready after median ${median(restartMs)} ms), ${configs} config changes (applied after median ${median(configMs)} ms)`,
+      );
+      ctx.progress(
+        `iperf3 ${interrupted ? 'ran until interrupted' : `FAILED: ${report.error}`}; 1-s intervals (Gbit/s): before ${beforeIv.map((i) => round(i.gbps, 2)).join(' ')} | during ${duringIv.map((i) => round(i.gbps, 2)).join(' ')} | after ${afterIv.map((i) => round(i.gbps, 2)).join(' ')}`,
+      );
+      ctx.progress(
+        `during the swaps: seconds with a restart ${summary(withRestart)}; seconds with config changes only ${summary(configOnly)}; before: min ${round(Math.min(...beforeIv.map((i) => i.gbps)), 2)} Gbit/s`,
+      );
+      ctx.progress(
+        `TCP failures (resets + failed attempts + timeouts, both namespaces): before ${resetsBefore}, during+after ${resetsDuring - (interrupted ? 0 : 1)}; RSTs sent ${f3.outRsts - f1.outRsts}; retransmitted segments before ${f1.retrans - f0.retrans}, during ${f2.retrans - f1.retrans}, after ${f3.retrans - f2.retrans}; stalled intervals ${stalls}`,
+      );
       ctx.progress(`flows of the transfer kept: ${flows.length - lost.length}/${flows.length} (same entry, class and verdict)`);
-      if (lost.length) throw new Error(`${lost.length} of the transfer's ${flows.length} flows were lost or changed in the flow map: before ${JSON.stringify(flows, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}, after ${JSON.stringify(after, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}`);
+      if (lost.length)
+        throw new Error(
+          `${lost.length} of the transfer's ${flows.length} flows were lost or changed in the flow map: before ${JSON.stringify(flows, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}, after ${JSON.stringify(after, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}`,
+        );
 
       await agent.remove();
       return [
@@ -672,10 +722,17 @@ function insertFlows(tb: Testbed, bpffs: string, n: number): number {
   const client = addrToBytes(tb.client.ipv4).bytes;
   const server = addrToBytes(tb.server.ipv4).bytes;
   const now = process.hrtime.bigint();
-  const value = encode<SslwallFlow>('sslwall_flow', { first_seen_ns: now, cls: SslwallClass.SSLWALL_CLASS_TLS, verdict: SslwallVerdict.SSLWALL_VERDICT_ALLOWED, client_is_lo: 1 });
+  const value = encode<SslwallFlow>('sslwall_flow', {
+    first_seen_ns: now,
+    cls: SslwallClass.SSLWALL_CLASS_TLS,
+    verdict: SslwallVerdict.SSLWALL_VERDICT_ALLOWED,
+    client_is_lo: 1,
+  });
   const keys: Buffer[] = [];
   for (let i = 0; i < n; i++) {
-    keys.push(encode<SslwallFlowKey>('sslwall_flow_key', { addr_lo: client, addr_hi: server, port_lo: 20_000 + i, port_hi: 443, family: Defines.SSLWALL_FAMILY_IPV4 }));
+    keys.push(
+      encode<SslwallFlowKey>('sslwall_flow_key', { addr_lo: client, addr_hi: server, port_lo: 20_000 + i, port_hi: 443, family: Defines.SSLWALL_FAMILY_IPV4 }),
+    );
   }
   return withPinnedMap(bpffs, 'sslwall_flows', (map) => {
     native().mapUpdateBatch(map, Buffer.concat(keys), Buffer.concat(Array<Buffer>(n).fill(value)), n);
@@ -727,7 +784,9 @@ export const agentIdle: Bench = {
       const bCpu = cpu(b0, b1);
       const oneTick = (1 / hz / ((b1.at - b0.at) / 1000)) * 100;
       const still = withPinnedMap(agent.bpffs, 'sslwall_flows', (map) => native().mapDump(map).length);
-      ctx.progress(`agent pid ${pid}: ${a1.ticks - a0.ticks} ticks (${round(cpuFine(a0, a1), 3)} % by schedstat), RSS ${round(aRss, 1)} MB; idle node: ${b1.ticks - b0.ticks} ticks (${round(cpuFine(b0, b1), 3)} % by schedstat), RSS ${round(bRss, 1)} MB; ${still} flows still in the map`);
+      ctx.progress(
+        `agent pid ${pid}: ${a1.ticks - a0.ticks} ticks (${round(cpuFine(a0, a1), 3)} % by schedstat), RSS ${round(aRss, 1)} MB; idle node: ${b1.ticks - b0.ticks} ticks (${round(cpuFine(b0, b1), 3)} % by schedstat), RSS ${round(bRss, 1)} MB; ${still} flows still in the map`,
+      );
       if (still < IDLE_FLOWS) throw new Error(`flows vanished from the map while idle: ${still} of ${IDLE_FLOWS}`);
 
       await agent.remove();

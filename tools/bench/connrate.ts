@@ -39,7 +39,7 @@ function client(host: string, port: number, durationMs: number, concurrency: num
     if (finished) return;
     finished = true;
     const seconds = durationMs / 1000;
-    process.stdout.write(JSON.stringify({ connections, errors, seconds, rate: connections / seconds, firstError }) + '\n', () => process.exit(0));
+    process.stdout.write(`${JSON.stringify({ connections, errors, seconds, rate: connections / seconds, firstError })}\n`, () => process.exit(0));
   };
 
   const one = () => {

@@ -13,20 +13,21 @@
 // Nothing here touches a network interface or the kernel: etcd, engine and simulator talk over
 // loopback. Everything started is stopped at the end (also on error or Ctrl-C) and the temp dirs
 // (etcd data, keys, logs) are removed.
+
+import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { spawn, type ChildProcess } from 'node:child_process';
 import type { Etcd3, Watcher } from 'etcd3';
 import { createEtcdClient } from '../../schemas/etcd.js';
 import { etcdKeys } from '../../schemas/keys.js';
 import { HealthSchema } from '../../schemas/tier.js';
-import { startEtcd, type EtcdServer } from '../lab/etcd.js';
 import { SSLWALL } from '../lab/agent-proc.js';
-import { EngineProc, makeKeys, type Keys } from '../lab/fleet.js';
+import { type EtcdServer, startEtcd } from '../lab/etcd.js';
+import { EngineProc, type Keys, makeKeys } from '../lab/fleet.js';
 import type { StatsLine } from '../simulate/shared.js';
+import { type Figure, type Scope, scoped, sleep } from './agent.js';
 import { quantile, round } from './stats.js';
-import { scoped, sleep, type Figure, type Scope } from './agent.js';
 import type { Bench, BenchContext } from './types.js';
 
 /** Set by main.ts from --fleet-agents. */
@@ -78,8 +79,7 @@ class SimRun {
     proc.stdout!.on('data', (b: Buffer) => {
       const recv = performance.now();
       this.buf += b.toString();
-      let nl: number;
-      while ((nl = this.buf.indexOf('\n')) >= 0) {
+      for (let nl = this.buf.indexOf('\n'); nl >= 0; nl = this.buf.indexOf('\n')) {
         const line = this.buf.slice(0, nl);
         this.buf = this.buf.slice(nl + 1);
         try {
@@ -133,7 +133,13 @@ class SimRun {
   }
 
   /** The first stats line (arrived after `after`, default now) that satisfies pred. */
-  async until(pred: (s: StatsLine) => boolean, timeoutMs: number, what: string, progress?: (s: StatsLine) => void, after = performance.now()): Promise<{ recv: number; s: StatsLine }> {
+  async until(
+    pred: (s: StatsLine) => boolean,
+    timeoutMs: number,
+    what: string,
+    progress?: (s: StatsLine) => void,
+    after = performance.now(),
+  ): Promise<{ recv: number; s: StatsLine }> {
     const deadline = performance.now() + timeoutMs;
     let seen = this.lines.length;
     let lastProgress = performance.now();
@@ -143,7 +149,8 @@ class SimRun {
         if (l.recv >= after && pred(l.s)) return l;
       }
       if (!this.running) throw new Error(`${this.name}: the simulator exited while waiting for ${what}\n${this.tail()}`);
-      if (performance.now() > deadline) throw new Error(`${this.name}: no ${what} within ${Math.round(timeoutMs / 1000)} s; last stats ${JSON.stringify(this.last()?.s)}\n${this.tail()}`);
+      if (performance.now() > deadline)
+        throw new Error(`${this.name}: no ${what} within ${Math.round(timeoutMs / 1000)} s; last stats ${JSON.stringify(this.last()?.s)}\n${this.tail()}`);
       if (progress && performance.now() - lastProgress > 5000 && this.last()) {
         lastProgress = performance.now();
         progress(this.last()!.s);
@@ -248,7 +255,8 @@ async function waitRollout(engine: EngineProc, pred: (r: RolloutView) => boolean
   for (;;) {
     last = (await engine.api<RolloutView>('GET', `/api/tiers/${TIER}/rollout`).catch(() => ({ body: undefined }))).body;
     if (last && pred(last)) return last;
-    if (performance.now() > deadline) throw new Error(`rollout: no ${what} within ${Math.round(timeoutMs / 1000)} s; last ${JSON.stringify(last)?.slice(0, 600)}`);
+    if (performance.now() > deadline)
+      throw new Error(`rollout: no ${what} within ${Math.round(timeoutMs / 1000)} s; last ${JSON.stringify(last)?.slice(0, 600)}`);
     await sleep(100);
   }
 }
@@ -306,18 +314,35 @@ export const fleet: Bench = {
       }
       const watcher = await TierWatcher.start(client);
       scope.defer('bare watcher', () => watcher.close());
-      const first = await api<{ version: number }>(engine, 'PUT', `/api/tiers/${TIER}/config`, { document: { config: BASE_CONFIG, rollout: BASE_ROLLOUT }, message: 'bench: first version' });
+      const first = await api<{ version: number }>(engine, 'PUT', `/api/tiers/${TIER}/config`, {
+        document: { config: BASE_CONFIG, rollout: BASE_ROLLOUT },
+        message: 'bench: first version',
+      });
       ctx.progress(`etcd ${etcd.endpoint}, engine ${engine.url} (leader), tier ${TIER} version ${first.version}`);
 
       // ---- N agents -------------------------------------------------------------------------------
-      const sim = SimRun.start('sim', logDir, ['--etcd', etcd.endpoint, '--tier', TIER, '--agents', String(N), '--verify-key', keys.verifyKey, '--host-prefix', 'f-', '--stats-interval', String(STATS_INTERVAL_MS)]);
+      const sim = SimRun.start('sim', logDir, [
+        '--etcd',
+        etcd.endpoint,
+        '--tier',
+        TIER,
+        '--agents',
+        String(N),
+        '--verify-key',
+        keys.verifyKey,
+        '--host-prefix',
+        'f-',
+        '--stats-interval',
+        String(STATS_INTERVAL_MS),
+      ]);
       scope.defer('simulator', () => sim.stop());
       let t = performance.now();
       const up = await sim.until(
         (s) => s.started === N && s.connected === N && s.applied[String(first.version)] === N,
         Math.max(180_000, N * 30),
         `${N} agents started, watching, on version ${first.version}`,
-        (s) => ctx.progress(`starting: ${s.started}/${N} started, ${s.connected} watching, ${s.applied[String(first.version)] ?? 0} on version ${first.version}`),
+        (s) =>
+          ctx.progress(`starting: ${s.started}/${N} started, ${s.connected} watching, ${s.applied[String(first.version)] ?? 0} on version ${first.version}`),
       );
       ctx.progress(`${N} simulated agents in ${up.s.workers} processes started, watching and on version ${first.version} after ${fmtS(performance.now() - t)}`);
       await waitEngineAgents(engine, (n) => n === N, 120_000, `${N} agents`);
@@ -330,17 +355,28 @@ export const fleet: Bench = {
       for (let i = 0; i < PROPAGATION_CHANGES; i++) {
         const config = { ...BASE_CONFIG, bypass: { ports: i % 2 === 0 ? [22, 2222] : [22] } };
         const tPut = performance.now();
-        const rec = await api<{ version: number }>(engine, 'PUT', `/api/tiers/${TIER}/config`, { document: { config, rollout: BASE_ROLLOUT }, message: `bench: change ${i + 1}` });
+        const rec = await api<{ version: number }>(engine, 'PUT', `/api/tiers/${TIER}/config`, {
+          document: { config, rollout: BASE_ROLLOUT },
+          message: `bench: change ${i + 1}`,
+        });
         const v = String(rec.version);
         const tWatch = await watcher.when(rec.version, 10_000);
-        const all = await sim.until((s) => s.applied[v] === s.alive && s.alive === N && s.lastChangeAppliedMs[v] !== undefined, 120_000, `all agents on version ${v}`, undefined, tPut);
+        const all = await sim.until(
+          (s) => s.applied[v] === s.alive && s.alive === N && s.lastChangeAppliedMs[v] !== undefined,
+          120_000,
+          `all agents on version ${v}`,
+          undefined,
+          tPut,
+        );
         // From the write to the first agent seeing it ~ the bare watcher's latency; from there to
         // the last apply, the simulator's own clock (lastChangeAppliedMs).
         const precise = tWatch - tPut + all.s.lastChangeAppliedMs[v]!;
         const polled = all.recv - tPut;
         propMs.push(Math.min(precise, polled));
         propWatch.push(tWatch - tPut);
-        ctx.progress(`change ${i + 1}/${PROPAGATION_CHANGES} (version ${v}): all ${N} applied after ${round(precise, 1)} ms (first agent -> last ${all.s.lastChangeAppliedMs[v]} ms; stats poll says <= ${round(polled, 0)} ms); bare watcher ${round(tWatch - tPut, 2)} ms`);
+        ctx.progress(
+          `change ${i + 1}/${PROPAGATION_CHANGES} (version ${v}): all ${N} applied after ${round(precise, 1)} ms (first agent -> last ${all.s.lastChangeAppliedMs[v]} ms; stats poll says <= ${round(polled, 0)} ms); bare watcher ${round(tWatch - tPut, 2)} ms`,
+        );
         await sleep(2500); // their health writes (at most one per agent per second) drain
       }
 
@@ -356,10 +392,17 @@ export const fleet: Bench = {
           analysis: { checkIntervalMs: 1000, failureLimit: 1, maxBlockedPerMinute: 1e9, applyDeadlineMs: 600_000 },
         });
         const baking = await waitRollout(engine, (r) => r.status === 'running' && r.phase === 'baking', 180_000, 'stage baking');
-        ctx.progress(`rollback ${i + 1}/${ROLLBACKS}: rollout stage active:100 (version ${baking.stageVersion}) applied by all and baking after ${fmtS(performance.now() - t)}`);
+        ctx.progress(
+          `rollback ${i + 1}/${ROLLBACKS}: rollout stage active:100 (version ${baking.stageVersion}) applied by all and baking after ${fmtS(performance.now() - t)}`,
+        );
         await sleep(1500);
         const fingerprint = `bench-${Date.now()}-${i}`;
-        const alert = { status: 'firing', labels: { alertname: 'BenchRollback', tier: TIER, severity: 'page' }, startsAt: new Date().toISOString(), fingerprint };
+        const alert = {
+          status: 'firing',
+          labels: { alertname: 'BenchRollback', tier: TIER, severity: 'page' },
+          startsAt: new Date().toISOString(),
+          fingerprint,
+        };
         const tAlert = performance.now();
         await api(engine, 'POST', '/api/alerts', { version: '4', status: 'firing', alerts: [alert] });
         const rb = await watcher.next(baking.stageVersion!, 30_000);
@@ -382,22 +425,43 @@ export const fleet: Bench = {
         const polled = tReported - tAlert;
         rbMs.push(Math.min(precise, polled));
         rbWatch.push(rb.t - tAlert);
-        ctx.progress(`rollback ${i + 1}/${ROLLBACKS}: alert -> version ${v} written ${round(rb.t - tAlert, 1)} ms -> all applied (stats <= ${round(applied.recv - tAlert, 0)} ms) -> all reported ${round(precise, 0)} ms (health read says <= ${round(polled, 0)} ms)`);
+        ctx.progress(
+          `rollback ${i + 1}/${ROLLBACKS}: alert -> version ${v} written ${round(rb.t - tAlert, 1)} ms -> all applied (stats <= ${round(applied.recv - tAlert, 0)} ms) -> all reported ${round(precise, 0)} ms (health read says <= ${round(polled, 0)} ms)`,
+        );
         await api(engine, 'POST', '/api/alerts', { alerts: [{ ...alert, status: 'resolved', endsAt: new Date().toISOString() }] });
         const done = await waitRollout(engine, (r) => r.status !== 'running', 10_000, 'rollout ended');
-        if (done.status !== 'aborted' || !/BenchRollback/.test(done.reason)) throw new Error(`the rollout should have been aborted by the alert: ${done.status}: ${done.reason}`);
+        if (done.status !== 'aborted' || !/BenchRollback/.test(done.reason))
+          throw new Error(`the rollout should have been aborted by the alert: ${done.status}: ${done.reason}`);
         await sleep(2500);
       }
 
       // ---- dead agents --------------------------------------------------------------------------------
       const D = Math.max(10, Math.round(N / 100));
       t = performance.now();
-      const dying = SimRun.start('sim-dying', logDir, ['--etcd', etcd.endpoint, '--tier', TIER, '--agents', String(D), '--verify-key', keys.verifyKey, '--host-prefix', 'dead-', '--die-percent', '100', '--die-after', String(DIE_AFTER_S), '--stats-interval', '50']);
+      const dying = SimRun.start('sim-dying', logDir, [
+        '--etcd',
+        etcd.endpoint,
+        '--tier',
+        TIER,
+        '--agents',
+        String(D),
+        '--verify-key',
+        keys.verifyKey,
+        '--host-prefix',
+        'dead-',
+        '--die-percent',
+        '100',
+        '--die-after',
+        String(DIE_AFTER_S),
+        '--stats-interval',
+        '50',
+      ]);
       scope.defer('dying simulator', () => dying.stop());
       await dying.until((s) => s.started === D && s.connected === D, DIE_AFTER_S * 1000, `${D} more agents up`);
       await waitEngineAgents(engine, (n) => n === N + D, DIE_AFTER_S * 1000, `${N + D} agents`);
       const dieAt = dying.origin() + DIE_AFTER_S * 1000;
-      if (performance.now() >= dieAt) throw new Error(`the ${D} extra agents were not all counted by the engine before they died (${DIE_AFTER_S} s after their start); raise DIE_AFTER_S`);
+      if (performance.now() >= dieAt)
+        throw new Error(`the ${D} extra agents were not all counted by the engine before they died (${DIE_AFTER_S} s after their start); raise DIE_AFTER_S`);
       ctx.progress(`${D} more agents up and counted (${N + D}); they die ${fmtS(dieAt - performance.now())} from now without revoking their leases`);
       let firstGone: number | undefined;
       let allGone: number | undefined;
@@ -412,7 +476,9 @@ export const fleet: Bench = {
       const deadStats = dying.last()?.s;
       if (deadStats && deadStats.alive !== 0) throw new Error(`the dying simulator still reports ${deadStats.alive} agents alive`);
       const detectMs = allGone - dieAt;
-      ctx.progress(`dead agents: the engine counted the first gone after ${round((firstGone ?? allGone) - dieAt, 0)} ms and all ${D} after ${round(detectMs, 0)} ms (lease TTL ${LEASE_TTL_MS} ms, refreshed every ~3.3 s)`);
+      ctx.progress(
+        `dead agents: the engine counted the first gone after ${round((firstGone ?? allGone) - dieAt, 0)} ms and all ${D} after ${round(detectMs, 0)} ms (lease TTL ${LEASE_TTL_MS} ms, refreshed every ~3.3 s)`,
+      );
       await dying.stop();
       await waitEngineAgents(engine, (n) => n === N, 10_000, `${N} agents`);
 
@@ -428,14 +494,17 @@ export const fleet: Bench = {
         (s) => s.connected === s.alive && s.alive === N && s.reconnects - before.reconnects >= N,
         Math.max(180_000, N * 30),
         `all ${N} agents watching again after the restart`,
-        (s) => ctx.progress(`reconnecting: ${s.connected}/${s.alive} watching, ${s.reconnects - before.reconnects} resumes, ${s.relists - before.relists} re-reads`),
+        (s) =>
+          ctx.progress(`reconnecting: ${s.connected}/${s.alive} watching, ${s.reconnects - before.reconnects} resumes, ${s.relists - before.relists} re-reads`),
         tUp,
       );
       // Late re-reads (a resume that met a cancel) would come within a few seconds.
       await sleep(5000);
       const settled = sim.last()!.s;
       const relists = settled.relists - before.relists;
-      ctx.progress(`etcd restart: all ${N} watching again ${fmtS(back.recv - tUp)} after etcd was back; ${settled.reconnects - before.reconnects} resumes, ${relists} re-reads, ${settled.leaseRegrants - before.leaseRegrants} leases granted again, ${settled.errors} agents reporting errors`);
+      ctx.progress(
+        `etcd restart: all ${N} watching again ${fmtS(back.recv - tUp)} after etcd was back; ${settled.reconnects - before.reconnects} resumes, ${relists} re-reads, ${settled.leaseRegrants - before.leaseRegrants} leases granted again, ${settled.errors} agents reporting errors`,
+      );
 
       // Not a figure, but what an operator would ask next: does the engine see the fleet again?
       // (Its count alone can be stale: the health cache keeps the agents it had until a re-read

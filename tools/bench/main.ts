@@ -4,14 +4,15 @@
 //   {"bench":"tc_fastpath_ns","value":81.2,"unit":"ns/packet","baseline":34.1,"ratio":2.381}
 // A bench that fails prints an error (in --json: the same keys, nulls, and "error") and the
 // others still run; the exit status is then 1.
-import { parseArgs } from 'node:util';
+
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { tcFastpath, tcFirstPacket } from './tc.js';
-import { vethThroughput, connectRate } from './net.js';
-import { propagation, hotSwap, agentIdle, type Figure } from './agent.js';
+import { parseArgs } from 'node:util';
+import { agentIdle, type Figure, hotSwap, propagation } from './agent.js';
 import { fleet, fleetOptions } from './fleet.js';
+import { connectRate, vethThroughput } from './net.js';
 import { round } from './stats.js';
+import { tcFastpath, tcFirstPacket } from './tc.js';
 import type { Bench, BenchResult } from './types.js';
 
 export const BENCHES: Bench[] = [tcFastpath, tcFirstPacket, vethThroughput, connectRate, propagation, hotSwap, agentIdle, fleet];
@@ -40,7 +41,13 @@ export async function main(argv: string[]): Promise<number> {
   try {
     ({ values } = parseArgs({
       args: argv,
-      options: { json: { type: 'boolean' }, only: { type: 'string' }, list: { type: 'boolean' }, help: { type: 'boolean', short: 'h' }, 'fleet-agents': { type: 'string' } },
+      options: {
+        json: { type: 'boolean' },
+        only: { type: 'string' },
+        list: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+        'fleet-agents': { type: 'string' },
+      },
       allowPositionals: false,
       strict: true,
     }));
@@ -68,10 +75,15 @@ export async function main(argv: string[]): Promise<number> {
   let selected = BENCHES;
   let wanted: string[] | undefined;
   if (values.only !== undefined) {
-    wanted = values.only.split(',').map((s) => s.trim()).filter(Boolean);
+    wanted = values.only
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
     const unknown = wanted.filter((w) => !BENCHES.some((b) => b.name === w || b.produces.includes(w)));
     if (unknown.length || wanted.length === 0) {
-      process.stderr.write(`bench: unknown bench ${unknown.join(', ') || '(empty --only)'}; known: ${BENCHES.flatMap((b) => [b.name, ...b.produces.filter((p) => p !== b.name)]).join(', ')}\n`);
+      process.stderr.write(
+        `bench: unknown bench ${unknown.join(', ') || '(empty --only)'}; known: ${BENCHES.flatMap((b) => [b.name, ...b.produces.filter((p) => p !== b.name)]).join(', ')}\n`,
+      );
       return 2;
     }
     selected = BENCHES.filter((b) => wanted!.includes(b.name) || b.produces.some((p) => wanted!.includes(p)));
@@ -90,7 +102,7 @@ export async function main(argv: string[]): Promise<number> {
       // --only tc_flow_open_ns shows that figure, not its siblings.
       if (wanted && !wanted.includes(b.name)) out = out.filter((r) => wanted!.includes(r.bench));
       results.push(...out);
-      if (json) for (const r of out) process.stdout.write(jsonLine(r) + '\n');
+      if (json) for (const r of out) process.stdout.write(`${jsonLine(r)}\n`);
       process.stderr.write(`  ${b.name}: done in ${round((Date.now() - started) / 1000, 1)} s\n`);
     } catch (err) {
       const message = (err as Error).stack ?? String(err);
@@ -98,7 +110,9 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`  ${b.name}: FAILED after ${round((Date.now() - started) / 1000, 1)} s: ${message}\n`);
       if (json) {
         for (const name of b.produces.filter((p) => !wanted || wanted.includes(b.name) || wanted.includes(p))) {
-          process.stdout.write(JSON.stringify({ bench: name, value: null, unit: null, baseline: null, ratio: null, error: (err as Error).message ?? String(err) }) + '\n');
+          process.stdout.write(
+            `${JSON.stringify({ bench: name, value: null, unit: null, baseline: null, ratio: null, error: (err as Error).message ?? String(err) })}\n`,
+          );
         }
       }
     }
@@ -131,7 +145,10 @@ function table(results: BenchResult[], failures: Failure[]): string {
   const widths = header.map((_, i) => Math.max(...[header, ...rows].map((r) => [...r[i]!].length)));
   const right = new Set([1, 3, 4]);
   const line = (r: string[]) =>
-    r.map((c, i) => (i === r.length - 1 ? c : right.has(i) ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd();
+    r
+      .map((c, i) => (i === r.length - 1 ? c : right.has(i) ? c.padStart(widths[i]!) : c.padEnd(widths[i]!)))
+      .join('  ')
+      .trimEnd();
   const baselineNote = [
     'Baselines: tc_* = sslwall_empty on the same packet, same repeat; veth_throughput*/connect_rate = an identical test bed without any filter, runs alternating;',
     '  propagation_* = a bare etcd3 watcher on the same path; hot_swap_* = the same transfer before the swaps; agent_* = an idle node process;',

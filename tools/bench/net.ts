@@ -15,13 +15,13 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { native } from '../../native/index.js';
-import { readCounters, type Counters } from '../../agent/flows.js';
+import { type Counters, readCounters } from '../../agent/flows.js';
 import { pinLayout } from '../../agent/paths.js';
+import { native } from '../../native/index.js';
+import { type AgentEnv, AgentProc, agentEnv, sslwall, writeConfig } from '../lab/agent-proc.js';
 import { createTestbed, type Testbed } from '../lab/netns.js';
-import { iperfClient, startIperf, type IperfPeer } from '../lab/peers.js';
-import { waitFor, tail } from '../lab/proc.js';
-import { AgentProc, agentEnv, sslwall, writeConfig, type AgentEnv } from '../lab/agent-proc.js';
+import { type IperfPeer, iperfClient, startIperf } from '../lab/peers.js';
+import { tail, waitFor } from '../lab/proc.js';
 import { mean, median, round, spread } from './stats.js';
 import type { Bench, BenchContext, BenchResult } from './types.js';
 
@@ -203,7 +203,9 @@ export const vethThroughput: Bench = {
         // iperf3 is plaintext: in passive mode its flows must have been judged plaintext.
         const c1 = agent.counters();
         if (classCount(c1, 'plaintext') <= classCount(c0, 'plaintext')) {
-          throw new Error(`the filter did not classify the iperf3 flows (plaintext count ${classCount(c0, 'plaintext')} -> ${classCount(c1, 'plaintext')}): is it on the path?`);
+          throw new Error(
+            `the filter did not classify the iperf3 flows (plaintext count ${classCount(c0, 'plaintext')} -> ${classCount(c1, 'plaintext')}): is it on the path?`,
+          );
         }
       };
       const runC = async () => {
@@ -213,7 +215,9 @@ export const vethThroughput: Bench = {
         await iperf(bed, bedIperf, bypassed, `C filter, port ${IPERF_PORT} bypassed`);
         const c1 = agent.counters();
         if (classCount(c1, 'bypass') <= classCount(c0, 'bypass') || classCount(c1, 'plaintext') !== classCount(c0, 'plaintext')) {
-          throw new Error(`with port ${IPERF_PORT} bypassed the iperf3 flows should count as bypass and none as plaintext; counters: ${JSON.stringify(c1.byClass, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v))}`);
+          throw new Error(
+            `with port ${IPERF_PORT} bypassed the iperf3 flows should count as bypass and none as plaintext; counters: ${JSON.stringify(c1.byClass, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v))}`,
+          );
         }
       };
 
@@ -227,7 +231,9 @@ export const vethThroughput: Bench = {
       const w = mean(withFilter);
       const b = mean(bypassed);
       ctx.progress(`spread (max-min)/median: A ${pct(spread(without))}, B ${pct(spread(withFilter))}, C ${pct(spread(bypassed))}`);
-      ctx.progress(`cross-check, median of per-round ratios: B/A ${round(median(pairRatios(withFilter, without)), 3)}, C/A ${round(median(pairRatios(bypassed, without)), 3)}`);
+      ctx.progress(
+        `cross-check, median of per-round ratios: B/A ${round(median(pairRatios(withFilter, without)), 3)}, C/A ${round(median(pairRatios(bypassed, without)), 3)}`,
+      );
       return [
         {
           bench: 'veth_throughput',
@@ -281,11 +287,15 @@ async function startConnServer(tb: Testbed, script: string): Promise<void> {
   // the ephemeral ports of the next.
   await tb.execOk('client', '/usr/sbin/sysctl', ['-q', '-w', 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=1024 65535']);
   const server = tb.spawn('server', 'connrate-server', process.execPath, [script, 'server', tb.server.ipv4, String(CONN_PORT)]);
-  await waitFor(`the connect_rate server in ${tb.server.ns} to listen`, () => fs.existsSync(server.logFile) && fs.readFileSync(server.logFile, 'utf8').includes('listening'), {
-    timeoutMs: 10_000,
-    abortIf: () => (server.running ? undefined : `it exited (code ${server.exitCode})`),
-    explain: () => tail(server.logFile),
-  });
+  await waitFor(
+    `the connect_rate server in ${tb.server.ns} to listen`,
+    () => fs.existsSync(server.logFile) && fs.readFileSync(server.logFile, 'utf8').includes('listening'),
+    {
+      timeoutMs: 10_000,
+      abortIf: () => (server.running ? undefined : `it exited (code ${server.exitCode})`),
+      explain: () => tail(server.logFile),
+    },
+  );
 }
 
 export const connectRate: Bench = {
@@ -301,9 +311,14 @@ export const connectRate: Bench = {
       const without: number[] = [];
       const withFilter: number[] = [];
       const measure = async (tb: Testbed, into: number[], label: string) => {
-        const r = await tb.exec('client', process.execPath, [script, 'client', tb.server.ipv4, String(CONN_PORT), String(CONN_MS), String(CONN_CONCURRENCY), String(CONN_WARMUP_MS)], {
-          timeoutMs: CONN_MS + CONN_WARMUP_MS + 20_000,
-        });
+        const r = await tb.exec(
+          'client',
+          process.execPath,
+          [script, 'client', tb.server.ipv4, String(CONN_PORT), String(CONN_MS), String(CONN_CONCURRENCY), String(CONN_WARMUP_MS)],
+          {
+            timeoutMs: CONN_MS + CONN_WARMUP_MS + 20_000,
+          },
+        );
         let rep: ConnReport;
         try {
           rep = JSON.parse(r.stdout.trim().split('\n').pop() ?? '') as ConnReport;

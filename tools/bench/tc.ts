@@ -8,10 +8,10 @@
 // the test-run harness itself (skb setup is outside the timer; the loop, the indirect call and
 // the clock reads are inside), so value - baseline is what the classifier adds per packet.
 import path from 'node:path';
-import { native, type BpfObject, type ProgHandle } from '../../native/index.js';
 import { bpfObjects } from '../../agent/paths.js';
+import { type BpfObject, native, type ProgHandle } from '../../native/index.js';
 import { Lab } from '../lab/bpf-lab.js';
-import { Conversation, tlsAppData, tlsHello, type Endpoint } from '../lab/packets.js';
+import { Conversation, type Endpoint, tlsAppData, tlsHello } from '../lab/packets.js';
 import { mean, median, quantile, round, spread } from './stats.js';
 import type { Bench, BenchContext, BenchResult } from './types.js';
 
@@ -32,7 +32,11 @@ const FASTPATH_ROUNDS = 7;
 const FIRST_PACKET_FLOWS = 20_000;
 const FIRST_PORT = 1024;
 
-interface Progs { egress: ProgHandle; ingress: ProgHandle; empty: ProgHandle }
+interface Progs {
+  egress: ProgHandle;
+  ingress: ProgHandle;
+  empty: ProgHandle;
+}
 
 /** Beside the classifier's object, so SSLWALL_BPF_DIR moves both. */
 const BASELINE_OBJECT = path.join(path.dirname(bpfObjects.classifier), 'bench-baseline.bpf.o');
@@ -152,7 +156,9 @@ export const tcFirstPacket: Bench = {
       // its ClientHello; otherwise we timed something else.
       const counters = lab.counters();
       if (counters.flowsCreated !== BigInt(FIRST_PACKET_FLOWS) || counters.insertFailed !== 0n) {
-        throw new Error(`expected ${FIRST_PACKET_FLOWS} flows created and no insert failure, saw ${counters.flowsCreated} created, ${counters.insertFailed} failed`);
+        throw new Error(
+          `expected ${FIRST_PACKET_FLOWS} flows created and no insert failure, saw ${counters.flowsCreated} created, ${counters.insertFailed} failed`,
+        );
       }
       for (const i of [0, FIRST_PACKET_FLOWS >> 1, FIRST_PACKET_FLOWS - 1]) {
         const f = lab.flow({ addr: CLIENT, port: FIRST_PORT + i }, SERVER);

@@ -1,16 +1,17 @@
 // The fleet commands: `sslwall engine`, `sslwall keygen`, and the `config` and `rollout` groups,
 // which talk to an engine's HTTP API (--engine URL; docs/cli.md).
-import { parseArgs } from 'node:util';
-import type { z } from 'zod';
+
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
+import { parseArgs } from 'node:util';
 import pino from 'pino';
-import { SslwallError } from '../../schemas/errors.js';
-import { generateKeyPair } from '../../rollout/signing.js';
+import type { z } from 'zod';
 import { EngineClient } from '../../rollout/client.js';
-import { AnalysisSchema } from '../../schemas/rollout.js';
-import { describeIssues } from '../../schemas/config.js';
+import { generateKeyPair } from '../../rollout/signing.js';
 import type { RolloutViewBody } from '../../schemas/api.js';
+import { describeIssues } from '../../schemas/config.js';
+import { SslwallError } from '../../schemas/errors.js';
+import { AnalysisSchema } from '../../schemas/rollout.js';
 
 export const DEFAULT_ENGINE = 'http://127.0.0.1:7070';
 
@@ -46,11 +47,22 @@ Options:
 `;
 
 export async function engineCommand(args: string[]): Promise<number> {
-  const { values: v } = parse(args, {
-    etcd: { type: 'string' }, 'signing-key': { type: 'string' }, listen: { type: 'string' }, 'etcd-prefix': { type: 'string' },
-    'etcd-cacert': { type: 'string' }, 'etcd-cert': { type: 'string' }, 'etcd-key': { type: 'string' }, id: { type: 'string' },
-    'lease-ttl': { type: 'string' }, 'log-level': { type: 'string' },
-  }, 'engine');
+  const { values: v } = parse(
+    args,
+    {
+      etcd: { type: 'string' },
+      'signing-key': { type: 'string' },
+      listen: { type: 'string' },
+      'etcd-prefix': { type: 'string' },
+      'etcd-cacert': { type: 'string' },
+      'etcd-cert': { type: 'string' },
+      'etcd-key': { type: 'string' },
+      id: { type: 'string' },
+      'lease-ttl': { type: 'string' },
+      'log-level': { type: 'string' },
+    },
+    'engine',
+  );
   if (v.help) {
     process.stdout.write(ENGINE_HELP);
     return 0;
@@ -61,26 +73,36 @@ export async function engineCommand(args: string[]): Promise<number> {
   const log = pino({ level: (v['log-level'] as string | undefined) ?? 'info', base: { component: 'engine', replica: id } });
   // Loaded here, not at the top: fastify and the engine are not needed by the other commands.
   const { runEngine } = await import('../../rollout/main.js');
-  await runEngine({
-    etcd: { endpoints: String(v.etcd).split(','), cacert: v['etcd-cacert'] as string | undefined, cert: v['etcd-cert'] as string | undefined, key: v['etcd-key'] as string | undefined },
-    signingKey: String(v['signing-key']),
-    id,
-    listen: (v.listen as string | undefined) ?? '127.0.0.1:7070',
-    prefix: v['etcd-prefix'] as string | undefined,
-    leaseTtlS: v['lease-ttl'] === undefined ? undefined : Number(v['lease-ttl']),
-  }, log);
+  await runEngine(
+    {
+      etcd: {
+        endpoints: String(v.etcd).split(','),
+        cacert: v['etcd-cacert'] as string | undefined,
+        cert: v['etcd-cert'] as string | undefined,
+        key: v['etcd-key'] as string | undefined,
+      },
+      signingKey: String(v['signing-key']),
+      id,
+      listen: (v.listen as string | undefined) ?? '127.0.0.1:7070',
+      prefix: v['etcd-prefix'] as string | undefined,
+      leaseTtlS: v['lease-ttl'] === undefined ? undefined : Number(v['lease-ttl']),
+    },
+    log,
+  );
   return 0;
 }
 
 export async function keygenCommand(args: string[]): Promise<number> {
   const { values: v } = parse(args, { out: { type: 'string' }, json: { type: 'boolean' } }, 'keygen');
   if (v.help) {
-    process.stdout.write('Usage: sslwall keygen --out DIR [--json]\n\nWrites DIR/signing.key (for the engine, mode 0600) and DIR/verify.pub (for agents: --verify-key).\n');
+    process.stdout.write(
+      'Usage: sslwall keygen --out DIR [--json]\n\nWrites DIR/signing.key (for the engine, mode 0600) and DIR/verify.pub (for agents: --verify-key).\n',
+    );
     return 0;
   }
   if (!v.out) throw usage('keygen needs --out DIR');
   const r = generateKeyPair(String(v.out));
-  process.stdout.write(v.json ? JSON.stringify(r) + '\n' : `signing key: ${r.signingKey}\nverify key:  ${r.verifyKey}\nkey id:      ${r.keyId}\n`);
+  process.stdout.write(v.json ? `${JSON.stringify(r)}\n` : `signing key: ${r.signingKey}\nverify key:  ${r.verifyKey}\nkey id:      ${r.keyId}\n`);
   return 0;
 }
 
@@ -119,17 +141,30 @@ const ROLLOUT_HELP = `Usage: sslwall rollout <command> --tier T [options] [--eng
 
 export async function configCommand(args: string[]): Promise<number> {
   const [sub, ...rest] = args[0]?.startsWith('-') ? ['help', ...args] : args;
-  const { values: v, positionals } = parse(rest, {
-    tier: { type: 'string' }, file: { type: 'string' }, message: { type: 'string' }, version: { type: 'string' }, json: { type: 'boolean' },
-    to: { type: 'string' }, engine: { type: 'string' }, 'expect-revision': { type: 'string' },
-    host: { type: 'string' }, mode: { type: 'string' }, clear: { type: 'boolean' }, reason: { type: 'string' },
-  }, `config ${sub ?? ''}`);
+  const { values: v, positionals } = parse(
+    rest,
+    {
+      tier: { type: 'string' },
+      file: { type: 'string' },
+      message: { type: 'string' },
+      version: { type: 'string' },
+      json: { type: 'boolean' },
+      to: { type: 'string' },
+      engine: { type: 'string' },
+      'expect-revision': { type: 'string' },
+      host: { type: 'string' },
+      mode: { type: 'string' },
+      clear: { type: 'boolean' },
+      reason: { type: 'string' },
+    },
+    `config ${sub ?? ''}`,
+  );
   if (!sub || v.help || sub === 'help' || sub.startsWith('-')) {
     process.stdout.write(CONFIG_HELP);
     return sub ? 0 : 2;
   }
   const engine = engineClient((v.engine as string | undefined) ?? process.env.SSLWALL_ENGINE ?? DEFAULT_ENGINE);
-  const out = (x: unknown, text: string) => process.stdout.write(v.json ? JSON.stringify(x) + '\n' : text);
+  const out = (x: unknown, text: string) => process.stdout.write(v.json ? `${JSON.stringify(x)}\n` : text);
   if (sub === 'override') {
     const host = v.host as string | undefined;
     if (!host) throw usage('config override needs --host H');
@@ -147,7 +182,11 @@ export async function configCommand(args: string[]): Promise<number> {
     }
     if (!v.mode && !config) throw usage('config override needs --mode off|passive|active, --file F, or --clear');
     // The engine validates mode and config and names the bad field.
-    const r = await engine.setOverride(host, { mode: v.mode as 'off' | 'passive' | 'active' | undefined, config: config as never, reason: v.reason as string | undefined });
+    const r = await engine.setOverride(host, {
+      mode: v.mode as 'off' | 'passive' | 'active' | undefined,
+      config: config as never,
+      reason: v.reason as string | undefined,
+    });
     out(r, `host ${host}: override version ${r.version} written\n`);
     return 0;
   }
@@ -162,18 +201,22 @@ export async function configCommand(args: string[]): Promise<number> {
       } catch (err) {
         throw new SslwallError('SSLWALL_E_CONFIG_READ', `cannot read ${v.file}: ${(err as Error).message}`);
       }
-      const rec = await engine.putConfig(tier, { document: doc, message: (v.message as string | undefined) ?? `set from ${v.file}`, expectRevision: v['expect-revision'] === undefined ? undefined : Number(v['expect-revision']) });
+      const rec = await engine.putConfig(tier, {
+        document: doc,
+        message: (v.message as string | undefined) ?? `set from ${v.file}`,
+        expectRevision: v['expect-revision'] === undefined ? undefined : Number(v['expect-revision']),
+      });
       out(rec, `tier ${tier}: version ${rec.version} written\n`);
       return 0;
     }
     case 'get': {
       const doc = v.version ? await engine.version(tier, Number(v.version)) : await engine.head(tier);
-      process.stdout.write(JSON.stringify(doc, null, v.json ? undefined : 2) + '\n');
+      process.stdout.write(`${JSON.stringify(doc, null, v.json ? undefined : 2)}\n`);
       return 0;
     }
     case 'history': {
       const h = await engine.history(tier);
-      out(h, h.map((r) => `${String(r.version).padStart(4)}  ${r.time}  ${r.author.padEnd(20)}  ${r.message}`).join('\n') + '\n');
+      out(h, `${h.map((r) => `${String(r.version).padStart(4)}  ${r.time}  ${r.author.padEnd(20)}  ${r.message}`).join('\n')}\n`);
       return 0;
     }
     case 'diff': {
@@ -181,7 +224,12 @@ export async function configCommand(args: string[]): Promise<number> {
       if (!(a! > 0 && b! > 0)) throw usage('config diff needs two versions: sslwall config diff --tier T A B');
       const [ra, rb] = await Promise.all([engine.version(tier, a!), engine.version(tier, b!)]);
       const changes = diffJson(strip(ra!.document), strip(rb!.document));
-      out(changes, changes.length ? changes.map((c) => `${c.path}: ${JSON.stringify(c.from)} -> ${JSON.stringify(c.to)}`).join('\n') + '\n' : `versions ${a} and ${b} have the same content\n`);
+      out(
+        changes,
+        changes.length
+          ? `${changes.map((c) => `${c.path}: ${JSON.stringify(c.from)} -> ${JSON.stringify(c.to)}`).join('\n')}\n`
+          : `versions ${a} and ${b} have the same content\n`,
+      );
       return 0;
     }
     case 'revert': {
@@ -210,10 +258,21 @@ export function diffJson(a: unknown, b: unknown, path = ''): Array<{ path: strin
 
 export async function rolloutCommand(args: string[]): Promise<number> {
   const [sub, ...rest] = args[0]?.startsWith('-') ? ['help', ...args] : args;
-  const { values: v } = parse(rest, {
-    tier: { type: 'string' }, stages: { type: 'string' }, bake: { type: 'string' }, analysis: { type: 'string' }, otherwise: { type: 'string' },
-    json: { type: 'boolean' }, reason: { type: 'string' }, percent: { type: 'string' }, engine: { type: 'string' },
-  }, `rollout ${sub ?? ''}`);
+  const { values: v } = parse(
+    rest,
+    {
+      tier: { type: 'string' },
+      stages: { type: 'string' },
+      bake: { type: 'string' },
+      analysis: { type: 'string' },
+      otherwise: { type: 'string' },
+      json: { type: 'boolean' },
+      reason: { type: 'string' },
+      percent: { type: 'string' },
+      engine: { type: 'string' },
+    },
+    `rollout ${sub ?? ''}`,
+  );
   if (!sub || v.help || sub === 'help' || sub.startsWith('-')) {
     process.stdout.write(ROLLOUT_HELP);
     return sub ? 0 : 2;
@@ -236,13 +295,20 @@ export async function rolloutCommand(args: string[]): Promise<number> {
         if (!parsed.success) throw new SslwallError('SSLWALL_E_CONFIG_INVALID', `${v.analysis}: ${describeIssues(parsed.error)}`);
         analysis = parsed.data;
       }
-      const s = await engine.startRollout(tier, { stages: String(v.stages), bake: (v.bake as string | undefined) ?? '10m', analysis, otherwise: v.otherwise as 'off' | 'passive' | undefined });
-      process.stdout.write(v.json ? JSON.stringify(s) + '\n' : `rollout ${s.id} started on tier ${tier}; follow it with: sslwall rollout watch --tier ${tier}\n`);
+      const s = await engine.startRollout(tier, {
+        stages: String(v.stages),
+        bake: (v.bake as string | undefined) ?? '10m',
+        analysis,
+        otherwise: v.otherwise as 'off' | 'passive' | undefined,
+      });
+      process.stdout.write(
+        v.json ? `${JSON.stringify(s)}\n` : `rollout ${s.id} started on tier ${tier}; follow it with: sslwall rollout watch --tier ${tier}\n`,
+      );
       return 0;
     }
     case 'status': {
       const s = await engine.rollout(tier);
-      process.stdout.write(v.json ? JSON.stringify(s) + '\n' : renderStatus(s));
+      process.stdout.write(v.json ? `${JSON.stringify(s)}\n` : renderStatus(s));
       return 0;
     }
     case 'watch': {
@@ -258,16 +324,26 @@ export async function rolloutCommand(args: string[]): Promise<number> {
       }
       return 0;
     }
-    case 'pause': case 'resume': case 'promote': case 'abort': case 'undo': {
+    case 'pause':
+    case 'resume':
+    case 'promote':
+    case 'abort':
+    case 'undo': {
       const s = await engine.act(tier, sub, (v.reason as string | undefined) ?? `${sub} from the command line`);
-      process.stdout.write(v.json ? JSON.stringify(s) + '\n' : `rollout ${s.id}: ${sub} accepted (status ${s.status})\n`);
+      process.stdout.write(v.json ? `${JSON.stringify(s)}\n` : `rollout ${s.id}: ${sub} accepted (status ${s.status})\n`);
       return 0;
     }
     case 'preview': {
       const p = Number(v.percent);
       if (!(p >= 0 && p <= 100)) throw usage('rollout preview needs --percent 0..100');
       const r = await engine.preview(tier, p);
-      process.stdout.write(v.json ? JSON.stringify(r) + '\n' : `${r.joining.length} hosts join the cohort at ${p} %; ${r.wouldBlock.length} of them would now block traffic:\n` + r.joining.map((j) => `  ${j.hostId}${j.wouldBlock ? `  WOULD BLOCK (${j.violationsReported} plaintext flows seen)` : ''}`).join('\n') + '\n');
+      process.stdout.write(
+        v.json
+          ? `${JSON.stringify(r)}\n`
+          : `${r.joining.length} hosts join the cohort at ${p} %; ${r.wouldBlock.length} of them would now block traffic:\n` +
+              r.joining.map((j) => `  ${j.hostId}${j.wouldBlock ? `  WOULD BLOCK (${j.violationsReported} plaintext flows seen)` : ''}`).join('\n') +
+              '\n',
+      );
       return 0;
     }
   }
@@ -285,5 +361,5 @@ function renderStatus(s: RolloutViewBody): string {
     'recent events:',
     ...s.events.slice(-8).map((e) => `  ${e.time}  ${e.action}: ${e.reason}`),
   ];
-  return lines.join('\n') + '\n';
+  return `${lines.join('\n')}\n`;
 }

@@ -1,18 +1,19 @@
 // The `sslwall` command: one executable, a subcommand per job. Usage errors exit 2.
-import { parseArgs, type ParseArgsConfig } from 'node:util';
+
 import { spawn } from 'node:child_process';
-import pino from 'pino';
 import os from 'node:os';
-import { runAgent, type AgentOptions } from '../../agent/agent.js';
-import { defaultHostId } from '../../agent/interfaces.js';
-import { Verifier } from '../../schemas/signing.js';
-import { engineCommand, keygenCommand, configCommand, rolloutCommand } from './fleet.js';
-import { DEFAULT_BPFFS, DEFAULT_STATE_DIR } from '../../agent/paths.js';
-import { uninstall } from '../../agent/uninstall.js';
-import { SslwallError, exitCodeFor } from '../../schemas/errors.js';
-import { readPinnedFlows } from '../../agent/flows.js';
+import { type ParseArgsConfig, parseArgs } from 'node:util';
+import pino from 'pino';
+import { type AgentOptions, runAgent } from '../../agent/agent.js';
 import { joinBypassCgroup } from '../../agent/cgroup.js';
 import { readConfigFile } from '../../agent/config-file.js';
+import { readPinnedFlows } from '../../agent/flows.js';
+import { defaultHostId } from '../../agent/interfaces.js';
+import { DEFAULT_BPFFS, DEFAULT_STATE_DIR } from '../../agent/paths.js';
+import { uninstall } from '../../agent/uninstall.js';
+import { exitCodeFor, SslwallError } from '../../schemas/errors.js';
+import { Verifier } from '../../schemas/signing.js';
+import { configCommand, engineCommand, keygenCommand, rolloutCommand } from './fleet.js';
 
 const VERSION = '0.1.0';
 
@@ -98,13 +99,17 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
         const tier = str(v.tier);
         if (!tier) throw usage('--etcd needs --tier TIER (the tier this host belongs to)');
         if (!/^[A-Za-z0-9._-]{1,64}$/.test(tier)) throw usage(`--tier ${tier}: use letters, digits, . _ - (at most 64)`);
-        const endpoints = etcd!.split(',').map((e) => e.trim()).filter(Boolean);
+        const endpoints = etcd!
+          .split(',')
+          .map((e) => e.trim())
+          .filter(Boolean);
         const verifyKey = str(v['verify-key']) ?? null;
         if (!verifyKey && !v['insecure-unsigned']) {
-          throw usage('--etcd needs --verify-key FILE (the engine\'s verify.pub), or --insecure-unsigned to accept unsigned documents');
+          throw usage("--etcd needs --verify-key FILE (the engine's verify.pub), or --insecure-unsigned to accept unsigned documents");
         }
         if (verifyKey) Verifier.fromFile(verifyKey); // fail now, not at the first document
-        if ((v['etcd-cert'] || v['etcd-key']) && !v['etcd-cacert']) throw usage('--etcd-cert/--etcd-key need --etcd-cacert (client certificates are for https:// endpoints)');
+        if ((v['etcd-cert'] || v['etcd-key']) && !v['etcd-cacert'])
+          throw usage('--etcd-cert/--etcd-key need --etcd-cacert (client certificates are for https:// endpoints)');
         source = {
           kind: 'etcd',
           verifyKey,
@@ -145,9 +150,14 @@ Options:
       const flows = readPinnedFlows(str(v.bpffs) ?? DEFAULT_BPFFS);
       const out = flows.map(({ proto: _proto, ...rest }) => rest);
       if (v.json) {
-        process.stdout.write(JSON.stringify(out) + '\n');
+        process.stdout.write(`${JSON.stringify(out)}\n`);
       } else {
-        process.stdout.write(table(out.map((f) => [f.family, `${f.saddr}:${f.sport}`, `${f.daddr}:${f.dport}`, f.class, f.verdict]), ['FAMILY', 'SOURCE', 'DESTINATION', 'CLASS', 'VERDICT']));
+        process.stdout.write(
+          table(
+            out.map((f) => [f.family, `${f.saddr}:${f.sport}`, `${f.daddr}:${f.dport}`, f.class, f.verdict]),
+            ['FAMILY', 'SOURCE', 'DESTINATION', 'CLASS', 'VERDICT'],
+          ),
+        );
       }
       return 0;
     },
@@ -185,7 +195,7 @@ Validates a config document; prints it with defaults filled in, or the fields th
     async run(v) {
       const file = str(v['config-file']);
       if (!file) throw usage('check needs --config-file FILE');
-      process.stdout.write(JSON.stringify(readConfigFile(file), null, 2) + '\n');
+      process.stdout.write(`${JSON.stringify(readConfigFile(file), null, 2)}\n`);
       return 0;
     },
   },
@@ -205,7 +215,7 @@ Options:
     async run(v) {
       const bpffs = str(v.bpffs) ?? DEFAULT_BPFFS;
       const removed = uninstall(bpffs, (v.iface as string[] | undefined) ?? []);
-      if (v.json) process.stdout.write(JSON.stringify({ removed }) + '\n');
+      if (v.json) process.stdout.write(`${JSON.stringify({ removed })}\n`);
       else process.stdout.write(removed.length ? `removed:\n  ${removed.join('\n  ')}\n` : `nothing pinned under ${bpffs}\n`);
       return 0;
     },
@@ -240,7 +250,14 @@ function usage(message: string): SslwallError {
 function table(rows: string[][], header: string[]): string {
   const all = [header, ...rows];
   const widths = header.map((_, i) => Math.max(...all.map((r) => r[i]!.length)));
-  return all.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n';
+  return `${all
+    .map((r) =>
+      r
+        .map((c, i) => c.padEnd(widths[i]!))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n')}\n`;
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -285,7 +302,7 @@ main(process.argv.slice(2)).then(
     const code = (err as SslwallError).code ?? 'SSLWALL_E_INTERNAL';
     process.stderr.write(`sslwall: ${code}: ${(err as Error).message}\n`);
     const log = (err as { verifierLog?: string }).verifierLog;
-    if (log && process.env.SSLWALL_DEBUG) process.stderr.write(log + '\n');
+    if (log && process.env.SSLWALL_DEBUG) process.stderr.write(`${log}\n`);
     process.exitCode = exitCodeFor(err);
   },
 );

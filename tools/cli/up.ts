@@ -21,7 +21,11 @@ Options:
 export async function upCommand(argv: string[]): Promise<number> {
   let v: { etcd?: string; listen?: string; tier?: string; help?: boolean };
   try {
-    ({ values: v } = parseArgs({ args: argv, options: { etcd: { type: 'string' }, listen: { type: 'string' }, tier: { type: 'string' }, help: { type: 'boolean', short: 'h' } }, strict: true }));
+    ({ values: v } = parseArgs({
+      args: argv,
+      options: { etcd: { type: 'string' }, listen: { type: 'string' }, tier: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+      strict: true,
+    }));
   } catch (err) {
     throw new SslwallError('SSLWALL_E_USAGE', `${(err as Error).message}; run sslwall up --help`);
   }

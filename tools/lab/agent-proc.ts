@@ -3,9 +3,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { repoRoot } from '../../agent/paths.js';
-import type { Testbed, Side } from './netns.js';
+import type { Side, Testbed } from './netns.js';
 import type { Proc } from './proc.js';
-import { run, type RunResult } from './proc.js';
+import { type RunResult, run } from './proc.js';
 
 export const SSLWALL = path.join(repoRoot, 'bin/sslwall.js');
 
@@ -54,12 +54,17 @@ export class AgentProc {
 
   static async start(env: AgentEnv, extraArgs: string[] = [], procEnv?: NodeJS.ProcessEnv): Promise<AgentProc> {
     const args = [
-      SSLWALL, 'agent',
+      SSLWALL,
+      'agent',
       ...(env.configFile ? ['--config-file', env.configFile] : []),
-      '--iface', env.tb.host(env.side).ifname,
-      '--bpffs', env.bpffs,
-      '--cgroup', env.cgroup,
-      '--state-dir', env.stateDir,
+      '--iface',
+      env.tb.host(env.side).ifname,
+      '--bpffs',
+      env.bpffs,
+      '--cgroup',
+      env.cgroup,
+      '--state-dir',
+      env.stateDir,
       ...extraArgs,
     ];
     const proc = env.tb.spawn(env.side, `agent-${env.side}-${seq++}`, process.execPath, args, procEnv ? { env: { ...process.env, ...procEnv } } : {});

@@ -1,11 +1,12 @@
 // SETUP for classifier tests: the classifier object loaded into the kernel (maps private to this
 // process, nothing pinned or attached), a config written through the agent's own apply code,
 // and helpers to run packets through BPF_PROG_TEST_RUN and read what the filter decided.
-import { native, type BpfObject, type ProgHandle } from '../../native/index.js';
-import { bpfObjects } from '../../agent/paths.js';
-import { sharedMaps, closeMaps } from '../../agent/datapath.js';
+
 import { applyConfig, type MapHandles } from '../../agent/apply.js';
-import { readFlows, readCounters, type FlowRecord } from '../../agent/flows.js';
+import { closeMaps, sharedMaps } from '../../agent/datapath.js';
+import { type FlowRecord, readCounters, readFlows } from '../../agent/flows.js';
+import { bpfObjects } from '../../agent/paths.js';
+import { type BpfObject, native, type ProgHandle } from '../../native/index.js';
 import { ConfigSchema } from '../../schemas/config.js';
 import type { Endpoint } from './packets.js';
 

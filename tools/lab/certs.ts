@@ -34,19 +34,46 @@ export async function makeCerts(dir: string, opts: CertOptions): Promise<Certs> 
   const ossl = (...args: string[]) => runOk(BIN.openssl, args, { cwd: dir });
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
 
-  await ossl('req', '-x509', ...ec, '-keyout', f('ca.key'), '-out', f('ca.crt'), '-days', days,
-    '-subj', '/CN=sslwall test CA',
-    '-addext', 'basicConstraints=critical,CA:TRUE',
-    '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
+  await ossl(
+    'req',
+    '-x509',
+    ...ec,
+    '-keyout',
+    f('ca.key'),
+    '-out',
+    f('ca.crt'),
+    '-days',
+    days,
+    '-subj',
+    '/CN=sslwall test CA',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  );
   await ossl('req', ...ec, '-keyout', f('server.key'), '-out', f('server.csr'), '-subj', `/CN=${dns[0]}`);
   const san = [...opts.ips.map((ip) => `IP:${ip}`), ...dns.map((d) => `DNS:${d}`)].join(',');
   fs.writeFileSync(
     f('server.ext'),
-    `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n` +
-      `extendedKeyUsage=serverAuth\nsubjectAltName=${san}\n`,
+    `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=${san}\n`,
   );
-  await ossl('x509', '-req', '-in', f('server.csr'), '-CA', f('ca.crt'), '-CAkey', f('ca.key'), '-CAcreateserial',
-    '-out', f('server.crt'), '-days', days, '-extfile', f('server.ext'));
+  await ossl(
+    'x509',
+    '-req',
+    '-in',
+    f('server.csr'),
+    '-CA',
+    f('ca.crt'),
+    '-CAkey',
+    f('ca.key'),
+    '-CAcreateserial',
+    '-out',
+    f('server.crt'),
+    '-days',
+    days,
+    '-extfile',
+    f('server.ext'),
+  );
   fs.writeFileSync(f('chain.crt'), fs.readFileSync(f('server.crt'), 'utf8') + fs.readFileSync(f('ca.crt'), 'utf8'));
   for (const k of ['ca.key', 'server.key']) fs.chmodSync(f(k), 0o600);
   return { dir, caCert: f('ca.crt'), caKey: f('ca.key'), cert: f('server.crt'), key: f('server.key'), chain: f('chain.crt') };

@@ -5,9 +5,9 @@
 // the host side, a blunt partition.
 import fs from 'node:fs';
 import path from 'node:path';
-import { Proc, BIN, waitFor } from './proc.js';
 import { freePort } from './etcd.js';
-import type { Testbed, Side } from './netns.js';
+import type { Side, Testbed } from './netns.js';
+import { BIN, Proc, waitFor } from './proc.js';
 
 export class EtcdBridge {
   private hostSide: Proc | undefined;
@@ -40,7 +40,12 @@ export class EtcdBridge {
   mend(): void {
     if (this.hostSide?.running) return;
     fs.rmSync(this.sock, { force: true });
-    this.hostSide = Proc.start('etcd-bridge-host', BIN.socat, [`UNIX-LISTEN:${this.sock},fork,mode=600`, `TCP:127.0.0.1:${this.target}`], path.join(this.logDir, 'host.log'));
+    this.hostSide = Proc.start(
+      'etcd-bridge-host',
+      BIN.socat,
+      [`UNIX-LISTEN:${this.sock},fork,mode=600`, `TCP:127.0.0.1:${this.target}`],
+      path.join(this.logDir, 'host.log'),
+    );
   }
 
   close(): void {

@@ -7,7 +7,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { atExit } from './exit.js';
-import { pidAlive, Proc, run, tail, waitFor, type RunResult } from './proc.js';
+import { Proc, pidAlive, type RunResult, run, tail, waitFor } from './proc.js';
 
 export const ETCD_BIN = '/usr/bin/etcd';
 export const ETCDCTL_BIN = '/usr/bin/etcdctl';
@@ -55,19 +55,15 @@ function etcdEnv(): NodeJS.ProcessEnv {
 
 /** etcdctl against the given endpoints; short timeouts so a dead member fails fast. */
 export function etcdctl(endpoints: string[], args: string[], timeoutMs = 10_000): Promise<RunResult> {
-  return run(
-    ETCDCTL_BIN,
-    [`--endpoints=${endpoints.join(',')}`, '--dial-timeout=1s', '--command-timeout=3s', ...args],
-    { env: etcdEnv(), timeoutMs },
-  );
+  return run(ETCDCTL_BIN, [`--endpoints=${endpoints.join(',')}`, '--dial-timeout=1s', '--command-timeout=3s', ...args], { env: etcdEnv(), timeoutMs });
 }
 
 /**
  * etcdctl prints member ids as bare uint64 JSON numbers, which JSON.parse rounds; quote every
  * long integer first so ids compare exactly.
  */
-function parseJsonExact(text: string): any {
-  return JSON.parse(text.replace(/([:\[,]\s*)(\d{16,})(?=\s*[,}\]])/g, '$1"$2"'));
+function parseJsonExact(text: string): Array<{ Status?: { header: { member_id: string; revision: number }; leader: string } }> {
+  return JSON.parse(text.replace(/([:[,]\s*)(\d{16,})(?=\s*[,}\]])/g, '$1"$2"'));
 }
 
 interface EndpointStatus {
@@ -195,16 +191,12 @@ export class EtcdMember {
 
   /** Wait until this member answers `endpoint health` (which needs a leader in the cluster). */
   async waitHealthy(timeoutMs = 20_000): Promise<void> {
-    await waitFor(
-      `etcd ${this.name} healthy at ${this.endpoint}`,
-      async () => (await etcdctl([this.endpoint], ['endpoint', 'health'], 5_000)).code === 0,
-      {
-        timeoutMs,
-        intervalMs: 100,
-        explain: () => tail(this.logFile),
-        abortIf: () => (this.running ? undefined : `etcd ${this.name} exited (code ${this.proc?.exitCode}, signal ${this.proc?.exitSignal})`),
-      },
-    );
+    await waitFor(`etcd ${this.name} healthy at ${this.endpoint}`, async () => (await etcdctl([this.endpoint], ['endpoint', 'health'], 5_000)).code === 0, {
+      timeoutMs,
+      intervalMs: 100,
+      explain: () => tail(this.logFile),
+      abortIf: () => (this.running ? undefined : `etcd ${this.name} exited (code ${this.proc?.exitCode}, signal ${this.proc?.exitSignal})`),
+    });
   }
 
   /** SIGTERM, SIGKILL after graceMs, and poll until the process is gone. */

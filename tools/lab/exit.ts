@@ -14,7 +14,11 @@ export function atExit(fn: () => void): void {
   process.on('exit', () => {
     for (const h of hooks) h();
   });
-  for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] as const) {
+  for (const [sig, code] of [
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+    ['SIGHUP', 129],
+  ] as const) {
     process.on(sig, () => {
       if (!callerOwnsSignals) process.exit(code);
     });

@@ -4,19 +4,20 @@
 // interfaces), all made with the lab the tests use. Runs until a signal; then removes everything
 // it made, also when its stdout is gone (`npm start | tee log`: Ctrl-C ends tee first, and
 // writing to its pipe fails).
+
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { createEtcdClient } from '../../schemas/etcd.js';
-import { startEngine, type RunningEngine } from '../../rollout/main.js';
+import { type RunningEngine, startEngine } from '../../rollout/main.js';
 import { generateKeyPair } from '../../rollout/signing.js';
 import { SslwallError } from '../../schemas/errors.js';
-import { createTestbed, type Testbed } from './netns.js';
-import { callerHandlesSignals } from './exit.js';
-import { startEtcd, type EtcdServer } from './etcd.js';
+import { createEtcdClient } from '../../schemas/etcd.js';
+import { type AgentEnv, AgentProc, agentEnv, SSLWALL, sslwall } from './agent-proc.js';
+import { type EtcdServer, startEtcd } from './etcd.js';
 import { EtcdBridge } from './etcd-bridge.js';
-import { AgentProc, agentEnv, sslwall, SSLWALL, type AgentEnv } from './agent-proc.js';
+import { callerHandlesSignals } from './exit.js';
+import { createTestbed, type Testbed } from './netns.js';
 import { BIN, waitFor } from './proc.js';
 
 export interface FleetOfOneOptions {
@@ -77,21 +78,48 @@ export async function runFleetOfOne(opts: FleetOfOneOptions, log: Logger): Promi
     const keys = generateKeyPair(path.join(bed.dir, 'keys'));
     engine = await startEngine({ etcd: { endpoints: [etcdUrl] }, signingKey: keys.signingKey, id: `up-${bed.id}`, listen }, log.child({ component: 'engine' }));
     if (!(await engine.engine.store.head(tier))) {
-      await engine.engine.store.write(tier, { config: { mode: 'passive', bypass: { ports: [22], cidrs: [] }, starttls: { smtp: [25, 587], imap: [], pop3: [], ftp: [], postgres: [5432], mysql: [] }, connect: { ports: [3128] } }, rollout: { mode: 'passive', percent: 100, otherwise: 'off', salt: randomBytes(4).toString('hex') } }, { author: 'sslwall up', message: 'first config' });
+      await engine.engine.store.write(
+        tier,
+        {
+          config: {
+            mode: 'passive',
+            bypass: { ports: [22], cidrs: [] },
+            starttls: { smtp: [25, 587], imap: [], pop3: [], ftp: [], postgres: [5432], mysql: [] },
+            connect: { ports: [3128] },
+          },
+          rollout: { mode: 'passive', percent: 100, otherwise: 'off', salt: randomBytes(4).toString('hex') },
+        },
+        { author: 'sslwall up', message: 'first config' },
+      );
     }
     say(`engine:    http://${listen}  (dashboard, API, /metrics); signing key ${keys.signingKey}`);
     step();
 
     // The peer: plaintext HTTP on 8080, listening before "ready" is printed (the first curl must find it).
     const peer = bed.server.ipv4;
-    const http = bed.spawn('server', 'peer-http', process.execPath, ['-e', `require('http').createServer((q, r) => r.end('hello from the plaintext peer\\n')).listen(8080, '${peer}')`]);
-    await waitFor('the plaintext peer', async () => (await bed!.exec('server', BIN.ss, ['-Hltn', 'sport = :8080'])).stdout.trim() !== '', { timeoutMs: 10_000, abortIf: () => (http.running ? undefined : `it exited; see ${http.logFile}`) });
+    const http = bed.spawn('server', 'peer-http', process.execPath, [
+      '-e',
+      `require('http').createServer((q, r) => r.end('hello from the plaintext peer\\n')).listen(8080, '${peer}')`,
+    ]);
+    await waitFor('the plaintext peer', async () => (await bed!.exec('server', BIN.ss, ['-Hltn', 'sport = :8080'])).stdout.trim() !== '', {
+      timeoutMs: 10_000,
+      abortIf: () => (http.running ? undefined : `it exited; see ${http.logFile}`),
+    });
     step();
 
     // The agent, in the client namespace; etcd reaches it over the lab's unix-socket bridge.
     const bridge = await EtcdBridge.start(bed, 'client', Number(new URL(etcdUrl).port || 2379));
     env = await agentEnv(bed, 'client', await bed.mountCgroup2());
-    agent = await AgentProc.start({ ...env, configFile: '' }, ['--etcd', bridge.url, '--tier', tier, '--host-id', `up-${bed.id}`, '--verify-key', keys.verifyKey]);
+    agent = await AgentProc.start({ ...env, configFile: '' }, [
+      '--etcd',
+      bridge.url,
+      '--tier',
+      tier,
+      '--host-id',
+      `up-${bed.id}`,
+      '--verify-key',
+      keys.verifyKey,
+    ]);
     step();
     const stopEcho = echoAgentLines(agent, say);
     const nsenter = `nsenter --net=/run/netns/${bed.client.ns}`;
@@ -142,14 +170,18 @@ class Interrupted extends Error {}
 async function waitForEtcd(url: string): Promise<void> {
   const probe = createEtcdClient({ endpoints: [url] });
   try {
-    await waitFor(`etcd at ${url}`, async () => {
-      try {
-        await probe.get('health-probe').string();
-        return true;
-      } catch {
-        return false;
-      }
-    }, { timeoutMs: 10_000 });
+    await waitFor(
+      `etcd at ${url}`,
+      async () => {
+        try {
+          await probe.get('health-probe').string();
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      { timeoutMs: 10_000 },
+    );
   } catch (err) {
     throw new SslwallError('SSLWALL_E_ETCD', `etcd at ${url} does not answer: ${(err as Error).message}; start it or leave out --etcd`);
   } finally {

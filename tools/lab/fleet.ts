@@ -2,11 +2,11 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Proc } from './proc.js';
-import { freePort } from './etcd.js';
-import { SSLWALL } from './agent-proc.js';
 import { generateKeyPair } from '../../rollout/signing.js';
 import type { StatsLine } from '../simulate/shared.js';
+import { SSLWALL } from './agent-proc.js';
+import { freePort } from './etcd.js';
+import { Proc } from './proc.js';
 
 export interface Keys {
   dir: string;
@@ -20,11 +20,20 @@ export function makeKeys(): Keys {
 }
 
 export class EngineProc {
-  private constructor(readonly url: string, readonly proc: Proc, readonly id: string) {}
+  private constructor(
+    readonly url: string,
+    readonly proc: Proc,
+    readonly id: string,
+  ) {}
 
   static async start(endpoints: string[], keys: Keys, id: string, logDir: string): Promise<EngineProc> {
     const port = await freePort();
-    const proc = Proc.start(`engine-${id}`, process.execPath, [SSLWALL, 'engine', '--etcd', endpoints.join(','), '--signing-key', keys.signingKey, '--listen', `127.0.0.1:${port}`, '--id', id, '--lease-ttl', '2'], path.join(logDir, `engine-${id}.log`));
+    const proc = Proc.start(
+      `engine-${id}`,
+      process.execPath,
+      [SSLWALL, 'engine', '--etcd', endpoints.join(','), '--signing-key', keys.signingKey, '--listen', `127.0.0.1:${port}`, '--id', id, '--lease-ttl', '2'],
+      path.join(logDir, `engine-${id}.log`),
+    );
     const e = new EngineProc(`http://127.0.0.1:${port}`, proc, id);
     const deadline = Date.now() + 15000;
     for (;;) {
@@ -34,19 +43,24 @@ export class EngineProc {
       } catch {
         // not up yet
       }
-      if (!proc.running || Date.now() > deadline) throw new Error(`engine ${id} did not start:\n${fs.existsSync(proc.logFile) ? fs.readFileSync(proc.logFile, 'utf8').slice(-2000) : ''}`);
+      if (!proc.running || Date.now() > deadline)
+        throw new Error(`engine ${id} did not start:\n${fs.existsSync(proc.logFile) ? fs.readFileSync(proc.logFile, 'utf8').slice(-2000) : ''}`);
       await new Promise((r) => setTimeout(r, 100));
     }
   }
 
   async api<T = unknown>(method: string, p: string, body?: unknown): Promise<{ status: number; body: T }> {
-    const r = await fetch(`${this.url}${p}`, { method, headers: { 'content-type': 'application/json', 'x-sslwall-user': 'test' }, body: body === undefined ? undefined : JSON.stringify(body) });
+    const r = await fetch(`${this.url}${p}`, {
+      method,
+      headers: { 'content-type': 'application/json', 'x-sslwall-user': 'test' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
     return { status: r.status, body: (await r.json()) as T };
   }
 
   async isLeader(): Promise<boolean> {
     try {
-      return ((await this.api<{ isLeader: boolean }>('GET', '/api/leader')).body).isLeader;
+      return (await this.api<{ isLeader: boolean }>('GET', '/api/leader')).body.isLeader;
     } catch {
       return false;
     }
@@ -70,7 +84,20 @@ export class SimProc {
   private constructor(readonly proc: Proc) {}
 
   static async start(endpoints: string[], tier: string, agents: number, keys: Keys | null, logDir: string, extra: string[] = []): Promise<SimProc> {
-    const args = [SSLWALL, 'simulate', '--etcd', endpoints.join(','), '--tier', tier, '--agents', String(agents), '--stats-interval', '250', ...(keys ? ['--verify-key', keys.verifyKey] : ['--insecure-unsigned']), ...extra];
+    const args = [
+      SSLWALL,
+      'simulate',
+      '--etcd',
+      endpoints.join(','),
+      '--tier',
+      tier,
+      '--agents',
+      String(agents),
+      '--stats-interval',
+      '250',
+      ...(keys ? ['--verify-key', keys.verifyKey] : ['--insecure-unsigned']),
+      ...extra,
+    ];
     const proc = Proc.start(`sim-${tier}`, process.execPath, args, path.join(logDir, `sim-${tier}-${Date.now()}.log`));
     const s = new SimProc(proc);
     await s.waitStats((st) => st.alive === agents, 30000, `${agents} simulated agents alive`);
@@ -79,7 +106,10 @@ export class SimProc {
 
   stats(): StatsLine | null {
     if (!fs.existsSync(this.proc.logFile)) return null;
-    const lines = fs.readFileSync(this.proc.logFile, 'utf8').split('\n').filter((l) => l.startsWith('{"t"'));
+    const lines = fs
+      .readFileSync(this.proc.logFile, 'utf8')
+      .split('\n')
+      .filter((l) => l.startsWith('{"t"'));
     return lines.length ? (JSON.parse(lines[lines.length - 1]!) as StatsLine) : null;
   }
 
@@ -88,7 +118,10 @@ export class SimProc {
     for (;;) {
       const s = this.stats();
       if (s && pred(s)) return s;
-      if (Date.now() > deadline || !this.proc.running) throw new Error(`simulator: expected ${what} within ${timeoutMs} ms; last stats ${JSON.stringify(s)}\n${fs.existsSync(this.proc.logFile) ? fs.readFileSync(this.proc.logFile, 'utf8').slice(-1500) : ''}`);
+      if (Date.now() > deadline || !this.proc.running)
+        throw new Error(
+          `simulator: expected ${what} within ${timeoutMs} ms; last stats ${JSON.stringify(s)}\n${fs.existsSync(this.proc.logFile) ? fs.readFileSync(this.proc.logFile, 'utf8').slice(-1500) : ''}`,
+        );
       await new Promise((r) => setTimeout(r, 100));
     }
   }

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { atExit } from './exit.js';
-import { BIN, Proc, pidAlive, requireBins, run, runOk, type RunOptions, type RunResult } from './proc.js';
+import { BIN, Proc, pidAlive, type RunOptions, type RunResult, requireBins, run, runOk } from './proc.js';
 
 export type Side = 'client' | 'server';
 
@@ -322,7 +322,7 @@ export function sweepStale(): string[] {
   const owned = new Set<string>();
   for (const rec of readOwnerRecords()) {
     if (pidAlive(rec.pid) && procStartTime(rec.pid) === rec.startTime) {
-      rec.namespaces.forEach((n) => owned.add(n));
+      for (const n of rec.namespaces) owned.add(n);
       continue;
     }
     for (const m of rec.mounts) {

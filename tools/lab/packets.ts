@@ -3,9 +3,16 @@
 // the classifier does not verify them, and BPF_PROG_TEST_RUN does not either.
 import net from 'node:net';
 
-export const SYN = 0x02, ACK = 0x10, PSH = 0x08, RST = 0x04, FIN = 0x01;
+export const SYN = 0x02,
+  ACK = 0x10,
+  PSH = 0x08,
+  RST = 0x04,
+  FIN = 0x01;
 
-export interface Endpoint { addr: string; port: number }
+export interface Endpoint {
+  addr: string;
+  port: number;
+}
 
 export interface PacketSpec {
   src: Endpoint;
@@ -27,7 +34,7 @@ function ipv6Bytes(addr: string): Buffer {
   const h = head ? head.split(':') : [];
   const t = tail ? tail.split(':') : [];
   const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill('0'), ...t];
-  groups.forEach((g, i) => out.writeUInt16BE(parseInt(g || '0', 16), i * 2));
+  for (const [i, g] of groups.entries()) out.writeUInt16BE(parseInt(g || '0', 16), i * 2);
   return out;
 }
 
@@ -109,7 +116,10 @@ export function tlsAppData(len = 64): Buffer {
 export class Conversation {
   private cseq = 1000;
   private sseq = 5000;
-  constructor(readonly client: Endpoint, readonly server: Endpoint) {}
+  constructor(
+    readonly client: Endpoint,
+    readonly server: Endpoint,
+  ) {}
 
   syn(payload?: Buffer | string): Buffer {
     const p = packet({ src: this.client, dst: this.server, flags: SYN, seq: this.cseq, payload });

@@ -3,13 +3,14 @@
 // TCP Fast Open). Each start*() returns once the server listens on every address it was asked
 // to, or throws with the tail of its log. Servers run under Testbed.spawn(), so destroy() stops
 // any a test forgot.
-import fs from 'node:fs';
+
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { copyKeyPairFor, type Certs } from './certs.js';
+import { type Certs, copyKeyPairFor } from './certs.js';
 import type { ExecOptions, Testbed } from './netns.js';
-import { BIN, fixture, requireBins, requireModule, runOk, tail, waitFor, type Proc, type RunResult } from './proc.js';
+import { BIN, fixture, type Proc, type RunResult, requireBins, requireModule, runOk, tail, waitFor } from './proc.js';
 
 /** A running server. */
 export interface Peer {
@@ -273,8 +274,11 @@ export async function startPostgres(tb: Testbed, certs: Certs, opts: { port?: nu
   const { uid, gid } = osUser('postgres', 'postgresql-15');
   fs.chownSync(dir, uid, gid);
   const data = path.join(dir, 'data');
-  await runOk(BIN.setpriv, [`--reuid=${uid}`, `--regid=${gid}`, '--init-groups', '--', BIN.initdb,
-    '-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-sync'], { cwd: dir });
+  await runOk(
+    BIN.setpriv,
+    [`--reuid=${uid}`, `--regid=${gid}`, '--init-groups', '--', BIN.initdb, '-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-sync'],
+    { cwd: dir },
+  );
   const { cert, key } = copyKeyPairFor(certs, dir, uid, gid);
   fs.appendFileSync(
     path.join(data, 'postgresql.conf'),
@@ -302,7 +306,10 @@ host all all ::/0 trust
   const logFile = path.join(dir, 'postgres.log');
   // SIGINT is postgres' "fast" shutdown: it does not wait for clients to disconnect.
   const proc = tb.spawn('server', 'postgres', BIN.postgres, ['-D', data], { user: 'postgres', logFile, stopSignal: 'SIGINT' });
-  await waitListening(tb, 'postgres', [proc], logFile, [[tb.server.ipv4, port], [tb.server.ipv6, port]]);
+  await waitListening(tb, 'postgres', [proc], logFile, [
+    [tb.server.ipv4, port],
+    [tb.server.ipv6, port],
+  ]);
   // Listening comes before recovery ends; until then connections are refused with "starting up".
   await waitFor('postgres to accept connections', () => fs.readFileSync(logFile, 'utf8').includes('ready to accept connections'), {
     explain: () => tail(logFile),
@@ -311,11 +318,7 @@ host all all ::/0 trust
 }
 
 /** `psql -c SQL` from the client namespace with the given sslmode; exit 0 means it worked. */
-export async function psql(
-  tb: Testbed,
-  pg: PostgresPeer,
-  o: ClientOptions & { sslmode: 'require' | 'disable'; sql?: string },
-): Promise<RunResult> {
+export async function psql(tb: Testbed, pg: PostgresPeer, o: ClientOptions & { sslmode: 'require' | 'disable'; sql?: string }): Promise<RunResult> {
   requireBins(['psql']);
   const conn = `host=${serverAddr(tb, o.v6)} port=${pg.port} user=postgres dbname=postgres sslmode=${o.sslmode} connect_timeout=10`;
   // -X: ignore any ~/.psqlrc of the machine; -At: bare output ("1").
@@ -334,7 +337,10 @@ export async function startSmtp(tb: Testbed, certs: Certs, opts: { ports?: numbe
   requireBins(['ss']);
   const ports = opts.ports ?? [25, 587];
   const dir = tb.tempDir('smtp');
-  const listens: [string, number][] = ports.flatMap((p): [string, number][] => [[tb.server.ipv4, p], [tb.server.ipv6, p]]);
+  const listens: [string, number][] = ports.flatMap((p): [string, number][] => [
+    [tb.server.ipv4, p],
+    [tb.server.ipv6, p],
+  ]);
   const args = [fixture('smtpd.py'), '--cert', certs.chain, '--key', certs.key];
   for (const [a, p] of listens) args.push('--listen', a.includes(':') ? `[${a}]:${p}` : `${a}:${p}`);
   const logFile = path.join(dir, 'smtpd.log');
@@ -351,8 +357,22 @@ export async function swaks(tb: Testbed, o: ClientOptions & { starttls: boolean;
   requireBins(['swaks']);
   if (o.starttls) requireModule('perl', 'Net::SSLeay');
   if (o.v6) requireModule('perl', 'IO::Socket::INET6');
-  const args = ['--to', 'a@b.test', '--from', 'c@d.test', '--helo', 'client.test', '--server', serverAddr(tb, o.v6),
-    '--port', String(o.port ?? 25), '--timeout', '10', '--h-Subject', 'sslwall test'];
+  const args = [
+    '--to',
+    'a@b.test',
+    '--from',
+    'c@d.test',
+    '--helo',
+    'client.test',
+    '--server',
+    serverAddr(tb, o.v6),
+    '--port',
+    String(o.port ?? 25),
+    '--timeout',
+    '10',
+    '--h-Subject',
+    'sslwall test',
+  ];
   if (o.starttls) args.push('--tls');
   return tb.exec('client', BIN.swaks, args, execOpts(o));
 }
@@ -399,7 +419,17 @@ http_access deny all
   const logFile = path.join(dir, 'squid.log');
   // -N: foreground, no daemon; -d 1: also log to stderr (our log file).
   const proc = tb.spawn('server', 'squid', BIN.squid, ['-N', '-d', '1', '-f', confFile], { logFile });
-  await waitListening(tb, 'squid', [proc], logFile, [[tb.server.ipv4, port], [tb.server.ipv6, port]], 30_000).catch((e: Error) => {
+  await waitListening(
+    tb,
+    'squid',
+    [proc],
+    logFile,
+    [
+      [tb.server.ipv4, port],
+      [tb.server.ipv6, port],
+    ],
+    30_000,
+  ).catch((e: Error) => {
     throw new Error(`${e.message}\n--- cache.log ---\n${tail(path.join(dir, 'cache.log'))}`);
   });
   return { ...peer('squid', dir, [proc], logFile), port };
@@ -450,7 +480,10 @@ LogLevel VERBOSE
   const logFile = path.join(dir, 'sshd.log');
   // -D: no daemon; -e: log to stderr (our log file). sshd needs its absolute path to re-exec.
   const proc = tb.spawn('server', 'sshd', BIN.sshd, ['-D', '-e', '-f', confFile], { logFile });
-  await waitListening(tb, 'sshd', [proc], logFile, [[tb.server.ipv4, port], [tb.server.ipv6, port]]);
+  await waitListening(tb, 'sshd', [proc], logFile, [
+    [tb.server.ipv4, port],
+    [tb.server.ipv6, port],
+  ]);
   return { ...peer('sshd', dir, [proc], logFile), port, clientKey };
 }
 
@@ -460,10 +493,26 @@ export async function ssh(tb: Testbed, sshd: SshdPeer, o: ClientOptions & { comm
   return tb.exec(
     'client',
     BIN.ssh,
-    ['-F', '/dev/null', '-i', sshd.clientKey, '-p', String(sshd.port),
-      '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'BatchMode=yes',
-      '-o', 'ConnectTimeout=10', '-o', 'LogLevel=ERROR',
-      `root@${serverAddr(tb, o.v6)}`, o.command ?? 'true'],
+    [
+      '-F',
+      '/dev/null',
+      '-i',
+      sshd.clientKey,
+      '-p',
+      String(sshd.port),
+      '-o',
+      'StrictHostKeyChecking=no',
+      '-o',
+      'UserKnownHostsFile=/dev/null',
+      '-o',
+      'BatchMode=yes',
+      '-o',
+      'ConnectTimeout=10',
+      '-o',
+      'LogLevel=ERROR',
+      `root@${serverAddr(tb, o.v6)}`,
+      o.command ?? 'true',
+    ],
     execOpts(o),
   );
 }
@@ -490,7 +539,10 @@ export async function startSink(tb: Testbed, opts: { port?: number } = {}): Prom
     tb.spawn('server', 'sink4', BIN.socat, ['-u', `TCP4-LISTEN:${port},bind=${tb.server.ipv4},reuseaddr,fork`, out], { logFile }),
     tb.spawn('server', 'sink6', BIN.socat, ['-u', `TCP6-LISTEN:${port},bind=[${tb.server.ipv6}],reuseaddr,fork`, out], { logFile }),
   ];
-  await waitListening(tb, 'sink', procs, logFile, [[tb.server.ipv4, port], [tb.server.ipv6, port]]);
+  await waitListening(tb, 'sink', procs, logFile, [
+    [tb.server.ipv4, port],
+    [tb.server.ipv6, port],
+  ]);
   return { ...peer('sink', dir, procs, logFile), port, bytes: () => fs.statSync(data).size };
 }
 
@@ -516,15 +568,26 @@ export async function plainClient(
 ): Promise<PlainClientResult> {
   const maxMs = o.maxMs ?? 5000;
   const host = o.host ?? serverAddr(tb, o.v6);
-  const r = await tb.exec('client', process.execPath, [fixture('plain-client.mjs'), host, String(o.port), String(maxMs), String(o.intervalMs ?? 100)],
-    execOpts({ ...o, timeoutMs: o.timeoutMs ?? maxMs + 10_000 }));
+  const r = await tb.exec(
+    'client',
+    process.execPath,
+    [fixture('plain-client.mjs'), host, String(o.port), String(maxMs), String(o.intervalMs ?? 100)],
+    execOpts({ ...o, timeoutMs: o.timeoutMs ?? maxMs + 10_000 }),
+  );
   let report: Partial<PlainClientResult> = {};
   try {
     report = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as Partial<PlainClientResult>;
   } catch {
     throw new Error(`plain-client printed no report (exit ${r.code}): ${r.stdout} ${r.stderr}`);
   }
-  return { ...r, connected: !!report.connected, failed: !!report.failed, elapsedMs: report.elapsedMs ?? 0, linesSent: report.linesSent ?? 0, error: report.error };
+  return {
+    ...r,
+    connected: !!report.connected,
+    failed: !!report.failed,
+    elapsedMs: report.elapsedMs ?? 0,
+    linesSent: report.linesSent ?? 0,
+    error: report.error,
+  };
 }
 
 // ---------------------------------------------------------------------------------------------

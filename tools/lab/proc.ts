@@ -1,7 +1,7 @@
 // Process helpers for the integration harness: run a command to completion, run a long-lived one
 // with its output in a log file, stop it (its whole process group) and wait for it, poll for a
 // condition. Namespace-aware wrappers live in netns.ts; this file knows nothing about namespaces.
-import { spawn as nodeSpawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn as nodeSpawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -59,8 +59,7 @@ export async function runOk(cmd: string, args: string[], opts: RunOptions = {}):
   const r = await run(cmd, args, opts);
   if (r.code !== 0) {
     throw new Error(
-      `command failed (exit ${r.code ?? r.signal}): ${[cmd, ...args].join(' ')}\n` +
-        `stderr: ${r.stderr.trim()}\nstdout: ${r.stdout.trim().slice(-2000)}`,
+      `command failed (exit ${r.code ?? r.signal}): ${[cmd, ...args].join(' ')}\n` + `stderr: ${r.stderr.trim()}\nstdout: ${r.stdout.trim().slice(-2000)}`,
     );
   }
   return r;
@@ -69,7 +68,11 @@ export async function runOk(cmd: string, args: string[], opts: RunOptions = {}):
 /** Last `lines` lines of a file, or a note that it is missing (used in timeout messages). */
 export function tail(file: string, lines = 30): string {
   try {
-    return fs.readFileSync(file, 'utf8').split('\n').slice(-lines - 1).join('\n');
+    return fs
+      .readFileSync(file, 'utf8')
+      .split('\n')
+      .slice(-lines - 1)
+      .join('\n');
   } catch {
     return `(no ${file})`;
   }
@@ -108,13 +111,7 @@ export class Proc {
     });
   }
 
-  static start(
-    name: string,
-    cmd: string,
-    args: string[],
-    logFile: string,
-    opts: { env?: NodeJS.ProcessEnv; stopSignal?: NodeJS.Signals } = {},
-  ): Proc {
+  static start(name: string, cmd: string, args: string[], logFile: string, opts: { env?: NodeJS.ProcessEnv; stopSignal?: NodeJS.Signals } = {}): Proc {
     fs.mkdirSync(path.dirname(logFile), { recursive: true });
     const fd = fs.openSync(logFile, 'a');
     try {
@@ -208,7 +205,8 @@ export async function waitFor(
 
 /** Where each prerequisite comes from, so a missing one fails with the package to install. */
 export { BIN } from './prerequisites.js';
-import { BIN, MODULES, PROGRAMS, moduleLoads } from './prerequisites.js';
+
+import { BIN, MODULES, moduleLoads, PROGRAMS } from './prerequisites.js';
 
 export type BinName = keyof typeof BIN;
 
@@ -220,9 +218,7 @@ export function requireBins(names: BinName[]): void {
   const missing = names.filter((n) => !isExecutable(BIN[n]));
   if (missing.length) {
     const pkgs = [...new Set(missing.map((n) => PROGRAMS[n].package))];
-    throw new Error(
-      `missing prerequisites: ${missing.map((n) => BIN[n]).join(', ')} — install Debian package(s): ${pkgs.join(' ')}`,
-    );
+    throw new Error(`missing prerequisites: ${missing.map((n) => BIN[n]).join(', ')} — install Debian package(s): ${pkgs.join(' ')}`);
   }
 }
 

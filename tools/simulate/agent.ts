@@ -7,16 +7,16 @@
 // picked to fail) and where the health counters come from.
 import pino from 'pino';
 import { EtcdFollower, type Handlers } from '../../agent/etcd-source.js';
-import type { AgentStatus } from '../../agent/status.js';
-import type { AppliedMeta } from '../../agent/state.js';
 import { HEALTH_TTL_S } from '../../agent/health.js';
-import { cohortBucket } from '../../schemas/cohort.js';
+import type { AppliedMeta } from '../../agent/state.js';
+import type { AgentStatus } from '../../agent/status.js';
 import { BpfError } from '../../native/index.js';
-import type { Verifier } from '../../schemas/signing.js';
+import { cohortBucket } from '../../schemas/cohort.js';
 import type { Config } from '../../schemas/config.js';
-import type { Health } from '../../schemas/tier.js';
 import type { etcdKeys } from '../../schemas/keys.js';
-import { Limiter, LeaseKeeper, SharedConn, SimTransport } from './conn.js';
+import type { Verifier } from '../../schemas/signing.js';
+import type { Health } from '../../schemas/tier.js';
+import { type LeaseKeeper, type Limiter, type SharedConn, SimTransport } from './conn.js';
 
 export const SIM_AGENT_VERSION = '0.1.0-sim';
 export { HEALTH_TTL_S };
@@ -75,7 +75,14 @@ export class SimAgent {
     };
     this.follower = new EtcdFollower(
       new SimTransport(env.conn, env.limiter, env.leases, index),
-      { keys: env.keys, tier: env.tier, hostId, verifier: env.verifier, agentVersion: SIM_AGENT_VERSION, health: { ttlS: HEALTH_TTL_S, intervalMs: 5000, refreshMs: 60000, minIntervalMs: env.healthMinIntervalMs } },
+      {
+        keys: env.keys,
+        tier: env.tier,
+        hostId,
+        verifier: env.verifier,
+        agentVersion: SIM_AGENT_VERSION,
+        health: { ttlS: HEALTH_TTL_S, intervalMs: 5000, refreshMs: 60000, minIntervalMs: env.healthMinIntervalMs },
+      },
       this.state,
       kernel,
       { counters: () => this.simCounters(), features: () => ({ simulated: true, tcAttach: 'none' }) },
@@ -135,7 +142,11 @@ export class SimAgent {
   private kernelApply(config: Config, meta: AppliedMeta): void {
     const started = process.hrtime.bigint();
     if (this.failApply && (meta.tierVersion ?? 0) >= this.env.errorFromVersion) {
-      throw new BpfError(`simulated failure: updating sslwall_config for ${this.env.keys.tierConfig(this.env.tier)} version ${meta.tierVersion}: No space left on device`, 'map_update', 28);
+      throw new BpfError(
+        `simulated failure: updating sslwall_config for ${this.env.keys.tierConfig(this.env.tier)} version ${meta.tierVersion}: No space left on device`,
+        'map_update',
+        28,
+      );
     }
     this.state.applied = { config, meta };
     this.state.appliedAt = new Date().toISOString();

@@ -3,9 +3,9 @@
 // keepalive streams for every agent's health lease. SimTransport puts that behind the agent's
 // EtcdTransport seam (agent/etcd-client.ts): each simulated agent runs the agent's own watch,
 // decision and health code over it.
-import type { Etcd3, Namespace, IDuplexStream, ILeaseKeepAliveRequest, ILeaseKeepAliveResponse } from 'etcd3';
-import { createEtcdClient, guardWatchManager, backoffMs, type EtcdConnection } from '../../schemas/etcd.js';
-import { readKeys, watchKeys, type EtcdTransport, type WatchHandlers } from '../../agent/etcd-client.js';
+import type { Etcd3, IDuplexStream, ILeaseKeepAliveRequest, ILeaseKeepAliveResponse, Namespace } from 'etcd3';
+import { type EtcdTransport, readKeys, type WatchHandlers, watchKeys } from '../../agent/etcd-client.js';
+import { backoffMs, createEtcdClient, type EtcdConnection, guardWatchManager } from '../../schemas/etcd.js';
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 

@@ -3,12 +3,12 @@
 // of the agents over one etcd3 client, prints one JSON stats line per interval on stdout and
 // human progress on stderr, and on SIGTERM/SIGINT stops every worker (leases revoked: the health
 // keys go at once) and returns 0.
-import { fork, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, fork } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { SslwallError, exitCodeFor } from '../../schemas/errors.js';
-import { slices, type FromWorker, type SimOptions, type StatsLine, type ToWorker, type WorkerStats } from './shared.js';
+import { type ParseArgsConfig, parseArgs } from 'node:util';
+import { exitCodeFor, SslwallError } from '../../schemas/errors.js';
+import { type FromWorker, type SimOptions, type StatsLine, slices, type ToWorker, type WorkerStats } from './shared.js';
 
 export const SIMULATE_HELP = `Usage: sslwall simulate --etcd URL[,URL...] --tier TIER --agents N (--verify-key FILE | --insecure-unsigned) [options]
 
@@ -84,7 +84,9 @@ function num(v: string | undefined, name: string, def: number, min: number, max:
 export function parseSimulateArgs(argv: string[]): SimOptions {
   let values: Record<string, string | boolean | undefined>;
   try {
-    ({ values } = parseArgs({ args: argv, options: SIMULATE_OPTIONS, allowPositionals: false, strict: true }) as { values: Record<string, string | boolean | undefined> });
+    ({ values } = parseArgs({ args: argv, options: SIMULATE_OPTIONS, allowPositionals: false, strict: true }) as {
+      values: Record<string, string | boolean | undefined>;
+    });
   } catch (err) {
     throw usage((err as Error).message);
   }
@@ -95,7 +97,10 @@ export function parseSimulateArgs(argv: string[]): SimOptions {
   if (!s('verify-key') === !values['insecure-unsigned']) throw usage('give one of --verify-key FILE or --insecure-unsigned');
   if (s('verify-key') && !existsSync(s('verify-key')!)) throw usage(`--verify-key ${s('verify-key')}: no such file`);
   const agents = num(s('agents'), 'agents', 0, 1, 1_000_000, true);
-  const endpoints = s('etcd')!.split(',').map((e) => e.trim()).filter(Boolean);
+  const endpoints = s('etcd')!
+    .split(',')
+    .map((e) => e.trim())
+    .filter(Boolean);
   return {
     conn: { endpoints, cacert: s('etcd-cacert'), cert: s('etcd-cert'), key: s('etcd-key') },
     tier: s('tier')!,
@@ -130,7 +135,24 @@ interface Child {
 
 /** Sum the workers' latest stats into one line. */
 export function mergeStats(t: number, agents: number, all: Array<WorkerStats | null>, workers: number): StatsLine {
-  const line: StatsLine = { t, agents, alive: 0, connected: 0, applied: {}, errors: 0, relists: 0, reconnects: 0, lastChangeAppliedMs: {}, lastChangeReportedMs: {}, started: 0, errorCodes: {}, leaseRegrants: 0, healthWrites: 0, healthWriteErrors: 0, workers };
+  const line: StatsLine = {
+    t,
+    agents,
+    alive: 0,
+    connected: 0,
+    applied: {},
+    errors: 0,
+    relists: 0,
+    reconnects: 0,
+    lastChangeAppliedMs: {},
+    lastChangeReportedMs: {},
+    started: 0,
+    errorCodes: {},
+    leaseRegrants: 0,
+    healthWrites: 0,
+    healthWriteErrors: 0,
+    workers,
+  };
   const first = new Map<string, number>();
   const last = new Map<string, number>();
   const reported = new Map<string, number>();
@@ -247,8 +269,13 @@ export async function main(argv: string[]): Promise<number> {
     waiting.delete(id);
     printing = false;
     if (stopping) return;
-    lastLine = mergeStats(Date.now() - t0, opts.agents, children.map((c) => c.stats), live.length);
-    process.stdout.write(JSON.stringify(lastLine) + '\n');
+    lastLine = mergeStats(
+      Date.now() - t0,
+      opts.agents,
+      children.map((c) => c.stats),
+      live.length,
+    );
+    process.stdout.write(`${JSON.stringify(lastLine)}\n`);
   };
   const timer = setInterval(() => void tick(), opts.statsIntervalMs);
 

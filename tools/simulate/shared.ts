@@ -28,10 +28,7 @@ export interface SimOptions {
 }
 
 /** Parent -> worker. */
-export type ToWorker =
-  | { type: 'init'; opts: SimOptions; first: number; count: number; startedAt: number }
-  | { type: 'stats'; seq: number }
-  | { type: 'stop' };
+export type ToWorker = { type: 'init'; opts: SimOptions; first: number; count: number; startedAt: number } | { type: 'stats'; seq: number } | { type: 'stop' };
 
 export interface VersionStats {
   /** Epoch ms when an agent of this worker first parsed a valid document with this version. */

@@ -4,9 +4,9 @@
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { etcdKeys } from '../../schemas/keys.js';
 import { Verifier } from '../../schemas/signing.js';
-import { Limiter, LeaseKeeper, SharedConn, sleep } from './conn.js';
-import { SimAgent, HEALTH_TTL_S, type AgentEnv } from './agent.js';
-import { hostId, simPicked, type FromWorker, type SimOptions, type ToWorker, type WorkerStats, type VersionStats } from './shared.js';
+import { type AgentEnv, HEALTH_TTL_S, SimAgent } from './agent.js';
+import { LeaseKeeper, Limiter, SharedConn, sleep } from './conn.js';
+import { type FromWorker, hostId, type SimOptions, simPicked, type ToWorker, type VersionStats, type WorkerStats } from './shared.js';
 
 /** Agents per watch stream and per lease keepalive stream (conn.ts says why not all on one). */
 const AGENTS_PER_WATCH_STREAM = 50;
