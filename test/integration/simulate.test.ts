@@ -231,7 +231,7 @@ describe('sslwall simulate', () => {
   test('after a partition the watches resume; after a compaction they read again (relists)', async () => {
     // A short break, no compaction: resumed from the last revision, nothing read again.
     proxy.partition('reset');
-    await new Promise((r) => setTimeout(r, 1000));
+    await waitFor('every agent to see the break', () => sim!.last?.connected === 0, { timeoutMs: 10_000, explain: () => JSON.stringify(sim!.last) });
     await putSigned(tierDoc(5, 30));
     proxy.heal();
     await waitHealth('version 5 after the break', (h) => h?.configVersion === 5 && h.lastError === null);
@@ -239,7 +239,7 @@ describe('sslwall simulate', () => {
     assert.equal(sim!.last!.relists, 0);
     // Now the revisions missed during the break are compacted away: every agent reads again.
     proxy.partition('reset');
-    await new Promise((r) => setTimeout(r, 1000));
+    await waitFor('every agent to see the break', () => sim!.last?.connected === 0, { timeoutMs: 10_000, explain: () => JSON.stringify(sim!.last) });
     await putSigned(tierDoc(6, 30));
     await putSigned(tierDoc(7, 30));
     await etcd.compact();
