@@ -136,7 +136,9 @@ test('the generated enums carry the values shared.h gives them', () => {
 });
 
 const objects: BpfObject[] = [];
-after(() => objects.forEach((o) => o.close()));
+after(() => {
+  for (const o of objects) o.close();
+});
 
 for (const [name, file] of Object.entries(bpfObjects)) {
   test(`the maps the kernel created from the ${name} object have the layouts the agent encodes`, () => {

@@ -72,7 +72,10 @@ async function withObject<T>(fn: (o: BpfObject, own: Own) => T | Promise<T>, set
   try {
     setup?.(o);
     o.load();
-    return await fn(o, (h) => (owned.push(h), h));
+    return await fn(o, (h) => {
+      owned.push(h);
+      return h;
+    });
   } finally {
     for (const h of owned) h.close();
     o.close();
