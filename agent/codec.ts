@@ -51,7 +51,7 @@ export function encode<T extends object>(structName: string, value: Partial<T>):
         buf.write(String(v).slice(0, f.size - 1), at, 'utf8');
         break;
       case 'uints':
-        (v as number[]).forEach((n, i) => buf.writeUIntLE(n, at + i * f.elemSize!, f.elemSize!));
+        for (const [i, n] of (v as number[]).entries()) buf.writeUIntLE(n, at + i * f.elemSize!, f.elemSize!);
         break;
       case 'struct':
         encode(f.struct!, v as object).copy(buf, at);
@@ -106,7 +106,7 @@ export function addrToString(bytes: Buffer, family: number): string {
 export function addrToBytes(addr: string): { family: number; bytes: Buffer } {
   const bytes = Buffer.alloc(16);
   if (net.isIPv4(addr)) {
-    addr.split('.').forEach((o, i) => (bytes[i] = Number(o)));
+    for (const [i, o] of addr.split('.').entries()) bytes[i] = Number(o);
     return { family: Defines.SSLWALL_FAMILY_IPV4, bytes };
   }
   if (!net.isIPv6(addr)) throw new Error(`not an IP address: ${addr}`);
@@ -121,7 +121,7 @@ export function addrToBytes(addr: string): { family: number; bytes: Buffer } {
   const h = head ? head.split(':') : [];
   const t = tail ? tail.split(':') : [];
   const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
-  groups.forEach((g, i) => bytes.writeUInt16BE(parseInt(g, 16), i * 2));
+  for (const [i, g] of groups.entries()) bytes.writeUInt16BE(parseInt(g, 16), i * 2);
   return { family: Defines.SSLWALL_FAMILY_IPV6, bytes };
 }
 

@@ -2,7 +2,7 @@
 // reused by every later load, so replacing programs (or restarting the agent) keeps flow state.
 // Interfaces get tcx links pinned under <bpffs>/links; a restart updates the program behind
 // an existing link instead of attaching a second filter.
-import { existsSync, mkdirSync, readdirSync, statSync, unlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { BpfError, type BpfObject, type LinkHandle, type MapHandle, native, type ProgHandle } from '../native/index.js';
 import { SslwallError } from '../schemas/errors.js';
@@ -273,16 +273,6 @@ function reusePinnedMaps(obj: BpfObject, pins: ReturnType<typeof pinLayout>, log
     }
   }
   return reused;
-}
-
-/** Everything the agent pinned under bpffs, for uninstall and tests. */
-export function listPins(bpffs: string): string[] {
-  const pins = pinLayout(bpffs);
-  const out: string[] = [];
-  for (const dir of [pins.links, pins.maps]) {
-    if (existsSync(dir)) for (const f of readdirSync(dir)) out.push(`${dir}/${f}`);
-  }
-  return out;
 }
 
 /** The tcx links on an interface index (of any namespace: ifindexes repeat across namespaces). */

@@ -22,12 +22,7 @@ export interface Snapshot {
 
 export type WatchState = 'reading' | 'watching' | 'disconnected' | 'backoff' | 'stopped';
 
-export declare interface TierWatch {
-  on(event: 'snapshot', fn: (s: Snapshot, reason: string) => void): this;
-  on(event: 'state', fn: (s: WatchState) => void): this;
-}
-
-export class TierWatch extends EventEmitter {
+export class TierWatch extends EventEmitter<{ snapshot: [s: Snapshot, reason: string]; state: [s: WatchState] }> {
   state: WatchState = 'reading';
   private stopped = false;
   private cancelWatch: (() => Promise<void>) | null = null;

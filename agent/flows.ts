@@ -1,7 +1,19 @@
-// Reading the flows map for `sslwall flows` and the counters for metrics.
+// Reading the flows map (and the connections transparent TLS wrapped) for `sslwall flows`, and the
+// counters for metrics.
+import { existsSync } from 'node:fs';
 import { type MapHandle, native } from '../native/index.js';
-import { classNames, decode, endpoints, type Family, protoNames, verdictNames } from './codec.js';
-import { SslwallClass, SslwallCounter, type SslwallFlow, type SslwallFlowKey, SslwallVerdict } from './generated/shared.js';
+import { SslwallError } from '../schemas/errors.js';
+import { addrToString, classNames, decode, endpoints, type Family, familyName, protoNames, verdictNames } from './codec.js';
+import {
+  SslwallClass,
+  SslwallCounter,
+  type SslwallFlow,
+  type SslwallFlowKey,
+  type SslwallTtlsAddr,
+  type SslwallTtlsOrig,
+  SslwallVerdict,
+} from './generated/shared.js';
+import { pinLayout } from './paths.js';
 
 export interface FlowRecord {
   family: Family;
@@ -12,6 +24,50 @@ export interface FlowRecord {
   class: string;
   verdict: string;
   proto: string;
+  /** Carried by transparent TLS: s is the client's socket (on loopback, to the proxy), d where it asked to go. */
+  wrapped?: true;
+}
+
+/** The flows in the map an agent pinned under bpffs (`sslwall flows`). */
+export function readPinnedFlows(bpffs: string): FlowRecord[] {
+  const pin = pinLayout(bpffs).map('sslwall_flows');
+  if (!existsSync(pin)) throw new SslwallError('SSLWALL_E_NOT_INSTALLED', `no flow map pinned at ${pin}; is the agent running with --bpffs ${bpffs}?`);
+  const map = native().getPinned(pin, 'map');
+  let flows: FlowRecord[];
+  try {
+    flows = readFlows(map);
+  } finally {
+    map.close();
+  }
+  const wrapped = pinLayout(bpffs).map('sslwall_ttls_by_local');
+  if (!existsSync(wrapped)) return flows; // transparent TLS never loaded here
+  const ttls = native().getPinned(wrapped, 'map');
+  try {
+    return [...flows, ...readWrappedFlows(ttls)];
+  } finally {
+    ttls.close();
+  }
+}
+
+/** The connections transparent TLS wrapped, from its map of established ones: class tls, to the original destination. */
+export function readWrappedFlows(byLocal: MapHandle): FlowRecord[] {
+  return native()
+    .mapDump(byLocal)
+    .map(([k, v]) => {
+      const local = decode<SslwallTtlsAddr>('sslwall_ttls_addr', k);
+      const { dst } = decode<SslwallTtlsOrig>('sslwall_ttls_orig', v);
+      return {
+        family: familyName(dst.family),
+        saddr: addrToString(local.addr, local.family),
+        sport: local.port,
+        daddr: addrToString(dst.addr, dst.family),
+        dport: dst.port,
+        class: classNames[SslwallClass.SSLWALL_CLASS_TLS]!,
+        verdict: verdictNames[SslwallVerdict.SSLWALL_VERDICT_ALLOWED]!,
+        proto: 'none',
+        wrapped: true as const,
+      };
+    });
 }
 
 export function readFlows(flows: MapHandle): FlowRecord[] {

@@ -42,6 +42,7 @@ export function createMetrics(dp: Datapath) {
       kernel.set({ counter: 'packets_truncated' }, Number(c.truncated));
       kernel.set({ counter: 'fragments_passed' }, Number(c.fragments));
       kernel.set({ counter: 'events_lost' }, Number(c.eventsLost));
+      kernel.set({ counter: 'no_config' }, Number(c.noConfig));
     },
   });
   const configApplied = new client.Counter({

@@ -21,6 +21,7 @@ const objectDir = process.env.SSLWALL_BPF_DIR ?? path.join(repoRoot, 'bpf/build'
 export const bpfObjects = {
   classifier: path.join(objectDir, 'classifier.bpf.o'),
   lifecycle: path.join(objectDir, 'lifecycle.bpf.o'),
+  ttls: path.join(objectDir, 'ttls.bpf.o'),
 };
 
 export const DEFAULT_BPFFS = '/sys/fs/bpf/sslwall';
@@ -35,6 +36,8 @@ export function pinLayout(bpffs: string) {
     map: (name: string) => path.join(bpffs, 'maps', name),
     tcxLink: (iface: string, dir: 'ingress' | 'egress') => path.join(bpffs, 'links', `tcx_${iface}_${dir}`),
     lifecycleLink: path.join(bpffs, 'links', 'sock_state'),
+    /** The transparent-TLS programs' cgroup links (agent/ttls-kernel.ts). */
+    ttlsLink: (prog: 'connect4' | 'connect6' | 'sockops') => path.join(bpffs, 'links', `ttls_${prog}`),
   };
 }
 

@@ -8,7 +8,9 @@
  *    is blocked, so the application gets an error at once instead of hanging
  *    on dropped packets. The agent runs it after each blocked event.
  *
- * Failure policy: if a close is missed the LRU evicts the flow later.
+ * Failure policy: both hooks only ever remove state or abort sockets of flows
+ * already blocked, so a failure of theirs never blocks anything new: each states below
+ * what it does when a lookup or delete fails.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -33,6 +35,10 @@ const volatile __u32 netns_ino = 0;
 
 extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
 
+/* Failure policy: a socket whose key cannot be built (not IPv4/IPv6) or whose flow is
+ * not in the map (never seen, already evicted) is skipped; a close missed this way leaves
+ * the flow to the LRU, which evicts it when room is needed. Nothing to count: the agent
+ * estimates evictions as created - closed - live. */
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(sslwall_sock_state, const struct sock *sk, int oldstate, int newstate)
 {
@@ -55,6 +61,10 @@ int BPF_PROG(sslwall_sock_state, const struct sock *sk, int oldstate, int newsta
 	return 0;
 }
 
+/* Failure policy: fails open. A socket without a flow entry, or whose entry is not
+ * blocked, is left alone; a socket bpf_sock_destroy refuses stays open (its packets are
+ * still dropped by the classifier, so the application times out instead of failing
+ * fast). Only what was destroyed is printed: the agent counts those lines. */
 SEC("iter/tcp")
 int sslwall_destroy_blocked(struct bpf_iter__tcp *ctx)
 {

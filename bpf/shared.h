@@ -3,7 +3,8 @@
  * Every struct and enum that crosses between the kernel programs and user space.
  * This header is the single source of truth: the TypeScript codecs in
  * agent/generated/shared.ts are generated from the BTF of the built objects
- * (tools/gen-shared-types.mjs), and test/bpf/layout.test.ts checks them.
+ * (tools/gen-shared-types.mjs), and test/bpf/layout.test.ts checks them against a
+ * fresh compile of this header and against the BTF of the maps the kernel created.
  *
  * Rules for editing: fixed-width types only, explicit padding, no bitfields
  * (the generator reads byte offsets). A pinned map whose key or value size
@@ -168,6 +169,46 @@ struct sslwall_event {
 	__u8 egress;		/* 1: seen leaving this host */
 	__u8 pad[7];
 	char comm[SSLWALL_COMM_LEN];
+};
+
+/* Transparent TLS (bpf/ttls.bpf.c). Indexes into sslwall_ttls_counters. */
+enum sslwall_ttls_counter {
+	SSLWALL_TTLS_CNT_REDIRECTED = 0,	/* connect() rewritten to the local proxy */
+	SSLWALL_TTLS_CNT_REMEMBER_FAILED = 1,	/* original destination not stored: went direct */
+	SSLWALL_TTLS_CNT_TLS_DIRECT = 2,	/* destination known to speak TLS: went direct */
+	SSLWALL_TTLS_CNT_PUBLISH_FAILED = 3,	/* established, but not findable by the proxy */
+	SSLWALL_TTLS_CNT_CLOSED = 4,		/* a wrapped socket closed and its entries went */
+	SSLWALL_TTLS_CNT_COUNT = 5,
+};
+
+/* One TCP endpoint. IPv4 (also an IPv4-mapped IPv6 address) uses the first 4 bytes of
+ * addr with family 4; the rest stays zero, so equal endpoints are equal bytes. Port in
+ * host order. */
+struct sslwall_ttls_addr {
+	__u8 addr[16];
+	__u16 port;
+	__u8 family;
+	__u8 pad;
+};
+
+/* A wrapped connection: where the client asked to go, the client's own endpoint once
+ * established (zero before), and the process that called connect(). */
+struct sslwall_ttls_orig {
+	struct sslwall_ttls_addr dst;
+	struct sslwall_ttls_addr local;
+	__u32 pid;
+	__u32 pad;
+};
+
+/* Runtime knobs of the ttls programs; two slots, the one in force named by
+ * sslwall_ttls_active_gen, as for sslwall_config. */
+struct sslwall_ttls_config {
+	__u32 enabled;			/* 0: the config has no ttls member; nothing is wrapped */
+	__u32 agent_tgid;		/* the agent's own connects are never wrapped */
+	__u64 bypass_cgroup_id;		/* 0: none */
+	__u32 bypass_cgroup_level;	/* depth of that cgroup, for bpf_get_current_ancestor_cgroup_id */
+	__u16 proxy_port;		/* the local proxy, on 127.0.0.1 and ::1 */
+	__u16 pad;
 };
 
 #endif /* SSLWALL_SHARED_H */

@@ -53,11 +53,13 @@ export interface ProgInfo {
   tag: string;
   type: number;
 }
+/** ifindex for tcx links; cgroupId (the cgroup folder's inode) for cgroup links; attachType for both. */
 export interface LinkInfo {
   id: number;
   progId: number;
   type: number;
   ifindex?: number;
+  cgroupId?: bigint;
   attachType?: number;
 }
 export interface MapInfo {
@@ -95,6 +97,8 @@ export interface BpfObject {
   attachTracing(progName: string): LinkHandle;
   /** Attach an iter/ program. */
   attachIter(progName: string): LinkHandle;
+  /** Attach a cgroup program (cgroup/connect4, sockops, ...) to a cgroup v2 folder as a link, with the attach type its section names. */
+  attachCgroup(progName: string, cgroupDir: string): LinkHandle;
   close(): void;
 }
 

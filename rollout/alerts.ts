@@ -24,18 +24,16 @@ export async function receiveAlerts(client: Etcd3, keys: EngineKeys, payload: Al
         .slice(0, 40);
     const key = keys.alert(tier, fingerprint);
     if (a.status === 'firing') {
-      await client
-        .put(key)
-        .value(
-          JSON.stringify({
-            alertname: a.labels.alertname ?? 'unnamed',
-            fingerprint,
-            startsAt: a.startsAt ?? new Date().toISOString(),
-            endsAt: a.endsAt,
-            labels: a.labels,
-            annotations: a.annotations ?? {},
-          }),
-        );
+      await client.put(key).value(
+        JSON.stringify({
+          alertname: a.labels.alertname ?? 'unnamed',
+          fingerprint,
+          startsAt: a.startsAt ?? new Date().toISOString(),
+          endsAt: a.endsAt,
+          labels: a.labels,
+          annotations: a.annotations ?? {},
+        }),
+      );
       firing++;
       tiers.add(tier);
     } else {

@@ -257,7 +257,8 @@ export async function buildApi(engine: Engine, log: Logger): Promise<FastifyInst
     { schema: { params: api.TierParams, body: api.StartRolloutRequest, response: { 201: RolloutStateSchema } } },
     async (req, reply) => {
       const b = req.body;
-      let stages, bakeMs;
+      let stages: ReturnType<typeof parseStages>;
+      let bakeMs: number;
       try {
         stages = parseStages(b.stages);
         bakeMs = parseDuration(b.bake);

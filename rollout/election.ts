@@ -2,12 +2,11 @@
 // leader's writes compare that key's mod revision (fencing: once the lease is gone, so is the
 // key, and a deposed leader's transaction fails). Followers watch the key and campaign again
 // when it disappears, so a replica takes over within the lease TTL.
-import { EventEmitter } from 'node:events';
 import type { Etcd3, Lease } from 'etcd3';
 import type { Logger } from 'pino';
 import type { Fence } from './store.js';
 
-export class Leadership extends EventEmitter {
+export class Leadership {
   private lease: Lease | null = null;
   private fenceRev: number | null = null;
   private stopped = false;
@@ -19,9 +18,7 @@ export class Leadership extends EventEmitter {
     readonly id: string,
     private readonly log: Logger,
     private readonly ttlS = 5,
-  ) {
-    super();
-  }
+  ) {}
 
   get isLeader(): boolean {
     return this.fenceRev !== null;
@@ -50,7 +47,6 @@ export class Leadership extends EventEmitter {
     if (this.fenceRev === null) return;
     this.fenceRev = null;
     this.log.warn({ event: 'leadership_lost', reason }, 'no longer the leader');
-    this.emit('change', false);
   }
 
   private async campaign(): Promise<void> {
@@ -68,7 +64,6 @@ export class Leadership extends EventEmitter {
         this.lease = lease;
         this.fenceRev = Number(res.header.revision);
         this.log.info({ event: 'leadership_won', id: this.id }, 'leading');
-        this.emit('change', true);
         return;
       }
       await lease.revoke().catch(() => undefined);

@@ -64,7 +64,6 @@ export class HealthCache extends EventEmitter {
         }
         const res = { header: { revision: revision! } };
         this.ready = true;
-        this.emit('reset');
         attempt = 0;
         const reason = await new Promise<string>((resolve) => {
           const w = this.client

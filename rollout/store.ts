@@ -168,17 +168,15 @@ export class ConfigStore {
     let txn = this.client.if(key, 'Mod', '==', mod);
     const fence = this.fence();
     if (fence) txn = txn.and(fence.key, 'Mod', '==', fence.modRevision);
-    const audit = this.client
-      .put(this.keys.audit('_hosts'))
-      .value(
-        JSON.stringify({
-          time: new Date().toISOString(),
-          actor: by,
-          action: override ? 'override_set' : 'override_removed',
-          host: hostId,
-          reason: override?.reason,
-        }),
-      );
+    const audit = this.client.put(this.keys.audit('_hosts')).value(
+      JSON.stringify({
+        time: new Date().toISOString(),
+        actor: by,
+        action: override ? 'override_set' : 'override_removed',
+        host: hostId,
+        reason: override?.reason,
+      }),
+    );
     if (!override) {
       const res = await txn.then(this.client.delete().key(key), audit).commit();
       if (!res.succeeded) throw new SslwallError('SSLWALL_E_CONFLICT', `the override of ${hostId} changed meanwhile; retry`);

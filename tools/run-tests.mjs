@@ -28,6 +28,12 @@ function walk(dir) {
 }
 
 const filters = unitOnly ? args.slice(1) : args;
+if (!unitOnly) {
+  // Beds left by a run that died (SIGKILL, a crashed machine) go before this run makes its own.
+  const { sweepStale } = await import(path.join(dist, '../tools/lab/netns.js'));
+  const removed = sweepStale();
+  if (removed.length) console.error(`run-tests: removed ${removed.length} namespace(s) left by dead runs: ${removed.join(' ')}`);
+}
 // Fast layers first: a broken classifier fails in seconds, before the integration suites run.
 const order = ['unit', 'native', 'bpf', 'lib', 'integration'];
 const files = walk(unitOnly ? path.join(dist, 'unit') : dist)

@@ -13,11 +13,13 @@
 #define SSLWALL_MAX_FLOWS 65536
 #define SSLWALL_PORTS 65536
 
-/* flows: key = direction-independent 5-tuple, value = classification state.
- * Written by the tc classifier (insert, classify), deleted by the lifecycle
- * tracepoint on close, read by the destroy iterator and by `sslwall flows`.
- * LRU so a flood of flows evicts the oldest instead of failing inserts;
- * evictions = created - closed - live, computed by the agent. */
+/* flows: key = struct sslwall_flow_key (both endpoints, sorted, so both directions find
+ * one entry); value = struct sslwall_flow (class, verdict, judgement state).
+ * Written by the classifier (insert, judge) and the agent (verdict rewrite on a mode
+ * switch); deleted by the lifecycle tracepoint on close. Read by the classifier on every
+ * packet, the destroy iterator and the agent (`sslwall flows`, verdict rewrite).
+ * LRU hash: the key space is the whole 5-tuple space, and a flood of flows must evict
+ * the oldest instead of failing inserts; evictions = created - closed - live (agent). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, SSLWALL_MAX_FLOWS);
@@ -25,10 +27,11 @@ struct {
 	__type(value, struct sslwall_flow);
 } sslwall_flows SEC(".maps");
 
-/* flow_owners: pid/comm of the process that called connect(), written by the
- * classifier on the egress SYN, deleted by the lifecycle tracepoint on close,
- * read only when a violation is reported. A separate
- * LRU keeps the flows value small on the fast path. */
+/* owners: key = struct sslwall_flow_key; value = struct sslwall_owner (pid, comm of the
+ * process that called connect()). Written by the classifier on an egress SYN; deleted by
+ * the lifecycle tracepoint on close. Read by the classifier only when it reports a
+ * violation. LRU hash like flows (same key space, eviction instead of failure); a map of
+ * its own keeps the flows value small on the fast path. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, SSLWALL_MAX_FLOWS);
@@ -36,8 +39,9 @@ struct {
 	__type(value, struct sslwall_owner);
 } sslwall_owners SEC(".maps");
 
-/* active_gen: [0] = which config slot (0 or 1) is in force. Written last by
- * the agent after the inactive slot is complete: the switch is one u32 store. */
+/* active_gen: key = 0; value = the config slot (0 or 1) in force. Written by the agent,
+ * last in an apply, after the inactive slot is complete: the switch is one u32 store.
+ * Read by the classifier's slow path. Array of one: a single always-present value. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -45,7 +49,9 @@ struct {
 	__type(value, __u32);
 } sslwall_active_gen SEC(".maps");
 
-/* config: two slots of runtime knobs, indexed by active_gen. Array: two keys. */
+/* config: key = slot (0 or 1); value = struct sslwall_config (mode, budget, bypass
+ * cgroup). Written by the agent (the inactive slot of an apply). Read by the classifier's
+ * slow path, at the slot active_gen names. Array: two dense keys, always present. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 2);
@@ -53,9 +59,11 @@ struct {
 	__type(value, struct sslwall_config);
 } sslwall_config SEC(".maps");
 
-/* port_roles: key = gen << 16 | server port, value = enum sslwall_port_role_bits.
- * An array, not a hash: the key space is small and dense, and an array lookup
- * is inlined by the verifier into an address computation. */
+/* port_roles: key = slot << 16 | server port; value = enum sslwall_port_role_bits.
+ * Written by the agent (all 65536 ports of the inactive slot, one batch). Read by the
+ * classifier at flow creation and for the midstream server guess. An array, not a hash:
+ * the key space is small and dense, and an array lookup is inlined by the verifier into
+ * an address computation. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 2 * SSLWALL_PORTS);
@@ -63,7 +71,11 @@ struct {
 	__type(value, __u8);
 } sslwall_port_roles SEC(".maps");
 
-/* bypass_cidrs: peer networks that are never classified, both generations. */
+/* bypass_cidrs: key = struct sslwall_cidr_key (slot and family in the prefix, then the
+ * address); value = 1. Peer networks that are never classified. Written by the agent
+ * (the inactive slot's CIDRs of an apply). Read by the classifier at flow creation.
+ * LPM trie: longest-prefix match is what a CIDR lookup is; no prealloc since most
+ * configs list few CIDRs. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	/* Both generations are present during a switch: twice the 4000 CIDRs a config may hold. */
@@ -73,7 +85,9 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } sslwall_bypass_cidrs SEC(".maps");
 
-/* counters: enum sslwall_counter, per CPU so the fast path never contends. */
+/* counters: key = enum sslwall_counter; value = u64 per CPU. Written by the classifier
+ * and the lifecycle tracepoint; read (summed over CPUs) by the agent for /metrics and
+ * health. Per-CPU array: a small fixed key space, and the fast path never contends. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, SSLWALL_CNT_COUNT);
@@ -81,8 +95,10 @@ struct {
 	__type(value, __u64);
 } sslwall_counters SEC(".maps");
 
-/* events: violations to the agent. Full buffer: the event is dropped and
- * counted (SSLWALL_CNT_EVENTS_LOST); the verdict in the flows map still holds. */
+/* events: no key; records are struct sslwall_event, one per violation. Written by the
+ * classifier; read by the agent (log lines, socket sweep). Ring buffer: one ordered
+ * stream shared by all CPUs, read on its own agent thread. Full buffer: the event is
+ * dropped and counted (SSLWALL_CNT_EVENTS_LOST); the verdict in the flows map holds. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);

@@ -8,6 +8,7 @@
 #define SSLWALL_PARSE_H
 
 #include "flow.h"
+#include "verifier.h"
 
 #define ETH_HLEN 14
 #define ETH_P_IP 0x0800
@@ -46,7 +47,8 @@ static __always_inline int parse_tcp(void *data, void *data_end, __u32 l4_off, _
 	struct tcphdr *tcp;
 	__u32 doff;
 
-	/* "invalid access to packet" without a constant upper bound on the offset */
+	/* Headers past the first PARSE_PULL_LEN bytes are not looked for (fail open, counted);
+	 * the constant bound also keeps the packet offset small for older verifiers. */
 	if (l4_off > PARSE_PULL_LEN)
 		return PARSE_TRUNCATED;
 	tcp = data + l4_off;
@@ -132,13 +134,11 @@ static __always_inline int parse_ipv6(void *data, void *data_end, struct sslwall
 	return parse_tcp(data, data_end, off, len, 1, &ip6->saddr, &ip6->daddr, p);
 }
 
-/* skb->data is read here and passed down: reading it in the helpers lets
- * clang fold the ctx offset ("dereference of modified ctx ptr R2 off=76"). */
 static __always_inline int parse_l3(struct __sk_buff *skb, struct sslwall_pkt *p)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
+	void *data, *data_end;
 
+	sslwall_skb_bounds(skb, &data, &data_end);
 	if (skb->protocol == bpf_htons(ETH_P_IP))
 		return parse_ipv4(data, data_end, p);
 	if (skb->protocol == bpf_htons(ETH_P_IPV6))

@@ -1,12 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
-/* Scanning a plaintext preamble copied into a scratch buffer. Indexes are
- * masked with SCAN_MAX - 1 so the verifier can bound every access:
- * without the mask it rejects the load with "R1 unbounded memory access". */
+/* Scanning a plaintext preamble copied into a scratch buffer of SCAN_MAX bytes.
+ * Every index goes through sslwall_scan_idx (lib/verifier.h). */
 #ifndef SSLWALL_TEXT_H
 #define SSLWALL_TEXT_H
 
-#define SCAN_MAX 1024	/* power of two; also the largest preamble payload accepted */
-#define SCAN_MASK (SCAN_MAX - 1)
+#include "verifier.h"
 
 /* Case-insensitive literal at pos, followed by space or end of line. Only
  * letters, digits and spaces may appear in w (| 0x20 folds case of letters). */
@@ -18,12 +16,12 @@ static __always_inline int text_word_at(const __u8 *buf, __u32 n, __u32 pos, con
 	for (i = 0; i < wlen; i++) {
 		if (pos + i >= n)
 			return 0;
-		if ((buf[(pos + i) & SCAN_MASK] | 0x20) != (w[i] | 0x20))
+		if ((buf[sslwall_scan_idx(pos + i)] | 0x20) != (w[i] | 0x20))
 			return 0;
 	}
 	if (pos + wlen >= n)
 		return 0;
-	__u8 c = buf[(pos + wlen) & SCAN_MASK];
+	__u8 c = buf[sslwall_scan_idx(pos + wlen)];
 	return c == ' ' || c == '\r' || c == '\n';
 }
 
@@ -40,10 +38,10 @@ static __noinline int text_single_line(const __u8 *buf, __u32 n)
 	for (i = 0; i < SCAN_MAX; i++) {
 		if (i + 1 >= n)
 			break;
-		if (buf[i & SCAN_MASK] == '\n')
+		if (buf[sslwall_scan_idx(i)] == '\n')
 			return 0;
 	}
-	return buf[(n - 1) & SCAN_MASK] == '\n';
+	return buf[sslwall_scan_idx(n - 1)] == '\n';
 }
 
 /* An HTTP header block whose first blank line ends the payload: nothing may
@@ -57,7 +55,7 @@ static __noinline int text_header_block(const __u8 *buf, __u32 n)
 	for (i = 0; i < SCAN_MAX; i++) {
 		if (i >= n)
 			break;
-		window = (window << 8) | buf[i & SCAN_MASK];
+		window = (window << 8) | buf[sslwall_scan_idx(i)];
 		if (window == 0x0d0a0d0a)
 			return i + 1 == n;
 	}
@@ -72,7 +70,7 @@ static __noinline __u32 text_skip_tag(const __u8 *buf, __u32 n)
 	for (i = 1; i < 32; i++) {
 		if (i >= n)
 			return 0;
-		if (buf[i & SCAN_MASK] == ' ')
+		if (buf[sslwall_scan_idx(i)] == ' ')
 			return i + 1;
 	}
 	return 0;

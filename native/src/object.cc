@@ -53,6 +53,7 @@ class BpfObject : public Napi::ObjectWrap<BpfObject> {
                            InstanceMethod<&BpfObject::MapDef>("mapDef"),
                            InstanceMethod<&BpfObject::AttachTracing>("attachTracing"),
                            InstanceMethod<&BpfObject::AttachIter>("attachIter"),
+                           InstanceMethod<&BpfObject::AttachCgroup>("attachCgroup"),
                            InstanceMethod<&BpfObject::Close>("close"),
                        });
   }
@@ -193,6 +194,22 @@ class BpfObject : public Napi::ObjectWrap<BpfObject> {
       ThrowBpf(info.Env(), "bpf_program__attach_iter", err, bpf_program__name(p), log.log());
     }
     return TakeLink(info.Env(), link, std::string("iter link ") + bpf_program__name(p));
+  }
+
+  // A cgroup link (BPF_LINK_CREATE): the attach type is the one the program's section names
+  // (cgroup/connect4, sockops, ...). The cgroup folder's fd is only needed for the call.
+  Napi::Value AttachCgroup(const Napi::CallbackInfo& info) {
+    bpf_program* p = FindProg(info);
+    std::string dir = ArgStr(info, 1, "cgroupDir");
+    UniqueFd cg(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (cg.get() < 0) ThrowBpf(info.Env(), "open", errno, dir);
+    LogCapture log;
+    bpf_link* link = bpf_program__attach_cgroup(p, cg.get());
+    if (!link) {
+      int err = errno;
+      ThrowBpf(info.Env(), "bpf_program__attach_cgroup", err, std::string(bpf_program__name(p)) + " on " + dir, log.log());
+    }
+    return TakeLink(info.Env(), link, std::string("cgroup link ") + bpf_program__name(p) + " on " + dir);
   }
 
   // Closes the object's own prog/map fds; programs and maps stay loaded while a handle, link or pin

@@ -92,6 +92,9 @@ Napi::Value LinkInfo(const Napi::CallbackInfo& info) {
     std::memcpy(tcx, reinterpret_cast<const uint8_t*>(&li) + offsetof(bpf_link_info, raw_tracepoint), sizeof(tcx));
     o.Set("ifindex", tcx[0]);
     o.Set("attachType", tcx[1]);
+  } else if (li.type == BPF_LINK_TYPE_CGROUP) {
+    o.Set("cgroupId", Napi::BigInt::New(env, static_cast<uint64_t>(li.cgroup.cgroup_id)));
+    o.Set("attachType", li.cgroup.attach_type);
   }
   return o;
 }

@@ -15,7 +15,26 @@ async function refresh() {
     const r = t.rollout;
     const st = r ? r.stages[r.stage] : null;
     const ev = r ? r.events[r.events.length - 1] : null;
-    h += `<tr><td>${esc(t.tier)}</td><td>${esc(t.version)}</td><td>${t.agents}</td><td class="${r && (r.status === 'aborted') ? 'bad' : 'ok'}">${r ? esc(r.status) : '-'}</td><td>${st ? esc(`${st.mode}:${st.percent}% (${r.stage + 1}/${r.stages.length})`) : '-'}</td><td>${r ? `${r.live.applied} / ${r.live.cohort}` : '-'}</td><td>${r && r.live.bakeLeftMs != null ? `${Math.round(r.live.bakeLeftMs / 1000)} s` : '-'}</td><td>${ev ? esc(`${ev.action}: ${ev.reason}`) : '-'}</td></tr>`;
+    h +=
+      '<tr><td>' +
+      esc(t.tier) +
+      '</td><td>' +
+      esc(t.version) +
+      '</td><td>' +
+      t.agents +
+      '</td><td class="' +
+      (r && r.status === 'aborted' ? 'bad' : 'ok') +
+      '">' +
+      (r ? esc(r.status) : '-') +
+      '</td><td>' +
+      (st ? esc(`${st.mode}:${st.percent}% (${r.stage + 1}/${r.stages.length})`) : '-') +
+      '</td><td>' +
+      (r ? `${r.live.applied} / ${r.live.cohort}` : '-') +
+      '</td><td>' +
+      (r && r.live.bakeLeftMs != null ? `${Math.round(r.live.bakeLeftMs / 1000)} s` : '-') +
+      '</td><td>' +
+      (ev ? esc(`${ev.action}: ${ev.reason}`) : '-') +
+      '</td></tr>';
   }
   document.getElementById('tiers').innerHTML = `${h}</table>`;
 }
@@ -26,14 +45,34 @@ async function look() {
   const r = await fetch(`/api/tiers/${encodeURIComponent(tier)}/preview?percent=100`);
   const p = await r.json();
   const rows = (p.joining || []).filter((x) => !host || x.hostId === host);
-  let h = `<p>Hosts of <b>${esc(tier)}</b> not yet enforcing: ${rows.length}; with plaintext traffic seen in passive mode (would be blocked): <b class="bad">${rows.filter((x) => x.wouldBlock).length}</b></p>`;
-  h += `<table><tr><th>host</th><th>mode</th><th>plaintext flows reported</th><th>would block</th></tr>${rows
-    .slice(0, 200)
-    .map(
-      (x) =>
-        `<tr><td>${esc(x.hostId)}</td><td>${esc(x.mode)}</td><td>${x.violationsReported}</td><td class="${x.wouldBlock ? 'bad' : 'ok'}">${x.wouldBlock ? 'yes' : 'no'}</td></tr>`,
-    )
-    .join('')}</table>`;
+  let h =
+    '<p>Hosts of <b>' +
+    esc(tier) +
+    '</b> not yet enforcing: ' +
+    rows.length +
+    '; with plaintext traffic seen in passive mode (would be blocked): <b class="bad">' +
+    rows.filter((x) => x.wouldBlock).length +
+    '</b></p>';
+  h +=
+    '<table><tr><th>host</th><th>mode</th><th>plaintext flows reported</th><th>would block</th></tr>' +
+    rows
+      .slice(0, 200)
+      .map(
+        (x) =>
+          '<tr><td>' +
+          esc(x.hostId) +
+          '</td><td>' +
+          esc(x.mode) +
+          '</td><td>' +
+          x.violationsReported +
+          '</td><td class="' +
+          (x.wouldBlock ? 'bad' : 'ok') +
+          '">' +
+          (x.wouldBlock ? 'yes' : 'no') +
+          '</td></tr>',
+      )
+      .join('') +
+    '</table>';
   document.getElementById('lookup').innerHTML = h;
 }
 document.getElementById('look').addEventListener('click', look);

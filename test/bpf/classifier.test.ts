@@ -263,6 +263,26 @@ test('STARTTLS smtp: a server that never stops talking exhausts the budget', () 
   assert.ok(violated, 'expected the plaintext budget (4096 bytes) to run out within 10 KB');
 });
 
+test('STARTTLS smtp: a command the filter cannot read passes unjudged and counted (fail open), and judging goes on', () => {
+  withMode('active', () => {
+    const c = conv(25);
+    handshake(c);
+    lab.ingress(c.fromServer('220 mx ESMTP\r\n'));
+    // The IPv4 total length claims 200 bytes more than the frame carries: the headers parse,
+    // the payload read fails. Such a segment proves nothing; it must not be dropped.
+    const short = c.fromClient('EHLO x\r\n');
+    short.writeUInt16BE(short.readUInt16BE(14 + 2) + 200, 14 + 2);
+    const before = lab.counters().truncated;
+    assert.equal(lab.egress(short), PASS, 'an unreadable preamble segment passes even in active mode');
+    assert.equal(lab.counters().truncated - before, 1n, 'the unread segment is counted in packets_truncated');
+    expectFlow(c, 'pending', 'allowed');
+    assert.equal(lab.egress(c.retransmitClient('EHLO x\r\n')), PASS, 'its retransmission is judged: an allowed command');
+    expectFlow(c, 'pending', 'allowed');
+    assert.equal(lab.egress(c.fromClient('MAIL FROM:<a@b.test>\r\n')), DROP, 'a readable forbidden command is still caught');
+    expectFlow(c, 'plaintext', 'blocked');
+  });
+});
+
 test('STARTTLS on a port not configured for it: the greeting is plaintext', () => {
   const c = conv(2525);
   handshake(c);
@@ -461,7 +481,7 @@ test('truncated and garbage packets pass, are counted, and create no flow', () =
   assert.equal(lab.egress(garbage), PASS, 'an unknown ethertype passes');
 });
 
-test('property: random printable text is never classified as TLS, random bytes never crash', () => {
+test('property (passive): random printable text is plaintext/reported and passes; random bytes always pass', () => {
   fc.assert(
     fc.property(
       fc.string({
@@ -473,10 +493,10 @@ test('property: random printable text is never classified as TLS, random bytes n
       (text, fromServer) => {
         const c = conv(443);
         handshake(c);
-        if (fromServer) lab.ingress(c.fromServer(text));
-        else lab.egress(c.fromClient(text));
+        const r = fromServer ? lab.ingress(c.fromServer(text)) : lab.egress(c.fromClient(text));
         const f = lab.flow(c.client, c.server);
-        return f?.class === 'plaintext';
+        assert.equal(r, PASS, `passive mode passes the violating packet, saw verdict ${r}`);
+        assert.equal(`${f?.class}/${f?.verdict}`, 'plaintext/reported', `text ${JSON.stringify(text)} from the ${fromServer ? 'server' : 'client'}`);
       },
     ),
     { numRuns: 300 },
@@ -496,7 +516,9 @@ test('property: random printable text is never classified as TLS, random bytes n
         if (v6) body[0] = 0x60 | (body[0]! & 0x0f);
         else body[0] = 0x40 | Math.max(5, body[0]! & 0x0f);
         const raw = lab.egress(Buffer.concat([eth, body]));
-        return (r === PASS || r === DROP) && (raw === PASS || raw === DROP);
+        // The lab is in passive mode: nothing is ever dropped, whatever the bytes.
+        assert.equal(r, PASS, `random payload with TCP flags 0x${flags.toString(16)}: expected pass, saw ${r}`);
+        assert.equal(raw, PASS, `random ${v6 ? 'IPv6' : 'IPv4'} headers: expected pass, saw ${raw}`);
       },
     ),
     { numRuns: 300 },

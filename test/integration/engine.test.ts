@@ -23,7 +23,10 @@ async function until<T>(what: string, fn: () => Promise<T | undefined | false>, 
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
-    const v = await fn().catch((e) => ((last = e), undefined));
+    const v = await fn().catch((e) => {
+      last = e;
+      return undefined;
+    });
     if (v) return v as T;
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${String(last)})` : ''}`);
     await new Promise((r) => setTimeout(r, 100));

@@ -18,6 +18,7 @@ import { type EtcdServer, startEtcd } from '../../tools/lab/etcd.js';
 import { EtcdBridge } from '../../tools/lab/etcd-bridge.js';
 import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
 import { plainClient, type SinkPeer, startSink } from '../../tools/lab/peers.js';
+import { waitFor } from '../../tools/lab/proc.js';
 
 const TIER = 'web';
 const HOST = 'host-0001'; // bucket 3186 with salt-a (test/unit/cohort.test.ts)
@@ -140,8 +141,10 @@ describe('agent on etcd', () => {
   });
 
   test('partitioned while versions are written and compacted: the latest version arrives after healing', async () => {
+    const disconnects = () => agent!.lines().filter((l) => l.event === 'etcd_disconnected').length;
+    const before = disconnects();
     bridge.cut();
-    await new Promise((r) => setTimeout(r, 300));
+    await waitFor('the agent to see etcd gone', () => disconnects() > before, { timeoutMs: 10_000 });
     await client.put(keys.tierConfig(TIER)).value(tierDoc(5, 'passive', 100));
     await client.put(keys.tierConfig(TIER)).value(tierDoc(6, 'active', 100));
     await etcd.compact();

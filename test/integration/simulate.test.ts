@@ -38,6 +38,7 @@ function tierDoc(version: number, percent: number, bypassPorts: number[] = [22])
 
 /** A running simulator: its stdout stats lines, stderr, and the worker pids it logged. */
 class Sim {
+  // biome-ignore lint/suspicious/noExplicitAny: the simulator's stats lines, read field by field by each test
   readonly lines: Array<Record<string, any>> = [];
   stderr = '';
   private exit: Promise<number | null>;
@@ -45,8 +46,7 @@ class Sim {
     let buf = '';
     proc.stdout!.on('data', (b: Buffer) => {
       buf += b.toString();
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
+      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
         this.lines.push(JSON.parse(buf.slice(0, nl)));
         buf = buf.slice(nl + 1);
       }
@@ -57,6 +57,7 @@ class Sim {
   static start(args: string[]): Sim {
     return new Sim(spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] }));
   }
+  // biome-ignore lint/suspicious/noExplicitAny: as above
   get last(): Record<string, any> | undefined {
     return this.lines[this.lines.length - 1];
   }
@@ -230,7 +231,7 @@ describe('sslwall simulate', () => {
   test('after a partition the watches resume; after a compaction they read again (relists)', async () => {
     // A short break, no compaction: resumed from the last revision, nothing read again.
     proxy.partition('reset');
-    await new Promise((r) => setTimeout(r, 1000));
+    await waitFor('every agent to see the break', () => sim!.last?.connected === 0, { timeoutMs: 10_000, explain: () => JSON.stringify(sim!.last) });
     await putSigned(tierDoc(5, 30));
     proxy.heal();
     await waitHealth('version 5 after the break', (h) => h?.configVersion === 5 && h.lastError === null);
@@ -238,7 +239,7 @@ describe('sslwall simulate', () => {
     assert.equal(sim!.last!.relists, 0);
     // Now the revisions missed during the break are compacted away: every agent reads again.
     proxy.partition('reset');
-    await new Promise((r) => setTimeout(r, 1000));
+    await waitFor('every agent to see the break', () => sim!.last?.connected === 0, { timeoutMs: 10_000, explain: () => JSON.stringify(sim!.last) });
     await putSigned(tierDoc(6, 30));
     await putSigned(tierDoc(7, 30));
     await etcd.compact();

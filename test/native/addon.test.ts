@@ -1,11 +1,11 @@
 // The native addon against a real kernel: a small fixture object (fixtures/minimal.bpf.c) loaded,
-// test-run, pinned, polled, iterated and attached with tcx/tc on a veth inside a netns made here,
-// and the handles it returns checked to own their fds. Needs root with BPF. Every mount, netns,
+// test-run, pinned, polled, iterated, attached with tcx/tc on a veth inside a netns made here and
+// to a cgroup made here, and the handles it returns checked to own their fds. Needs root with BPF. Every mount, netns,
 // handle and object is released in a finally, and the mount and netns are checked gone.
 
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readlinkSync, rmdirSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -72,7 +72,10 @@ async function withObject<T>(fn: (o: BpfObject, own: Own) => T | Promise<T>, set
   try {
     setup?.(o);
     o.load();
-    return await fn(o, (h) => (owned.push(h), h));
+    return await fn(o, (h) => {
+      owned.push(h);
+      return h;
+    });
   } finally {
     for (const h of owned) h.close();
     o.close();
@@ -570,4 +573,63 @@ test('classic tc: clsact attach, replace in place by handle/priority, detach', {
   assert.ok(hasProg(r.replaced, r.altId) && !hasProg(r.replaced, r.mainId), `not replaced in place:\n${r.replaced}`);
   assert.equal(r.detached.trim(), '', 'filter left after tcDetach');
   assert.equal(r.again?.op, 'bpf_tc_detach', 'detaching twice fails');
+});
+
+test('cgroup link: attach to a cgroup, pinned it outlives its handle and object, detach leaves the cgroup bare', { timeout: 60_000 }, async () => {
+  const mount = mkdtempSync(path.join(os.tmpdir(), 'sslwall-cgroup2-'));
+  const bpffs = mkdtempSync(path.join(os.tmpdir(), 'sslwall-bpffs-'));
+  sh('mount', ['-t', 'cgroup2', 'none', mount]);
+  sh('mount', ['-t', 'bpf', 'bpf', bpffs]);
+  // The machine's one cgroup2 tree: a name of our own, removed in finally.
+  const cg = path.join(mount, `sslwall-native-${process.pid}`);
+  mkdirSync(cg);
+  const server = net.createServer((s) => s.destroy());
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  // A connect() from a process inside the cgroup (bash's /dev/tcp), and one from outside it.
+  const connectInside = () => sh('/bin/sh', ['-c', `echo $$ > "${cg}/cgroup.procs" && exec bash -c 'exec 3<>/dev/tcp/127.0.0.1/${port}'`]);
+  const connectOutside = () => sh('bash', ['-c', `exec 3<>/dev/tcp/127.0.0.1/${port}`]);
+  const handles: Array<{ close(): void }> = [];
+  try {
+    const [link, connects] = await withObject((o) => [o.attachCgroup('test_connect4', cg), o.map('connects')] as const);
+    handles.push(link, connects);
+    const count = () => Number(n.mapLookup(connects, u32(0))!.readBigUInt64LE());
+    const info: LinkInfo = n.linkInfo(link);
+    assert.equal(info.type, 3 /* BPF_LINK_TYPE_CGROUP */);
+    assert.equal(info.cgroupId, statSync(cg, { bigint: true }).ino, 'cgroupId is the folder inode');
+    assert.equal(info.attachType, 10 /* BPF_CGROUP_INET4_CONNECT */);
+
+    connectInside();
+    assert.equal(count(), 1, 'a connect() inside the cgroup runs the program');
+    connectOutside();
+    assert.equal(count(), 1, 'a connect() outside the cgroup does not');
+
+    n.pin(link, path.join(bpffs, 'link'));
+    link.close();
+    connectInside();
+    assert.equal(count(), 2, 'the pinned link stays attached after its handle and object are closed');
+
+    const pinned = n.getPinned(path.join(bpffs, 'link'), 'link');
+    handles.push(pinned);
+    n.linkDetach(pinned);
+    unlinkSync(path.join(bpffs, 'link'));
+    connectInside();
+    assert.equal(count(), 2, 'a detached link no longer runs');
+    assert.equal(sh('bpftool', ['cgroup', 'show', cg]).trim(), '', 'the cgroup has no program left');
+
+    await assert.rejects(
+      withObject((o) => o.attachCgroup('test_connect4', path.join(mount, 'absent'))),
+      isBpfError('open', ENOENT),
+    );
+  } finally {
+    for (const h of handles) h.close();
+    await new Promise((resolve) => server.close(resolve));
+    rmdirSync(cg);
+    sh('umount', [bpffs]);
+    sh('umount', [mount]);
+    rmdirSync(bpffs);
+    rmdirSync(mount);
+  }
+  const mounts = readFileSync('/proc/self/mountinfo', 'utf8');
+  assert.ok(!mounts.includes(mount) && !mounts.includes(bpffs), 'a mount of this test is still there');
 });

@@ -529,10 +529,11 @@ export const hotSwap: Bench = {
         logFile: iperfLog,
       });
       scope.defer('iperf3 client', () => client.stop('SIGKILL', 1000));
-      let flows: FlowState[] = [];
       const deadline = Date.now() + 10_000;
       // The control connection and the data connection, both decided (iperf3 is plaintext).
-      while ((flows = flowsOnPort(agent.bpffs, IPERF_PORT)).filter((f) => f.cls !== SslwallClass.SSLWALL_CLASS_PENDING).length < 2) {
+      const decided = (fs: FlowState[]) => fs.filter((f) => f.cls !== SslwallClass.SSLWALL_CLASS_PENDING).length;
+      let flows = flowsOnPort(agent.bpffs, IPERF_PORT);
+      for (; decided(flows) < 2; flows = flowsOnPort(agent.bpffs, IPERF_PORT)) {
         if (Date.now() > deadline || !client.running)
           throw new Error(
             `iperf3's flows did not show up decided in the flow map: ${JSON.stringify(flows, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}\n${fs.existsSync(iperfLog) ? fs.readFileSync(iperfLog, 'utf8').slice(-800) : ''}`,

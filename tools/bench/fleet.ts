@@ -79,8 +79,7 @@ class SimRun {
     proc.stdout!.on('data', (b: Buffer) => {
       const recv = performance.now();
       this.buf += b.toString();
-      let nl: number;
-      while ((nl = this.buf.indexOf('\n')) >= 0) {
+      for (let nl = this.buf.indexOf('\n'); nl >= 0; nl = this.buf.indexOf('\n')) {
         const line = this.buf.slice(0, nl);
         this.buf = this.buf.slice(nl + 1);
         try {

@@ -2,11 +2,14 @@
 // namespace, nothing attached. The object is loaded with maps private to this process (the
 // same Lab the classifier tests use) and closed at the end, which frees its maps.
 //
-// Baseline: sslwall_empty, a tc program in the same object that returns "pass" at once, run on
-// the very same packet the same number of times. What the kernel reports for it is the cost of
+// Baseline: sslwall_empty, a tc program that returns "pass" at once, run on the very same packet
+// the same number of times. It lives in its own object (bpf/bench-baseline.bpf.o), loaded here
+// beside the classifier and closed with it, so production hosts never carry it. What the kernel reports for it is the cost of
 // the test-run harness itself (skb setup is outside the timer; the loop, the indirect call and
 // the clock reads are inside), so value - baseline is what the classifier adds per packet.
-import { native, type ProgHandle } from '../../native/index.js';
+import path from 'node:path';
+import { bpfObjects } from '../../agent/paths.js';
+import { type BpfObject, native, type ProgHandle } from '../../native/index.js';
 import { Lab } from '../lab/bpf-lab.js';
 import { Conversation, type Endpoint, tlsAppData, tlsHello } from '../lab/packets.js';
 import { mean, median, quantile, round, spread } from './stats.js';
@@ -35,6 +38,9 @@ interface Progs {
   empty: ProgHandle;
 }
 
+/** Beside the classifier's object, so SSLWALL_BPF_DIR moves both. */
+const BASELINE_OBJECT = path.join(path.dirname(bpfObjects.classifier), 'bench-baseline.bpf.o');
+
 function timeRun(prog: ProgHandle, pkt: Buffer, repeat: number): number {
   const r = native().testRun(prog, pkt, repeat);
   if (r.retval >>> 0 !== PASS) throw new Error(`${String(prog)} returned ${r.retval | 0} instead of pass (-1) on a benchmark packet`);
@@ -43,13 +49,17 @@ function timeRun(prog: ProgHandle, pkt: Buffer, repeat: number): number {
 
 function withLab<T>(fn: (lab: Lab, progs: Progs) => T): T {
   const lab = new Lab();
+  let baseline: BpfObject | undefined;
   let empty: ProgHandle | undefined;
   try {
+    baseline = native().openObject(BASELINE_OBJECT);
+    baseline.load();
     lab.configure(CONFIG);
-    empty = lab.obj.prog('sslwall_empty');
+    empty = baseline.prog('sslwall_empty');
     return fn(lab, { egress: lab.egressProg, ingress: lab.ingressProg, empty });
   } finally {
     empty?.close();
+    baseline?.close();
     lab.close();
   }
 }

@@ -340,7 +340,9 @@ export async function rolloutCommand(args: string[]): Promise<number> {
       process.stdout.write(
         v.json
           ? `${JSON.stringify(r)}\n`
-          : `${r.joining.length} hosts join the cohort at ${p} %; ${r.wouldBlock.length} of them would now block traffic:\n${r.joining.map((j) => `  ${j.hostId}${j.wouldBlock ? `  WOULD BLOCK (${j.violationsReported} plaintext flows seen)` : ''}`).join('\n')}\n`,
+          : `${r.joining.length} hosts join the cohort at ${p} %; ${r.wouldBlock.length} of them would now block traffic:\n` +
+              r.joining.map((j) => `  ${j.hostId}${j.wouldBlock ? `  WOULD BLOCK (${j.violationsReported} plaintext flows seen)` : ''}`).join('\n') +
+              '\n',
       );
       return 0;
     }

@@ -1,18 +1,16 @@
 // The `sslwall` command: one executable, a subcommand per job. Usage errors exit 2.
 
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, rmdirSync, unlinkSync } from 'node:fs';
 import os from 'node:os';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
 import pino from 'pino';
 import { type AgentOptions, runAgent } from '../../agent/agent.js';
 import { joinBypassCgroup } from '../../agent/cgroup.js';
 import { readConfigFile } from '../../agent/config-file.js';
-import { CLSACT_HANDLE, CLSACT_PRIORITY } from '../../agent/datapath.js';
-import { type FlowRecord, readFlows } from '../../agent/flows.js';
+import { readPinnedFlows } from '../../agent/flows.js';
 import { defaultHostId } from '../../agent/interfaces.js';
-import { DEFAULT_BPFFS, DEFAULT_STATE_DIR, pinLayout } from '../../agent/paths.js';
-import { native } from '../../native/index.js';
+import { DEFAULT_BPFFS, DEFAULT_STATE_DIR } from '../../agent/paths.js';
+import { uninstall } from '../../agent/uninstall.js';
 import { exitCodeFor, SslwallError } from '../../schemas/errors.js';
 import { Verifier } from '../../schemas/signing.js';
 import { configCommand, engineCommand, keygenCommand, rolloutCommand } from './fleet.js';
@@ -142,6 +140,8 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
 
 Lists the open flows in the filter's flow map: family, client (s) and server (d) endpoints,
 class (tls, starttls, connect, bypass, plaintext, pending) and verdict (allowed, reported, blocked).
+Connections carried by transparent TLS show as class tls, "(wrapped)" ("wrapped": true in JSON),
+from the client's socket to the destination it asked for.
 
 Options:
   --json        a JSON array, one object per flow
@@ -149,23 +149,14 @@ Options:
 `,
     options: { json: { type: 'boolean' }, bpffs: { type: 'string' } },
     async run(v) {
-      const pins = pinLayout(str(v.bpffs) ?? DEFAULT_BPFFS);
-      const pin = pins.map('sslwall_flows');
-      if (!existsSync(pin)) throw new SslwallError('SSLWALL_E_NOT_INSTALLED', `no flow map pinned at ${pin}; is the agent running with --bpffs ${pins.root}?`);
-      const map = native().getPinned(pin, 'map');
-      let flows: FlowRecord[];
-      try {
-        flows = readFlows(map);
-      } finally {
-        map.close();
-      }
+      const flows = readPinnedFlows(str(v.bpffs) ?? DEFAULT_BPFFS);
       const out = flows.map(({ proto: _proto, ...rest }) => rest);
       if (v.json) {
         process.stdout.write(`${JSON.stringify(out)}\n`);
       } else {
         process.stdout.write(
           table(
-            out.map((f) => [f.family, `${f.saddr}:${f.sport}`, `${f.daddr}:${f.dport}`, f.class, f.verdict]),
+            out.map((f) => [f.family, `${f.saddr}:${f.sport}`, `${f.daddr}:${f.dport}`, f.wrapped ? `${f.class} (wrapped)` : f.class, f.verdict]),
             ['FAMILY', 'SOURCE', 'DESTINATION', 'CLASS', 'VERDICT'],
           ),
         );
@@ -224,43 +215,10 @@ Options:
 `,
     options: { bpffs: { type: 'string' }, iface: { type: 'string', multiple: true }, json: { type: 'boolean' } },
     async run(v) {
-      const pins = pinLayout(str(v.bpffs) ?? DEFAULT_BPFFS);
-      const removed: string[] = [];
-      if (existsSync(pins.links)) {
-        for (const f of readdirSync(pins.links)) {
-          const p = `${pins.links}/${f}`;
-          const link = native().getPinned(p, 'link');
-          try {
-            native().linkDetach(link);
-          } catch {
-            // Already detached (interface gone): removing the pin is all that is left.
-          } finally {
-            link.close();
-          }
-          unlinkSync(p);
-          removed.push(p);
-        }
-        rmdirSync(pins.links);
-      }
-      if (existsSync(pins.maps)) {
-        for (const f of readdirSync(pins.maps)) {
-          unlinkSync(`${pins.maps}/${f}`);
-          removed.push(`${pins.maps}/${f}`);
-        }
-        rmdirSync(pins.maps);
-      }
-      for (const iface of (v.iface as string[] | undefined) ?? []) {
-        for (const dir of ['ingress', 'egress'] as const) {
-          try {
-            native().tcDetach(native().ifNameToIndex(iface), dir, CLSACT_HANDLE, CLSACT_PRIORITY);
-            removed.push(`clsact ${dir} filter on ${iface}`);
-          } catch {
-            // No fallback filter there: tcx was used, or it is already gone.
-          }
-        }
-      }
+      const bpffs = str(v.bpffs) ?? DEFAULT_BPFFS;
+      const removed = uninstall(bpffs, (v.iface as string[] | undefined) ?? []);
       if (v.json) process.stdout.write(`${JSON.stringify({ removed })}\n`);
-      else process.stdout.write(removed.length ? `removed:\n  ${removed.join('\n  ')}\n` : `nothing pinned under ${pins.root}\n`);
+      else process.stdout.write(removed.length ? `removed:\n  ${removed.join('\n  ')}\n` : `nothing pinned under ${bpffs}\n`);
       return 0;
     },
   },

@@ -56,7 +56,7 @@ export async function makeCerts(dir: string, opts: CertOptions): Promise<Certs> 
   const san = [...opts.ips.map((ip) => `IP:${ip}`), ...dns.map((d) => `DNS:${d}`)].join(',');
   fs.writeFileSync(
     f('server.ext'),
-    `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n` + `extendedKeyUsage=serverAuth\nsubjectAltName=${san}\n`,
+    `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=${san}\n`,
   );
   await ossl(
     'x509',

@@ -62,7 +62,7 @@ export function etcdctl(endpoints: string[], args: string[], timeoutMs = 10_000)
  * etcdctl prints member ids as bare uint64 JSON numbers, which JSON.parse rounds; quote every
  * long integer first so ids compare exactly.
  */
-function parseJsonExact(text: string): any {
+function parseJsonExact(text: string): Array<{ Status?: { header: { member_id: string; revision: number }; leader: string } }> {
   return JSON.parse(text.replace(/([:[,]\s*)(\d{16,})(?=\s*[,}\]])/g, '$1"$2"'));
 }
 

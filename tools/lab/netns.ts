@@ -322,7 +322,7 @@ export function sweepStale(): string[] {
   const owned = new Set<string>();
   for (const rec of readOwnerRecords()) {
     if (pidAlive(rec.pid) && procStartTime(rec.pid) === rec.startTime) {
-      rec.namespaces.forEach((n) => owned.add(n));
+      for (const n of rec.namespaces) owned.add(n);
       continue;
     }
     for (const m of rec.mounts) {

@@ -34,7 +34,7 @@ function ipv6Bytes(addr: string): Buffer {
   const h = head ? head.split(':') : [];
   const t = tail ? tail.split(':') : [];
   const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill('0'), ...t];
-  groups.forEach((g, i) => out.writeUInt16BE(parseInt(g || '0', 16), i * 2));
+  for (const [i, g] of groups.entries()) out.writeUInt16BE(parseInt(g || '0', 16), i * 2);
   return out;
 }
 

@@ -1,0 +1,231 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * The judgement of an undecided flow: fed one payload at a time, it answers pending,
+ * decided (an allowed class was set) or violation. The rules are docs/dataplane.md's.
+ *
+ * Failure policy: a payload the judge cannot read (the segment is shorter than its
+ * headers claim, or the scratch buffer is missing) is not judged: it passes, the flow
+ * stays as it was, and it is counted in SSLWALL_CNT_PKT_TRUNCATED. Only bytes seen to
+ * break a rule make a violation; the size limits (a preamble segment over SCAN_MAX bytes,
+ * PENDING_MAX undecided bytes, the negotiation budget) are rules, not blind spots.
+ */
+#ifndef SSLWALL_JUDGE_H
+#define SSLWALL_JUDGE_H
+
+#include "shared.h"
+#include "maps.h"
+#include "verifier.h"
+#include "tls.h"
+#include "starttls.h"
+#include "connect.h"
+#include "parse.h"
+
+#define DIR_CLIENT 0	/* payload travelling client -> server */
+#define DIR_SERVER 1
+#define PENDING_MAX 60000	/* bytes an undecided flow may carry (a large ClientHello + 0-RTT) */
+
+/* scratch: key = 0, value = a copy of the preamble segment being scanned (1 KiB does not
+ * fit the 512-byte BPF stack). Written and read only by judge_client_command, within one
+ * packet. Per-CPU array of one slot: tc programs do not nest on a CPU, and an array slot
+ * always exists. Private to each loaded classifier: never pinned or shared. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u8[SCAN_MAX]);
+} sslwall_scratch SEC(".maps");
+
+enum judgement {
+	JUDGE_PENDING = 0,
+	JUDGE_DECIDED = 1,	/* f->cls was set to an allowed class */
+	JUDGE_VIOLATION = 2,
+	JUDGE_UNREAD = 3,	/* the payload could not be read: passed unjudged (fail open, counted) */
+};
+
+static __always_inline __u8 verdict_for(const struct sslwall_config *cfg)
+{
+	return cfg->mode == SSLWALL_MODE_ACTIVE ? SSLWALL_VERDICT_BLOCKED : SSLWALL_VERDICT_REPORTED;
+}
+
+/* Append up to TLS_HELLO_HDR_LEN leading bytes of this direction to the flow,
+ * so a record header split across segments is judged whole. Returns how many
+ * bytes are buffered; on a read failure, those buffered before (counted). */
+static __always_inline __u32 buffer_header(struct __sk_buff *skb, struct sslwall_flow *f, __u32 d, __u32 off,
+					   __u32 len)
+{
+	__u8 tmp[TLS_HELLO_HDR_LEN] = {};
+	__u64 have = f->hdr_len[sslwall_dir_idx(d)], want, i;
+
+	if (have >= TLS_HELLO_HDR_LEN)
+		return TLS_HELLO_HDR_LEN;
+	want = sslwall_load_len(len, TLS_HELLO_HDR_LEN - have);
+	if (want == 0)
+		return have;
+	if (bpf_skb_load_bytes(skb, off, tmp, want) < 0) {
+		sslwall_count(SSLWALL_CNT_PKT_TRUNCATED);
+		return have;
+	}
+#pragma unroll
+	for (i = 0; i < TLS_HELLO_HDR_LEN; i++) {
+		__u32 at = have + i;
+
+		if (i < want && at < TLS_HELLO_HDR_LEN)
+			f->hdr[sslwall_dir_idx(d)][at] = tmp[i];
+	}
+	f->hdr_len[sslwall_dir_idx(d)] = have + want;
+	return have + want;
+}
+
+static __always_inline int judge_hello(struct __sk_buff *skb, struct sslwall_flow *f, __u32 d, __u32 off, __u32 len)
+{
+	__u32 n = buffer_header(skb, f, d, off, len);
+
+	return tls_hello_prefix(f->hdr[sslwall_dir_idx(d)], n, d == DIR_CLIENT ? TLS_HS_CLIENT_HELLO : TLS_HS_SERVER_HELLO);
+}
+
+/* Spend plaintext preamble bytes; 0 once the budget is exceeded. */
+static __always_inline int spend_budget(struct sslwall_flow *f, const struct sslwall_config *cfg, __u32 len)
+{
+	__u32 spent = f->plain_bytes + len;
+
+	f->plain_bytes = spent > 0xffff ? 0xffff : spent;
+	return spent <= cfg->negotiation_budget;
+}
+
+/* A client command of the preamble. Fails open where it cannot read the bytes (see the
+ * header): it used to answer violation there, dropping in active mode a segment nobody
+ * had looked at. A segment longer than SCAN_MAX is a violation: no allowed command is. */
+static __noinline int judge_client_command(struct __sk_buff *skb, struct sslwall_flow *f, __u32 off, __u64 len)
+{
+	__u32 zero = 0;
+	__u8 *buf;
+	int cmd;
+
+	if (len > SCAN_MAX)
+		return JUDGE_VIOLATION;
+	len = sslwall_load_len(len, SCAN_MAX);
+	buf = bpf_map_lookup_elem(&sslwall_scratch, &zero);
+	if (!buf || len == 0 || bpf_skb_load_bytes(skb, off, buf, len) < 0) {
+		sslwall_count(SSLWALL_CNT_PKT_TRUNCATED);
+		return JUDGE_UNREAD;
+	}
+	if (f->proto == SSLWALL_PROTO_CONNECT)
+		cmd = connect_command(buf, len);
+	else
+		cmd = starttls_command(buf, len, f->proto);
+	if (cmd == CMD_FORBIDDEN)
+		return JUDGE_VIOLATION;
+	if (cmd == CMD_UPGRADE)
+		f->stage = SSLWALL_STAGE_UPGRADE;
+	return JUDGE_PENDING;
+}
+
+/* Printable ASCII in the first bytes: how plaintext looks when we join a flow
+ * midway and see no record header. An encrypted byte is printable with p ~ 0.38,
+ * so 32 of them in a row happen by chance about once in 10^13 segments.
+ * Unreadable bytes are not text (fail open, counted). */
+#define TEXT_SAMPLE 32
+static __noinline int looks_like_text(struct __sk_buff *skb, __u32 off, __u64 len)
+{
+	__u8 buf[TEXT_SAMPLE] = {};
+	__u32 i, bad = 0;
+
+	len = sslwall_load_len(len, TEXT_SAMPLE);
+	if (len == 0)
+		return 0;
+	if (bpf_skb_load_bytes(skb, off, buf, len) < 0) {
+		sslwall_count(SSLWALL_CNT_PKT_TRUNCATED);
+		return 0;
+	}
+#pragma unroll
+	for (i = 0; i < TEXT_SAMPLE; i++) {
+		__u8 c = buf[i];
+
+		if (i < len && !((c >= 0x20 && c < 0x7f) || c == '\r' || c == '\n' || c == '\t'))
+			bad = 1;
+	}
+	return !bad;
+}
+
+/* First payload byte is a TLS handshake record's content type. An unreadable byte is not. */
+static __always_inline int starts_handshake(struct __sk_buff *skb, __u32 off)
+{
+	__u8 b = 0;
+
+	return bpf_skb_load_bytes(skb, off, &b, 1) == 0 && b == TLS_CT_HANDSHAKE;
+}
+
+/* The state machine of an undecided flow, fed one payload at a time. */
+static __noinline int judge_payload(struct __sk_buff *skb, struct sslwall_flow *f, const struct sslwall_config *cfg,
+				    const struct sslwall_pkt *p, __u32 d)
+{
+	__u32 off = p->payload_off, len = p->payload_len;
+	int r;
+
+	if (f->stage == SSLWALL_STAGE_MIDSTREAM) {
+		/* We joined late: a record header says TLS; text says plaintext; anything
+		 * else may be the middle of a TLS record, so wait for more (never block
+		 * blindly). A flow that stays binary past the pending budget is let be. */
+		__u32 n = buffer_header(skb, f, d, off, len);
+
+		r = tls_record_prefix(f->hdr[sslwall_dir_idx(d)], n);
+		if (r == TLS_YES) {
+			f->cls = SSLWALL_CLASS_TLS;
+			return JUDGE_DECIDED;
+		}
+		f->hdr_len[sslwall_dir_idx(d)] = 0;	/* the next payload gets its own look */
+		if (looks_like_text(skb, off, len))
+			return JUDGE_VIOLATION;
+		if (f->pending_bytes >= PENDING_MAX) {
+			f->cls = SSLWALL_CLASS_TLS;
+			return JUDGE_DECIDED;
+		}
+		return JUDGE_PENDING;
+	}
+
+	if (d == DIR_CLIENT) {
+		if (f->flags & SSLWALL_FLOW_CLIENT_TLS)
+			return JUDGE_PENDING;	/* rest of the ClientHello (or 0-RTT) before the server answers */
+		if (f->stage != SSLWALL_STAGE_NEGOTIATE || f->hdr_len[0] > 0 || starts_handshake(skb, off)) {
+			r = judge_hello(skb, f, d, off, len);
+			if (r == TLS_NO)
+				return JUDGE_VIOLATION;
+			if (r == TLS_YES)
+				f->flags |= SSLWALL_FLOW_CLIENT_TLS;
+			return JUDGE_PENDING;
+		}
+		if (!spend_budget(f, cfg, len))
+			return JUDGE_VIOLATION;
+		return judge_client_command(skb, f, off, len);
+	}
+
+	/* server -> client */
+	if (f->stage == SSLWALL_STAGE_HELLO && !(f->flags & SSLWALL_FLOW_CLIENT_TLS))
+		return JUDGE_VIOLATION;	/* a server speaking first on a TLS port: TLS servers never do */
+	if (f->stage == SSLWALL_STAGE_UPGRADE && !(f->flags & SSLWALL_FLOW_UPGRADE_REPLIED) && f->hdr_len[1] == 0 &&
+	    !starts_handshake(skb, off)) {
+		/* The answer to STARTTLS / SSLRequest / CONNECT ("220", "S", "HTTP/1.1 200"),
+		 * which may come after a client that did not wait for it sent its hello. */
+		f->flags |= SSLWALL_FLOW_UPGRADE_REPLIED;
+		return spend_budget(f, cfg, len) ? JUDGE_PENDING : JUDGE_VIOLATION;
+	}
+	if (f->flags & SSLWALL_FLOW_CLIENT_TLS) {
+		r = judge_hello(skb, f, d, off, len);
+		if (r == TLS_NO)
+			return JUDGE_VIOLATION;
+		if (r == TLS_NEED_MORE)
+			return JUDGE_PENDING;
+		f->flags |= SSLWALL_FLOW_SERVER_TLS;
+		if (f->stage == SSLWALL_STAGE_UPGRADE)
+			f->cls = f->proto == SSLWALL_PROTO_CONNECT ? SSLWALL_CLASS_CONNECT : SSLWALL_CLASS_STARTTLS;
+		else
+			f->cls = SSLWALL_CLASS_TLS;	/* TLS from the first byte, even on a STARTTLS port */
+		return JUDGE_DECIDED;
+	}
+	/* Greeting or reply during the preamble. */
+	if (!proto_server_first(f->proto) && !(f->flags & SSLWALL_FLOW_SEQ_CLIENT))
+		return JUDGE_VIOLATION;
+	return spend_budget(f, cfg, len) ? JUDGE_PENDING : JUDGE_VIOLATION;
+}
+
+#endif /* SSLWALL_JUDGE_H */
