@@ -17,6 +17,8 @@ import { routeInterfaces } from './interfaces.js';
 import { createMetrics, serveMetrics } from './metrics.js';
 import { type AppliedMeta, loadLastGood, saveLastGood } from './state.js';
 import { AGENT_VERSION, type AgentStatus } from './status.js';
+import type { CertFiles } from './ttls/index.js';
+import { AgentTtls } from './ttls-agent.js';
 
 export type SourceOptions =
   | { kind: 'file'; configFile: string }
@@ -29,6 +31,8 @@ export interface AgentOptions {
   cgroup?: string;
   stateDir: string;
   metricsAddr?: string;
+  /** --ttls-cert/--ttls-key/--ttls-ca: wrap the connections the config's ttls member selects. */
+  ttls?: CertFiles;
 }
 
 export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
@@ -52,7 +56,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
   }
 
   const dp = Datapath.load(opts.bpffs, log);
-  let bypass: BypassCgroup | null = null;
+  let bypass: (BypassCgroup & { path: string }) | null = null;
   try {
     bypass = ensureBypassCgroup(opts.cgroup);
   } catch (err) {
@@ -61,6 +65,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
   }
 
   const metrics = createMetrics(dp);
+  const ttls = opts.ttls ? AgentTtls.load({ bpffs: opts.bpffs, bypass, certs: opts.ttls, registry: metrics.registry, log }) : null;
   const status: AgentStatus = { applied: null, appliedAt: null, applyLatencyMs: null, lastError: null };
 
   /** The kernel has it: a failure to save it is an error to see, not a refusal of the config. */
@@ -90,6 +95,12 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
     metrics.configVersion.set(meta.tierVersion ?? 0);
     log.info({ event: 'config_applied', reason, mode: config.mode, previous_mode: before, verdicts_changed: flipped, apply_ms: ms, ...meta }, 'config applied');
     if (config.mode === 'active') destroyBlocked(dp, log, metrics);
+    if (ttls) void ttls.apply(config);
+    else if (config.ttls)
+      log.warn(
+        { event: 'ttls_unavailable', reason: 'no --ttls-cert/--ttls-key/--ttls-ca' },
+        'the config asks for transparent TLS; this agent has no certificates, so nothing is wrapped',
+      );
   };
   const keep = (config: Config, meta: AppliedMeta, reason: string): void => {
     // Nothing changes in the kernel; the version in force (last good, health) moves on.
@@ -162,6 +173,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
     process.once('SIGINT', () => stop('SIGINT'));
   });
   await stopSource();
+  await ttls?.stop();
   poller.close();
   server?.close();
   dp.close();

@@ -63,10 +63,17 @@ Config source, one of:
 Options:
   --iface IF              interface to attach to; repeat for more  [interfaces carrying routes, not lo]
   --bpffs DIR             where pins live, on a BPF filesystem    [${DEFAULT_BPFFS}]
-  --cgroup DIR            cgroup v2 folder for 'sslwall exec' bypass   [first cgroup2 mount]
+  --cgroup DIR            cgroup v2 folder: 'sslwall exec' bypass, and where transparent TLS
+                          wraps connect() calls                         [first cgroup2 mount]
   --state-dir DIR         last good config is kept here               [${DEFAULT_STATE_DIR}]
   --metrics-addr H:P      serve Prometheus /metrics on this address             [off]
   --log-level LEVEL       trace, debug, info, warn, error                      [info]
+
+Transparent TLS (docs/ttls.md), all three or none; with them and a "ttls" config member the
+agent wraps the selected connections and runs this host's terminator:
+  --ttls-cert FILE        this host's certificate (PEM; its addresses as IP SANs)
+  --ttls-key FILE         its private key (PEM)
+  --ttls-ca FILE          the fleet CA (PEM); certificates are re-read when the files change
 
 SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart adopts them.
 `,
@@ -86,6 +93,9 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
       cgroup: { type: 'string' },
       'state-dir': { type: 'string' },
       'metrics-addr': { type: 'string' },
+      'ttls-cert': { type: 'string' },
+      'ttls-key': { type: 'string' },
+      'ttls-ca': { type: 'string' },
       'log-level': { type: 'string' },
     },
     async run(v) {
@@ -119,6 +129,10 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
           conn: { endpoints, cacert: str(v['etcd-cacert']), cert: str(v['etcd-cert']), key: str(v['etcd-key']) },
         };
       }
+      const ttlsFiles = [str(v['ttls-cert']), str(v['ttls-key']), str(v['ttls-ca'])];
+      if (ttlsFiles.some(Boolean) && !ttlsFiles.every(Boolean))
+        throw usage('transparent TLS needs all three of --ttls-cert FILE --ttls-key FILE --ttls-ca FILE');
+      const [cert, key, ca] = ttlsFiles as string[];
       // No pid in the base: a violation line's pid is the offending process's, not the agent's.
       const log = pino({ level: str(v['log-level']) ?? 'info', base: { component: 'agent', agent_pid: process.pid } });
       await runAgent(
@@ -129,6 +143,7 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
           cgroup: str(v.cgroup),
           stateDir: str(v['state-dir']) ?? DEFAULT_STATE_DIR,
           metricsAddr: str(v['metrics-addr']),
+          ttls: cert ? { cert, key: key!, ca: ca! } : undefined,
         },
         log,
       );
