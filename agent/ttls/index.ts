@@ -9,7 +9,7 @@ import type client from 'prom-client';
 import type { Config } from '../../schemas/config.js';
 import type { TtlsCerts } from './certs.js';
 import { Pool } from './pool.js';
-import { type Destination, Proxy } from './proxy.js';
+import { type Destination, TtlsProxy } from './proxy.js';
 import { createTelemetry } from './telemetry.js';
 import { Terminator } from './terminator.js';
 import { DEFAULT_LIMITS, type PoolLimits } from './wire.js';
@@ -60,7 +60,7 @@ export async function startTtls(opts: TtlsOptions): Promise<Ttls> {
     opts.terminator === false
       ? undefined
       : new Terminator({ port: config.ttls.port, certs: opts.certs, tel, host: opts.terminatorHost, multiplex: opts.multiplex, limits });
-  const proxy = new Proxy({
+  const proxy = new TtlsProxy({
     hosts: opts.proxyHosts,
     port: opts.proxyPort ?? DEFAULT_PROXY_PORT,
     pool,

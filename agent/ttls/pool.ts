@@ -64,6 +64,13 @@ export class PooledSession {
         h2.once('connect', () => h2.setLocalWindowSize(sessionWindow(pool.limits)));
         h2.once('close', () => this.pool.forget(this));
         h2.once('goaway', () => this.pool.forget(this));
+        // The sockets are half-open capable (a wrapped connection's FIN is a stream's END_STREAM,
+        // not the session's), so a terminator that went away leaves this session in CLOSE-WAIT,
+        // looking alive: a stream opened on it would wait forever. Its end is the session's end.
+        conn.tls.once('end', () => {
+          this.pool.forget(this);
+          h2.destroy();
+        });
         this.h2 = h2;
         return { kind: 'h2', session: this };
       },

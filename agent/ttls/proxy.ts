@@ -37,7 +37,7 @@ export function isClientHello(b: Buffer): boolean {
   return b[0] === 0x16 && (b.length < 2 || b[1] === 0x03) && (b.length < 6 || b[5] === 0x01);
 }
 
-export class Proxy {
+export class TtlsProxy {
   private readonly servers: net.Server[] = [];
   /** Destinations seen speaking TLS: direct even before the kernel side skips them. */
   private readonly tlsDestinations = new Set<string>();

@@ -48,6 +48,7 @@ export class Terminator {
   private server: tls.Server;
   private readonly h2: http2.Http2Server;
   private readonly limits: PoolLimits;
+  private readonly sessions = new Set<http2.ServerHttp2Session>();
   private readonly onCerts = (c: CertSet) => this.server.setSecureContext(secureOptions(c));
   port: number;
 
@@ -58,6 +59,8 @@ export class Terminator {
     // TLS listener offer both ALPN protocols.
     this.h2 = http2.createServer({ settings: h2Settings(this.limits), maxSessionMemory: MAX_SESSION_MEMORY_MB });
     this.h2.on('session', (s) => {
+      this.sessions.add(s);
+      s.once('close', () => this.sessions.delete(s));
       s.on('error', () => {});
       s.once('connect', () => s.setLocalWindowSize(sessionWindow(this.limits)));
     });
@@ -103,9 +106,14 @@ export class Terminator {
     old.close();
   }
 
+  /**
+   * Stop accepting: the listener closes, and every session gets a GOAWAY, so clients open no new
+   * stream on it (their next connection finds no terminator at once); streams already open go on.
+   */
   close(): void {
     this.opts.certs.off('change', this.onCerts);
     this.server.close();
+    for (const s of this.sessions) s.close();
   }
 
   private onSecure(s: tls.TLSSocket): void {

@@ -178,7 +178,10 @@ export const ttlsBench: Bench = {
     const { tb, ttlsClient } = await setUp(ctx);
     try {
       const s: Record<string, number[]> = {};
-      const add = (k: string, v: number) => (s[k] ??= []).push(v);
+      const add = (k: string, v: number) => {
+        s[k] ??= [];
+        s[k].push(v);
+      };
       for (let r = 0; r < ROUNDS; r++) {
         for (const [label, port] of [
           ['ttls', 15001],

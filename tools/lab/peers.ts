@@ -326,6 +326,121 @@ export async function psql(tb: Testbed, pg: PostgresPeer, o: ClientOptions & { s
 }
 
 // ---------------------------------------------------------------------------------------------
+// MariaDB (server-first: it greets before the client speaks), client `mariadb --skip-ssl`.
+
+export interface MariadbPeer extends Peer {
+  port: number;
+}
+
+export async function startMariadb(tb: Testbed, opts: { port?: number } = {}): Promise<MariadbPeer> {
+  requireBins(['mariadbd', 'mariadb-install-db', 'ss']);
+  const port = opts.port ?? 3306;
+  const dir = tb.tempDir('mariadb');
+  const data = path.join(dir, 'data');
+  const logFile = path.join(dir, 'mariadb.log');
+  await runOk(BIN['mariadb-install-db'], ['--no-defaults', `--datadir=${data}`, '--user=root', '--auth-root-authentication-method=normal', '--skip-test-db'], {
+    cwd: dir,
+  });
+  // No grant tables: any client may connect, which is all these tests need of a database.
+  const proc = tb.spawn(
+    'server',
+    'mariadb',
+    BIN.mariadbd,
+    [
+      '--no-defaults',
+      `--datadir=${data}`,
+      '--user=root',
+      `--socket=${path.join(dir, 'mysqld.sock')}`,
+      `--port=${port}`,
+      `--bind-address=${tb.server.ipv4},${tb.server.ipv6}`,
+      '--skip-grant-tables',
+      '--skip-name-resolve',
+      `--log-error=${logFile}`,
+      `--pid-file=${path.join(dir, 'mysqld.pid')}`,
+    ],
+    { logFile: path.join(dir, 'stdout.log') },
+  );
+  await waitListening(tb, 'mariadb', [proc], logFile, [
+    [tb.server.ipv4, port],
+    [tb.server.ipv6, port],
+  ]);
+  return { ...peer('mariadb', dir, [proc], logFile), port };
+}
+
+/** `mariadb --skip-ssl -e SQL` from the client namespace; exit 0 and "1" on stdout mean it worked. */
+export async function mariadb(tb: Testbed, db: MariadbPeer, o: ClientOptions & { sql?: string } = {}): Promise<RunResult> {
+  requireBins(['mariadb']);
+  return tb.exec(
+    'client',
+    BIN.mariadb,
+    [
+      '--no-defaults',
+      '--skip-ssl',
+      '-h',
+      serverAddr(tb, o.v6),
+      '-P',
+      String(db.port),
+      '-u',
+      'root',
+      '-N',
+      '-B',
+      '--connect-timeout=10',
+      '-e',
+      o.sql ?? 'select 1',
+    ],
+    execOpts(o),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis: a line protocol with no TLS of its own here, client `redis-cli`.
+
+export interface RedisPeer extends Peer {
+  port: number;
+}
+
+export async function startRedis(tb: Testbed, opts: { port?: number } = {}): Promise<RedisPeer> {
+  requireBins(['redis-server', 'ss']);
+  const port = opts.port ?? 6379;
+  const dir = tb.tempDir('redis');
+  const logFile = path.join(dir, 'redis.log');
+  const proc = tb.spawn(
+    'server',
+    'redis',
+    BIN['redis-server'],
+    [
+      '--port',
+      String(port),
+      '--bind',
+      tb.server.ipv4,
+      tb.server.ipv6,
+      '--protected-mode',
+      'no',
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--dir',
+      dir,
+      '--logfile',
+      logFile,
+    ],
+    { logFile: path.join(dir, 'stdout.log') },
+  );
+  await waitListening(tb, 'redis', [proc], logFile, [
+    [tb.server.ipv4, port],
+    [tb.server.ipv6, port],
+  ]);
+  return { ...peer('redis', dir, [proc], logFile), port };
+}
+
+/** `redis-cli` with one command from the client namespace (default PING: stdout "PONG"). */
+export async function redisCli(tb: Testbed, r: RedisPeer, o: ClientOptions & { args?: string[] } = {}): Promise<RunResult> {
+  requireBins(['redis-cli']);
+  return tb.exec('client', BIN['redis-cli'], ['-h', serverAddr(tb, o.v6), '-p', String(r.port), ...(o.args ?? ['PING'])], execOpts(o));
+}
+
+// ---------------------------------------------------------------------------------------------
 // SMTP with STARTTLS (aiosmtpd) on 25 and 587, client swaks.
 
 export interface SmtpPeer extends Peer {

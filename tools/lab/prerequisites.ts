@@ -35,6 +35,11 @@ export const PROGRAMS = {
   // Debian's python3, not a pyenv shim: aiosmtpd comes from the python3-aiosmtpd package.
   stunnel4: { path: '/usr/bin/stunnel4', package: 'stunnel4' },
   tcpdump: { path: '/usr/bin/tcpdump', package: 'tcpdump' },
+  mariadbd: { path: '/usr/sbin/mariadbd', package: 'mariadb-server' },
+  'mariadb-install-db': { path: '/usr/bin/mariadb-install-db', package: 'mariadb-server' },
+  mariadb: { path: '/usr/bin/mariadb', package: 'mariadb-client' },
+  'redis-server': { path: '/usr/bin/redis-server', package: 'redis-server' },
+  'redis-cli': { path: '/usr/bin/redis-cli', package: 'redis-tools' },
   python3: { path: '/usr/bin/python3', package: 'python3' },
   perl: { path: '/usr/bin/perl', package: 'perl' },
   etcd: { path: '/usr/bin/etcd', package: 'etcd-server' },
