@@ -14,6 +14,8 @@ import { Proc, waitFor } from '../../tools/lab/proc.js';
 interface UpBed {
   ns: string;
   peer: string;
+  /** The client host's cgroup whose connections to the peer's port 8080 are wrapped. */
+  cgroup: string;
   /** What the run made that must be gone afterwards: the bed's prefix (namespaces, mounts, temp dir). */
   prefix: string;
 }
@@ -21,7 +23,9 @@ interface UpBed {
 function parseReady(out: string): UpBed {
   const m = /in netns (\S+) \(peer \S+ at (\S+)\)/.exec(out);
   assert.ok(m, `sslwall up names its namespace and peer:\n${out}`);
-  return { ns: m[1]!, peer: m[2]!, prefix: m[1]!.replace(/c$/, '') };
+  const cg = /processes in cgroup (\S+) connecting/.exec(out);
+  assert.ok(cg, `sslwall up names the cgroup whose connections are wrapped:\n${out}`);
+  return { ns: m[1]!, peer: m[2]!, cgroup: cg[1]!, prefix: m[1]!.replace(/c$/, '') };
 }
 
 function assertAllGone(bed: UpBed): void {
@@ -51,10 +55,27 @@ test('sslwall up: starts, enforces passively, and cleans up on Ctrl-C', async ()
     const tiers = (await (await fetch(`http://127.0.0.1:${port}/api/tiers`)).json()) as Array<{ tier: string; agents: number }>;
     assert.deepEqual(
       tiers.map((t) => [t.tier, t.agents]),
-      [['local', 1]],
+      [['local', 2]],
     );
-    execFileSync('nsenter', [`--net=/run/netns/${bed.ns}`, 'curl', '-s', '--max-time', '3', `http://${bed.peer}:8080/`]);
-    await waitFor('a violation line shown', () => out().includes('"event":"violation"'), { timeoutMs: 10_000, explain: out });
+    // An application of the client host (in its cgroup) to the wrapped port: carried in TLS.
+    const wrapped = execFileSync('nsenter', [
+      `--net=/run/netns/${bed.ns}`,
+      'sh',
+      '-c',
+      `echo $$ > ${bed.cgroup}/cgroup.procs && exec curl -s --max-time 3 http://${bed.peer}:8080/`,
+    ]).toString();
+    assert.match(wrapped, /hello from the plaintext peer on port 8080/);
+    await waitFor(
+      'the wrapped request shown as ttls_closed on both hosts',
+      () => /agent: .*"ttls_closed"/.test(out()) && /peer : .*"ttls_closed"/.test(out()),
+      {
+        timeoutMs: 10_000,
+        explain: out,
+      },
+    );
+    assert.doesNotMatch(out(), /"event":"violation"/, 'the wrapped request is no violation');
+    execFileSync('nsenter', [`--net=/run/netns/${bed.ns}`, 'curl', '-s', '--max-time', '3', `http://${bed.peer}:8081/`]);
+    await waitFor('a violation line shown for the port that is not wrapped', () => out().includes('"event":"violation"'), { timeoutMs: 10_000, explain: out });
     await proc.stop('SIGINT', 30_000);
     assert.match(out(), /cleaned up\.\n/);
     assert.equal(proc.exitCode, 0);

@@ -1,9 +1,9 @@
 // The fleet of one (`sslwall up`): a local etcd (Debian's binary, data in a temp folder) unless
-// one is given, a signing key pair, the engine with its dashboard, and an agent in passive mode
-// on a veth pair between two network namespaces of its own (never on this machine's own
-// interfaces), all made with the lab the tests use. Runs until a signal; then removes everything
-// it made, also when its stdout is gone (`npm start | tee log`: Ctrl-C ends tee first, and
-// writing to its pipe fails).
+// one is given, a signing key pair, the engine with its dashboard, and two hosts (network
+// namespaces of their own joined by a veth pair, never this machine's own interfaces) each with an
+// agent in passive mode and transparent TLS between them, all made with the lab the tests use.
+// Runs until a signal; then removes everything it made, also when its stdout is gone (`npm start
+// | tee log`: Ctrl-C ends tee first, and writing to its pipe fails).
 
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -11,9 +11,11 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { type RunningEngine, startEngine } from '../../rollout/main.js';
 import { generateKeyPair } from '../../rollout/signing.js';
+import { DEFAULT_TTLS_PORT } from '../../schemas/config.js';
 import { SslwallError } from '../../schemas/errors.js';
 import { createEtcdClient } from '../../schemas/etcd.js';
 import { type AgentEnv, AgentProc, agentEnv, SSLWALL, sslwall } from './agent-proc.js';
+import { makeCa, makeHostCert } from './certs.js';
 import { type EtcdServer, startEtcd } from './etcd.js';
 import { EtcdBridge } from './etcd-bridge.js';
 import { callerHandlesSignals } from './exit.js';
@@ -60,8 +62,8 @@ export async function runFleetOfOne(opts: FleetOfOneOptions, log: Logger): Promi
   let bed: Testbed | undefined;
   let etcd: EtcdServer | undefined;
   let engine: RunningEngine | undefined;
-  let env: AgentEnv | undefined;
-  let agent: AgentProc | undefined;
+  const envs: AgentEnv[] = [];
+  const agents: AgentProc[] = [];
   try {
     bed = await createTestbed('up');
     step();
@@ -76,6 +78,10 @@ export async function runFleetOfOne(opts: FleetOfOneOptions, log: Logger): Promi
     step();
 
     const keys = generateKeyPair(path.join(bed.dir, 'keys'));
+    const { client, server } = bed;
+    // The peer host's plaintext HTTP: 8080 is wrapped in TLS (ttls.ports), 8081 is not.
+    const WRAPPED = 8080;
+    const PLAIN = 8081;
     engine = await startEngine({ etcd: { endpoints: [etcdUrl] }, signingKey: keys.signingKey, id: `up-${bed.id}`, listen }, log.child({ component: 'engine' }));
     if (!(await engine.engine.store.head(tier))) {
       await engine.engine.store.write(
@@ -86,6 +92,7 @@ export async function runFleetOfOne(opts: FleetOfOneOptions, log: Logger): Promi
             bypass: { ports: [22], cidrs: [] },
             starttls: { smtp: [25, 587], imap: [], pop3: [], ftp: [], postgres: [5432], mysql: [] },
             connect: { ports: [3128] },
+            ttls: { ports: [WRAPPED], cidrs: [`${server.ipv4}/32`, `${server.ipv6}/128`], port: DEFAULT_TTLS_PORT },
           },
           rollout: { mode: 'passive', percent: 100, otherwise: 'off', salt: randomBytes(4).toString('hex') },
         },
@@ -95,48 +102,76 @@ export async function runFleetOfOne(opts: FleetOfOneOptions, log: Logger): Promi
     say(`engine:    http://${listen}  (dashboard, API, /metrics); signing key ${keys.signingKey}`);
     step();
 
-    // The peer: plaintext HTTP on 8080, listening before "ready" is printed (the first curl must find it).
-    const peer = bed.server.ipv4;
+    // Listening before "ready" is printed: the first curl must find them.
     const http = bed.spawn('server', 'peer-http', process.execPath, [
       '-e',
-      `require('http').createServer((q, r) => r.end('hello from the plaintext peer\\n')).listen(8080, '${peer}')`,
+      `const h = require('http'); for (const p of [${WRAPPED}, ${PLAIN}]) h.createServer((q, r) => r.end('hello from the plaintext peer on port ' + p + '\\n')).listen(p, '${server.ipv4}');`,
     ]);
-    await waitFor('the plaintext peer', async () => (await bed!.exec('server', BIN.ss, ['-Hltn', 'sport = :8080'])).stdout.trim() !== '', {
-      timeoutMs: 10_000,
-      abortIf: () => (http.running ? undefined : `it exited; see ${http.logFile}`),
-    });
+    await waitFor(
+      'the plaintext peer',
+      async () => (await bed!.exec('server', BIN.ss, ['-Hltn', `( sport = :${WRAPPED} or sport = :${PLAIN} )`])).stdout.trim().split('\n').length === 2,
+      { timeoutMs: 10_000, abortIf: () => (http.running ? undefined : `it exited; see ${http.logFile}`) },
+    );
     step();
 
-    // The agent, in the client namespace; etcd reaches it over the lab's unix-socket bridge.
-    const bridge = await EtcdBridge.start(bed, 'client', Number(new URL(etcdUrl).port || 2379));
-    env = await agentEnv(bed, 'client', await bed.mountCgroup2());
-    agent = await AgentProc.start({ ...env, configFile: '' }, [
-      '--etcd',
-      bridge.url,
-      '--tier',
-      tier,
-      '--host-id',
-      `up-${bed.id}`,
-      '--verify-key',
-      keys.verifyKey,
-    ]);
+    // Transparent TLS: a fleet CA and a certificate per host, its addresses as IP SANs.
+    const certDir = bed.tempDir('ttls-certs');
+    const ca = await makeCa(certDir, 'sslwall-up-ca');
+    const hostCerts = {
+      client: await makeHostCert(certDir, ca, 'client', [client.ipv4, client.ipv6]),
+      server: await makeHostCert(certDir, ca, 'server', [server.ipv4, server.ipv6]),
+    };
     step();
-    const stopEcho = echoAgentLines(agent, say);
-    const nsenter = `nsenter --net=/run/netns/${bed.client.ns}`;
-    say(`agent:     passive, tier ${tier}, on ${bed.client.ifname} in netns ${bed.client.ns} (peer ${bed.server.ns} at ${peer})`);
+
+    // An agent on each host, following the tier in etcd over the lab's unix-socket bridge.
+    const cg2 = await bed.mountCgroup2();
+    for (const side of ['client', 'server'] as const) {
+      const bridge = await EtcdBridge.start(bed, side, Number(new URL(etcdUrl).port || 2379));
+      const env = await agentEnv(bed, side, cg2);
+      envs.push(env);
+      const cert = hostCerts[side];
+      const a = await AgentProc.start({ ...env, configFile: '' }, [
+        '--etcd',
+        bridge.url,
+        '--tier',
+        tier,
+        '--host-id',
+        `up-${bed.id}-${side}`,
+        '--verify-key',
+        keys.verifyKey,
+        '--ttls-cert',
+        cert.cert,
+        '--ttls-key',
+        cert.key,
+        '--ttls-ca',
+        ca.caCert,
+      ]);
+      agents.push(a);
+      await a.waitFor((l) => l.event === 'ttls_started', 10_000, 'ttls_started');
+      step();
+    }
+    const [agent, peerAgent] = agents as [AgentProc, AgentProc];
+    const clientEnv = envs[0]!;
+    const stopEcho = [echoAgentLines(agent, 'agent', say), echoAgentLines(peerAgent, 'peer ', say)];
+    const inHost = `nsenter --net=/run/netns/${client.ns}`;
+    const inApps = (cmd: string) => `${inHost} sh -c 'echo $$ > ${clientEnv.cgroup}/cgroup.procs && exec ${cmd}'`;
+    say(`agent:     passive, tier ${tier}, on ${client.ifname} in netns ${client.ns} (peer ${server.ns} at ${server.ipv4})`);
+    say(`peer:      a second agent in netns ${server.ns}: its terminator takes wrapped connections on port ${DEFAULT_TTLS_PORT}`);
+    say(`ttls:      processes in cgroup ${clientEnv.cgroup} connecting to ${server.ipv4}:${WRAPPED} are wrapped in TLS`);
     say('');
     say('ready. Try:');
-    say(`  ${nsenter} curl -s http://${peer}:8080/      # plaintext: a violation line appears here`);
-    say(`  ${nsenter} ${process.execPath} ${SSLWALL} flows --bpffs ${env.bpffs}`);
+    say(`  ${inApps(`curl -s http://${server.ipv4}:${WRAPPED}/`)}   # wrapped: "ttls_closed" lines, no violation`);
+    say(`  ${inHost} curl -s http://${server.ipv4}:${PLAIN}/      # plaintext: a violation line appears here`);
+    say(`  ${inHost} ${process.execPath} ${SSLWALL} flows --bpffs ${clientEnv.bpffs}`);
     say(`  ${SSLWALL} config get --tier ${tier} --engine http://${listen}`);
     say(`  ${SSLWALL} rollout start --tier ${tier} --stages active:100 --bake 30s --engine http://${listen}`);
     say(`  ${SSLWALL} rollout watch --tier ${tier} --engine http://${listen}`);
     say(`  open http://${listen}/ for the dashboard`);
     say('Ctrl-C to stop and remove everything.');
-    const agentExited = waitFor('the agent to exit', () => !agent!.proc.running, { timeoutMs: 2 ** 31 - 1, intervalMs: 500 });
+    const agentExited = waitFor('an agent to exit', () => agents.some((a) => !a.proc.running), { timeoutMs: 2 ** 31 - 1, intervalMs: 500 });
     await Promise.race([stopped, agentExited]);
-    stopEcho();
-    if (!interrupted) log.error({ event: 'agent_exited', log: agent.proc.logFile }, 'the agent exited; stopping');
+    for (const stop of stopEcho) stop();
+    if (!interrupted) log.error({ event: 'agent_exited', logs: agents.map((a) => a.proc.logFile) }, 'an agent exited; stopping');
     return interrupted ? 0 : 1;
   } catch (err) {
     if (err instanceof Interrupted) return 0;
@@ -153,8 +188,8 @@ export async function runFleetOfOne(opts: FleetOfOneOptions, log: Logger): Promi
       }
     };
     // The agent leaves its programs pinned on purpose; here they go with it.
-    if (agent) await attempt('stop the agent', () => agent!.stop());
-    if (env) await attempt('uninstall', () => sslwall(env!, ['uninstall', '--bpffs', env!.bpffs]));
+    for (const a of agents) await attempt('stop an agent', () => a.stop());
+    for (const env of envs) await attempt('uninstall', () => sslwall(env, ['uninstall', '--bpffs', env.bpffs]));
     if (engine) await attempt('stop the engine', () => engine!.stop());
     if (bed) await attempt('remove the namespaces', () => bed!.destroy());
     if (etcd) await attempt('stop etcd', () => etcd!.destroy());
@@ -189,8 +224,8 @@ async function waitForEtcd(url: string): Promise<void> {
   }
 }
 
-/** Show the agent's violation and config lines as they come; returns the stop function. */
-function echoAgentLines(agent: AgentProc, say: (s: string) => void): () => void {
+/** Show an agent's violation, config and TTLS lines as they come; returns the stop function. */
+function echoAgentLines(agent: AgentProc, who: string, say: (s: string) => void): () => void {
   let offset = 0;
   const timer = setInterval(() => {
     let text: string;
@@ -204,7 +239,7 @@ function echoAgentLines(agent: AgentProc, say: (s: string) => void): () => void 
       return;
     }
     for (const line of text.split('\n')) {
-      if (line.includes('"event":"violation"') || line.includes('"config_applied"') || line.includes('"config_refused"')) say(`agent: ${line}`);
+      if (/"event":"(violation|config_applied|config_refused|ttls_closed|ttls_failed)"/.test(line)) say(`${who}: ${line}`);
     }
   }, 200);
   return () => clearInterval(timer);
