@@ -18,7 +18,7 @@ import { createMetrics, serveMetrics } from './metrics.js';
 import { type AppliedMeta, loadLastGood, saveLastGood } from './state.js';
 import { AGENT_VERSION, type AgentStatus } from './status.js';
 import type { CertFiles } from './ttls/index.js';
-import { AgentTtls } from './ttls-agent.js';
+import type { AgentTtls } from './ttls-agent.js';
 
 export type SourceOptions =
   | { kind: 'file'; configFile: string }
@@ -65,7 +65,10 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
   }
 
   const metrics = createMetrics(dp);
-  const ttls = opts.ttls ? AgentTtls.load({ bpffs: opts.bpffs, bypass, certs: opts.ttls, registry: metrics.registry, log }) : null;
+  // Loaded only when asked for: an agent that wraps nothing carries no TLS, HTTP/2 or pool code.
+  const ttls: AgentTtls | null = opts.ttls
+    ? (await import('./ttls-agent.js')).AgentTtls.load({ bpffs: opts.bpffs, bypass, certs: opts.ttls, registry: metrics.registry, log })
+    : null;
   const status: AgentStatus = { applied: null, appliedAt: null, applyLatencyMs: null, lastError: null };
 
   /** The kernel has it: a failure to save it is an error to see, not a refusal of the config. */

@@ -231,4 +231,46 @@ describe('transparent TLS between two hosts in active mode', () => {
       },
     );
   });
+
+  test('a config change applies within 5 s without breaking an open wrapped connection; in passive mode without a terminator a connection goes direct and is reported', async () => {
+    // An open wrapped connection across the change: redis-cli PINGs every 100 ms on one connection.
+    const hold = tb.spawn(
+      'client',
+      'redis-across-change',
+      BIN['redis-cli'],
+      ['-h', tb.server.ipv4, '-p', String(redis.port), '-r', '60', '-i', '0.1', 'PING'],
+      {
+        cgroup: envs.client.cgroup,
+      },
+    );
+    const pongs = () => (fs.existsSync(hold.logFile) ? (fs.readFileSync(hold.logFile, 'utf8').match(/PONG/g)?.length ?? 0) : 0);
+    try {
+      await waitFor('the held connection to answer', () => pongs() > 2);
+      const applied = () => agents.client!.lines().filter((l) => l.event === 'config_applied' && l.mode === 'passive').length;
+      const t0 = Date.now();
+      writeConfig(envs.client, { ...config(), mode: 'passive' });
+      await waitFor('the client agent to apply passive mode', () => applied() > 0, { timeoutMs: 5000 });
+      const applyMs = Date.now() - t0;
+      const before = pongs();
+      await waitFor('the held connection to go on answering after the change', () => pongs() > before + 3, { timeoutMs: 5000 });
+      assert.ok(applyMs < 5000, `applied after ${applyMs} ms`);
+    } finally {
+      await hold.stop();
+    }
+    // The server host passive too (its filter would block the direct plaintext otherwise), then without its agent.
+    writeConfig(envs.server, { ...config(), mode: 'passive' });
+    await agents.server!.waitFor((l) => l.event === 'config_applied' && l.mode === 'passive', 5000, 'the server host passive');
+    await agents.server!.stop();
+    try {
+      const r = await curl(tb, nginxUrl(tb, nginx, { tls: false }), app());
+      assert.deepEqual([r.httpCode, r.bytes], [200, nginx.smallBody.length], `passive mode goes direct; curl stderr: ${r.stderr}`);
+      await agents.client!.waitFor((l) => l.event === 'ttls_failed' && l.reason === 'terminator_unreachable', 5000, 'ttls_failed terminator_unreachable');
+      await agents.client!.waitFor((l) => l.event === 'violation' && l.dport === 80 && l.verdict === 'reported', 5000, 'the direct plaintext reported');
+    } finally {
+      writeConfig(envs.server, config());
+      await startAgent('server');
+      writeConfig(envs.client, config());
+      await agents.client!.waitFor((l) => l.event === 'config_applied' && l.mode === 'active' && l.previous_mode === 'passive', 5000, 'active again');
+    }
+  });
 });
