@@ -22,7 +22,7 @@ import type { AgentTtls } from './ttls-agent.js';
 
 export type SourceOptions =
   | { kind: 'file'; configFile: string }
-  | { kind: 'etcd'; conn: EtcdConnection; prefix: string; tier: string; hostId: string; verifyKey: string | null };
+  | { kind: 'etcd'; conn: EtcdConnection; prefix: string; tier: string; hostId: string; verifyKeys: string[] };
 
 export interface AgentOptions {
   source: SourceOptions;

@@ -13,7 +13,15 @@ import { SslwallError } from '../schemas/errors.js';
 import type { EtcdConnection } from '../schemas/etcd.js';
 import { etcdKeys } from '../schemas/keys.js';
 import { Verifier } from '../schemas/signing.js';
-import { type Health, type HostOverride, HostOverrideSchema, SCHEMA_VERSION, type TierDocument, TierDocumentSchema } from '../schemas/tier.js';
+import {
+  HEALTH_MESSAGE_MAX,
+  type Health,
+  type HostOverride,
+  HostOverrideSchema,
+  SCHEMA_VERSION,
+  type TierDocument,
+  TierDocumentSchema,
+} from '../schemas/tier.js';
 import type { Datapath } from './datapath.js';
 import { effectiveConfig } from './effective.js';
 import { breakerState, Etcd3Transport, type EtcdTransport, etcdBreaker } from './etcd-client.js';
@@ -26,8 +34,8 @@ import type { AgentStatus } from './status.js';
 
 export interface EtcdSourceOptions {
   conn: EtcdConnection;
-  /** null: unsigned documents accepted (--insecure-unsigned). */
-  verifyKey: string | null;
+  /** --verify-key files and folders; empty: unsigned documents accepted (--insecure-unsigned). */
+  verifyKeys: string[];
   prefix: string;
   tier: string;
   hostId: string;
@@ -58,18 +66,54 @@ export function parseDocument<T>(schema: ZodType<T>, kv: KeyState, key: string, 
 /** What a snapshot asks of an agent: nothing (no tier document), a refusal, or a config to enforce. */
 export type Decision = { kind: 'none' } | { kind: 'refused'; err: unknown } | { kind: 'config'; config: Config; meta: AppliedMeta; tierVersion: number };
 
-/** Validate (and verify) a snapshot's documents and decide this host's effective config. */
-export function decide(s: Snapshot, keys: { tier: string; override: string }, verifier: Verifier | null, hostId: string): Decision {
+/** The highest versions applied so far: from the meta of the config in force (also the last good one after a restart). */
+export function highestApplied(meta: AppliedMeta | undefined): { tier: number | null; override: number | null } {
+  if (meta?.source !== 'etcd') return { tier: null, override: null };
+  return { tier: meta.highestTierVersion ?? meta.tierVersion, override: meta.highestOverrideVersion ?? meta.overrideVersion };
+}
+
+/** A document's signed place and version against the key it was read from and what was applied before. */
+function checkPlace(where: string, signedFor: string, mine: string, what: 'tier' | 'host', version: number, highest: number | null): void {
+  if (signedFor !== mine) {
+    const from = what === 'tier' ? "another tier's key" : "another host's override";
+    throw new SslwallError('SSLWALL_E_CONFIG_MISPLACED', `${where} was signed for ${what} ${signedFor}, not ${mine}; it was copied from ${from}`);
+  }
+  if (highest !== null && version < highest)
+    throw new SslwallError(
+      'SSLWALL_E_CONFIG_REPLAY',
+      `${where} has version ${version}, older than version ${highest} this agent has applied; an old document was written back (replay)`,
+    );
+}
+
+/**
+ * Validate (and verify) a snapshot's documents and decide this host's effective config. A
+ * document signed for another tier or host is misplaced, one older than the highest version
+ * applied (`highest`) a replay: both refused.
+ */
+export function decide(
+  s: Snapshot,
+  keys: { tier: string; override: string },
+  verifier: Verifier | null,
+  place: { tier: string; hostId: string },
+  highest: { tier: number | null; override: number | null },
+): Decision {
   if (!s.tier) return { kind: 'none' };
   let tier: TierDocument;
   let override: HostOverride | null = null;
   try {
+    const tierWhere = `${keys.tier}@${s.tier.modRevision}`;
     tier = parseDocument(TierDocumentSchema, s.tier, keys.tier, verifier);
-    if (s.override) override = parseDocument(HostOverrideSchema, s.override, keys.override, verifier);
+    checkPlace(tierWhere, tier.tier, place.tier, 'tier', tier.version, highest.tier);
+    if (s.override) {
+      override = parseDocument(HostOverrideSchema, s.override, keys.override, verifier);
+      checkPlace(`${keys.override}@${s.override.modRevision}`, override.host, place.hostId, 'host', override.version, highest.override);
+    }
   } catch (err) {
     return { kind: 'refused', err };
   }
-  const eff = effectiveConfig(tier, override, hostId);
+  const eff = effectiveConfig(tier, override, place.hostId);
+  // The override's highest outlives the override: an old one written back after a removal is a replay too.
+  const highestOverride = override ? Math.max(highest.override ?? 0, override.version) : highest.override;
   return {
     kind: 'config',
     config: eff.config,
@@ -81,6 +125,8 @@ export function decide(s: Snapshot, keys: { tier: string; override: string }, ve
       overrideVersion: override?.version ?? null,
       inCohort: eff.inCohort,
       bucket: eff.bucket,
+      highestTierVersion: Math.max(highest.tier ?? 0, tier.version),
+      ...(highestOverride !== null ? { highestOverrideVersion: highestOverride } : {}),
     },
   };
 }
@@ -114,7 +160,8 @@ export function healthDocument(a: {
     appliedAt: a.appliedAt,
     counters: a.counters,
     etcd: { connected: a.connected, watchRevision: a.watchRevision },
-    lastError: a.lastError,
+    // Bounded as HealthSchema wants: a long validation message must not make the report unreadable.
+    lastError: a.lastError && { ...a.lastError, message: a.lastError.message.slice(0, HEALTH_MESSAGE_MAX) },
     features: a.features,
     updatedAt: new Date().toISOString(),
   };
@@ -193,7 +240,13 @@ export class EtcdFollower {
   private onSnapshot(s: Snapshot, reason: string): void {
     this.watchRevision = s.revision;
     this.connected = true;
-    const d = decide(s, { tier: this.tierKey, override: this.overrideKey }, this.opts.verifier, this.opts.hostId);
+    const d = decide(
+      s,
+      { tier: this.tierKey, override: this.overrideKey },
+      this.opts.verifier,
+      { tier: this.opts.tier, hostId: this.opts.hostId },
+      highestApplied(this.status.applied?.meta),
+    );
     if (d.kind === 'none') {
       this.log.warn(
         { event: 'tier_missing', tier: this.opts.tier, key: this.tierKey, revision: s.revision },
@@ -258,7 +311,7 @@ export class EtcdAgentSource {
       keys: etcdKeys(opts.prefix),
       tier: opts.tier,
       hostId: opts.hostId,
-      verifier: opts.verifyKey ? Verifier.fromFile(opts.verifyKey) : null,
+      verifier: opts.verifyKeys.length ? Verifier.fromSources(opts.verifyKeys) : null,
       agentVersion: version,
     };
     this.follower = new EtcdFollower(

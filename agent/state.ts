@@ -17,6 +17,14 @@ export interface AppliedMeta {
   overrideVersion: number | null;
   inCohort: boolean;
   bucket: number;
+  /**
+   * The highest tier document and override versions applied so far (absent: none, or a file
+   * written before they were kept). Kept here, with the last good config, so that an agent
+   * refuses a replayed older document also after a restart; the override's survives the
+   * override's removal.
+   */
+  highestTierVersion?: number;
+  highestOverrideVersion?: number;
 }
 
 export interface LastGood {

@@ -22,6 +22,17 @@ export interface CheckInputs {
   promQuery: (url: string, query: string) => Promise<number | null>;
 }
 
+/**
+ * A check's detail is stored in the rollout state (every check, every step) and names parts of
+ * agents' reports; capped, so that what agents report cannot make the state's transaction larger
+ * than etcd takes (1.5 MiB by default).
+ */
+export const DETAIL_MAX = 500;
+
+function capped(r: CheckResult): CheckResult {
+  return r.detail.length > DETAIL_MAX ? { ...r, detail: `${r.detail.slice(0, DETAIL_MAX - 1)}…` } : r;
+}
+
 export function cohortOf(state: RolloutState, agents: Health[]): Health[] {
   const stage = state.stages[state.stage]!;
   return agents.filter((a) => inCohort(a.hostId, state.salt, stage.percent));
@@ -97,7 +108,7 @@ export async function runChecks(input: CheckInputs): Promise<{ results: CheckRes
       results.push({ name: `prom:${q.name}`, status: 'pass', detail: `${q.query} = ${value}` });
     }
   }
-  return { results, blocked };
+  return { results: results.map(capped), blocked };
 }
 
 /** The Prometheus HTTP API: an instant query's first sample, or null when the vector is empty. */

@@ -1,9 +1,13 @@
 // The engine's view of agent health: every health key of the watched tiers, kept current by a
 // watch on the health prefix (read once, then watch; read again when etcd cancels the watch).
 // A deleted key is an agent that stopped (its lease expired) and is reported at once.
+// A report is trusted by its key, not its body: tier and host come from the key
+// (health/<tier>/<host>), and a body that claims another tier or host is dropped and counted, so
+// that an agent cannot speak for a tier or host it is not (docs/security-signatures.md).
 import { EventEmitter } from 'node:events';
 import type { Etcd3, Watcher } from 'etcd3';
 import type { Logger } from 'pino';
+import client from 'prom-client';
 import { backoffMs } from '../schemas/etcd.js';
 import { type Health, HealthSchema } from '../schemas/tier.js';
 
@@ -14,6 +18,13 @@ export class HealthCache extends EventEmitter {
   private watcher: Watcher | null = null;
   private stopped = false;
   ready = false;
+  /** Health reports dropped, by reason; on no registry: the engine's metrics register it. */
+  readonly rejected = new client.Counter({
+    name: 'sslwall_engine_health_rejected_total',
+    help: 'Agent health reports the engine dropped: misplaced (the body names another tier or host than its key) or invalid (unreadable, or over its bounds)',
+    labelNames: ['reason'] as const,
+    registers: [],
+  });
 
   constructor(
     private readonly client: Etcd3,
@@ -38,12 +49,30 @@ export class HealthCache extends EventEmitter {
   }
 
   private set(key: string, value: Buffer): void {
+    const id = this.id(key);
+    // A health document we cannot read, or that speaks for someone else, is the same as none:
+    // the agent counts as missing.
+    let h: Health;
     try {
-      this.agents.set(this.id(key), HealthSchema.parse(JSON.parse(value.toString())));
-    } catch {
-      // A health document we cannot read is the same as none: the agent counts as missing.
-      this.agents.delete(this.id(key));
+      h = HealthSchema.parse(JSON.parse(value.toString()));
+    } catch (err) {
+      this.drop(id, 'invalid', (err as Error).message);
+      return;
     }
+    const slash = id.indexOf('/');
+    const tier = id.slice(0, slash);
+    const hostId = id.slice(slash + 1);
+    if (slash < 0 || h.tier !== tier || h.hostId !== hostId) {
+      this.drop(id, 'misplaced', `the body names tier ${h.tier} host ${h.hostId}`);
+      return;
+    }
+    this.agents.set(id, h);
+  }
+
+  private drop(id: string, reason: 'invalid' | 'misplaced', detail: string): void {
+    this.rejected.inc({ reason });
+    this.agents.delete(id);
+    this.log.warn({ event: 'health_rejected', key: `${this.prefix}${id}`, reason, detail: detail.slice(0, 300) }, 'agent health report dropped');
   }
 
   private async loop(): Promise<void> {

@@ -4,7 +4,7 @@ import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject,
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { SslwallError } from '../schemas/errors.js';
-import { canonicalJson, keyId, type Signature } from '../schemas/signing.js';
+import { keyId, type Signature, signedBytes } from '../schemas/signing.js';
 
 export class Signer {
   readonly keyId: string;
@@ -22,10 +22,10 @@ export class Signer {
       );
     }
   }
-  /** The document with its signature field set. */
-  sign<T extends object>(doc: T): T & { signature: Signature } {
+  /** The document with its signature field set; it must name its kind and version (and its tier or host: the schema checks). */
+  sign<const T extends { kind: 'tier' | 'override'; version: number }>(doc: T): T & { signature: Signature } {
     const { signature: _drop, ...body } = doc as T & { signature?: Signature };
-    const value = sign(null, Buffer.from(canonicalJson(body)), this.privateKey).toString('base64');
+    const value = sign(null, signedBytes(body), this.privateKey).toString('base64');
     return { ...(body as T), signature: { keyId: this.keyId, value } };
   }
 }

@@ -1,8 +1,10 @@
 // Tier config versions in etcd. The head (the key agents watch) is written together with its
 // history record and an audit entry in one transaction that compares the head's revision
 // (compare-and-swap: a concurrent writer gets SSLWALL_E_CONFLICT) and, on the engine, the
-// leader key (fencing: a deposed leader's write fails). Every document is validated with the
-// shared zod schema and signed before it is written.
+// leader key (fencing: a deposed leader's write fails), and requires that the history record
+// does not exist yet (history is write-once: create revision 0). Every document is validated
+// with the shared zod schema and signed, naming its kind, its tier or host and its version,
+// before it is written.
 import type { Etcd3 } from 'etcd3';
 import { z } from 'zod';
 import { ConfigSchema, describeIssues } from '../schemas/config.js';
@@ -29,7 +31,7 @@ export interface Head {
   modRevision: number;
 }
 
-/** What a caller gives: the config and rollout fields; version and signature are the store's. */
+/** What a caller gives: the config and rollout fields; kind, tier, version and signature are the store's. */
 export type DocumentInput = Pick<TierDocument, 'config' | 'rollout'>;
 
 export function validateInput(input: unknown, where: string): DocumentInput {
@@ -86,7 +88,7 @@ export class ConfigStore {
     if (head && head.modRevision !== base) throw conflict(tier, base, head.modRevision);
     if (!head && base !== 0) throw conflict(tier, base, 0);
     const version = (head?.doc.version ?? 0) + 1;
-    const doc = this.signer.sign(TierDocumentSchema.parse({ version, ...valid }));
+    const doc = this.signer.sign(TierDocumentSchema.parse({ kind: 'tier', tier, version, ...valid }));
     const record: VersionRecord = {
       version,
       author: meta.author,
@@ -97,14 +99,15 @@ export class ConfigStore {
     };
 
     const headKey = this.keys.tierConfig(tier);
-    let txn = this.client.if(headKey, 'Mod', '==', base);
+    const historyKey = this.keys.history(tier, version);
+    let txn = this.client.if(headKey, 'Mod', '==', base).and(historyKey, 'Create', '==', 0);
     const fence = this.fence();
     if (fence) txn = txn.and(fence.key, 'Mod', '==', fence.modRevision);
     for (const w of meta.with ?? []) txn = txn.and(w.key, 'Mod', '==', w.expectMod);
     const res = await txn
       .then(
         this.client.put(headKey).value(JSON.stringify(doc)),
-        this.client.put(this.keys.history(tier, version)).value(JSON.stringify(record)),
+        this.client.put(historyKey).value(JSON.stringify(record)),
         this.client
           .put(this.keys.audit(tier))
           .value(JSON.stringify({ time: record.time, actor: meta.author, action: 'config_write', version, message: meta.message, ...meta.audit })),
@@ -117,6 +120,12 @@ export class ConfigStore {
         if (Number(f.kvs[0]?.mod_revision ?? 0) !== fence.modRevision)
           throw new SslwallError('SSLWALL_E_NOT_LEADER', 'this engine is no longer the leader; its write was refused (fencing)');
       }
+      const h = await this.client.kv.range({ key: Buffer.from(historyKey) });
+      if (h.kvs.length)
+        throw new SslwallError(
+          'SSLWALL_E_CONFLICT',
+          `tier ${tier} already has a history record of version ${version} (${historyKey}) and history is write-once; nothing was written. The head is older than its history: find out who wrote either`,
+        );
       const now = await this.head(tier);
       throw conflict(tier, base, now?.modRevision ?? 0);
     }
@@ -164,7 +173,9 @@ export class ConfigStore {
     const key = this.keys.hostOverride(hostId);
     const cur = await this.client.kv.range({ key: Buffer.from(key) });
     const mod = Number(cur.kvs[0]?.mod_revision ?? 0);
-    const prevVersion = cur.kvs[0] ? ((JSON.parse(cur.kvs[0].value.toString()) as { version?: number }).version ?? 0) : 0;
+    // Agents refuse an override older than one they applied, also after its removal; a counter
+    // kept in the key would restart at 1 after a removal, etcd's revision never goes back.
+    const version = Number(cur.header.revision) + 1;
     let txn = this.client.if(key, 'Mod', '==', mod);
     const fence = this.fence();
     if (fence) txn = txn.and(fence.key, 'Mod', '==', fence.modRevision);
@@ -182,7 +193,7 @@ export class ConfigStore {
       if (!res.succeeded) throw new SslwallError('SSLWALL_E_CONFLICT', `the override of ${hostId} changed meanwhile; retry`);
       return null;
     }
-    const parsed = HostOverrideSchema.safeParse({ version: prevVersion + 1, ...override });
+    const parsed = HostOverrideSchema.safeParse({ kind: 'override', host: hostId, version, ...override });
     if (!parsed.success) throw new SslwallError('SSLWALL_E_CONFIG_INVALID', `override of ${hostId}: ${describeIssues(parsed.error)}`);
     const doc = this.signer.sign(parsed.data);
     const res = await txn.then(this.client.put(key).value(JSON.stringify(doc)), audit).commit();

@@ -5,6 +5,10 @@ export const ErrorCodes = {
   SSLWALL_E_USAGE: 'The command line is wrong; see --help.',
   SSLWALL_E_CONFIG_INVALID: 'A config document failed validation; the previous config stays in force.',
   SSLWALL_E_CONFIG_SIGNATURE: 'A document in etcd is unsigned or badly signed; the previous config stays in force.',
+  SSLWALL_E_CONFIG_MISPLACED:
+    "A signed document sits under another tier's or host's key than the one it was signed for (copied); it is refused and the previous config stays in force.",
+  SSLWALL_E_CONFIG_REPLAY:
+    'A signed document is older than one this agent has already applied (replayed); it is refused and the previous config stays in force.',
   SSLWALL_E_SIGNING_KEY: 'The ed25519 signing or verify key could not be read.',
   SSLWALL_E_CONFLICT: 'Someone else changed the tier document first (compare-and-swap failed); read it again and retry.',
   SSLWALL_E_NOT_LEADER: 'This engine replica is not the leader (or lost leadership); the write was refused.',

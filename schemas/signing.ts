@@ -1,9 +1,14 @@
-// ed25519 signatures over tier documents. The signed bytes are the canonical JSON of the
-// document without its `signature` field (keys sorted at every level, no whitespace), so the
-// engine and every agent compute the same bytes from the same parsed document. The engine signs
-// (rollout/signing.ts); agents and tools verify, here.
+// ed25519 signatures over the documents the engine writes to etcd (tier documents, host
+// overrides). The signed bytes are a fixed prefix and the canonical JSON of the document without
+// its `signature` field (keys sorted at every level, no whitespace), so the engine and every
+// agent compute the same bytes from the same parsed document. The body names its kind, its tier
+// or host, and its version, so a signature vouches for where and when a document belongs, not
+// only for its content (the agent checks those: agent/etcd-source.ts). The engine signs
+// (rollout/signing.ts); agents and tools verify, here, against a set of keys so that keys rotate
+// without a flag day (docs/etcd.md, "Rotating the signing key").
 import { createHash, createPublicKey, type KeyObject, verify } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
 import { SslwallError } from './errors.js';
 
 export interface Signature {
@@ -23,6 +28,15 @@ export function canonicalJson(value: unknown): string {
   return JSON.stringify(value);
 }
 
+/** Domain separation: these bytes are never a valid signature over anything else the key might sign. */
+const SIGNED_PREFIX = 'sslwall-document-v1\n';
+
+/** The bytes an ed25519 signature covers: the prefix and the canonical JSON of the document without `signature`. */
+export function signedBytes(doc: object): Buffer {
+  const { signature: _drop, ...body } = doc as Record<string, unknown>;
+  return Buffer.from(SIGNED_PREFIX + canonicalJson(body));
+}
+
 export function keyId(publicKey: KeyObject): string {
   return createHash('sha256')
     .update(publicKey.export({ type: 'spki', format: 'der' }))
@@ -30,28 +44,93 @@ export function keyId(publicKey: KeyObject): string {
     .slice(0, 16);
 }
 
+function readKey(file: string): KeyObject {
+  try {
+    return createPublicKey(readFileSync(file));
+  } catch (err) {
+    throw new SslwallError('SSLWALL_E_SIGNING_KEY', `cannot read the ed25519 verify key ${file}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** The key files a --verify-key source names: the file itself, or every *.pub file in a folder. */
+function keyFiles(source: string): string[] {
+  let isDir: boolean;
+  try {
+    isDir = statSync(source).isDirectory();
+  } catch (err) {
+    throw new SslwallError('SSLWALL_E_SIGNING_KEY', `cannot read the verify key ${source}: ${(err as Error).message}`, { cause: err });
+  }
+  if (!isDir) return [source];
+  return readdirSync(source)
+    .filter((f) => f.endsWith('.pub'))
+    .sort()
+    .map((f) => path.join(source, f));
+}
+
+/** Checks signatures against a set of keys by key id; built from files and folders, it follows them as they change. */
 export class Verifier {
-  readonly keyId: string;
-  constructor(private readonly publicKey: KeyObject) {
-    this.keyId = keyId(publicKey);
+  private keys = new Map<string, KeyObject>();
+  /** What the key files looked like when read (names, sizes, mtimes): re-read only when it changes. */
+  private seen = '';
+
+  constructor(
+    publicKeys: KeyObject[],
+    private readonly sources: string[] = [],
+  ) {
+    for (const k of publicKeys) this.keys.set(keyId(k), k);
   }
+
+  /** Files or folders (every *.pub in it) of verify keys; at least one key must be found. */
+  static fromSources(sources: string[]): Verifier {
+    const v = new Verifier([], sources);
+    v.refresh();
+    return v;
+  }
+
   static fromFile(file: string): Verifier {
-    try {
-      return new Verifier(createPublicKey(readFileSync(file)));
-    } catch (err) {
-      throw new SslwallError('SSLWALL_E_SIGNING_KEY', `cannot read the ed25519 verify key ${file}: ${(err as Error).message}`, { cause: err });
-    }
+    return Verifier.fromSources([file]);
   }
-  /** Throws SSLWALL_E_CONFIG_SIGNATURE unless raw (a parsed JSON object) carries a valid signature of ours. */
+
+  get keyIds(): string[] {
+    return [...this.keys.keys()].sort();
+  }
+
+  /** Re-read the key files when any was added, removed or changed: a key added to (or removed from) a folder counts from the next document on. */
+  private refresh(): void {
+    if (this.sources.length === 0) return;
+    const files = this.sources.flatMap(keyFiles);
+    const seen = files
+      .map((f) => {
+        const st = statSync(f, { throwIfNoEntry: false });
+        return `${f}:${st?.size}:${st?.mtimeMs}`;
+      })
+      .join('\n');
+    if (seen === this.seen) return;
+    if (files.length === 0)
+      throw new SslwallError('SSLWALL_E_SIGNING_KEY', `no verify key (*.pub) found in ${this.sources.join(', ')}; every document would be refused`);
+    const keys = new Map<string, KeyObject>();
+    for (const f of files) {
+      const k = readKey(f);
+      keys.set(keyId(k), k);
+    }
+    this.keys = keys;
+    this.seen = seen;
+  }
+
+  /** Throws SSLWALL_E_CONFIG_SIGNATURE unless raw (a parsed JSON object) carries a valid signature by one of our keys. */
   check(raw: unknown, where: string): void {
     const doc = raw as { signature?: Partial<Signature> } | null;
     const sig = doc && typeof doc === 'object' ? doc.signature : undefined;
     if (!sig || typeof sig.value !== 'string')
       throw new SslwallError('SSLWALL_E_CONFIG_SIGNATURE', `${where} is not signed; only documents written by the rollout engine are accepted`);
-    if (sig.keyId !== this.keyId)
-      throw new SslwallError('SSLWALL_E_CONFIG_SIGNATURE', `${where} is signed with key ${sig.keyId}, not with ${this.keyId} (--verify-key)`);
-    const { signature: _drop, ...body } = doc as Record<string, unknown>;
-    if (!verify(null, Buffer.from(canonicalJson(body)), this.publicKey, Buffer.from(sig.value, 'base64'))) {
+    this.refresh();
+    const key = typeof sig.keyId === 'string' ? this.keys.get(sig.keyId) : undefined;
+    if (!key)
+      throw new SslwallError(
+        'SSLWALL_E_CONFIG_SIGNATURE',
+        `${where} is signed with key ${sig.keyId}, not with ${this.keyIds.join(' or ')} (--verify-key); add the engine's new verify key to this agent`,
+      );
+    if (!verify(null, signedBytes(doc as object), key, Buffer.from(sig.value, 'base64'))) {
       throw new SslwallError('SSLWALL_E_CONFIG_SIGNATURE', `${where} has a bad signature (key ${sig.keyId}); it was altered after signing`);
     }
   }

@@ -20,9 +20,18 @@ export const RolloutSchema = z.strictObject({
 /** ed25519 signature of the engine over the rest of the document (rollout/signing.ts). */
 export const SignatureSchema = z.strictObject({ keyId: z.string(), value: z.string() });
 
+/** A tier name (also an etcd key segment). */
+export const TierNameSchema = z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'letters, digits, . _ - (at most 64)');
+/** A host id (also an etcd key segment): /etc/machine-id, a hostname, or what --host-id gives. */
+export const HostIdSchema = z.string().min(1).max(253);
+
+// kind and tier (or host) are part of what is signed, so a document copied to another key is
+// refused as misplaced rather than taken for that key's own (docs/etcd.md, "What is signed").
 export const TierDocumentSchema = z.strictObject({
   schema: z.literal(SCHEMA_VERSION).default(SCHEMA_VERSION),
   signature: SignatureSchema.optional(),
+  kind: z.literal('tier'),
+  tier: TierNameSchema,
   version: z.number().int().min(0),
   /** The agent config; its `mode` is replaced by the rollout's decision for each host. */
   config: ConfigSchema,
@@ -34,18 +43,27 @@ export const HostOverrideSchema = z
   .strictObject({
     schema: z.literal(SCHEMA_VERSION).default(SCHEMA_VERSION),
     signature: SignatureSchema.optional(),
-    version: z.number().int().min(0).default(0),
+    kind: z.literal('override'),
+    host: HostIdSchema,
+    /** Grows with every override the engine writes for the host, also across removals (docs/etcd.md). */
+    version: z.number().int().min(0),
     mode: z.enum(['off', 'passive', 'active']).optional(),
     config: ConfigSchema.optional(),
     reason: z.string().max(500).optional(),
   })
   .refine((o) => o.mode !== undefined || o.config !== undefined, { message: 'an override needs a mode or a config' });
 
+// Every string is bounded: the engine keeps these documents in memory and copies parts of them
+// into the checks it stores, so no agent may make either large (docs/security-signatures.md).
+const short = z.string().max(64);
+export const HEALTH_MESSAGE_MAX = 1000;
+const time = z.string().max(40);
+
 export const HealthSchema = z.object({
   schema: z.literal(SCHEMA_VERSION),
-  hostId: z.string(),
-  tier: z.string(),
-  agentVersion: z.string(),
+  hostId: HostIdSchema,
+  tier: TierNameSchema,
+  agentVersion: short,
   /** Tier document version in force (null: none applied yet). */
   configVersion: z.number().int().nullable(),
   /** etcd revision of that document (mod revision). */
@@ -55,7 +73,7 @@ export const HealthSchema = z.object({
   inCohort: z.boolean(),
   bucket: z.number().int(),
   applyLatencyMs: z.number().nullable(),
-  appliedAt: z.string().nullable(),
+  appliedAt: time.nullable(),
   counters: z.object({
     violationsReported: z.number(),
     violationsBlocked: z.number(),
@@ -63,9 +81,9 @@ export const HealthSchema = z.object({
     evictions: z.number(),
   }),
   etcd: z.object({ connected: z.boolean(), watchRevision: z.number().int().nullable() }),
-  lastError: z.object({ code: z.string(), message: z.string(), revision: z.number().int().nullable(), at: z.string() }).nullable(),
-  features: z.record(z.string(), z.union([z.string(), z.boolean()])),
-  updatedAt: z.string(),
+  lastError: z.object({ code: short, message: z.string().max(HEALTH_MESSAGE_MAX), revision: z.number().int().nullable(), at: time }).nullable(),
+  features: z.record(short, z.union([z.string().max(256), z.boolean()])).refine((f) => Object.keys(f).length <= 64, { message: 'at most 64 features' }),
+  updatedAt: time,
 });
 
 /** One version in a tier's history (tiers/<tier>/history/<version>): what was written, by whom and why. */

@@ -27,6 +27,8 @@ const SINK_PORT = 9000;
 
 function tierDoc(version: number, mode: 'passive' | 'active', percent: number, otherwise: 'off' | 'passive' = 'passive') {
   return JSON.stringify({
+    kind: 'tier',
+    tier: TIER,
     version,
     config: { mode: 'off', bypass: { ports: [22] }, starttls: { smtp: [25] } },
     rollout: { mode, percent, otherwise, salt: 'salt-a' },
@@ -132,7 +134,7 @@ describe('agent on etcd', () => {
   });
 
   test('a host override wins over the tier, and its removal gives the tier back', async () => {
-    await client.put(keys.hostOverride(HOST)).value(JSON.stringify({ version: 1, mode: 'off', reason: 'maintenance' }));
+    await client.put(keys.hostOverride(HOST)).value(JSON.stringify({ kind: 'override', host: HOST, version: 1, mode: 'off', reason: 'maintenance' }));
     await agent!.waitFor((l) => l.event === 'config_applied' && l.overrideVersion === 1, 5000, 'override applied');
     assert.equal(kernelMode(env.bpffs), 'off');
     await client.delete().key(keys.hostOverride(HOST));
@@ -208,7 +210,7 @@ describe('agent on etcd', () => {
     const unsigned = await client.put(keys.tierConfig(TIER)).value(tierDoc(20, 'passive', 100));
     const r1 = await agent.waitFor((l) => l.event === 'config_refused' && l.revision === Number(unsigned.header.revision), 8000, 'unsigned refused');
     assert.equal(r1.code, 'SSLWALL_E_CONFIG_SIGNATURE');
-    const signed = signer.sign(JSON.parse(tierDoc(21, 'passive', 100)) as object);
+    const signed = signer.sign(JSON.parse(tierDoc(21, 'passive', 100)) as { kind: 'tier'; version: number });
     const tampered = { ...signed, rollout: { ...(signed as unknown as { rollout: object }).rollout, percent: 50 } };
     const t = await client.put(keys.tierConfig(TIER)).value(JSON.stringify(tampered));
     const r2 = await agent.waitFor((l) => l.event === 'config_refused' && l.revision === Number(t.header.revision), 8000, 'tampered refused');

@@ -30,6 +30,8 @@ const hosts = Array.from({ length: N }, (_, i) => hostId('t-', i));
 
 function tierDoc(version: number, percent: number, bypassPorts: number[] = [22]) {
   return {
+    kind: 'tier' as const,
+    tier: TIER,
     version,
     config: { mode: 'off' as const, bypass: { ports: bypassPorts }, starttls: { smtp: [25] } },
     rollout: { mode: 'active' as const, percent, otherwise: 'passive' as const, salt: SALT },
@@ -108,7 +110,7 @@ describe('sslwall simulate', () => {
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  async function putSigned(doc: object): Promise<number> {
+  async function putSigned(doc: ReturnType<typeof tierDoc>): Promise<number> {
     const r = await client.put(keys.tierConfig(TIER)).value(JSON.stringify(signer.sign(doc)));
     return Number(r.header.revision);
   }

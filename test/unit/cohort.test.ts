@@ -50,6 +50,8 @@ test('the cohort share of 10,000 hosts is close to the percentage', () => {
 
 test('effective config: cohort hosts run rollout.mode, others rollout.otherwise; an override wins', () => {
   const tier = TierDocumentSchema.parse({
+    kind: 'tier',
+    tier: 'web',
     version: 3,
     config: { mode: 'off', bypass: { ports: [22] } },
     rollout: { mode: 'active', percent: 31.87, otherwise: 'passive', salt: 'salt-a' },
@@ -57,5 +59,5 @@ test('effective config: cohort hosts run rollout.mode, others rollout.otherwise;
   assert.equal(effectiveConfig(tier, null, 'host-0001').config.mode, 'active');
   assert.equal(effectiveConfig(tier, null, 'host-0002').config.mode, 'passive');
   assert.deepEqual(effectiveConfig(tier, null, 'host-0001').config.bypass.ports, [22]);
-  assert.equal(effectiveConfig(tier, { schema: 1, version: 1, mode: 'off' }, 'host-0001').config.mode, 'off');
+  assert.equal(effectiveConfig(tier, { schema: 1, kind: 'override', host: 'host-0001', version: 1, mode: 'off' }, 'host-0001').config.mode, 'off');
 });

@@ -1,12 +1,16 @@
-// Canonical JSON and ed25519 signatures over tier documents (schemas/signing.ts, rollout/signing.ts).
+// Canonical JSON and ed25519 signatures over tier documents and overrides (schemas/signing.ts,
+// rollout/signing.ts), and the verify key set: several keys, folders of *.pub, rotation.
 
 import assert from 'node:assert/strict';
-import { generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync, verify } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { Signer } from '../../rollout/signing.js';
+import { generateKeyPair, Signer } from '../../rollout/signing.js';
 import { SslwallError } from '../../schemas/errors.js';
-import { canonicalJson, Verifier } from '../../schemas/signing.js';
+import { canonicalJson, signedBytes, Verifier } from '../../schemas/signing.js';
 
 test('canonical JSON sorts keys at every level and has no whitespace', () => {
   assert.equal(canonicalJson({ b: 1, a: { d: [3, { z: 0, y: 1 }], c: null } }), '{"a":{"c":null,"d":[3,{"y":1,"z":0}]},"b":1}');
@@ -37,10 +41,10 @@ test('property: canonical JSON parses back to the value and ignores key order', 
 
 function keyPair() {
   const { privateKey, publicKey } = generateKeyPairSync('ed25519');
-  return { signer: new Signer(privateKey), verifier: new Verifier(publicKey) };
+  return { signer: new Signer(privateKey), verifier: new Verifier([publicKey]), publicKey };
 }
 
-const doc = { version: 3, tier: 'web', config: { mode: 'active', ports: [25, 587] }, rollout: { percent: 5, salt: 'é' } };
+const doc = { kind: 'tier' as const, version: 3, tier: 'web', config: { mode: 'active', ports: [25, 587] }, rollout: { percent: 5, salt: 'é' } };
 const refusedWith = (message: RegExp) => (err: unknown) =>
   err instanceof SslwallError && err.code === 'SSLWALL_E_CONFIG_SIGNATURE' && message.test(err.message);
 
@@ -48,9 +52,9 @@ test('a signed document verifies, also after a JSON round trip with keys reorder
   const { signer, verifier } = keyPair();
   const signed = signer.sign(doc);
   assert.equal(signed.signature.keyId, signer.keyId);
-  assert.equal(signer.keyId, verifier.keyId);
+  assert.deepEqual(verifier.keyIds, [signer.keyId]);
   verifier.check(signed, 'doc');
-  const reordered = { signature: signed.signature, rollout: { salt: 'é', percent: 5 }, config: signed.config, tier: 'web', version: 3 };
+  const reordered = { signature: signed.signature, rollout: { salt: 'é', percent: 5 }, config: signed.config, tier: 'web', version: 3, kind: 'tier' };
   verifier.check(JSON.parse(JSON.stringify(reordered)), 'doc');
 });
 
@@ -66,6 +70,9 @@ test('any change after signing is detected', () => {
   const signed = signer.sign(doc);
   const tampered = [
     { ...signed, version: 4 },
+    { ...signed, version: 2 },
+    { ...signed, tier: 'db' },
+    { ...signed, kind: 'override' },
     { ...signed, config: { ...signed.config, mode: 'off' } },
     { ...signed, config: { ...signed.config, ports: [25] } },
     { ...signed, extra: true },
@@ -86,11 +93,69 @@ test('unsigned documents and other keys are refused', () => {
   assert.throws(() => verifier.check(null, 'tier web'), refusedWith(/is not signed/));
   assert.throws(
     () => verifier.check(other.sign(doc), 'tier web'),
-    refusedWith(new RegExp(`^tier web is signed with key ${other.keyId}, not with ${verifier.keyId} \\(--verify-key\\)$`)),
+    refusedWith(new RegExp(`^tier web is signed with key ${other.keyId}, not with ${verifier.keyIds[0]} \\(--verify-key\\); add the engine's new verify key`)),
   );
   // A signature made with another key but relabelled with ours is still refused.
   assert.throws(
-    () => verifier.check({ ...other.sign(doc), signature: { ...other.sign(doc).signature, keyId: verifier.keyId } }, 'tier web'),
+    () => verifier.check({ ...other.sign(doc), signature: { ...other.sign(doc).signature, keyId: verifier.keyIds[0] } }, 'tier web'),
     refusedWith(/bad signature/),
   );
+});
+
+test('the signed bytes are a domain prefix and the canonical JSON without the signature', () => {
+  const { signer, publicKey } = keyPair();
+  const signed = signer.sign(doc);
+  assert.equal(signedBytes(signed).toString(), `sslwall-document-v1\n${canonicalJson(doc)}`);
+  assert.ok(verify(null, signedBytes(doc), publicKey, Buffer.from(signed.signature.value, 'base64')));
+  assert.ok(!verify(null, Buffer.from(canonicalJson(doc)), publicKey, Buffer.from(signed.signature.value, 'base64')), 'not a signature over the bare JSON');
+});
+
+test('a verifier holds several keys: documents signed by any of them verify', () => {
+  const a = keyPair();
+  const b = keyPair();
+  const both = new Verifier([a.publicKey, b.publicKey]);
+  both.check(a.signer.sign(doc), 'doc');
+  both.check(b.signer.sign(doc), 'doc');
+  assert.deepEqual(both.keyIds, [a.signer.keyId, b.signer.keyId].sort());
+});
+
+test('a folder of *.pub keys is followed: a key added counts at once, a key removed is refused from then on', () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'sslwall-keys-'));
+  try {
+    const old = generateKeyPair(path.join(dir, 'old'));
+    const next = generateKeyPair(path.join(dir, 'next'));
+    const keys = path.join(dir, 'agent-keys');
+    generateKeyPair(keys); // keys/verify.pub: a third key, and keys/signing.key, which is not read
+    rmSync(path.join(keys, 'verify.pub'));
+    writeFileSync(path.join(keys, 'old.pub'), readFileSync(old.verifyKey, 'utf8'));
+    writeFileSync(path.join(keys, 'README'), 'not a key');
+    const v = Verifier.fromSources([keys]);
+    assert.deepEqual(v.keyIds, [old.keyId]);
+    const byOld = Signer.fromFile(old.signingKey).sign(doc);
+    const byNext = Signer.fromFile(next.signingKey).sign(doc);
+    v.check(byOld, 'doc');
+    assert.throws(() => v.check(byNext, 'doc'), refusedWith(/is signed with key/));
+    writeFileSync(path.join(keys, 'next.pub'), readFileSync(next.verifyKey, 'utf8'));
+    v.check(byNext, 'doc');
+    v.check(byOld, 'doc');
+    rmSync(path.join(keys, 'old.pub'));
+    v.check(byNext, 'doc');
+    assert.throws(() => v.check(byOld, 'doc'), refusedWith(new RegExp(`is signed with key ${old.keyId}, not with ${next.keyId}`)));
+    rmSync(path.join(keys, 'next.pub'));
+    assert.throws(
+      () => v.check(byNext, 'doc'),
+      (e: unknown) => e instanceof SslwallError && e.code === 'SSLWALL_E_SIGNING_KEY' && /no verify key/.test(e.message),
+      'an emptied folder refuses everything, loudly',
+    );
+    assert.throws(
+      () => Verifier.fromSources([path.join(dir, 'missing')]),
+      (e: unknown) => e instanceof SslwallError && e.code === 'SSLWALL_E_SIGNING_KEY',
+    );
+    assert.throws(
+      () => Verifier.fromSources([path.join(keys, 'README')]),
+      (e: unknown) => e instanceof SslwallError && e.code === 'SSLWALL_E_SIGNING_KEY',
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -249,6 +249,8 @@ async function etcdFixture(label: string, ctx: BenchContext, scope: Scope): Prom
       JSON.stringify(
         signer.sign({
           schema: 1,
+          kind: 'tier',
+          tier: TIER,
           version,
           config: { mode: 'off', bypass: { ports: [22] } },
           rollout: { mode, percent: 100, otherwise: 'passive', salt: 'bench' },

@@ -56,8 +56,9 @@ Config source, one of:
     --etcd-cacert FILE    CA bundle for https:// endpoints
     --etcd-cert FILE      client certificate (mutual TLS)
     --etcd-key FILE       client key
-    --verify-key FILE     the engine's ed25519 public key (verify.pub); documents not signed
-                          with it are refused like invalid ones
+    --verify-key FILE|DIR the engine's ed25519 public key (verify.pub), or a folder whose *.pub
+                          files are all accepted (re-read when they change); repeat for more.
+                          Documents not signed by one of them are refused like invalid ones
     --insecure-unsigned   accept unsigned documents (tests, labs); required without --verify-key
 
 Options:
@@ -86,7 +87,7 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
       'etcd-cacert': { type: 'string' },
       'etcd-cert': { type: 'string' },
       'etcd-key': { type: 'string' },
-      'verify-key': { type: 'string' },
+      'verify-key': { type: 'string', multiple: true },
       'insecure-unsigned': { type: 'boolean' },
       iface: { type: 'string', multiple: true },
       bpffs: { type: 'string' },
@@ -113,16 +114,16 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
           .split(',')
           .map((e) => e.trim())
           .filter(Boolean);
-        const verifyKey = str(v['verify-key']) ?? null;
-        if (!verifyKey && !v['insecure-unsigned']) {
+        const verifyKeys = (v['verify-key'] as string[] | undefined) ?? [];
+        if (!verifyKeys.length && !v['insecure-unsigned']) {
           throw usage("--etcd needs --verify-key FILE (the engine's verify.pub), or --insecure-unsigned to accept unsigned documents");
         }
-        if (verifyKey) Verifier.fromFile(verifyKey); // fail now, not at the first document
+        if (verifyKeys.length) Verifier.fromSources(verifyKeys); // fail now, not at the first document
         if ((v['etcd-cert'] || v['etcd-key']) && !v['etcd-cacert'])
           throw usage('--etcd-cert/--etcd-key need --etcd-cacert (client certificates are for https:// endpoints)');
         source = {
           kind: 'etcd',
-          verifyKey,
+          verifyKeys,
           tier,
           hostId: str(v['host-id']) ?? defaultHostId(),
           prefix: str(v['etcd-prefix']) ?? '/sslwall/',

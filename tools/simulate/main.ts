@@ -10,7 +10,7 @@ import { type ParseArgsConfig, parseArgs } from 'node:util';
 import { exitCodeFor, SslwallError } from '../../schemas/errors.js';
 import { type FromWorker, type SimOptions, type StatsLine, slices, type ToWorker, type WorkerStats } from './shared.js';
 
-export const SIMULATE_HELP = `Usage: sslwall simulate --etcd URL[,URL...] --tier TIER --agents N (--verify-key FILE | --insecure-unsigned) [options]
+export const SIMULATE_HELP = `Usage: sslwall simulate --etcd URL[,URL...] --tier TIER --agents N (--verify-key FILE|DIR ... | --insecure-unsigned) [options]
 
 Runs N simulated agents against a real etcd: each reads and watches its tier's document and its
 own host override, validates and verifies them with the agent's code, decides its cohort and
@@ -20,7 +20,9 @@ effective config, "applies" it (no kernel) and reports health under a lease (TTL
   --etcd URL[,URL...]     etcd endpoints                                          (required)
   --tier TIER             the tier every simulated host belongs to                (required)
   --agents N              number of simulated agents; host ids PREFIX00000...     (required)
-  --verify-key FILE       the engine's ed25519 public key; unsigned documents are refused
+  --verify-key FILE|DIR   the engine's ed25519 public key, or a folder whose *.pub files are
+                          all accepted; repeat for more (key rotation); unsigned documents
+                          are refused
   --insecure-unsigned     accept unsigned documents
   --error-percent X       share of agents (0-100, picked by host id) whose apply fails with
                           SSLWALL_E_BPF; they keep their previous version             [0]
@@ -47,7 +49,7 @@ export const SIMULATE_OPTIONS: ParseArgsConfig['options'] = {
   etcd: { type: 'string' },
   tier: { type: 'string' },
   agents: { type: 'string' },
-  'verify-key': { type: 'string' },
+  'verify-key': { type: 'string', multiple: true },
   'insecure-unsigned': { type: 'boolean' },
   'error-percent': { type: 'string' },
   'error-from-version': { type: 'string' },
@@ -94,8 +96,9 @@ export function parseSimulateArgs(argv: string[]): SimOptions {
   if (!s('etcd')) throw usage('--etcd URL[,URL...] is required');
   if (!s('tier')) throw usage('--tier TIER is required');
   if (!s('agents')) throw usage('--agents N is required');
-  if (!s('verify-key') === !values['insecure-unsigned']) throw usage('give one of --verify-key FILE or --insecure-unsigned');
-  if (s('verify-key') && !existsSync(s('verify-key')!)) throw usage(`--verify-key ${s('verify-key')}: no such file`);
+  const verifyKeys = (values['verify-key'] as string[] | undefined) ?? [];
+  if (!verifyKeys.length === !values['insecure-unsigned']) throw usage('give one of --verify-key FILE or --insecure-unsigned');
+  for (const k of verifyKeys) if (!existsSync(k)) throw usage(`--verify-key ${k}: no such file or folder`);
   const agents = num(s('agents'), 'agents', 0, 1, 1_000_000, true);
   const endpoints = s('etcd')!
     .split(',')
@@ -110,7 +113,7 @@ export function parseSimulateArgs(argv: string[]): SimOptions {
     diePercent: num(s('die-percent'), 'die-percent', 0, 0, 100),
     dieAfterS: num(s('die-after'), 'die-after', 30, 0, 1e7),
     processes: Math.min(agents, num(s('processes'), 'processes', Math.ceil(agents / AGENTS_PER_PROCESS), 1, 256, true)),
-    verifyKey: s('verify-key') ?? null,
+    verifyKeys,
     prefix: s('prefix') ?? '/sslwall/',
     hostPrefix: s('host-prefix') ?? 'sim-',
     statsIntervalMs: num(s('stats-interval'), 'stats-interval', 1000, 50, 3_600_000, true),

@@ -16,8 +16,8 @@ export interface SimOptions {
   diePercent: number;
   dieAfterS: number;
   processes: number;
-  /** null: unsigned documents accepted (--insecure-unsigned). */
-  verifyKey: string | null;
+  /** --verify-key files and folders; empty: unsigned documents accepted (--insecure-unsigned). */
+  verifyKeys: string[];
   prefix: string;
   hostPrefix: string;
   statsIntervalMs: number;

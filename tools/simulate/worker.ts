@@ -39,7 +39,7 @@ class Worker {
       conn: this.conn,
       limiter: this.limiter,
       leases: this.leases,
-      verifier: opts.verifyKey ? Verifier.fromFile(opts.verifyKey) : null,
+      verifier: opts.verifyKeys.length ? Verifier.fromSources(opts.verifyKeys) : null,
       keys: etcdKeys(opts.prefix),
       tier: opts.tier,
       healthMinIntervalMs: opts.healthMinIntervalMs,
