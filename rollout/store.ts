@@ -62,6 +62,12 @@ export class ConfigStore {
       .map((k) => VersionRecordSchema.parse(JSON.parse(all[k]!)));
   }
 
+  /** The newest version in the tier's history, from its key alone (keys are zero-padded: they sort as numbers); 0 when none. */
+  private async newestVersion(tier: string): Promise<number> {
+    const keys = await this.client.getAll().prefix(this.keys.historyPrefix(tier)).sort('Key', 'Descend').limit(1).keys();
+    return keys.length ? Number(keys[0]!.slice(this.keys.historyPrefix(tier).length)) || 0 : 0;
+  }
+
   async version(tier: string, version: number): Promise<VersionRecord> {
     const v = await this.client.get(this.keys.history(tier, version)).string();
     if (!v) throw new SslwallError('SSLWALL_E_NOT_FOUND', `tier ${tier} has no version ${version}; see: sslwall config history --tier ${tier}`);
@@ -87,7 +93,9 @@ export class ConfigStore {
     const base = meta.expectRevision ?? head?.modRevision ?? 0;
     if (head && head.modRevision !== base) throw conflict(tier, base, head.modRevision);
     if (!head && base !== 0) throw conflict(tier, base, 0);
-    const version = (head?.doc.version ?? 0) + 1;
+    // Above the newest history record too: a head written back by someone else (replayed, older)
+    // must not make the engine reuse a version, which history (write-once) would refuse anyway.
+    const version = Math.max(head?.doc.version ?? 0, await this.newestVersion(tier)) + 1;
     const doc = this.signer.sign(TierDocumentSchema.parse({ kind: 'tier', tier, version, ...valid }));
     const record: VersionRecord = {
       version,
@@ -124,7 +132,7 @@ export class ConfigStore {
       if (h.kvs.length)
         throw new SslwallError(
           'SSLWALL_E_CONFLICT',
-          `tier ${tier} already has a history record of version ${version} (${historyKey}) and history is write-once; nothing was written. The head is older than its history: find out who wrote either`,
+          `tier ${tier} already has a history record of version ${version} (${historyKey}), written meanwhile, and history is write-once; nothing was written: retry`,
         );
       const now = await this.head(tier);
       throw conflict(tier, base, now?.modRevision ?? 0);
