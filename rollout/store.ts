@@ -10,7 +10,14 @@ import { z } from 'zod';
 import { ConfigSchema, describeIssues } from '../schemas/config.js';
 import { SslwallError } from '../schemas/errors.js';
 import type { EngineKeys } from '../schemas/keys.js';
-import { HostOverrideSchema, type TierDocument, TierDocumentSchema, type VersionRecord, VersionRecordSchema } from '../schemas/tier.js';
+import {
+  HostOverrideSchema,
+  StoredTierDocumentSchema,
+  type TierDocument,
+  TierDocumentSchema,
+  type VersionRecord,
+  VersionRecordSchema,
+} from '../schemas/tier.js';
 import type { Signer } from './signing.js';
 
 /** Another key written in the same transaction (compare-and-swap on its mod revision); its value may name the new version. */
@@ -52,7 +59,10 @@ export class ConfigStore {
     const r = await this.client.kv.range({ key: Buffer.from(this.keys.tierConfig(tier)) });
     const kv = r.kvs[0];
     if (!kv) return null;
-    return { doc: TierDocumentSchema.parse(JSON.parse(kv.value.toString())), modRevision: Number(kv.mod_revision) };
+    // A head without its place fields (written by hand, or before they existed) is still this
+    // tier's head to the engine, which writes over it; agents refuse it as it is.
+    const doc = StoredTierDocumentSchema.parse(JSON.parse(kv.value.toString()));
+    return { doc: { ...doc, kind: doc.kind ?? 'tier', tier: doc.tier ?? tier }, modRevision: Number(kv.mod_revision) };
   }
 
   async history(tier: string): Promise<VersionRecord[]> {
@@ -179,12 +189,17 @@ export class ConfigStore {
     by: string,
   ): Promise<{ version: number } | null> {
     const key = this.keys.hostOverride(hostId);
-    const cur = await this.client.kv.range({ key: Buffer.from(key) });
+    const seqKey = this.keys.overrideVersion(hostId);
+    const [cur, seq] = await Promise.all([this.client.kv.range({ key: Buffer.from(key) }), this.client.kv.range({ key: Buffer.from(seqKey) })]);
     const mod = Number(cur.kvs[0]?.mod_revision ?? 0);
-    // Agents refuse an override older than one they applied, also after its removal; a counter
-    // kept in the key would restart at 1 after a removal, etcd's revision never goes back.
-    const version = Number(cur.header.revision) + 1;
-    let txn = this.client.if(key, 'Mod', '==', mod);
+    const seqMod = Number(seq.kvs[0]?.mod_revision ?? 0);
+    // Agents refuse an override older than one they applied, also after its removal: the highest
+    // version written is kept beside the override (seqKey), so it outlives the override.
+    const prevVersion = Math.max(
+      cur.kvs[0] ? ((JSON.parse(cur.kvs[0].value.toString()) as { version?: number }).version ?? 0) : 0,
+      seq.kvs[0] ? Number(seq.kvs[0].value.toString()) || 0 : 0,
+    );
+    let txn = this.client.if(key, 'Mod', '==', mod).and(seqKey, 'Mod', '==', seqMod);
     const fence = this.fence();
     if (fence) txn = txn.and(fence.key, 'Mod', '==', fence.modRevision);
     const audit = this.client.put(this.keys.audit('_hosts')).value(
@@ -201,10 +216,10 @@ export class ConfigStore {
       if (!res.succeeded) throw new SslwallError('SSLWALL_E_CONFLICT', `the override of ${hostId} changed meanwhile; retry`);
       return null;
     }
-    const parsed = HostOverrideSchema.safeParse({ kind: 'override', host: hostId, version, ...override });
+    const parsed = HostOverrideSchema.safeParse({ kind: 'override', host: hostId, version: prevVersion + 1, ...override });
     if (!parsed.success) throw new SslwallError('SSLWALL_E_CONFIG_INVALID', `override of ${hostId}: ${describeIssues(parsed.error)}`);
     const doc = this.signer.sign(parsed.data);
-    const res = await txn.then(this.client.put(key).value(JSON.stringify(doc)), audit).commit();
+    const res = await txn.then(this.client.put(key).value(JSON.stringify(doc)), this.client.put(seqKey).value(String(parsed.data.version)), audit).commit();
     if (!res.succeeded) throw new SslwallError('SSLWALL_E_CONFLICT', `the override of ${hostId} changed meanwhile; retry`);
     return { version: parsed.data.version };
   }

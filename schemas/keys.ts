@@ -26,6 +26,8 @@ export function engineKeys(prefix = '/sslwall/') {
     alerts: (tier: string) => `${k.prefix}alerts/${tier}/`,
     alert: (tier: string, fingerprint: string) => `${k.prefix}alerts/${tier}/${fingerprint}`,
     leader: `${k.prefix}engine/leader`,
+    /** The highest override version written for a host, kept after the override is removed (rollout/store.ts). */
+    overrideVersion: (hostId: string) => `${k.prefix}engine/override-versions/${hostId}`,
   };
 }
 export type EngineKeys = ReturnType<typeof engineKeys>;

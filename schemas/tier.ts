@@ -38,6 +38,13 @@ export const TierDocumentSchema = z.strictObject({
   rollout: RolloutSchema,
 });
 
+/**
+ * A tier document as the engine reads it back (the head, history records): the place fields may
+ * be missing from documents written before they existed, or by hand. The engine writes over such
+ * a head; agents never accept one (they parse with TierDocumentSchema).
+ */
+export const StoredTierDocumentSchema = TierDocumentSchema.partial({ kind: true, tier: true });
+
 /** A host's exception to its tier: a mode it must run, or a whole config, or both. */
 export const HostOverrideSchema = z
   .strictObject({
@@ -94,11 +101,12 @@ export const VersionRecordSchema = z.object({
   time: z.string(),
   /** mod revision of the head this version replaced (0: the first version). */
   replacedRevision: z.number().int(),
-  document: TierDocumentSchema,
+  document: StoredTierDocumentSchema,
 });
 
 export type Rollout = z.infer<typeof RolloutSchema>;
 export type TierDocument = z.infer<typeof TierDocumentSchema>;
+export type StoredTierDocument = z.infer<typeof StoredTierDocumentSchema>;
 export type HostOverride = z.infer<typeof HostOverrideSchema>;
 export type Health = z.infer<typeof HealthSchema>;
 export type VersionRecord = z.infer<typeof VersionRecordSchema>;

@@ -2,7 +2,7 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { type CheckInputs, runChecks } from '../../rollout/checks.js';
+import { type CheckInputs, DETAIL_MAX, runChecks } from '../../rollout/checks.js';
 import type { CheckResult } from '../../schemas/rollout.js';
 import { agent, agents, hostsWhere, iso, rollout, T0 } from './rollout-fixtures.js';
 
@@ -148,4 +148,12 @@ test('prometheus: each query is held to its min and max, missing data is inconcl
     { name: 'prom:latency', status: 'inconclusive', detail: 'no data for p99' },
     { name: 'prom:floor', status: 'inconclusive', detail: 'query failed: HTTP 503' },
   ]);
+});
+
+test('a check detail is capped: what agents and alerts name cannot grow the stored state without bound', async () => {
+  const alerts = Array.from({ length: 200 }, (_, i) => ({ alertname: `Alert${i}_${'x'.repeat(60)}`, fingerprint: `f${i}`, startsAt: iso(0) }));
+  const r = await result('alerts', { alerts });
+  assert.equal(r.status, 'fail');
+  assert.equal(r.detail.length, DETAIL_MAX);
+  assert.ok(r.detail.endsWith('…'), r.detail.slice(-20));
 });
