@@ -105,7 +105,15 @@ describe('agent on an etcd with mutual TLS', () => {
       try {
         await client
           .put(etcdKeys().tierConfig('tls'))
-          .value(JSON.stringify({ version: 1, config: { mode: 'passive' }, rollout: { mode: 'active', percent: 100, otherwise: 'off', salt: 's' } }));
+          .value(
+            JSON.stringify({
+              kind: 'tier',
+              tier: 'tls',
+              version: 1,
+              config: { mode: 'passive' },
+              rollout: { mode: 'active', percent: 100, otherwise: 'off', salt: 's' },
+            }),
+          );
         break;
       } catch (err) {
         if (Date.now() > deadline) throw new Error(`etcd with TLS did not come up: ${(err as Error).message}`);

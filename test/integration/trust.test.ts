@@ -183,7 +183,7 @@ describe('trust: signatures bound to their place and time, health trusted by its
     await store.setOverride(HOST, null, 'test');
     await agent!.waitFor((l) => l.event === 'config_applied' && l.reason === 'override_delete', 8000, 'override removed');
     assert.equal(kernelMode(env.bpffs), 'active');
-    // A new override after the removal has a higher version (the engine takes etcd's revision)...
+    // A new override after the removal has a higher version (the engine keeps the highest it wrote)...
     const next = await store.setOverride(HOST, { mode: 'passive', reason: 'again' }, 'test');
     assert.ok(next!.version > mine!.version, `override versions grow across removals: ${mine!.version} then ${next!.version}`);
     await agent!.waitFor((l) => l.event === 'config_applied' && l.overrideVersion === next!.version, 8000, 'new override applied');
