@@ -103,17 +103,15 @@ describe('agent on an etcd with mutual TLS', () => {
     const deadline = Date.now() + 15000;
     for (;;) {
       try {
-        await client
-          .put(etcdKeys().tierConfig('tls'))
-          .value(
-            JSON.stringify({
-              kind: 'tier',
-              tier: 'tls',
-              version: 1,
-              config: { mode: 'passive' },
-              rollout: { mode: 'active', percent: 100, otherwise: 'off', salt: 's' },
-            }),
-          );
+        await client.put(etcdKeys().tierConfig('tls')).value(
+          JSON.stringify({
+            kind: 'tier',
+            tier: 'tls',
+            version: 1,
+            config: { mode: 'passive' },
+            rollout: { mode: 'active', percent: 100, otherwise: 'off', salt: 's' },
+          }),
+        );
         break;
       } catch (err) {
         if (Date.now() > deadline) throw new Error(`etcd with TLS did not come up: ${(err as Error).message}`);

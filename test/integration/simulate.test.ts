@@ -85,7 +85,7 @@ describe('sslwall simulate', () => {
   let client: Etcd3;
   let dir: string;
   let signer: Signer;
-  let verifyKey: string;
+  let keysDir: string; // the agents' --verify-key folder: rotated under the running fleet
   let sim: Sim | undefined;
   const sims: Sim[] = [];
 
@@ -96,7 +96,9 @@ describe('sslwall simulate', () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sslwall-sim-'));
     const kp = generateKeyPair(dir);
     signer = Signer.fromFile(kp.signingKey);
-    verifyKey = kp.verifyKey;
+    keysDir = path.join(dir, 'agent-keys');
+    fs.mkdirSync(keysDir);
+    fs.copyFileSync(kp.verifyKey, path.join(keysDir, 'old.pub'));
   });
 
   after(async () => {
@@ -110,8 +112,8 @@ describe('sslwall simulate', () => {
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  async function putSigned(doc: ReturnType<typeof tierDoc>): Promise<number> {
-    const r = await client.put(keys.tierConfig(TIER)).value(JSON.stringify(signer.sign(doc)));
+  async function putSigned(doc: ReturnType<typeof tierDoc>, by = signer): Promise<number> {
+    const r = await client.put(keys.tierConfig(TIER)).value(JSON.stringify(by.sign(doc)));
     return Number(r.header.revision);
   }
 
@@ -168,7 +170,7 @@ describe('sslwall simulate', () => {
       '--processes',
       '2',
       '--verify-key',
-      verifyKey,
+      keysDir,
       '--host-prefix',
       't-',
       '--error-percent',
@@ -251,6 +253,22 @@ describe('sslwall simulate', () => {
       timeoutMs: 10_000,
       explain: () => JSON.stringify(sim!.last),
     });
+  });
+
+  test('the signing key rotates under the running fleet: new key added, used, old key removed', async () => {
+    const next = generateKeyPair(path.join(dir, 'next'));
+    const nextSigner = Signer.fromFile(next.signingKey);
+    fs.copyFileSync(next.verifyKey, path.join(keysDir, 'next.pub'));
+    await putSigned(tierDoc(8, 30), nextSigner);
+    await waitHealth('version 8, signed by the new key, everywhere', (h) => h?.configVersion === 8 && h.lastError === null);
+    fs.rmSync(path.join(keysDir, 'old.pub'));
+    const rev = await putSigned(tierDoc(9, 30));
+    await waitHealth(
+      'version 9, signed by the removed key, refused everywhere',
+      (h) => h?.configVersion === 8 && h.lastError?.code === 'SSLWALL_E_CONFIG_SIGNATURE' && h.lastError.revision === rev,
+    );
+    await putSigned(tierDoc(10, 30), nextSigner);
+    await waitHealth('version 10 everywhere', (h) => h?.configVersion === 10 && h.lastError === null);
   });
 
   test('SIGTERM: every lease revoked (no health key left), workers gone, exit 0', async () => {
