@@ -106,7 +106,7 @@ export class ConfigStore {
     // Above the newest history record too: a head written back by someone else (replayed, older)
     // must not make the engine reuse a version, which history (write-once) would refuse anyway.
     const version = Math.max(head?.doc.version ?? 0, await this.newestVersion(tier)) + 1;
-    const doc = this.signer.sign(TierDocumentSchema.parse({ kind: 'tier', tier, version, ...valid }));
+    const doc = this.signer.sign(TierDocumentSchema.parse({ ...valid, kind: 'tier', tier, version }));
     const record: VersionRecord = {
       version,
       author: meta.author,
@@ -216,7 +216,7 @@ export class ConfigStore {
       if (!res.succeeded) throw new SslwallError('SSLWALL_E_CONFLICT', `the override of ${hostId} changed meanwhile; retry`);
       return null;
     }
-    const parsed = HostOverrideSchema.safeParse({ kind: 'override', host: hostId, version: prevVersion + 1, ...override });
+    const parsed = HostOverrideSchema.safeParse({ ...override, kind: 'override', host: hostId, version: prevVersion + 1 });
     if (!parsed.success) throw new SslwallError('SSLWALL_E_CONFIG_INVALID', `override of ${hostId}: ${describeIssues(parsed.error)}`);
     const doc = this.signer.sign(parsed.data);
     const res = await txn.then(this.client.put(key).value(JSON.stringify(doc)), this.client.put(seqKey).value(String(parsed.data.version)), audit).commit();
