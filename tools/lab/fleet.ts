@@ -22,7 +22,7 @@ export function makeKeys(): Keys {
 }
 
 export interface EngineProcOptions {
-  /** A users file to use; default: a new one in logDir with the operator "test". */
+  /** A users file to use; default: a new one in logDir with the operator "test" and the alerts user "alertmanager". */
   users?: string;
   /** HTTPS: the engine's certificate and key, and the CA the client trusts. */
   tls?: { cert: string; key: string; ca: string };
@@ -39,17 +39,23 @@ export class EngineProc {
     readonly users: string,
     /** An operator's token (the default users file), or '' with opts.users. */
     readonly token: string,
+    /** The alerts user's token, what Alertmanager would send (default users file only). */
+    readonly alertsToken: string,
     /** The same token in a file, for the CLI's --token-file. */
     readonly tokenFile: string,
   ) {}
 
   static async start(endpoints: string[], keys: Keys, id: string, logDir: string, opts: EngineProcOptions = {}): Promise<EngineProc> {
     const port = await freePort();
-    // Replicas of one test share logDir, and so one users file with one operator "test".
+    // Replicas of one test share logDir, and so one users file with the same two users.
     const users = opts.users ?? path.join(logDir, 'users.json');
     const tokenFile = path.join(logDir, 'token');
-    if (!opts.users && !fs.existsSync(tokenFile)) fs.writeFileSync(tokenFile, `${addUser(users, 'test', 'operator')}\n`, { mode: 0o600 });
-    const token = opts.users ? '' : fs.readFileSync(tokenFile, 'utf8').trim();
+    const alertsFile = path.join(logDir, 'token-alerts');
+    if (!opts.users && !fs.existsSync(tokenFile)) {
+      fs.writeFileSync(tokenFile, `${addUser(users, 'test', 'operator')}\n`, { mode: 0o600 });
+      fs.writeFileSync(alertsFile, `${addUser(users, 'alertmanager', 'alerts')}\n`, { mode: 0o600 });
+    }
+    const [token, alertsToken] = opts.users ? ['', ''] : [tokenFile, alertsFile].map((f) => fs.readFileSync(f, 'utf8').trim());
     const tls = opts.tls ? ['--tls-cert', opts.tls.cert, '--tls-key', opts.tls.key] : [];
     const proc = Proc.start(
       `engine-${id}`,
@@ -74,7 +80,7 @@ export class EngineProc {
       ],
       path.join(logDir, `engine-${id}.log`),
     );
-    const e = new EngineProc(`${opts.tls ? 'https' : 'http'}://127.0.0.1:${port}`, proc, id, users, token, tokenFile);
+    const e = new EngineProc(`${opts.tls ? 'https' : 'http'}://127.0.0.1:${port}`, proc, id, users, token!, alertsToken!, tokenFile);
     const probe = new EngineClient(e.url, { ca: opts.tls ? fs.readFileSync(opts.tls.ca, 'utf8') : undefined, timeoutMs: 2000 });
     const deadline = Date.now() + 15000;
     for (;;) {
@@ -90,10 +96,12 @@ export class EngineProc {
     }
   }
 
+  /** A call as the operator, or for POST /api/alerts as Alertmanager (the only role allowed to). */
   async api<T = unknown>(method: string, p: string, body?: unknown): Promise<{ status: number; body: T }> {
+    const token = method === 'POST' && p === '/api/alerts' ? this.alertsToken : this.token;
     const r = await fetch(`${this.url}${p}`, {
       method,
-      headers: { 'content-type': 'application/json', authorization: `Bearer ${this.token}` },
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     return { status: r.status, body: (await r.json()) as T };
