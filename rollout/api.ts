@@ -21,7 +21,7 @@ import { ConfigSchema, describeIssues } from '../schemas/config.js';
 import { type ErrorCode, SslwallError } from '../schemas/errors.js';
 import { parseDuration, parseStages, type RolloutState, RolloutStateSchema } from '../schemas/rollout.js';
 import { receiveAlerts } from './alerts.js';
-import { bearer, type Caller, roleNeeded, type Users } from './auth.js';
+import { bearer, type Caller, type EngineNames, roleNeeded, type Users } from './auth.js';
 import { cohortOf } from './checks.js';
 import type { Engine } from './engine.js';
 import { type DocumentInput, validateInput } from './store.js';
@@ -49,8 +49,8 @@ declare module 'fastify' {
 export interface ApiSecurity {
   /** null: no --users (only with --insecure); every caller may do anything, as "anonymous". */
   users: Users | null;
-  /** Host header values this engine answers to (allowedHosts). */
-  hosts: Set<string>;
+  /** The Host and Origin values this engine answers to (engineNames). */
+  names: EngineNames;
   /** PEM certificate and key: serve HTTPS. */
   tls?: { cert: string; key: string };
 }
@@ -168,21 +168,21 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity): P
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
   app.decorateRequest('caller', null as unknown as Caller);
-  const scheme = sec.tls ? 'https' : 'http';
 
   app.addHook('onRequest', async (req, reply) => {
     const route = req.url.split('?')[0]!;
     if (OPEN.has(route)) return;
     // DNS rebinding: a page of evil.example whose name now resolves to this engine sends Host evil.example.
     const host = (req.headers.host ?? '').toLowerCase();
-    if (!sec.hosts.has(host))
+    if (!sec.names.hosts.has(host))
       throw new SslwallError(
         'SSLWALL_E_FORBIDDEN',
-        `Host ${host || '(none)'} is not one of this engine's names (${[...sec.hosts].join(', ')}); call it by one of those or add the name with --public-url`,
+        `Host ${host || '(none)'} is not one of this engine's names (${[...sec.names.hosts].join(', ')}); call it by one of those or add the name with --public-url`,
       );
-    // CSRF: a browser names the page that made a request in Origin; only the dashboard's own is let in.
+    // CSRF: a browser names the page that made a request in Origin; only the dashboard's own
+    // (under the listen address or a --public-url) is let in.
     const origin = req.headers.origin;
-    if (origin !== undefined && origin.toLowerCase() !== `${scheme}://${host}`)
+    if (origin !== undefined && !sec.names.origins.has(origin.toLowerCase()))
       throw new SslwallError('SSLWALL_E_FORBIDDEN', `Origin ${origin} is another site; the API takes browser requests only from its own dashboard`);
     if (PAGE.has(route)) return;
     if (sec.users) {

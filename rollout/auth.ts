@@ -101,14 +101,21 @@ export function bearer(header: string | undefined): string | undefined {
   return m?.[1];
 }
 
+/** The names an engine answers to (Host) and the pages it takes browser requests from (Origin). */
+export interface EngineNames {
+  hosts: Set<string>;
+  origins: Set<string>;
+}
+
 /**
- * The host names a request may carry (Host header): the listen address, loopback names on the
- * same port, and each --public-url's host. Anything else is a rebound DNS name or a mistake.
+ * The listen address and loopback names on the same port, in the engine's own scheme, and each
+ * --public-url (whose scheme may differ: a load balancer may terminate TLS in front). Any other
+ * Host is a rebound DNS name or a mistake; any other Origin another site.
  */
-export function allowedHosts(listen: string, publicUrls: string[]): Set<string> {
-  const idx = listen.lastIndexOf(':');
-  const port = listen.slice(idx + 1);
-  const out = new Set([listen.toLowerCase(), `127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`]);
+export function engineNames(listen: string, tls: boolean, publicUrls: string[]): EngineNames {
+  const port = listen.slice(listen.lastIndexOf(':') + 1);
+  const hosts = new Set([listen.toLowerCase(), `127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`]);
+  const origins = new Set([...hosts].map((h) => `${tls ? 'https' : 'http'}://${h}`));
   for (const u of publicUrls) {
     let url: URL;
     try {
@@ -116,11 +123,12 @@ export function allowedHosts(listen: string, publicUrls: string[]): Set<string> 
     } catch {
       throw new SslwallError('SSLWALL_E_USAGE', `--public-url ${u} is not a URL; give e.g. https://engine.example:7070`);
     }
-    out.add(url.host.toLowerCase());
-    // A URL without a port names the scheme's default, which browsers leave out of Host.
-    if (!url.port) out.add(`${url.hostname.toLowerCase()}:${url.protocol === 'https:' ? 443 : 80}`);
+    hosts.add(url.host.toLowerCase());
+    // A URL without a port names the scheme's default, which clients may also spell out in Host.
+    if (!url.port) hosts.add(`${url.hostname.toLowerCase()}:${url.protocol === 'https:' ? 443 : 80}`);
+    origins.add(url.origin.toLowerCase());
   }
-  return out;
+  return { hosts, origins };
 }
 
 /** The listen host is loopback: nobody off this machine can reach it. */

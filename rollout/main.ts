@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { SslwallError } from '../schemas/errors.js';
 import { createEtcdClient, type EtcdConnection } from '../schemas/etcd.js';
 import { startApi } from './api.js';
-import { allowedHosts, isLoopback, Users } from './auth.js';
+import { engineNames, isLoopback, Users } from './auth.js';
 import { Engine } from './engine.js';
 import { Signer } from './signing.js';
 
@@ -66,7 +66,7 @@ function checkExposure(opts: EngineRunOptions): { cert: string; key: string } | 
 
 export async function startEngine(opts: EngineRunOptions, log: Logger): Promise<RunningEngine> {
   const tls = checkExposure(opts);
-  const hosts = allowedHosts(opts.listen, opts.publicUrls ?? []);
+  const names = engineNames(opts.listen, tls !== undefined, opts.publicUrls ?? []);
   const signer = Signer.fromFile(opts.signingKey);
   const users = opts.users ? new Users(opts.users, log.child({ component: 'auth' })) : null;
   if (!users) log.warn({ event: 'engine_insecure' }, 'no --users: every caller may do anything, as "anonymous"');
@@ -74,7 +74,7 @@ export async function startEngine(opts: EngineRunOptions, log: Logger): Promise<
   const engine = new Engine({ client, prefix: opts.prefix ?? '/sslwall/', signer, id: opts.id, log, leaseTtlS: opts.leaseTtlS ?? 5 });
   let api: FastifyInstance;
   try {
-    api = await startApi(engine, opts.listen, log, { users, hosts, tls });
+    api = await startApi(engine, opts.listen, log, { users, names, tls });
   } catch (err) {
     users?.close();
     client.close();

@@ -3,17 +3,19 @@
 // viewer token (docs/security.md), asked for once and kept in sessionStorage: it lasts as long
 // as the tab and is not shared with other tabs or written to disk like localStorage.
 const TOKEN_KEY = 'sslwall-token';
-function token() {
-  let t = sessionStorage.getItem(TOKEN_KEY);
-  if (!t) {
-    t = (window.prompt('sslwall engine token (a viewer token: sslwall token --role viewer)') || '').trim();
-    if (t) sessionStorage.setItem(TOKEN_KEY, t);
-  }
+function askToken() {
+  const t = (window.prompt('sslwall engine token (a viewer token is enough: sslwall token --role viewer)') || '').trim();
+  if (t) sessionStorage.setItem(TOKEN_KEY, t);
+  else sessionStorage.removeItem(TOKEN_KEY);
   return t;
 }
 async function j(u) {
-  const r = await fetch(u, { headers: { authorization: `Bearer ${token()}` } });
-  // An unknown or revoked token: forget it, so the next refresh asks again.
+  // Without a token nothing is fetched (and the 2 s refresh does not keep prompting): the
+  // "token" button asks again.
+  const t = sessionStorage.getItem(TOKEN_KEY);
+  if (!t) throw new Error('no token given; press "token" to enter one');
+  const r = await fetch(u, { headers: { authorization: `Bearer ${t}` } });
+  // An unknown or revoked token: forget it; the "token" button asks for another.
   if (r.status === 401) sessionStorage.removeItem(TOKEN_KEY);
   if (!r.ok) {
     const e = await r.json().catch(() => ({}));
@@ -95,5 +97,10 @@ async function look() {
   document.getElementById('lookup').innerHTML = h;
 }
 document.getElementById('look').addEventListener('click', () => look().catch(showError));
+document.getElementById('token').addEventListener('click', () => {
+  askToken();
+  refresh().catch(showError);
+});
+if (!sessionStorage.getItem(TOKEN_KEY)) askToken();
 refresh().catch(showError);
 setInterval(() => refresh().catch(showError), 2000);

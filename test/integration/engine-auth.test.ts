@@ -71,7 +71,8 @@ describe('engine API authentication and authorisation', () => {
     tok.alerts = addUser(usersFile, 'alertmanager', 'alerts');
     etcd = await startEtcd();
     keys = makeKeys();
-    engine = await EngineProc.start(etcd.endpoints, keys, 'auth', logDir, { users: usersFile });
+    // As behind a load balancer that terminates TLS: the public name is https, the engine http.
+    engine = await EngineProc.start(etcd.endpoints, keys, 'auth', logDir, { users: usersFile, extra: ['--public-url', 'https://engine.example'] });
   });
 
   after(async () => {
@@ -184,13 +185,22 @@ describe('engine API authentication and authorisation', () => {
     assert.equal(sameOrigin.status, 200, 'the dashboard (same origin) is let in');
   });
 
-  test('a Host that is not one of the engine names (DNS rebinding) gets 403', async () => {
+  test('a Host that is not one of the engine names (DNS rebinding) gets 403; --public-url names work', async () => {
     const port = new URL(engine.url).port;
     const r = await call(engine.url, 'GET', '/api/tiers', { token: tok.viewer, type: null, headers: { host: `evil.example:${port}` } });
     assert.deepEqual([r.status, r.body.code], [403, 'SSLWALL_E_FORBIDDEN']);
     assert.match(r.body.message!, /Host evil\.example:\d+ is not one of this engine's names/);
     const local = await call(engine.url, 'GET', '/api/tiers', { token: tok.viewer, type: null, headers: { host: `localhost:${port}` } });
     assert.equal(local.status, 200);
+    const viaPublic = { host: 'engine.example', origin: 'https://engine.example' };
+    const pub = await call(engine.url, 'GET', '/api/tiers', { token: tok.viewer, type: null, headers: viaPublic });
+    assert.equal(pub.status, 200, `the --public-url name and its origin: ${JSON.stringify(pub.body)}`);
+    const otherScheme = await call(engine.url, 'GET', '/api/tiers', {
+      token: tok.viewer,
+      type: null,
+      headers: { ...viaPublic, origin: 'http://engine.example' },
+    });
+    assert.deepEqual([otherScheme.status, otherScheme.body.code], [403, 'SSLWALL_E_FORBIDDEN'], 'http://engine.example is another origin');
   });
 
   test('the users file is re-read within 5 s (rename and in place); a bad file is refused and the users stay', async () => {
