@@ -1,7 +1,9 @@
 // The engine's HTTP API (JSON, fastify), Prometheus /metrics and the dashboard. Any replica
 // answers; writes are compare-and-swap in etcd, so it does not matter which one takes them.
 // Every body, parameter and query is a zod schema of schemas/api.ts, parsed here at the boundary;
-// every error answers {code, message} with the status of its code (STATUS_FOR).
+// every error answers {code, message} with the status of its code (STATUS_FOR). Every request
+// but /healthz and /metrics passes the host, origin, token and role checks of auth.ts first
+// (docs/security.md); the caller's name is the author of what it writes.
 
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -19,6 +21,7 @@ import { ConfigSchema, describeIssues } from '../schemas/config.js';
 import { type ErrorCode, SslwallError } from '../schemas/errors.js';
 import { parseDuration, parseStages, type RolloutState, RolloutStateSchema } from '../schemas/rollout.js';
 import { receiveAlerts } from './alerts.js';
+import { bearer, type Caller, type EngineNames, roleNeeded, type Users } from './auth.js';
 import { cohortOf } from './checks.js';
 import type { Engine } from './engine.js';
 import { type DocumentInput, validateInput } from './store.js';
@@ -26,6 +29,8 @@ import { type DocumentInput, validateInput } from './store.js';
 const STATUS_FOR: Partial<Record<ErrorCode, number>> = {
   SSLWALL_E_CONFIG_INVALID: 400,
   SSLWALL_E_USAGE: 400,
+  SSLWALL_E_UNAUTHENTICATED: 401,
+  SSLWALL_E_FORBIDDEN: 403,
   SSLWALL_E_NOT_FOUND: 404,
   SSLWALL_E_CONFLICT: 409,
   SSLWALL_E_ROLLOUT_STATE: 409,
@@ -33,6 +38,27 @@ const STATUS_FOR: Partial<Record<ErrorCode, number>> = {
 };
 
 const BODY_LIMIT = 4 << 20;
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    caller: Caller;
+  }
+}
+
+/** How the API lets callers in (rollout/auth.ts). */
+export interface ApiSecurity {
+  /** null: no --users (only with --insecure); every caller may do anything, as "anonymous". */
+  users: Users | null;
+  /** The Host and Origin values this engine answers to (engineNames). */
+  names: EngineNames;
+  /** PEM certificate and key: serve HTTPS. */
+  tls?: { cert: string; key: string };
+}
+
+// Open to anyone: liveness and scrapes (no tier data), and the dashboard's page and script, which
+// hold no data and ask for a token before they fetch any (a browser cannot send one to load a page).
+const OPEN = new Set(['/healthz', '/metrics']);
+const PAGE = new Set(['/', '/index.html', '/dashboard.js']);
 
 export function createMetrics(engine: Engine) {
   const registry = new client.Registry();
@@ -131,16 +157,63 @@ function dashboardDir(): string {
   return found;
 }
 
-export async function buildApi(engine: Engine, log: Logger): Promise<FastifyInstance> {
+export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity): Promise<FastifyInstance> {
   const metrics = createMetrics(engine);
   // fastify's own request log would be a line per request; the engine logs events (api_error, config_written).
-  const app = Fastify({ logger: false, bodyLimit: BODY_LIMIT }).withTypeProvider<ZodTypeProvider>();
+  // An HTTPS server answers the same routes; its instance type differs only in the server class.
+  const base = (
+    sec.tls ? Fastify({ logger: false, bodyLimit: BODY_LIMIT, https: sec.tls }) : Fastify({ logger: false, bodyLimit: BODY_LIMIT })
+  ) as FastifyInstance;
+  const app = base.withTypeProvider<ZodTypeProvider>();
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
+  app.decorateRequest('caller', null as unknown as Caller);
 
-  // Any content type is JSON (curl -d sends form encoding): the body's schema decides what is valid.
+  app.addHook('onRequest', async (req, reply) => {
+    const route = req.url.split('?')[0]!;
+    if (OPEN.has(route)) return;
+    // DNS rebinding: a page of evil.example whose name now resolves to this engine sends Host evil.example.
+    const host = (req.headers.host ?? '').toLowerCase();
+    if (!sec.names.hosts.has(host))
+      throw new SslwallError(
+        'SSLWALL_E_FORBIDDEN',
+        `Host ${host || '(none)'} is not one of this engine's names (${[...sec.names.hosts].join(', ')}); call it by one of those or add the name with --public-url`,
+      );
+    // CSRF: a browser names the page that made a request in Origin; only the dashboard's own
+    // (under the listen address or a --public-url) is let in.
+    const origin = req.headers.origin;
+    if (origin !== undefined && !sec.names.origins.has(origin.toLowerCase()))
+      throw new SslwallError('SSLWALL_E_FORBIDDEN', `Origin ${origin} is another site; the API takes browser requests only from its own dashboard`);
+    if (PAGE.has(route)) return;
+    if (sec.users) {
+      const token = bearer(req.headers.authorization);
+      if (!token)
+        throw new SslwallError('SSLWALL_E_UNAUTHENTICATED', 'no bearer token: send Authorization: Bearer TOKEN ($SSLWALL_TOKEN or --token-file FILE)');
+      const user = sec.users.find(token);
+      if (!user)
+        throw new SslwallError(
+          'SSLWALL_E_UNAUTHENTICATED',
+          'this token is not known to the engine; make one with: sslwall token --users FILE --name N --role R',
+        );
+      const need = roleNeeded(req.method, route);
+      if (!need.includes(user.role))
+        throw new SslwallError(
+          'SSLWALL_E_FORBIDDEN',
+          `user ${user.name} (${user.role}) may not ${req.method} ${route}; ${need.length ? `it needs the ${need.join(' or ')} role` : 'nobody may'}`,
+        );
+      req.caller = { name: user.name, role: user.role };
+    } else {
+      req.caller = { name: 'anonymous', role: null };
+    }
+    // A form post from another site (text/plain, urlencoded) is a "simple" request that skips the
+    // CORS preflight; requiring JSON for writes takes that path away as well.
+    if (req.method !== 'GET' && req.method !== 'HEAD' && !/^application\/json\s*(;|$)/i.test(req.headers['content-type'] ?? '')) {
+      return reply.code(415).send({ code: 'SSLWALL_E_USAGE', message: `${req.method} ${route} needs Content-Type: application/json` });
+    }
+  });
+
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('*', { parseAs: 'string' }, (_req, text, done) => {
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, text, done) => {
     if (text === '') return done(null, undefined);
     try {
       done(null, JSON.parse(text as string));
@@ -161,7 +234,8 @@ export async function buildApi(engine: Engine, log: Logger): Promise<FastifyInst
   // GET / (index.html) and /dashboard.js; routes made once from the folder's files.
   await app.register(fastifyStatic, { root: dashboardDir(), wildcard: false });
 
-  const by = (req: { headers: Record<string, unknown> }) => String(req.headers['x-sslwall-user'] ?? 'api');
+  // The author is the credential's name, never anything the request says about itself.
+  const by = (req: { caller: Caller }) => req.caller.name;
 
   app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
   app.get('/healthz', { schema: { response: { 200: api.HealthzResponse } } }, async () => ({ ok: true as const, leader: engine.leadership.isLeader }));
@@ -226,7 +300,7 @@ export async function buildApi(engine: Engine, log: Logger): Promise<FastifyInst
       const { tier } = req.params;
       const b = req.body;
       const input = await completeInput(engine, tier, b.document);
-      const rec = await engine.store.write(tier, input, { author: b.author ?? by(req), message: b.message ?? 'config set', expectRevision: b.expectRevision });
+      const rec = await engine.store.write(tier, input, { author: by(req), message: b.message ?? 'config set', expectRevision: b.expectRevision });
       log.info({ event: 'config_written', tier, version: rec.version, author: rec.author, message: rec.message }, 'config written');
       return reply.code(201).send(rec);
     },
@@ -283,8 +357,8 @@ export async function buildApi(engine: Engine, log: Logger): Promise<FastifyInst
 }
 
 /** The API on HOST:PORT (an IPv6 host in brackets); resolves once it listens. */
-export async function startApi(engine: Engine, listen: string, log: Logger): Promise<FastifyInstance> {
-  const app = await buildApi(engine, log);
+export async function startApi(engine: Engine, listen: string, log: Logger, sec: ApiSecurity): Promise<FastifyInstance> {
+  const app = await buildApi(engine, log, sec);
   const idx = listen.lastIndexOf(':');
   await app.listen({ port: Number(listen.slice(idx + 1)), host: listen.slice(0, idx).replace(/^\[|\]$/g, '') || '127.0.0.1' });
   return app;

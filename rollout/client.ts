@@ -1,6 +1,11 @@
 // The engine's HTTP API from the caller's side: a method per route (docs/rollout.md#http-api),
 // requests typed and answers parsed with the schemas of schemas/api.ts. An error answer becomes
 // an SslwallError with the engine's code; an engine that cannot be reached SSLWALL_E_ENGINE.
+// Requests go through node:http/node:https rather than fetch: a private CA (--engine-ca) is the
+// plain `ca` option there, while Node 20's fetch would need an undici Agent from the undici
+// package (not a dependency; Node's bundled copy cannot be imported).
+import http from 'node:http';
+import https from 'node:https';
 import type { z } from 'zod';
 import * as api from '../schemas/api.js';
 import { describeIssues } from '../schemas/config.js';
@@ -9,8 +14,10 @@ import { RolloutStateSchema } from '../schemas/rollout.js';
 import { VersionRecordSchema } from '../schemas/tier.js';
 
 export interface EngineClientOptions {
-  /** Sent as x-sslwall-user: the author of what this client writes. */
-  user?: string;
+  /** Sent as Authorization: Bearer; the engine records its user's name as the author. */
+  token?: string;
+  /** PEM CA certificates that issued the engine's certificate (https:// only). */
+  ca?: string;
   timeoutMs?: number;
 }
 
@@ -90,21 +97,19 @@ export class EngineClient {
   }
 
   private async call<S extends z.ZodType>(method: string, path: string, schema: S, body?: unknown): Promise<z.output<S>> {
-    let res: Response;
+    let res: { status: number; text: string };
     try {
-      res = await fetch(`${this.url}${path}`, {
-        method,
-        headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...(this.opts.user ? { 'x-sslwall-user': this.opts.user } : {}) },
-        body: body === undefined ? undefined : JSON.stringify(body),
-        signal: AbortSignal.timeout(this.opts.timeoutMs ?? 15000),
-      });
+      res = await this.request(method, path, body);
     } catch (err) {
-      const why = (err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message;
-      throw new SslwallError('SSLWALL_E_ENGINE', `cannot reach the engine at ${this.url}: ${why}; start one (sslwall engine) or pass --engine URL`, {
-        cause: err,
-      });
+      const e = err as Error & { code?: string };
+      const tls = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(e.code ?? '');
+      throw new SslwallError(
+        'SSLWALL_E_ENGINE',
+        `cannot reach the engine at ${this.url}: ${e.message}; ${tls ? "pass the CA that issued the engine's certificate with --engine-ca FILE" : 'start one (sslwall engine) or pass --engine URL'}`,
+        { cause: err },
+      );
     }
-    const text = await res.text();
+    const text = res.text;
     let json: unknown;
     try {
       json = JSON.parse(text);
@@ -114,7 +119,7 @@ export class EngineClient {
         `the engine at ${this.url} answered ${method} ${path} with HTTP ${res.status} and no JSON: ${text.slice(0, 200)}; is --engine an sslwall engine?`,
       );
     }
-    if (!res.ok) {
+    if (res.status >= 400) {
       const e = api.ErrorBodySchema.safeParse(json);
       if (!e.success)
         throw new SslwallError('SSLWALL_E_ENGINE', `the engine at ${this.url} answered ${method} ${path} with HTTP ${res.status}: ${text.slice(0, 200)}`);
@@ -127,6 +132,29 @@ export class EngineClient {
         `the engine at ${this.url} answered ${method} ${path} with a body this client does not understand (${describeIssues(r.error)}); is it the same sslwall version?`,
       );
     return r.data;
+  }
+
+  private request(method: string, path: string, body: unknown): Promise<{ status: number; text: string }> {
+    const url = new URL(`${this.url}${path}`);
+    const timeoutMs = this.opts.timeoutMs ?? 15000;
+    const headers: Record<string, string> = {
+      // The engine takes writes only as JSON (a cross-site form cannot send it without a preflight).
+      ...(method === 'GET' ? {} : { 'content-type': 'application/json' }),
+      ...(this.opts.token ? { authorization: `Bearer ${this.opts.token}` } : {}),
+    };
+    return new Promise((resolve, reject) => {
+      const opts = { method, headers, timeout: timeoutMs };
+      const onRes = (res: http.IncomingMessage) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
+        res.on('error', reject);
+      };
+      const req = url.protocol === 'https:' ? https.request(url, { ...opts, ca: this.opts.ca }, onRes) : http.request(url, opts, onRes);
+      req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+      req.on('error', reject);
+      req.end(body === undefined ? undefined : JSON.stringify(body));
+    });
   }
 }
 

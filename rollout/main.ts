@@ -1,10 +1,13 @@
 // Starting and stopping one engine replica: the etcd client, the Engine, its HTTP API. `sslwall
 // engine` runs it until SIGTERM/SIGINT (runEngine); `sslwall up` starts it beside its other
 // parts and stops it with them (startEngine).
+import fs from 'node:fs';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
+import { SslwallError } from '../schemas/errors.js';
 import { createEtcdClient, type EtcdConnection } from '../schemas/etcd.js';
 import { startApi } from './api.js';
+import { engineNames, isLoopback, Users } from './auth.js';
 import { Engine } from './engine.js';
 import { Signer } from './signing.js';
 
@@ -17,6 +20,15 @@ export interface EngineRunOptions {
   listen: string;
   prefix?: string;
   leaseTtlS?: number;
+  /** The users file (docs/security.md); required unless insecure. */
+  users?: string;
+  /** PEM files: serve the API over HTTPS. */
+  tlsCert?: string;
+  tlsKey?: string;
+  /** URLs the API is reached under besides the listen address (Host and Origin checks). */
+  publicUrls?: string[];
+  /** Allow running without --users, or on a non-loopback address without TLS. */
+  insecure?: boolean;
 }
 
 export interface RunningEngine {
@@ -26,25 +38,58 @@ export interface RunningEngine {
   stop(): Promise<void>;
 }
 
+/** The refusals that need no etcd: a reachable API without TLS or users, half a TLS pair, unreadable files. */
+function checkExposure(opts: EngineRunOptions): { cert: string; key: string } | undefined {
+  if (!opts.tlsCert !== !opts.tlsKey) throw new SslwallError('SSLWALL_E_USAGE', '--tls-cert and --tls-key go together');
+  if (!opts.insecure) {
+    if (!opts.users)
+      throw new SslwallError(
+        'SSLWALL_E_USAGE',
+        'engine needs --users FILE (make one with: sslwall token --users FILE --name N --role operator), or --insecure',
+      );
+    if (!opts.tlsCert && !isLoopback(opts.listen))
+      throw new SslwallError(
+        'SSLWALL_E_USAGE',
+        `--listen ${opts.listen} is not a loopback address: serve it over HTTPS (--tls-cert FILE --tls-key FILE), or pass --insecure to send tokens in clear text`,
+      );
+  }
+  if (!opts.tlsCert) return undefined;
+  const read = (f: string, flag: string) => {
+    try {
+      return fs.readFileSync(f, 'utf8');
+    } catch (err) {
+      throw new SslwallError('SSLWALL_E_CONFIG_READ', `cannot read ${flag} ${f}: ${(err as Error).message}`, { cause: err });
+    }
+  };
+  return { cert: read(opts.tlsCert, '--tls-cert'), key: read(opts.tlsKey!, '--tls-key') };
+}
+
 export async function startEngine(opts: EngineRunOptions, log: Logger): Promise<RunningEngine> {
+  const tls = checkExposure(opts);
+  const names = engineNames(opts.listen, tls !== undefined, opts.publicUrls ?? []);
   const signer = Signer.fromFile(opts.signingKey);
+  const users = opts.users ? new Users(opts.users, log.child({ component: 'auth' })) : null;
+  if (!users) log.warn({ event: 'engine_insecure' }, 'no --users: every caller may do anything, as "anonymous"');
   const client = createEtcdClient(opts.etcd);
   const engine = new Engine({ client, prefix: opts.prefix ?? '/sslwall/', signer, id: opts.id, log, leaseTtlS: opts.leaseTtlS ?? 5 });
   let api: FastifyInstance;
   try {
-    api = await startApi(engine, opts.listen, log);
+    api = await startApi(engine, opts.listen, log, { users, names, tls });
   } catch (err) {
+    users?.close();
     client.close();
     throw err;
   }
   engine.start();
-  log.info({ event: 'engine_ready', listen: opts.listen, id: opts.id }, `engine listening on http://${opts.listen}`);
+  const url = `${tls ? 'https' : 'http'}://${opts.listen}`;
+  log.info({ event: 'engine_ready', listen: opts.listen, url, id: opts.id, users: opts.users ?? null }, `engine listening on ${url}`);
   return {
     engine,
     api,
     async stop() {
       log.info({ event: 'engine_stopping' }, 'stopping; resigning leadership');
       await api.close();
+      users?.close();
       await engine.stop();
       client.close();
     },

@@ -29,7 +29,6 @@ export const PutConfigRequest = z.object({
   /** {"config":…,"rollout":…}, or a bare agent config (the engine completes the rollout fields). */
   document: z.record(z.string(), z.unknown()),
   message: z.string().optional(),
-  author: z.string().optional(),
   /** The head's mod revision this change is based on (compare-and-swap); 0: the tier must be new. */
   expectRevision: z.number().int().min(0).optional(),
 });

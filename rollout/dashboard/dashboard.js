@@ -1,8 +1,30 @@
 // The dashboard's script (index.html): the tiers table from /api/tiers every 2 s, and the
-// "is my traffic affected?" lookup from /api/tiers/T/preview?percent=100.
+// "is my traffic affected?" lookup from /api/tiers/T/preview?percent=100. Every call carries a
+// viewer token (docs/security.md), asked for once and kept in sessionStorage: it lasts as long
+// as the tab and is not shared with other tabs or written to disk like localStorage.
+const TOKEN_KEY = 'sslwall-token';
+function askToken() {
+  const t = (window.prompt('sslwall engine token (a viewer token is enough: sslwall token --role viewer)') || '').trim();
+  if (t) sessionStorage.setItem(TOKEN_KEY, t);
+  else sessionStorage.removeItem(TOKEN_KEY);
+  return t;
+}
 async function j(u) {
-  const r = await fetch(u);
+  // Without a token nothing is fetched (and the 2 s refresh does not keep prompting): the
+  // "token" button asks again.
+  const t = sessionStorage.getItem(TOKEN_KEY);
+  if (!t) throw new Error('no token given; press "token" to enter one');
+  const r = await fetch(u, { headers: { authorization: `Bearer ${t}` } });
+  // An unknown or revoked token: forget it; the "token" button asks for another.
+  if (r.status === 401) sessionStorage.removeItem(TOKEN_KEY);
+  if (!r.ok) {
+    const e = await r.json().catch(() => ({}));
+    throw new Error(`${r.status} ${e.code || ''}: ${e.message || ''}`);
+  }
   return r.json();
+}
+function showError(err) {
+  document.getElementById('tiers').textContent = String(err.message || err);
 }
 function esc(s) {
   return String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]);
@@ -42,8 +64,7 @@ async function look() {
   const tier = document.getElementById('tier').value.trim(),
     host = document.getElementById('host').value.trim();
   if (!tier) return;
-  const r = await fetch(`/api/tiers/${encodeURIComponent(tier)}/preview?percent=100`);
-  const p = await r.json();
+  const p = await j(`/api/tiers/${encodeURIComponent(tier)}/preview?percent=100`);
   const rows = (p.joining || []).filter((x) => !host || x.hostId === host);
   let h =
     '<p>Hosts of <b>' +
@@ -75,6 +96,11 @@ async function look() {
     '</table>';
   document.getElementById('lookup').innerHTML = h;
 }
-document.getElementById('look').addEventListener('click', look);
-refresh();
-setInterval(refresh, 2000);
+document.getElementById('look').addEventListener('click', () => look().catch(showError));
+document.getElementById('token').addEventListener('click', () => {
+  askToken();
+  refresh().catch(showError);
+});
+if (!sessionStorage.getItem(TOKEN_KEY)) askToken();
+refresh().catch(showError);
+setInterval(() => refresh().catch(showError), 2000);

@@ -1,6 +1,7 @@
 // The sslwall command as a user meets it: help, usage errors, config errors with exit codes.
 
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -76,4 +77,35 @@ test('an engine that cannot be reached: SSLWALL_E_ENGINE, saying what to do', as
       `SSLWALL_E_ENGINE: cannot reach the engine at http://127.0.0.1:${port}: connect ECONNREFUSED .*; start one \\(sslwall engine\\) or pass --engine URL`,
     ),
   );
+});
+
+test('sslwall token: adds a user to a new 0600 users file and prints only its token, once', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sslwall-cli-'));
+  try {
+    const f = path.join(dir, 'users.json');
+    const a = await runHost(['token', '--users', f, '--name', 'alice', '--role', 'operator']);
+    assert.equal(a.code, 0, a.stderr);
+    assert.match(a.stdout, /^[A-Za-z0-9_-]{43}\n$/, 'the token alone on one line');
+    assert.equal(fs.statSync(f).mode & 0o777, 0o600);
+    const b = await runHost(['token', '--users', f, '--name', 'am', '--role', 'alerts']);
+    assert.equal(b.code, 0, b.stderr);
+    const users = JSON.parse(fs.readFileSync(f, 'utf8')) as Array<{ name: string; role: string; token_sha256: string }>;
+    assert.deepEqual(
+      users.map((u) => [u.name, u.role]),
+      [
+        ['alice', 'operator'],
+        ['am', 'alerts'],
+      ],
+    );
+    assert.equal(users[0]!.token_sha256, createHash('sha256').update(a.stdout.trim()).digest('hex'), 'only the hash is kept');
+    assert.ok(!fs.readFileSync(f, 'utf8').includes(a.stdout.trim()), 'the token itself is not in the file');
+    const again = await runHost(['token', '--users', f, '--name', 'alice', '--role', 'viewer']);
+    assert.equal(again.code, 2);
+    assert.match(again.stderr, /SSLWALL_E_USAGE: user alice is already in/);
+    const badRole = await runHost(['token', '--users', f, '--name', 'bob', '--role', 'admin']);
+    assert.equal(badRole.code, 2);
+    assert.match(badRole.stderr, /--role admin: use viewer, operator or alerts/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

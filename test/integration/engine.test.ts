@@ -115,10 +115,10 @@ describe('rollout engine on one etcd', () => {
         [2, 'add BGP'],
       ],
     );
-    const diff = await runHost(['config', 'diff', '--tier', tier, '1', '2', '--engine', engine.url]);
+    const diff = await runHost(['config', 'diff', '--tier', tier, '1', '2', '--engine', engine.url, '--token-file', engine.tokenFile]);
     assert.equal(diff.code, 0, diff.stderr);
     assert.match(diff.stdout, /config\.bypass\.ports: \[22\] -> \[22,179\]/);
-    const rev = await runHost(['config', 'revert', '--tier', tier, '--to', '1', '--engine', engine.url, '--json']);
+    const rev = await runHost(['config', 'revert', '--tier', tier, '--to', '1', '--engine', engine.url, '--token-file', engine.tokenFile, '--json']);
     assert.equal(rev.code, 0, rev.stderr);
     const v3 = await head();
     assert.equal(v3.version, 3);
@@ -146,7 +146,7 @@ describe('rollout engine on one etcd', () => {
       assert.deepEqual([r.status, r.body.code, Object.keys(r.body).sort()], [status, code, ['code', 'message']], `${method} ${p}: ${JSON.stringify(r.body)}`);
       assert.match(r.body.message, message, `${method} ${p}`);
     }
-    const client = new EngineClient(engine.url, { user: 'test' });
+    const client = new EngineClient(engine.url, { token: engine.token });
     await assert.rejects(client.version(tier, 999), (e: { code?: string; name?: string }) => e.name === 'SslwallError' && e.code === 'SSLWALL_E_NOT_FOUND');
     assert.equal((await client.head(tier)).version, (await client.history(tier)).at(-1)!.version, 'the client parses the head and the history');
   });
@@ -165,7 +165,7 @@ describe('rollout engine on one etcd', () => {
   });
 
   test('preview (tier in passive mode) lists the hosts joining at a percentage and which would block', async () => {
-    const r = await runHost(['rollout', 'preview', '--tier', tier, '--percent', '30', '--engine', engine.url, '--json']);
+    const r = await runHost(['rollout', 'preview', '--tier', tier, '--percent', '30', '--engine', engine.url, '--token-file', engine.tokenFile, '--json']);
     assert.equal(r.code, 0, r.stderr);
     const p = JSON.parse(r.stdout) as { joining: Array<{ hostId: string }>; wouldBlock: unknown[] };
     assert.ok(p.joining.length > 5 && p.joining.length < 30, `about 30 % of 50 hosts join: ${r.stdout.slice(0, 400)}`);
@@ -176,12 +176,26 @@ describe('rollout engine on one etcd', () => {
     const health = async (host: string) =>
       JSON.parse((await client.get(etcdKeys().health(tier, host)).string()) ?? 'null') as { mode: string; overrideVersion: number | null } | null;
     try {
-      const set = await runHost(['config', 'override', '--host', 'sim-00003', '--mode', 'off', '--reason', 'maintenance', '--engine', engine.url, '--json']);
+      const set = await runHost([
+        'config',
+        'override',
+        '--host',
+        'sim-00003',
+        '--mode',
+        'off',
+        '--reason',
+        'maintenance',
+        '--engine',
+        engine.url,
+        '--token-file',
+        engine.tokenFile,
+        '--json',
+      ]);
       assert.equal(set.code, 0, set.stderr);
       await until('sim-00003 off under its override', async () => (await health('sim-00003'))?.mode === 'off', 10000);
       assert.equal((await health('sim-00003'))!.overrideVersion, 1);
       assert.equal((await health('sim-00004'))!.mode, 'passive', 'other hosts follow the tier');
-      const clear = await runHost(['config', 'override', '--host', 'sim-00003', '--clear', '--engine', engine.url]);
+      const clear = await runHost(['config', 'override', '--host', 'sim-00003', '--clear', '--engine', engine.url, '--token-file', engine.tokenFile]);
       assert.equal(clear.code, 0, clear.stderr);
       await until('sim-00003 back to its tier', async () => (await health('sim-00003'))?.mode === 'passive', 10000);
     } finally {
@@ -218,7 +232,7 @@ describe('rollout engine on one etcd', () => {
     const h = await head();
     assert.deepEqual({ mode: h.rollout.mode, percent: h.rollout.percent }, { mode: 'active', percent: 100 });
     await allApplied(h.version);
-    const status = await runHost(['rollout', 'status', '--tier', tier, '--engine', engine.url]);
+    const status = await runHost(['rollout', 'status', '--tier', tier, '--engine', engine.url, '--token-file', engine.tokenFile]);
     assert.match(status.stdout, /COMPLETED/);
   });
 
@@ -275,10 +289,10 @@ describe('rollout engine on one etcd', () => {
     const before = await head();
     await engine.api('POST', `/api/tiers/${tier}/rollout`, { stages: 'active:5,active:50,active:100', bake: '60s', analysis: { checkIntervalMs: 250 } });
     await rolloutStatus(engine, tier, (s) => s.phase === 'baking' && s.stage === 0, 'stage 1 baking');
-    const p = await runHost(['rollout', 'promote', '--tier', tier, '--reason', 'looks fine', '--engine', engine.url]);
+    const p = await runHost(['rollout', 'promote', '--tier', tier, '--reason', 'looks fine', '--engine', engine.url, '--token-file', engine.tokenFile]);
     assert.equal(p.code, 0, p.stderr);
     await rolloutStatus(engine, tier, (s) => s.stage === 1 && s.phase === 'baking', 'stage 2 baking after promote');
-    const a = await runHost(['rollout', 'abort', '--tier', tier, '--reason', 'changed my mind', '--engine', engine.url]);
+    const a = await runHost(['rollout', 'abort', '--tier', tier, '--reason', 'changed my mind', '--engine', engine.url, '--token-file', engine.tokenFile]);
     assert.equal(a.code, 0, a.stderr);
     const aborted = await rolloutStatus(engine, tier, (s) => s.status === 'aborted', 'aborted');
     assert.match(aborted.reason, /changed my mind/);
@@ -287,7 +301,7 @@ describe('rollout engine on one etcd', () => {
     await engine.api('POST', `/api/tiers/${tier}/rollout`, { stages: 'active:100', bake: '500ms', analysis: { checkIntervalMs: 200 } });
     await rolloutStatus(engine, tier, (s) => s.status === 'completed', 'completed');
     assert.equal((await head()).rollout.mode, 'active');
-    const u = await runHost(['rollout', 'undo', '--tier', tier, '--reason', 'roll back the change', '--engine', engine.url]);
+    const u = await runHost(['rollout', 'undo', '--tier', tier, '--reason', 'roll back the change', '--engine', engine.url, '--token-file', engine.tokenFile]);
     assert.equal(u.code, 0, u.stderr);
     await rolloutStatus(engine, tier, (s) => s.status === 'undone', 'undone');
     assert.deepEqual((await head()).rollout, before.rollout);

@@ -52,7 +52,13 @@ test('sslwall up: starts, enforces passively, and cleans up on Ctrl-C', async ()
       explain: out,
     });
     const bed = parseReady(out());
-    const tiers = (await (await fetch(`http://127.0.0.1:${port}/api/tiers`)).json()) as Array<{ tier: string; agents: number }>;
+    const token = /SSLWALL_TOKEN=(\S+) \S+ config get --tier local/.exec(out())?.[1];
+    assert.ok(token, `sslwall up suggests commands carrying an operator token:\n${out()}`);
+    assert.equal((await fetch(`http://127.0.0.1:${port}/api/tiers`)).status, 401, 'the API wants the token');
+    const tiers = (await (await fetch(`http://127.0.0.1:${port}/api/tiers`, { headers: { authorization: `Bearer ${token}` } })).json()) as Array<{
+      tier: string;
+      agents: number;
+    }>;
     assert.deepEqual(
       tiers.map((t) => [t.tier, t.agents]),
       [['local', 2]],

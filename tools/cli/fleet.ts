@@ -29,16 +29,24 @@ function parse(args: string[], options: Opts, where: string): { values: Record<s
   }
 }
 
-export const ENGINE_HELP = `Usage: sslwall engine --etcd URL[,URL...] --signing-key FILE [--listen HOST:PORT] [options]
+export const ENGINE_HELP = `Usage: sslwall engine --etcd URL[,URL...] --signing-key FILE --users FILE [--listen HOST:PORT] [options]
 
 Runs a rollout engine replica: the HTTP API and dashboard, Prometheus /metrics, and the rollout
 loop. Several replicas may run; one leads (etcd election), the others serve the API and take over
 within the lease TTL. Every document is validated and signed (ed25519) before it is written.
+Every API call needs a bearer token of a user in --users (docs/security.md).
 
 Options:
   --etcd URL[,URL...]   etcd endpoints                                           (required)
   --signing-key FILE    ed25519 private key (sslwall keygen)                      (required)
+  --users FILE          users and roles (sslwall token); re-read when it changes  (required)
   --listen HOST:PORT    API, dashboard and /metrics                     [127.0.0.1:7070]
+  --tls-cert FILE       serve the API over HTTPS with this certificate (PEM)...
+  --tls-key FILE        ...and its key; required to listen on a non-loopback address
+  --public-url URL      a URL the API is reached under (its host is accepted in Host and
+                        Origin); repeat for more
+  --insecure            allow no --users (anyone may do anything), or plain HTTP on a
+                        non-loopback address
   --etcd-prefix P       key prefix                                            [/sslwall/]
   --etcd-cacert/--etcd-cert/--etcd-key FILE   TLS to etcd
   --id ID               this replica's name in the election            [hostname-pid]
@@ -52,6 +60,11 @@ export async function engineCommand(args: string[]): Promise<number> {
     {
       etcd: { type: 'string' },
       'signing-key': { type: 'string' },
+      users: { type: 'string' },
+      'tls-cert': { type: 'string' },
+      'tls-key': { type: 'string' },
+      'public-url': { type: 'string', multiple: true },
+      insecure: { type: 'boolean' },
       listen: { type: 'string' },
       'etcd-prefix': { type: 'string' },
       'etcd-cacert': { type: 'string' },
@@ -86,6 +99,11 @@ export async function engineCommand(args: string[]): Promise<number> {
       listen: (v.listen as string | undefined) ?? '127.0.0.1:7070',
       prefix: v['etcd-prefix'] as string | undefined,
       leaseTtlS: v['lease-ttl'] === undefined ? undefined : Number(v['lease-ttl']),
+      users: v.users as string | undefined,
+      tlsCert: v['tls-cert'] as string | undefined,
+      tlsKey: v['tls-key'] as string | undefined,
+      publicUrls: (v['public-url'] as unknown as string[] | undefined) ?? [],
+      insecure: v.insecure === true,
     },
     log,
   );
@@ -106,8 +124,32 @@ export async function keygenCommand(args: string[]): Promise<number> {
   return 0;
 }
 
-function engineClient(url: string): EngineClient {
-  return new EngineClient(url, { user: process.env.SUDO_USER ?? process.env.USER ?? os.userInfo().username });
+const CLIENT_OPTIONS = {
+  engine: { type: 'string' },
+  'engine-ca': { type: 'string' },
+  'token-file': { type: 'string' },
+} as const;
+
+const CLIENT_HELP = `  --engine URL         the engine's API (http:// or https://)    [$SSLWALL_ENGINE or ${DEFAULT_ENGINE}]
+  --engine-ca FILE     CA certificates (PEM) that issued an https:// engine's certificate
+  --token-file FILE    the bearer token (surrounding whitespace ignored)        [$SSLWALL_TOKEN]`;
+
+/** The engine's client from --engine, --engine-ca and the token ($SSLWALL_TOKEN, or --token-file, which wins). */
+function engineClient(v: Record<string, unknown>): EngineClient {
+  const read = (file: string, what: string) => {
+    try {
+      return readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new SslwallError('SSLWALL_E_CONFIG_READ', `cannot read ${what} ${file}: ${(err as Error).message}`, { cause: err });
+    }
+  };
+  const tokenFile = v['token-file'] as string | undefined;
+  const token = (tokenFile ? read(tokenFile, '--token-file') : (process.env.SSLWALL_TOKEN ?? '')).trim();
+  const ca = v['engine-ca'] as string | undefined;
+  return new EngineClient((v.engine as string | undefined) ?? process.env.SSLWALL_ENGINE ?? DEFAULT_ENGINE, {
+    token: token || undefined,
+    ca: ca ? read(ca, '--engine-ca') : undefined,
+  });
 }
 
 const CONFIG_HELP = `Usage: sslwall config <set|get|history|diff|revert|override> [options] [--engine URL]
@@ -123,7 +165,7 @@ const CONFIG_HELP = `Usage: sslwall config <set|get|history|diff|revert|override
                                            a host's exception to its tier (signed like tier
                                            documents): a mode it must run, or a whole config
 
-  --engine URL   the engine's API                                [${DEFAULT_ENGINE}]
+${CLIENT_HELP}
 `;
 
 const ROLLOUT_HELP = `Usage: sslwall rollout <command> --tier T [options] [--engine URL]
@@ -136,7 +178,7 @@ const ROLLOUT_HELP = `Usage: sslwall rollout <command> --tier T [options] [--eng
   preview --tier T --percent P [--json]   hosts that would join the cohort at P and which of them
                                           would now block traffic (passive-mode violations)
 
-  --engine URL   the engine's API                                [${DEFAULT_ENGINE}]
+${CLIENT_HELP}
 `;
 
 export async function configCommand(args: string[]): Promise<number> {
@@ -150,12 +192,12 @@ export async function configCommand(args: string[]): Promise<number> {
       version: { type: 'string' },
       json: { type: 'boolean' },
       to: { type: 'string' },
-      engine: { type: 'string' },
       'expect-revision': { type: 'string' },
       host: { type: 'string' },
       mode: { type: 'string' },
       clear: { type: 'boolean' },
       reason: { type: 'string' },
+      ...CLIENT_OPTIONS,
     },
     `config ${sub ?? ''}`,
   );
@@ -163,7 +205,7 @@ export async function configCommand(args: string[]): Promise<number> {
     process.stdout.write(CONFIG_HELP);
     return sub ? 0 : 2;
   }
-  const engine = engineClient((v.engine as string | undefined) ?? process.env.SSLWALL_ENGINE ?? DEFAULT_ENGINE);
+  const engine = engineClient(v);
   const out = (x: unknown, text: string) => process.stdout.write(v.json ? `${JSON.stringify(x)}\n` : text);
   if (sub === 'override') {
     const host = v.host as string | undefined;
@@ -269,7 +311,7 @@ export async function rolloutCommand(args: string[]): Promise<number> {
       json: { type: 'boolean' },
       reason: { type: 'string' },
       percent: { type: 'string' },
-      engine: { type: 'string' },
+      ...CLIENT_OPTIONS,
     },
     `rollout ${sub ?? ''}`,
   );
@@ -277,7 +319,7 @@ export async function rolloutCommand(args: string[]): Promise<number> {
     process.stdout.write(ROLLOUT_HELP);
     return sub ? 0 : 2;
   }
-  const engine = engineClient((v.engine as string | undefined) ?? process.env.SSLWALL_ENGINE ?? DEFAULT_ENGINE);
+  const engine = engineClient(v);
   const tier = v.tier as string | undefined;
   if (!tier) throw usage(`rollout ${sub} needs --tier T`);
   switch (sub) {

@@ -11,6 +11,7 @@ import { readPinnedFlows } from '../../agent/flows.js';
 import { defaultHostId } from '../../agent/interfaces.js';
 import { DEFAULT_BPFFS, DEFAULT_STATE_DIR } from '../../agent/paths.js';
 import { uninstall } from '../../agent/uninstall.js';
+import { addUser } from '../../rollout/auth.js';
 import { exitCodeFor, SslwallError } from '../../schemas/errors.js';
 import { Verifier } from '../../schemas/signing.js';
 import { configCommand, engineCommand, keygenCommand, rolloutCommand } from './fleet.js';
@@ -31,6 +32,7 @@ Commands:
   config      set, get, diff and revert tier config versions (through the engine)
   rollout     start, watch and steer staged rollouts (through the engine)
   keygen      make the ed25519 key pair that signs tier documents
+  token       add a user to the engine's users file and print its new token
   simulate    run N simulated agents against etcd (tests, benchmarks)
   up          the fleet of one: etcd, engine and an agent in a namespace of its own
   bench       run the benchmarks (same as npm run bench)
@@ -235,6 +237,24 @@ Options:
       const removed = uninstall(bpffs, (v.iface as string[] | undefined) ?? []);
       if (v.json) process.stdout.write(`${JSON.stringify({ removed })}\n`);
       else process.stdout.write(removed.length ? `removed:\n  ${removed.join('\n  ')}\n` : `nothing pinned under ${bpffs}\n`);
+      return 0;
+    },
+  },
+  token: {
+    help: `Usage: sslwall token --users FILE --name NAME --role viewer|operator|alerts
+
+Adds user NAME with a new random token to the engine's users file (made, mode 0600, if missing)
+and prints the token alone on one line. It is shown this once: the file keeps only its SHA-256.
+A running engine picks the change up within 5 s. Roles (docs/security.md):
+  viewer     reads (GET) the API and the dashboard
+  operator   also writes configs, overrides and rollout actions
+  alerts     only POST /api/alerts (Alertmanager's webhook)
+`,
+    options: { users: { type: 'string' }, name: { type: 'string' }, role: { type: 'string' } },
+    async run(v) {
+      const [file, name, role] = [str(v.users), str(v.name), str(v.role)];
+      if (!file || !name || !role) throw usage('token needs --users FILE --name NAME --role viewer|operator|alerts');
+      process.stdout.write(`${addUser(file, name, role)}\n`);
       return 0;
     },
   },

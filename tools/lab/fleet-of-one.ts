@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import { addUser } from '../../rollout/auth.js';
 import { type RunningEngine, startEngine } from '../../rollout/main.js';
 import { generateKeyPair } from '../../rollout/signing.js';
 import { DEFAULT_TTLS_PORT } from '../../schemas/config.js';
@@ -82,7 +83,13 @@ export async function runFleetOfOne(opts: FleetOfOneOptions, log: Logger): Promi
     // The peer host's plaintext HTTP: 8080 is wrapped in TLS (ttls.ports), 8081 is not.
     const WRAPPED = 8080;
     const PLAIN = 8081;
-    engine = await startEngine({ etcd: { endpoints: [etcdUrl] }, signingKey: keys.signingKey, id: `up-${bed.id}`, listen }, log.child({ component: 'engine' }));
+    // One operator, whose token the suggested commands carry; the file goes with the testbed.
+    const users = path.join(bed.dir, 'users.json');
+    const token = addUser(users, 'up', 'operator');
+    engine = await startEngine(
+      { etcd: { endpoints: [etcdUrl] }, signingKey: keys.signingKey, id: `up-${bed.id}`, listen, users },
+      log.child({ component: 'engine' }),
+    );
     if (!(await engine.engine.store.head(tier))) {
       await engine.engine.store.write(
         tier,
@@ -99,7 +106,8 @@ export async function runFleetOfOne(opts: FleetOfOneOptions, log: Logger): Promi
         { author: 'sslwall up', message: 'first config' },
       );
     }
-    say(`engine:    http://${listen}  (dashboard, API, /metrics); signing key ${keys.signingKey}`);
+    say(`engine:    http://${listen}  (dashboard, API, /metrics); signing key ${keys.signingKey}; users ${users}`);
+    say(`token:     ${token}  (operator "up"; the dashboard asks for it)`);
     step();
 
     // Listening before "ready" is printed: the first curl must find them.
@@ -163,9 +171,10 @@ export async function runFleetOfOne(opts: FleetOfOneOptions, log: Logger): Promi
     say(`  ${inApps(`curl -s http://${server.ipv4}:${WRAPPED}/`)}   # wrapped: "ttls_closed" lines, no violation`);
     say(`  ${inHost} curl -s http://${server.ipv4}:${PLAIN}/      # plaintext: a violation line appears here`);
     say(`  ${inHost} ${process.execPath} ${SSLWALL} flows --bpffs ${clientEnv.bpffs}`);
-    say(`  ${SSLWALL} config get --tier ${tier} --engine http://${listen}`);
-    say(`  ${SSLWALL} rollout start --tier ${tier} --stages active:100 --bake 30s --engine http://${listen}`);
-    say(`  ${SSLWALL} rollout watch --tier ${tier} --engine http://${listen}`);
+    const withToken = `SSLWALL_TOKEN=${token} ${SSLWALL}`;
+    say(`  ${withToken} config get --tier ${tier} --engine http://${listen}`);
+    say(`  ${withToken} rollout start --tier ${tier} --stages active:100 --bake 30s --engine http://${listen}`);
+    say(`  ${withToken} rollout watch --tier ${tier} --engine http://${listen}`);
     say(`  open http://${listen}/ for the dashboard`);
     say('Ctrl-C to stop and remove everything.');
     const agentExited = waitFor('an agent to exit', () => agents.some((a) => !a.proc.running), { timeoutMs: 2 ** 31 - 1, intervalMs: 500 });

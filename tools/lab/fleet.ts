@@ -2,6 +2,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { addUser } from '../../rollout/auth.js';
+import { EngineClient } from '../../rollout/client.js';
 import { generateKeyPair } from '../../rollout/signing.js';
 import type { StatsLine } from '../simulate/shared.js';
 import { SSLWALL } from './agent-proc.js';
@@ -19,27 +21,72 @@ export function makeKeys(): Keys {
   return { dir, ...generateKeyPair(dir) };
 }
 
+export interface EngineProcOptions {
+  /** A users file to use; default: a new one in logDir with the operator "test" and the alerts user "alertmanager". */
+  users?: string;
+  /** HTTPS: the engine's certificate and key, and the CA the client trusts. */
+  tls?: { cert: string; key: string; ca: string };
+  /** More `sslwall engine` flags. */
+  extra?: string[];
+}
+
 export class EngineProc {
   private constructor(
     readonly url: string,
     readonly proc: Proc,
     readonly id: string,
+    /** The users file the engine reads. */
+    readonly users: string,
+    /** An operator's token (the default users file), or '' with opts.users. */
+    readonly token: string,
+    /** The alerts user's token, what Alertmanager would send (default users file only). */
+    readonly alertsToken: string,
+    /** The same token in a file, for the CLI's --token-file. */
+    readonly tokenFile: string,
   ) {}
 
-  static async start(endpoints: string[], keys: Keys, id: string, logDir: string): Promise<EngineProc> {
+  static async start(endpoints: string[], keys: Keys, id: string, logDir: string, opts: EngineProcOptions = {}): Promise<EngineProc> {
     const port = await freePort();
+    // Replicas of one test share logDir, and so one users file with the same two users.
+    const users = opts.users ?? path.join(logDir, 'users.json');
+    const tokenFile = path.join(logDir, 'token');
+    const alertsFile = path.join(logDir, 'token-alerts');
+    if (!opts.users && !fs.existsSync(tokenFile)) {
+      fs.writeFileSync(tokenFile, `${addUser(users, 'test', 'operator')}\n`, { mode: 0o600 });
+      fs.writeFileSync(alertsFile, `${addUser(users, 'alertmanager', 'alerts')}\n`, { mode: 0o600 });
+    }
+    const [token, alertsToken] = opts.users ? ['', ''] : [tokenFile, alertsFile].map((f) => fs.readFileSync(f, 'utf8').trim());
+    const tls = opts.tls ? ['--tls-cert', opts.tls.cert, '--tls-key', opts.tls.key] : [];
     const proc = Proc.start(
       `engine-${id}`,
       process.execPath,
-      [SSLWALL, 'engine', '--etcd', endpoints.join(','), '--signing-key', keys.signingKey, '--listen', `127.0.0.1:${port}`, '--id', id, '--lease-ttl', '2'],
+      [
+        SSLWALL,
+        'engine',
+        '--etcd',
+        endpoints.join(','),
+        '--signing-key',
+        keys.signingKey,
+        '--users',
+        users,
+        '--listen',
+        `127.0.0.1:${port}`,
+        '--id',
+        id,
+        '--lease-ttl',
+        '2',
+        ...tls,
+        ...(opts.extra ?? []),
+      ],
       path.join(logDir, `engine-${id}.log`),
     );
-    const e = new EngineProc(`http://127.0.0.1:${port}`, proc, id);
+    const e = new EngineProc(`${opts.tls ? 'https' : 'http'}://127.0.0.1:${port}`, proc, id, users, token!, alertsToken!, tokenFile);
+    const probe = new EngineClient(e.url, { ca: opts.tls ? fs.readFileSync(opts.tls.ca, 'utf8') : undefined, timeoutMs: 2000 });
     const deadline = Date.now() + 15000;
     for (;;) {
       try {
-        const r = await fetch(`${e.url}/healthz`);
-        if (r.ok) return e;
+        await probe.healthz();
+        return e;
       } catch {
         // not up yet
       }
@@ -49,10 +96,12 @@ export class EngineProc {
     }
   }
 
+  /** A call as the operator, or for POST /api/alerts as Alertmanager (the only role allowed to). */
   async api<T = unknown>(method: string, p: string, body?: unknown): Promise<{ status: number; body: T }> {
+    const token = method === 'POST' && p === '/api/alerts' ? this.alertsToken : this.token;
     const r = await fetch(`${this.url}${p}`, {
       method,
-      headers: { 'content-type': 'application/json', 'x-sslwall-user': 'test' },
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     return { status: r.status, body: (await r.json()) as T };
