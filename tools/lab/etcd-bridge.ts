@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { freePort } from './etcd.js';
+import { atExit } from './exit.js';
 import type { Side, Testbed } from './netns.js';
 import { BIN, Proc, waitFor } from './proc.js';
 
@@ -24,6 +25,9 @@ export class EtcdBridge {
     const port = await freePort();
     const b = new EtcdBridge(`http://127.0.0.1:${port}`, sock, targetPort, dir);
     b.mend();
+    // A process that ends without destroy() (a crash, an exit from a signal) must not leave the
+    // host-side socat running: it lives outside the bed's namespaces, so the bed's sweep misses it.
+    atExit(() => b.close());
     tb.spawn(side, `etcd-bridge-${port}`, BIN.socat, [`TCP-LISTEN:${port},bind=127.0.0.1,fork,reuseaddr`, `UNIX-CONNECT:${sock}`]);
     tb.onDestroy(() => b.close());
     await waitFor('the bridge socket', () => fs.existsSync(sock), { timeoutMs: 5000 });
