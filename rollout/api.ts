@@ -63,6 +63,8 @@ const PAGE = new Set(['/', '/index.html', '/dashboard.js']);
 export function createMetrics(engine: Engine) {
   const registry = new client.Registry();
   client.collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 1000 });
+  // Health bodies dropped because they disagree with their key (or are invalid): a misbehaving agent shows here.
+  registry.registerMetric(engine.health.rejected);
   new client.Gauge({
     name: 'sslwall_engine_leader',
     help: '1 when this replica leads',
