@@ -38,6 +38,11 @@ export function cohortOf(state: RolloutState, agents: Health[]): Health[] {
   return agents.filter((a) => inCohort(a.hostId, state.salt, stage.percent));
 }
 
+/** The alerts still firing at `now`: no end, Alertmanager's zero time, or an end still ahead. */
+export function firingAlerts(alerts: AlertView[], now: number): AlertView[] {
+  return alerts.filter((al) => !al.endsAt || al.endsAt.startsWith('0001') || Date.parse(al.endsAt) > now);
+}
+
 export async function runChecks(input: CheckInputs): Promise<{ results: CheckResult[]; blocked: { at: number; sum: number } }> {
   const { state, agents, now } = input;
   const a: Analysis = state.analysis;
@@ -84,7 +89,7 @@ export async function runChecks(input: CheckInputs): Promise<{ results: CheckRes
   }
 
   // 3. Alertmanager alerts firing for the tier.
-  const firing = input.alerts.filter((al) => !al.endsAt || al.endsAt.startsWith('0001') || Date.parse(al.endsAt) > now);
+  const firing = firingAlerts(input.alerts, now);
   results.push(
     firing.length
       ? { name: 'alerts', status: 'fail', detail: `alerts firing: ${firing.map((f) => f.alertname).join(', ')}` }

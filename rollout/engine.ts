@@ -9,7 +9,7 @@ import { inCohort } from '../schemas/cohort.js';
 import { SslwallError } from '../schemas/errors.js';
 import { type EngineKeys, engineKeys } from '../schemas/keys.js';
 import { AnalysisSchema, type RolloutState, RolloutStateSchema, type Stage } from '../schemas/rollout.js';
-import { type AlertView, promInstantQuery, runChecks } from './checks.js';
+import { type AlertView, firingAlerts, promInstantQuery, runChecks } from './checks.js';
 import { Leadership } from './election.js';
 import { HealthCache } from './health-cache.js';
 import type { Signer } from './signing.js';
@@ -128,7 +128,9 @@ export class Engine {
     this.counters.steps++;
     const now = Date.now();
     const agents = this.health.tier(tier);
-    let next = nextStep(state, { agents, now, lastCheckAt: this.lastCheck.get(tier) ?? 0, urgent: this.urgent.has(tier) });
+    const alerts = state.status === 'running' || state.status === 'paused' ? await this.alertsFor(tier) : [];
+    const firing = firingAlerts(alerts, now).map((a) => a.alertname);
+    let next = nextStep(state, { agents, now, lastCheckAt: this.lastCheck.get(tier) ?? 0, urgent: this.urgent.has(tier), firing });
     if (next.do === 'check') {
       this.urgent.delete(tier);
       this.lastCheck.set(tier, now);
@@ -136,7 +138,7 @@ export class Engine {
       const { results, blocked } = await runChecks({
         state,
         agents,
-        alerts: await this.alertsFor(tier),
+        alerts,
         previousBlocked: this.blockedSample.get(tier) ?? null,
         now,
         promQuery: this.opts.promQuery ?? promInstantQuery,

@@ -30,10 +30,17 @@ export interface StepInputs {
   lastCheckAt: number;
   /** An alert arrived or an agent vanished: check now rather than at the interval. */
   urgent: boolean;
+  /** Names of the alerts firing for the tier now. */
+  firing?: string[];
 }
 
 /** The step for a rollout read from etcd, before any check runs. */
-export function nextStep(state: RolloutState, { agents, now, lastCheckAt, urgent }: StepInputs): Step {
+export function nextStep(state: RolloutState, { agents, now, lastCheckAt, urgent, firing = [] }: StepInputs): Step {
+  // An alarm always wins: a firing alert rolls a running or paused rollout back at once, whatever
+  // its phase, a pending request or the failure limit (that limit is for metric checks).
+  if ((state.status === 'running' || state.status === 'paused') && firing.length > 0) {
+    return { do: 'rollback', state: { ...state, request: null }, status: 'aborted', reason: `alert firing for the tier: ${firing.join(', ')}` };
+  }
   // A promote waits until the current stage is written: promoting an unwritten stage would skip it.
   if (state.request && !(state.request.action === 'promote' && state.phase === 'writing')) return requestStep(state);
   if (state.status !== 'running') return { do: 'wait' };

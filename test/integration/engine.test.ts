@@ -263,6 +263,24 @@ describe('rollout engine on one etcd', () => {
     await engine.api('POST', '/api/alerts', { alerts: [{ ...alert.alerts[0], status: 'resolved' }] });
   });
 
+  test('an alert rolls a paused rollout back too: an alarm always wins', async () => {
+    const before = await head();
+    await engine.api('POST', `/api/tiers/${tier}/rollout`, { stages: 'active:10,active:100', bake: '60s', analysis: { checkIntervalMs: 250 } });
+    await rolloutStatus(engine, tier, (s) => s.phase === 'baking', 'baking');
+    await engine.api('POST', `/api/tiers/${tier}/rollout/pause`, { reason: 'looking at something' });
+    await rolloutStatus(engine, tier, (s) => s.status === 'paused', 'paused');
+    const alert = { labels: { alertname: 'PausedButBurning', tier }, startsAt: new Date().toISOString(), fingerprint: 'paused1' };
+    const sent = Date.now();
+    await engine.api('POST', '/api/alerts', { version: '4', status: 'firing', alerts: [{ ...alert, status: 'firing' }] });
+    const s = await rolloutStatus(engine, tier, (x) => x.status === 'aborted', 'rollback of the paused rollout after the alert', 5000);
+    assert.match(s.reason, /PausedButBurning/);
+    assert.ok(Date.now() - sent < 2000 + 500, `rolled back ${Date.now() - sent} ms after the alert reached the engine (bound: 2 s, plus this test's polling)`);
+    const after = await head();
+    assert.deepEqual({ config: after.config, rollout: after.rollout }, { config: before.config, rollout: before.rollout }, 'back to the pre-rollout content');
+    await allApplied(after.version);
+    await engine.api('POST', '/api/alerts', { alerts: [{ ...alert, status: 'resolved' }] });
+  });
+
   test('a PromQL threshold crossing rolls back; missing PromQL data pauses', async () => {
     const prom = await fakePrometheus();
     try {

@@ -82,6 +82,29 @@ describe('nextStep: phases', () => {
   });
 });
 
+describe('nextStep: alarms always win', () => {
+  test('a firing alert rolls a running rollout back at once, in any phase', () => {
+    for (const phase of ['writing', 'applying', 'baking'] as const) {
+      const r = expectRollback(nextStep(rollout({ phase }), { ...quiet, firing: ['HighErrorRate'] }), 'aborted');
+      assert.match(r.reason, /alert firing for the tier: HighErrorRate/, phase);
+    }
+  });
+
+  test('a firing alert rolls a paused rollout back too', () => {
+    expectRollback(nextStep(rollout({ status: 'paused' }), { ...quiet, firing: ['HighErrorRate'] }), 'aborted');
+  });
+
+  test('an alert wins over a pending promote', () => {
+    const r = expectRollback(nextStep(rollout({ request: { action: 'promote', by: 'alice', reason: 'go' } }), { ...quiet, firing: ['X'] }), 'aborted');
+    assert.equal(r.state.request, null);
+  });
+
+  test('a finished rollout ignores alerts', () => {
+    for (const status of ['completed', 'aborted', 'undone'] as const)
+      assert.deepEqual(nextStep(rollout({ status }), { ...quiet, firing: ['X'] }), { do: 'wait' }, status);
+  });
+});
+
 describe('nextStep: operator requests', () => {
   const req = (action: 'promote' | 'abort' | 'undo') => ({ action, reason: 'because', by: 'alice' });
 
