@@ -302,7 +302,13 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity): P
       const { tier } = req.params;
       const b = req.body;
       const input = await completeInput(engine, tier, b.document);
-      const rec = await engine.store.write(tier, input, { author: by(req), message: b.message ?? 'config set', expectRevision: b.expectRevision });
+      const guard = await engine.operatorEditGuard(tier);
+      const rec = await engine.store.write(tier, input, {
+        author: by(req),
+        message: b.message ?? 'config set',
+        expectRevision: b.expectRevision,
+        unchanged: [guard],
+      });
       log.info({ event: 'config_written', tier, version: rec.version, author: rec.author, message: rec.message }, 'config written');
       return reply.code(201).send(rec);
     },
@@ -318,7 +324,10 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity): P
     { schema: { params: api.TierParams, body: api.RevertRequest, response: { 201: api.WrittenResponse } } },
     async (req, reply) => {
       const b = req.body;
-      return reply.code(201).send(await engine.store.revert(req.params.tier, b.to, { author: by(req), message: b.message, expectRevision: b.expectRevision }));
+      const guard = await engine.operatorEditGuard(req.params.tier);
+      return reply
+        .code(201)
+        .send(await engine.store.revert(req.params.tier, b.to, { author: by(req), message: b.message, expectRevision: b.expectRevision, unchanged: [guard] }));
     },
   );
 

@@ -92,6 +92,23 @@ export class Engine {
     this.kick();
   }
 
+  /**
+   * An operator's config set or revert while a rollout runs (or is paused) would be overwritten
+   * by the rollout's next stage, which writes the baseline's config: refuse it, saying what to do.
+   * Otherwise the write goes ahead only if the rollout state is still what was read here, so a
+   * rollout started meanwhile cannot slip in between.
+   */
+  async operatorEditGuard(tier: string): Promise<{ key: string; mod: number; what: string }> {
+    const cur = await this.readState(tier);
+    if (cur && (cur.state.status === 'running' || cur.state.status === 'paused')) {
+      throw new SslwallError(
+        'SSLWALL_E_ROLLOUT_STATE',
+        `rollout ${cur.state.id} is ${cur.state.status} on tier ${tier}; its next stage would overwrite this change: wait for it to complete, or abort it (sslwall rollout abort --tier ${tier}), then write the config`,
+      );
+    }
+    return { key: this.keys.rollout(tier), mod: cur?.mod ?? 0, what: `the rollout state of tier ${tier}` };
+  }
+
   async readState(tier: string): Promise<{ state: RolloutState; mod: number } | null> {
     const r = await this.client.kv.range({ key: Buffer.from(this.keys.rollout(tier)) });
     const kv = r.kvs[0];

@@ -96,7 +96,15 @@ export class ConfigStore {
   async write(
     tier: string,
     input: DocumentInput,
-    meta: { author: string; message: string; expectRevision?: number; audit?: Record<string, unknown>; with?: SideWrite[] },
+    meta: {
+      author: string;
+      message: string;
+      expectRevision?: number;
+      audit?: Record<string, unknown>;
+      with?: SideWrite[];
+      /** Keys that must still be at these revisions (an operator's write: the rollout state it saw). */
+      unchanged?: Array<{ key: string; mod: number; what: string }>;
+    },
   ): Promise<VersionRecord & { revision: number }> {
     const valid = validateInput(input, `tier ${tier}`);
     const head = await this.head(tier);
@@ -122,6 +130,7 @@ export class ConfigStore {
     const fence = this.fence();
     if (fence) txn = txn.and(fence.key, 'Mod', '==', fence.modRevision);
     for (const w of meta.with ?? []) txn = txn.and(w.key, 'Mod', '==', w.expectMod);
+    for (const u of meta.unchanged ?? []) txn = txn.and(u.key, 'Mod', '==', u.mod);
     const res = await txn
       .then(
         this.client.put(headKey).value(JSON.stringify(doc)),
@@ -138,6 +147,11 @@ export class ConfigStore {
         if (Number(f.kvs[0]?.mod_revision ?? 0) !== fence.modRevision)
           throw new SslwallError('SSLWALL_E_NOT_LEADER', 'this engine is no longer the leader; its write was refused (fencing)');
       }
+      for (const u of meta.unchanged ?? []) {
+        const r = await this.client.kv.range({ key: Buffer.from(u.key) });
+        if (Number(r.kvs[0]?.mod_revision ?? 0) !== u.mod)
+          throw new SslwallError('SSLWALL_E_CONFLICT', `${u.what} changed meanwhile; nothing was written: read it again and retry`);
+      }
       const h = await this.client.kv.range({ key: Buffer.from(historyKey) });
       if (h.kvs.length)
         throw new SslwallError(
@@ -151,12 +165,22 @@ export class ConfigStore {
   }
 
   /** A new version whose content is that of an old one. */
-  async revert(tier: string, to: number, meta: { author: string; message?: string; expectRevision?: number }): Promise<VersionRecord & { revision: number }> {
+  async revert(
+    tier: string,
+    to: number,
+    meta: { author: string; message?: string; expectRevision?: number; unchanged?: Array<{ key: string; mod: number; what: string }> },
+  ): Promise<VersionRecord & { revision: number }> {
     const old = await this.version(tier, to);
     return this.write(
       tier,
       { config: old.document.config, rollout: old.document.rollout },
-      { author: meta.author, message: meta.message ?? `revert to version ${to}`, expectRevision: meta.expectRevision, audit: { revertedTo: to } },
+      {
+        author: meta.author,
+        message: meta.message ?? `revert to version ${to}`,
+        expectRevision: meta.expectRevision,
+        audit: { revertedTo: to },
+        unchanged: meta.unchanged,
+      },
     );
   }
 

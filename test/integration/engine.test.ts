@@ -310,11 +310,21 @@ describe('rollout engine on one etcd', () => {
     const p = await runHost(['rollout', 'promote', '--tier', tier, '--reason', 'looks fine', '--engine', engine.url, '--token-file', engine.tokenFile]);
     assert.equal(p.code, 0, p.stderr);
     await rolloutStatus(engine, tier, (s) => s.stage === 1 && s.phase === 'baking', 'stage 2 baking after promote');
+    // An operator's config set or revert now would be overwritten by the next stage: refused, saying what to do.
+    const edit = await engine.api<{ code: string; message: string }>('PUT', `/api/tiers/${tier}/config`, { document: BASE, message: 'during the rollout' });
+    assert.equal(edit.status, 409, JSON.stringify(edit.body));
+    assert.equal(edit.body.code, 'SSLWALL_E_ROLLOUT_STATE');
+    assert.match(edit.body.message, /abort it \(sslwall rollout abort --tier/);
+    const revert = await engine.api<{ code: string }>('POST', `/api/tiers/${tier}/revert`, { to: before.version });
+    assert.deepEqual([revert.status, revert.body.code], [409, 'SSLWALL_E_ROLLOUT_STATE']);
     const a = await runHost(['rollout', 'abort', '--tier', tier, '--reason', 'changed my mind', '--engine', engine.url, '--token-file', engine.tokenFile]);
     assert.equal(a.code, 0, a.stderr);
     const aborted = await rolloutStatus(engine, tier, (s) => s.status === 'aborted', 'aborted');
     assert.match(aborted.reason, /changed my mind/);
     assert.deepEqual((await head()).rollout, before.rollout);
+    // Once the rollout has ended, operators write again.
+    const after = await engine.api<{ version: number }>('PUT', `/api/tiers/${tier}/config`, { document: BASE, message: 'after the rollout' });
+    assert.equal(after.status, 201, JSON.stringify(after.body));
 
     await engine.api('POST', `/api/tiers/${tier}/rollout`, { stages: 'active:100', bake: '500ms', analysis: { checkIntervalMs: 200 } });
     await rolloutStatus(engine, tier, (s) => s.status === 'completed', 'completed');
