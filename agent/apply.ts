@@ -5,7 +5,7 @@
 import { BpfError, type MapHandle, native } from '../native/index.js';
 import type { Config, StarttlsProtocol } from '../schemas/config.js';
 import { StarttlsProtocols } from '../schemas/config.js';
-import { addrToBytes, decode, encode } from './codec.js';
+import { addrToBytes, decode, encode, u32 } from './codec.js';
 import type { SharedMap } from './datapath.js';
 import { type SslwallCidrKey, SslwallClass, type SslwallFlow, SslwallMode, SslwallPortRoleBits, SslwallProto, SslwallVerdict } from './generated/shared.js';
 
@@ -42,12 +42,6 @@ export function portRoles(config: Config): Buffer {
   for (const port of config.connect.ports) roles[port] = SslwallProto.SSLWALL_PROTO_CONNECT;
   for (const port of config.bypass.ports) roles[port] |= SslwallPortRoleBits.SSLWALL_ROLE_BYPASS;
   return roles;
-}
-
-function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(n >>> 0);
-  return b;
 }
 
 export function activeGen(maps: MapHandles): number {

@@ -61,6 +61,13 @@ export function encode<T extends object>(structName: string, value: Partial<T>):
   return buf;
 }
 
+/** A u32 map key or value, little-endian as the kernel's on this host. */
+export function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n >>> 0);
+  return b;
+}
+
 export function sizeOf(structName: string): number {
   return layoutOf(structName).size;
 }

@@ -6,7 +6,7 @@ import { existsSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { BpfError, type BpfObject, type LinkHandle, type MapHandle, native, type ProgHandle } from '../native/index.js';
 import { SslwallError } from '../schemas/errors.js';
-import { sizeOf } from './codec.js';
+import { sizeOf, u32 } from './codec.js';
 import { type Captured, capture, MIGRATABLE, restore } from './migrate.js';
 import { assertBpffs, bpfObjects, pinLayout } from './paths.js';
 
@@ -79,7 +79,7 @@ export class Datapath {
 
     const classifier = addon.openObject(bpfObjects.classifier);
     const captured: Captured[] = [];
-    const reused = reusePinnedMaps(classifier, pins, log, captured);
+    const reused = reusePinnedMaps(classifier, pins, log, Object.keys(expectedMaps()), captured);
     loadOrExplain(classifier, 'classifier');
     for (const c of captured) {
       const map = classifier.map(c.map);
@@ -106,7 +106,7 @@ export class Datapath {
 
     const lifecycle = addon.openObject(bpfObjects.lifecycle);
     lifecycle.setRodata('netns_ino', u32(statSync('/proc/self/ns/net').ino));
-    reusePinnedMaps(lifecycle, pins, log);
+    reusePinnedMaps(lifecycle, pins, log, Object.keys(expectedMaps()));
     loadOrExplain(lifecycle, 'lifecycle');
 
     // A tracing link cannot be updated in place: attach the new one, then swap the pin.
@@ -219,13 +219,8 @@ function progTag(progId: number): string {
   }
 }
 
-function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(n >>> 0);
-  return b;
-}
-
-function loadOrExplain(obj: BpfObject, what: string): void {
+/** Load, and say in the error what failed and where the verifier log is. */
+export function loadOrExplain(obj: BpfObject, what: string): void {
   try {
     obj.load();
   } catch (err) {
@@ -237,14 +232,20 @@ function loadOrExplain(obj: BpfObject, what: string): void {
 }
 
 /**
- * Reuse every pinned map that matches this object's definition. A map whose layout changed is
- * replaced; if it holds state (flows, owners) its entries are captured first and migrated into
- * the new map after load.
+ * Reuse every pinned map of `names` that matches this object's definition. A map whose layout
+ * changed is replaced; if it holds state (flows, owners) its entries are captured first and
+ * migrated into the new map after load. Shared with the ttls object (agent/ttls-kernel.ts).
  */
-function reusePinnedMaps(obj: BpfObject, pins: ReturnType<typeof pinLayout>, log: Logger, captured: Captured[] = []): Set<string> {
+export function reusePinnedMaps<N extends string>(
+  obj: BpfObject,
+  pins: ReturnType<typeof pinLayout>,
+  log: Logger,
+  names: readonly N[],
+  captured: Captured[] = [],
+): Set<N> {
   const addon = native();
-  const reused = new Set<string>();
-  for (const name of Object.keys(expectedMaps())) {
+  const reused = new Set<N>();
+  for (const name of names) {
     const pin = pins.map(name);
     if (!existsSync(pin)) continue;
     const map = addon.getPinned(pin, 'map');

@@ -8,7 +8,8 @@ import type { Logger } from 'pino';
 import { BpfError, type BpfObject, type MapHandle, native } from '../native/index.js';
 import type { TtlsConfig } from '../schemas/config.js';
 import type { BypassCgroup } from './apply.js';
-import { addrToBytes, addrToString, decode, encode, sizeOf } from './codec.js';
+import { addrToBytes, addrToString, decode, encode, sizeOf, u32 } from './codec.js';
+import { loadOrExplain, reusePinnedMaps } from './datapath.js';
 import { type FlowRecord, readWrappedFlows } from './flows.js';
 import { Defines, type SslwallCidrKey, type SslwallTtlsAddr, type SslwallTtlsConfig, SslwallTtlsCounter, type SslwallTtlsOrig } from './generated/shared.js';
 import { assertBpffs, bpfObjects, pinLayout } from './paths.js';
@@ -82,14 +83,9 @@ export class TtlsKernel {
     const addon = native();
     const obj = addon.openObject(bpfObjects.ttls);
     try {
-      const reused = reusePinnedMaps(obj, pins, log);
-      try {
-        obj.load();
-      } catch (err) {
-        if (err instanceof BpfError)
-          err.message = `loading the ttls programs failed (${err.message}); the verifier log is in the error's verifierLog. Is this kernel at least 6.6 with BTF?`;
-        throw err;
-      }
+      // A replaced ttls map loses its state: open wrapped connections become unknown to the proxy.
+      const reused = reusePinnedMaps(obj, pins, log, Object.keys(ttlsMaps()) as TtlsMap[]);
+      loadOrExplain(obj, 'ttls');
       const maps = Object.fromEntries(Object.keys(ttlsMaps()).map((m) => [m, obj.map(m)])) as Record<TtlsMap, MapHandle>;
       for (const name of Object.keys(ttlsMaps()) as TtlsMap[]) if (!reused.has(name)) addon.pin(maps[name], pins.map(name));
       const cgroupId = BigInt(statSync(cgroupDir, { bigint: true }).ino);
@@ -268,38 +264,4 @@ function attachOrAdopt(obj: BpfObject, prog: string, cgroupDir: string, cgroupId
     link.close();
   }
   log.info({ event: 'ttls_link_attached', prog, cgroup: cgroupDir }, 'ttls program attached');
-}
-
-/** Reuse every pinned ttls map whose definition matches; one that changed is replaced (its state is lost: open wrapped connections become unknown to the proxy). */
-function reusePinnedMaps(obj: BpfObject, pins: ReturnType<typeof pinLayout>, log: Logger): Set<TtlsMap> {
-  const addon = native();
-  const reused = new Set<TtlsMap>();
-  for (const name of Object.keys(ttlsMaps()) as TtlsMap[]) {
-    const pin = pins.map(name);
-    if (!existsSync(pin)) continue;
-    const map = addon.getPinned(pin, 'map');
-    try {
-      const info = addon.mapInfo(map);
-      const want = obj.mapDef(name);
-      if (info.type !== want.type || info.keySize !== want.keySize || info.valueSize !== want.valueSize || info.maxEntries !== want.maxEntries) {
-        log.warn(
-          { event: 'map_layout_changed', map: name, pinned: { keySize: info.keySize, valueSize: info.valueSize, maxEntries: info.maxEntries }, expected: want },
-          'pinned map has another layout; replacing it',
-        );
-        unlinkSync(pin);
-        continue;
-      }
-      obj.reuseMap(name, map);
-      reused.add(name);
-    } finally {
-      map.close();
-    }
-  }
-  return reused;
-}
-
-function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(n >>> 0);
-  return b;
 }

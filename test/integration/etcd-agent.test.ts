@@ -5,15 +5,11 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { Etcd3 } from 'etcd3';
-import { currentMode, type MapHandles } from '../../agent/apply.js';
-import { closeMaps, expectedMaps } from '../../agent/datapath.js';
-import { pinLayout } from '../../agent/paths.js';
-import { native } from '../../native/index.js';
 import { generateKeyPair, Signer } from '../../rollout/signing.js';
 import { createEtcdClient } from '../../schemas/etcd.js';
 import { etcdKeys } from '../../schemas/keys.js';
 import { type Health, HealthSchema } from '../../schemas/tier.js';
-import { type AgentEnv, AgentProc, agentEnv, type LogLine, sslwall } from '../../tools/lab/agent-proc.js';
+import { type AgentEnv, AgentProc, agentEnv, kernelMode, type LogLine, sslwall } from '../../tools/lab/agent-proc.js';
 import { type EtcdServer, startEtcd } from '../../tools/lab/etcd.js';
 import { EtcdBridge } from '../../tools/lab/etcd-bridge.js';
 import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
@@ -33,17 +29,6 @@ function tierDoc(version: number, mode: 'passive' | 'active', percent: number, o
     config: { mode: 'off', bypass: { ports: [22] }, starttls: { smtp: [25] } },
     rollout: { mode, percent, otherwise, salt: 'salt-a' },
   });
-}
-
-/** The mode the kernel has in force, read from the pinned maps. */
-function kernelMode(bpffs: string): string {
-  const pins = pinLayout(bpffs);
-  const maps = Object.fromEntries(Object.keys(expectedMaps()).map((m) => [m, native().getPinned(pins.map(m), 'map')])) as MapHandles;
-  try {
-    return currentMode(maps);
-  } finally {
-    closeMaps(maps);
-  }
 }
 
 describe('agent on etcd', () => {

@@ -10,10 +10,6 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Etcd3 } from 'etcd3';
 import pino from 'pino';
-import { currentMode, type MapHandles } from '../../agent/apply.js';
-import { closeMaps, expectedMaps } from '../../agent/datapath.js';
-import { pinLayout } from '../../agent/paths.js';
-import { native } from '../../native/index.js';
 import { HealthCache } from '../../rollout/health-cache.js';
 import { generateKeyPair, Signer } from '../../rollout/signing.js';
 import { ConfigStore } from '../../rollout/store.js';
@@ -22,7 +18,7 @@ import { SslwallError } from '../../schemas/errors.js';
 import { createEtcdClient } from '../../schemas/etcd.js';
 import { engineKeys } from '../../schemas/keys.js';
 import { type Health, HealthSchema } from '../../schemas/tier.js';
-import { type AgentEnv, AgentProc, agentEnv, type LogLine, sslwall } from '../../tools/lab/agent-proc.js';
+import { type AgentEnv, AgentProc, agentEnv, kernelMode, type LogLine, sslwall } from '../../tools/lab/agent-proc.js';
 import { type EtcdServer, startEtcd } from '../../tools/lab/etcd.js';
 import { EtcdBridge } from '../../tools/lab/etcd-bridge.js';
 import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
@@ -35,16 +31,6 @@ const OTHER_HOST = 'host-0002';
 const keys = engineKeys('/sslwall/');
 const BASE = ConfigSchema.parse({ mode: 'off', bypass: { ports: [22] }, starttls: { smtp: [25] } });
 const rollout = (mode: 'passive' | 'active') => ({ mode, percent: 100, otherwise: 'off' as const, salt: 'salt-a' });
-
-function kernelMode(bpffs: string): string {
-  const pins = pinLayout(bpffs);
-  const maps = Object.fromEntries(Object.keys(expectedMaps()).map((m) => [m, native().getPinned(pins.map(m), 'map')])) as MapHandles;
-  try {
-    return currentMode(maps);
-  } finally {
-    closeMaps(maps);
-  }
-}
 
 describe('trust: signatures bound to their place and time, health trusted by its key', () => {
   let tb: Testbed;

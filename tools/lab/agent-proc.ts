@@ -2,7 +2,10 @@
 // its JSON log lines read back from its log file.
 import fs from 'node:fs';
 import path from 'node:path';
-import { repoRoot } from '../../agent/paths.js';
+import { currentMode, type MapHandles } from '../../agent/apply.js';
+import { closeMaps, expectedMaps } from '../../agent/datapath.js';
+import { pinLayout, repoRoot } from '../../agent/paths.js';
+import { native } from '../../native/index.js';
 import type { Side, Testbed } from './netns.js';
 import type { Proc } from './proc.js';
 import { type RunResult, run } from './proc.js';
@@ -117,6 +120,17 @@ export class AgentProc {
     this.proc.killNow();
     const deadline = Date.now() + 5000;
     while (this.proc.running && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** The mode the kernel has in force, read from the maps an agent pinned under bpffs. */
+export function kernelMode(bpffs: string): string {
+  const pins = pinLayout(bpffs);
+  const maps = Object.fromEntries(Object.keys(expectedMaps()).map((m) => [m, native().getPinned(pins.map(m), 'map')])) as MapHandles;
+  try {
+    return currentMode(maps);
+  } finally {
+    closeMaps(maps);
   }
 }
 
