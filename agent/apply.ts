@@ -21,6 +21,14 @@ export interface BypassCgroup {
   level: number;
 }
 
+/** What the kernel must know to never judge the agent's own connections (agent/self.ts). */
+export interface SelfProtection {
+  /** The agent's process id: its egress SYNs open bypassed flows. */
+  tgid: number;
+  /** Ports the agent listens on (metrics): bypassed only where this host is the server. */
+  localPorts: number[];
+}
+
 const modeValue = {
   off: SslwallMode.SSLWALL_MODE_OFF,
   passive: SslwallMode.SSLWALL_MODE_PASSIVE,
@@ -36,11 +44,12 @@ const protoValue: Record<StarttlsProtocol, number> = {
   mysql: SslwallProto.SSLWALL_PROTO_MYSQL,
 };
 
-export function portRoles(config: Config): Buffer {
+export function portRoles(config: Config, localBypassPorts: number[] = []): Buffer {
   const roles = Buffer.alloc(PORTS);
   for (const p of StarttlsProtocols) for (const port of config.starttls[p]) roles[port] = protoValue[p];
   for (const port of config.connect.ports) roles[port] = SslwallProto.SSLWALL_PROTO_CONNECT;
   for (const port of config.bypass.ports) roles[port] |= SslwallPortRoleBits.SSLWALL_ROLE_BYPASS;
+  for (const port of localBypassPorts) roles[port] |= SslwallPortRoleBits.SSLWALL_ROLE_LOCAL_BYPASS;
   return roles;
 }
 
@@ -57,7 +66,7 @@ export function currentMode(maps: MapHandles): Config['mode'] {
 }
 
 /** Apply a config; returns the number of plaintext flows whose verdict changed with the mode. */
-export function applyConfig(maps: MapHandles, config: Config, bypassCgroup: BypassCgroup | null): number {
+export function applyConfig(maps: MapHandles, config: Config, bypassCgroup: BypassCgroup | null, self: SelfProtection | null = null): number {
   const addon = native();
   const next = activeGen(maps) ^ 1;
 
@@ -69,10 +78,11 @@ export function applyConfig(maps: MapHandles, config: Config, bypassCgroup: Bypa
       negotiation_budget: NEGOTIATION_BUDGET,
       bypass_cgroup_id: bypassCgroup?.id ?? 0n,
       bypass_cgroup_level: bypassCgroup?.level ?? 0,
+      self_tgid: self?.tgid ?? 0,
     }),
   );
 
-  writePortRoles(maps, next, portRoles(config));
+  writePortRoles(maps, next, portRoles(config, self?.localPorts));
 
   writeCidrs(maps, next, config.bypass.cidrs);
   addon.mapUpdate(maps.sslwall_active_gen, u32(0), u32(next));
