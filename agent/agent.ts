@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../schemas/config.js';
 import { SslwallError } from '../schemas/errors.js';
 import type { EtcdConnection } from '../schemas/etcd.js';
-import { applyConfig, type BypassCgroup, currentMode } from './apply.js';
+import { applyConfig, type BypassCgroup, claimSelf, currentMode } from './apply.js';
 import { ensureBypassCgroup } from './cgroup.js';
 import { readConfigFile, watchConfigFile } from './config-file.js';
 import { Datapath } from './datapath.js';
@@ -58,6 +58,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
 
   const dp = Datapath.load(opts.bpffs, log);
   const self = selfProtection(opts.metricsAddr);
+  claimSelf(dp.maps, self);
   // Programs pinned by an earlier agent may be enforcing already: mark what this process has
   // open before anything else connects (agent/self.ts).
   seedOwnFlows(dp, log, 'load');

@@ -7,7 +7,16 @@ import type { Config, StarttlsProtocol } from '../schemas/config.js';
 import { StarttlsProtocols } from '../schemas/config.js';
 import { addrToBytes, decode, encode, u32 } from './codec.js';
 import type { SharedMap } from './datapath.js';
-import { type SslwallCidrKey, SslwallClass, type SslwallFlow, SslwallMode, SslwallPortRoleBits, SslwallProto, SslwallVerdict } from './generated/shared.js';
+import {
+  type SslwallCidrKey,
+  SslwallClass,
+  type SslwallConfig,
+  type SslwallFlow,
+  SslwallMode,
+  SslwallPortRoleBits,
+  SslwallProto,
+  SslwallVerdict,
+} from './generated/shared.js';
 
 /** The pinned (or freshly created) shared maps, by name; whoever opened them closes them. */
 export type MapHandles = Record<SharedMap, MapHandle>;
@@ -63,6 +72,21 @@ export function currentMode(maps: MapHandles): Config['mode'] {
   const raw = native().mapLookup(maps.sslwall_config, u32(gen));
   const mode = raw ? raw.readUInt32LE(0) : 0;
   return (Object.entries(modeValue).find(([, v]) => v === mode)?.[0] ?? 'off') as Config['mode'];
+}
+
+/**
+ * Name this process as the agent in the config in force, before it connects anywhere: programs
+ * pinned by an earlier agent may be enforcing, and they know only that agent's process id.
+ */
+export function claimSelf(maps: MapHandles, self: SelfProtection): void {
+  const addon = native();
+  const gen = activeGen(maps);
+  const raw = addon.mapLookup(maps.sslwall_config, u32(gen));
+  if (!raw) return;
+  const cfg = decode<SslwallConfig>('sslwall_config', raw);
+  if (cfg.self_tgid === self.tgid) return;
+  // In place: only self_tgid changes, so a packet reading the slot meanwhile sees either agent.
+  addon.mapUpdate(maps.sslwall_config, u32(gen), encode('sslwall_config', { ...cfg, self_tgid: self.tgid }));
 }
 
 /** Apply a config; returns the number of plaintext flows whose verdict changed with the mode. */
