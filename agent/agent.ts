@@ -57,11 +57,11 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
   }
 
   const dp = Datapath.load(opts.bpffs, log);
-  const self = selfProtection(opts.metricsAddr);
+  const self = selfProtection(opts.metricsAddr, opts.source.kind === 'etcd' ? opts.source.conn.endpoints : []);
   claimSelf(dp.maps, self);
   // Programs pinned by an earlier agent may be enforcing already: mark what this process has
   // open before anything else connects (agent/self.ts).
-  seedOwnFlows(dp, log, 'load');
+  seedOwnFlows(dp, self, log, 'load');
   let bypass: (BypassCgroup & { path: string }) | null = null;
   try {
     bypass = ensureBypassCgroup(opts.cgroup);
@@ -94,7 +94,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
     const before = currentMode(dp.maps);
     const started = process.hrtime.bigint();
     // Before the mode can turn active: connections opened while the mode was off have no flow yet.
-    seedOwnFlows(dp, log, 'apply');
+    seedOwnFlows(dp, self, log, 'apply');
     const flipped = applyConfig(dp.maps, config, bypass, self);
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
     remember(config, meta);
@@ -132,7 +132,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
   if (ifaces.length === 0) throw new SslwallError('SSLWALL_E_IFACE', 'no --iface given and no interface carries a route; name the interfaces with --iface');
   for (const iface of ifaces) dp.attachInterface(iface, log);
   // The filter did not see the SYNs of connections opened before it was attached.
-  seedOwnFlows(dp, log, 'attach');
+  seedOwnFlows(dp, self, log, 'attach');
 
   let server: Server | undefined;
   if (opts.metricsAddr) server = await serveMetrics(opts.metricsAddr, metrics, log);

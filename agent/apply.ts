@@ -32,8 +32,10 @@ export interface BypassCgroup {
 
 /** What the kernel must know to never judge the agent's own connections (agent/self.ts). */
 export interface SelfProtection {
-  /** The agent's process id: its egress SYNs open bypassed flows. */
+  /** The agent's process id: its egress SYNs to `ports` open bypassed flows. */
   tgid: number;
+  /** Server ports of the agent's control plane (etcd endpoints). */
+  ports: number[];
   /** Ports the agent listens on (metrics): bypassed only where this host is the server. */
   localPorts: number[];
 }
@@ -53,12 +55,13 @@ const protoValue: Record<StarttlsProtocol, number> = {
   mysql: SslwallProto.SSLWALL_PROTO_MYSQL,
 };
 
-export function portRoles(config: Config, localBypassPorts: number[] = []): Buffer {
+export function portRoles(config: Config, self: Pick<SelfProtection, 'ports' | 'localPorts'> = { ports: [], localPorts: [] }): Buffer {
   const roles = Buffer.alloc(PORTS);
   for (const p of StarttlsProtocols) for (const port of config.starttls[p]) roles[port] = protoValue[p];
   for (const port of config.connect.ports) roles[port] = SslwallProto.SSLWALL_PROTO_CONNECT;
   for (const port of config.bypass.ports) roles[port] |= SslwallPortRoleBits.SSLWALL_ROLE_BYPASS;
-  for (const port of localBypassPorts) roles[port] |= SslwallPortRoleBits.SSLWALL_ROLE_LOCAL_BYPASS;
+  for (const port of self.ports) roles[port] |= SslwallPortRoleBits.SSLWALL_ROLE_SELF;
+  for (const port of self.localPorts) roles[port] |= SslwallPortRoleBits.SSLWALL_ROLE_LOCAL_BYPASS;
   return roles;
 }
 
@@ -106,7 +109,7 @@ export function applyConfig(maps: MapHandles, config: Config, bypassCgroup: Bypa
     }),
   );
 
-  writePortRoles(maps, next, portRoles(config, self?.localPorts));
+  writePortRoles(maps, next, portRoles(config, self ?? undefined));
 
   writeCidrs(maps, next, config.bypass.cidrs);
   addon.mapUpdate(maps.sslwall_active_gen, u32(0), u32(next));

@@ -86,19 +86,22 @@ static __always_inline int local_is_lo(const struct sslwall_pkt *p, int egress)
  * Is this flow the agent's own? Remembered ones are (sslwall_self_flows: seeded by the agent,
  * or recorded here), whatever the packet: a SYN retransmitted from a timer, a segment after
  * the flow was evicted from sslwall_flows. A new one is a SYN leaving this host in the agent
- * process's context: connect() sends it synchronously from the caller (tcx egress runs
- * before any qdisc). Not when a flow opened by another SYN is already on this tuple: that
+ * process's context, to a control-plane port (role SELF: not every connection of the agent is
+ * its own, the TTLS proxy relays applications' bytes): connect() sends the SYN synchronously
+ * from the caller (tcx egress runs before any qdisc). Not when a flow opened by another SYN is already on this tuple: that
  * SYN is a retransmission from timer (softirq) context, where the current task is whoever
  * happened to run, perhaps the agent, and the flow belongs to its first SYN's sender.
  */
-static __always_inline int self_flow(const struct sslwall_pkt *p, const struct sslwall_config *cfg, int egress, int syn)
+static __always_inline int self_flow(const struct sslwall_pkt *p, const struct sslwall_config *cfg, const __u8 *role,
+				     int egress, int syn)
 {
 	const struct sslwall_flow *old;
 	__u8 one = 1;
 
 	if (bpf_map_lookup_elem(&sslwall_self_flows, &p->key))
 		return 1;
-	if (!egress || !syn || !cfg->self_tgid || (bpf_get_current_pid_tgid() >> 32) != cfg->self_tgid)
+	if (!egress || !syn || !role || !(*role & SSLWALL_ROLE_SELF) || !cfg->self_tgid ||
+	    (bpf_get_current_pid_tgid() >> 32) != cfg->self_tgid)
 		return 0;
 	/* Looked up here, not passed in: open_flow already takes the most arguments a BPF call may. */
 	old = bpf_map_lookup_elem(&sslwall_flows, &p->key);
@@ -148,7 +151,7 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 	    (role && (*role & SSLWALL_ROLE_LOCAL_BYPASS) && local_is_lo(p, egress) != f.client_is_lo) ||
 	    in_bypass_cidr(gen, p->key.family, remote_is_lo ? p->key.addr_lo : p->key.addr_hi) ||
 	    (egress && in_bypass_cgroup(skb, cfg)) ||
-	    self_flow(p, cfg, egress, syn)) {
+	    self_flow(p, cfg, role, egress, syn)) {
 		f.cls = SSLWALL_CLASS_BYPASS;
 		sslwall_count_class(SSLWALL_CLASS_BYPASS, SSLWALL_VERDICT_ALLOWED);
 	}

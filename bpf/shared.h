@@ -57,6 +57,10 @@ enum sslwall_port_role_bits {
 	/* Bypassed only when the server is this host (the agent's own metrics listener):
 	 * this host's clients of the same port on other hosts are still judged. */
 	SSLWALL_ROLE_LOCAL_BYPASS = 0x40,
+	/* The agent's control plane (etcd): the agent's own connections to this server port are
+	 * bypassed; other processes', and the agent's to other ports (the TTLS proxy relaying an
+	 * application's bytes), are judged. */
+	SSLWALL_ROLE_SELF = 0x20,
 	SSLWALL_ROLE_BYPASS = 0x80,
 };
 

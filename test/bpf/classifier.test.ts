@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import fc from 'fast-check';
+import type { SelfProtection } from '../../agent/apply.js';
 import { decode, endpoints } from '../../agent/codec.js';
 import type { SslwallFlow, SslwallFlowKey } from '../../agent/generated/shared.js';
 import { native } from '../../native/index.js';
@@ -598,10 +599,10 @@ test('a SYN that claims to come from the server side of a decided flow does not 
 // The agent's own flows (agent/self.ts). BPF_PROG_TEST_RUN runs the program in the caller's
 // context, so a SYN sent through it here is a SYN sent by this process: self_tgid = process.pid
 // makes this process the agent; any other pid makes it "another process".
-const ME = { tgid: process.pid, localPorts: [] };
-const SOMEONE_ELSE = { tgid: 1, localPorts: [] };
+const ME = { tgid: process.pid, ports: [2379], localPorts: [] };
+const SOMEONE_ELSE = { tgid: 1, ports: [2379], localPorts: [] };
 
-function withSelf<T>(self: { tgid: number; localPorts: number[] }, fn: () => T): T {
+function withSelf<T>(self: SelfProtection, fn: () => T): T {
   lab.configure({ mode: 'active', ...BASE }, self);
   try {
     return fn();
@@ -634,6 +635,15 @@ test("active mode: the same plaintext connection from another process is blocked
     expectFlow(c, 'pending', 'allowed');
     assert.equal(lab.egress(c.fromClient('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n')), DROP);
     expectFlow(c, 'plaintext', 'blocked');
+  });
+});
+
+test("the agent's connection to a port that is not its control plane's is judged (the TTLS proxy relaying an application)", () => {
+  withSelf(ME, () => {
+    const c = conv(80);
+    handshake(c);
+    expectFlow(c, 'pending', 'allowed');
+    assert.equal(lab.egress(c.fromClient('GET / HTTP/1.1\r\n\r\n')), DROP);
   });
 });
 
@@ -673,7 +683,7 @@ test("an agent flow evicted from the flows map is still the agent's: its next se
 });
 
 test("the agent's metrics port is bypassed where this host is the server, and only there", () => {
-  withSelf({ tgid: 1, localPorts: [9464] }, () => {
+  withSelf({ tgid: 1, ports: [], localPorts: [9464] }, () => {
     const scrape = conv(9464);
     assert.equal(lab.ingress(scrape.syn()), PASS);
     assert.equal(lab.egress(scrape.synAck()), PASS);

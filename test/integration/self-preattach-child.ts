@@ -21,13 +21,13 @@ await new Promise<void>((resolve, reject) => {
 sock.write('opened before the filter was attached\n');
 
 const dp = Datapath.load(bpffs, log);
-const self = selfProtection(undefined);
+const self = selfProtection(undefined, [`http://${host}:${port}`]);
 claimSelf(dp.maps, self);
-const seeded = [seedOwnFlows(dp, log, 'load')];
-seeded.push(seedOwnFlows(dp, log, 'apply'));
+const seeded = [seedOwnFlows(dp, self, log, 'load')];
+seeded.push(seedOwnFlows(dp, self, log, 'apply'));
 applyConfig(dp.maps, ConfigSchema.parse({ mode: 'active' }), null, self);
 dp.attachInterface(iface, log);
-seeded.push(seedOwnFlows(dp, log, 'attach'));
+seeded.push(seedOwnFlows(dp, self, log, 'attach'));
 // Blocked sockets are destroyed as the agent does after an apply in active mode: ours must not be.
 const destroyed = dp.destroyBlockedSockets();
 
