@@ -107,9 +107,10 @@ async function routeDev(addr: string): Promise<string | null> {
 }
 
 /**
- * Plaintext control-plane URLs (not https://; the caller passes none when TLS is configured) whose route leaves by a watched interface. The agent's
- * own connections are bypassed, so they are not blocked; but they cross the network unencrypted,
- * which is what sslwall exists to stop: a loud warning at start, and in health.
+ * Plaintext control-plane URLs (not https://; the caller passes none when TLS is configured)
+ * whose route leaves by a watched interface. The agent's own connections are bypassed, so they
+ * are not blocked; but they cross the network unencrypted, which is what sslwall exists to stop:
+ * a loud warning at start, and in health.
  */
 export async function plaintextControlWarnings(urls: string[], watched: string[], log: Logger): Promise<string[]> {
   const warnings: string[] = [];

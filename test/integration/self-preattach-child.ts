@@ -23,11 +23,18 @@ sock.write('opened before the filter was attached\n');
 const dp = Datapath.load(bpffs, log);
 const self = selfProtection(undefined, [`http://${host}:${port}`]);
 claimSelf(dp.maps, self);
-const seeded = [seedOwnFlows(dp, self, log, 'load')];
-seeded.push(seedOwnFlows(dp, self, log, 'apply'));
+const seedMs: number[] = [];
+const seed = (reason: string) => {
+  const t0 = performance.now();
+  const n = seedOwnFlows(dp, self, log, reason);
+  seedMs.push(performance.now() - t0);
+  return n;
+};
+const seeded = [seed('load')];
+seeded.push(seed('apply'));
 applyConfig(dp.maps, ConfigSchema.parse({ mode: 'active' }), null, self);
 dp.attachInterface(iface, log);
-seeded.push(seedOwnFlows(dp, self, log, 'attach'));
+seeded.push(seed('attach'));
 // Blocked sockets are destroyed as the agent does after an apply in active mode: ours must not be.
 const destroyed = dp.destroyBlockedSockets();
 
@@ -42,4 +49,4 @@ await new Promise((r) => setTimeout(r, 500));
 sock.end();
 await new Promise((r) => setTimeout(r, 100));
 dp.close();
-console.log(JSON.stringify({ seeded, destroyed, linesSent, error: error ?? null }));
+console.log(JSON.stringify({ seeded, seedMs, destroyed, linesSent, error: error ?? null }));

@@ -203,11 +203,18 @@ describe('a connection the agent opened before its filter was attached', () => {
     await tb?.destroy();
   });
 
-  test('is seeded as its own and is neither blocked nor destroyed in active mode', async () => {
+  test('is seeded as its own and is neither blocked nor destroyed in active mode', async (t) => {
     const child = path.join(path.dirname(fileURLToPath(import.meta.url)), 'self-preattach-child.js');
     const r = await tb.exec('client', process.execPath, [child, env.bpffs, tb.client.ifname, tb.server.ipv4, String(sink.port)], { timeoutMs: 30_000 });
-    const report = JSON.parse(r.stdout.trim().split('\n').pop() || '{}') as { seeded: number[]; destroyed: number; linesSent: number; error: string | null };
+    const report = JSON.parse(r.stdout.trim().split('\n').pop() || '{}') as {
+      seeded: number[];
+      seedMs: number[];
+      destroyed: number;
+      linesSent: number;
+      error: string | null;
+    };
     assert.equal(r.code, 0, `child failed: ${r.stderr}`);
+    t.diagnostic(`seeding took ${report.seedMs.map((m) => m.toFixed(2)).join(', ')} ms (load, apply, attach)`);
     assert.ok(report.seeded[2]! >= 1, `the connection was seeded at attach: ${JSON.stringify(report)}`);
     assert.equal(report.destroyed, 0, 'nothing destroyed');
     assert.equal(report.error, null);
