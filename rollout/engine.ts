@@ -320,13 +320,19 @@ export class Engine {
     this.onTransition(tier, action, reason);
   }
 
-  /** Prune every tier's history beyond historyKeep (leader only, fenced), keeping the head and the tier's rollout baseline. */
+  /**
+   * The slow sweep over every tier (leader only): prune history beyond historyKeep (fenced),
+   * keeping the head and the tier's rollout baseline; and put a live rollout missing from the
+   * index back into it (one written by an engine from before the index), so it is stepped.
+   */
   private async pruneAll(): Promise<void> {
     const fence = this.leadership.fence();
     if (!fence) return;
     try {
       for (const tier of await this.store.tiers()) {
         const ro = await this.readState(tier);
+        if (ro && (ro.state.status === 'running' || ro.state.status === 'paused' || ro.state.request))
+          await this.client.put(this.keys.rolloutIndex(tier)).value(ro.state.id);
         const n = await this.store.pruneHistory(tier, this.opts.historyKeep ?? HISTORY_KEEP, ro ? [ro.state.baselineVersion] : [], fence);
         if (n) this.log.info({ event: 'history_pruned', tier, pruned: n, keep: this.opts.historyKeep ?? HISTORY_KEEP }, 'old history pruned');
       }
