@@ -133,7 +133,7 @@ describe('engine bounds and fencing (in process, real etcd)', () => {
     await e.stop();
   });
 
-  test('a replica with a skewed clock neither ends a bake early nor misses an apply deadline', async () => {
+  test('a replica with a skewed clock neither ends a bake early nor misses an apply deadline', async (t) => {
     const a = await replica('clock-right');
     await leading(a);
     const sim = await tierWithAgents(a, 'skew', 4);
@@ -146,6 +146,7 @@ describe('engine bounds and fencing (in process, real etcd)', () => {
     const tookOver = Date.now();
     const done = await waitState(ahead, 'skew', (s) => s.status === 'completed', 'completion on the replica an hour ahead', 20000);
     const baked = Date.now() - tookOver;
+    t.diagnostic(`bake 3000 ms, completed ${baked} ms after the replica an hour ahead took over`);
     assert.ok(baked >= 3000, `the new leader baked ${baked} ms of its own time before completing (bake 3000 ms): not cut short`);
     assert.equal(done.events.at(-1)!.action, 'completed');
 
@@ -162,14 +163,16 @@ describe('engine bounds and fencing (in process, real etcd)', () => {
     await ahead.stop();
     const behind = await replica('clock-behind', { clockOffsetMs: -HOUR });
     await leading(behind);
+    const behindLeads = Date.now();
     const s = await waitState(behind, 'skew', (x) => x.status === 'aborted', 'the deadline reached on the replica an hour behind', 15000);
+    t.diagnostic(`apply deadline 2000 ms, rolled back ${Date.now() - behindLeads} ms after the replica an hour behind took over`);
     assert.match(s.reason, /within 2000 ms/);
     const [last] = await behind.store.history('skew', { limit: 1 });
     assert.equal(last!.author, 'engine:clock-behind', 'the rollback was written by the replica with the slow clock');
     await behind.stop();
   });
 
-  test("a tier whose Prometheus never answers holds up no other tier's alert rollback", async () => {
+  test("a tier whose Prometheus never answers holds up no other tier's alert rollback", async (t) => {
     // A broken peer: accepts the query and never answers.
     const hung = new Set<http.ServerResponse>();
     const prom = http.createServer((_req, res) => void hung.add(res));
@@ -205,6 +208,7 @@ describe('engine bounds and fencing (in process, real etcd)', () => {
       assert.equal(r.status, 200, await r.text());
       const s = await waitState(e, 'fast', (x) => x.status === 'aborted', 'the fast tier rolled back', 5000);
       const took = Date.now() - sent;
+      t.diagnostic(`alert to rollback of the other tier: ${took} ms while a check waited on the hung Prometheus`);
       assert.match(s.reason, /FastBurning/);
       assert.ok(took < 2000, `the fast tier rolled back ${took} ms after its alert while the other tier's check hung (bound 2000 ms)`);
       assert.equal((await state(e, 'slowprom'))!.status, 'running', 'the hung tier is still waiting on its check');
@@ -227,7 +231,7 @@ describe('engine bounds and fencing (in process, real etcd)', () => {
     }
   });
 
-  test('a leader whose key is deleted steps down at once, and a write with the old fence is refused', async () => {
+  test('a leader whose key is deleted steps down at once, and a write with the old fence is refused', async (t) => {
     const e = await replica('fenced');
     await leading(e);
     const fence = e.leadership.fence()!;
@@ -236,6 +240,7 @@ describe('engine bounds and fencing (in process, real etcd)', () => {
     const deleted = Date.now();
     await client.delete().key(e.keys.leader);
     await until('the replica to step down', async () => !e.leadership.isLeader, 2000);
+    t.diagnostic(`stepped down ${Date.now() - deleted} ms after the leader key was deleted`);
     assert.ok(Date.now() - deleted < 1000, `stepped down ${Date.now() - deleted} ms after its key was deleted (not at lease loss)`);
     await assert.rejects(
       e.store.write('fenced', BASE, { author: 'engine:fenced', message: 'stale', fence }),
