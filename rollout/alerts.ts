@@ -66,9 +66,7 @@ export async function listAlerts(client: Etcd3, keys: EngineKeys, tier: string):
   for (const kv of r.kvs) {
     const stored = StoredAlertSchema.safeParse(safeJson(kv.value.toString()));
     // Written by an older engine, or by hand: shown with what can be read, never hidden.
-    const alert = stored.success
-      ? stored.data
-      : { alertname: 'unreadable', startsAt: '', labels: {}, annotations: {}, receivedAt: '' };
+    const alert = stored.success ? stored.data : { alertname: 'unreadable', startsAt: '', labels: {}, annotations: {}, receivedAt: '' };
     let expiresInS = -1;
     if (kv.lease && kv.lease !== '0') expiresInS = Number((await client.leaseClient.leaseTimeToLive({ ID: kv.lease, keys: false })).TTL);
     out.push({ ...alert, key: kv.key.toString().slice(prefix.length), expiresInS });

@@ -409,7 +409,9 @@ export async function rolloutCommand(args: string[]): Promise<number> {
       if (positionals.length > (v.clear ? 1 : 0)) throw usage('rollout alerts takes a KEY only after --clear');
       if (v.clear) {
         const r = await engine.clearAlerts(tier, positionals[0]);
-        process.stdout.write(v.json ? `${JSON.stringify(r)}\n` : `cleared ${r.cleared.length} alerts of tier ${tier}${r.cleared.map((k) => `\n  ${k}`).join('')}\n`);
+        process.stdout.write(
+          v.json ? `${JSON.stringify(r)}\n` : `cleared ${r.cleared.length} alerts of tier ${tier}${r.cleared.map((k) => `\n  ${k}`).join('')}\n`,
+        );
         return 0;
       }
       const alerts = await engine.tierAlerts(tier);
@@ -417,14 +419,14 @@ export async function rolloutCommand(args: string[]): Promise<number> {
       else if (!alerts.length) process.stdout.write(`no alert held for tier ${tier}\n`);
       else
         process.stdout.write(
-          alerts
+          `${alerts
             .map((a) => {
               const labels = Object.entries(a.labels)
                 .map(([k, val]) => `${k}=${val}`)
                 .join(' ');
               return `${a.key}\n  ${a.alertname}  since ${a.startsAt}  expires in ${a.expiresInS < 0 ? 'never' : `${a.expiresInS} s`}\n  ${labels}`;
             })
-            .join('\n') + '\n',
+            .join('\n')}\n`,
         );
       return 0;
     }
