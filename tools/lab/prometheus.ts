@@ -4,13 +4,18 @@
 // receiver given, with a bearer token from a file (http_config.authorization, as docs/rollout.md
 // shows an operator). Both listen on free loopback ports with data in a temp dir, are tracked
 // like the lab's etcd, and are killed at exit if destroy() never ran. The configs are written as
-// JSON, which both read as the YAML it is a subset of.
+// JSON, which both read as the YAML it is a subset of. startAlarmFleet puts it all together with
+// agents and an engine, for the test and the bench alike.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { freePort } from './etcd.js';
+import { type AgentEnv, AgentProc, agentEnv, sslwall } from './agent-proc.js';
+import { type EtcdServer, freePort, startEtcd } from './etcd.js';
+import { EtcdBridge } from './etcd-bridge.js';
 import { atExit } from './exit.js';
-import type { Side, Testbed } from './netns.js';
+import { EngineProc, type Keys, makeKeys } from './fleet.js';
+import { createTestbed, type Side, type Testbed } from './netns.js';
+import { plainClient, startSink } from './peers.js';
 import { BIN, Proc, pidAlive, requireBins, tail, waitFor } from './proc.js';
 
 const BLOCKED = 'sslwall_flows_total{verdict="blocked"}';
@@ -209,4 +214,142 @@ export async function exposeToHost(tb: Testbed, side: Side, port: number): Promi
   atExit(() => host.killNow());
   tb.onDestroy(() => host.stop('SIGTERM', 2000));
   return `127.0.0.1:${hostPort}`;
+}
+
+export interface AlarmFleet {
+  tb: Testbed;
+  etcd: EtcdServer;
+  keys: Keys;
+  engine: EngineProc;
+  agents: Array<{ side: Side; env: AgentEnv; agent: AgentProc }>;
+  lab: AlarmLab;
+  tier: string;
+  /** Start a rollout to active:100 (only the alarm can roll it back) and wait until both agents run it; its tier version. */
+  rolloutActive(): Promise<number>;
+  /** Errors in the cohort: a plaintext connection from the client side, blocked by the active agents. */
+  raiseErrors(): Promise<void>;
+  /** When (ms since the epoch) every agent applied a tier version above `version`. */
+  rolledBackAt(version: number, timeoutMs?: number): Promise<number>;
+  destroy(): Promise<void>;
+}
+
+export const ALARM_RULE_NAME = 'SslwallBlockingPlaintext';
+const SINK_PORT = 9000;
+const METRICS_PORT = 9464;
+const BASE = { mode: 'passive', bypass: { ports: [22] }, starttls: { smtp: [25] } };
+
+/**
+ * The whole alarm path, as an operator runs it: two agents (one per side of a test bed, BPF in
+ * the kernel) on a real etcd under a real engine, Prometheus scraping their /metrics with the
+ * BLOCKING_RULE, Alertmanager posting to the engine with the alerts user's token, and to each of
+ * `extraReceivers` (the bench's bare receiver). Everything is removed by destroy(), also when
+ * the start fails.
+ */
+export async function startAlarmFleet(label: string, logDir: string, extraReceivers: WebhookReceiver[] = []): Promise<AlarmFleet> {
+  const tier = 'alarm';
+  const made: Array<() => Promise<void>> = [];
+  const destroy = async () => {
+    for (const f of made.reverse()) await f().catch(() => undefined);
+  };
+  try {
+    const tb = await createTestbed(label);
+    made.push(() => tb.destroy());
+    const etcd = await startEtcd();
+    made.push(() => etcd.destroy());
+    const keys = makeKeys();
+    made.push(async () => fs.rmSync(keys.dir, { recursive: true, force: true }));
+    const engine = await EngineProc.start(etcd.endpoints, keys, 'a', logDir, { extra: ['--alert-ttl', '1h'] });
+    made.push(() => engine.stop());
+    const put = await engine.api('PUT', `/api/tiers/${tier}/config`, { document: BASE, message: 'before the rollout' });
+    if (put.status !== 201) throw new Error(`config set: ${JSON.stringify(put.body)}`);
+    const cgroup2 = await tb.mountCgroup2();
+    const agents: AlarmFleet['agents'] = [];
+    const targets: AlarmLabOptions['targets'] = [];
+    for (const side of ['client', 'server'] as const) {
+      const bridge = await EtcdBridge.start(tb, side, etcd.clientPort);
+      const env = await agentEnv(tb, side, cgroup2);
+      const agent = await AgentProc.start({ ...env, configFile: '' }, [
+        ...['--etcd', bridge.url, '--tier', tier, '--host-id', `alarm-${side}`, '--verify-key', keys.verifyKey],
+        ...['--metrics-addr', `127.0.0.1:${METRICS_PORT}`],
+      ]);
+      made.push(async () => {
+        await agent.stop();
+        await sslwall(env, ['uninstall', '--bpffs', env.bpffs]);
+      });
+      agents.push({ side, env, agent });
+      targets.push({ address: await exposeToHost(tb, side, METRICS_PORT), labels: { tier, host: `alarm-${side}` } });
+    }
+    const sink = await startSink(tb, { port: SINK_PORT });
+    made.push(() => sink.stop());
+    const lab = await startAlarmLab({
+      targets,
+      rule: { name: ALARM_RULE_NAME, expr: BLOCKING_RULE, for: '0s', labels: { severity: 'page' } },
+      // EngineProc wrote the alerts user's token there.
+      receivers: [...extraReceivers, { name: 'engine', url: `${engine.url}/api/alerts`, credentialsFile: path.join(logDir, 'token-alerts') }],
+      repeatInterval: '1m',
+    });
+    made.push(() => lab.destroy());
+    await waitFor('Prometheus scraping both agents', async () => {
+      const r = (await (await fetch(`${lab.prometheusUrl}/api/v1/query?query=${encodeURIComponent('sum(up)')}`)).json()) as {
+        data: { result: Array<{ value: [number, string] }> };
+      };
+      return r.data.result[0]?.value[1] === String(agents.length);
+    });
+    const appliedAbove = (a: AgentProc, version: number, mode?: string) =>
+      a.lines().find((l) => l.event === 'config_applied' && (l.tierVersion as number) > version && (mode === undefined || l.mode === mode));
+    return {
+      tb,
+      etcd,
+      keys,
+      engine,
+      agents,
+      lab,
+      tier,
+      async rolloutActive() {
+        const head = (await engine.api<{ version: number }>('GET', `/api/tiers/${tier}/config`)).body.version;
+        const r = await engine.api('POST', `/api/tiers/${tier}/rollout`, {
+          stages: 'active:100',
+          bake: '10m',
+          // Only the alarm may roll back: the engine's own blocked-flows check is out of the way.
+          analysis: { maxBlockedPerMinute: 1e9, checkIntervalMs: 60000 },
+        });
+        if (r.status !== 201) throw new Error(`rollout start: ${JSON.stringify(r.body)}`);
+        let active = 0;
+        await waitFor(
+          'both agents active under the rollout',
+          () => {
+            const v = agents.map((a) => appliedAbove(a.agent, head, 'active')?.tierVersion as number | undefined);
+            if (v.some((x) => x === undefined)) return false;
+            active = Math.max(...(v as number[]));
+            return true;
+          },
+          { timeoutMs: 20000 },
+        );
+        return active;
+      },
+      async raiseErrors() {
+        const c = await plainClient(tb, { port: SINK_PORT, maxMs: 2000 });
+        if (!c.failed) throw new Error(`the plaintext connection was not blocked in active mode: ${JSON.stringify(c)}`);
+      },
+      async rolledBackAt(version, timeoutMs = 20000) {
+        const at = new Map<Side, number>();
+        await waitFor(
+          'every agent back on the config before the rollout',
+          () => {
+            for (const a of agents) {
+              const l = appliedAbove(a.agent, version);
+              if (l) at.set(a.side, l.time as number);
+            }
+            return at.size === agents.length;
+          },
+          { timeoutMs },
+        );
+        return Math.max(...at.values());
+      },
+      destroy,
+    };
+  } catch (err) {
+    await destroy();
+    throw err;
+  }
 }
