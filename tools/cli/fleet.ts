@@ -15,12 +15,12 @@ import { AnalysisSchema } from '../../schemas/rollout.js';
 
 export const DEFAULT_ENGINE = 'http://127.0.0.1:7070';
 
-function usage(message: string): SslwallError {
+export function usage(message: string): SslwallError {
   return new SslwallError('SSLWALL_E_USAGE', message);
 }
 
 type Opts = NonNullable<Parameters<typeof parseArgs>[0]>['options'];
-function parse(args: string[], options: Opts, where: string): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
+export function parse(args: string[], options: Opts, where: string): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
   try {
     const r = parseArgs({ args, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
     return { values: r.values as Record<string, string | boolean | undefined>, positionals: r.positionals };
@@ -124,18 +124,18 @@ export async function keygenCommand(args: string[]): Promise<number> {
   return 0;
 }
 
-const CLIENT_OPTIONS = {
+export const CLIENT_OPTIONS = {
   engine: { type: 'string' },
   'engine-ca': { type: 'string' },
   'token-file': { type: 'string' },
 } as const;
 
-const CLIENT_HELP = `  --engine URL         the engine's API (http:// or https://)    [$SSLWALL_ENGINE or ${DEFAULT_ENGINE}]
+export const CLIENT_HELP = `  --engine URL         the engine's API (http:// or https://)    [$SSLWALL_ENGINE or ${DEFAULT_ENGINE}]
   --engine-ca FILE     CA certificates (PEM) that issued an https:// engine's certificate
   --token-file FILE    the bearer token (surrounding whitespace ignored)        [$SSLWALL_TOKEN]`;
 
 /** The engine's client from --engine, --engine-ca and the token ($SSLWALL_TOKEN, or --token-file, which wins). */
-function engineClient(v: Record<string, unknown>): EngineClient {
+export function engineClient(v: Record<string, unknown>): EngineClient {
   const read = (file: string, what: string) => {
     try {
       return readFileSync(file, 'utf8');
