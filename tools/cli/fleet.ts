@@ -12,6 +12,7 @@ import type { RolloutViewBody } from '../../schemas/api.js';
 import { describeIssues } from '../../schemas/config.js';
 import { SslwallError } from '../../schemas/errors.js';
 import { AnalysisSchema } from '../../schemas/rollout.js';
+import { watchRollout } from './watch.js';
 
 export const DEFAULT_ENGINE = 'http://127.0.0.1:7070';
 
@@ -173,7 +174,8 @@ const ROLLOUT_HELP = `Usage: sslwall rollout <command> --tier T [options] [--eng
   start --tier T --stages passive:100,active:1,active:5,active:25,active:100 --bake 10m
         [--analysis FILE] [--otherwise off|passive]
   status --tier T [--json]       stage, agents applied / in cohort, bake left, checks, events
-  watch --tier T                 status, updated in place every second (Ctrl-C to leave)
+  watch --tier T                 a progress bar per stage, redrawn every second on a terminal
+                                 (Ctrl-C to leave); elsewhere a line per change, until the end
   pause|resume|promote|abort|undo --tier T [--reason R]
   preview --tier T --percent P [--json]   hosts that would join the cohort at P and which of them
                                           would now block traffic (passive-mode violations)
@@ -354,16 +356,7 @@ export async function rolloutCommand(args: string[]): Promise<number> {
       return 0;
     }
     case 'watch': {
-      const tty = process.stdout.isTTY;
-      let stop = false;
-      process.once('SIGINT', () => (stop = true));
-      while (!stop) {
-        const s = await engine.rollout(tier);
-        const text = renderStatus(s);
-        process.stdout.write(tty ? `\x1b[H\x1b[2J${text}` : `${text}\n`);
-        if (!tty && s.status !== 'running' && s.status !== 'paused') break;
-        await new Promise((r) => setTimeout(r, 1000));
-      }
+      await watchRollout(() => engine.rollout(tier), process.stdout);
       return 0;
     }
     case 'pause':
