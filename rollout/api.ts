@@ -20,6 +20,7 @@ import * as api from '../schemas/api.js';
 import { ConfigSchema, describeIssues } from '../schemas/config.js';
 import { type ErrorCode, SslwallError } from '../schemas/errors.js';
 import { parseDuration, parseStages, type RolloutState, RolloutStateSchema } from '../schemas/rollout.js';
+import { agentView, tierAgents } from './agents.js';
 import { clearAlerts, listAlerts, receiveAlerts } from './alerts.js';
 import { bearer, type Caller, type EngineNames, roleNeeded, type Users } from './auth.js';
 import { cohortOf } from './checks.js';
@@ -377,6 +378,23 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity, op
     { schema: { params: api.ActionParams, body: api.ActionRequest, response: { 200: RolloutStateSchema } } },
     async (req) => engine.act(req.params.tier, req.params.action, req.body.reason ?? 'no reason given', by(req)),
   );
+  app.get(
+    '/api/tiers/:tier/agents',
+    { schema: { params: api.TierParams, querystring: api.AgentsQuery, response: { 200: api.AgentsResponse } } },
+    async (req) => {
+      const { tier } = req.params;
+      const head = await engine.store.head(tier);
+      return tierAgents(engine.health, tier, head?.doc.version ?? null, req.query);
+    },
+  );
+  app.get('/api/hosts/:host/agent', { schema: { params: api.HostParams, response: { 200: api.AgentView } } }, async (req) => {
+    const { host } = req.params;
+    // The newest report, should a moved host still have one under its old tier.
+    const h = engine.health.host(host).sort((a, b) => b.updatedAt.localeCompare(a.updatedAt))[0];
+    if (!h) throw new SslwallError('SSLWALL_E_NOT_FOUND', `no agent with host id ${host} reports health; list a tier's agents with: sslwall agents --tier T`);
+    const head = await engine.store.head(h.tier);
+    return agentView(engine.health, h, head?.doc.version ?? null);
+  });
   app.get(
     '/api/tiers/:tier/preview',
     { schema: { params: api.TierParams, querystring: api.PreviewQuery, response: { 200: api.PreviewResponse } } },

@@ -98,6 +98,15 @@ export class EngineClient {
     return this.call('GET', `${tierPath(tier)}/preview?percent=${percent}`, api.PreviewResponse);
   }
 
+  agents(tier: string, filter: { errors?: boolean; behind?: boolean } = {}) {
+    const q = [filter.errors ? 'errors' : '', filter.behind ? 'behind' : ''].filter(Boolean).join('&');
+    return this.call('GET', `${tierPath(tier)}/agents${q ? `?${q}` : ''}`, api.AgentsResponse);
+  }
+
+  agent(host: string) {
+    return this.call('GET', `/api/hosts/${encodeURIComponent(host)}/agent`, api.AgentView);
+  }
+
   setOverride(host: string, body: z.input<typeof api.OverrideRequest>) {
     return this.call('PUT', `/api/hosts/${encodeURIComponent(host)}/override`, api.OverrideResponse, body);
   }

@@ -4,7 +4,7 @@
 import { z } from 'zod';
 import { ConfigSchema } from './config.js';
 import { AnalysisSchema, RolloutStateSchema } from './rollout.js';
-import { TierDocumentSchema, VersionRecordSchema } from './tier.js';
+import { HealthSchema, TierDocumentSchema, VersionRecordSchema } from './tier.js';
 
 /** Every error answer: a stable code (schemas/errors.ts) and a message that says what to do. */
 export const ErrorBodySchema = z.object({ code: z.string(), message: z.string() });
@@ -22,6 +22,17 @@ export const ActionParams = z.object({ tier: TierName, action: RolloutAction });
 export const ConfigQuery = z.object({ version: z.coerce.number().int().min(1).optional() });
 export const AuditQuery = z.object({ limit: z.coerce.number().int().min(1).max(10000).default(50) });
 export const PreviewQuery = z.object({ percent: z.coerce.number().min(0).max(100) });
+/** A query flag: present (?errors, ?errors=true, ?errors=1) or absent. */
+const flag = z
+  .enum(['', 'true', '1', 'false', '0'])
+  .optional()
+  .transform((v) => v !== undefined && v !== 'false' && v !== '0');
+export const AgentsQuery = z.object({
+  /** Only agents whose health reports an error. */
+  errors: flag,
+  /** Only agents not on the tier's head version. */
+  behind: flag,
+});
 
 // ---- request bodies ----
 
@@ -143,6 +154,27 @@ export const PreviewResponse = z.object({
   wouldBlock: z.array(PreviewHost),
 });
 
+/**
+ * One agent as the engine knows it: its health report, when the engine last heard from it, and
+ * whether it is behind the tier's head version.
+ */
+export const AgentView = HealthSchema.extend({
+  /** When the engine last received this agent's report (its own clock; `updatedAt` is the agent's). */
+  lastSeen: z.string(),
+  /** Not on the tier's head version (null configVersion included). */
+  behind: z.boolean(),
+});
+export const AgentsResponse = z.object({
+  tier: z.string(),
+  /** The tier's head version (null: the tier has no config). */
+  headVersion: z.number().int().nullable(),
+  /** Agents of the tier reporting health, before the filters. */
+  total: z.number().int(),
+  agents: z.array(AgentView),
+});
+
+export type AgentViewBody = z.infer<typeof AgentView>;
+export type AgentsBody = z.infer<typeof AgentsResponse>;
 export type AlertmanagerPayload = z.infer<typeof AlertmanagerPayloadSchema>;
 export type AlertsResult = z.infer<typeof AlertsResponse>;
 export type StoredAlert = z.infer<typeof StoredAlertSchema>;

@@ -12,15 +12,16 @@ import type { RolloutViewBody } from '../../schemas/api.js';
 import { describeIssues } from '../../schemas/config.js';
 import { SslwallError } from '../../schemas/errors.js';
 import { AnalysisSchema, parseDuration } from '../../schemas/rollout.js';
+import { watchRollout } from './watch.js';
 
 export const DEFAULT_ENGINE = 'http://127.0.0.1:7070';
 
-function usage(message: string): SslwallError {
+export function usage(message: string): SslwallError {
   return new SslwallError('SSLWALL_E_USAGE', message);
 }
 
 type Opts = NonNullable<Parameters<typeof parseArgs>[0]>['options'];
-function parse(args: string[], options: Opts, where: string): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
+export function parse(args: string[], options: Opts, where: string): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
   try {
     const r = parseArgs({ args, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
     return { values: r.values as Record<string, string | boolean | undefined>, positionals: r.positionals };
@@ -136,18 +137,18 @@ export async function keygenCommand(args: string[]): Promise<number> {
   return 0;
 }
 
-const CLIENT_OPTIONS = {
+export const CLIENT_OPTIONS = {
   engine: { type: 'string' },
   'engine-ca': { type: 'string' },
   'token-file': { type: 'string' },
 } as const;
 
-const CLIENT_HELP = `  --engine URL         the engine's API (http:// or https://)    [$SSLWALL_ENGINE or ${DEFAULT_ENGINE}]
+export const CLIENT_HELP = `  --engine URL         the engine's API (http:// or https://)    [$SSLWALL_ENGINE or ${DEFAULT_ENGINE}]
   --engine-ca FILE     CA certificates (PEM) that issued an https:// engine's certificate
   --token-file FILE    the bearer token (surrounding whitespace ignored)        [$SSLWALL_TOKEN]`;
 
 /** The engine's client from --engine, --engine-ca and the token ($SSLWALL_TOKEN, or --token-file, which wins). */
-function engineClient(v: Record<string, unknown>): EngineClient {
+export function engineClient(v: Record<string, unknown>): EngineClient {
   const read = (file: string, what: string) => {
     try {
       return readFileSync(file, 'utf8');
@@ -185,7 +186,8 @@ const ROLLOUT_HELP = `Usage: sslwall rollout <command> --tier T [options] [--eng
   start --tier T --stages passive:100,active:1,active:5,active:25,active:100 --bake 10m
         [--analysis FILE] [--otherwise off|passive]
   status --tier T [--json]       stage, agents applied / in cohort, bake left, checks, events
-  watch --tier T                 status, updated in place every second (Ctrl-C to leave)
+  watch --tier T                 a progress bar per stage, redrawn every second on a terminal
+                                 (Ctrl-C to leave); elsewhere a line per change, until the end
   pause|resume|promote|abort|undo --tier T [--reason R]
   preview --tier T --percent P [--json]   hosts that would join the cohort at P and which of them
                                           would now block traffic (passive-mode violations)
@@ -371,16 +373,7 @@ export async function rolloutCommand(args: string[]): Promise<number> {
       return 0;
     }
     case 'watch': {
-      const tty = process.stdout.isTTY;
-      let stop = false;
-      process.once('SIGINT', () => (stop = true));
-      while (!stop) {
-        const s = await engine.rollout(tier);
-        const text = renderStatus(s);
-        process.stdout.write(tty ? `\x1b[H\x1b[2J${text}` : `${text}\n`);
-        if (!tty && s.status !== 'running' && s.status !== 'paused') break;
-        await new Promise((r) => setTimeout(r, 1000));
-      }
+      await watchRollout(() => engine.rollout(tier), process.stdout);
       return 0;
     }
     case 'pause':
