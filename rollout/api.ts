@@ -21,7 +21,7 @@ import { ConfigSchema, describeIssues } from '../schemas/config.js';
 import { type ErrorCode, SslwallError } from '../schemas/errors.js';
 import { parseDuration, parseStages, type RolloutState, RolloutStateSchema } from '../schemas/rollout.js';
 import { agentView, tierAgents } from './agents.js';
-import { receiveAlerts } from './alerts.js';
+import { clearAlerts, listAlerts, receiveAlerts } from './alerts.js';
 import { bearer, type Caller, type EngineNames, roleNeeded, type Users } from './auth.js';
 import { cohortOf } from './checks.js';
 import type { Engine } from './engine.js';
@@ -54,6 +54,12 @@ export interface ApiSecurity {
   names: EngineNames;
   /** PEM certificate and key: serve HTTPS. */
   tls?: { cert: string; key: string };
+}
+
+/** What the API does besides letting callers in. */
+export interface ApiOptions {
+  /** The lease of a stored firing alert, renewed by each repeat (longer than Alertmanager's repeat_interval). */
+  alertTtlS: number;
 }
 
 // Open to anyone: liveness and scrapes (no tier data), and the dashboard's page and script, which
@@ -160,7 +166,7 @@ function dashboardDir(): string {
   return found;
 }
 
-export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity): Promise<FastifyInstance> {
+export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity, opts: ApiOptions): Promise<FastifyInstance> {
   const metrics = createMetrics(engine);
   // fastify's own request log would be a line per request; the engine logs events (api_error, config_written).
   // An HTTPS server answers the same routes; its instance type differs only in the server class.
@@ -249,13 +255,26 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity): P
   }));
 
   app.post('/api/alerts', { schema: { body: api.AlertmanagerPayloadSchema, response: { 200: api.AlertsResponse } } }, async (req) => {
-    const r = await receiveAlerts(engine.client, engine.keys, req.body);
+    const r = await receiveAlerts(engine.client, engine.keys, req.body, opts.alertTtlS);
     metrics.alerts.inc({ status: 'firing' }, r.firing);
     metrics.alerts.inc({ status: 'resolved' }, r.resolved);
     log.warn({ event: 'alerts_received', ...r }, 'alerts received');
     for (const t of r.tiers) engine.urgentCheck(t);
     return r;
   });
+  app.get('/api/tiers/:tier/alerts', { schema: { params: api.TierParams, response: { 200: api.TierAlertsResponse } } }, async (req) =>
+    listAlerts(engine.client, engine.keys, req.params.tier),
+  );
+  app.delete(
+    '/api/tiers/:tier/alerts',
+    { schema: { params: api.TierParams, querystring: api.ClearAlertsQuery, response: { 200: api.ClearAlertsResponse } } },
+    async (req) => {
+      const { tier } = req.params;
+      const cleared = await clearAlerts(engine.client, engine.keys, tier, by(req), req.query.key);
+      log.warn({ event: 'alerts_cleared', tier, by: by(req), alerts: cleared }, 'alerts cleared by hand');
+      return { cleared };
+    },
+  );
 
   app.put(
     '/api/hosts/:host/override',
@@ -386,8 +405,8 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity): P
 }
 
 /** The API on HOST:PORT (an IPv6 host in brackets); resolves once it listens. */
-export async function startApi(engine: Engine, listen: string, log: Logger, sec: ApiSecurity): Promise<FastifyInstance> {
-  const app = await buildApi(engine, log, sec);
+export async function startApi(engine: Engine, listen: string, log: Logger, sec: ApiSecurity, opts: ApiOptions): Promise<FastifyInstance> {
+  const app = await buildApi(engine, log, sec, opts);
   const idx = listen.lastIndexOf(':');
   await app.listen({ port: Number(listen.slice(idx + 1)), host: listen.slice(0, idx).replace(/^\[|\]$/g, '') || '127.0.0.1' });
   return app;

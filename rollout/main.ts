@@ -29,6 +29,8 @@ export interface EngineRunOptions {
   publicUrls?: string[];
   /** Allow running without --users, or on a non-loopback address without TLS. */
   insecure?: boolean;
+  /** Seconds a firing alert is kept unless Alertmanager repeats it (--alert-ttl; default 5 h). */
+  alertTtlS?: number;
 }
 
 export interface RunningEngine {
@@ -74,7 +76,7 @@ export async function startEngine(opts: EngineRunOptions, log: Logger): Promise<
   const engine = new Engine({ client, prefix: opts.prefix ?? '/sslwall/', signer, id: opts.id, log, leaseTtlS: opts.leaseTtlS ?? 5 });
   let api: FastifyInstance;
   try {
-    api = await startApi(engine, opts.listen, log, { users, names, tls });
+    api = await startApi(engine, opts.listen, log, { users, names, tls }, { alertTtlS: opts.alertTtlS ?? 5 * 3600 });
   } catch (err) {
     users?.close();
     client.close();

@@ -64,20 +64,52 @@ export const StartRolloutRequest = z.object({
 /** pause, resume, promote, abort, undo; a bare POST without a body is allowed. */
 export const ActionRequest = z.object({ reason: z.string().optional() }).default({});
 
+/**
+ * Bounds of one webhook call: what an alerts token may make the engine store. Alertmanager sends
+ * one group per call (a handful of alerts); a label set is a few short strings.
+ */
+export const ALERT_LIMITS = { alerts: 100, labels: 32, nameChars: 128, valueChars: 1024, annotationChars: 4096 } as const;
+
+const LabelSet = z
+  .record(z.string().min(1).max(ALERT_LIMITS.nameChars), z.string().max(ALERT_LIMITS.valueChars))
+  .refine((l) => Object.keys(l).length <= ALERT_LIMITS.labels, `at most ${ALERT_LIMITS.labels} labels`);
+
 /** Alertmanager's webhook, format version 4 (fields the engine does not use are let through). */
 export const AlertmanagerPayloadSchema = z.object({
   version: z.string().optional(),
   status: z.string().optional(),
-  alerts: z.array(
-    z.object({
-      status: z.enum(['firing', 'resolved']),
-      labels: z.record(z.string(), z.string()),
-      annotations: z.record(z.string(), z.string()).optional(),
-      startsAt: z.string().optional(),
-      endsAt: z.string().optional(),
-      fingerprint: z.string().optional(),
-    }),
-  ),
+  alerts: z
+    .array(
+      z.object({
+        status: z.enum(['firing', 'resolved']),
+        labels: LabelSet,
+        annotations: z
+          .record(z.string().max(ALERT_LIMITS.nameChars), z.string().max(ALERT_LIMITS.annotationChars))
+          .refine((l) => Object.keys(l).length <= ALERT_LIMITS.labels, `at most ${ALERT_LIMITS.labels} annotations`)
+          .optional(),
+        startsAt: z.string().max(64).optional(),
+        endsAt: z.string().max(64).optional(),
+        fingerprint: z.string().max(64).optional(),
+      }),
+    )
+    .max(ALERT_LIMITS.alerts, `at most ${ALERT_LIMITS.alerts} alerts in one call`),
+});
+
+/** DELETE /api/tiers/:tier/alerts: all of the tier's alerts, or the one of ?key=. */
+export const AlertKey = z.string().regex(/^[0-9a-f]{64}$/, 'an alert key is the 64 hex digits `sslwall rollout alerts` shows');
+export const ClearAlertsQuery = z.object({ key: AlertKey.optional() });
+
+/** An alert the engine holds (etcd alerts/<tier>/<key>, under a lease). */
+export const StoredAlertSchema = z.object({
+  alertname: z.string(),
+  /** Alertmanager's fingerprint, as sent: for finding the alert there, never as the key. */
+  fingerprint: z.string().optional(),
+  startsAt: z.string(),
+  endsAt: z.string().optional(),
+  labels: z.record(z.string(), z.string()),
+  annotations: z.record(z.string(), z.string()).default({}),
+  /** When the engine last received it firing. */
+  receivedAt: z.string(),
 });
 
 // ---- response bodies ----
@@ -85,6 +117,9 @@ export const AlertmanagerPayloadSchema = z.object({
 export const HealthzResponse = z.object({ ok: z.literal(true), leader: z.boolean() });
 export const LeaderResponse = z.object({ id: z.string(), leader: z.string().nullable(), isLeader: z.boolean() });
 export const AlertsResponse = z.object({ tiers: z.array(z.string()), firing: z.number().int(), resolved: z.number().int(), ignored: z.number().int() });
+/** GET /api/tiers/:tier/alerts: each alert with its key and the seconds its lease has left. */
+export const TierAlertsResponse = z.array(StoredAlertSchema.extend({ key: z.string(), expiresInS: z.number().int() }));
+export const ClearAlertsResponse = z.object({ cleared: z.array(z.string()) });
 
 /** The rollout state with live figures from agent health (what `rollout status` shows). */
 export const RolloutView = RolloutStateSchema.extend({
@@ -142,5 +177,7 @@ export type AgentViewBody = z.infer<typeof AgentView>;
 export type AgentsBody = z.infer<typeof AgentsResponse>;
 export type AlertmanagerPayload = z.infer<typeof AlertmanagerPayloadSchema>;
 export type AlertsResult = z.infer<typeof AlertsResponse>;
+export type StoredAlert = z.infer<typeof StoredAlertSchema>;
+export type TierAlerts = z.infer<typeof TierAlertsResponse>;
 export type RolloutViewBody = z.infer<typeof RolloutView>;
 export type PreviewBody = z.infer<typeof PreviewResponse>;

@@ -11,7 +11,7 @@ import { generateKeyPair } from '../../rollout/signing.js';
 import type { RolloutViewBody } from '../../schemas/api.js';
 import { describeIssues } from '../../schemas/config.js';
 import { SslwallError } from '../../schemas/errors.js';
-import { AnalysisSchema } from '../../schemas/rollout.js';
+import { AnalysisSchema, parseDuration } from '../../schemas/rollout.js';
 import { watchRollout } from './watch.js';
 
 export const DEFAULT_ENGINE = 'http://127.0.0.1:7070';
@@ -52,6 +52,8 @@ Options:
   --etcd-cacert/--etcd-cert/--etcd-key FILE   TLS to etcd
   --id ID               this replica's name in the election            [hostname-pid]
   --lease-ttl S         leader lease TTL in seconds                                 [5]
+  --alert-ttl DURATION  how long a firing alert is kept unless Alertmanager sends it
+                        again; make it longer than Alertmanager's repeat_interval   [5h]
   --log-level LEVEL                                                              [info]
 `;
 
@@ -73,6 +75,7 @@ export async function engineCommand(args: string[]): Promise<number> {
       'etcd-key': { type: 'string' },
       id: { type: 'string' },
       'lease-ttl': { type: 'string' },
+      'alert-ttl': { type: 'string' },
       'log-level': { type: 'string' },
     },
     'engine',
@@ -83,6 +86,14 @@ export async function engineCommand(args: string[]): Promise<number> {
   }
   if (!v.etcd) throw usage('engine needs --etcd URL[,URL...]');
   if (!v['signing-key']) throw usage('engine needs --signing-key FILE (make one with: sslwall keygen --out DIR)');
+  let alertTtlMs: number | undefined;
+  try {
+    alertTtlMs = v['alert-ttl'] === undefined ? undefined : parseDuration(String(v['alert-ttl']));
+  } catch (err) {
+    throw usage(`--alert-ttl: ${(err as Error).message}`);
+  }
+  // An etcd lease counts whole seconds.
+  if (alertTtlMs !== undefined && alertTtlMs < 1000) throw usage('--alert-ttl must be at least 1s (and longer than repeat_interval)');
   const id = (v.id as string | undefined) ?? `${os.hostname()}-${process.pid}`;
   const log = pino({ level: (v['log-level'] as string | undefined) ?? 'info', base: { component: 'engine', replica: id } });
   // Loaded here, not at the top: fastify and the engine are not needed by the other commands.
@@ -105,6 +116,7 @@ export async function engineCommand(args: string[]): Promise<number> {
       tlsKey: v['tls-key'] as string | undefined,
       publicUrls: (v['public-url'] as unknown as string[] | undefined) ?? [],
       insecure: v.insecure === true,
+      alertTtlS: alertTtlMs === undefined ? undefined : Math.ceil(alertTtlMs / 1000),
     },
     log,
   );
@@ -179,6 +191,10 @@ const ROLLOUT_HELP = `Usage: sslwall rollout <command> --tier T [options] [--eng
   pause|resume|promote|abort|undo --tier T [--reason R]
   preview --tier T --percent P [--json]   hosts that would join the cohort at P and which of them
                                           would now block traffic (passive-mode violations)
+  alerts --tier T [--json]       the alerts the engine holds for the tier (they roll back and
+                                 hold rollouts): key, name, labels, since, lease left
+  alerts --tier T --clear [KEY]  forget them all, or the one of KEY (operator; audited); one
+                                 still firing comes back at Alertmanager's next repeat
 
 ${CLIENT_HELP}
 `;
@@ -302,10 +318,11 @@ export function diffJson(a: unknown, b: unknown, path = ''): Array<{ path: strin
 
 export async function rolloutCommand(args: string[]): Promise<number> {
   const [sub, ...rest] = args[0]?.startsWith('-') ? ['help', ...args] : args;
-  const { values: v } = parse(
+  const { values: v, positionals } = parse(
     rest,
     {
       tier: { type: 'string' },
+      clear: { type: 'boolean' },
       stages: { type: 'string' },
       bake: { type: 'string' },
       analysis: { type: 'string' },
@@ -379,6 +396,31 @@ export async function rolloutCommand(args: string[]): Promise<number> {
               r.joining.map((j) => `  ${j.hostId}${j.wouldBlock ? `  WOULD BLOCK (${j.violationsReported} plaintext flows seen)` : ''}`).join('\n') +
               '\n',
       );
+      return 0;
+    }
+    case 'alerts': {
+      if (positionals.length > (v.clear ? 1 : 0)) throw usage('rollout alerts takes a KEY only after --clear');
+      if (v.clear) {
+        const r = await engine.clearAlerts(tier, positionals[0]);
+        process.stdout.write(
+          v.json ? `${JSON.stringify(r)}\n` : `cleared ${r.cleared.length} alerts of tier ${tier}${r.cleared.map((k) => `\n  ${k}`).join('')}\n`,
+        );
+        return 0;
+      }
+      const alerts = await engine.tierAlerts(tier);
+      if (v.json) process.stdout.write(`${JSON.stringify(alerts)}\n`);
+      else if (!alerts.length) process.stdout.write(`no alert held for tier ${tier}\n`);
+      else
+        process.stdout.write(
+          `${alerts
+            .map((a) => {
+              const labels = Object.entries(a.labels)
+                .map(([k, val]) => `${k}=${val}`)
+                .join(' ');
+              return `${a.key}\n  ${a.alertname}  since ${a.startsAt}  expires in ${a.expiresInS < 0 ? 'never' : `${a.expiresInS} s`}\n  ${labels}`;
+            })
+            .join('\n')}\n`,
+        );
       return 0;
     }
   }
