@@ -46,6 +46,8 @@ export const PROGRAMS = {
   etcdctl: { path: '/usr/bin/etcdctl', package: 'etcd-client' },
   // The alarm end-to-end test and bench (tools/lab/prometheus.ts).
   prometheus: { path: '/usr/bin/prometheus', package: 'prometheus' },
+  // Checks and unit-tests the shipped alert rules and the Grafana dashboard's queries.
+  promtool: { path: '/usr/bin/promtool', package: 'prometheus' },
   alertmanager: { path: '/usr/bin/prometheus-alertmanager', package: 'prometheus-alertmanager' },
   // Building the BPF objects and the addon (tools/setup, and the native tests' fixture object).
   clang: { path: '/usr/bin/clang', package: 'clang' },
