@@ -20,7 +20,8 @@ import * as api from '../schemas/api.js';
 import { ConfigSchema, describeIssues } from '../schemas/config.js';
 import { type ErrorCode, SslwallError } from '../schemas/errors.js';
 import { parseDuration, parseStages, type RolloutState, RolloutStateSchema } from '../schemas/rollout.js';
-import { receiveAlerts } from './alerts.js';
+import { agentView, tierAgents } from './agents.js';
+import { clearAlerts, listAlerts, receiveAlerts } from './alerts.js';
 import { bearer, type Caller, type EngineNames, roleNeeded, type Users } from './auth.js';
 import { cohortOf } from './checks.js';
 import type { Engine } from './engine.js';
@@ -81,6 +82,12 @@ export interface ApiSecurity {
   tls?: { cert: string; key: string };
   /** Defaults: API_LIMITS. */
   limits?: Partial<ApiLimits>;
+}
+
+/** What the API does besides letting callers in. */
+export interface ApiOptions {
+  /** The lease of a stored firing alert, renewed by each repeat (longer than Alertmanager's repeat_interval). */
+  alertTtlS: number;
 }
 
 // Open to anyone: liveness and scrapes (no tier data), and the dashboard's page and script, which
@@ -187,12 +194,12 @@ function dashboardDir(): string {
   return found;
 }
 
-export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity): Promise<FastifyInstance> {
+export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity, opts: ApiOptions): Promise<FastifyInstance> {
   const metrics = createMetrics(engine);
   // fastify's own request log would be a line per request; the engine logs events (api_error, config_written).
   // An HTTPS server answers the same routes; its instance type differs only in the server class.
   const lim = { ...API_LIMITS, ...sec.limits };
-  const opts = {
+  const serverOptions = {
     logger: false,
     bodyLimit: lim.bodyLimit,
     connectionTimeout: lim.connectionTimeoutMs,
@@ -200,7 +207,7 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity): P
     keepAliveTimeout: lim.keepAliveTimeoutMs,
     maxRequestsPerSocket: lim.maxRequestsPerSocket,
   } as const;
-  const base = (sec.tls ? Fastify({ ...opts, https: sec.tls }) : Fastify(opts)) as FastifyInstance;
+  const base = (sec.tls ? Fastify({ ...serverOptions, https: sec.tls }) : Fastify(serverOptions)) as FastifyInstance;
   base.server.maxConnections = lim.maxConnections;
   const app = base.withTypeProvider<ZodTypeProvider>();
   app.setValidatorCompiler(validatorCompiler);
@@ -286,13 +293,26 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity): P
   }));
 
   app.post('/api/alerts', { schema: { body: api.AlertmanagerPayloadSchema, response: { 200: api.AlertsResponse } } }, async (req) => {
-    const r = await receiveAlerts(engine.client, engine.keys, req.body);
+    const r = await receiveAlerts(engine.client, engine.keys, req.body, opts.alertTtlS);
     metrics.alerts.inc({ status: 'firing' }, r.firing);
     metrics.alerts.inc({ status: 'resolved' }, r.resolved);
     log.warn({ event: 'alerts_received', ...r }, 'alerts received');
     for (const t of r.tiers) engine.urgentCheck(t);
     return r;
   });
+  app.get('/api/tiers/:tier/alerts', { schema: { params: api.TierParams, response: { 200: api.TierAlertsResponse } } }, async (req) =>
+    listAlerts(engine.client, engine.keys, req.params.tier),
+  );
+  app.delete(
+    '/api/tiers/:tier/alerts',
+    { schema: { params: api.TierParams, querystring: api.ClearAlertsQuery, response: { 200: api.ClearAlertsResponse } } },
+    async (req) => {
+      const { tier } = req.params;
+      const cleared = await clearAlerts(engine.client, engine.keys, tier, by(req), req.query.key);
+      log.warn({ event: 'alerts_cleared', tier, by: by(req), alerts: cleared }, 'alerts cleared by hand');
+      return { cleared };
+    },
+  );
 
   app.put(
     '/api/hosts/:host/override',
@@ -405,6 +425,23 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity): P
     async (req) => engine.act(req.params.tier, req.params.action, req.body.reason ?? 'no reason given', by(req)),
   );
   app.get(
+    '/api/tiers/:tier/agents',
+    { schema: { params: api.TierParams, querystring: api.AgentsQuery, response: { 200: api.AgentsResponse } } },
+    async (req) => {
+      const { tier } = req.params;
+      const head = await engine.store.head(tier);
+      return tierAgents(engine.health, tier, head?.doc.version ?? null, req.query);
+    },
+  );
+  app.get('/api/hosts/:host/agent', { schema: { params: api.HostParams, response: { 200: api.AgentView } } }, async (req) => {
+    const { host } = req.params;
+    // The newest report, should a moved host still have one under its old tier.
+    const h = engine.health.host(host).sort((a, b) => b.updatedAt.localeCompare(a.updatedAt))[0];
+    if (!h) throw new SslwallError('SSLWALL_E_NOT_FOUND', `no agent with host id ${host} reports health; list a tier's agents with: sslwall agents --tier T`);
+    const head = await engine.store.head(h.tier);
+    return agentView(engine.health, h, head?.doc.version ?? null);
+  });
+  app.get(
     '/api/tiers/:tier/preview',
     { schema: { params: api.TierParams, querystring: api.PreviewQuery, response: { 200: api.PreviewResponse } } },
     async (req) => engine.preview(req.params.tier, req.query.percent),
@@ -414,8 +451,8 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity): P
 }
 
 /** The API on HOST:PORT (an IPv6 host in brackets); resolves once it listens. */
-export async function startApi(engine: Engine, listen: string, log: Logger, sec: ApiSecurity): Promise<FastifyInstance> {
-  const app = await buildApi(engine, log, sec);
+export async function startApi(engine: Engine, listen: string, log: Logger, sec: ApiSecurity, opts: ApiOptions): Promise<FastifyInstance> {
+  const app = await buildApi(engine, log, sec, opts);
   const idx = listen.lastIndexOf(':');
   await app.listen({ port: Number(listen.slice(idx + 1)), host: listen.slice(0, idx).replace(/^\[|\]$/g, '') || '127.0.0.1' });
   return app;

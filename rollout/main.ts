@@ -33,6 +33,8 @@ export interface EngineRunOptions {
   apiLimits?: Partial<ApiLimits>;
   /** History versions kept per tier (default HISTORY_KEEP in store.ts; docs/rollout.md "Retention"). */
   historyKeep?: number;
+  /** Seconds a firing alert is kept unless Alertmanager repeats it (--alert-ttl; default 5 h). */
+  alertTtlS?: number;
 }
 
 export interface RunningEngine {
@@ -86,7 +88,7 @@ export async function startEngine(opts: EngineRunOptions, log: Logger): Promise<
   });
   let api: FastifyInstance;
   try {
-    api = await startApi(engine, opts.listen, log, { users, names, tls, limits: opts.apiLimits });
+    api = await startApi(engine, opts.listen, log, { users, names, tls, limits: opts.apiLimits }, { alertTtlS: opts.alertTtlS ?? 5 * 3600 });
   } catch (err) {
     users?.close();
     client.close();

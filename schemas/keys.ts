@@ -10,6 +10,9 @@ export function etcdKeys(prefix = '/sslwall/') {
     hostOverride: (hostId: string) => `${p}hosts/${hostId}/override`,
     health: (tier: string, hostId: string) => `${p}health/${tier}/${hostId}`,
     healthPrefix: (tier: string) => `${p}health/${tier}/`,
+    /** The agent's violation summary (schemas/summary.ts), under its health lease. */
+    summary: (tier: string, hostId: string) => `${p}summary/${tier}/${hostId}`,
+    summaryPrefix: `${p}summary/`,
   };
 }
 

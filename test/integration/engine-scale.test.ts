@@ -183,7 +183,7 @@ describe('engine bounds and fencing (in process, real etcd)', () => {
       await leading(e);
       const port = await freePort();
       const names = { hosts: new Set([`127.0.0.1:${port}`]), origins: new Set([`http://127.0.0.1:${port}`]) };
-      const api = await startApi(e, `127.0.0.1:${port}`, pino({ level: 'silent' }), { users: null, names });
+      const api = await startApi(e, `127.0.0.1:${port}`, pino({ level: 'silent' }), { users: null, names }, { alertTtlS: 3600 });
       apis.push(api);
       await tierWithAgents(e, 'slowprom', 3);
       await tierWithAgents(e, 'fast', 3);
