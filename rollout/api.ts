@@ -35,10 +35,36 @@ const STATUS_FOR: Partial<Record<ErrorCode, number>> = {
   SSLWALL_E_NOT_FOUND: 404,
   SSLWALL_E_CONFLICT: 409,
   SSLWALL_E_ROLLOUT_STATE: 409,
+  SSLWALL_E_HEAD_INVALID: 409,
+  SSLWALL_E_TOO_LARGE: 413,
   SSLWALL_E_NOT_LEADER: 503,
 };
 
-const BODY_LIMIT = 4 << 20;
+/**
+ * What one client may hold of the engine: bodies (a tier document is a few KiB; etcd takes 1.5 MiB
+ * per request), connections, and how long a slow or idle client keeps a socket. Node's own
+ * defaults let a client hold a socket open for 5 minutes and open as many as it likes.
+ */
+export interface ApiLimits {
+  bodyLimit: number;
+  /** Open sockets at once; more are refused at accept (server.maxConnections). */
+  maxConnections: number;
+  /** ms a socket may sit idle before it is closed (also covers a client that never sends). */
+  connectionTimeoutMs: number;
+  /** ms a whole request (headers and body) may take to arrive. */
+  requestTimeoutMs: number;
+  keepAliveTimeoutMs: number;
+  maxRequestsPerSocket: number;
+}
+
+export const API_LIMITS: ApiLimits = {
+  bodyLimit: 1 << 20,
+  maxConnections: 512,
+  connectionTimeoutMs: 60_000,
+  requestTimeoutMs: 30_000,
+  keepAliveTimeoutMs: 5_000,
+  maxRequestsPerSocket: 1000,
+};
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -54,6 +80,8 @@ export interface ApiSecurity {
   names: EngineNames;
   /** PEM certificate and key: serve HTTPS. */
   tls?: { cert: string; key: string };
+  /** Defaults: API_LIMITS. */
+  limits?: Partial<ApiLimits>;
 }
 
 /** What the API does besides letting callers in. */
@@ -136,12 +164,12 @@ const validatorCompiler: FastifySchemaCompiler<z.ZodType> =
   };
 
 /** The one error mapping: whatever a route throws becomes a status and {code, message}. */
-function errorReply(err: FastifyError | SslwallError | Error): { status: number; body: z.infer<typeof api.ErrorBodySchema> } {
+function errorReply(err: FastifyError | SslwallError | Error, bodyLimit: number): { status: number; body: z.infer<typeof api.ErrorBodySchema> } {
   if (err instanceof SslwallError) return { status: STATUS_FOR[err.code] ?? 500, body: { code: err.code, message: err.message } };
   // Documents read back from etcd or built by the engine (a rollout's analysis) failed their schema.
   if (err instanceof z.ZodError) return { status: 400, body: { code: 'SSLWALL_E_CONFIG_INVALID', message: describeIssues(err) } };
   const f = err as FastifyError;
-  if (f.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return { status: 400, body: { code: 'SSLWALL_E_USAGE', message: `request body over ${BODY_LIMIT >> 20} MiB` } };
+  if (f.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return { status: 413, body: { code: 'SSLWALL_E_TOO_LARGE', message: `request body over ${bodyLimit} bytes` } };
   if (f.code === 'FST_ERR_RESPONSE_SERIALIZATION') {
     return {
       status: 500,
@@ -170,9 +198,17 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity, op
   const metrics = createMetrics(engine);
   // fastify's own request log would be a line per request; the engine logs events (api_error, config_written).
   // An HTTPS server answers the same routes; its instance type differs only in the server class.
-  const base = (
-    sec.tls ? Fastify({ logger: false, bodyLimit: BODY_LIMIT, https: sec.tls }) : Fastify({ logger: false, bodyLimit: BODY_LIMIT })
-  ) as FastifyInstance;
+  const lim = { ...API_LIMITS, ...sec.limits };
+  const serverOptions = {
+    logger: false,
+    bodyLimit: lim.bodyLimit,
+    connectionTimeout: lim.connectionTimeoutMs,
+    requestTimeout: lim.requestTimeoutMs,
+    keepAliveTimeout: lim.keepAliveTimeoutMs,
+    maxRequestsPerSocket: lim.maxRequestsPerSocket,
+  } as const;
+  const base = (sec.tls ? Fastify({ ...serverOptions, https: sec.tls }) : Fastify(serverOptions)) as FastifyInstance;
+  base.server.maxConnections = lim.maxConnections;
   const app = base.withTypeProvider<ZodTypeProvider>();
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
@@ -232,8 +268,10 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity, op
   });
 
   app.setErrorHandler((err: FastifyError | SslwallError | Error, req, reply) => {
-    const { status, body } = errorReply(err);
+    const { status, body } = errorReply(err, lim.bodyLimit);
     if (status >= 500) log.error({ event: 'api_error', code: body.code, route: `${req.method} ${req.url}`, err: err.message }, 'api error');
+    else if (body.code === 'SSLWALL_E_HEAD_INVALID')
+      log.warn({ event: 'head_invalid', route: `${req.method} ${req.url}`, err: body.message }, 'tier head invalid');
     return reply.code(status).send(body);
   });
   app.setNotFoundHandler((req, reply) =>
@@ -297,9 +335,15 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity, op
   app.get('/api/tiers', { schema: { response: { 200: api.TiersResponse } } }, async () => {
     const out: z.infer<typeof api.TiersResponse> = [];
     for (const tier of await engine.store.tiers()) {
-      const head = await engine.store.head(tier);
+      const h = await engine.store.headState(tier);
       const ro = await engine.readState(tier);
-      out.push({ tier, version: head?.doc.version ?? null, rollout: ro ? rolloutView(engine, ro.state) : null, agents: engine.health.tier(tier).length });
+      out.push({
+        tier,
+        version: h.head?.doc.version ?? null,
+        rollout: ro ? rolloutView(engine, ro.state) : null,
+        agents: engine.health.tier(tier).length,
+        ...(h.problem ? { headProblem: h.problem } : {}),
+      });
     }
     return out;
   });
@@ -333,8 +377,10 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity, op
       return reply.code(201).send(rec);
     },
   );
-  app.get('/api/tiers/:tier/history', { schema: { params: api.TierParams, response: { 200: api.HistoryResponse } } }, async (req) =>
-    engine.store.history(req.params.tier),
+  app.get(
+    '/api/tiers/:tier/history',
+    { schema: { params: api.TierParams, querystring: api.HistoryQuery, response: { 200: api.HistoryResponse } } },
+    async (req) => engine.store.history(req.params.tier, req.query),
   );
   app.get('/api/tiers/:tier/audit', { schema: { params: api.TierParams, querystring: api.AuditQuery, response: { 200: api.AuditResponse } } }, async (req) =>
     engine.store.audit(req.params.tier, req.query.limit),
@@ -417,8 +463,9 @@ async function completeInput(engine: Engine, tier: string, doc: Record<string, u
   if ('config' in doc) return validateInput(doc, `tier ${tier}`);
   const config = ConfigSchema.safeParse(doc);
   if (!config.success) return validateInput({ config: doc, rollout: undefined }, `tier ${tier}`);
-  const head = await engine.store.head(tier);
-  const rollout = head?.doc.rollout ?? {
+  // Over an invalid head (SSLWALL_E_HEAD_INVALID) the rollout fields start as for a new tier: the
+  // broken head has none to keep, and refusing would leave no way to replace it with a bare config.
+  const rollout = (await engine.store.headState(tier)).head?.doc.rollout ?? {
     mode: config.data.mode === 'active' ? 'active' : 'passive',
     percent: config.data.mode === 'off' ? 0 : 100,
     otherwise: 'off',

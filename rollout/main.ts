@@ -6,7 +6,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { SslwallError } from '../schemas/errors.js';
 import { createEtcdClient, type EtcdConnection } from '../schemas/etcd.js';
-import { startApi } from './api.js';
+import { type ApiLimits, startApi } from './api.js';
 import { engineNames, isLoopback, Users } from './auth.js';
 import { Engine } from './engine.js';
 import { Signer } from './signing.js';
@@ -29,6 +29,10 @@ export interface EngineRunOptions {
   publicUrls?: string[];
   /** Allow running without --users, or on a non-loopback address without TLS. */
   insecure?: boolean;
+  /** Body, connection and timeout limits of the API (defaults: API_LIMITS in api.ts). */
+  apiLimits?: Partial<ApiLimits>;
+  /** History versions kept per tier (default HISTORY_KEEP in store.ts; docs/rollout.md "Retention"). */
+  historyKeep?: number;
   /** Seconds a firing alert is kept unless Alertmanager repeats it (--alert-ttl; default 5 h). */
   alertTtlS?: number;
 }
@@ -73,10 +77,18 @@ export async function startEngine(opts: EngineRunOptions, log: Logger): Promise<
   const users = opts.users ? new Users(opts.users, log.child({ component: 'auth' })) : null;
   if (!users) log.warn({ event: 'engine_insecure' }, 'no --users: every caller may do anything, as "anonymous"');
   const client = createEtcdClient(opts.etcd);
-  const engine = new Engine({ client, prefix: opts.prefix ?? '/sslwall/', signer, id: opts.id, log, leaseTtlS: opts.leaseTtlS ?? 5 });
+  const engine = new Engine({
+    client,
+    prefix: opts.prefix ?? '/sslwall/',
+    signer,
+    id: opts.id,
+    log,
+    leaseTtlS: opts.leaseTtlS ?? 5,
+    historyKeep: opts.historyKeep,
+  });
   let api: FastifyInstance;
   try {
-    api = await startApi(engine, opts.listen, log, { users, names, tls }, { alertTtlS: opts.alertTtlS ?? 5 * 3600 });
+    api = await startApi(engine, opts.listen, log, { users, names, tls, limits: opts.apiLimits }, { alertTtlS: opts.alertTtlS ?? 5 * 3600 });
   } catch (err) {
     users?.close();
     client.close();

@@ -20,6 +20,11 @@ export const TierParams = z.object({ tier: TierName });
 export const HostParams = z.object({ host: HostId });
 export const ActionParams = z.object({ tier: TierName, action: RolloutAction });
 export const ConfigQuery = z.object({ version: z.coerce.number().int().min(1).optional() });
+/** A page of history: the `limit` newest versions below `before` (the oldest version of the previous page), oldest first. */
+export const HistoryQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+  before: z.coerce.number().int().min(1).optional(),
+});
 export const AuditQuery = z.object({ limit: z.coerce.number().int().min(1).max(10000).default(50) });
 export const PreviewQuery = z.object({ percent: z.coerce.number().min(0).max(100) });
 /** A query flag: present (?errors, ?errors=true, ?errors=1) or absent. */
@@ -133,7 +138,14 @@ export const RolloutView = RolloutStateSchema.extend({
 });
 
 export const TiersResponse = z.array(
-  z.object({ tier: z.string(), version: z.number().int().nullable(), rollout: RolloutView.nullable(), agents: z.number().int() }),
+  z.object({
+    tier: z.string(),
+    version: z.number().int().nullable(),
+    rollout: RolloutView.nullable(),
+    agents: z.number().int(),
+    /** Why the head is not a valid document (SSLWALL_E_HEAD_INVALID); absent when it is. */
+    headProblem: z.string().optional(),
+  }),
 );
 /** The head document plus its mod revision (for expectRevision). */
 export const HeadResponse = TierDocumentSchema.extend({ revision: z.number().int() });

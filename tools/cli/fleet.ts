@@ -20,6 +20,12 @@ export function usage(message: string): SslwallError {
   return new SslwallError('SSLWALL_E_USAGE', message);
 }
 
+function positiveInt(text: string, flag: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1) throw usage(`${flag} ${text}: give a whole number of at least 1`);
+  return n;
+}
+
 type Opts = NonNullable<Parameters<typeof parseArgs>[0]>['options'];
 export function parse(args: string[], options: Opts, where: string): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
   try {
@@ -52,6 +58,7 @@ Options:
   --etcd-cacert/--etcd-cert/--etcd-key FILE   TLS to etcd
   --id ID               this replica's name in the election            [hostname-pid]
   --lease-ttl S         leader lease TTL in seconds                                 [5]
+  --history-keep N      config versions kept per tier; older ones are pruned     [100]
   --alert-ttl DURATION  how long a firing alert is kept unless Alertmanager sends it
                         again; make it longer than Alertmanager's repeat_interval   [5h]
   --log-level LEVEL                                                              [info]
@@ -75,6 +82,7 @@ export async function engineCommand(args: string[]): Promise<number> {
       'etcd-key': { type: 'string' },
       id: { type: 'string' },
       'lease-ttl': { type: 'string' },
+      'history-keep': { type: 'string' },
       'alert-ttl': { type: 'string' },
       'log-level': { type: 'string' },
     },
@@ -111,6 +119,7 @@ export async function engineCommand(args: string[]): Promise<number> {
       listen: (v.listen as string | undefined) ?? '127.0.0.1:7070',
       prefix: v['etcd-prefix'] as string | undefined,
       leaseTtlS: v['lease-ttl'] === undefined ? undefined : Number(v['lease-ttl']),
+      historyKeep: v['history-keep'] === undefined ? undefined : positiveInt(String(v['history-keep']), '--history-keep'),
       users: v.users as string | undefined,
       tlsCert: v['tls-cert'] as string | undefined,
       tlsKey: v['tls-key'] as string | undefined,
