@@ -88,6 +88,8 @@ export interface ApiSecurity {
 export interface ApiOptions {
   /** The lease of a stored firing alert, renewed by each repeat (longer than Alertmanager's repeat_interval). */
   alertTtlS: number;
+  /** More metrics to serve on /metrics (the notifier's). */
+  metrics?: client.Metric[];
 }
 
 // Open to anyone: liveness and scrapes (no tier data), and the dashboard's page and script, which
@@ -95,11 +97,12 @@ export interface ApiOptions {
 const OPEN = new Set(['/healthz', '/metrics']);
 const PAGE = new Set(['/', '/index.html', '/dashboard.js']);
 
-export function createMetrics(engine: Engine) {
+export function createMetrics(engine: Engine, extra: client.Metric[] = []) {
   const registry = new client.Registry();
   client.collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 1000 });
   // Health bodies dropped because they disagree with their key (or are invalid): a misbehaving agent shows here.
   registry.registerMetric(engine.health.rejected);
+  for (const m of extra) registry.registerMetric(m);
   new client.Gauge({
     name: 'sslwall_engine_leader',
     help: '1 when this replica leads',
@@ -132,7 +135,7 @@ export function createMetrics(engine: Engine) {
     labelNames: ['status'] as const,
     registers: [registry],
   });
-  engine.onTransition = (tier, action) => transitions.inc({ tier, action });
+  engine.onTransition((tier, action) => transitions.inc({ tier, action }));
   return { registry, alerts };
 }
 
@@ -195,7 +198,7 @@ function dashboardDir(): string {
 }
 
 export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity, opts: ApiOptions): Promise<FastifyInstance> {
-  const metrics = createMetrics(engine);
+  const metrics = createMetrics(engine, opts.metrics);
   // fastify's own request log would be a line per request; the engine logs events (api_error, config_written).
   // An HTTPS server answers the same routes; its instance type differs only in the server class.
   const lim = { ...API_LIMITS, ...sec.limits };

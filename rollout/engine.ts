@@ -21,6 +21,8 @@ import type { Signer } from './signing.js';
 import { afterChecks, nextStep, operatorAction, PhaseClock, rolledBack, type Step, stageWritten, transitioned } from './steps.js';
 import { ConfigStore, type Fence, HISTORY_KEEP, type SideWrite } from './store.js';
 
+export type TransitionListener = (tier: string, action: string, reason: string) => void;
+
 export interface EngineOptions {
   client: Etcd3;
   prefix: string;
@@ -67,7 +69,7 @@ export class Engine {
   private readonly blockedSample = new Map<string, { at: number; sum: number }>();
   private readonly urgent = new Set<string>();
   readonly counters = { steps: 0, advances: 0, rollbacks: 0, pauses: 0, checks: 0 };
-  onTransition: (tier: string, action: string, reason: string) => void = () => undefined;
+  private readonly transitionListeners: TransitionListener[] = [];
 
   constructor(private readonly opts: EngineOptions) {
     this.client = opts.client;
@@ -87,6 +89,15 @@ export class Engine {
   /** This replica's wall clock (stamps shown to people, alert end times); never used to measure a phase. */
   private wall(): number {
     return Date.now() + (this.opts.clockOffsetMs ?? 0);
+  }
+
+  /** Called after each transition the leader writes (a stage, a rollback, a state change): metrics, notifications. */
+  onTransition(listener: TransitionListener): void {
+    this.transitionListeners.push(listener);
+  }
+
+  private emitTransition(tier: string, action: string, reason: string): void {
+    for (const l of this.transitionListeners) l(tier, action, reason);
   }
 
   start(): void {
@@ -271,7 +282,7 @@ export class Engine {
       { event: 'rollout_stage_written', tier, rollout: state.id, stage: state.stage, mode: stage.mode, percent: stage.percent, version: rec.version, cohort },
       'stage written',
     );
-    this.onTransition(tier, 'stage_written', `${stage.mode}:${stage.percent}`);
+    this.emitTransition(tier, 'stage_written', `${stage.mode}:${stage.percent}`);
   }
 
   /** Back to the version the tier had before the rollout, as a new version, with the state change. */
@@ -296,7 +307,7 @@ export class Engine {
       { event: 'rollout_rolled_back', tier, rollout: state.id, status, reason, version: rec.version, baseline: state.baselineVersion },
       'rolled back',
     );
-    this.onTransition(tier, 'rolled_back', reason);
+    this.emitTransition(tier, 'rolled_back', reason);
   }
 
   private async transition(tier: string, step: Extract<Step, { do: 'transition' }>, mod: number, fence: Fence): Promise<void> {
@@ -317,7 +328,7 @@ export class Engine {
       { fence },
     );
     this.log.info({ event: `rollout_${action}`, tier, rollout: state.id, stage: next.stage, status: next.status, reason }, action);
-    this.onTransition(tier, action, reason);
+    this.emitTransition(tier, action, reason);
   }
 
   /**

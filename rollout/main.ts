@@ -9,6 +9,7 @@ import { createEtcdClient, type EtcdConnection } from '../schemas/etcd.js';
 import { type ApiLimits, startApi } from './api.js';
 import { engineNames, isLoopback, Users } from './auth.js';
 import { Engine } from './engine.js';
+import { Notifier, type Severity } from './notify.js';
 import { Signer } from './signing.js';
 
 export interface EngineRunOptions {
@@ -35,6 +36,8 @@ export interface EngineRunOptions {
   historyKeep?: number;
   /** Seconds a firing alert is kept unless Alertmanager repeats it (--alert-ttl; default 5 h). */
   alertTtlS?: number;
+  /** Rollout notifications to a chat webhook (--notify-url, --notify-severity). */
+  notify?: { url: string; minSeverity: Severity };
 }
 
 export interface RunningEngine {
@@ -86,9 +89,17 @@ export async function startEngine(opts: EngineRunOptions, log: Logger): Promise<
     leaseTtlS: opts.leaseTtlS ?? 5,
     historyKeep: opts.historyKeep,
   });
+  const notifier = opts.notify ? new Notifier({ ...opts.notify, link: opts.publicUrls?.[0] }, log.child({ component: 'notify' })) : null;
+  if (notifier) engine.onTransition((tier, action, reason) => notifier.notify(tier, action, reason));
   let api: FastifyInstance;
   try {
-    api = await startApi(engine, opts.listen, log, { users, names, tls, limits: opts.apiLimits }, { alertTtlS: opts.alertTtlS ?? 5 * 3600 });
+    api = await startApi(
+      engine,
+      opts.listen,
+      log,
+      { users, names, tls, limits: opts.apiLimits },
+      { alertTtlS: opts.alertTtlS ?? 5 * 3600, metrics: notifier ? [notifier.sent] : [] },
+    );
   } catch (err) {
     users?.close();
     client.close();
@@ -105,6 +116,8 @@ export async function startEngine(opts: EngineRunOptions, log: Logger): Promise<
       await api.close();
       users?.close();
       await engine.stop();
+      // The last transitions' messages get a moment to go out; a dead webhook does not hold the stop.
+      if (notifier) await Promise.race([notifier.flush(), new Promise((r) => setTimeout(r, 2000).unref())]);
       client.close();
     },
   };

@@ -61,6 +61,10 @@ Options:
   --history-keep N      config versions kept per tier; older ones are pruned     [100]
   --alert-ttl DURATION  how long a firing alert is kept unless Alertmanager sends it
                         again; make it longer than Alertmanager's repeat_interval   [5h]
+  --notify-url URL      post rollout transitions to this chat webhook (Slack-compatible
+                        JSON: {"text": ...}); only the leader sends
+  --notify-severity S   info (every stage), warning (also failed checks, pauses) or
+                        critical (rollbacks only): send transitions of S and above [warning]
   --log-level LEVEL                                                              [info]
 `;
 
@@ -84,6 +88,8 @@ export async function engineCommand(args: string[]): Promise<number> {
       'lease-ttl': { type: 'string' },
       'history-keep': { type: 'string' },
       'alert-ttl': { type: 'string' },
+      'notify-url': { type: 'string' },
+      'notify-severity': { type: 'string' },
       'log-level': { type: 'string' },
     },
     'engine',
@@ -106,6 +112,10 @@ export async function engineCommand(args: string[]): Promise<number> {
   const log = pino({ level: (v['log-level'] as string | undefined) ?? 'info', base: { component: 'engine', replica: id } });
   // Loaded here, not at the top: fastify and the engine are not needed by the other commands.
   const { runEngine } = await import('../../rollout/main.js');
+  const { SEVERITIES } = await import('../../rollout/notify.js');
+  const severity = (v['notify-severity'] as string | undefined) ?? 'warning';
+  if (!(SEVERITIES as readonly string[]).includes(severity)) throw usage(`--notify-severity must be one of ${SEVERITIES.join(', ')}`);
+  if (v['notify-severity'] && !v['notify-url']) throw usage('--notify-severity needs --notify-url URL');
   await runEngine(
     {
       etcd: {
@@ -126,6 +136,7 @@ export async function engineCommand(args: string[]): Promise<number> {
       publicUrls: (v['public-url'] as unknown as string[] | undefined) ?? [],
       insecure: v.insecure === true,
       alertTtlS: alertTtlMs === undefined ? undefined : Math.ceil(alertTtlMs / 1000),
+      notify: v['notify-url'] ? { url: String(v['notify-url']), minSeverity: severity as (typeof SEVERITIES)[number] } : undefined,
     },
     log,
   );
