@@ -15,6 +15,7 @@ import { EtcdAgentSource } from './etcd-source.js';
 import { destroyBlocked, startEventPump } from './events.js';
 import { routeInterfaces } from './interfaces.js';
 import { createMetrics, serveMetrics } from './metrics.js';
+import { registerOnSwitch, registerOpenFlows } from './register.js';
 import { plaintextControlWarnings, seedOwnFlows, selfProtection } from './self.js';
 import { type AppliedMeta, loadLastGood, metaFields, saveLastGood } from './state.js';
 import { AGENT_VERSION, type AgentStatus } from './status.js';
@@ -96,6 +97,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
     // Before the mode can turn active: connections opened while the mode was off have no flow yet.
     seedOwnFlows(dp, self, log, 'apply');
     const flipped = applyConfig(dp.maps, config, bypass, self);
+    registerOnSwitch(dp, before, config.mode, log, reason);
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
     remember(config, meta);
     status.applied = { config, meta };
@@ -136,6 +138,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
   for (const iface of ifaces) dp.attachInterface(iface, log);
   // The filter did not see the SYNs of connections opened before it was attached.
   seedOwnFlows(dp, self, log, 'attach');
+  if (currentMode(dp.maps) !== 'off') registerOpenFlows(dp, log, 'attach');
 
   let server: Server | undefined;
   if (opts.metricsAddr) server = await serveMetrics(opts.metricsAddr, metrics, log);

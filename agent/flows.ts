@@ -98,6 +98,9 @@ export interface Counters {
   remoteReported: bigint;
   remoteBlocked: bigint;
   selfInsertFailed: bigint;
+  /** Inbound handshakes answered (kept apart until established) and those established. */
+  halfOpenCreated: bigint;
+  halfOpenPromoted: bigint;
   byClass: Array<{ class: string; verdict: string; value: bigint }>;
 }
 
@@ -131,6 +134,17 @@ export function readCounters(counters: MapHandle): Counters {
     remoteReported: read(SslwallCounter.SSLWALL_CNT_REMOTE_REPORTED),
     remoteBlocked: read(SslwallCounter.SSLWALL_CNT_REMOTE_BLOCKED),
     selfInsertFailed: read(SslwallCounter.SSLWALL_CNT_SELF_INSERT_FAILED),
+    halfOpenCreated: read(SslwallCounter.SSLWALL_CNT_HALF_OPEN_CREATED),
+    halfOpenPromoted: read(SslwallCounter.SSLWALL_CNT_HALF_OPEN_PROMOTED),
     byClass,
   };
+}
+
+/**
+ * Flows that left the map other than by a close: the LRU evicted them to make room. Every
+ * insert of a new key counts as created and every delete (or replacement) as closed, so this is
+ * exact up to inserts racing the walk of the map that counted the live ones.
+ */
+export function flowEvictions(c: Counters, live: number): number {
+  return Math.max(0, Number(c.flowsCreated - c.flowsClosed) - live);
 }

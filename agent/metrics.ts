@@ -3,8 +3,9 @@
 import http from 'node:http';
 import type { Logger } from 'pino';
 import client from 'prom-client';
+import { native } from '../native/index.js';
 import type { Datapath } from './datapath.js';
-import { readCounters } from './flows.js';
+import { flowEvictions, readCounters } from './flows.js';
 
 export function createMetrics(dp: Datapath) {
   const registry = new client.Registry();
@@ -28,13 +29,20 @@ export function createMetrics(dp: Datapath) {
       }
     },
   });
+  // Counting live flows walks the map: at most every 30 s, however often Prometheus scrapes.
+  let live = { at: 0, count: 0 };
   const kernel = new client.Gauge({
     name: 'sslwall_datapath_counter',
-    help: 'Kernel datapath counters: flows created/closed/evicted, packets dropped/truncated, events lost',
+    help: 'Kernel datapath counters: flows created/closed/evicted/live, inbound handshakes answered/established, packets dropped/truncated, events lost',
     labelNames: ['counter'] as const,
     registers: [registry],
     collect() {
       const c = readCounters(dp.maps.sslwall_counters);
+      if (Date.now() - live.at > 30000) live = { at: Date.now(), count: native().mapDump(dp.maps.sslwall_flows).length };
+      kernel.set({ counter: 'flows_live' }, live.count);
+      kernel.set({ counter: 'flows_evicted' }, flowEvictions(c, live.count));
+      kernel.set({ counter: 'half_open_created' }, Number(c.halfOpenCreated));
+      kernel.set({ counter: 'half_open_promoted' }, Number(c.halfOpenPromoted));
       kernel.set({ counter: 'flows_created' }, Number(c.flowsCreated));
       kernel.set({ counter: 'flows_closed' }, Number(c.flowsClosed));
       kernel.set({ counter: 'flow_insert_failed' }, Number(c.insertFailed));

@@ -33,6 +33,15 @@ static __always_inline int is_syn(const struct sslwall_pkt *p)
 	return (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 }
 
+/* The verdict of a decided flow for one packet. */
+static __always_inline int decided(const struct sslwall_flow *f, const struct sslwall_pkt *p)
+{
+	if (f->verdict != SSLWALL_VERDICT_BLOCKED || (p->tcp_flags & (TCP_FLAG_RST | TCP_FLAG_SYN)))
+		return VERDICT_PASS;
+	sslwall_count(SSLWALL_CNT_PKT_DROPPED);
+	return VERDICT_DROP;
+}
+
 static __always_inline int classify(struct __sk_buff *skb, int egress)
 {
 	struct sslwall_pkt p = {};
@@ -48,17 +57,16 @@ static __always_inline int classify(struct __sk_buff *skb, int egress)
 	}
 
 	/* Fast path: a decided flow costs this one lookup. A blocked flow's RST
-	 * still passes so the peer fails fast instead of retransmitting. A SYN from
-	 * the flow's client opens a new flow on the same 4-tuple (the close of the
-	 * old one was missed): it takes the slow path. A SYN from the server side
-	 * cannot start a connection on this tuple and is judged by the old flow. */
+	 * still passes so the peer fails fast instead of retransmitting. Only this
+	 * host's own SYN (connect() found the 4-tuple free) opens a new flow over a
+	 * decided one: it takes the slow path. An arriving SYN never replaces a decided
+	 * flow (anyone can forge one); it passes, also on a blocked flow, so that the
+	 * kernel decides: a challenge ACK for a live socket, or a new handshake that
+	 * replaces the entry once established (lifecycle.bpf.c). egress is a constant
+	 * in each program: the test costs nothing on ingress. */
 	f = bpf_map_lookup_elem(&sslwall_flows, &p.key);
-	if (f && f->cls != SSLWALL_CLASS_PENDING && (!is_syn(&p) || p.sender_is_lo != f->client_is_lo)) {
-		if (f->verdict != SSLWALL_VERDICT_BLOCKED || (p.tcp_flags & TCP_FLAG_RST))
-			return VERDICT_PASS;
-		sslwall_count(SSLWALL_CNT_PKT_DROPPED);
-		return VERDICT_DROP;
-	}
+	if (f && f->cls != SSLWALL_CLASS_PENDING && !(egress && is_syn(&p)))
+		return decided(f, &p);
 	return classify_slow(skb, &p, f, egress);
 }
 
@@ -125,6 +133,10 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 
 	if (!syn && !synack && p->payload_len == 0)
 		return NULL;	/* an ACK or FIN of a flow we never saw: nothing to judge yet */
+	/* An arriving SYN without data (a scan, a flood, a port nobody listens on) leaves no
+	 * state: the flow starts when this host answers it (its SYN-ACK, on egress). */
+	if (syn && !egress && p->payload_len == 0)
+		return NULL;
 
 	if (syn)
 		f.client_is_lo = p->sender_is_lo;
@@ -169,10 +181,26 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 		bpf_map_update_elem(&sslwall_owners, &p->key, &owner, BPF_ANY);
 	}
 
-	/* A SYN always starts a new flow (the 4-tuple may be reused after a close we
-	 * missed); otherwise NOEXIST: another CPU may have inserted it meanwhile. */
-	if (bpf_map_update_elem(&sslwall_flows, &p->key, &f, syn ? BPF_ANY : BPF_NOEXIST) == 0)
+	/* An inbound handshake (our SYN-ACK, or a Fast Open SYN whose data must be judged now)
+	 * waits in half_open until the kernel establishes it. NOEXIST there: a retransmitted
+	 * SYN-ACK must not reset what a Fast Open SYN's data already taught. */
+	if (egress ? synack : syn) {
+		if (bpf_map_update_elem(&sslwall_half_open, &p->key, &f, BPF_NOEXIST) == 0)
+			sslwall_count(SSLWALL_CNT_HALF_OPEN_CREATED);
+		stored = bpf_map_lookup_elem(&sslwall_half_open, &p->key);
+		if (!stored)
+			sslwall_count(SSLWALL_CNT_FLOW_INSERT_FAILED);
+		return stored;
+	}
+	/* NOEXIST first: another CPU may have inserted it meanwhile. Our own SYN then replaces
+	 * the flow (connect() found the 4-tuple free: the old flow's close was missed), counted
+	 * as a close and a create so that created - closed - live still counts evictions. */
+	if (bpf_map_update_elem(&sslwall_flows, &p->key, &f, BPF_NOEXIST) == 0) {
 		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
+	} else if (syn && bpf_map_update_elem(&sslwall_flows, &p->key, &f, BPF_EXIST) == 0) {
+		sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);
+		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
+	}
 	stored = bpf_map_lookup_elem(&sslwall_flows, &p->key);
 	if (!stored)
 		sslwall_count(SSLWALL_CNT_FLOW_INSERT_FAILED);
@@ -199,7 +227,22 @@ static __noinline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p
 	if (cfg->mode == SSLWALL_MODE_OFF)
 		return VERDICT_PASS;
 
-	if (!f || (is_syn(p) && p->sender_is_lo == f->client_is_lo)) {
+	/* An inbound handshake not yet established is judged where it waits. */
+	if (!f) {
+		f = bpf_map_lookup_elem(&sslwall_half_open, &p->key);
+		if (f && (p->tcp_flags & TCP_FLAG_RST)) {
+			/* A reset handshake never completes (a SYN scanner's RST, a refused SYN-ACK).
+			 * An established flow's entry goes when the kernel, which checks the RST's
+			 * sequence number, closes the socket: a forged RST must not remove it. */
+			bpf_map_delete_elem(&sslwall_half_open, &p->key);
+			return VERDICT_PASS;
+		}
+		if (f && f->cls != SSLWALL_CLASS_PENDING && !(egress && is_syn(p)))
+			return decided(f, p);
+	}
+	if (f && !egress && is_syn(p))
+		return VERDICT_PASS;	/* a SYN on a known flow, forged or retransmitted: state stays as it was */
+	if (!f || (egress && is_syn(p))) {
 		f = open_flow(skb, p, cfg, gen, egress);
 		if (!f || f->cls != SSLWALL_CLASS_PENDING)
 			return VERDICT_PASS;

@@ -100,7 +100,11 @@ enum sslwall_counter {
 	SSLWALL_CNT_REMOTE_BLOCKED = SSLWALL_CNT_REMOTE_REPORTED + 1,
 	/* Agent SYNs bypassed but not remembered in sslwall_self_flows (map full). */
 	SSLWALL_CNT_SELF_INSERT_FAILED = SSLWALL_CNT_REMOTE_REPORTED + 2,
-	SSLWALL_CNT_COUNT = SSLWALL_CNT_REMOTE_REPORTED + 3,
+	/* Inbound handshakes the host answered (SYN-ACK sent), kept in sslwall_half_open. */
+	SSLWALL_CNT_HALF_OPEN_CREATED = SSLWALL_CNT_REMOTE_REPORTED + 3,
+	/* Half-open entries moved into sslwall_flows when the kernel established the connection. */
+	SSLWALL_CNT_HALF_OPEN_PROMOTED = SSLWALL_CNT_REMOTE_REPORTED + 4,
+	SSLWALL_CNT_COUNT = SSLWALL_CNT_REMOTE_REPORTED + 5,
 };
 
 enum sslwall_event_type {

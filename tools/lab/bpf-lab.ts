@@ -41,8 +41,16 @@ export class Lab {
     return native().testRun(this.ingressProg, pkt, 1).retval | 0;
   }
 
-  flows(): FlowRecord[] {
-    return readFlows(this.maps.sslwall_flows);
+  /**
+   * Established flows and inbound handshakes (half_open): without sockets behind the test
+   * packets, no kernel establishes anything, so an inbound flow stays half-open here.
+   */
+  flows(): Array<FlowRecord & { halfOpen?: true }> {
+    return [...readFlows(this.maps.sslwall_flows), ...this.halfOpen()];
+  }
+
+  halfOpen(): Array<FlowRecord & { halfOpen: true }> {
+    return readFlows(this.maps.sslwall_half_open).map((f) => ({ ...f, halfOpen: true as const }));
   }
 
   flow(client: Endpoint, server: Endpoint): FlowRecord | undefined {
