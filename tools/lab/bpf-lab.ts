@@ -53,7 +53,7 @@ export class Lab {
     return readFlows(this.maps.sslwall_half_open).map((f) => ({ ...f, halfOpen: true as const }));
   }
 
-  flow(client: Endpoint, server: Endpoint): FlowRecord | undefined {
+  flow(client: Endpoint, server: Endpoint): (FlowRecord & { halfOpen?: true }) | undefined {
     return this.flows().find((f) => f.saddr === client.addr && f.sport === client.port && f.daddr === server.addr && f.dport === server.port);
   }
 
