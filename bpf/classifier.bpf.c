@@ -33,6 +33,11 @@ static __always_inline int is_syn(const struct sslwall_pkt *p)
 	return (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 }
 
+static __always_inline int is_synack(const struct sslwall_pkt *p)
+{
+	return (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK);
+}
+
 /* The verdict of a decided flow for one packet. */
 static __always_inline int decided(const struct sslwall_flow *f, const struct sslwall_pkt *p)
 {
@@ -57,15 +62,15 @@ static __always_inline int classify(struct __sk_buff *skb, int egress)
 	}
 
 	/* Fast path: a decided flow costs this one lookup. A blocked flow's RST
-	 * still passes so the peer fails fast instead of retransmitting. Only this
-	 * host's own SYN (connect() found the 4-tuple free) opens a new flow over a
-	 * decided one: it takes the slow path. An arriving SYN never replaces a decided
-	 * flow (anyone can forge one); it passes, also on a blocked flow, so that the
-	 * kernel decides: a challenge ACK for a live socket, or a new handshake that
-	 * replaces the entry once established (lifecycle.bpf.c). egress is a constant
-	 * in each program: the test costs nothing on ingress. */
+	 * still passes so the peer fails fast instead of retransmitting. Only a
+	 * handshake this host sends (its SYN: connect() found the 4-tuple free; its
+	 * SYN-ACK: no socket holds the tuple any more, a live one would have answered
+	 * with an ACK) starts a new flow over a decided one: it takes the slow path.
+	 * An arriving SYN never replaces a decided flow (anyone can forge one); it
+	 * passes, also on a blocked flow, so that the kernel decides. egress is a
+	 * constant in each program: the test costs nothing on ingress. */
 	f = bpf_map_lookup_elem(&sslwall_flows, &p.key);
-	if (f && f->cls != SSLWALL_CLASS_PENDING && !(egress && is_syn(&p)))
+	if (f && f->cls != SSLWALL_CLASS_PENDING && !(egress && (p.tcp_flags & TCP_FLAG_SYN)))
 		return decided(f, &p);
 	return classify_slow(skb, &p, f, egress);
 }
@@ -120,11 +125,53 @@ static __always_inline int self_flow(const struct sslwall_pkt *p, const struct s
 	return 1;
 }
 
+/* The server's sequence starts at its SYN-ACK: what the client's ACK must acknowledge. */
+static __always_inline void note_synack(struct sslwall_flow *f, const struct sslwall_pkt *p)
+{
+	f->seq_next[1] = p->seq + 1;
+	f->flags |= SSLWALL_FLOW_SEQ_SERVER;
+}
+
+/*
+ * The client's ACK of our SYN-ACK: it acknowledges exactly the SYN-ACK's sequence number + 1
+ * (or data the server sent after it), which only someone who saw the SYN-ACK can know. The
+ * handshake is then complete, also for a server in another namespace behind this host, where
+ * no state change of a local socket would ever tell (lifecycle.bpf.c promotes local ones too).
+ */
+static __always_inline int completes_handshake(const struct sslwall_pkt *p, const struct sslwall_flow *f)
+{
+	return (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) == TCP_FLAG_ACK &&
+	       (f->flags & SSLWALL_FLOW_SEQ_SERVER) && p->sender_is_lo == f->client_is_lo && p->ack == f->seq_next[1];
+}
+
+/* Move an established inbound flow from half_open into flows, replacing whatever flow the tuple
+ * had (the host answered this new handshake, so the old connection is over). Returns the
+ * entry to go on with: the new one, or the half-open one if flows refused the insert (counted). */
+static __noinline struct sslwall_flow *promote(const struct sslwall_pkt *p, struct sslwall_flow *half)
+{
+	struct sslwall_flow copy = *half, *stored;
+
+	if (bpf_map_update_elem(&sslwall_flows, &p->key, &copy, BPF_NOEXIST) == 0) {
+		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
+	} else if (bpf_map_update_elem(&sslwall_flows, &p->key, &copy, BPF_EXIST) == 0) {
+		sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);
+		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
+	}
+	stored = bpf_map_lookup_elem(&sslwall_flows, &p->key);
+	if (!stored) {
+		sslwall_count(SSLWALL_CNT_FLOW_INSERT_FAILED);
+		return half;
+	}
+	bpf_map_delete_elem(&sslwall_half_open, &p->key);
+	sslwall_count(SSLWALL_CNT_HALF_OPEN_PROMOTED);
+	return stored;
+}
+
 static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const struct sslwall_pkt *p,
 						 const struct sslwall_config *cfg, __u32 gen, int egress)
 {
 	int syn = is_syn(p);
-	int synack = (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK);
+	int synack = is_synack(p);
 	struct sslwall_flow f = {};
 	struct sslwall_flow *stored;
 	__u16 server_port;
@@ -188,8 +235,12 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 		if (bpf_map_update_elem(&sslwall_half_open, &p->key, &f, BPF_NOEXIST) == 0)
 			sslwall_count(SSLWALL_CNT_HALF_OPEN_CREATED);
 		stored = bpf_map_lookup_elem(&sslwall_half_open, &p->key);
-		if (!stored)
+		if (!stored) {
 			sslwall_count(SSLWALL_CNT_FLOW_INSERT_FAILED);
+			return NULL;
+		}
+		if (synack)
+			note_synack(stored, p);
 		return stored;
 	}
 	/* NOEXIST first: another CPU may have inserted it meanwhile. Our own SYN then replaces
@@ -227,6 +278,12 @@ static __noinline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p
 	if (cfg->mode == SSLWALL_MODE_OFF)
 		return VERDICT_PASS;
 
+	/* This host answers a new handshake on the tuple: the flow there before is over. */
+	if (f && egress && is_synack(p)) {
+		if (bpf_map_delete_elem(&sslwall_flows, &p->key) == 0)
+			sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);
+		f = NULL;
+	}
 	/* An inbound handshake not yet established is judged where it waits. */
 	if (!f) {
 		f = bpf_map_lookup_elem(&sslwall_half_open, &p->key);
@@ -237,7 +294,11 @@ static __noinline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p
 			bpf_map_delete_elem(&sslwall_half_open, &p->key);
 			return VERDICT_PASS;
 		}
-		if (f && f->cls != SSLWALL_CLASS_PENDING && !(egress && is_syn(p)))
+		if (f && egress && is_synack(p))
+			note_synack(f, p);	/* answering a Fast Open SYN, whose data made the entry */
+		if (f && completes_handshake(p, f))
+			f = promote(p, f);
+		if (f && f->cls != SSLWALL_CLASS_PENDING && !(egress && (p->tcp_flags & TCP_FLAG_SYN)))
 			return decided(f, p);
 	}
 	if (f && !egress && is_syn(p))

@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import { flowEvictions } from '../../agent/flows.js';
 import { native } from '../../native/index.js';
 import { DROP, Lab, PASS } from '../../tools/lab/bpf-lab.js';
-import { Conversation, packet, RST, SYN, tlsHello } from '../../tools/lab/packets.js';
+import { ACK, Conversation, packet, RST, SYN, tlsHello } from '../../tools/lab/packets.js';
 
 const SERVER = { addr: '10.1.0.2', port: 443 };
 const CONFIG = { bypass: { ports: [22] } };
@@ -40,7 +40,7 @@ function state(c: Conversation): string {
   return f ? `${f.halfOpen ? 'half-open' : 'flow'} ${f.class}/${f.verdict}` : 'none';
 }
 
-/** This host is the server: the client's packets arrive, ours leave; the flow stays half-open (no socket). */
+/** This host is the server: the client's packets arrive, ours leave; the ClientHello's ACK completes the handshake. */
 function inboundTls(c: Conversation): void {
   assert.equal(lab.ingress(c.syn()), PASS);
   assert.equal(lab.egress(c.synAck()), PASS);
@@ -69,21 +69,69 @@ test('an arriving SYN without data creates no state: 1000 spoofed sources, scan 
   assert.equal(now.halfOpenCreated - before.halfOpenCreated, 0n);
 });
 
-test("the host's SYN-ACK opens a half-open entry, judged there; the flows map stays untouched", () => {
+test("the host's SYN-ACK opens a half-open entry; the client's ACK of it (and only that) makes it a flow", () => {
   const before = lab.counters();
   const c = conv();
   lab.ingress(c.syn());
   assert.equal(state(c), 'none', 'the SYN alone');
   lab.egress(c.synAck());
   assert.equal(state(c), 'half-open pending/allowed');
+  assert.equal(lab.egress(c.synAck()), PASS, 'a retransmitted SYN-ACK');
+  assert.equal(state(c), 'half-open pending/allowed');
+  // A blind ACK (a spoofer never saw the SYN-ACK, so guesses its sequence number) does nothing.
+  assert.equal(lab.ingress(packet({ src: c.client, dst: c.server, flags: ACK, seq: 1001, ack: 4242 })), PASS);
+  assert.equal(state(c), 'half-open pending/allowed', 'an ACK of the wrong sequence number');
+  assert.equal(lab.ingress(c.ackFromClient()), PASS);
+  assert.equal(state(c), 'flow pending/allowed', 'the handshake completed');
   lab.ingress(c.fromClient(tlsHello('client')));
   lab.egress(c.fromServer(tlsHello('server')));
-  assert.equal(state(c), 'half-open tls/allowed');
+  assert.equal(state(c), 'flow tls/allowed');
   const now = lab.counters();
   assert.equal(now.halfOpenCreated - before.halfOpenCreated, 1n);
-  assert.equal(now.flowsCreated - before.flowsCreated, 0n);
-  assert.equal(lab.egress(c.synAck()), PASS, 'a retransmitted SYN-ACK');
-  assert.equal(state(c), 'half-open tls/allowed', 'a retransmitted SYN-ACK does not reset the handshake');
+  assert.equal(now.halfOpenPromoted - before.halfOpenPromoted, 1n);
+  assert.equal(now.flowsCreated - before.flowsCreated, 1n);
+});
+
+test('data riding on the ACK that completes the handshake is judged, and the flow promoted', () => {
+  withMode('active', () => {
+    const c = conv({ addr: SERVER.addr, port: 80 });
+    lab.ingress(c.syn());
+    lab.egress(c.synAck());
+    assert.equal(lab.ingress(c.fromClient('GET / HTTP/1.1\r\n\r\n')), DROP);
+    assert.equal(state(c), 'flow plaintext/blocked');
+  });
+});
+
+test("the host's SYN-ACK on a decided flow's tuple ends that flow; the new handshake starts fresh", () => {
+  const c = conv();
+  inboundTls(c);
+  assert.equal(state(c), 'flow tls/allowed');
+  const before = lab.counters();
+  const again = new Conversation(c.client, c.server);
+  lab.ingress(again.syn());
+  assert.equal(state(c), 'flow tls/allowed', 'the arriving SYN changed nothing');
+  lab.egress(again.synAck());
+  assert.equal(state(c), 'half-open pending/allowed', 'the host answered: the old connection is over');
+  lab.ingress(again.ackFromClient());
+  assert.equal(state(c), 'flow pending/allowed');
+  const now = lab.counters();
+  assert.equal(now.flowsClosed - before.flowsClosed, 1n);
+  assert.equal(now.flowsCreated - before.flowsCreated, 1n);
+});
+
+test('the answers to a SYN flood on an open port fill half_open only: established flows stay', () => {
+  const idle = conv();
+  inboundTls(idle);
+  const flowsBefore = native().mapDump(lab.maps.sslwall_flows).length;
+  const max = lab.obj.mapDef('sslwall_half_open').maxEntries;
+  for (let i = 0; i < max + 2000; i++) {
+    const spoofed = { addr: `10.5.${(i >> 8) & 255}.${i & 255}`, port: 1024 + (i >> 16) };
+    lab.ingress(packet({ src: spoofed, dst: SERVER, flags: SYN, seq: i }));
+    lab.egress(packet({ src: SERVER, dst: spoofed, flags: SYN | ACK, seq: i * 7, ack: i + 1 }));
+  }
+  assert.equal(native().mapDump(lab.maps.sslwall_flows).length, flowsBefore, 'no flow created or evicted by the flood');
+  assert.equal(state(idle), 'flow tls/allowed');
+  assert.ok(lab.halfOpen().length <= max);
 });
 
 test('a half-open handshake is removed by a RST from either side (SYN scanner, refused handshake)', () => {
@@ -113,6 +161,8 @@ test('TCP Fast Open: data in an arriving SYN is judged (half-open), plaintext in
   lab.egress(c.synAck());
   lab.egress(c.fromServer(tlsHello('server')));
   assert.equal(state(c), 'half-open tls/allowed', 'the SYN-ACK kept what the SYN taught');
+  lab.ingress(c.ackFromClient());
+  assert.equal(state(c), 'flow tls/allowed');
   withMode('active', () => {
     const p = conv({ addr: SERVER.addr, port: 80 });
     assert.equal(lab.ingress(p.syn('GET / HTTP/1.1\r\n\r\n')), DROP);
@@ -137,7 +187,7 @@ test('a spray of SYNs over every source port of a client address resets none of 
   const before = lab.counters();
   for (let port = 1024; port < 65536; port += 7) lab.ingress(packet({ src: { addr: client, port }, dst: SERVER, flags: SYN, seq: port }));
   for (const c of live) lab.ingress(c.syn());
-  for (const c of live) assert.equal(state(c), 'half-open tls/allowed', `flow from port ${c.client.port}`);
+  for (const c of live) assert.equal(state(c), 'flow tls/allowed', `flow from port ${c.client.port}`);
   const now = lab.counters();
   assert.equal(now.halfOpenCreated - before.halfOpenCreated, 0n, 'no state for the spray');
   // And they still pass data.
