@@ -141,10 +141,15 @@ export function readCounters(counters: MapHandle): Counters {
 }
 
 /**
- * Flows that left the map other than by a close: the LRU evicted them to make room. Every
- * insert of a new key counts as created and every delete (or replacement) as closed, so this is
- * exact up to inserts racing the walk of the map that counted the live ones.
+ * Live entries of the flows map, and the flows the LRU evicted to make room: every insert of a
+ * new key counts as created and every delete (or replacement) as closed, so evicted = created -
+ * closed - live. The walk that counts live entries takes a while and flows open and close
+ * meanwhile: created is read before it and closed after, so the figure is a lower bound that
+ * never reports an eviction that did not happen. Walks the map: callers cache.
  */
-export function flowEvictions(c: Counters, live: number): number {
-  return Math.max(0, Number(c.flowsCreated - c.flowsClosed) - live);
+export function flowTableStats(counters: MapHandle, flows: MapHandle): { live: number; evicted: number } {
+  const created = readCounters(counters).flowsCreated;
+  const live = native().mapDump(flows).length;
+  const closed = readCounters(counters).flowsClosed;
+  return { live, evicted: Math.max(0, Number(created - closed) - live) };
 }

@@ -3,9 +3,8 @@
 import http from 'node:http';
 import type { Logger } from 'pino';
 import client from 'prom-client';
-import { native } from '../native/index.js';
 import type { Datapath } from './datapath.js';
-import { flowEvictions, readCounters } from './flows.js';
+import { flowTableStats, readCounters } from './flows.js';
 
 export function createMetrics(dp: Datapath) {
   const registry = new client.Registry();
@@ -30,7 +29,7 @@ export function createMetrics(dp: Datapath) {
     },
   });
   // Counting live flows walks the map: at most every 30 s, however often Prometheus scrapes.
-  let live = { at: 0, count: 0 };
+  let table = { at: 0, live: 0, evicted: 0 };
   const kernel = new client.Gauge({
     name: 'sslwall_datapath_counter',
     help: 'Kernel datapath counters: flows created/closed/evicted/live, inbound handshakes answered/established, packets dropped/truncated, events lost',
@@ -38,9 +37,9 @@ export function createMetrics(dp: Datapath) {
     registers: [registry],
     collect() {
       const c = readCounters(dp.maps.sslwall_counters);
-      if (Date.now() - live.at > 30000) live = { at: Date.now(), count: native().mapDump(dp.maps.sslwall_flows).length };
-      kernel.set({ counter: 'flows_live' }, live.count);
-      kernel.set({ counter: 'flows_evicted' }, flowEvictions(c, live.count));
+      if (Date.now() - table.at > 30000) table = { at: Date.now(), ...flowTableStats(dp.maps.sslwall_counters, dp.maps.sslwall_flows) };
+      kernel.set({ counter: 'flows_live' }, table.live);
+      kernel.set({ counter: 'flows_evicted' }, table.evicted);
       kernel.set({ counter: 'half_open_created' }, Number(c.halfOpenCreated));
       kernel.set({ counter: 'half_open_promoted' }, Number(c.halfOpenPromoted));
       kernel.set({ counter: 'flows_created' }, Number(c.flowsCreated));
