@@ -284,8 +284,10 @@ static __noinline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p
 			sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);
 		f = NULL;
 	}
-	/* An inbound handshake not yet established is judged where it waits. */
-	if (!f) {
+	/* An inbound handshake not yet established is judged where it waits. Not looked for on
+	 * a SYN of ours (it opens a flow of its own) or an arriving SYN without data (it changes
+	 * nothing either way): a new connection pays no second lookup, and a flood neither. */
+	if (!f && !(is_syn(p) && (egress || p->payload_len == 0))) {
 		f = bpf_map_lookup_elem(&sslwall_half_open, &p->key);
 		if (f && (p->tcp_flags & TCP_FLAG_RST)) {
 			/* A reset handshake never completes (a SYN scanner's RST, a refused SYN-ACK).
