@@ -300,8 +300,8 @@ static __noinline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p
 			note_synack(f, p);	/* answering a Fast Open SYN, whose data made the entry */
 		if (f && completes_handshake(p, f))
 			f = promote(p, f);
-		if (f && f->cls != SSLWALL_CLASS_PENDING && !(egress && (p->tcp_flags & TCP_FLAG_SYN)))
-			return decided(f, p);
+		if (f && f->cls != SSLWALL_CLASS_PENDING && !(egress && is_syn(p)))
+			return decided(f, p);	/* a retransmitted SYN-ACK of a decided handshake too */
 	}
 	if (f && !egress && is_syn(p))
 		return VERDICT_PASS;	/* a SYN on a known flow, forged or retransmitted: state stays as it was */
