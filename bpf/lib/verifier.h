@@ -57,4 +57,10 @@ static __always_inline __u32 sslwall_scan_idx(__u32 i)
 	return i & (SCAN_MAX - 1);
 }
 
+/* Index into a flow's 16-byte hdr[] buffer, masked like sslwall_scan_idx (same reason). */
+static __always_inline __u32 sslwall_hdr_idx(__u32 i)
+{
+	return i & 15;
+}
+
 #endif /* SSLWALL_VERIFIER_H */
