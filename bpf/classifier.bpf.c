@@ -330,8 +330,6 @@ judged:
 		f->seq_next[di] = seq + len;
 		f->flags |= seq_flag;
 	}
-	if (d == DIR_CLIENT)
-		f->flags |= SSLWALL_FLOW_CLIENT_SPOKE;
 	if (j == JUDGE_DECIDED)
 		sslwall_count_class(f->cls, SSLWALL_VERDICT_ALLOWED);
 	return VERDICT_PASS;

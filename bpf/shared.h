@@ -83,7 +83,7 @@ enum sslwall_flow_flags {
 	SSLWALL_FLOW_SEQ_SERVER = 1 << 4,	/* seq_next[1] is valid */
 	SSLWALL_FLOW_FASTOPEN = 1 << 5,		/* data rode in the SYN */
 	SSLWALL_FLOW_UPGRADE_REPLIED = 1 << 6,	/* the server answered the upgrade command */
-	SSLWALL_FLOW_CLIENT_SPOKE = 1 << 7,	/* an in-order client payload was judged */
+	SSLWALL_FLOW_HELLO_SEQ = 1 << 7,	/* hdr_seq[0] is valid (never in entries migrated from older builds) */
 };
 
 /* Indexes into the per-CPU counters array. Class/verdict pairs start at

@@ -65,8 +65,11 @@ static __always_inline __u32 buffer_header(struct __sk_buff *skb, struct sslwall
 		sslwall_count(SSLWALL_CNT_PKT_TRUNCATED);
 		return have;
 	}
-	if (have == 0)
+	if (have == 0) {
 		f->hdr_seq[sslwall_dir_idx(d)] = p->seq;
+		if (d == DIR_CLIENT)
+			f->flags |= SSLWALL_FLOW_HELLO_SEQ;
+	}
 #pragma unroll
 	for (i = 0; i < TLS_HELLO_HDR_LEN; i++) {
 		__u32 at = have + i;
@@ -99,9 +102,13 @@ static __always_inline int client_over_limit(const struct sslwall_flow *f, __u32
 
 	if (f->flags & SSLWALL_FLOW_SERVER_TLS)
 		return 0;
-	if (f->flags & SSLWALL_FLOW_CLIENT_TLS)
+	if (f->flags & SSLWALL_FLOW_CLIENT_TLS) {
+		/* A pending entry carried over from an older build knows no hello position: the
+		 * pending limit alone holds it, as it did there. */
+		if (!(f->flags & SSLWALL_FLOW_HELLO_SEQ))
+			return 0;
 		limit = f->hdr_seq[0] + TLS_RECORD_HDR_LEN + tls_record_len(f->hdr[0]);
-	else
+	} else
 		limit = f->seq_next[0] + TLS_RECORD_HDR_LEN + TLS_MAX_PLAIN_RECORD;
 	return (__s32)(end - limit) > 0;
 }
@@ -292,7 +299,8 @@ static __noinline int judge_payload(struct __sk_buff *skb, struct sslwall_flow *
 		return JUDGE_DECIDED;
 	}
 	/* Greeting or reply during the preamble. */
-	if (!proto_server_first(f->proto) && !(f->flags & SSLWALL_FLOW_CLIENT_SPOKE))
+	/* Has the client spoken? Its payload either spent budget or started its hello buffer. */
+	if (!proto_server_first(f->proto) && f->plain_bytes == 0 && f->hdr_len[0] == 0)
 		return JUDGE_VIOLATION;
 	return spend_budget(f, cfg, len) ? JUDGE_PENDING : JUDGE_VIOLATION;
 }
