@@ -46,6 +46,72 @@ s.on('connect', async () => {
 setTimeout(() => { console.log(JSON.stringify({ connected: false, error })); process.exit(0); }, 10000);
 `;
 
+/**
+ * A client that sends, before its first real bytes, one raw segment of its own connection that
+ * the server's stack discards: a ClientHello 100000 bytes behind the stream (outside the
+ * window). It opens an AF_PACKET socket on the interface first, connects, reads its own SYN
+ * (ISN, MACs) and the SYN-ACK from the wire, injects the segment with correct checksums, then
+ * writes the plaintext on the real socket. Prints what happened as JSON.
+ */
+const INJECTOR = `
+import json, socket, struct, sys, time
+ifname, host, port, hello_hex, plain = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5].encode()
+# ETH_P_ALL: only such sockets see this host's outgoing packets (its own SYN).
+sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+sniff.bind((ifname, 0))
+sniff.settimeout(5)
+c = socket.socket()
+c.setblocking(False)
+try:
+    c.connect((host, port))
+except BlockingIOError:
+    pass
+me = c.getsockname()[1]
+syn = synack = None
+while syn is None or synack is None:
+    f = sniff.recv(2048)
+    ip = f[14:]
+    if f[12:14] != b'\\x08\\x00' or ip[9] != 6:
+        continue
+    ihl = (ip[0] & 15) * 4
+    tcp = ip[ihl:]
+    sport, dport, seq = struct.unpack('!HHI', tcp[:8])
+    flags = tcp[13]
+    if sport == me and dport == port and flags & 0x12 == 0x02:
+        syn = (f, seq)
+    if sport == port and dport == me and flags & 0x12 == 0x12:
+        synack = seq
+c.setblocking(True)
+frame, isn = syn
+def csum(b):
+    if len(b) % 2:
+        b += b'\\0'
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+src, dst = frame[26:30], frame[30:34]
+payload = bytes.fromhex(hello_hex)
+tcp = struct.pack('!HHIIBBHHH', me, port, (isn + 1 - 100000) & 0xffffffff, (synack + 1) & 0xffffffff, 5 << 4, 0x18, 65535, 0, 0) + payload
+tcp = tcp[:16] + struct.pack('!H', csum(src + dst + struct.pack('!BBH', 0, 6, len(tcp)) + tcp)) + tcp[18:]
+iph = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0, src, dst)
+iph = iph[:10] + struct.pack('!H', csum(iph)) + iph[12:]
+out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+out.bind((ifname, 0))
+out.send(frame[:14] + iph + tcp)
+time.sleep(0.2)
+error = ''
+try:
+    c.sendall(plain)
+    c.settimeout(1.5)
+    c.recv(1)
+except socket.timeout:
+    pass
+except OSError as e:
+    error = e.__class__.__name__
+print(json.dumps({'isn': isn, 'error': error}))
+`;
+
 /** A hello record header as a client writes it: record, handshake header, legacy_version 3.3. */
 function helloHeader(recordLen: number): Buffer {
   const b = Buffer.alloc(11);
@@ -172,6 +238,21 @@ describe('one end alone cannot smuggle plaintext; non-Ethernet interfaces are ju
     const got = await sinkGrowth(() => send(tb.server.ipv4, SINK_PORT, [{ data: record }, { data: plain, delayMs: 300 }]));
     assert.equal(record.length, 5 + recordLen);
     assert.ok(got <= record.length, `the server received ${got} bytes, expected at most the ${record.length} bytes of the declared record`);
+    await blocked(tb.server.ipv4, SINK_PORT);
+  });
+
+  test('a raw segment the server discards (a ClientHello outside its window) does not stand in for the real first bytes', async () => {
+    const record = Buffer.concat([helloHeader(200), Buffer.alloc(194, 0x42)]);
+    const plain = 'GET /after-a-fake-hello HTTP/1.1\r\n\r\n'.repeat(100);
+    let out = '';
+    const got = await sinkGrowth(async () => {
+      const r = await tb.exec('client', BIN.python3, ['-c', INJECTOR, tb.client.ifname, tb.server.ipv4, String(SINK_PORT), record.toString('hex'), plain], {
+        timeoutMs: 15000,
+      });
+      out = `${r.stdout} ${r.stderr}`;
+      assert.equal(r.code, 0, `the injector failed: ${out}`);
+    });
+    assert.equal(got, 0, `the server received ${got} bytes of plaintext after the injected hello (${out})`);
     await blocked(tb.server.ipv4, SINK_PORT);
   });
 
