@@ -33,6 +33,7 @@ describe('etcd with auth on: every credential holds only its grants', () => {
   const envs: AgentEnv[] = [];
   const clients: Etcd3[] = [];
   let ca: string;
+  let enginePw: string;
   const cert: Record<string, { cert: string; key: string }> = {};
   const as = (name: string) => {
     const c = createEtcdClient({ endpoints: [etcd.endpoint], cacert: ca, ...cert[name]! });
@@ -60,6 +61,7 @@ describe('etcd with auth on: every credential holds only its grants', () => {
     for (const n of names) cert[n] = await makeHostCert(path.join(certs.dir, 'clients'), certs, n, []);
     etcd = await startEtcd({ tls: { caCert: ca, cert: certs.cert, key: certs.key, client: cert.root! } });
     keys = makeKeys();
+    enginePw = path.join(tb.tempDir('pw'), 'engine.pw');
   });
 
   after(async () => {
@@ -73,7 +75,8 @@ describe('etcd with auth on: every credential holds only its grants', () => {
   });
 
   test('setup and provision are one command each, and running them again changes nothing', async () => {
-    assert.match(await cli(['etcd', 'setup', ...admin()]), /^auth on; created 2 role\(s\), 2 user\(s\)/);
+    fs.writeFileSync(enginePw, 'engine-secret\n', { mode: 0o600 });
+    assert.match(await cli(['etcd', 'setup', ...admin(), '--engine-password-file', enginePw]), /^auth on; created 2 role\(s\), 2 user\(s\)/);
     const hostsFile = path.join(tb.tempDir('hosts'), 'hosts.txt');
     fs.writeFileSync(hostsFile, '# host tier\nb1 beta\n');
     const first = JSON.parse(await cli(['etcd', 'provision', ...admin(), '--tier', 'alpha', '--host', 'a1', '--hosts-file', hostsFile, '--json']));
@@ -81,6 +84,12 @@ describe('etcd with auth on: every credential holds only its grants', () => {
     assert.deepEqual({ ...first, ms: 0 }, { roles: 4, users: 2, grants: 2 + 2 * 4, revoked: 0, hosts: 2, ms: 0 });
     const again = JSON.parse(await cli(['etcd', 'provision', ...admin(), '--tier', 'alpha', '--host', 'a1', '--hosts-file', hostsFile, '--json']));
     assert.deepEqual({ ...again, ms: 0 }, { roles: 0, users: 0, grants: 0, revoked: 0, hosts: 2, ms: 0 });
+    // A host moved to another tier loses the old tier's role and health grant.
+    await cli(['etcd', 'provision', ...admin(), '--tier', 'alpha', '--host', 'm1']);
+    const moved = JSON.parse(await cli(['etcd', 'provision', ...admin(), '--tier', 'beta', '--host', 'm1', '--json']));
+    assert.deepEqual({ roles: moved.roles, users: moved.users, grants: moved.grants, revoked: moved.revoked }, { roles: 0, users: 0, grants: 2, revoked: 2 });
+    const roles = (await as(etcdNames.root).user(etcdNames.hostUser('m1')).roles()).map((r) => r.name).sort();
+    assert.deepEqual(roles, [etcdNames.hostRole('m1'), etcdNames.tierRole('beta')]);
     assert.match(await cli(['etcd', 'setup', ...admin()]), /created 0 role\(s\), 0 user\(s\), 0 grant\(s\); revoked 0/);
   });
 
@@ -153,6 +162,16 @@ describe('etcd with auth on: every credential holds only its grants', () => {
     await refused("write an agent's health", () => e.put(k.health('alpha', 'a1')).value('{}').exec());
     await refused('write outside the prefix', () => e.put('/other/key').value('x').exec());
     await refused('manage users', () => e.user('sneaky').create('pw'));
+    // The same user by password (a client whose certificate's CN is no user: the token wins).
+    const byPw = createEtcdClient({ endpoints: [etcd.endpoint], cacert: ca, ...cert.nobody!, user: etcdNames.engine, passwordFile: enginePw });
+    clients.push(byPw);
+    assert.ok((await byPw.getAll().prefix(k.historyPrefix('alpha')).keys()).length >= 1, 'the engine user by password reads history');
+    await refused("the engine user by password writes an agent's health", () => byPw.put(k.health('alpha', 'a1')).value('{}').exec());
+    const badPw = path.join(path.dirname(enginePw), 'wrong.pw');
+    fs.writeFileSync(badPw, 'wrong');
+    const wrong = createEtcdClient({ endpoints: [etcd.endpoint], cacert: ca, ...cert.nobody!, user: etcdNames.engine, passwordFile: badPw });
+    clients.push(wrong);
+    await assert.rejects(wrong.get(k.tierConfig('alpha')).string(), /authentication failed/i, 'a wrong password is refused');
   });
 
   test('a client without a known user is refused; without a certificate it cannot connect', async () => {
