@@ -164,16 +164,24 @@ export async function provisionHosts(client: Etcd3, hosts: HostSpec[], opts: Pro
   if (byHost.size !== hosts.length) throw new SslwallError('SSLWALL_E_USAGE', 'a host is listed twice; give each host once, with its tier');
   const total = none();
   for (const tier of new Set(hosts.map((h) => h.tier))) await ensureRole(client, etcdNames.tierRole(tier), tierPermissions(tier, opts.prefix), total);
-  const queue = [...byHost.values()];
-  const worker = async () => {
-    for (let h = queue.shift(); h; h = queue.shift()) {
-      const c = none();
-      await ensureRole(client, etcdNames.hostRole(h.hostId), hostPermissions(h, opts.prefix), c);
-      const ours = (r: string) => r.startsWith('sslwall-tier-') || r === etcdNames.hostRole(h.hostId);
-      await ensureUser(client, etcdNames.hostUser(h.hostId), [etcdNames.tierRole(h.tier), etcdNames.hostRole(h.hostId)], ours, c);
-      add(total, c);
-    }
+  // Roles first, then users: etcd rebuilds its permission cache of every user (with its roles)
+  // on each auth change, so a write costs in proportion to the users that exist. Roles made
+  // while their users do not exist yet cost little; interleaved, every write pays for them all.
+  const pool = async (work: (h: HostSpec, c: Changes) => Promise<void>) => {
+    const queue = [...byHost.values()];
+    const worker = async () => {
+      for (let h = queue.shift(); h; h = queue.shift()) {
+        const c = none();
+        await work(h, c);
+        add(total, c);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.max(1, Math.min(opts.concurrency ?? 32, queue.length)) }, worker));
   };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(opts.concurrency ?? 32, queue.length)) }, worker));
+  await pool((h, c) => ensureRole(client, etcdNames.hostRole(h.hostId), hostPermissions(h, opts.prefix), c));
+  await pool((h, c) => {
+    const ours = (r: string) => r.startsWith('sslwall-tier-') || r === etcdNames.hostRole(h.hostId);
+    return ensureUser(client, etcdNames.hostUser(h.hostId), [etcdNames.tierRole(h.tier), etcdNames.hostRole(h.hostId)], ours, c);
+  });
   return { ...total, hosts: byHost.size };
 }
