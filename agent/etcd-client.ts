@@ -50,7 +50,7 @@ export function isLeaseGone(err: unknown): boolean {
  * What an agent's etcd user lacks when etcd refuses it one of its keys, with the command that
  * provisions it (rollout/etcd-roles.ts); the keys name the tier and host.
  */
-export function missingGrant(keys: string[]): string {
+function missingGrant(keys: string[]): string {
   const tier = keys.map((k) => /tiers\/([^/]+)\/config$/.exec(k)?.[1] ?? /health\/([^/]+)\/[^/]+$/.exec(k)?.[1]).find(Boolean) ?? 'TIER';
   const host = keys.map((k) => /hosts\/([^/]+)\/override$/.exec(k)?.[1] ?? /health\/[^/]+\/([^/]+)$/.exec(k)?.[1]).find(Boolean) ?? 'HOST';
   return (
