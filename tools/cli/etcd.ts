@@ -117,6 +117,10 @@ export async function etcdCommand(args: string[]): Promise<number> {
   const concurrency = s('concurrency') === undefined ? 32 : Number(s('concurrency'));
   if (!Number.isInteger(concurrency) || concurrency < 1) throw usage('--concurrency N: a whole number of at least 1');
   const hosts = sub === 'provision' ? hostList(s('tier'), (v.host as string[] | undefined) ?? [], s('hosts-file')) : [];
+  // Root is made without a password unless given one: with neither a certificate nor a password
+  // login here, auth on would leave nobody able to log in as root.
+  if (sub === 'setup' && !conn.cert && !conn.user && !s('root-password-file'))
+    throw usage('setup without a client certificate (CN root) needs --root-password-file FILE: root would have no way to log in once auth is on');
   const pw = (flag: string) => (s(flag) ? readFile(s(flag)!, `--${flag}`).trim() : undefined);
   const client = createEtcdClient(conn);
   const started = Date.now();
