@@ -15,7 +15,7 @@ import { EtcdAgentSource } from './etcd-source.js';
 import { destroyBlocked, startEventPump } from './events.js';
 import { routeInterfaces } from './interfaces.js';
 import { createMetrics, serveMetrics } from './metrics.js';
-import { type AppliedMeta, loadLastGood, saveLastGood } from './state.js';
+import { type AppliedMeta, loadLastGood, metaFields, saveLastGood } from './state.js';
 import { AGENT_VERSION, type AgentStatus } from './status.js';
 import type { CertFiles } from './ttls/index.js';
 import type { AgentTtls } from './ttls-agent.js';
@@ -51,7 +51,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
     }
   } else if (lastGood) {
     // Enforce at once what we enforced before; etcd may be away for a while.
-    log.info({ event: 'last_good_loaded', saved_at: lastGood.savedAt, meta: lastGood.meta }, 'enforcing the last good config until etcd answers');
+    log.info({ event: 'last_good_loaded', saved_at: lastGood.savedAt, meta: metaFields(lastGood.meta) }, 'enforcing the last good config until etcd answers');
     initial = lastGood;
   }
 
@@ -96,7 +96,10 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
     metrics.configApplied.inc({ result: 'ok' });
     metrics.applyLatency.observe(ms / 1000);
     metrics.configVersion.set(meta.tierVersion ?? 0);
-    log.info({ event: 'config_applied', reason, mode: config.mode, previous_mode: before, verdicts_changed: flipped, apply_ms: ms, ...meta }, 'config applied');
+    log.info(
+      { event: 'config_applied', reason, mode: config.mode, previous_mode: before, verdicts_changed: flipped, apply_ms: ms, ...metaFields(meta) },
+      'config applied',
+    );
     if (config.mode === 'active') destroyBlocked(dp, log, metrics);
     if (ttls) void ttls.apply(config);
     else if (config.ttls)
@@ -110,7 +113,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
     remember(config, meta);
     status.applied = { config, meta };
     metrics.configVersion.set(meta.tierVersion ?? 0);
-    log.info({ event: 'config_applied', reason, mode: config.mode, kernel_unchanged: true, ...meta }, 'config applied (no kernel change)');
+    log.info({ event: 'config_applied', reason, mode: config.mode, kernel_unchanged: true, ...metaFields(meta) }, 'config applied (no kernel change)');
   };
   const refuse = (err: unknown, reason: string, revision: number | null): void => {
     const code = (err as SslwallError).code ?? 'SSLWALL_E_INTERNAL';

@@ -29,7 +29,7 @@ import { type KeyState, type Snapshot, TierWatch, type WatchState } from './etcd
 import { readCounters } from './flows.js';
 import { DEFAULT_HEALTH, type HealthOptions, HealthReporter } from './health.js';
 import type { Metrics } from './metrics.js';
-import type { AppliedMeta } from './state.js';
+import type { AppliedDocuments, AppliedMeta } from './state.js';
 import type { AgentStatus } from './status.js';
 
 export interface EtcdSourceOptions {
@@ -63,8 +63,14 @@ export function parseDocument<T>(schema: ZodType<T>, kv: KeyState, key: string, 
   return r.data;
 }
 
-/** What a snapshot asks of an agent: nothing (no tier document), a refusal, or a config to enforce. */
-export type Decision = { kind: 'none' } | { kind: 'refused'; err: unknown } | { kind: 'config'; config: Config; meta: AppliedMeta; tierVersion: number };
+/**
+ * What a snapshot asks of an agent: nothing (no tier document), a refusal (no good tier document
+ * to build on), or a config to enforce, with the refusals of the documents it could not take.
+ */
+export type Decision =
+  | { kind: 'none' }
+  | { kind: 'refused'; err: unknown }
+  | { kind: 'config'; config: Config; meta: AppliedMeta; tierVersion: number; refusals: unknown[] };
 
 /** The highest versions applied so far: from the meta of the config in force (also the last good one after a restart). */
 export function highestApplied(meta: AppliedMeta | undefined): { tier: number | null; override: number | null } {
@@ -85,10 +91,26 @@ function checkPlace(where: string, signedFor: string, mine: string, what: 'tier'
     );
 }
 
+type Judged<T> = { ok: true; doc: T } | { ok: false; err: unknown };
+
+function judge<T>(f: () => T): Judged<T> {
+  try {
+    return { ok: true, doc: f() };
+  } catch (err) {
+    return { ok: false, err };
+  }
+}
+
 /**
  * Validate (and verify) a snapshot's documents and decide this host's effective config. A
  * document signed for another tier or host is misplaced, one older than the highest version
  * applied (`highest`) a replay: both refused.
+ *
+ * The tier document and the override are judged each on its own, so that one bad document
+ * never freezes the host on the other's old version: a refused override leaves the override in
+ * force (`inForce`, none if there was none) under the new tier document, and a refused tier
+ * document leaves the tier document in force under the new override. Only when no good tier
+ * document is known at all is the whole snapshot refused.
  */
 export function decide(
   s: Snapshot,
@@ -96,37 +118,55 @@ export function decide(
   verifier: Verifier | null,
   place: { tier: string; hostId: string },
   highest: { tier: number | null; override: number | null },
+  inForce: AppliedDocuments | null = null,
 ): Decision {
   if (!s.tier) return { kind: 'none' };
-  let tier: TierDocument;
-  let override: HostOverride | null = null;
-  try {
-    const tierWhere = `${keys.tier}@${s.tier.modRevision}`;
-    tier = parseDocument(TierDocumentSchema, s.tier, keys.tier, verifier);
-    checkPlace(tierWhere, tier.tier, place.tier, 'tier', tier.version, highest.tier);
-    if (s.override) {
-      override = parseDocument(HostOverrideSchema, s.override, keys.override, verifier);
-      checkPlace(`${keys.override}@${s.override.modRevision}`, override.host, place.hostId, 'host', override.version, highest.override);
-    }
-  } catch (err) {
-    return { kind: 'refused', err };
+  const sTier = s.tier;
+  const judgedTier = judge(() => {
+    const doc = parseDocument(TierDocumentSchema, sTier, keys.tier, verifier);
+    checkPlace(`${keys.tier}@${sTier.modRevision}`, doc.tier, place.tier, 'tier', doc.version, highest.tier);
+    return { doc, revision: sTier.modRevision };
+  });
+  const sOverride = s.override;
+  const judgedOverride: Judged<HostOverride | null> = sOverride
+    ? judge(() => {
+        const doc = parseDocument(HostOverrideSchema, sOverride, keys.override, verifier);
+        checkPlace(`${keys.override}@${sOverride.modRevision}`, doc.host, place.hostId, 'host', doc.version, highest.override);
+        return doc;
+      })
+    : { ok: true, doc: null };
+  const refusals: unknown[] = [];
+  let tier: { doc: TierDocument; revision: number };
+  if (judgedTier.ok) tier = judgedTier.doc;
+  else if (inForce) {
+    refusals.push(judgedTier.err);
+    tier = { doc: inForce.tier, revision: inForce.tierRevision };
+  } else return { kind: 'refused', err: judgedTier.err };
+  let override: HostOverride | null;
+  if (judgedOverride.ok) override = judgedOverride.doc;
+  else {
+    refusals.push(judgedOverride.err);
+    override = inForce?.override ?? null;
   }
-  const eff = effectiveConfig(tier, override, place.hostId);
+
+  const eff = effectiveConfig(tier.doc, override, place.hostId);
   // The override's highest outlives the override: an old one written back after a removal is a replay too.
   const highestOverride = override ? Math.max(highest.override ?? 0, override.version) : highest.override;
   return {
     kind: 'config',
     config: eff.config,
-    tierVersion: tier.version,
+    tierVersion: tier.doc.version,
+    refusals,
     meta: {
       source: 'etcd',
-      tierVersion: tier.version,
-      revision: s.tier.modRevision,
+      tierVersion: tier.doc.version,
+      revision: tier.revision,
       overrideVersion: override?.version ?? null,
       inCohort: eff.inCohort,
       bucket: eff.bucket,
-      highestTierVersion: Math.max(highest.tier ?? 0, tier.version),
+      highestTierVersion: Math.max(highest.tier ?? 0, tier.doc.version),
       ...(highestOverride !== null ? { highestOverrideVersion: highestOverride } : {}),
+      documents: { tier: tier.doc, tierRevision: tier.revision, override },
     },
   };
 }
@@ -246,6 +286,7 @@ export class EtcdFollower {
       this.opts.verifier,
       { tier: this.opts.tier, hostId: this.opts.hostId },
       highestApplied(this.status.applied?.meta),
+      this.status.applied?.meta.documents ?? null,
     );
     if (d.kind === 'none') {
       this.log.warn(
@@ -271,6 +312,8 @@ export class EtcdFollower {
         this.handlers.refuse(err, reason, s.revision);
       }
     }
+    // After the apply, so that the refused document is what health reports as lastError.
+    for (const err of d.refusals) this.handlers.refuse(err, reason, s.revision);
     this.health.nudge();
   }
 

@@ -3,6 +3,7 @@
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import type { Config } from '../schemas/config.js';
+import type { HostOverride, TierDocument } from '../schemas/tier.js';
 import { parseConfigText } from './config-file.js';
 
 export function lastGoodPath(stateDir: string): string {
@@ -25,6 +26,24 @@ export interface AppliedMeta {
    */
   highestTierVersion?: number;
   highestOverrideVersion?: number;
+  /**
+   * The documents the config was made of (etcd source), kept so that a later invalid tier
+   * document or override is refused on its own while the other still applies, also after a
+   * restart (agent/etcd-source.ts decide).
+   */
+  documents?: AppliedDocuments;
+}
+
+export interface AppliedDocuments {
+  tier: TierDocument;
+  /** etcd mod revision of that tier document. */
+  tierRevision: number;
+  override: HostOverride | null;
+}
+
+/** The meta as log fields: the documents are long and already logged when they arrive. */
+export function metaFields({ documents: _documents, ...fields }: AppliedMeta): Omit<AppliedMeta, 'documents'> {
+  return fields;
 }
 
 export interface LastGood {

@@ -20,7 +20,8 @@ import * as api from '../schemas/api.js';
 import { ConfigSchema, describeIssues } from '../schemas/config.js';
 import { type ErrorCode, SslwallError } from '../schemas/errors.js';
 import { parseDuration, parseStages, type RolloutState, RolloutStateSchema } from '../schemas/rollout.js';
-import { receiveAlerts } from './alerts.js';
+import { agentView, tierAgents } from './agents.js';
+import { clearAlerts, listAlerts, receiveAlerts } from './alerts.js';
 import { bearer, type Caller, type EngineNames, roleNeeded, type Users } from './auth.js';
 import { cohortOf } from './checks.js';
 import type { Engine } from './engine.js';
@@ -34,10 +35,36 @@ const STATUS_FOR: Partial<Record<ErrorCode, number>> = {
   SSLWALL_E_NOT_FOUND: 404,
   SSLWALL_E_CONFLICT: 409,
   SSLWALL_E_ROLLOUT_STATE: 409,
+  SSLWALL_E_HEAD_INVALID: 409,
+  SSLWALL_E_TOO_LARGE: 413,
   SSLWALL_E_NOT_LEADER: 503,
 };
 
-const BODY_LIMIT = 4 << 20;
+/**
+ * What one client may hold of the engine: bodies (a tier document is a few KiB; etcd takes 1.5 MiB
+ * per request), connections, and how long a slow or idle client keeps a socket. Node's own
+ * defaults let a client hold a socket open for 5 minutes and open as many as it likes.
+ */
+export interface ApiLimits {
+  bodyLimit: number;
+  /** Open sockets at once; more are refused at accept (server.maxConnections). */
+  maxConnections: number;
+  /** ms a socket may sit idle before it is closed (also covers a client that never sends). */
+  connectionTimeoutMs: number;
+  /** ms a whole request (headers and body) may take to arrive. */
+  requestTimeoutMs: number;
+  keepAliveTimeoutMs: number;
+  maxRequestsPerSocket: number;
+}
+
+export const API_LIMITS: ApiLimits = {
+  bodyLimit: 1 << 20,
+  maxConnections: 512,
+  connectionTimeoutMs: 60_000,
+  requestTimeoutMs: 30_000,
+  keepAliveTimeoutMs: 5_000,
+  maxRequestsPerSocket: 1000,
+};
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -53,6 +80,16 @@ export interface ApiSecurity {
   names: EngineNames;
   /** PEM certificate and key: serve HTTPS. */
   tls?: { cert: string; key: string };
+  /** Defaults: API_LIMITS. */
+  limits?: Partial<ApiLimits>;
+}
+
+/** What the API does besides letting callers in. */
+export interface ApiOptions {
+  /** The lease of a stored firing alert, renewed by each repeat (longer than Alertmanager's repeat_interval). */
+  alertTtlS: number;
+  /** More metrics to serve on /metrics (the notifier's). */
+  metrics?: client.Metric[];
 }
 
 // Open to anyone: liveness and scrapes (no tier data), and the dashboard's page and script, which
@@ -60,11 +97,12 @@ export interface ApiSecurity {
 const OPEN = new Set(['/healthz', '/metrics']);
 const PAGE = new Set(['/', '/index.html', '/dashboard.js']);
 
-export function createMetrics(engine: Engine) {
+export function createMetrics(engine: Engine, extra: client.Metric[] = []) {
   const registry = new client.Registry();
   client.collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 1000 });
   // Health bodies dropped because they disagree with their key (or are invalid): a misbehaving agent shows here.
   registry.registerMetric(engine.health.rejected);
+  for (const m of extra) registry.registerMetric(m);
   new client.Gauge({
     name: 'sslwall_engine_leader',
     help: '1 when this replica leads',
@@ -97,7 +135,7 @@ export function createMetrics(engine: Engine) {
     labelNames: ['status'] as const,
     registers: [registry],
   });
-  engine.onTransition = (tier, action) => transitions.inc({ tier, action });
+  engine.onTransition((tier, action) => transitions.inc({ tier, action }));
   return { registry, alerts };
 }
 
@@ -129,12 +167,12 @@ const validatorCompiler: FastifySchemaCompiler<z.ZodType> =
   };
 
 /** The one error mapping: whatever a route throws becomes a status and {code, message}. */
-function errorReply(err: FastifyError | SslwallError | Error): { status: number; body: z.infer<typeof api.ErrorBodySchema> } {
+function errorReply(err: FastifyError | SslwallError | Error, bodyLimit: number): { status: number; body: z.infer<typeof api.ErrorBodySchema> } {
   if (err instanceof SslwallError) return { status: STATUS_FOR[err.code] ?? 500, body: { code: err.code, message: err.message } };
   // Documents read back from etcd or built by the engine (a rollout's analysis) failed their schema.
   if (err instanceof z.ZodError) return { status: 400, body: { code: 'SSLWALL_E_CONFIG_INVALID', message: describeIssues(err) } };
   const f = err as FastifyError;
-  if (f.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return { status: 400, body: { code: 'SSLWALL_E_USAGE', message: `request body over ${BODY_LIMIT >> 20} MiB` } };
+  if (f.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return { status: 413, body: { code: 'SSLWALL_E_TOO_LARGE', message: `request body over ${bodyLimit} bytes` } };
   if (f.code === 'FST_ERR_RESPONSE_SERIALIZATION') {
     return {
       status: 500,
@@ -159,13 +197,21 @@ function dashboardDir(): string {
   return found;
 }
 
-export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity): Promise<FastifyInstance> {
-  const metrics = createMetrics(engine);
+export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity, opts: ApiOptions): Promise<FastifyInstance> {
+  const metrics = createMetrics(engine, opts.metrics);
   // fastify's own request log would be a line per request; the engine logs events (api_error, config_written).
   // An HTTPS server answers the same routes; its instance type differs only in the server class.
-  const base = (
-    sec.tls ? Fastify({ logger: false, bodyLimit: BODY_LIMIT, https: sec.tls }) : Fastify({ logger: false, bodyLimit: BODY_LIMIT })
-  ) as FastifyInstance;
+  const lim = { ...API_LIMITS, ...sec.limits };
+  const serverOptions = {
+    logger: false,
+    bodyLimit: lim.bodyLimit,
+    connectionTimeout: lim.connectionTimeoutMs,
+    requestTimeout: lim.requestTimeoutMs,
+    keepAliveTimeout: lim.keepAliveTimeoutMs,
+    maxRequestsPerSocket: lim.maxRequestsPerSocket,
+  } as const;
+  const base = (sec.tls ? Fastify({ ...serverOptions, https: sec.tls }) : Fastify(serverOptions)) as FastifyInstance;
+  base.server.maxConnections = lim.maxConnections;
   const app = base.withTypeProvider<ZodTypeProvider>();
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
@@ -225,8 +271,10 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity): P
   });
 
   app.setErrorHandler((err: FastifyError | SslwallError | Error, req, reply) => {
-    const { status, body } = errorReply(err);
+    const { status, body } = errorReply(err, lim.bodyLimit);
     if (status >= 500) log.error({ event: 'api_error', code: body.code, route: `${req.method} ${req.url}`, err: err.message }, 'api error');
+    else if (body.code === 'SSLWALL_E_HEAD_INVALID')
+      log.warn({ event: 'head_invalid', route: `${req.method} ${req.url}`, err: body.message }, 'tier head invalid');
     return reply.code(status).send(body);
   });
   app.setNotFoundHandler((req, reply) =>
@@ -248,13 +296,26 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity): P
   }));
 
   app.post('/api/alerts', { schema: { body: api.AlertmanagerPayloadSchema, response: { 200: api.AlertsResponse } } }, async (req) => {
-    const r = await receiveAlerts(engine.client, engine.keys, req.body);
+    const r = await receiveAlerts(engine.client, engine.keys, req.body, opts.alertTtlS);
     metrics.alerts.inc({ status: 'firing' }, r.firing);
     metrics.alerts.inc({ status: 'resolved' }, r.resolved);
     log.warn({ event: 'alerts_received', ...r }, 'alerts received');
     for (const t of r.tiers) engine.urgentCheck(t);
     return r;
   });
+  app.get('/api/tiers/:tier/alerts', { schema: { params: api.TierParams, response: { 200: api.TierAlertsResponse } } }, async (req) =>
+    listAlerts(engine.client, engine.keys, req.params.tier),
+  );
+  app.delete(
+    '/api/tiers/:tier/alerts',
+    { schema: { params: api.TierParams, querystring: api.ClearAlertsQuery, response: { 200: api.ClearAlertsResponse } } },
+    async (req) => {
+      const { tier } = req.params;
+      const cleared = await clearAlerts(engine.client, engine.keys, tier, by(req), req.query.key);
+      log.warn({ event: 'alerts_cleared', tier, by: by(req), alerts: cleared }, 'alerts cleared by hand');
+      return { cleared };
+    },
+  );
 
   app.put(
     '/api/hosts/:host/override',
@@ -277,9 +338,15 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity): P
   app.get('/api/tiers', { schema: { response: { 200: api.TiersResponse } } }, async () => {
     const out: z.infer<typeof api.TiersResponse> = [];
     for (const tier of await engine.store.tiers()) {
-      const head = await engine.store.head(tier);
+      const h = await engine.store.headState(tier);
       const ro = await engine.readState(tier);
-      out.push({ tier, version: head?.doc.version ?? null, rollout: ro ? rolloutView(engine, ro.state) : null, agents: engine.health.tier(tier).length });
+      out.push({
+        tier,
+        version: h.head?.doc.version ?? null,
+        rollout: ro ? rolloutView(engine, ro.state) : null,
+        agents: engine.health.tier(tier).length,
+        ...(h.problem ? { headProblem: h.problem } : {}),
+      });
     }
     return out;
   });
@@ -313,8 +380,10 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity): P
       return reply.code(201).send(rec);
     },
   );
-  app.get('/api/tiers/:tier/history', { schema: { params: api.TierParams, response: { 200: api.HistoryResponse } } }, async (req) =>
-    engine.store.history(req.params.tier),
+  app.get(
+    '/api/tiers/:tier/history',
+    { schema: { params: api.TierParams, querystring: api.HistoryQuery, response: { 200: api.HistoryResponse } } },
+    async (req) => engine.store.history(req.params.tier, req.query),
   );
   app.get('/api/tiers/:tier/audit', { schema: { params: api.TierParams, querystring: api.AuditQuery, response: { 200: api.AuditResponse } } }, async (req) =>
     engine.store.audit(req.params.tier, req.query.limit),
@@ -359,6 +428,23 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity): P
     async (req) => engine.act(req.params.tier, req.params.action, req.body.reason ?? 'no reason given', by(req)),
   );
   app.get(
+    '/api/tiers/:tier/agents',
+    { schema: { params: api.TierParams, querystring: api.AgentsQuery, response: { 200: api.AgentsResponse } } },
+    async (req) => {
+      const { tier } = req.params;
+      const head = await engine.store.head(tier);
+      return tierAgents(engine.health, tier, head?.doc.version ?? null, req.query);
+    },
+  );
+  app.get('/api/hosts/:host/agent', { schema: { params: api.HostParams, response: { 200: api.AgentView } } }, async (req) => {
+    const { host } = req.params;
+    // The newest report, should a moved host still have one under its old tier.
+    const h = engine.health.host(host).sort((a, b) => b.updatedAt.localeCompare(a.updatedAt))[0];
+    if (!h) throw new SslwallError('SSLWALL_E_NOT_FOUND', `no agent with host id ${host} reports health; list a tier's agents with: sslwall agents --tier T`);
+    const head = await engine.store.head(h.tier);
+    return agentView(engine.health, h, head?.doc.version ?? null);
+  });
+  app.get(
     '/api/tiers/:tier/preview',
     { schema: { params: api.TierParams, querystring: api.PreviewQuery, response: { 200: api.PreviewResponse } } },
     async (req) => engine.preview(req.params.tier, req.query.percent),
@@ -368,8 +454,8 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity): P
 }
 
 /** The API on HOST:PORT (an IPv6 host in brackets); resolves once it listens. */
-export async function startApi(engine: Engine, listen: string, log: Logger, sec: ApiSecurity): Promise<FastifyInstance> {
-  const app = await buildApi(engine, log, sec);
+export async function startApi(engine: Engine, listen: string, log: Logger, sec: ApiSecurity, opts: ApiOptions): Promise<FastifyInstance> {
+  const app = await buildApi(engine, log, sec, opts);
   const idx = listen.lastIndexOf(':');
   await app.listen({ port: Number(listen.slice(idx + 1)), host: listen.slice(0, idx).replace(/^\[|\]$/g, '') || '127.0.0.1' });
   return app;
@@ -380,8 +466,9 @@ async function completeInput(engine: Engine, tier: string, doc: Record<string, u
   if ('config' in doc) return validateInput(doc, `tier ${tier}`);
   const config = ConfigSchema.safeParse(doc);
   if (!config.success) return validateInput({ config: doc, rollout: undefined }, `tier ${tier}`);
-  const head = await engine.store.head(tier);
-  const rollout = head?.doc.rollout ?? {
+  // Over an invalid head (SSLWALL_E_HEAD_INVALID) the rollout fields start as for a new tier: the
+  // broken head has none to keep, and refusing would leave no way to replace it with a bare config.
+  const rollout = (await engine.store.headState(tier)).head?.doc.rollout ?? {
     mode: config.data.mode === 'active' ? 'active' : 'passive',
     percent: config.data.mode === 'off' ? 0 : 100,
     otherwise: 'off',

@@ -49,10 +49,18 @@ export async function runChecks(input: CheckInputs): Promise<{ results: CheckRes
   const cohort = cohortOf(state, agents);
   const results: CheckResult[] = [];
 
-  // 1. The cohort applied this stage's version and is not erroring; nobody disappeared.
-  const missing = Math.max(0, state.agentsAtStart - agents.length);
+  // 1. The cohort applied this stage's version and is not erroring; nobody disappeared. Agents
+  // that vanish count against the stage, the tier's (since the start) or the cohort's (since the
+  // stage was written), and an empty tier fails: it can only end in a rollback, never a pause
+  // that waits for agents forever.
+  const missingTier = Math.max(0, state.agentsAtStart - agents.length);
+  const missingCohort = Math.max(0, (state.cohortAtWrite ?? 0) - cohort.length);
   if (agents.length === 0) {
-    results.push({ name: 'agents', status: 'inconclusive', detail: 'no agent of this tier reports health' });
+    results.push({
+      name: 'agents',
+      status: 'fail',
+      detail: `no agent of this tier reports health (${state.cohortAtWrite ?? 0} cohort agents at the stage write)`,
+    });
   } else {
     const behind = cohort.filter((h) => (h.configVersion ?? -1) < (state.stageVersion ?? 0));
     const erroring = cohort.filter((h) => h.lastError !== null);
@@ -66,7 +74,9 @@ export async function runChecks(input: CheckInputs): Promise<{ results: CheckRes
       );
     if (erroring.length > a.maxErroringAgents)
       problems.push(`${erroring.length} cohort agents report errors (e.g. ${erroring[0]!.hostId}: ${erroring[0]!.lastError!.code})`);
-    if (missing > a.maxMissingAgents) problems.push(`${missing} agents stopped reporting (${agents.length} of ${state.agentsAtStart})`);
+    if (missingTier > a.maxMissingAgents) problems.push(`${missingTier} agents stopped reporting (${agents.length} of ${state.agentsAtStart})`);
+    else if (missingCohort > a.maxMissingAgents)
+      problems.push(`${missingCohort} cohort agents stopped reporting after the stage was written (${cohort.length} of ${state.cohortAtWrite})`);
     results.push(
       problems.length
         ? { name: 'agents', status: 'fail', detail: problems.join('; ') }

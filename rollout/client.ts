@@ -43,6 +43,16 @@ export class EngineClient {
     return this.call('POST', '/api/alerts', api.AlertsResponse, payload);
   }
 
+  /** The alerts the engine holds for a tier (what holds its rollouts back). */
+  tierAlerts(tier: string) {
+    return this.call('GET', `${tierPath(tier)}/alerts`, api.TierAlertsResponse);
+  }
+
+  /** Clear the tier's alerts, or the one of that key (audited under the token's user). */
+  clearAlerts(tier: string, key?: string) {
+    return this.call('DELETE', `${tierPath(tier)}/alerts${key === undefined ? '' : `?key=${encodeURIComponent(key)}`}`, api.ClearAlertsResponse);
+  }
+
   tiers() {
     return this.call('GET', '/api/tiers', api.TiersResponse);
   }
@@ -86,6 +96,15 @@ export class EngineClient {
 
   preview(tier: string, percent: number) {
     return this.call('GET', `${tierPath(tier)}/preview?percent=${percent}`, api.PreviewResponse);
+  }
+
+  agents(tier: string, filter: { errors?: boolean; behind?: boolean } = {}) {
+    const q = [filter.errors ? 'errors' : '', filter.behind ? 'behind' : ''].filter(Boolean).join('&');
+    return this.call('GET', `${tierPath(tier)}/agents${q ? `?${q}` : ''}`, api.AgentsResponse);
+  }
+
+  agent(host: string) {
+    return this.call('GET', `/api/hosts/${encodeURIComponent(host)}/agent`, api.AgentView);
   }
 
   setOverride(host: string, body: z.input<typeof api.OverrideRequest>) {

@@ -1,7 +1,9 @@
 // One engine replica leads. Leadership is a key created under a lease (create-if-absent); the
 // leader's writes compare that key's mod revision (fencing: once the lease is gone, so is the
 // key, and a deposed leader's transaction fails). Followers watch the key and campaign again
-// when it disappears, so a replica takes over within the lease TTL.
+// when it disappears, so a replica takes over within the lease TTL. The leader watches its own key
+// too: deleted (by hand, by a compaction of leases) or rewritten by anyone, it steps down at once
+// rather than at lease loss, so it never goes on believing it leads.
 import type { Etcd3, Lease } from 'etcd3';
 import type { Logger } from 'pino';
 import type { Fence } from './store.js';
@@ -11,6 +13,9 @@ export class Leadership {
   private fenceRev: number | null = null;
   private stopped = false;
   private timer: NodeJS.Timeout | undefined;
+  private guard: { cancel(): Promise<void> } | null = null;
+  /** Called when leadership ends, whatever the reason (the engine forgets what it measured as leader). */
+  onLost: () => void = () => undefined;
 
   constructor(
     private readonly client: Etcd3,
@@ -44,9 +49,39 @@ export class Leadership {
   private watching: { cancel(): Promise<void> } | null = null;
 
   private stepDown(reason: string) {
+    void this.guard?.cancel().catch(() => undefined);
+    this.guard = null;
     if (this.fenceRev === null) return;
     this.fenceRev = null;
     this.log.warn({ event: 'leadership_lost', reason }, 'no longer the leader');
+    this.onLost();
+  }
+
+  /** While leading: any change of the leader key (delete, or a put by anyone) ends leadership at once. */
+  private async guardKey(lease: Lease, rev: number): Promise<void> {
+    const w = await this.client
+      .watch()
+      .key(this.key)
+      .startRevision(String(rev + 1))
+      .create();
+    if (this.fenceRev !== rev) {
+      await w.cancel().catch(() => undefined);
+      return;
+    }
+    this.guard = w;
+    const lost = (why: string) => {
+      if (this.fenceRev !== rev) return;
+      this.stepDown(why);
+      // Our lease may still live (the key was deleted or overwritten by someone): release it.
+      if (this.lease === lease) this.lease = null;
+      void lease.revoke().catch(() => undefined);
+      this.schedule(200);
+    };
+    w.on('delete', () => lost('the leader key was deleted'));
+    w.on('put', (kv) => lost(`the leader key was rewritten (to ${kv.value.toString().slice(0, 64)})`));
+    // Without the watch this replica could miss a change: not knowing is not leading.
+    w.on('error', (e) => lost(`the leader key watch failed: ${String(e)}`));
+    w.on('disconnected', () => lost('the leader key watch disconnected'));
   }
 
   private async campaign(): Promise<void> {
@@ -62,8 +97,15 @@ export class Leadership {
       const res = await this.client.if(this.key, 'Create', '==', 0).then(this.client.put(this.key).value(this.id).lease(leaseId)).commit();
       if (res.succeeded) {
         this.lease = lease;
-        this.fenceRev = Number(res.header.revision);
+        const rev = Number(res.header.revision);
+        this.fenceRev = rev;
         this.log.info({ event: 'leadership_won', id: this.id }, 'leading');
+        await this.guardKey(lease, rev).catch((err) => {
+          this.stepDown(`cannot watch the leader key: ${(err as Error).message}`);
+          if (this.lease === lease) this.lease = null;
+          void lease.revoke().catch(() => undefined);
+          this.schedule(500);
+        });
         return;
       }
       await lease.revoke().catch(() => undefined);

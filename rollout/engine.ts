@@ -2,19 +2,26 @@
 // healthy and rolled back when a check fails beyond its limit. All state lives in etcd
 // (schemas/rollout.ts); every transition is one fenced compare-and-swap transaction, written
 // with the tier version it creates, so a new leader continues exactly where the old one was.
+// A step captures the leader's fence once, when it begins, and every write of that step carries
+// it: a step that began as leader never writes unfenced, and fails if leadership moved meanwhile.
+// Tiers step independently (one step in flight per tier, a bounded number at once), so a tier
+// whose checks wait on a slow Prometheus holds up no other tier.
 import { randomBytes } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import type { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
 import { inCohort } from '../schemas/cohort.js';
 import { SslwallError } from '../schemas/errors.js';
 import { type EngineKeys, engineKeys } from '../schemas/keys.js';
 import { AnalysisSchema, type RolloutState, RolloutStateSchema, type Stage } from '../schemas/rollout.js';
-import { type AlertView, firingAlerts, promInstantQuery, runChecks } from './checks.js';
+import { type AlertView, cohortOf, firingAlerts, promInstantQuery, runChecks } from './checks.js';
 import { Leadership } from './election.js';
 import { HealthCache } from './health-cache.js';
 import type { Signer } from './signing.js';
-import { afterChecks, nextStep, operatorAction, rolledBack, type Step, stageWritten, transitioned } from './steps.js';
-import { ConfigStore, type SideWrite } from './store.js';
+import { afterChecks, nextStep, operatorAction, PhaseClock, rolledBack, type Step, stageWritten, transitioned } from './steps.js';
+import { ConfigStore, type Fence, HISTORY_KEEP, type SideWrite } from './store.js';
+
+export type TransitionListener = (tier: string, action: string, reason: string) => void;
 
 export interface EngineOptions {
   client: Etcd3;
@@ -25,6 +32,14 @@ export interface EngineOptions {
   tickMs?: number;
   leaseTtlS?: number;
   promQuery?: (url: string, query: string) => Promise<number | null>;
+  /** Tiers stepped at once (default 8); a tier still stepping is skipped, not queued. */
+  maxConcurrentSteps?: number;
+  /** History versions kept per tier (default HISTORY_KEEP); older ones are pruned by the leader. */
+  historyKeep?: number;
+  /** How often the leader prunes history, ms (default 60 s). */
+  pruneIntervalMs?: number;
+  /** Added to this replica's wall clock: tests give a replica a wrong clock (bake and deadlines must not care). */
+  clockOffsetMs?: number;
 }
 
 export interface StartRequest {
@@ -43,20 +58,46 @@ export class Engine {
   readonly client: Etcd3;
   private readonly log: Logger;
   private timer: NodeJS.Timeout | undefined;
-  private stepping = false;
+  private pruneTimer: NodeJS.Timeout | undefined;
+  private listing = false;
+  private again = false;
+  private readonly inFlight = new Set<string>();
+  private cursor = 0;
+  private readonly phases = new PhaseClock();
+  private readonly invalidHeads = new Map<string, number>();
   private readonly lastCheck = new Map<string, number>();
   private readonly blockedSample = new Map<string, { at: number; sum: number }>();
   private readonly urgent = new Set<string>();
   readonly counters = { steps: 0, advances: 0, rollbacks: 0, pauses: 0, checks: 0 };
-  onTransition: (tier: string, action: string, reason: string) => void = () => undefined;
+  private readonly transitionListeners: TransitionListener[] = [];
 
   constructor(private readonly opts: EngineOptions) {
     this.client = opts.client;
     this.log = opts.log;
     this.keys = engineKeys(opts.prefix);
     this.leadership = new Leadership(this.client, this.keys.leader, opts.id, opts.log, opts.leaseTtlS ?? 5);
-    this.store = new ConfigStore(this.client, this.keys, opts.signer, () => this.leadership.fence());
+    this.store = new ConfigStore(this.client, this.keys, opts.signer);
     this.health = new HealthCache(this.client, `${this.keys.prefix}health/`, opts.log);
+    // What this replica measured while leading is no use to the next leader, nor to itself later.
+    this.leadership.onLost = () => {
+      this.phases.clear();
+      this.lastCheck.clear();
+      this.blockedSample.clear();
+    };
+  }
+
+  /** This replica's wall clock (stamps shown to people, alert end times); never used to measure a phase. */
+  private wall(): number {
+    return Date.now() + (this.opts.clockOffsetMs ?? 0);
+  }
+
+  /** Called after each transition the leader writes (a stage, a rollback, a state change): metrics, notifications. */
+  onTransition(listener: TransitionListener): void {
+    this.transitionListeners.push(listener);
+  }
+
+  private emitTransition(tier: string, action: string, reason: string): void {
+    for (const l of this.transitionListeners) l(tier, action, reason);
   }
 
   start(): void {
@@ -68,22 +109,33 @@ export class Engine {
       this.kick();
     });
     this.timer = setInterval(() => this.kick(), this.opts.tickMs ?? 500);
+    this.pruneTimer = setInterval(() => void this.pruneAll(), this.opts.pruneIntervalMs ?? 60_000);
   }
 
   async stop(): Promise<void> {
     clearInterval(this.timer);
+    clearInterval(this.pruneTimer);
     await this.leadership.stop();
     await this.health.stop();
   }
 
   /** Step now (an alert arrived, an agent vanished): the leader does not wait for the interval. */
   kick(): void {
-    if (this.stepping || !this.leadership.isLeader || !this.health.ready) return;
-    this.stepping = true;
+    if (!this.leadership.isLeader || !this.health.ready) return;
+    // One listing at a time; a kick during one lists again right after, so none is lost.
+    if (this.listing) {
+      this.again = true;
+      return;
+    }
+    this.listing = true;
     this.stepAll()
       .catch((err) => this.log.error({ event: 'engine_step_failed', err: (err as Error).message }, 'engine step failed'))
       .finally(() => {
-        this.stepping = false;
+        this.listing = false;
+        if (this.again) {
+          this.again = false;
+          this.kick();
+        }
       });
   }
 
@@ -120,34 +172,49 @@ export class Engine {
     return Object.values(all).map((v) => JSON.parse(v) as AlertView);
   }
 
+  /** Start a step for every indexed tier not already stepping, at most maxConcurrentSteps at once. */
   private async stepAll(): Promise<void> {
-    const all = await this.client.getAll().prefix(this.keys.tiersPrefix).keys();
-    for (const key of all.filter((k) => k.endsWith('/rollout'))) {
-      const tier = key.slice(this.keys.tiersPrefix.length).split('/')[0]!;
+    // The index holds one key per tier with a rollout to step: this read does not grow with history.
+    const keys = await this.client.getAll().prefix(this.keys.rolloutIndexPrefix).keys();
+    const tiers = keys.map((k) => k.slice(this.keys.rolloutIndexPrefix.length));
+    const max = this.opts.maxConcurrentSteps ?? 8;
+    // Start where the last listing stopped, so that with more tiers than slots none waits forever.
+    const start = tiers.length ? this.cursor % tiers.length : 0;
+    for (let i = 0; i < tiers.length && this.inFlight.size < max; i++) {
+      const tier = tiers[(start + i) % tiers.length]!;
+      if (this.inFlight.has(tier)) continue;
       if (!this.leadership.isLeader) return;
-      try {
-        await this.step(tier);
-      } catch (err) {
-        const code = (err as SslwallError).code;
-        this.log[code === 'SSLWALL_E_CONFLICT' ? 'warn' : 'error'](
-          { event: 'rollout_step_failed', tier, code, err: (err as Error).message },
-          'rollout step failed; retrying',
-        );
-      }
+      this.cursor = start + i + 1;
+      this.inFlight.add(tier);
+      void this.step(tier)
+        .catch((err) => {
+          const code = (err as SslwallError).code;
+          this.log[code === 'SSLWALL_E_CONFLICT' || code === 'SSLWALL_E_NOT_LEADER' ? 'warn' : 'error'](
+            { event: 'rollout_step_failed', tier, code, err: (err as Error).message },
+            'rollout step failed; retrying',
+          );
+        })
+        .finally(() => this.inFlight.delete(tier));
     }
   }
 
   /** One step of one tier's rollout; public for tests. */
   async step(tier: string): Promise<void> {
+    // The fence this step began with, carried by each of its writes (never read again).
+    const fence = this.leadership.fence();
+    if (!fence) return;
     const cur = await this.readState(tier);
     if (!cur) return;
     const { state, mod } = cur;
     this.counters.steps++;
-    const now = Date.now();
+    const now = this.wall();
+    const phaseElapsedMs = this.phases.elapsed(tier, state, performance.now());
+    if (state.status !== 'running' && state.status !== 'paused' && !state.request) return this.unindex(tier, state, mod, fence);
     const agents = this.health.tier(tier);
     const alerts = state.status === 'running' || state.status === 'paused' ? await this.alertsFor(tier) : [];
     const firing = firingAlerts(alerts, now).map((a) => a.alertname);
-    let next = nextStep(state, { agents, now, lastCheckAt: this.lastCheck.get(tier) ?? 0, urgent: this.urgent.has(tier), firing });
+    const lastCheckAt = this.lastCheck.get(tier) ?? 0;
+    let next = nextStep(state, { agents, now, lastCheckAt, urgent: this.urgent.has(tier), firing, phaseElapsedMs });
     if (next.do === 'check') {
       this.urgent.delete(tier);
       this.lastCheck.set(tier, now);
@@ -161,61 +228,89 @@ export class Engine {
         promQuery: this.opts.promQuery ?? promInstantQuery,
       });
       this.blockedSample.set(tier, blocked);
-      next = afterChecks(state, results, now);
+      // Checks may have taken long (a slow Prometheus): judge the bake by the time they ended.
+      next = afterChecks(state, results, this.phases.elapsed(tier, state, performance.now()));
     }
-    if (next.do === 'write') return this.writeStage(tier, state, mod);
-    if (next.do === 'rollback') return this.rollback(tier, next, mod);
-    if (next.do === 'transition') return this.transition(tier, next, mod);
+    if (next.do === 'write') return this.writeStage(tier, state, mod, fence);
+    if (next.do === 'rollback') return this.rollback(tier, next, mod, fence);
+    if (next.do === 'transition') return this.transition(tier, next, mod, fence);
   }
 
-  private async writeStage(tier: string, state: RolloutState, mod: number): Promise<void> {
+  /** A rollout that ended leaves the index (an operator's undo puts it back); only if its state is still the one read. */
+  private async unindex(tier: string, state: RolloutState, mod: number, fence: Fence): Promise<void> {
+    const res = await this.client
+      .if(this.keys.rollout(tier), 'Mod', '==', mod)
+      .and(fence.key, 'Mod', '==', fence.modRevision)
+      .then(this.client.delete().key(this.keys.rolloutIndex(tier)))
+      .commit();
+    if (res.succeeded) this.log.info({ event: 'rollout_unindexed', tier, rollout: state.id, status: state.status }, 'rollout ended; no longer stepped');
+  }
+
+  /** The tier's head revision to write over; an invalid head is reported (once per revision) and replaced. */
+  private async headRevision(tier: string): Promise<number> {
+    const h = await this.store.headState(tier);
+    if (h.problem && this.invalidHeads.get(tier) !== h.modRevision) {
+      this.invalidHeads.set(tier, h.modRevision);
+      this.log.error(
+        { event: 'head_invalid', tier, revision: h.modRevision, problem: h.problem },
+        'the tier head is not a valid document; the rollout writes over it',
+      );
+    }
+    return h.modRevision;
+  }
+
+  private async writeStage(tier: string, state: RolloutState, mod: number, fence: Fence): Promise<void> {
     const stage = state.stages[state.stage]!;
     const base = await this.store.version(tier, state.baselineVersion);
-    const head = await this.store.head(tier);
-    const now = new Date();
+    const expectRevision = await this.headRevision(tier);
+    const now = new Date(this.wall());
+    // The cohort as it reports now: those of it that stop reporting later count against the stage.
+    const cohort = cohortOf(state, this.health.tier(tier)).length;
     const rec = await this.store.write(
       tier,
       { config: base.document.config, rollout: { mode: stage.mode, percent: stage.percent, otherwise: state.otherwise, salt: state.salt } },
       {
         author: `engine:${this.opts.id}`,
         message: `rollout ${state.id} stage ${state.stage + 1}/${state.stages.length}: ${stage.mode}:${stage.percent}`,
-        expectRevision: head?.modRevision ?? 0,
+        expectRevision,
         audit: { rollout: state.id, stage: state.stage },
-        with: [this.stateWrite(tier, mod, (version) => stageWritten(state, version, now))],
+        with: [this.stateWrite(tier, mod, (version) => stageWritten(state, version, now, cohort))],
+        fence,
       },
     );
     this.log.info(
-      { event: 'rollout_stage_written', tier, rollout: state.id, stage: state.stage, mode: stage.mode, percent: stage.percent, version: rec.version },
+      { event: 'rollout_stage_written', tier, rollout: state.id, stage: state.stage, mode: stage.mode, percent: stage.percent, version: rec.version, cohort },
       'stage written',
     );
-    this.onTransition(tier, 'stage_written', `${stage.mode}:${stage.percent}`);
+    this.emitTransition(tier, 'stage_written', `${stage.mode}:${stage.percent}`);
   }
 
   /** Back to the version the tier had before the rollout, as a new version, with the state change. */
-  private async rollback(tier: string, step: Extract<Step, { do: 'rollback' }>, mod: number): Promise<void> {
+  private async rollback(tier: string, step: Extract<Step, { do: 'rollback' }>, mod: number, fence: Fence): Promise<void> {
     const { state, status, reason } = step;
     this.counters.rollbacks++;
     const base = await this.store.version(tier, state.baselineVersion);
-    const head = await this.store.head(tier);
+    const expectRevision = await this.headRevision(tier);
     const rec = await this.store.write(
       tier,
       { config: base.document.config, rollout: base.document.rollout },
       {
         author: `engine:${this.opts.id}`,
         message: `rollback of rollout ${state.id} to version ${state.baselineVersion}: ${reason}`,
-        expectRevision: head?.modRevision ?? 0,
+        expectRevision,
         audit: { rollout: state.id, action: status === 'undone' ? 'undo' : 'rollback', reason },
-        with: [this.stateWrite(tier, mod, (version) => rolledBack(step, version, new Date()))],
+        with: [this.stateWrite(tier, mod, (version) => rolledBack(step, version, new Date(this.wall())))],
+        fence,
       },
     );
     this.log.warn(
       { event: 'rollout_rolled_back', tier, rollout: state.id, status, reason, version: rec.version, baseline: state.baselineVersion },
       'rolled back',
     );
-    this.onTransition(tier, 'rolled_back', reason);
+    this.emitTransition(tier, 'rolled_back', reason);
   }
 
-  private async transition(tier: string, step: Extract<Step, { do: 'transition' }>, mod: number): Promise<void> {
+  private async transition(tier: string, step: Extract<Step, { do: 'transition' }>, mod: number, fence: Fence): Promise<void> {
     const { state, action, reason } = step;
     if (action === 'advanced' || action === 'completed') {
       this.counters.advances++;
@@ -224,17 +319,46 @@ export class Engine {
       this.blockedSample.delete(tier);
     }
     if (action === 'paused') this.counters.pauses++;
-    const next = transitioned(step, new Date());
-    await this.store.casPut(this.keys.rollout(tier), mod, JSON.stringify(next), {
-      tier,
-      entry: { actor: `engine:${this.opts.id}`, action: `rollout_${action}`, rollout: state.id, reason },
-    });
+    const next = transitioned(step, new Date(this.wall()));
+    await this.store.casPut(
+      this.keys.rollout(tier),
+      mod,
+      JSON.stringify(next),
+      { tier, entry: { actor: `engine:${this.opts.id}`, action: `rollout_${action}`, rollout: state.id, reason } },
+      { fence },
+    );
     this.log.info({ event: `rollout_${action}`, tier, rollout: state.id, stage: next.stage, status: next.status, reason }, action);
-    this.onTransition(tier, action, reason);
+    this.emitTransition(tier, action, reason);
+  }
+
+  /**
+   * The slow sweep over every tier (leader only): prune history beyond historyKeep (fenced),
+   * keeping the head and the tier's rollout baseline; and put a live rollout missing from the
+   * index back into it (one written by an engine from before the index), so it is stepped.
+   */
+  private async pruneAll(): Promise<void> {
+    const fence = this.leadership.fence();
+    if (!fence) return;
+    try {
+      for (const tier of await this.store.tiers()) {
+        const ro = await this.readState(tier);
+        if (ro && (ro.state.status === 'running' || ro.state.status === 'paused' || ro.state.request))
+          await this.client.put(this.keys.rolloutIndex(tier)).value(ro.state.id);
+        const n = await this.store.pruneHistory(tier, this.opts.historyKeep ?? HISTORY_KEEP, ro ? [ro.state.baselineVersion] : [], fence);
+        if (n) this.log.info({ event: 'history_pruned', tier, pruned: n, keep: this.opts.historyKeep ?? HISTORY_KEEP }, 'old history pruned');
+      }
+    } catch (err) {
+      this.log.warn({ event: 'history_prune_failed', code: (err as SslwallError).code, err: (err as Error).message }, 'history pruning failed; retrying later');
+    }
+  }
+
+  /** Prune now (tests; the leader also does it every pruneIntervalMs). */
+  async pruneNow(): Promise<void> {
+    await this.pruneAll();
   }
 
   private stateWrite(tier: string, mod: number, make: (version: number) => RolloutState): SideWrite {
-    return { key: this.keys.rollout(tier), expectMod: mod, value: (v) => JSON.stringify({ ...make(v), updatedAt: new Date().toISOString() }) };
+    return { key: this.keys.rollout(tier), expectMod: mod, value: (v) => JSON.stringify({ ...make(v), updatedAt: new Date(this.wall()).toISOString() }) };
   }
 
   // ---- operator actions (any replica: compare-and-swap on the state key) ----
@@ -249,7 +373,7 @@ export class Engine {
         `tier ${tier} already has a ${cur.state.status} rollout (${cur.state.id}); abort it or wait for it to end`,
       );
     }
-    const now = new Date().toISOString();
+    const now = new Date(this.wall()).toISOString();
     const id = `${tier}-${now.replace(/[-:.TZ]/g, '').slice(0, 14)}-${randomBytes(2).toString('hex')}`;
     const state: RolloutState = RolloutStateSchema.parse({
       id,
@@ -275,10 +399,13 @@ export class Engine {
       updatedAt: now,
       events: [{ time: now, action: 'started', reason: `by ${req.by}`, version: head.doc.version }],
     });
-    await this.store.casPut(this.keys.rollout(tier), cur?.mod ?? 0, JSON.stringify(state), {
-      tier,
-      entry: { actor: req.by, action: 'rollout_started', rollout: id, stages: req.stages },
-    });
+    await this.store.casPut(
+      this.keys.rollout(tier),
+      cur?.mod ?? 0,
+      JSON.stringify(state),
+      { tier, entry: { actor: req.by, action: 'rollout_started', rollout: id, stages: req.stages } },
+      { also: [{ key: this.keys.rolloutIndex(tier), value: id }] },
+    );
     this.log.info({ event: 'rollout_started', tier, rollout: id, stages: req.stages, by: req.by }, 'rollout started');
     this.kick();
     return state;
@@ -288,11 +415,15 @@ export class Engine {
     const cur = await this.readState(tier);
     if (!cur) throw new SslwallError('SSLWALL_E_NOT_FOUND', `tier ${tier} has no rollout; start one with: sslwall rollout start --tier ${tier} ...`);
     const { state, mod } = cur;
-    const next = operatorAction(state, action, reason, by, new Date());
-    await this.store.casPut(this.keys.rollout(tier), mod, JSON.stringify(next), {
-      tier,
-      entry: { actor: by, action: `rollout_${action}_requested`, rollout: state.id, reason },
-    });
+    const next = operatorAction(state, action, reason, by, new Date(this.wall()));
+    // Back in the index: an undo of an ended rollout is the leader's to carry out.
+    await this.store.casPut(
+      this.keys.rollout(tier),
+      mod,
+      JSON.stringify(next),
+      { tier, entry: { actor: by, action: `rollout_${action}_requested`, rollout: state.id, reason } },
+      { also: [{ key: this.keys.rolloutIndex(tier), value: state.id }] },
+    );
     this.log.info({ event: `rollout_${action}`, tier, rollout: state.id, by, reason }, action);
     this.kick();
     return next;

@@ -15,6 +15,8 @@ const PAGE = 2000;
 
 export class HealthCache extends EventEmitter {
   readonly agents = new Map<string, Health>(); // key: tier/hostId
+  /** When the engine last received each agent's report (ms, its own clock), same keys. */
+  readonly seenAt = new Map<string, number>();
   private watcher: Watcher | null = null;
   private stopped = false;
   ready = false;
@@ -67,11 +69,20 @@ export class HealthCache extends EventEmitter {
       return;
     }
     this.agents.set(id, h);
+    this.seenAt.set(id, Date.now());
+  }
+
+  /** The reports of one host, in any tier (a host id is unique, but a moved host may briefly report in two). */
+  host(hostId: string): Health[] {
+    const out: Health[] = [];
+    for (const h of this.agents.values()) if (h.hostId === hostId) out.push(h);
+    return out;
   }
 
   private drop(id: string, reason: 'invalid' | 'misplaced', detail: string): void {
     this.rejected.inc({ reason });
     this.agents.delete(id);
+    this.seenAt.delete(id);
     this.log.warn({ event: 'health_rejected', key: `${this.prefix}${id}`, reason, detail: detail.slice(0, 300) }, 'agent health report dropped');
   }
 
@@ -81,6 +92,7 @@ export class HealthCache extends EventEmitter {
       try {
         // In pages at one revision: 10,000 health documents are over gRPC's 4 MiB message limit.
         this.agents.clear();
+        this.seenAt.clear();
         const end = prefixEnd(this.prefix);
         let from = Buffer.from(this.prefix);
         let revision: string | undefined;
@@ -106,6 +118,7 @@ export class HealthCache extends EventEmitter {
             const id = this.id(kv.key.toString());
             const gone = this.agents.get(id);
             this.agents.delete(id);
+            this.seenAt.delete(id);
             this.emit('gone', id, gone);
           });
           w.on('error', (e) => resolve(String(e)));

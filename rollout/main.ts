@@ -6,9 +6,10 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { SslwallError } from '../schemas/errors.js';
 import { createEtcdClient, type EtcdConnection } from '../schemas/etcd.js';
-import { startApi } from './api.js';
+import { type ApiLimits, startApi } from './api.js';
 import { engineNames, isLoopback, Users } from './auth.js';
 import { Engine } from './engine.js';
+import { Notifier, type Severity } from './notify.js';
 import { Signer } from './signing.js';
 
 export interface EngineRunOptions {
@@ -29,6 +30,14 @@ export interface EngineRunOptions {
   publicUrls?: string[];
   /** Allow running without --users, or on a non-loopback address without TLS. */
   insecure?: boolean;
+  /** Body, connection and timeout limits of the API (defaults: API_LIMITS in api.ts). */
+  apiLimits?: Partial<ApiLimits>;
+  /** History versions kept per tier (default HISTORY_KEEP in store.ts; docs/rollout.md "Retention"). */
+  historyKeep?: number;
+  /** Seconds a firing alert is kept unless Alertmanager repeats it (--alert-ttl; default 5 h). */
+  alertTtlS?: number;
+  /** Rollout notifications to a chat webhook (--notify-url, --notify-severity). */
+  notify?: { url: string; minSeverity: Severity };
 }
 
 export interface RunningEngine {
@@ -71,10 +80,26 @@ export async function startEngine(opts: EngineRunOptions, log: Logger): Promise<
   const users = opts.users ? new Users(opts.users, log.child({ component: 'auth' })) : null;
   if (!users) log.warn({ event: 'engine_insecure' }, 'no --users: every caller may do anything, as "anonymous"');
   const client = createEtcdClient(opts.etcd);
-  const engine = new Engine({ client, prefix: opts.prefix ?? '/sslwall/', signer, id: opts.id, log, leaseTtlS: opts.leaseTtlS ?? 5 });
+  const engine = new Engine({
+    client,
+    prefix: opts.prefix ?? '/sslwall/',
+    signer,
+    id: opts.id,
+    log,
+    leaseTtlS: opts.leaseTtlS ?? 5,
+    historyKeep: opts.historyKeep,
+  });
+  const notifier = opts.notify ? new Notifier({ ...opts.notify, link: opts.publicUrls?.[0] }, log.child({ component: 'notify' })) : null;
+  if (notifier) engine.onTransition((tier, action, reason) => notifier.notify(tier, action, reason));
   let api: FastifyInstance;
   try {
-    api = await startApi(engine, opts.listen, log, { users, names, tls });
+    api = await startApi(
+      engine,
+      opts.listen,
+      log,
+      { users, names, tls, limits: opts.apiLimits },
+      { alertTtlS: opts.alertTtlS ?? 5 * 3600, metrics: notifier ? [notifier.sent] : [] },
+    );
   } catch (err) {
     users?.close();
     client.close();
@@ -91,6 +116,8 @@ export async function startEngine(opts: EngineRunOptions, log: Logger): Promise<
       await api.close();
       users?.close();
       await engine.stop();
+      // The last transitions' messages get a moment to go out; a dead webhook does not hold the stop.
+      if (notifier) await Promise.race([notifier.flush(), new Promise((r) => setTimeout(r, 2000).unref())]);
       client.close();
     },
   };

@@ -32,10 +32,12 @@ export interface StepInputs {
   urgent: boolean;
   /** Names of the alerts firing for the tier now. */
   firing?: string[];
+  /** How long this leader has seen the rollout in its current phase (PhaseClock), by its monotonic clock. */
+  phaseElapsedMs: number;
 }
 
 /** The step for a rollout read from etcd, before any check runs. */
-export function nextStep(state: RolloutState, { agents, now, lastCheckAt, urgent, firing = [] }: StepInputs): Step {
+export function nextStep(state: RolloutState, { agents, now, lastCheckAt, urgent, firing = [], phaseElapsedMs }: StepInputs): Step {
   // An alarm always wins: a firing alert rolls a running or paused rollout back at once, whatever
   // its phase, a pending request or the failure limit (that limit is for metric checks).
   if ((state.status === 'running' || state.status === 'paused') && firing.length > 0) {
@@ -47,10 +49,12 @@ export function nextStep(state: RolloutState, { agents, now, lastCheckAt, urgent
   if (state.phase === 'writing') return { do: 'write' };
 
   if (state.phase === 'applying') {
-    if (agents.length === 0) return pause(state, 'missing data: no agent of the tier reports health');
     const cohort = cohortOf(state, agents);
     const applied = cohort.filter((h) => (h.configVersion ?? -1) >= (state.stageVersion ?? 0));
-    if (applied.length === cohort.length) {
+    // Cohort agents that were there when the stage was written and no longer report count as not
+    // applied: they must not make "applied" true, nor an empty tier pause the rollout forever.
+    const vanished = Math.max(0, (state.cohortAtWrite ?? 0) - cohort.length);
+    if (agents.length > 0 && applied.length === cohort.length && vanished <= state.analysis.maxMissingAgents) {
       return transition(
         state,
         { phase: 'baking', phaseStartedAt: new Date(now).toISOString() },
@@ -58,13 +62,13 @@ export function nextStep(state: RolloutState, { agents, now, lastCheckAt, urgent
         `${applied.length} cohort agents applied version ${state.stageVersion}; baking for ${state.bakeMs} ms`,
       );
     }
-    if (now - Date.parse(state.phaseStartedAt) > state.analysis.applyDeadlineMs) {
-      return {
-        do: 'rollback',
-        state,
-        status: 'aborted',
-        reason: `${cohort.length - applied.length} of ${cohort.length} cohort agents did not apply version ${state.stageVersion} within ${state.analysis.applyDeadlineMs} ms`,
-      };
+    if (phaseElapsedMs > state.analysis.applyDeadlineMs) {
+      const problems: string[] = [];
+      if (agents.length === 0) problems.push('no agent of the tier reports health');
+      if (applied.length < cohort.length)
+        problems.push(`${cohort.length - applied.length} of ${cohort.length} cohort agents did not apply version ${state.stageVersion}`);
+      if (vanished > 0) problems.push(`${vanished} of ${state.cohortAtWrite} cohort agents stopped reporting after the stage was written`);
+      return { do: 'rollback', state, status: 'aborted', reason: `${problems.join('; ')} within ${state.analysis.applyDeadlineMs} ms` };
     }
     return { do: 'wait' };
   }
@@ -74,8 +78,8 @@ export function nextStep(state: RolloutState, { agents, now, lastCheckAt, urgent
   return { do: 'check' };
 }
 
-/** The step once the baking stage's checks have run. */
-export function afterChecks(state: RolloutState, results: CheckResult[], now: number): Step {
+/** The step once the baking stage's checks have run, `phaseElapsedMs` into the bake (PhaseClock). */
+export function afterChecks(state: RolloutState, results: CheckResult[], phaseElapsedMs: number): Step {
   const failed = results.filter((r) => r.status === 'fail');
   const unknown = results.filter((r) => r.status === 'inconclusive');
   if (failed.length) {
@@ -86,7 +90,7 @@ export function afterChecks(state: RolloutState, results: CheckResult[], now: nu
     return transition(state, { consecutiveFailures: failures, lastChecks: results }, 'check_failed', reason);
   }
   if (unknown.length) return pause({ ...state, lastChecks: results }, `missing data: ${unknown.map((u) => `${u.name}: ${u.detail}`).join('; ')}`);
-  if (now - Date.parse(state.phaseStartedAt) >= state.bakeMs) return advance({ ...state, lastChecks: results, consecutiveFailures: 0 }, 'bake ended healthy');
+  if (phaseElapsedMs >= state.bakeMs) return advance({ ...state, lastChecks: results, consecutiveFailures: 0 }, 'bake ended healthy');
   if (state.consecutiveFailures !== 0 || JSON.stringify(state.lastChecks.map((c) => c.status)) !== JSON.stringify(results.map((c) => c.status))) {
     return transition(state, { consecutiveFailures: 0, lastChecks: results }, 'check_passed', 'checks pass');
   }
@@ -130,13 +134,14 @@ export function transitioned(s: Extract<Step, { do: 'transition' }>, at: Date): 
   return next;
 }
 
-/** The state written with the stage's config, as version `version`: the cohort now applies it. */
-export function stageWritten(state: RolloutState, version: number, at: Date): RolloutState {
+/** The state written with the stage's config, as version `version`, with `cohort` agents of the stage reporting: the cohort now applies it. */
+export function stageWritten(state: RolloutState, version: number, at: Date, cohort: number): RolloutState {
   const stage = state.stages[state.stage]!;
   return {
     ...state,
     phase: 'applying',
     stageVersion: version,
+    cohortAtWrite: cohort,
     phaseStartedAt: at.toISOString(),
     consecutiveFailures: 0,
     events: addEvent(state, 'stage_written', `${stage.mode}:${stage.percent}`, version, at),
@@ -183,6 +188,35 @@ export function operatorAction(
   }
   next.updatedAt = at.toISOString();
   return next;
+}
+
+/**
+ * How long the leader has seen each tier's rollout in its current phase, by its own monotonic
+ * clock (performance.now(), never stepped by NTP or a wrong wall clock). Wall-clock stamps written
+ * by one replica and compared with another's Date.now() would end a bake early on a replica whose
+ * clock runs ahead and never reach a deadline on one whose clock runs behind. etcd has no clock to
+ * read, and its lease TTLs count in whole seconds (too coarse for sub-second bakes), so the
+ * leader measures itself and hands over conservatively: a replica that takes over, or sees a phase
+ * it did not see begin, starts counting from its first sight. A bake then never ends early; a
+ * deadline is late by at most the takeover time (lease TTL plus a tick), never missed.
+ */
+export class PhaseClock {
+  private readonly seen = new Map<string, { phase: string; since: number }>();
+
+  /** Elapsed ms in the state's phase at monotonic time `mono`; 0 at the first sight of a phase. */
+  elapsed(tier: string, state: RolloutState, mono: number): number {
+    // phaseStartedAt is part of the identity only: a resume restarts the bake with a new stamp.
+    const phase = `${state.id}|${state.status}|${state.stage}|${state.phase}|${state.phaseStartedAt}`;
+    const cur = this.seen.get(tier);
+    if (cur?.phase === phase) return Math.max(0, mono - cur.since);
+    this.seen.set(tier, { phase, since: mono });
+    return 0;
+  }
+
+  /** Forget every phase (leadership lost: whoever leads next may have moved on meanwhile). */
+  clear(): void {
+    this.seen.clear();
+  }
 }
 
 /** The state's event list with one more event, keeping the last MAX_EVENTS. */

@@ -1,7 +1,8 @@
 // Tier config versions in etcd. The head (the key agents watch) is written together with its
 // history record and an audit entry in one transaction that compares the head's revision
 // (compare-and-swap: a concurrent writer gets SSLWALL_E_CONFLICT) and, on the engine, the
-// leader key (fencing: a deposed leader's write fails), and requires that the history record
+// leader key (fencing: a leader step's writes carry the fence the step began with, so a deposed
+// leader's write fails; operators' writes, which any replica takes, are compare-and-swap only), and requires that the history record
 // does not exist yet (history is write-once: create revision 0). Every document is validated
 // with the shared zod schema and signed, naming its kind, its tier or host and its version,
 // before it is written.
@@ -18,6 +19,7 @@ import {
   type VersionRecord,
   VersionRecordSchema,
 } from '../schemas/tier.js';
+import { prefixEnd } from './health-cache.js';
 import type { Signer } from './signing.js';
 
 /** Another key written in the same transaction (compare-and-swap on its mod revision); its value may name the new version. */
@@ -38,6 +40,18 @@ export interface Head {
   modRevision: number;
 }
 
+/** The head key as it is: a valid document, one that does not parse (problem), or none (revision 0). */
+export interface HeadState {
+  head: Head | null;
+  modRevision: number;
+  problem: string | null;
+}
+
+/** History versions kept per tier by default (docs/rollout.md "Retention"). */
+export const HISTORY_KEEP = 100;
+/** etcd refuses a transaction of more than 128 operations (--max-txn-ops): prune in batches below it. */
+const PRUNE_BATCH = 100;
+
 /** What a caller gives: the config and rollout fields; kind, tier, version and signature are the store's. */
 export type DocumentInput = Pick<TierDocument, 'config' | 'rollout'>;
 
@@ -52,24 +66,91 @@ export class ConfigStore {
     private readonly client: Etcd3,
     private readonly keys: EngineKeys,
     private readonly signer: Signer,
-    private readonly fence: () => Fence | null = () => null,
   ) {}
 
+  /** The tier's head; SSLWALL_E_HEAD_INVALID when the key holds something that is not a tier document. */
   async head(tier: string): Promise<Head | null> {
-    const r = await this.client.kv.range({ key: Buffer.from(this.keys.tierConfig(tier)) });
-    const kv = r.kvs[0];
-    if (!kv) return null;
-    // A head without its place fields (written by hand, or before they existed) is still this
-    // tier's head to the engine, which writes over it; agents refuse it as it is.
-    const doc = StoredTierDocumentSchema.parse(JSON.parse(kv.value.toString()));
-    return { doc: { ...doc, kind: doc.kind ?? 'tier', tier: doc.tier ?? tier }, modRevision: Number(kv.mod_revision) };
+    const h = await this.headState(tier);
+    if (h.problem)
+      throw new SslwallError(
+        'SSLWALL_E_HEAD_INVALID',
+        `the head of tier ${tier} (revision ${h.modRevision}) is not a valid document: ${h.problem}; replace it: sslwall config set --tier ${tier} --file F, or sslwall config revert --tier ${tier} --to V`,
+      );
+    return h.head;
   }
 
-  async history(tier: string): Promise<VersionRecord[]> {
-    const all = await this.client.getAll().prefix(this.keys.historyPrefix(tier)).strings();
-    return Object.keys(all)
-      .sort()
-      .map((k) => VersionRecordSchema.parse(JSON.parse(all[k]!)));
+  /**
+   * The head without judging it: an invalid head (written by hand, by an older engine, corrupted)
+   * must not make every write to the tier fail, or no operator and no rollback could replace it.
+   */
+  async headState(tier: string): Promise<HeadState> {
+    const r = await this.client.kv.range({ key: Buffer.from(this.keys.tierConfig(tier)) });
+    const kv = r.kvs[0];
+    if (!kv) return { head: null, modRevision: 0, problem: null };
+    const modRevision = Number(kv.mod_revision);
+    let json: unknown;
+    try {
+      json = JSON.parse(kv.value.toString());
+    } catch {
+      return { head: null, modRevision, problem: 'not JSON' };
+    }
+    const parsed = StoredTierDocumentSchema.safeParse(json);
+    if (!parsed.success) return { head: null, modRevision, problem: describeIssues(parsed.error).slice(0, 500) };
+    // A head without its place fields (written by hand, or before they existed) is still this
+    // tier's head to the engine, which writes over it; agents refuse it as it is.
+    const doc = parsed.data;
+    return { head: { doc: { ...doc, kind: doc.kind ?? 'tier', tier: doc.tier ?? tier }, modRevision }, modRevision, problem: null };
+  }
+
+  /**
+   * A page of the tier's history, oldest first: the `limit` newest versions below `before`
+   * (all when undefined). One ranged read of at most `limit` keys, whatever the history's length.
+   */
+  async history(tier: string, opts: { limit?: number; before?: number } = {}): Promise<VersionRecord[]> {
+    const prefix = this.keys.historyPrefix(tier);
+    const end = opts.before !== undefined ? Buffer.from(this.keys.history(tier, opts.before)) : prefixEnd(prefix);
+    const r = await this.client.kv.range({
+      key: Buffer.from(prefix),
+      range_end: end,
+      limit: opts.limit ?? HISTORY_KEEP,
+      sort_order: 'Descend',
+      sort_target: 'Key',
+    });
+    return r.kvs.map((kv) => VersionRecordSchema.parse(JSON.parse(kv.value.toString()))).reverse();
+  }
+
+  /**
+   * Delete the tier's oldest history records beyond the newest `keep`, never the head's version
+   * nor `protect` (the baseline of the tier's rollout, which a rollback or undo writes back).
+   * Leader only: each batch is one transaction fenced by the leader key. Returns how many went.
+   */
+  async pruneHistory(tier: string, keep: number, protect: number[], fence: Fence): Promise<number> {
+    const prefix = this.keys.historyPrefix(tier);
+    const count = await this.client.kv.range({ key: Buffer.from(prefix), range_end: prefixEnd(prefix), count_only: true });
+    const excess = Number(count.count) - keep;
+    if (excess <= 0) return 0;
+    const head = await this.headState(tier);
+    const keepVersions = new Set([...protect, head.head?.doc.version ?? -1]);
+    const oldest = await this.client.kv.range({
+      key: Buffer.from(prefix),
+      range_end: prefixEnd(prefix),
+      limit: excess,
+      keys_only: true,
+      sort_order: 'Ascend',
+      sort_target: 'Key',
+    });
+    const doomed = oldest.kvs.map((kv) => kv.key.toString()).filter((k) => !keepVersions.has(Number(k.slice(prefix.length))));
+    let pruned = 0;
+    for (let i = 0; i < doomed.length; i += PRUNE_BATCH) {
+      const batch = doomed.slice(i, i + PRUNE_BATCH);
+      const res = await this.client
+        .if(fence.key, 'Mod', '==', fence.modRevision)
+        .then(...batch.map((k) => this.client.delete().key(k)))
+        .commit();
+      if (!res.succeeded) throw new SslwallError('SSLWALL_E_NOT_LEADER', 'this engine is no longer the leader; its history pruning was refused (fencing)');
+      pruned += batch.length;
+    }
+    return pruned;
   }
 
   /** The newest version in the tier's history, from its key alone (keys are zero-padded: they sort as numbers); 0 when none. */
@@ -84,9 +165,21 @@ export class ConfigStore {
     return VersionRecordSchema.parse(JSON.parse(v));
   }
 
+  /** Every tier, in key pages: skips over each tier's history (bounded by retention) instead of reading it. */
   async tiers(): Promise<string[]> {
-    const keys = await this.client.getAll().prefix(this.keys.tiersPrefix).keys();
-    return [...new Set(keys.map((k) => k.slice(this.keys.tiersPrefix.length).split('/')[0]!).filter(Boolean))].sort();
+    const prefix = this.keys.tiersPrefix;
+    const end = prefixEnd(prefix);
+    const out: string[] = [];
+    let from = Buffer.from(prefix);
+    for (;;) {
+      const r = await this.client.kv.range({ key: from, range_end: end, limit: 1, keys_only: true });
+      const kv = r.kvs[0];
+      if (!kv) return out;
+      const tier = kv.key.toString().slice(prefix.length).split('/')[0]!;
+      out.push(tier);
+      // The next tier begins after every key of this one: tiers/<tier>0 ('0' follows '/').
+      from = Buffer.from(`${prefix}${tier}0`);
+    }
   }
 
   /**
@@ -104,13 +197,15 @@ export class ConfigStore {
       with?: SideWrite[];
       /** Keys that must still be at these revisions (an operator's write: the rollout state it saw). */
       unchanged?: Array<{ key: string; mod: number; what: string }>;
+      /** The leader key as the leader's step began: a deposed leader's write fails (leader writes only). */
+      fence?: Fence;
     },
   ): Promise<VersionRecord & { revision: number }> {
     const valid = validateInput(input, `tier ${tier}`);
-    const head = await this.head(tier);
-    const base = meta.expectRevision ?? head?.modRevision ?? 0;
-    if (head && head.modRevision !== base) throw conflict(tier, base, head.modRevision);
-    if (!head && base !== 0) throw conflict(tier, base, 0);
+    // An invalid head is replaced like a valid one: compare-and-swap on its revision.
+    const { head, modRevision: headRevision } = await this.headState(tier);
+    const base = meta.expectRevision ?? headRevision;
+    if (headRevision !== base) throw conflict(tier, base, headRevision);
     // Above the newest history record too: a head written back by someone else (replayed, older)
     // must not make the engine reuse a version, which history (write-once) would refuse anyway.
     const version = Math.max(head?.doc.version ?? 0, await this.newestVersion(tier)) + 1;
@@ -127,7 +222,7 @@ export class ConfigStore {
     const headKey = this.keys.tierConfig(tier);
     const historyKey = this.keys.history(tier, version);
     let txn = this.client.if(headKey, 'Mod', '==', base).and(historyKey, 'Create', '==', 0);
-    const fence = this.fence();
+    const fence = meta.fence;
     if (fence) txn = txn.and(fence.key, 'Mod', '==', fence.modRevision);
     for (const w of meta.with ?? []) txn = txn.and(w.key, 'Mod', '==', w.expectMod);
     for (const u of meta.unchanged ?? []) txn = txn.and(u.key, 'Mod', '==', u.mod);
@@ -158,8 +253,7 @@ export class ConfigStore {
           'SSLWALL_E_CONFLICT',
           `tier ${tier} already has a history record of version ${version} (${historyKey}), written meanwhile, and history is write-once; nothing was written: retry`,
         );
-      const now = await this.head(tier);
-      throw conflict(tier, base, now?.modRevision ?? 0);
+      throw conflict(tier, base, (await this.headState(tier)).modRevision);
     }
     return { ...record, revision: Number(res.header.revision) };
   }
@@ -184,14 +278,24 @@ export class ConfigStore {
     );
   }
 
-  /** A fenced compare-and-swap of one key (the rollout state), with an audit entry. */
-  async casPut(key: string, expectMod: number, value: string, audit: { tier: string; entry: Record<string, unknown> }): Promise<number> {
+  /**
+   * A compare-and-swap of one key (the rollout state), with an audit entry, other keys put with it
+   * (`also`: the rollout index) and, for the leader's writes, its fence.
+   */
+  async casPut(
+    key: string,
+    expectMod: number,
+    value: string,
+    audit: { tier: string; entry: Record<string, unknown> },
+    opts: { fence?: Fence; also?: Array<{ key: string; value: string }> } = {},
+  ): Promise<number> {
     let txn = this.client.if(key, 'Mod', '==', expectMod);
-    const fence = this.fence();
+    const fence = opts.fence;
     if (fence) txn = txn.and(fence.key, 'Mod', '==', fence.modRevision);
     const res = await txn
       .then(
         this.client.put(key).value(value),
+        ...(opts.also ?? []).map((p) => this.client.put(p.key).value(p.value)),
         this.client.put(this.keys.audit(audit.tier)).value(JSON.stringify({ time: new Date().toISOString(), ...audit.entry })),
       )
       .commit();
@@ -223,9 +327,7 @@ export class ConfigStore {
       cur.kvs[0] ? ((JSON.parse(cur.kvs[0].value.toString()) as { version?: number }).version ?? 0) : 0,
       seq.kvs[0] ? Number(seq.kvs[0].value.toString()) || 0 : 0,
     );
-    let txn = this.client.if(key, 'Mod', '==', mod).and(seqKey, 'Mod', '==', seqMod);
-    const fence = this.fence();
-    if (fence) txn = txn.and(fence.key, 'Mod', '==', fence.modRevision);
+    const txn = this.client.if(key, 'Mod', '==', mod).and(seqKey, 'Mod', '==', seqMod);
     const audit = this.client.put(this.keys.audit('_hosts')).value(
       JSON.stringify({
         time: new Date().toISOString(),

@@ -4,7 +4,7 @@
 import { z } from 'zod';
 import { ConfigSchema } from './config.js';
 import { AnalysisSchema, RolloutStateSchema } from './rollout.js';
-import { TierDocumentSchema, VersionRecordSchema } from './tier.js';
+import { HealthSchema, TierDocumentSchema, VersionRecordSchema } from './tier.js';
 
 /** Every error answer: a stable code (schemas/errors.ts) and a message that says what to do. */
 export const ErrorBodySchema = z.object({ code: z.string(), message: z.string() });
@@ -20,8 +20,24 @@ export const TierParams = z.object({ tier: TierName });
 export const HostParams = z.object({ host: HostId });
 export const ActionParams = z.object({ tier: TierName, action: RolloutAction });
 export const ConfigQuery = z.object({ version: z.coerce.number().int().min(1).optional() });
+/** A page of history: the `limit` newest versions below `before` (the oldest version of the previous page), oldest first. */
+export const HistoryQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+  before: z.coerce.number().int().min(1).optional(),
+});
 export const AuditQuery = z.object({ limit: z.coerce.number().int().min(1).max(10000).default(50) });
 export const PreviewQuery = z.object({ percent: z.coerce.number().min(0).max(100) });
+/** A query flag: present (?errors, ?errors=true, ?errors=1) or absent. */
+const flag = z
+  .enum(['', 'true', '1', 'false', '0'])
+  .optional()
+  .transform((v) => v !== undefined && v !== 'false' && v !== '0');
+export const AgentsQuery = z.object({
+  /** Only agents whose health reports an error. */
+  errors: flag,
+  /** Only agents not on the tier's head version. */
+  behind: flag,
+});
 
 // ---- request bodies ----
 
@@ -53,20 +69,52 @@ export const StartRolloutRequest = z.object({
 /** pause, resume, promote, abort, undo; a bare POST without a body is allowed. */
 export const ActionRequest = z.object({ reason: z.string().optional() }).default({});
 
+/**
+ * Bounds of one webhook call: what an alerts token may make the engine store. Alertmanager sends
+ * one group per call (a handful of alerts); a label set is a few short strings.
+ */
+export const ALERT_LIMITS = { alerts: 100, labels: 32, nameChars: 128, valueChars: 1024, annotationChars: 4096 } as const;
+
+const LabelSet = z
+  .record(z.string().min(1).max(ALERT_LIMITS.nameChars), z.string().max(ALERT_LIMITS.valueChars))
+  .refine((l) => Object.keys(l).length <= ALERT_LIMITS.labels, `at most ${ALERT_LIMITS.labels} labels`);
+
 /** Alertmanager's webhook, format version 4 (fields the engine does not use are let through). */
 export const AlertmanagerPayloadSchema = z.object({
   version: z.string().optional(),
   status: z.string().optional(),
-  alerts: z.array(
-    z.object({
-      status: z.enum(['firing', 'resolved']),
-      labels: z.record(z.string(), z.string()),
-      annotations: z.record(z.string(), z.string()).optional(),
-      startsAt: z.string().optional(),
-      endsAt: z.string().optional(),
-      fingerprint: z.string().optional(),
-    }),
-  ),
+  alerts: z
+    .array(
+      z.object({
+        status: z.enum(['firing', 'resolved']),
+        labels: LabelSet,
+        annotations: z
+          .record(z.string().max(ALERT_LIMITS.nameChars), z.string().max(ALERT_LIMITS.annotationChars))
+          .refine((l) => Object.keys(l).length <= ALERT_LIMITS.labels, `at most ${ALERT_LIMITS.labels} annotations`)
+          .optional(),
+        startsAt: z.string().max(64).optional(),
+        endsAt: z.string().max(64).optional(),
+        fingerprint: z.string().max(64).optional(),
+      }),
+    )
+    .max(ALERT_LIMITS.alerts, `at most ${ALERT_LIMITS.alerts} alerts in one call`),
+});
+
+/** DELETE /api/tiers/:tier/alerts: all of the tier's alerts, or the one of ?key=. */
+export const AlertKey = z.string().regex(/^[0-9a-f]{64}$/, 'an alert key is the 64 hex digits `sslwall rollout alerts` shows');
+export const ClearAlertsQuery = z.object({ key: AlertKey.optional() });
+
+/** An alert the engine holds (etcd alerts/<tier>/<key>, under a lease). */
+export const StoredAlertSchema = z.object({
+  alertname: z.string(),
+  /** Alertmanager's fingerprint, as sent: for finding the alert there, never as the key. */
+  fingerprint: z.string().optional(),
+  startsAt: z.string(),
+  endsAt: z.string().optional(),
+  labels: z.record(z.string(), z.string()),
+  annotations: z.record(z.string(), z.string()).default({}),
+  /** When the engine last received it firing. */
+  receivedAt: z.string(),
 });
 
 // ---- response bodies ----
@@ -74,6 +122,9 @@ export const AlertmanagerPayloadSchema = z.object({
 export const HealthzResponse = z.object({ ok: z.literal(true), leader: z.boolean() });
 export const LeaderResponse = z.object({ id: z.string(), leader: z.string().nullable(), isLeader: z.boolean() });
 export const AlertsResponse = z.object({ tiers: z.array(z.string()), firing: z.number().int(), resolved: z.number().int(), ignored: z.number().int() });
+/** GET /api/tiers/:tier/alerts: each alert with its key and the seconds its lease has left. */
+export const TierAlertsResponse = z.array(StoredAlertSchema.extend({ key: z.string(), expiresInS: z.number().int() }));
+export const ClearAlertsResponse = z.object({ cleared: z.array(z.string()) });
 
 /** The rollout state with live figures from agent health (what `rollout status` shows). */
 export const RolloutView = RolloutStateSchema.extend({
@@ -87,7 +138,14 @@ export const RolloutView = RolloutStateSchema.extend({
 });
 
 export const TiersResponse = z.array(
-  z.object({ tier: z.string(), version: z.number().int().nullable(), rollout: RolloutView.nullable(), agents: z.number().int() }),
+  z.object({
+    tier: z.string(),
+    version: z.number().int().nullable(),
+    rollout: RolloutView.nullable(),
+    agents: z.number().int(),
+    /** Why the head is not a valid document (SSLWALL_E_HEAD_INVALID); absent when it is. */
+    headProblem: z.string().optional(),
+  }),
 );
 /** The head document plus its mod revision (for expectRevision). */
 export const HeadResponse = TierDocumentSchema.extend({ revision: z.number().int() });
@@ -108,7 +166,30 @@ export const PreviewResponse = z.object({
   wouldBlock: z.array(PreviewHost),
 });
 
+/**
+ * One agent as the engine knows it: its health report, when the engine last heard from it, and
+ * whether it is behind the tier's head version.
+ */
+export const AgentView = HealthSchema.extend({
+  /** When the engine last received this agent's report (its own clock; `updatedAt` is the agent's). */
+  lastSeen: z.string(),
+  /** Not on the tier's head version (null configVersion included). */
+  behind: z.boolean(),
+});
+export const AgentsResponse = z.object({
+  tier: z.string(),
+  /** The tier's head version (null: the tier has no config). */
+  headVersion: z.number().int().nullable(),
+  /** Agents of the tier reporting health, before the filters. */
+  total: z.number().int(),
+  agents: z.array(AgentView),
+});
+
+export type AgentViewBody = z.infer<typeof AgentView>;
+export type AgentsBody = z.infer<typeof AgentsResponse>;
 export type AlertmanagerPayload = z.infer<typeof AlertmanagerPayloadSchema>;
 export type AlertsResult = z.infer<typeof AlertsResponse>;
+export type StoredAlert = z.infer<typeof StoredAlertSchema>;
+export type TierAlerts = z.infer<typeof TierAlertsResponse>;
 export type RolloutViewBody = z.infer<typeof RolloutView>;
 export type PreviewBody = z.infer<typeof PreviewResponse>;

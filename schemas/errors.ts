@@ -12,6 +12,8 @@ export const ErrorCodes = {
   SSLWALL_E_SIGNING_KEY: 'The ed25519 signing or verify key could not be read.',
   SSLWALL_E_CONFLICT: 'Someone else changed the tier document first (compare-and-swap failed); read it again and retry.',
   SSLWALL_E_NOT_LEADER: 'This engine replica is not the leader (or lost leadership); the write was refused.',
+  SSLWALL_E_HEAD_INVALID: "A tier's head in etcd is not a valid tier document; write a new version over it (config set or revert).",
+  SSLWALL_E_TOO_LARGE: 'The request body is over the engine API limit.',
   SSLWALL_E_NOT_FOUND: 'The tier, version or rollout asked for does not exist.',
   SSLWALL_E_ROLLOUT_STATE: 'The rollout is not in a state that allows this action.',
   SSLWALL_E_ETCD: 'etcd could not be reached or refused the request.',

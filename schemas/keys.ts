@@ -10,6 +10,9 @@ export function etcdKeys(prefix = '/sslwall/') {
     hostOverride: (hostId: string) => `${p}hosts/${hostId}/override`,
     health: (tier: string, hostId: string) => `${p}health/${tier}/${hostId}`,
     healthPrefix: (tier: string) => `${p}health/${tier}/`,
+    /** The agent's violation summary (schemas/summary.ts), under its health lease. */
+    summary: (tier: string, hostId: string) => `${p}summary/${tier}/${hostId}`,
+    summaryPrefix: `${p}summary/`,
   };
 }
 
@@ -26,6 +29,9 @@ export function engineKeys(prefix = '/sslwall/') {
     alerts: (tier: string) => `${k.prefix}alerts/${tier}/`,
     alert: (tier: string, fingerprint: string) => `${k.prefix}alerts/${tier}/${fingerprint}`,
     leader: `${k.prefix}engine/leader`,
+    /** Tiers whose rollout the leader steps (value: the rollout id); a read per tick that does not grow with history. */
+    rolloutIndex: (tier: string) => `${k.prefix}engine/rollouts/${tier}`,
+    rolloutIndexPrefix: `${k.prefix}engine/rollouts/`,
     /** The highest override version written for a host, kept after the override is removed (rollout/store.ts). */
     overrideVersion: (hostId: string) => `${k.prefix}engine/override-versions/${hostId}`,
   };

@@ -45,6 +45,11 @@ export const RolloutStateSchema = z.object({
   stages: z.array(StageSchema).min(1),
   stage: z.number().int().min(0),
   phase: z.enum(['writing', 'applying', 'baking']),
+  /**
+   * When the phase began, by the clock of the replica that wrote it: shown to people, and the
+   * phase's identity; never compared with another clock (bake and deadlines are measured by the
+   * leader's monotonic clock, rollout/steps.ts PhaseClock).
+   */
   phaseStartedAt: z.string(),
   stageVersion: z.number().int().nullable(),
   bakeMs: z.number().int().min(0),
@@ -54,6 +59,11 @@ export const RolloutStateSchema = z.object({
   baselineVersion: z.number().int(),
   consecutiveFailures: z.number().int().min(0),
   agentsAtStart: z.number().int().min(0),
+  /**
+   * Cohort agents reporting when the current stage was written (null before the first write):
+   * cohort agents that stop reporting afterwards count against the stage (maxMissingAgents).
+   */
+  cohortAtWrite: z.number().int().min(0).nullable().default(null),
   lastChecks: z.array(CheckResultSchema),
   /** An operator's request the leader carries out on its next step. */
   request: z.object({ action: z.enum(['promote', 'abort', 'undo']), reason: z.string(), by: z.string() }).nullable(),

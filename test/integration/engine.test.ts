@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { EngineClient } from '../../rollout/client.js';
+import type { AgentsBody } from '../../schemas/api.js';
 import { createEtcdClient } from '../../schemas/etcd.js';
 import { etcdKeys } from '../../schemas/keys.js';
 import type { RolloutState } from '../../schemas/rollout.js';
@@ -203,17 +204,47 @@ describe('rollout engine on one etcd', () => {
     }
   });
 
-  test('agents refuse a document that is not signed by the engine', async () => {
+  test('agents refuse a document that is not signed by the engine; `sslwall agents` lists who refused and who is behind', async () => {
     const client = createEtcdClient({ endpoints: etcd.endpoints });
     try {
       const doc = { schema: 1, version: 40, config: { ...BASE, mode: 'active' }, rollout: { mode: 'active', percent: 100, otherwise: 'off', salt: 'x' } };
       await client.put(etcdKeys().tierConfig(tier)).value(JSON.stringify(doc));
       await sim.waitStats((s) => s.errors === 50, 15000, 'all agents refusing the unsigned document');
       assert.equal((await sim.waitStats(() => true, 1000, 'stats')).applied['40'] ?? 0, 0);
+      // Which agents refused, and which are behind the head: the agents list answers both.
+      const auth = ['--engine', engine.url, '--token-file', engine.tokenFile];
+      const listed = await until('50 agents listed with their error', async () => {
+        const r = await runHost(['agents', '--tier', tier, '--errors', '--behind', '--json', ...auth]);
+        assert.equal(r.code, 0, r.stderr);
+        const body = JSON.parse(r.stdout) as AgentsBody;
+        return body.agents.length === 50 ? body : undefined;
+      });
+      assert.equal(listed.headVersion, 40);
+      assert.equal(listed.total, 50);
+      assert.ok(
+        listed.agents.every((a) => a.behind && a.lastError?.code === 'SSLWALL_E_CONFIG_SIGNATURE' && a.configVersion! < 40),
+        JSON.stringify(listed.agents[0]),
+      );
+      const text = await runHost(['agents', '--tier', tier, '--errors', ...auth]);
+      assert.match(text.stdout, /^tier web: head version 40; 50 with errors of 50 agents reporting\nHOST +VERSION +REVISION +MODE +COHORT +LAST ERROR/);
+      assert.match(text.stdout, /\nsim-00000 +\d+ \(behind\) +\d+ +passive +(yes|no) +SSLWALL_E_CONFIG_SIGNATURE@\d+ /);
+      const one = await runHost(['agents', '--host', 'sim-00007', ...auth]);
+      assert.equal(one.code, 0, one.stderr);
+      assert.match(one.stdout, /^host sim-00007 in tier web/);
+      assert.match(one.stdout, /BEHIND the head/);
+      assert.match(one.stdout, /last error SSLWALL_E_CONFIG_SIGNATURE at revision \d+, .*: .*not signed/);
+      const unknown = await runHost(['agents', '--host', 'no-such-host', ...auth]);
+      assert.equal(unknown.code, 1);
+      assert.match(unknown.stderr, /SSLWALL_E_NOT_FOUND.*no agent with host id no-such-host/);
       // Put the signed head back (a new signed version on top).
       const put = await engine.api('PUT', `/api/tiers/${tier}/config`, { document: BASE, message: 'restore after tampering' });
       assert.equal(put.status, 201, JSON.stringify(put.body));
       await sim.waitStats((s) => s.errors === 0, 15000, 'agents healthy again');
+      await until('no agent listed with an error or behind', async () => {
+        const r = await runHost(['agents', '--tier', tier, '--errors', '--json', ...auth]);
+        const body = JSON.parse(r.stdout) as AgentsBody;
+        return body.agents.length === 0 && body.total === 50;
+      });
     } finally {
       client.close();
     }

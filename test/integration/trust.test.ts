@@ -2,7 +2,7 @@
 // compromised agent can try, against a real etcd, the real agent (a process in a namespace of
 // its own) and the engine's own store and health cache: a replayed old signed head (also across
 // an agent restart), a tier document copied to another tier, an override copied to another host
-// or written back after its removal, key rotation under a running agent, a health body that
+// or written back after its removal, an invalid override beside a new tier version, key rotation under a running agent, a health body that
 // claims another tier or host, an oversized health string, and a history record overwritten.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -179,6 +179,26 @@ describe('trust: signatures bound to their place and time, health trusted by its
     const replay = await putRaw(keys.hostOverride(HOST), mineRaw);
     await expectRefused(replay, 'SSLWALL_E_CONFIG_REPLAY', 'active', v.version);
     await client.delete().key(keys.hostOverride(HOST));
+  });
+
+  test('an invalid override never freezes the host: the next tier version still applies, the override in force stays, the refusal is reported', async () => {
+    const mine = await store.setOverride(HOST, { mode: 'passive', reason: 'test' }, 'test');
+    await agent!.waitFor((l) => l.event === 'config_applied' && l.overrideVersion === mine!.version, 8000, 'own override applied');
+    const garbage = await putRaw(keys.hostOverride(HOST), '{"kind": "override", not json');
+    await expectRefused(garbage, 'SSLWALL_E_CONFIG_INVALID', 'passive', (await health()).configVersion!);
+    const v = await store.write(
+      TIER,
+      { config: { ...BASE, bypass: { ...BASE.bypass, ports: [22, 2222] } }, rollout: rollout('active') },
+      { author: 'test', message: 'next' },
+    );
+    const line = await agent!.waitFor(applied(v.version), 8000, `v${v.version} applied beside the refused override`);
+    assert.equal(line.overrideVersion, mine!.version, 'the override in force stays');
+    assert.equal(kernelMode(env.bpffs), 'passive');
+    const h = await waitHealth((x) => x.configVersion === v.version, `health on v${v.version}`);
+    assert.equal(h.lastError?.code, 'SSLWALL_E_CONFIG_INVALID', 'the refused override is still reported');
+    await client.delete().key(keys.hostOverride(HOST));
+    await waitHealth((x) => x.overrideVersion === null && x.lastError === null, 'override removed, nothing refused');
+    assert.equal(kernelMode(env.bpffs), 'active');
   });
 
   test('the signing key rotates under a running agent: the new key counts once the agent has it, the removed one is refused', async () => {

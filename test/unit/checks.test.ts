@@ -34,8 +34,20 @@ test('all well: every check passes', async () => {
   assert.equal(results[0]!.detail, '3 cohort agents on version 7, 3 agents reporting');
 });
 
-test('agents: no agent reporting is inconclusive', async () => {
-  assert.deepEqual(await result('agents', { agents: [] }), { name: 'agents', status: 'inconclusive', detail: 'no agent of this tier reports health' });
+test('agents: no agent reporting fails (counts toward the failure limit: a rollback, never a pause that waits forever)', async () => {
+  assert.deepEqual(await result('agents', { agents: [], state: rollout({ cohortAtWrite: 3 }) }), {
+    name: 'agents',
+    status: 'fail',
+    detail: 'no agent of this tier reports health (3 cohort agents at the stage write)',
+  });
+});
+
+test('agents: cohort agents that vanish after the stage write fail beyond maxMissingAgents', async () => {
+  const state = rollout({ cohortAtWrite: 5 }, { maxMissingAgents: 1 });
+  assert.equal((await result('agents', { state, agents: agents(4) })).status, 'pass');
+  const r = await result('agents', { state, agents: agents(3) });
+  assert.equal(r.status, 'fail');
+  assert.match(r.detail, /2 cohort agents stopped reporting after the stage was written \(3 of 5\)/);
 });
 
 test('agents: a cohort agent that has not applied the stage version fails', async () => {

@@ -31,12 +31,19 @@ const override = (host: string, version: number) => signer.sign({ kind: 'overrid
 const kv = (doc: object, modRevision = 10) => ({ value: Buffer.from(JSON.stringify(doc)), modRevision });
 const snap = (tier: object, over?: object): Snapshot => ({ tier: kv(tier), override: over ? kv(over, 11) : null, revision: 12 });
 
+/** A refusal: of the whole snapshot, or of one document while the other still applies. */
 function refused(d: Decision, code: string, message: RegExp): void {
-  assert.equal(d.kind, 'refused');
-  const err = (d as { err: { code: string; message: string } }).err;
+  assert.notEqual(d.kind, 'none');
+  const err = (d.kind === 'refused' ? d.err : (d as Extract<Decision, { kind: 'config' }>).refusals[0]) as { code: string; message: string };
+  assert.ok(err, 'a refusal');
   assert.equal(err.code, code, err.message);
   assert.match(err.message, message);
 }
+
+const config = (d: Decision) => {
+  assert.equal(d.kind, 'config');
+  return d as Extract<Decision, { kind: 'config' }>;
+};
 
 test('a tier document signed for another tier is misplaced, whatever its version', () => {
   refused(decide(snap(tierDoc('db', 99)), keys, verifier, place, none), 'SSLWALL_E_CONFIG_MISPLACED', /tiers\/web\/config@10 was signed for tier db, not web/);
@@ -82,4 +89,34 @@ test('the highest from a last good file written before they were kept is the ver
   assert.deepEqual(highestApplied(meta), { tier: 5, override: 2 });
   assert.deepEqual(highestApplied({ ...meta, source: 'file' }), none);
   assert.deepEqual(highestApplied(undefined), none);
+});
+
+test('each document is judged on its own: a refused override leaves the one in force under the new tier document', () => {
+  const first = config(decide(snap(tierDoc('web', 1), override('host-1', 5)), keys, verifier, place, none));
+  assert.equal(first.config.mode, 'passive');
+  const inForce = first.meta.documents!;
+  // The override is replaced by one copied from another host; the tier document moves on.
+  const d = config(decide(snap(tierDoc('web', 2), override('host-2', 9)), keys, verifier, place, highestApplied(first.meta), inForce));
+  assert.equal(d.tierVersion, 2);
+  assert.deepEqual([d.meta.tierVersion, d.meta.overrideVersion, d.config.mode], [2, 5, 'passive']);
+  refused(d, 'SSLWALL_E_CONFIG_MISPLACED', /hosts\/host-1\/override@11 was signed for host host-2/);
+  // Without one in force (a host that never had an override), the tier document applies alone.
+  const alone = config(decide(snap(tierDoc('web', 2), override('host-2', 9)), keys, verifier, place, none));
+  assert.deepEqual([alone.meta.overrideVersion, alone.config.mode], [null, 'active']);
+  assert.equal(alone.refusals.length, 1);
+});
+
+test('a refused tier document leaves the one in force under a new override; with none in force the snapshot is refused', () => {
+  const first = config(decide(snap(tierDoc('web', 3)), keys, verifier, place, none));
+  assert.equal(first.config.mode, 'active');
+  const garbage = { ...tierDoc('web', 4), version: 'four' };
+  const d = config(decide(snap(garbage, override('host-1', 6)), keys, verifier, place, highestApplied(first.meta), first.meta.documents!));
+  assert.deepEqual([d.meta.tierVersion, d.meta.revision, d.meta.overrideVersion, d.config.mode], [3, 10, 6, 'passive']);
+  assert.equal(d.refusals.length, 1);
+  assert.equal((d.refusals[0] as { code: string }).code, 'SSLWALL_E_CONFIG_SIGNATURE');
+  // Both refused: the config in force stays, both are reported.
+  const both = config(decide(snap(garbage, override('host-2', 7)), keys, verifier, place, highestApplied(d.meta), d.meta.documents!));
+  assert.deepEqual([both.meta.tierVersion, both.meta.overrideVersion, both.config.mode], [3, 6, 'passive']);
+  assert.equal(both.refusals.length, 2);
+  refused(decide(snap(garbage), keys, verifier, place, none), 'SSLWALL_E_CONFIG_SIGNATURE', /tiers\/web\/config@10/);
 });

@@ -3,12 +3,12 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { afterChecks, nextStep, operatorAction, rolledBack, type Step, type StepInputs, stageWritten, transitioned } from '../../rollout/steps.js';
+import { afterChecks, nextStep, operatorAction, PhaseClock, rolledBack, type Step, type StepInputs, stageWritten, transitioned } from '../../rollout/steps.js';
 import { SslwallError } from '../../schemas/errors.js';
 import type { CheckResult, RolloutState } from '../../schemas/rollout.js';
 import { agent, agents, hostsWhere, iso, rollout, T0 } from './rollout-fixtures.js';
 
-const quiet: StepInputs = { agents: agents(3), now: T0 + 1000, lastCheckAt: 0, urgent: false };
+const quiet: StepInputs = { agents: agents(3), now: T0 + 1000, lastCheckAt: 0, urgent: false, phaseElapsedMs: 1000 };
 const pass = (name: string): CheckResult => ({ name, status: 'pass', detail: `${name} ok` });
 const fail = (name: string): CheckResult => ({ name, status: 'fail', detail: `${name} bad` });
 const unknown = (name: string): CheckResult => ({ name, status: 'inconclusive', detail: `${name} no data` });
@@ -57,8 +57,8 @@ describe('nextStep: phases', () => {
   test('applying: a cohort agent behind waits until the apply deadline, then the tier rolls back', () => {
     const state = rollout({ phase: 'applying', phaseStartedAt: iso(T0) });
     const lagging = [...agents(2), agent('h9', { configVersion: 6 })];
-    assert.deepEqual(nextStep(state, { ...quiet, agents: lagging, now: T0 + 60_000 }), { do: 'wait' }, 'at the deadline it still waits');
-    const r = expectRollback(nextStep(state, { ...quiet, agents: lagging, now: T0 + 60_001 }), 'aborted');
+    assert.deepEqual(nextStep(state, { ...quiet, agents: lagging, phaseElapsedMs: 60_000 }), { do: 'wait' }, 'at the deadline it still waits');
+    const r = expectRollback(nextStep(state, { ...quiet, agents: lagging, phaseElapsedMs: 60_001 }), 'aborted');
     assert.equal(r.reason, '1 of 3 cohort agents did not apply version 7 within 60000 ms');
     assert.equal(r.state, state);
   });
@@ -68,9 +68,19 @@ describe('nextStep: phases', () => {
     assert.deepEqual(nextStep(state, { ...quiet, agents: [agent('h0', { configVersion: null })] }), { do: 'wait' });
   });
 
-  test('applying: no agent reports health -> pause for missing data', () => {
-    const t = expectTransition(nextStep(rollout({ phase: 'applying' }), { ...quiet, agents: [] }), 'paused');
-    assert.deepEqual(t.change, { status: 'paused', reason: 'missing data: no agent of the tier reports health' });
+  test('applying: no agent reports health -> waits until the apply deadline, then rolls back (never a pause)', () => {
+    const state = rollout({ phase: 'applying', cohortAtWrite: 3 });
+    assert.deepEqual(nextStep(state, { ...quiet, agents: [], phaseElapsedMs: 60_000 }), { do: 'wait' });
+    const r = expectRollback(nextStep(state, { ...quiet, agents: [], phaseElapsedMs: 60_001 }), 'aborted');
+    assert.equal(r.reason, 'no agent of the tier reports health; 3 of 3 cohort agents stopped reporting after the stage was written within 60000 ms');
+  });
+
+  test('applying: cohort agents that vanish after the stage write hold the stage back and roll it back at the deadline', () => {
+    const state = rollout({ phase: 'applying', cohortAtWrite: 5 }, { maxMissingAgents: 1 });
+    expectTransition(nextStep(state, { ...quiet, agents: agents(4) }), 'applied');
+    assert.deepEqual(nextStep(state, { ...quiet, agents: agents(3) }), { do: 'wait' }, '2 of 5 gone, over maxMissingAgents 1: not applied');
+    const r = expectRollback(nextStep(state, { ...quiet, agents: agents(3), phaseElapsedMs: 60_001 }), 'aborted');
+    assert.equal(r.reason, '2 of 5 cohort agents stopped reporting after the stage was written within 60000 ms');
   });
 
   test('baking: checks run at the check interval, at once when urgent', () => {
@@ -155,45 +165,45 @@ describe('nextStep: operator requests', () => {
 describe('afterChecks', () => {
   test('a failed check below the failure limit counts, above it rolls back with the results', () => {
     const results = [pass('agents'), fail('alerts')];
-    const first = expectTransition(afterChecks(rollout({}, { failureLimit: 2 }), results, T0 + 1000), 'check_failed');
+    const first = expectTransition(afterChecks(rollout({}, { failureLimit: 2 }), results, 1000), 'check_failed');
     assert.deepEqual(first.change, { consecutiveFailures: 1, lastChecks: results });
     assert.equal(first.reason, 'alerts: alerts bad');
-    const r = expectRollback(afterChecks(rollout({ consecutiveFailures: 1 }, { failureLimit: 2 }), results, T0 + 2000), 'aborted');
+    const r = expectRollback(afterChecks(rollout({ consecutiveFailures: 1 }, { failureLimit: 2 }), results, 2000), 'aborted');
     assert.equal(r.reason, 'check failed 2 times: alerts: alerts bad');
     assert.deepEqual(r.state.lastChecks, results);
   });
 
   test('a failure limit of 1 rolls back on the first failed check', () => {
-    expectRollback(afterChecks(rollout({}, { failureLimit: 1 }), [fail('agents')], T0), 'aborted');
+    expectRollback(afterChecks(rollout({}, { failureLimit: 1 }), [fail('agents')], 0), 'aborted');
   });
 
   test('a failed check wins over missing data', () => {
-    expectTransition(afterChecks(rollout(), [unknown('prom:errors'), fail('alerts')], T0), 'check_failed');
+    expectTransition(afterChecks(rollout(), [unknown('prom:errors'), fail('alerts')], 0), 'check_failed');
   });
 
   test('missing data pauses, never passes', () => {
     const results = [pass('agents'), unknown('prom:errors')];
-    const t = expectTransition(afterChecks(rollout({}), results, T0 + 120_000), 'paused');
+    const t = expectTransition(afterChecks(rollout({}), results, 120_000), 'paused');
     assert.equal(t.reason, 'missing data: prom:errors: prom:errors no data');
     assert.deepEqual(t.state.lastChecks, results);
   });
 
   test('healthy at the end of the bake: the next stage, or completed after the last', () => {
     const results = [pass('agents')];
-    const next = expectTransition(afterChecks(rollout({ stages: [...twoStages], consecutiveFailures: 1 }), results, T0 + 60_000), 'advanced');
+    const next = expectTransition(afterChecks(rollout({ stages: [...twoStages], consecutiveFailures: 1 }), results, 60_000), 'advanced');
     assert.equal(next.reason, 'bake ended healthy');
     assert.equal(next.change.stage, 1);
     assert.equal(next.state.consecutiveFailures, 0);
-    const done = expectTransition(afterChecks(rollout({}), results, T0 + 60_000), 'completed');
+    const done = expectTransition(afterChecks(rollout({}), results, 60_000), 'completed');
     assert.deepEqual(done.change, { status: 'completed', reason: 'bake ended healthy' });
   });
 
   test('healthy during the bake: waits, or records the passing check when it changes something', () => {
     const results = [pass('agents'), pass('alerts')];
-    assert.deepEqual(afterChecks(rollout({ lastChecks: results }), results, T0 + 59_999), { do: 'wait' });
-    const afterFailure = expectTransition(afterChecks(rollout({ lastChecks: results, consecutiveFailures: 1 }), results, T0 + 1000), 'check_passed');
+    assert.deepEqual(afterChecks(rollout({ lastChecks: results }), results, 59_999), { do: 'wait' });
+    const afterFailure = expectTransition(afterChecks(rollout({ lastChecks: results, consecutiveFailures: 1 }), results, 1000), 'check_passed');
     assert.deepEqual(afterFailure.change, { consecutiveFailures: 0, lastChecks: results });
-    expectTransition(afterChecks(rollout({ lastChecks: [pass('agents')] }), results, T0 + 1000), 'check_passed');
+    expectTransition(afterChecks(rollout({ lastChecks: [pass('agents')] }), results, 1000), 'check_passed');
   });
 });
 
@@ -201,7 +211,7 @@ describe('the states transitions write', () => {
   const at = new Date(T0 + 5000);
 
   test('a transition changes the state, stamps it and records an event; a passing check is no event', () => {
-    const t = expectTransition(afterChecks(rollout({}), [fail('alerts')], T0), 'check_failed');
+    const t = expectTransition(afterChecks(rollout({}), [fail('alerts')], 0), 'check_failed');
     const next = transitioned(t, at);
     assert.equal(next.consecutiveFailures, 1);
     assert.equal(next.updatedAt, iso(T0 + 5000));
@@ -219,8 +229,9 @@ describe('the states transitions write', () => {
   });
 
   test('a written stage is applying its version from now, failures reset', () => {
-    const next = stageWritten(rollout({ phase: 'writing', stageVersion: null, consecutiveFailures: 1 }), 8, at);
+    const next = stageWritten(rollout({ phase: 'writing', stageVersion: null, consecutiveFailures: 1 }), 8, at, 4);
     assert.equal(next.phase, 'applying');
+    assert.equal(next.cohortAtWrite, 4, 'the cohort reporting at the write is recorded');
     assert.equal(next.stageVersion, 8);
     assert.equal(next.phaseStartedAt, iso(T0 + 5000));
     assert.equal(next.consecutiveFailures, 0);
@@ -280,18 +291,60 @@ test('a healthy two-stage rollout goes write, apply, bake, advance, ..., complet
   let state = rollout({ phase: 'writing', stageVersion: null, stages: [...twoStages], phaseStartedAt: iso(T0) });
   let now = T0;
   let version = 6;
+  const clock = new PhaseClock();
   const seen: string[] = [];
   for (let i = 0; i < 20 && state.status === 'running'; i++) {
     now += 20_000;
     const fleet = agents(3, { configVersion: version });
-    let s = nextStep(state, { agents: fleet, now, lastCheckAt: 0, urgent: false });
-    if (s.do === 'check') s = afterChecks(state, [pass('agents')], now);
+    const phaseElapsedMs = clock.elapsed('web', state, now - T0);
+    let s = nextStep(state, { agents: fleet, now, lastCheckAt: 0, urgent: false, phaseElapsedMs });
+    if (s.do === 'check') s = afterChecks(state, [pass('agents')], phaseElapsedMs);
     seen.push(s.do === 'transition' ? s.action : s.do);
-    if (s.do === 'write') state = stageWritten(state, ++version, new Date(now));
+    if (s.do === 'write') state = stageWritten(state, ++version, new Date(now), 3);
     else if (s.do === 'transition') state = transitioned(s, new Date(now));
     else assert.equal(s.do, 'wait', `unexpected ${JSON.stringify(s)}`);
   }
-  assert.deepEqual(seen, ['write', 'applied', 'check_passed', 'wait', 'advanced', 'write', 'applied', 'check_passed', 'wait', 'completed']);
+  // The bake counts from the leader's first sight of the baking phase (one tick after it wrote it):
+  // an extra wait per stage, never a bake cut short.
+  assert.deepEqual(seen, ['write', 'applied', 'check_passed', 'wait', 'wait', 'advanced', 'write', 'applied', 'check_passed', 'wait', 'wait', 'completed']);
   assert.equal(state.status, 'completed');
   assert.equal(state.stage, 1);
+});
+
+describe("PhaseClock: bake and deadlines by the leader's own monotonic clock", () => {
+  test('a phase is measured from its first sight, whatever its wall-clock stamp says', () => {
+    const clock = new PhaseClock();
+    // Stamped an hour in the future by a replica whose clock runs ahead: no bake time is granted.
+    const ahead = rollout({ phaseStartedAt: iso(T0 + 3_600_000) });
+    assert.equal(clock.elapsed('web', ahead, 500), 0);
+    assert.equal(clock.elapsed('web', ahead, 2500), 2000);
+    // Stamped an hour ago by a replica whose clock runs behind: the deadline still comes.
+    const behind = rollout({ phase: 'applying', phaseStartedAt: iso(T0 - 3_600_000) });
+    assert.equal(clock.elapsed('other', behind, 1000), 0);
+    const r = expectRollback(
+      nextStep(behind, { ...quiet, agents: [agent('h0', { configVersion: 6 })], phaseElapsedMs: clock.elapsed('other', behind, 62_000) }),
+      'aborted',
+    );
+    assert.match(r.reason, /did not apply version 7 within 60000 ms/);
+  });
+
+  test('a new phase, a resume (new stamp) or a lost leadership starts the count again', () => {
+    const clock = new PhaseClock();
+    const baking = rollout();
+    clock.elapsed('web', baking, 0);
+    assert.equal(clock.elapsed('web', baking, 10_000), 10_000);
+    assert.equal(clock.elapsed('web', { ...baking, stage: 1 }, 11_000), 0, 'next stage');
+    assert.equal(clock.elapsed('web', { ...baking, stage: 1, phaseStartedAt: iso(T0 + 1) }, 12_000), 0, 'resumed');
+    assert.equal(clock.elapsed('web', { ...baking, stage: 1, phaseStartedAt: iso(T0 + 1) }, 13_000), 1000);
+    clock.clear();
+    assert.equal(clock.elapsed('web', { ...baking, stage: 1, phaseStartedAt: iso(T0 + 1) }, 14_000), 0, 'after leadership was lost');
+  });
+
+  test("a bake never ends before bakeMs of this leader's time", () => {
+    const clock = new PhaseClock();
+    const state = rollout({ phaseStartedAt: iso(T0 - 3_600_000), lastChecks: [pass('agents')] });
+    clock.elapsed('web', state, 100);
+    assert.deepEqual(afterChecks(state, [pass('agents')], clock.elapsed('web', state, 60_099)), { do: 'wait' });
+    expectTransition(afterChecks(state, [pass('agents')], clock.elapsed('web', state, 60_100)), 'completed');
+  });
 });

@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { agentIdle, type Figure, hotSwap, propagation } from './agent.js';
 import { etcdProvision } from './etcd-auth.js';
+import { alarmBench } from './alarm.js';
 import { fleet, fleetOptions } from './fleet.js';
 import { connectRate, vethThroughput } from './net.js';
 import { round } from './stats.js';
@@ -17,7 +18,7 @@ import { tcFastpath, tcFirstPacket } from './tc.js';
 import { ttlsBench } from './ttls.js';
 import type { Bench, BenchResult } from './types.js';
 
-export const BENCHES: Bench[] = [tcFastpath, tcFirstPacket, vethThroughput, connectRate, propagation, hotSwap, agentIdle, fleet, ttlsBench, etcdProvision];
+export const BENCHES: Bench[] = [tcFastpath, tcFirstPacket, vethThroughput, connectRate, propagation, hotSwap, agentIdle, fleet, alarmBench, ttlsBench, etcdProvision];
 
 const USAGE = `Usage: sslwall bench [--json] [--only NAME,...] [--list] [--fleet-agents N]
        npm run bench -- [--json] [--only NAME,...] [--list] [--fleet-agents N]
@@ -155,6 +156,7 @@ function table(results: BenchResult[], failures: Failure[]): string {
     'Baselines: tc_* = sslwall_empty on the same packet, same repeat; veth_throughput*/connect_rate = an identical test bed without any filter, runs alternating;',
     '  propagation_* = a bare etcd3 watcher on the same path; hot_swap_* = the same transfer before the swaps; agent_* = an idle node process;',
     '  fleet_propagation/rollback = one bare etcd3 watcher; dead_agent_detect_ms = the lease TTL; reconnect_relists_per_agent = 1 re-read per agent.',
+    '  alarm_to_rollback_e2e_ms = the same Prometheus + Alertmanager notifying a bare webhook receiver, same runs.',
     '  ttls_* = stunnel4 client -> stunnel4 server with the same certificates and data; ttls_connect_rate = TTLS without multiplexing; ttls_rss_1000_mb = the proxy before.',
     'Targets in units (ms, MB, %, a count) apply to VALUE; targets with × apply to RATIO.',
   ].join('\n');

@@ -11,16 +11,23 @@ import { generateKeyPair } from '../../rollout/signing.js';
 import type { RolloutViewBody } from '../../schemas/api.js';
 import { describeIssues } from '../../schemas/config.js';
 import { SslwallError } from '../../schemas/errors.js';
-import { AnalysisSchema } from '../../schemas/rollout.js';
+import { AnalysisSchema, parseDuration } from '../../schemas/rollout.js';
+import { watchRollout } from './watch.js';
 
 export const DEFAULT_ENGINE = 'http://127.0.0.1:7070';
 
-function usage(message: string): SslwallError {
+export function usage(message: string): SslwallError {
   return new SslwallError('SSLWALL_E_USAGE', message);
 }
 
+function positiveInt(text: string, flag: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1) throw usage(`${flag} ${text}: give a whole number of at least 1`);
+  return n;
+}
+
 type Opts = NonNullable<Parameters<typeof parseArgs>[0]>['options'];
-function parse(args: string[], options: Opts, where: string): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
+export function parse(args: string[], options: Opts, where: string): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
   try {
     const r = parseArgs({ args, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
     return { values: r.values as Record<string, string | boolean | undefined>, positionals: r.positionals };
@@ -53,6 +60,13 @@ Options:
   --etcd-user NAME --etcd-password-file FILE   or password auth to etcd
   --id ID               this replica's name in the election            [hostname-pid]
   --lease-ttl S         leader lease TTL in seconds                                 [5]
+  --history-keep N      config versions kept per tier; older ones are pruned     [100]
+  --alert-ttl DURATION  how long a firing alert is kept unless Alertmanager sends it
+                        again; make it longer than Alertmanager's repeat_interval   [5h]
+  --notify-url URL      post rollout transitions to this chat webhook (Slack-compatible
+                        JSON: {"text": ...}); only the leader sends
+  --notify-severity S   info (every stage), warning (also failed checks, pauses) or
+                        critical (rollbacks only): send transitions of S and above [warning]
   --log-level LEVEL                                                              [info]
 `;
 
@@ -76,6 +90,10 @@ export async function engineCommand(args: string[]): Promise<number> {
       'etcd-password-file': { type: 'string' },
       id: { type: 'string' },
       'lease-ttl': { type: 'string' },
+      'history-keep': { type: 'string' },
+      'alert-ttl': { type: 'string' },
+      'notify-url': { type: 'string' },
+      'notify-severity': { type: 'string' },
       'log-level': { type: 'string' },
     },
     'engine',
@@ -86,10 +104,22 @@ export async function engineCommand(args: string[]): Promise<number> {
   }
   if (!v.etcd) throw usage('engine needs --etcd URL[,URL...]');
   if (!v['signing-key']) throw usage('engine needs --signing-key FILE (make one with: sslwall keygen --out DIR)');
+  let alertTtlMs: number | undefined;
+  try {
+    alertTtlMs = v['alert-ttl'] === undefined ? undefined : parseDuration(String(v['alert-ttl']));
+  } catch (err) {
+    throw usage(`--alert-ttl: ${(err as Error).message}`);
+  }
+  // An etcd lease counts whole seconds.
+  if (alertTtlMs !== undefined && alertTtlMs < 1000) throw usage('--alert-ttl must be at least 1s (and longer than repeat_interval)');
   const id = (v.id as string | undefined) ?? `${os.hostname()}-${process.pid}`;
   const log = pino({ level: (v['log-level'] as string | undefined) ?? 'info', base: { component: 'engine', replica: id } });
   // Loaded here, not at the top: fastify and the engine are not needed by the other commands.
   const { runEngine } = await import('../../rollout/main.js');
+  const { SEVERITIES } = await import('../../rollout/notify.js');
+  const severity = (v['notify-severity'] as string | undefined) ?? 'warning';
+  if (!(SEVERITIES as readonly string[]).includes(severity)) throw usage(`--notify-severity must be one of ${SEVERITIES.join(', ')}`);
+  if (v['notify-severity'] && !v['notify-url']) throw usage('--notify-severity needs --notify-url URL');
   await runEngine(
     {
       etcd: {
@@ -105,11 +135,14 @@ export async function engineCommand(args: string[]): Promise<number> {
       listen: (v.listen as string | undefined) ?? '127.0.0.1:7070',
       prefix: v['etcd-prefix'] as string | undefined,
       leaseTtlS: v['lease-ttl'] === undefined ? undefined : Number(v['lease-ttl']),
+      historyKeep: v['history-keep'] === undefined ? undefined : positiveInt(String(v['history-keep']), '--history-keep'),
       users: v.users as string | undefined,
       tlsCert: v['tls-cert'] as string | undefined,
       tlsKey: v['tls-key'] as string | undefined,
       publicUrls: (v['public-url'] as unknown as string[] | undefined) ?? [],
       insecure: v.insecure === true,
+      alertTtlS: alertTtlMs === undefined ? undefined : Math.ceil(alertTtlMs / 1000),
+      notify: v['notify-url'] ? { url: String(v['notify-url']), minSeverity: severity as (typeof SEVERITIES)[number] } : undefined,
     },
     log,
   );
@@ -130,18 +163,18 @@ export async function keygenCommand(args: string[]): Promise<number> {
   return 0;
 }
 
-const CLIENT_OPTIONS = {
+export const CLIENT_OPTIONS = {
   engine: { type: 'string' },
   'engine-ca': { type: 'string' },
   'token-file': { type: 'string' },
 } as const;
 
-const CLIENT_HELP = `  --engine URL         the engine's API (http:// or https://)    [$SSLWALL_ENGINE or ${DEFAULT_ENGINE}]
+export const CLIENT_HELP = `  --engine URL         the engine's API (http:// or https://)    [$SSLWALL_ENGINE or ${DEFAULT_ENGINE}]
   --engine-ca FILE     CA certificates (PEM) that issued an https:// engine's certificate
   --token-file FILE    the bearer token (surrounding whitespace ignored)        [$SSLWALL_TOKEN]`;
 
 /** The engine's client from --engine, --engine-ca and the token ($SSLWALL_TOKEN, or --token-file, which wins). */
-function engineClient(v: Record<string, unknown>): EngineClient {
+export function engineClient(v: Record<string, unknown>): EngineClient {
   const read = (file: string, what: string) => {
     try {
       return readFileSync(file, 'utf8');
@@ -179,10 +212,15 @@ const ROLLOUT_HELP = `Usage: sslwall rollout <command> --tier T [options] [--eng
   start --tier T --stages passive:100,active:1,active:5,active:25,active:100 --bake 10m
         [--analysis FILE] [--otherwise off|passive]
   status --tier T [--json]       stage, agents applied / in cohort, bake left, checks, events
-  watch --tier T                 status, updated in place every second (Ctrl-C to leave)
+  watch --tier T                 a progress bar per stage, redrawn every second on a terminal
+                                 (Ctrl-C to leave); elsewhere a line per change, until the end
   pause|resume|promote|abort|undo --tier T [--reason R]
   preview --tier T --percent P [--json]   hosts that would join the cohort at P and which of them
                                           would now block traffic (passive-mode violations)
+  alerts --tier T [--json]       the alerts the engine holds for the tier (they roll back and
+                                 hold rollouts): key, name, labels, since, lease left
+  alerts --tier T --clear [KEY]  forget them all, or the one of KEY (operator; audited); one
+                                 still firing comes back at Alertmanager's next repeat
 
 ${CLIENT_HELP}
 `;
@@ -306,10 +344,11 @@ export function diffJson(a: unknown, b: unknown, path = ''): Array<{ path: strin
 
 export async function rolloutCommand(args: string[]): Promise<number> {
   const [sub, ...rest] = args[0]?.startsWith('-') ? ['help', ...args] : args;
-  const { values: v } = parse(
+  const { values: v, positionals } = parse(
     rest,
     {
       tier: { type: 'string' },
+      clear: { type: 'boolean' },
       stages: { type: 'string' },
       bake: { type: 'string' },
       analysis: { type: 'string' },
@@ -360,16 +399,7 @@ export async function rolloutCommand(args: string[]): Promise<number> {
       return 0;
     }
     case 'watch': {
-      const tty = process.stdout.isTTY;
-      let stop = false;
-      process.once('SIGINT', () => (stop = true));
-      while (!stop) {
-        const s = await engine.rollout(tier);
-        const text = renderStatus(s);
-        process.stdout.write(tty ? `\x1b[H\x1b[2J${text}` : `${text}\n`);
-        if (!tty && s.status !== 'running' && s.status !== 'paused') break;
-        await new Promise((r) => setTimeout(r, 1000));
-      }
+      await watchRollout(() => engine.rollout(tier), process.stdout);
       return 0;
     }
     case 'pause':
@@ -392,6 +422,31 @@ export async function rolloutCommand(args: string[]): Promise<number> {
               r.joining.map((j) => `  ${j.hostId}${j.wouldBlock ? `  WOULD BLOCK (${j.violationsReported} plaintext flows seen)` : ''}`).join('\n') +
               '\n',
       );
+      return 0;
+    }
+    case 'alerts': {
+      if (positionals.length > (v.clear ? 1 : 0)) throw usage('rollout alerts takes a KEY only after --clear');
+      if (v.clear) {
+        const r = await engine.clearAlerts(tier, positionals[0]);
+        process.stdout.write(
+          v.json ? `${JSON.stringify(r)}\n` : `cleared ${r.cleared.length} alerts of tier ${tier}${r.cleared.map((k) => `\n  ${k}`).join('')}\n`,
+        );
+        return 0;
+      }
+      const alerts = await engine.tierAlerts(tier);
+      if (v.json) process.stdout.write(`${JSON.stringify(alerts)}\n`);
+      else if (!alerts.length) process.stdout.write(`no alert held for tier ${tier}\n`);
+      else
+        process.stdout.write(
+          `${alerts
+            .map((a) => {
+              const labels = Object.entries(a.labels)
+                .map(([k, val]) => `${k}=${val}`)
+                .join(' ');
+              return `${a.key}\n  ${a.alertname}  since ${a.startsAt}  expires in ${a.expiresInS < 0 ? 'never' : `${a.expiresInS} s`}\n  ${labels}`;
+            })
+            .join('\n')}\n`,
+        );
       return 0;
     }
   }

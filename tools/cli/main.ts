@@ -14,6 +14,7 @@ import { uninstall } from '../../agent/uninstall.js';
 import { addUser } from '../../rollout/auth.js';
 import { exitCodeFor, SslwallError } from '../../schemas/errors.js';
 import { Verifier } from '../../schemas/signing.js';
+import { agentsCommand } from './agents.js';
 import { configCommand, engineCommand, keygenCommand, rolloutCommand } from './fleet.js';
 
 const VERSION = '0.1.0';
@@ -31,6 +32,7 @@ Commands:
   engine      run a rollout engine replica (API, dashboard, rollout loop)
   config      set, get, diff and revert tier config versions (through the engine)
   rollout     start, watch and steer staged rollouts (through the engine)
+  agents      the agents of a tier: version, mode, cohort, errors, last seen (through the engine)
   etcd        set up etcd's auth and provision hosts' users and roles (least privilege)
   keygen      make the ed25519 key pair that signs tier documents
   token       add a user to the engine's users file and print its new token
@@ -281,6 +283,7 @@ const GROUPS: Record<string, (args: string[]) => Promise<number>> = {
   etcd: async (args) => ((await import(modulePath('./etcd.js'))) as { etcdCommand(a: string[]): Promise<number> }).etcdCommand(args),
   config: configCommand,
   rollout: rolloutCommand,
+  agents: agentsCommand,
   simulate: async (args) => ((await import(modulePath('../simulate/main.js'))) as { main(a: string[]): Promise<number> }).main(args),
   bench: async (args) => ((await import(modulePath('../bench/main.js'))) as { main(a: string[]): Promise<number> }).main(args),
   up: async (args) => ((await import(modulePath('./up.js'))) as { upCommand(a: string[]): Promise<number> }).upCommand(args),

@@ -44,6 +44,11 @@ export const PROGRAMS = {
   perl: { path: '/usr/bin/perl', package: 'perl' },
   etcd: { path: '/usr/bin/etcd', package: 'etcd-server' },
   etcdctl: { path: '/usr/bin/etcdctl', package: 'etcd-client' },
+  // The alarm end-to-end test and bench (tools/lab/prometheus.ts).
+  prometheus: { path: '/usr/bin/prometheus', package: 'prometheus' },
+  // Checks and unit-tests the shipped alert rules and the Grafana dashboard's queries.
+  promtool: { path: '/usr/bin/promtool', package: 'prometheus' },
+  alertmanager: { path: '/usr/bin/prometheus-alertmanager', package: 'prometheus-alertmanager' },
   // Building the BPF objects and the addon (tools/setup, and the native tests' fixture object).
   clang: { path: '/usr/bin/clang', package: 'clang' },
   'llvm-strip': { path: '/usr/bin/llvm-strip', package: 'llvm' },
