@@ -55,7 +55,7 @@ function missingGrant(keys: string[]): string {
   const host = keys.map((k) => /hosts\/([^/]+)\/override$/.exec(k)?.[1] ?? /health\/[^/]+\/([^/]+)$/.exec(k)?.[1]).find(Boolean) ?? 'HOST';
   return (
     `etcd user sslwall-host-${host} (its certificate's CN, or --etcd-user) with roles sslwall-tier-${tier} (read tiers/${tier}/config) ` +
-    `and sslwall-host-${host} (read hosts/${host}/override, write health/${tier}/${host}); ` +
+    `and sslwall-host-${host} (read hosts/${host}/override, write health/${tier}/${host} and summary/${tier}/${host}); ` +
     `provision them with: sslwall etcd provision --etcd URL --tier ${tier} --host ${host} (as etcd's root)`
   );
 }

@@ -30,12 +30,13 @@ const perm = (permission: Perm['permission'], range: Range): Perm => ({ permissi
 const exact = (key: string) => new Range(key);
 const permId = (p: { permission: string; range: Range }) => `${p.permission}|${p.range.start.toString('hex')}|${p.range.end.toString('hex')}`;
 
-/** The engine's grants: everything it writes, and health (which only agents write) read-only. */
+/** The engine's grants: everything it writes, and what only agents write (health, summaries) read-only. */
 export function enginePermissions(prefix = '/sslwall/'): Perm[] {
   const p = etcdKeys(prefix).prefix;
   return [
     ...['tiers/', 'hosts/', 'engine/', 'audit/', 'alerts/'].map((d) => perm('Readwrite', Range.prefix(`${p}${d}`))),
     perm('Read', Range.prefix(`${p}health/`)),
+    perm('Read', Range.prefix(`${p}summary/`)),
   ];
 }
 
@@ -44,10 +45,14 @@ export function tierPermissions(tier: string, prefix = '/sslwall/'): Perm[] {
   return [perm('Read', exact(etcdKeys(prefix).tierConfig(tier)))];
 }
 
-/** A host reads its own override and writes its own health key, exactly those keys. */
+/** A host reads its own override and writes its own health and summary keys (one lease), exactly those keys. */
 export function hostPermissions(h: HostSpec, prefix = '/sslwall/'): Perm[] {
   const k = etcdKeys(prefix);
-  return [perm('Read', exact(k.hostOverride(h.hostId))), perm('Readwrite', exact(k.health(h.tier, h.hostId)))];
+  return [
+    perm('Read', exact(k.hostOverride(h.hostId))),
+    perm('Readwrite', exact(k.health(h.tier, h.hostId))),
+    perm('Readwrite', exact(k.summary(h.tier, h.hostId))),
+  ];
 }
 
 export interface Changes {

@@ -80,14 +80,14 @@ describe('etcd with auth on: every credential holds only its grants', () => {
     const hostsFile = path.join(tb.tempDir('hosts'), 'hosts.txt');
     fs.writeFileSync(hostsFile, '# host tier\nb1 beta\n');
     const first = JSON.parse(await cli(['etcd', 'provision', ...admin(), '--tier', 'alpha', '--host', 'a1', '--hosts-file', hostsFile, '--json']));
-    // Two tier roles; per host a role with 2 grants and a user holding 2 roles.
-    assert.deepEqual({ ...first, ms: 0 }, { roles: 4, users: 2, grants: 2 + 2 * 4, revoked: 0, hosts: 2, ms: 0 });
+    // Two tier roles; per host a role with 3 grants and a user holding 2 roles.
+    assert.deepEqual({ ...first, ms: 0 }, { roles: 4, users: 2, grants: 2 + 2 * 5, revoked: 0, hosts: 2, ms: 0 });
     const again = JSON.parse(await cli(['etcd', 'provision', ...admin(), '--tier', 'alpha', '--host', 'a1', '--hosts-file', hostsFile, '--json']));
     assert.deepEqual({ ...again, ms: 0 }, { roles: 0, users: 0, grants: 0, revoked: 0, hosts: 2, ms: 0 });
-    // A host moved to another tier loses the old tier's role and health grant.
+    // A host moved to another tier loses the old tier's role and its health and summary grants.
     await cli(['etcd', 'provision', ...admin(), '--tier', 'alpha', '--host', 'm1']);
     const moved = JSON.parse(await cli(['etcd', 'provision', ...admin(), '--tier', 'beta', '--host', 'm1', '--json']));
-    assert.deepEqual({ roles: moved.roles, users: moved.users, grants: moved.grants, revoked: moved.revoked }, { roles: 0, users: 0, grants: 2, revoked: 2 });
+    assert.deepEqual({ roles: moved.roles, users: moved.users, grants: moved.grants, revoked: moved.revoked }, { roles: 0, users: 0, grants: 3, revoked: 3 });
     const roles = (await as(etcdNames.root).user(etcdNames.hostUser('m1')).roles()).map((r) => r.name).sort();
     assert.deepEqual(roles, [etcdNames.hostRole('m1'), etcdNames.tierRole('beta')]);
     assert.match(await cli(['etcd', 'setup', ...admin()]), /created 0 role\(s\), 0 user\(s\), 0 grant\(s\); revoked 0/);
@@ -137,6 +137,7 @@ describe('etcd with auth on: every credential holds only its grants', () => {
     assert.equal(await a1.get(k.hostOverride('a1')).string(), null, 'reads its own (absent) override');
     const lease = a1.lease(10);
     await lease.put(k.health('alpha', 'a1')).value('{}');
+    await lease.put(k.summary('alpha', 'a1')).value('{}');
     await lease.revoke();
     await refused("read another tier's document", () => a1.get(k.tierConfig('beta')).string());
     await refused("read another host's override", () => a1.get(k.hostOverride('b1')).string());
@@ -147,6 +148,7 @@ describe('etcd with auth on: every credential holds only its grants', () => {
     await refused('write its own tier document', () => a1.put(k.tierConfig('alpha')).value('{}').exec());
     await refused('write an override (its own)', () => a1.put(k.hostOverride('a1')).value('{}').exec());
     await refused("write another host's health", () => a1.put(k.health('beta', 'b1')).value('{}').exec());
+    await refused("write another host's summary", () => a1.put(k.summary('alpha', 'b1')).value('{}').exec());
     await refused('write a health key for another host of its tier', () => a1.put(k.health('alpha', 'b1')).value('{}').exec());
     await refused('delete its tier document', () => a1.delete().key(k.tierConfig('alpha')).exec());
     await refused('write the leader key', () => a1.put(k.leader).value('a1').exec());
@@ -160,6 +162,7 @@ describe('etcd with auth on: every credential holds only its grants', () => {
     await e.put(k.alert('alpha', 'etcd-auth-test')).value('{}').exec();
     await e.delete().key(k.alert('alpha', 'etcd-auth-test')).exec();
     await refused("write an agent's health", () => e.put(k.health('alpha', 'a1')).value('{}').exec());
+    await refused("write an agent's summary", () => e.put(k.summary('alpha', 'a1')).value('{}').exec());
     await refused('write outside the prefix', () => e.put('/other/key').value('x').exec());
     await refused('manage users', () => e.user('sneaky').create('pw'));
     // The same user by password (a client whose certificate's CN is no user: the token wins).

@@ -18,7 +18,7 @@ export const ETCD_HELP = `Usage: sslwall etcd <setup|provision> --etcd URL[,URL.
 
 A host's user is sslwall-host-<HOST> with the roles sslwall-tier-<TIER> (read
 tiers/<TIER>/config) and sslwall-host-<HOST> (read hosts/<HOST>/override, write
-health/<TIER>/<HOST>). With etcd's --client-cert-auth the user is the CN of the certificate a
+health/<TIER>/<HOST> and summary/<TIER>/<HOST>). With etcd's --client-cert-auth the user is the CN of the certificate a
 client connects with: give the agent a certificate with CN sslwall-host-<HOST> (the engine:
 CN sslwall-engine; these commands: CN root). docs/etcd.md "Access control".
 
