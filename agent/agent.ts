@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../schemas/config.js';
 import { SslwallError } from '../schemas/errors.js';
 import type { EtcdConnection } from '../schemas/etcd.js';
-import { applyConfig, type BypassCgroup, currentMode } from './apply.js';
+import { applyConfig, type BypassCgroup, claimSelf, currentMode } from './apply.js';
 import { ensureBypassCgroup } from './cgroup.js';
 import { readConfigFile, watchConfigFile } from './config-file.js';
 import { Datapath } from './datapath.js';
@@ -15,6 +15,7 @@ import { EtcdAgentSource } from './etcd-source.js';
 import { destroyBlocked, startEventPump } from './events.js';
 import { routeInterfaces } from './interfaces.js';
 import { createMetrics, serveMetrics } from './metrics.js';
+import { plaintextControlWarnings, seedOwnFlows, selfProtection } from './self.js';
 import { type AppliedMeta, loadLastGood, metaFields, saveLastGood } from './state.js';
 import { AGENT_VERSION, type AgentStatus } from './status.js';
 import type { CertFiles } from './ttls/index.js';
@@ -56,6 +57,11 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
   }
 
   const dp = Datapath.load(opts.bpffs, log);
+  const self = selfProtection(opts.metricsAddr, opts.source.kind === 'etcd' ? opts.source.conn.endpoints : []);
+  claimSelf(dp.maps, self);
+  // Programs pinned by an earlier agent may be enforcing already: mark what this process has
+  // open before anything else connects (agent/self.ts).
+  seedOwnFlows(dp, self, log, 'load');
   let bypass: (BypassCgroup & { path: string }) | null = null;
   try {
     bypass = ensureBypassCgroup(opts.cgroup);
@@ -87,7 +93,9 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
   const apply = (config: Config, meta: AppliedMeta, reason: string): void => {
     const before = currentMode(dp.maps);
     const started = process.hrtime.bigint();
-    const flipped = applyConfig(dp.maps, config, bypass);
+    // Before the mode can turn active: connections opened while the mode was off have no flow yet.
+    seedOwnFlows(dp, self, log, 'apply');
+    const flipped = applyConfig(dp.maps, config, bypass, self);
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
     remember(config, meta);
     status.applied = { config, meta };
@@ -126,6 +134,8 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
   const ifaces = opts.ifaces.length ? opts.ifaces : routeInterfaces();
   if (ifaces.length === 0) throw new SslwallError('SSLWALL_E_IFACE', 'no --iface given and no interface carries a route; name the interfaces with --iface');
   for (const iface of ifaces) dp.attachInterface(iface, log);
+  // The filter did not see the SYNs of connections opened before it was attached.
+  seedOwnFlows(dp, self, log, 'attach');
 
   let server: Server | undefined;
   if (opts.metricsAddr) server = await serveMetrics(opts.metricsAddr, metrics, log);
@@ -153,7 +163,8 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
   } else {
     const src = opts.source;
     eventFields = { tier: src.tier, host_id: src.hostId };
-    const etcd = new EtcdAgentSource(src, dp, status, { apply, keep, refuse }, metrics, log, AGENT_VERSION);
+    const warnings = await plaintextControlWarnings(src.conn.cacert ? [] : src.conn.endpoints, ifaces, log);
+    const etcd = new EtcdAgentSource(src, dp, status, { apply, keep, refuse }, metrics, log, AGENT_VERSION, () => warnings);
     etcd.start();
     // SIGHUP would kill the process by default; in etcd mode there is no file to re-read.
     const onHup = () => log.info({ event: 'sighup_ignored' }, 'SIGHUP: etcd mode follows the watch; nothing to re-read');

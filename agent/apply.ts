@@ -7,7 +7,16 @@ import type { Config, StarttlsProtocol } from '../schemas/config.js';
 import { StarttlsProtocols } from '../schemas/config.js';
 import { addrToBytes, decode, encode, u32 } from './codec.js';
 import type { SharedMap } from './datapath.js';
-import { type SslwallCidrKey, SslwallClass, type SslwallFlow, SslwallMode, SslwallPortRoleBits, SslwallProto, SslwallVerdict } from './generated/shared.js';
+import {
+  type SslwallCidrKey,
+  SslwallClass,
+  type SslwallConfig,
+  type SslwallFlow,
+  SslwallMode,
+  SslwallPortRoleBits,
+  SslwallProto,
+  SslwallVerdict,
+} from './generated/shared.js';
 
 /** The pinned (or freshly created) shared maps, by name; whoever opened them closes them. */
 export type MapHandles = Record<SharedMap, MapHandle>;
@@ -19,6 +28,16 @@ const PORTS = 65536;
 export interface BypassCgroup {
   id: bigint;
   level: number;
+}
+
+/** What the kernel must know to never judge the agent's own connections (agent/self.ts). */
+export interface SelfProtection {
+  /** The agent's process id: its egress SYNs to `ports` open bypassed flows. */
+  tgid: number;
+  /** Server ports of the agent's control plane (etcd endpoints). */
+  ports: number[];
+  /** Ports the agent listens on (metrics): bypassed only where this host is the server. */
+  localPorts: number[];
 }
 
 const modeValue = {
@@ -36,11 +55,13 @@ const protoValue: Record<StarttlsProtocol, number> = {
   mysql: SslwallProto.SSLWALL_PROTO_MYSQL,
 };
 
-export function portRoles(config: Config): Buffer {
+export function portRoles(config: Config, self: Pick<SelfProtection, 'ports' | 'localPorts'> = { ports: [], localPorts: [] }): Buffer {
   const roles = Buffer.alloc(PORTS);
   for (const p of StarttlsProtocols) for (const port of config.starttls[p]) roles[port] = protoValue[p];
   for (const port of config.connect.ports) roles[port] = SslwallProto.SSLWALL_PROTO_CONNECT;
   for (const port of config.bypass.ports) roles[port] |= SslwallPortRoleBits.SSLWALL_ROLE_BYPASS;
+  for (const port of self.ports) roles[port] |= SslwallPortRoleBits.SSLWALL_ROLE_SELF;
+  for (const port of self.localPorts) roles[port] |= SslwallPortRoleBits.SSLWALL_ROLE_LOCAL_BYPASS;
   return roles;
 }
 
@@ -56,8 +77,23 @@ export function currentMode(maps: MapHandles): Config['mode'] {
   return (Object.entries(modeValue).find(([, v]) => v === mode)?.[0] ?? 'off') as Config['mode'];
 }
 
+/**
+ * Name this process as the agent in the config in force, before it connects anywhere: programs
+ * pinned by an earlier agent may be enforcing, and they know only that agent's process id.
+ */
+export function claimSelf(maps: MapHandles, self: SelfProtection): void {
+  const addon = native();
+  const gen = activeGen(maps);
+  const raw = addon.mapLookup(maps.sslwall_config, u32(gen));
+  if (!raw) return;
+  const cfg = decode<SslwallConfig>('sslwall_config', raw);
+  if (cfg.self_tgid === self.tgid) return;
+  // In place: only self_tgid changes, so a packet reading the slot meanwhile sees either agent.
+  addon.mapUpdate(maps.sslwall_config, u32(gen), encode('sslwall_config', { ...cfg, self_tgid: self.tgid }));
+}
+
 /** Apply a config; returns the number of plaintext flows whose verdict changed with the mode. */
-export function applyConfig(maps: MapHandles, config: Config, bypassCgroup: BypassCgroup | null): number {
+export function applyConfig(maps: MapHandles, config: Config, bypassCgroup: BypassCgroup | null, self: SelfProtection | null = null): number {
   const addon = native();
   const next = activeGen(maps) ^ 1;
 
@@ -69,10 +105,11 @@ export function applyConfig(maps: MapHandles, config: Config, bypassCgroup: Bypa
       negotiation_budget: NEGOTIATION_BUDGET,
       bypass_cgroup_id: bypassCgroup?.id ?? 0n,
       bypass_cgroup_level: bypassCgroup?.level ?? 0,
+      self_tgid: self?.tgid ?? 0,
     }),
   );
 
-  writePortRoles(maps, next, portRoles(config));
+  writePortRoles(maps, next, portRoles(config, self ?? undefined));
 
   writeCidrs(maps, next, config.bypass.cidrs);
   addon.mapUpdate(maps.sslwall_active_gen, u32(0), u32(next));

@@ -15,6 +15,7 @@ export function expectedMaps() {
   return {
     sslwall_flows: { keySize: sizeOf('sslwall_flow_key'), valueSize: sizeOf('sslwall_flow') },
     sslwall_owners: { keySize: sizeOf('sslwall_flow_key'), valueSize: sizeOf('sslwall_owner') },
+    sslwall_self_flows: { keySize: sizeOf('sslwall_flow_key'), valueSize: 1 },
     sslwall_active_gen: { keySize: 4, valueSize: 4 },
     sslwall_config: { keySize: 4, valueSize: sizeOf('sslwall_config') },
     sslwall_port_roles: { keySize: 4, valueSize: 1 },
@@ -55,15 +56,19 @@ export class Datapath {
   /** Pinned maps this load could not reuse (first start, or a layout change). */
   mapsReplaced = 0;
   private readonly iterLink: LinkHandle;
+  private readonly seedLink: LinkHandle;
+  private readonly selfInodes: MapHandle;
   private readonly progs: Record<TcDirection, ProgHandle>;
   private readonly classifier: BpfObject;
   private readonly lifecycle: BpfObject;
 
-  private constructor(bpffs: string, classifier: BpfObject, lifecycle: BpfObject, iterLink: LinkHandle, features: Features) {
+  private constructor(bpffs: string, classifier: BpfObject, lifecycle: BpfObject, iterLink: LinkHandle, seedLink: LinkHandle, features: Features) {
     this.pins = pinLayout(bpffs);
     this.classifier = classifier;
     this.lifecycle = lifecycle;
     this.iterLink = iterLink;
+    this.seedLink = seedLink;
+    this.selfInodes = lifecycle.map('sslwall_self_inodes');
     this.features = features;
     this.maps = sharedMaps(classifier);
     this.progs = { egress: classifier.prog('sslwall_classify_egress'), ingress: classifier.prog('sslwall_classify_ingress') };
@@ -119,6 +124,7 @@ export class Datapath {
     }
 
     const iterLink = lifecycle.attachIter('sslwall_destroy_blocked');
+    const seedLink = lifecycle.attachIter('sslwall_seed_self');
     const features: Features = {
       tcAttach: 'tcx',
       lifecycle: 'tp_btf/inet_sock_set_state',
@@ -126,7 +132,7 @@ export class Datapath {
       kprobes: existsSync('/sys/kernel/debug/kprobes') || existsSync('/sys/kernel/tracing/kprobe_events'),
     };
     log.info({ event: 'datapath_loaded', bpffs, reused_maps: [...reused], features }, 'datapath loaded');
-    const dp = new Datapath(bpffs, classifier, lifecycle, iterLink, features);
+    const dp = new Datapath(bpffs, classifier, lifecycle, iterLink, seedLink, features);
     dp.mapsReplaced = Object.keys(expectedMaps()).length - reused.size;
     return dp;
   }
@@ -200,8 +206,26 @@ export class Datapath {
     return out ? out.trim().split('\n').length : 0;
   }
 
+  /**
+   * Mark the sockets with these inodes (the agent's own, agent/self.ts) as the agent's flows:
+   * bypassed, whatever the mode. Returns how many flows were seeded.
+   */
+  seedOwnFlows(inodes: bigint[]): number {
+    const addon = native();
+    for (const [key] of addon.mapDump(this.selfInodes)) addon.mapDelete(this.selfInodes, key);
+    for (const ino of inodes) {
+      const key = Buffer.alloc(8);
+      key.writeBigUInt64LE(ino);
+      addon.mapUpdate(this.selfInodes, key, Buffer.from([1]));
+    }
+    const out = addon.iterRun(this.seedLink).toString();
+    return out ? out.trim().split('\n').length : 0;
+  }
+
   close(): void {
     this.iterLink.close();
+    this.seedLink.close();
+    this.selfInodes.close();
     closeMaps(this.maps);
     for (const p of Object.values(this.progs)) p.close();
     this.lifecycle.close();

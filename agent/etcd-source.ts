@@ -184,6 +184,7 @@ export function healthDocument(a: {
   watchRevision: number | null;
   lastError: Health['lastError'];
   features: Health['features'];
+  warnings: string[];
 }): Health {
   return {
     schema: SCHEMA_VERSION,
@@ -203,6 +204,7 @@ export function healthDocument(a: {
     // Bounded as HealthSchema wants: a long validation message must not make the report unreadable.
     lastError: a.lastError && { ...a.lastError, message: a.lastError.message.slice(0, HEALTH_MESSAGE_MAX) },
     features: a.features,
+    warnings: a.warnings,
     updatedAt: new Date().toISOString(),
   };
 }
@@ -220,6 +222,8 @@ export interface FollowerOptions {
 export interface HostFacts {
   counters(): Health['counters'];
   features(): Health['features'];
+  /** Loud problems for the operator (plaintext etcd on a watched interface); none when absent. */
+  warnings?(): string[];
 }
 
 /** Snapshots -> decisions -> apply/keep/refuse, and the health key: the same for real and simulated agents. */
@@ -330,6 +334,7 @@ export class EtcdFollower {
       watchRevision: this.watchRevision,
       lastError: this.status.lastError,
       features: this.host.features(),
+      warnings: this.host.warnings?.() ?? [],
     });
   }
 }
@@ -348,6 +353,7 @@ export class EtcdAgentSource {
     private readonly metrics: Metrics,
     log: Logger,
     version: string,
+    warnings: () => string[],
   ) {
     this.transport = new Etcd3Transport(opts.conn);
     const followerOpts = {
@@ -362,7 +368,7 @@ export class EtcdAgentSource {
       followerOpts,
       status,
       handlers,
-      { counters: () => this.counters(), features: () => ({ ...dp.features }) },
+      { counters: () => this.counters(), features: () => ({ ...dp.features }), warnings },
       log,
     );
     const f = this.follower;
@@ -392,6 +398,8 @@ export class EtcdAgentSource {
     return {
       violationsReported: by('plaintext', 'reported'),
       violationsBlocked: by('plaintext', 'blocked'),
+      remoteViolationsReported: Number(c.remoteReported),
+      remoteViolationsBlocked: Number(c.remoteBlocked),
       flows: this.liveFlows.count,
       evictions: Math.max(0, created - closed - this.liveFlows.count),
     };

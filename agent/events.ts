@@ -18,6 +18,8 @@ export interface ViolationLine {
   daddr: string;
   dport: number;
   direction: 'egress' | 'ingress';
+  /** Who opened the connection: this host, or a remote peer (counted apart, docs/agent.md). */
+  client: 'local' | 'remote';
   pid?: number;
   comm?: string;
 }
@@ -34,6 +36,7 @@ export function violationLine(e: SslwallEvent): ViolationLine {
     daddr: addrToString(e.daddr, e.family),
     dport: e.dport,
     direction: e.egress ? 'egress' : 'ingress',
+    client: e.client_local ? 'local' : 'remote',
   };
   if (e.pid) {
     line.pid = e.pid;

@@ -94,6 +94,10 @@ export interface Counters {
   eventsLost: bigint;
   fragments: bigint;
   noConfig: bigint;
+  /** Violations whose client was the remote side (also in byClass). */
+  remoteReported: bigint;
+  remoteBlocked: bigint;
+  selfInsertFailed: bigint;
   byClass: Array<{ class: string; verdict: string; value: bigint }>;
 }
 
@@ -124,6 +128,9 @@ export function readCounters(counters: MapHandle): Counters {
     eventsLost: read(SslwallCounter.SSLWALL_CNT_EVENTS_LOST),
     fragments: read(SslwallCounter.SSLWALL_CNT_FRAGMENTS),
     noConfig: read(SslwallCounter.SSLWALL_CNT_NO_CONFIG),
+    remoteReported: read(SslwallCounter.SSLWALL_CNT_REMOTE_REPORTED),
+    remoteBlocked: read(SslwallCounter.SSLWALL_CNT_REMOTE_BLOCKED),
+    selfInsertFailed: read(SslwallCounter.SSLWALL_CNT_SELF_INSERT_FAILED),
     byClass,
   };
 }

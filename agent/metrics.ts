@@ -43,6 +43,25 @@ export function createMetrics(dp: Datapath) {
       kernel.set({ counter: 'fragments_passed' }, Number(c.fragments));
       kernel.set({ counter: 'events_lost' }, Number(c.eventsLost));
       kernel.set({ counter: 'no_config' }, Number(c.noConfig));
+      kernel.set({ counter: 'self_insert_failed' }, Number(c.selfInsertFailed));
+    },
+  });
+  const remoteSeen = new Map<string, bigint>();
+  const remote = new client.Counter({
+    name: 'sslwall_remote_violations_total',
+    help: 'Violations whose client was a remote peer connecting to a port of this host (also in sslwall_flows_total{class="plaintext"}); the rollout judges a cohort by its own clients',
+    labelNames: ['verdict'] as const,
+    registers: [registry],
+    collect() {
+      const c = readCounters(dp.maps.sslwall_counters);
+      for (const [verdict, value] of [
+        ['reported', c.remoteReported],
+        ['blocked', c.remoteBlocked],
+      ] as const) {
+        const delta = value - (remoteSeen.get(verdict) ?? 0n);
+        if (delta > 0n) remote.inc({ verdict }, Number(delta));
+        remoteSeen.set(verdict, value);
+      }
     },
   });
   const configApplied = new client.Counter({

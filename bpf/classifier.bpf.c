@@ -76,6 +76,42 @@ int sslwall_classify_ingress(struct __sk_buff *skb)
 
 /* The slow path: unknown or pending flows. */
 
+/* Is the local endpoint of this packet the key's lo endpoint? */
+static __always_inline int local_is_lo(const struct sslwall_pkt *p, int egress)
+{
+	return egress ? p->sender_is_lo : !p->sender_is_lo;
+}
+
+/*
+ * Is this flow the agent's own? Remembered ones are (sslwall_self_flows: seeded by the agent,
+ * or recorded here), whatever the packet: a SYN retransmitted from a timer, a segment after
+ * the flow was evicted from sslwall_flows. A new one is a SYN leaving this host in the agent
+ * process's context, to a control-plane port (role SELF: not every connection of the agent is
+ * its own, the TTLS proxy relays applications' bytes): connect() sends the SYN synchronously
+ * from the caller (tcx egress runs before any qdisc). Not when a flow opened by another SYN is already on this tuple: that
+ * SYN is a retransmission from timer (softirq) context, where the current task is whoever
+ * happened to run, perhaps the agent, and the flow belongs to its first SYN's sender.
+ */
+static __always_inline int self_flow(const struct sslwall_pkt *p, const struct sslwall_config *cfg, const __u8 *role,
+				     int egress, int syn)
+{
+	const struct sslwall_flow *old;
+	__u8 one = 1;
+
+	if (bpf_map_lookup_elem(&sslwall_self_flows, &p->key))
+		return 1;
+	if (!egress || !syn || !role || !(*role & SSLWALL_ROLE_SELF) || !cfg->self_tgid ||
+	    (bpf_get_current_pid_tgid() >> 32) != cfg->self_tgid)
+		return 0;
+	/* Looked up here, not passed in: open_flow already takes the most arguments a BPF call may. */
+	old = bpf_map_lookup_elem(&sslwall_flows, &p->key);
+	if (old && (old->flags & SSLWALL_FLOW_SYN_SEEN))
+		return 0;
+	if (bpf_map_update_elem(&sslwall_self_flows, &p->key, &one, BPF_ANY))
+		sslwall_count(SSLWALL_CNT_SELF_INSERT_FAILED);
+	return 1;
+}
+
 static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const struct sslwall_pkt *p,
 						 const struct sslwall_config *cfg, __u32 gen, int egress)
 {
@@ -110,9 +146,12 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 		f.stage = SSLWALL_STAGE_MIDSTREAM;
 	}
 
+	/* The server is local when the local endpoint is not the client's. */
 	if ((role && (*role & SSLWALL_ROLE_BYPASS)) ||
+	    (role && (*role & SSLWALL_ROLE_LOCAL_BYPASS) && local_is_lo(p, egress) != f.client_is_lo) ||
 	    in_bypass_cidr(gen, p->key.family, remote_is_lo ? p->key.addr_lo : p->key.addr_hi) ||
-	    (egress && in_bypass_cgroup(skb, cfg))) {
+	    (egress && in_bypass_cgroup(skb, cfg)) ||
+	    self_flow(p, cfg, role, egress, syn)) {
 		f.cls = SSLWALL_CLASS_BYPASS;
 		sslwall_count_class(SSLWALL_CLASS_BYPASS, SSLWALL_VERDICT_ALLOWED);
 	}
@@ -197,8 +236,14 @@ static __noinline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p
 	if (j == JUDGE_VIOLATION) {
 		f->cls = SSLWALL_CLASS_PLAINTEXT;
 		f->verdict = verdict_for(cfg);
+		int client_local = local_is_lo(p, egress) == f->client_is_lo;
+
 		sslwall_count_class(f->cls, f->verdict);
-		report_violation(p, f, egress);
+		/* A remote peer's connection to a port here (a scanner, a stray client) is counted
+		 * apart as well: the rollout judges a cohort by its own clients. */
+		if (!client_local)
+			sslwall_count(f->verdict == SSLWALL_VERDICT_BLOCKED ? SSLWALL_CNT_REMOTE_BLOCKED : SSLWALL_CNT_REMOTE_REPORTED);
+		report_violation(p, f, egress, client_local);
 		if (f->verdict == SSLWALL_VERDICT_BLOCKED) {
 			sslwall_count(SSLWALL_CNT_PKT_DROPPED);
 			return VERDICT_DROP;

@@ -2,11 +2,14 @@
 /*
  * Flow lifecycle and enforcement on sockets:
  *  - sslwall_sock_state (tp_btf/inet_sock_set_state): removes closed flows
- *    (and their owners) from the maps, so the flows map holds open flows.
+ *    (and their owners, and the agent's own flows) from the maps, so the flows map holds open flows.
  *    This kernel has no kprobes; the BTF tracepoint needs no tracefs mount.
  *  - sslwall_destroy_blocked (iter/tcp): aborts every local socket whose flow
  *    is blocked, so the application gets an error at once instead of hanging
  *    on dropped packets. The agent runs it after each blocked event.
+ *  - sslwall_seed_self (iter/tcp): marks the agent's own sockets (named by inode in
+ *    sslwall_self_inodes) as its flows, bypassed, so that a connection the agent opened
+ *    before the filter saw its SYN (before attach, in off mode) is never judged.
  *
  * Failure policy: both hooks only ever remove state or abort sockets of flows
  * already blocked, so a failure of theirs never blocks anything new: each states below
@@ -33,6 +36,17 @@
  * the interfaces of its own. Set by the agent at load. */
 const volatile __u32 netns_ino = 0;
 
+/* self_inodes: key = socket inode number; value = 1. The agent's own sockets, from
+ * /proc/self/fd. Written by the agent (cleared and refilled) before each run of
+ * sslwall_seed_self; read only by it. This object's own map, never pinned: it means
+ * something only during one run. A hash: inode numbers are sparse. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u8);
+} sslwall_self_inodes SEC(".maps");
+
 extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
 
 /* Failure policy: a socket whose key cannot be built (not IPv4/IPv6) or whose flow is
@@ -56,6 +70,7 @@ int BPF_PROG(sslwall_sock_state, const struct sock *sk, int oldstate, int newsta
 		return 0;
 
 	bpf_map_delete_elem(&sslwall_owners, &key);
+	bpf_map_delete_elem(&sslwall_self_flows, &key);
 	if (bpf_map_delete_elem(&sslwall_flows, &key) == 0)
 		sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);
 	return 0;
@@ -88,6 +103,46 @@ int sslwall_destroy_blocked(struct bpf_iter__tcp *ctx)
 		return 0;
 	if (bpf_sock_destroy(skc) == 0)
 		BPF_SEQ_PRINTF(ctx->meta->seq, "%u %u\n", key.port_lo, key.port_hi);
+	return 0;
+}
+
+/* Failure policy: a socket that cannot be keyed, or whose entries cannot be written (a full
+ * self_flows map), is left to the classifier's own rule for agent SYNs; only what was seeded
+ * is printed, and the agent logs the count. Never blocks or destroys anything. */
+SEC("iter/tcp")
+int sslwall_seed_self(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct sslwall_flow_key key = {};
+	struct sslwall_flow f = {};
+	struct tcp_sock *tp;
+	__u64 ino;
+	__u8 one = 1;
+	int local_lo;
+
+	if (!skc)
+		return 0;
+	/* Listeners have no peer, hence no flow; request and time-wait socks have no file. */
+	if (skc->skc_state == TCP_LISTEN)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	ino = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_socket, file, f_inode, i_ino);
+	if (!ino || !bpf_map_lookup_elem(&sslwall_self_inodes, &ino))
+		return 0;
+	local_lo = sslwall_key_from_sock(&key, skc, BPF_CORE_READ(skc, skc_num));
+	if (local_lo < 0)
+		return 0;
+	if (bpf_map_update_elem(&sslwall_self_flows, &key, &one, BPF_ANY))
+		return 0;
+	/* Which side opened it is not known here; the local side is shown as the client. */
+	f.first_seen_ns = bpf_ktime_get_ns();
+	f.cls = SSLWALL_CLASS_BYPASS;
+	f.stage = SSLWALL_STAGE_MIDSTREAM;
+	f.client_is_lo = local_lo;
+	bpf_map_update_elem(&sslwall_flows, &key, &f, BPF_ANY);
+	BPF_SEQ_PRINTF(ctx->meta->seq, "%u %u\n", key.port_lo, key.port_hi);
 	return 0;
 }
 

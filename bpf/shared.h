@@ -54,6 +54,13 @@ enum sslwall_proto {
 
 enum sslwall_port_role_bits {
 	SSLWALL_ROLE_PROTO_MASK = 0x0f,
+	/* Bypassed only when the server is this host (the agent's own metrics listener):
+	 * this host's clients of the same port on other hosts are still judged. */
+	SSLWALL_ROLE_LOCAL_BYPASS = 0x40,
+	/* The agent's control plane (etcd): the agent's own connections to this server port are
+	 * bypassed; other processes', and the agent's to other ports (the TTLS proxy relaying an
+	 * application's bytes), are judged. */
+	SSLWALL_ROLE_SELF = 0x20,
 	SSLWALL_ROLE_BYPASS = 0x80,
 };
 
@@ -87,7 +94,13 @@ enum sslwall_counter {
 	SSLWALL_CNT_FRAGMENTS = 6,
 	SSLWALL_CNT_NO_CONFIG = 7,
 	SSLWALL_CNT_CLASS_BASE = 8,
-	SSLWALL_CNT_COUNT = SSLWALL_CNT_CLASS_BASE + SSLWALL_CLASS_COUNT * SSLWALL_VERDICT_COUNT,
+	/* Violations whose client is the remote side (a peer connecting to a port of this
+	 * host): also counted in the class/verdict pairs, which stay totals. */
+	SSLWALL_CNT_REMOTE_REPORTED = SSLWALL_CNT_CLASS_BASE + SSLWALL_CLASS_COUNT * SSLWALL_VERDICT_COUNT,
+	SSLWALL_CNT_REMOTE_BLOCKED = SSLWALL_CNT_REMOTE_REPORTED + 1,
+	/* Agent SYNs bypassed but not remembered in sslwall_self_flows (map full). */
+	SSLWALL_CNT_SELF_INSERT_FAILED = SSLWALL_CNT_REMOTE_REPORTED + 2,
+	SSLWALL_CNT_COUNT = SSLWALL_CNT_REMOTE_REPORTED + 3,
 };
 
 enum sslwall_event_type {
@@ -142,7 +155,7 @@ struct sslwall_config {
 	__u32 negotiation_budget;	/* plaintext bytes a STARTTLS/CONNECT preamble may use */
 	__u64 bypass_cgroup_id;		/* 0: none */
 	__u32 bypass_cgroup_level;	/* depth of that cgroup, for bpf_skb_ancestor_cgroup_id */
-	__u32 pad;
+	__u32 self_tgid;		/* the agent's process: its connections are never judged (0: none) */
 };
 
 /* LPM trie key of the bypass CIDRs: gen and family are part of the prefix. */
@@ -167,7 +180,8 @@ struct sslwall_event {
 	__u8 verdict;
 	__u8 proto;
 	__u8 egress;		/* 1: seen leaving this host */
-	__u8 pad[7];
+	__u8 client_local;	/* 1: this host opened the connection; 0: a remote peer did */
+	__u8 pad[6];
 	char comm[SSLWALL_COMM_LEN];
 };
 

@@ -16,7 +16,7 @@ export interface CheckInputs {
   state: RolloutState;
   agents: Health[];
   alerts: AlertView[];
-  /** Sum of violationsBlocked over cohort agents at the previous check, and when. */
+  /** Sum of own-client blocked violations (violationsBlocked - remoteViolationsBlocked) over cohort agents at the previous check, and when. */
   previousBlocked: { at: number; sum: number } | null;
   now: number;
   promQuery: (url: string, query: string) => Promise<number | null>;
@@ -84,18 +84,25 @@ export async function runChecks(input: CheckInputs): Promise<{ results: CheckRes
     );
   }
 
-  // 2. Blocked flows per minute in the cohort.
-  const sum = cohort.reduce((s, h) => s + h.counters.violationsBlocked, 0);
+  // 2. Blocked flows per minute of the cohort's own clients. A remote peer's plaintext connection
+  // to a port of a cohort host (a scanner, a stray client) is blocked too, but it says nothing
+  // about whether the enforcement breaks the cohort's own traffic: it is left out.
+  const sum = cohort.reduce((s, h) => s + Math.max(0, h.counters.violationsBlocked - h.counters.remoteViolationsBlocked), 0);
+  const remote = cohort.reduce((s, h) => s + h.counters.remoteViolationsBlocked, 0);
   const blocked = { at: now, sum };
   if (input.previousBlocked && now > input.previousBlocked.at) {
     const perMin = (Math.max(0, sum - input.previousBlocked.sum) * 60000) / (now - input.previousBlocked.at);
     results.push({
       name: 'blocked_rate',
       status: perMin > a.maxBlockedPerMinute ? 'fail' : 'pass',
-      detail: `${perMin.toFixed(1)} blocked flows/min in the cohort (max ${a.maxBlockedPerMinute})`,
+      detail: `${perMin.toFixed(1)} blocked flows/min of the cohort's own clients (max ${a.maxBlockedPerMinute}; ${remote} blocked from remote peers not counted)`,
     });
   } else {
-    results.push({ name: 'blocked_rate', status: 'pass', detail: `first sample: ${sum} blocked flows so far` });
+    results.push({
+      name: 'blocked_rate',
+      status: 'pass',
+      detail: `first sample: ${sum} blocked flows of the cohort's own clients so far (${remote} from remote peers not counted)`,
+    });
   }
 
   // 3. Alertmanager alerts firing for the tier.

@@ -64,6 +64,9 @@ export const HostOverrideSchema = z
 // into the checks it stores, so no agent may make either large (docs/security-signatures.md).
 const short = z.string().max(64);
 export const HEALTH_MESSAGE_MAX = 1000;
+/** Warnings in a health report (plaintext control plane, agent/self.ts): at most 8, each bounded. */
+export const HEALTH_WARNINGS_MAX = 8;
+export const HEALTH_WARNING_MAX = 200;
 const time = z.string().max(40);
 
 export const HealthSchema = z.object({
@@ -84,12 +87,17 @@ export const HealthSchema = z.object({
   counters: z.object({
     violationsReported: z.number(),
     violationsBlocked: z.number(),
+    /** Of those, violations whose client was a remote peer (connecting to a port here); 0 from older agents. */
+    remoteViolationsReported: z.number().default(0),
+    remoteViolationsBlocked: z.number().default(0),
     flows: z.number(),
     evictions: z.number(),
   }),
   etcd: z.object({ connected: z.boolean(), watchRevision: z.number().int().nullable() }),
   lastError: z.object({ code: short, message: z.string().max(HEALTH_MESSAGE_MAX), revision: z.number().int().nullable(), at: time }).nullable(),
   features: z.record(short, z.union([z.string().max(256), z.boolean()])).refine((f) => Object.keys(f).length <= 64, { message: 'at most 64 features' }),
+  /** Problems the agent cannot fix itself but an operator should (none from older agents). */
+  warnings: z.array(z.string().max(HEALTH_WARNING_MAX)).max(HEALTH_WARNINGS_MAX).default([]),
   updatedAt: time,
 });
 

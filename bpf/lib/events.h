@@ -42,7 +42,7 @@ static __noinline void event_fill(struct sslwall_event *e, const struct sslwall_
 }
 
 /* A full ring buffer drops the event and counts it; the verdict in the flow holds. */
-static __always_inline void report_violation(const struct sslwall_pkt *p, const struct sslwall_flow *f, int egress)
+static __always_inline void report_violation(const struct sslwall_pkt *p, const struct sslwall_flow *f, int egress, int client_local)
 {
 	struct sslwall_event *e = bpf_ringbuf_reserve(&sslwall_events, sizeof(*e), 0);
 
@@ -52,6 +52,7 @@ static __always_inline void report_violation(const struct sslwall_pkt *p, const 
 	}
 	event_fill(e, p, f);
 	e->egress = egress;
+	e->client_local = client_local;
 	bpf_ringbuf_submit(e, 0);
 }
 

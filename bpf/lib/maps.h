@@ -39,6 +39,21 @@ struct {
 	__type(value, struct sslwall_owner);
 } sslwall_owners SEC(".maps");
 
+/* self_flows: key = struct sslwall_flow_key; value = 1. The agent's own connections
+ * (etcd, engine, TTLS, its metrics listener's peers), never judged whatever the mode.
+ * Written by the classifier (an egress SYN sent by the agent's process) and by the agent
+ * (its sockets found in /proc at apply and attach time); deleted by the lifecycle
+ * tracepoint on close. Read by the classifier when it opens a flow. A plain hash, not an
+ * LRU, and apart from flows: a flood of other flows must never evict the agent's own (an
+ * evicted agent flow would be judged midstream and could be blocked). Full: the SYN is
+ * still bypassed in flows and SSLWALL_CNT_SELF_INSERT_FAILED counts it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct sslwall_flow_key);
+	__type(value, __u8);
+} sslwall_self_flows SEC(".maps");
+
 /* active_gen: key = 0; value = the config slot (0 or 1) in force. Written by the agent,
  * last in an apply, after the inactive slot is complete: the switch is one u32 store.
  * Read by the classifier's slow path. Array of one: a single always-present value. */

@@ -5,6 +5,10 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import fc from 'fast-check';
+import type { SelfProtection } from '../../agent/apply.js';
+import { decode, endpoints } from '../../agent/codec.js';
+import type { SslwallFlow, SslwallFlowKey } from '../../agent/generated/shared.js';
+import { native } from '../../native/index.js';
 import { clientPort, DROP, Lab, PASS } from '../../tools/lab/bpf-lab.js';
 import { ACK, Conversation, type Endpoint, packet, SYN, tlsAppData, tlsHello } from '../../tools/lab/packets.js';
 
@@ -589,5 +593,122 @@ test('a SYN that claims to come from the server side of a decided flow does not 
     assert.equal(lab.ingress(packet({ src: c.server, dst: c.client, flags: SYN, seq: 77 })), PASS);
     expectFlow(c, 'tls', 'allowed');
     assert.equal(lab.ingress(c.fromServer(tlsAppData(200))), PASS, 'the live TLS flow goes on');
+  });
+});
+
+// The agent's own flows (agent/self.ts). BPF_PROG_TEST_RUN runs the program in the caller's
+// context, so a SYN sent through it here is a SYN sent by this process: self_tgid = process.pid
+// makes this process the agent; any other pid makes it "another process".
+const ME = { tgid: process.pid, ports: [2379], localPorts: [] };
+const SOMEONE_ELSE = { tgid: 1, ports: [2379], localPorts: [] };
+
+function withSelf<T>(self: SelfProtection, fn: () => T): T {
+  lab.configure({ mode: 'active', ...BASE }, self);
+  try {
+    return fn();
+  } finally {
+    lab.configure({ mode: 'passive', ...BASE });
+  }
+}
+
+function forgetFlow(c: Conversation): void {
+  for (const [k, v] of native().mapDump(lab.maps.sslwall_flows)) {
+    const e = endpoints(decode<SslwallFlowKey>('sslwall_flow_key', k), decode<SslwallFlow>('sslwall_flow', v).client_is_lo === 1);
+    if (e.sport === c.client.port && e.dport === c.server.port) native().mapDelete(lab.maps.sslwall_flows, k);
+  }
+}
+
+test("active mode: the agent's own plaintext connection (its SYN sent by the agent's process) is bypassed", () => {
+  withSelf(ME, () => {
+    const c = conv(2379);
+    handshake(c);
+    expectFlow(c, 'bypass', 'allowed');
+    assert.equal(lab.egress(c.fromClient('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n')), PASS, "the agent's plaintext etcd request passes");
+    assert.equal(lab.ingress(c.fromServer('plaintext answer')), PASS);
+  });
+});
+
+test("active mode: the same plaintext connection from another process is blocked (the bypass is the agent's alone)", () => {
+  withSelf(SOMEONE_ELSE, () => {
+    const c = conv(2379);
+    handshake(c);
+    expectFlow(c, 'pending', 'allowed');
+    assert.equal(lab.egress(c.fromClient('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n')), DROP);
+    expectFlow(c, 'plaintext', 'blocked');
+  });
+});
+
+test("the agent's connection to a port that is not its control plane's is judged (the TTLS proxy relaying an application)", () => {
+  withSelf(ME, () => {
+    const c = conv(80);
+    handshake(c);
+    expectFlow(c, 'pending', 'allowed');
+    assert.equal(lab.egress(c.fromClient('GET / HTTP/1.1\r\n\r\n')), DROP);
+  });
+});
+
+test("the agent's SYN retransmitted from a timer (another task current) keeps its flow bypassed", () => {
+  const c = conv(2379);
+  const syn = c.syn();
+  withSelf(ME, () => assert.equal(lab.egress(syn), PASS));
+  withSelf(SOMEONE_ELSE, () => {
+    assert.equal(lab.egress(syn), PASS, 'the retransmitted SYN');
+    expectFlow(c, 'bypass', 'allowed');
+    lab.ingress(c.synAck());
+    assert.equal(lab.egress(c.fromClient('GET / HTTP/1.1\r\n\r\n')), PASS);
+  });
+});
+
+test("another process's SYN retransmitted while the agent's process runs does not become the agent's", () => {
+  const c = conv(2379);
+  const syn = c.syn();
+  withSelf(SOMEONE_ELSE, () => assert.equal(lab.egress(syn), PASS));
+  withSelf(ME, () => {
+    assert.equal(lab.egress(syn), PASS, 'the retransmitted SYN, sent while the agent is the current task');
+    expectFlow(c, 'pending', 'allowed');
+    lab.ingress(c.synAck());
+    assert.equal(lab.egress(c.fromClient('GET / HTTP/1.1\r\n\r\n')), DROP);
+  });
+});
+
+test("an agent flow evicted from the flows map is still the agent's: its next segment is not judged", () => {
+  withSelf(ME, () => {
+    const c = conv(2379);
+    handshake(c);
+    forgetFlow(c);
+    assert.equal(lab.flow(c.client, c.server), undefined, 'evicted');
+    assert.equal(lab.egress(c.fromClient('GET / HTTP/1.1\r\n\r\n')), PASS);
+    expectFlow(c, 'bypass', 'allowed');
+  });
+});
+
+test("the agent's metrics port is bypassed where this host is the server, and only there", () => {
+  withSelf({ tgid: 1, ports: [], localPorts: [9464] }, () => {
+    const scrape = conv(9464);
+    assert.equal(lab.ingress(scrape.syn()), PASS);
+    assert.equal(lab.egress(scrape.synAck()), PASS);
+    assert.equal(lab.ingress(scrape.fromClient('GET /metrics HTTP/1.1\r\n\r\n')), PASS, 'a scrape of this host');
+    expectFlow(scrape, 'bypass', 'allowed');
+    const out = conv(9464);
+    handshake(out);
+    assert.equal(lab.egress(out.fromClient('GET /metrics HTTP/1.1\r\n\r\n')), DROP, "this host's client of port 9464 elsewhere");
+  });
+});
+
+test("violations of remote clients (inbound to a port here) are counted apart from this host's clients'", () => {
+  withSelf(SOMEONE_ELSE, () => {
+    const before = lab.counters();
+    const inbound = conv(7001);
+    lab.ingress(inbound.syn());
+    lab.egress(inbound.synAck());
+    assert.equal(lab.ingress(inbound.fromClient('GET / HTTP/1.1\r\n\r\n')), DROP, 'active mode blocks remote clients too');
+    const outbound = conv(7001);
+    handshake(outbound);
+    assert.equal(lab.egress(outbound.fromClient('GET / HTTP/1.1\r\n\r\n')), DROP);
+    const after = lab.counters();
+    const blocked = (c: typeof after) => c.byClass.find((x) => x.class === 'plaintext' && x.verdict === 'blocked')?.value ?? 0n;
+    assert.equal(blocked(after) - blocked(before), 2n, 'both are in the totals');
+    assert.equal(after.remoteBlocked - before.remoteBlocked, 1n, 'one of them was a remote client');
+    assert.equal(after.remoteReported - before.remoteReported, 0n);
   });
 });

@@ -4,7 +4,13 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { type CheckInputs, DETAIL_MAX, runChecks } from '../../rollout/checks.js';
 import type { CheckResult } from '../../schemas/rollout.js';
+import { HealthSchema } from '../../schemas/tier.js';
 import { agent, agents, hostsWhere, iso, rollout, T0 } from './rollout-fixtures.js';
+
+/** Health counters with n blocked violations, `remote` of them from remote peers. */
+function counts(n: number, remote = 0) {
+  return { violationsReported: 0, violationsBlocked: n, remoteViolationsReported: 0, remoteViolationsBlocked: remote, flows: 0, evictions: 0 };
+}
 
 const noProm: CheckInputs['promQuery'] = async () => {
   throw new Error('no PromQL query is configured in this test');
@@ -88,23 +94,52 @@ test('agents: every problem is named in one failure', async () => {
 });
 
 test('blocked_rate: the first sample passes and is returned for the next check', async () => {
-  const { results, blocked } = await check({ agents: agents(2, { counters: { violationsReported: 0, violationsBlocked: 50, flows: 0, evictions: 0 } }) });
-  assert.deepEqual(results[1], { name: 'blocked_rate', status: 'pass', detail: 'first sample: 100 blocked flows so far' });
+  const { results, blocked } = await check({ agents: agents(2, { counters: counts(50) }) });
+  assert.deepEqual(results[1], {
+    name: 'blocked_rate',
+    status: 'pass',
+    detail: "first sample: 100 blocked flows of the cohort's own clients so far (0 from remote peers not counted)",
+  });
   assert.deepEqual(blocked, { at: T0 + 10_000, sum: 100 });
 });
 
 test('blocked_rate: blocked flows per minute in the cohort against maxBlockedPerMinute', async () => {
-  const counters = (n: number) => ({ counters: { violationsReported: 0, violationsBlocked: n, flows: 0, evictions: 0 } });
+  const counters = (n: number) => ({ counters: counts(n) });
   // 30 s since the last sample: 20 more blocked flows is 40 a minute.
   const input = { agents: agents(2, counters(60)), previousBlocked: { at: T0 - 20_000, sum: 100 }, now: T0 + 10_000 };
   const ok = await result('blocked_rate', { ...input, state: rollout({}, { maxBlockedPerMinute: 40 }) });
-  assert.deepEqual(ok, { name: 'blocked_rate', status: 'pass', detail: '40.0 blocked flows/min in the cohort (max 40)' });
+  assert.deepEqual(ok, {
+    name: 'blocked_rate',
+    status: 'pass',
+    detail: "40.0 blocked flows/min of the cohort's own clients (max 40; 0 blocked from remote peers not counted)",
+  });
   assert.equal((await result('blocked_rate', { ...input, state: rollout({}, { maxBlockedPerMinute: 39 }) })).status, 'fail');
 });
 
 test('blocked_rate: a counter that went down (an agent restarted) is no negative rate', async () => {
   const r = await result('blocked_rate', { agents: agents(1), previousBlocked: { at: T0, sum: 500 } });
-  assert.equal(r.detail, '0.0 blocked flows/min in the cohort (max 60)');
+  assert.equal(r.detail, "0.0 blocked flows/min of the cohort's own clients (max 60; 0 blocked from remote peers not counted)");
+});
+
+test("blocked_rate: violations of remote peers on the cohort's listening ports are not counted against it", async () => {
+  // 30 s since the last sample of 100 own-client blocks; each of 2 agents now has 1030 blocked,
+  // 960 of them from remote peers (a scanner): 140 own-client blocks, 40 more, 80 a minute.
+  const input = { agents: agents(2, { counters: counts(1030, 960) }), previousBlocked: { at: T0 - 20_000, sum: 100 }, now: T0 + 10_000 };
+  const { results, blocked } = await check({ ...input, state: rollout({}, { maxBlockedPerMinute: 80 }) });
+  assert.deepEqual(results[1], {
+    name: 'blocked_rate',
+    status: 'pass',
+    detail: "80.0 blocked flows/min of the cohort's own clients (max 80; 1920 blocked from remote peers not counted)",
+  });
+  assert.deepEqual(blocked, { at: T0 + 10_000, sum: 140 }, 'the sum carried to the next check is of own clients only');
+  assert.equal((await result('blocked_rate', { ...input, state: rollout({}, { maxBlockedPerMinute: 79 }) })).status, 'fail', 'own clients still count');
+});
+
+test('blocked_rate: health from an agent that predates the remote counters parses with them at 0', () => {
+  const { remoteViolationsReported, remoteViolationsBlocked, ...older } = agent('h0').counters;
+  const h = HealthSchema.parse({ ...agent('h0'), counters: older, warnings: undefined });
+  assert.equal(remoteViolationsReported + remoteViolationsBlocked, 0);
+  assert.deepEqual([h.counters.remoteViolationsReported, h.counters.remoteViolationsBlocked, h.warnings], [0, 0, []]);
 });
 
 test('alerts: firing alerts fail, resolved ones do not', async () => {

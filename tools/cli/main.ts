@@ -75,7 +75,8 @@ Options:
   --cgroup DIR            cgroup v2 folder: 'sslwall exec' bypass, and where transparent TLS
                           wraps connect() calls                         [first cgroup2 mount]
   --state-dir DIR         last good config is kept here               [${DEFAULT_STATE_DIR}]
-  --metrics-addr H:P      serve Prometheus /metrics on this address             [off]
+  --metrics-addr H:P      serve Prometheus /metrics on this address; scrapes of
+                          this port here are never judged                     [off]
   --log-level LEVEL       trace, debug, info, warn, error                      [info]
 
 Transparent TLS (docs/ttls.md), all three or none; with them and a "ttls" config member the

@@ -2,7 +2,7 @@
 // process, nothing pinned or attached), a config written through the agent's own apply code,
 // and helpers to run packets through BPF_PROG_TEST_RUN and read what the filter decided.
 
-import { applyConfig, type MapHandles } from '../../agent/apply.js';
+import { applyConfig, type MapHandles, type SelfProtection } from '../../agent/apply.js';
 import { closeMaps, sharedMaps } from '../../agent/datapath.js';
 import { type FlowRecord, readCounters, readFlows } from '../../agent/flows.js';
 import { bpfObjects } from '../../agent/paths.js';
@@ -27,8 +27,9 @@ export class Lab {
     this.ingressProg = this.obj.prog('sslwall_classify_ingress');
   }
 
-  configure(doc: unknown): void {
-    applyConfig(this.maps, ConfigSchema.parse(doc), null);
+  /** self: the agent's own process and listening ports, as the agent passes them (agent/self.ts). */
+  configure(doc: unknown, self: SelfProtection | null = null): void {
+    applyConfig(this.maps, ConfigSchema.parse(doc), null, self);
   }
 
   /** A packet leaving this host; returns the tc verdict (-1 pass, 2 drop). */

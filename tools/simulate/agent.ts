@@ -48,7 +48,7 @@ export class SimAgent {
   status: Status = 'starting';
   readonly state: AgentStatus = { applied: null, appliedAt: null, applyLatencyMs: null, lastError: null };
   private readonly follower: EtcdFollower;
-  private readonly counters = { violationsReported: 0, violationsBlocked: 0, flows: 0, evictions: 0 };
+  private readonly counters = { violationsReported: 0, violationsBlocked: 0, remoteViolationsReported: 0, remoteViolationsBlocked: 0, flows: 0, evictions: 0 };
   private countersAt = 0;
   /** Some hosts see plaintext now and then (simulated counters). */
   private readonly leaky: boolean;
