@@ -398,6 +398,7 @@ export class EtcdAgentSource {
       violationsBlocked: by('plaintext', 'blocked'),
       remoteViolationsReported: Number(c.remoteReported),
       remoteViolationsBlocked: Number(c.remoteBlocked),
+      midstreamUnknown: by('midstream_unknown', 'allowed'),
       flows: this.liveFlows.live,
       evictions: this.liveFlows.evicted,
     };

@@ -1,6 +1,6 @@
 // Run inside a test namespace by flow-table.test.ts: long-lived, mostly idle connections.
 //   server CERT KEY TLS_PORT PLAIN_PORT   a TLS and a plain TCP listener; logs each connection's
-//                                         received bytes ({"event":"data","port":P,"rport":R,"bytes":N})
+//                                         received bytes (the TLS one answers each write) ({"event":"data","port":P,"rport":R,"bytes":N})
 //   client CA NAME=tls|plain@HOST:PORT... opens every connection (TLS ones complete the handshake),
 //                                         logs {"event":"open","name":N,"lport":P}, then on each SIGUSR1
 //                                         writes one payload on each: a TLS record (tls) or a line of
@@ -15,12 +15,17 @@ const [role, ...args] = process.argv.slice(2) as [string, ...string[]];
 
 if (role === 'server') {
   const [cert, key, tlsPort, plainPort] = args as [string, string, string, string];
-  const track = (port: number) => (s: net.Socket) => {
-    s.on('data', (b) => say({ event: 'data', port, rport: s.remotePort, bytes: b.length }));
+  // The TLS server answers each write: a flow joined midway is tls only once both directions
+  // showed TLS records.
+  const track = (port: number, reply: boolean) => (s: net.Socket) => {
+    s.on('data', (b) => {
+      say({ event: 'data', port, rport: s.remotePort, bytes: b.length });
+      if (reply) s.write('ok\n');
+    });
     s.on('error', () => {});
   };
-  tls.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) }, track(Number(tlsPort))).listen(Number(tlsPort), '0.0.0.0');
-  net.createServer(track(Number(plainPort))).listen(Number(plainPort), '0.0.0.0', () => say({ event: 'listening' }));
+  tls.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) }, track(Number(tlsPort), true)).listen(Number(tlsPort), '0.0.0.0');
+  net.createServer(track(Number(plainPort), false)).listen(Number(plainPort), '0.0.0.0', () => say({ event: 'listening' }));
 } else {
   const [ca, ...specs] = args as [string, ...string[]];
   const conns = new Map<string, { sock: net.Socket; raw: net.Socket; kind: string }>();

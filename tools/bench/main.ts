@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { agentIdle, type Figure, hotSwap, propagation } from './agent.js';
 import { alarmBench } from './alarm.js';
+import { etcdProvision } from './etcd-auth.js';
 import { fleet, fleetOptions } from './fleet.js';
 import { connectRate, vethThroughput } from './net.js';
 import { round } from './stats.js';
@@ -17,7 +18,19 @@ import { tcFastpath, tcFirstPacket } from './tc.js';
 import { ttlsBench } from './ttls.js';
 import type { Bench, BenchResult } from './types.js';
 
-export const BENCHES: Bench[] = [tcFastpath, tcFirstPacket, vethThroughput, connectRate, propagation, hotSwap, agentIdle, fleet, alarmBench, ttlsBench];
+export const BENCHES: Bench[] = [
+  tcFastpath,
+  tcFirstPacket,
+  vethThroughput,
+  connectRate,
+  propagation,
+  hotSwap,
+  agentIdle,
+  fleet,
+  alarmBench,
+  ttlsBench,
+  etcdProvision,
+];
 
 const USAGE = `Usage: sslwall bench [--json] [--only NAME,...] [--list] [--fleet-agents N]
        npm run bench -- [--json] [--only NAME,...] [--list] [--fleet-agents N]
