@@ -7,7 +7,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { run, runOk } from '../../tools/lab/proc.js';
 
-const BASE_IMAGE = '/var/cache/fresh-machine-ci/bookworm-base.tar';
+/** SSLWALL_PACKAGE_TEST_BASE=debootstrap skips the cached image (to test that path). */
+const BASE_IMAGE = process.env.SSLWALL_PACKAGE_TEST_BASE ?? '/var/cache/fresh-machine-ci/bookworm-base.tar';
+/** What the base image adds to minbase and the test uses: the HTTP peer, its client, https to apt. */
+const BASE_PACKAGES = ['ca-certificates', 'python3', 'curl'];
 const DEBIAN_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
 /** "URI SUITE COMPONENTS" of this machine's Debian bookworm entries, one-line and deb822 files. */
@@ -52,7 +55,8 @@ export class DebianRoot {
     fs.chmodSync(dir, 0o755);
     const root = new DebianRoot(dir);
     try {
-      if (fs.existsSync(BASE_IMAGE)) {
+      const fromImage = fs.existsSync(BASE_IMAGE);
+      if (fromImage) {
         await runOk('tar', ['--numeric-owner', '--xattrs', '--xattrs-include=*', '-xpf', BASE_IMAGE, '-C', dir], { timeoutMs: 300_000 });
       } else {
         await runOk('debootstrap', ['--variant=minbase', 'bookworm', dir, mirror], { timeoutMs: 900_000 });
@@ -75,11 +79,6 @@ export class DebianRoot {
       fs.writeFileSync(path.join(dir, 'usr/sbin/policy-rc.d'), '#!/bin/sh\nexit 101\n', { mode: 0o755 });
       fs.copyFileSync('/etc/resolv.conf', path.join(dir, 'etc/resolv.conf'));
       fs.copyFileSync('/etc/hosts', path.join(dir, 'etc/hosts'));
-      const cas = '/usr/local/share/ca-certificates';
-      if (fs.existsSync(cas) && fs.readdirSync(cas).length) {
-        fs.cpSync(cas, path.join(dir, cas), { recursive: true });
-        await runOk('chroot', [dir, '/usr/sbin/update-ca-certificates']);
-      }
       // / a mount point of its own: `ip netns exec` runs mount --make-rslave / inside.
       await runOk('mount', ['--bind', '--make-private', dir, dir]);
       await runOk('mount', ['-t', 'proc', 'proc', path.join(dir, 'proc')]);
@@ -87,6 +86,12 @@ export class DebianRoot {
       await runOk('mount', ['--bind', '--make-private', '/dev', path.join(dir, 'dev')]);
       await runOk('mount', ['--bind', '--make-private', '/dev/pts', path.join(dir, 'dev/pts')]);
       await runOk('mount', ['-t', 'tmpfs', '-o', 'mode=1777,nosuid,nodev', 'shm', path.join(dir, 'dev/shm')]);
+      if (!fromImage) await root.shOk(`apt-get update -qq && apt-get install -y -qq --no-install-recommends ${BASE_PACKAGES.join(' ')}`, 600_000);
+      const cas = '/usr/local/share/ca-certificates';
+      if (fs.existsSync(cas) && fs.readdirSync(cas).length) {
+        fs.cpSync(cas, path.join(dir, cas), { recursive: true });
+        await root.shOk('update-ca-certificates');
+      }
     } catch (err) {
       await root.destroy();
       throw err;
