@@ -25,12 +25,9 @@ const counted = (s: Summary) => s.entries.reduce((n, e) => n + e.count, 0) + s.d
 test('violations of one service to one peer aggregate into one entry with count, first and last seen', () => {
   const b = new SummaryBuilder('host-1', 'web', T0);
   b.add(client('legacy-app.service', '10.0.0.2', 80), T0 + 1000);
-  b.add(
-    client('legacy-app.service', '10.0.0.2', 80, {
-      service: { ...client('x', '', 0).service, unit: 'legacy-app.service', cgroup: '/system.slice/legacy-app.service', pid: 5000 },
-    }),
-    T0 + 5000,
-  );
+  const restarted = client('legacy-app.service', '10.0.0.2', 80);
+  restarted.service.pid = 5000;
+  b.add(restarted, T0 + 5000);
   b.add(client('legacy-app.service', '10.0.0.2', 443), T0 + 2000);
   b.add(client('legacy-app.service', '10.0.0.2', 80, { verdict: 'blocked' }), T0 + 3000);
   const s = SummarySchema.parse(b.build(T0 + 6000));
