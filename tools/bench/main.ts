@@ -14,6 +14,7 @@ import { etcdProvision } from './etcd-auth.js';
 import { fleet, fleetOptions } from './fleet.js';
 import { connectRate, vethThroughput } from './net.js';
 import { round } from './stats.js';
+import { summaryBench } from './summary.js';
 import { tcFastpath, tcFirstPacket } from './tc.js';
 import { ttlsBench } from './ttls.js';
 import type { Bench, BenchResult } from './types.js';
@@ -30,6 +31,7 @@ export const BENCHES: Bench[] = [
   alarmBench,
   ttlsBench,
   etcdProvision,
+  summaryBench,
 ];
 
 const USAGE = `Usage: sslwall bench [--json] [--only NAME,...] [--list] [--fleet-agents N]
@@ -170,6 +172,7 @@ function table(results: BenchResult[], failures: Failure[]): string {
     '  fleet_propagation/rollback = one bare etcd3 watcher; dead_agent_detect_ms = the lease TTL; reconnect_relists_per_agent = 1 re-read per agent.',
     '  alarm_to_rollback_e2e_ms = the same Prometheus + Alertmanager notifying a bare webhook receiver, same runs.',
     '  ttls_* = stunnel4 client -> stunnel4 server with the same certificates and data; ttls_connect_rate = TTLS without multiplexing; ttls_rss_1000_mb = the proxy before.',
+    "  summary_bytes_* = the same agent's health document; summary_add_ns = building the same violation's log line fields and JSON.",
     'Targets in units (ms, MB, %, a count) apply to VALUE; targets with × apply to RATIO.',
   ].join('\n');
   return [line(header), ...rows.map(line), '', baselineNote, ''].join('\n');
