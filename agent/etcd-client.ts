@@ -185,6 +185,13 @@ export function etcdBreaker(): { breaker: CircuitBreaker<[() => Promise<unknown>
     errorThresholdPercentage: 50,
     volumeThreshold: 3,
     resetTimeout: 3000,
+    // Idle cost: opossum rotates its rolling window from a timer per bucket and emits a stats
+    // snapshot (with latency percentiles) from another. The failure rate over the last 10 s in
+    // two 5-s buckets opens the breaker as well; snapshots and percentiles nothing here reads.
+    rollingCountTimeout: 10000,
+    rollingCountBuckets: 2,
+    enableSnapshots: false,
+    rollingPercentilesEnabled: false,
     // A refusal for missing roles is an answer too; counted, it would open the breaker and
     // hide etcd's reason behind "breaker is open".
     errorFilter: (err: unknown) => isLeaseGone(err) || isPermissionDenied(err),
