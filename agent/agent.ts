@@ -92,7 +92,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
 
   let swept = false;
   /** Apply a validated config to the kernel and remember it as the last good one. */
-  const apply = (config: Config, meta: AppliedMeta, reason: string, decided: StepTimes = {}): void => {
+  const apply = (config: Config, meta: AppliedMeta, reason: string, decided: StepTimes = {}, receivedAt?: number): void => {
     const before = currentMode(dp.maps);
     const started = process.hrtime.bigint();
     const times: StepTimes = { ...decided };
@@ -101,6 +101,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
     // of the kernel's whole TCP hash (some 25 ms, most of a config change) is skipped.
     if (before === 'off' && config.mode !== 'off') timed(times, 'seed_ms', () => seedOwnFlows(dp, self, log, 'apply'));
     const flipped = applyConfig(dp.maps, config, bypass, self, times);
+    const inForceAt = performance.timeOrigin + performance.now();
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
     timed(times, 'save_ms', () => remember(config, meta));
     status.applied = { config, meta };
@@ -125,6 +126,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
         verdicts_changed: flipped,
         apply_ms: ms,
         steps: roundTimes(times),
+        ...(receivedAt !== undefined ? { received_at: receivedAt, in_force_at: inForceAt } : {}),
         ...metaFields(meta),
       },
       'config applied',

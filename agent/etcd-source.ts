@@ -44,8 +44,11 @@ export interface EtcdSourceOptions {
 
 /** The kernel step: what differs between a real agent and a simulated one. */
 export interface Handlers {
-  /** times: what deciding took so far (parse, signature, validation, cohort), for the log line. */
-  apply(config: Config, meta: AppliedMeta, reason: string, times?: StepTimes): void;
+  /**
+   * times: what deciding took so far (parse, signature, validation, cohort); receivedAt: epoch ms
+   * when the watch event came in. Both for the log line (the propagation bench's breakdown).
+   */
+  apply(config: Config, meta: AppliedMeta, reason: string, times?: StepTimes, receivedAt?: number): void;
   /** A new version whose effective config is the one in force: remember it, touch nothing. */
   keep(config: Config, meta: AppliedMeta, reason: string): void;
   refuse(err: unknown, reason: string, revision: number | null): void;
@@ -316,7 +319,7 @@ export class EtcdFollower {
       this.handlers.keep(d.config, d.meta, reason);
     } else {
       try {
-        this.handlers.apply(d.config, d.meta, reason, times);
+        this.handlers.apply(d.config, d.meta, reason, times, s.receivedAt);
       } catch (err) {
         this.handlers.refuse(err, reason, s.revision);
       }

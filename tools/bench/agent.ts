@@ -362,6 +362,8 @@ export const propagation: Bench = {
 
       const agentMs: number[] = [];
       const watchMs: number[] = [];
+      /** Epoch ms of each measured put's start, by tier version: the agent's received_at and in_force_at are read against it. */
+      const putAt = new Map<number, number>();
       let mode: 'passive' | 'active' = 'passive';
       for (let i = 0; i < PROP_WARMUP + PROP_PUTS; i++) {
         version++;
@@ -393,6 +395,7 @@ export const propagation: Bench = {
         if (maps.gen() === genBefore) throw new Error(`version ${version}: the mode changed without a generation flip`);
         const tWatch = await watcher.seen(rev, PROP_TIMEOUT_MS);
         if (i >= PROP_WARMUP) {
+          putAt.set(version, performance.timeOrigin + t0);
           agentMs.push(tApplied - t0);
           watchMs.push(tWatch - (performance.timeOrigin + t0));
         }
@@ -418,6 +421,11 @@ export const propagation: Bench = {
       );
       ctx.progress(`bare watcher: p50 ${ms2(median(watchMs))} ms, p99 ${ms2(quantile(watchMs, 0.99))} ms, max ${ms2(Math.max(...watchMs))} ms`);
       ctx.progress(`of which the agent's map writes (apply_ms in its log): p50 ${ms2(median(applyMs))} ms, p99 ${ms2(quantile(applyMs, 0.99))} ms`);
+      const since = (field: string) => applied.map((l) => Number(l[field]) - putAt.get(l.tierVersion as number)!);
+      const [recv, inForce] = [since('received_at'), since('in_force_at')];
+      ctx.progress(
+        `put -> watch event in the agent's JavaScript: p50 ${ms2(median(recv))} ms, p99 ${ms2(quantile(recv, 0.99))} ms; put -> flip (the agent's clock): p50 ${ms2(median(inForce))} ms, p99 ${ms2(quantile(inForce, 0.99))} ms`,
+      );
       ctx.progress(`step by step (the steps of its config_applied lines; flip_ms ends when the kernel has it): ${stepBreakdown(applied)}`);
 
       await agent.remove();
