@@ -400,7 +400,7 @@ export class EtcdAgentSource {
     const c = readCounters(this.dp.maps.sslwall_counters);
     const by = (cls: string, verdict: string) => Number(c.byClass.find((x) => x.class === cls && x.verdict === verdict)?.value ?? 0n);
     // Counting live flows walks the map: do it at most every 30 s (idle CPU matters).
-    if (Date.now() - this.liveFlows.at > 30000) this.liveFlows = { at: Date.now(), count: native().mapDump(this.dp.maps.sslwall_flows).length };
+    if (Date.now() - this.liveFlows.at > 30000) this.liveFlows = { at: Date.now(), count: native().mapCount(this.dp.maps.sslwall_flows) };
     const created = Number(c.flowsCreated),
       closed = Number(c.flowsClosed);
     return {

@@ -267,12 +267,12 @@ async function startEtcdAgent(
   ctx: BenchContext,
   scope: Scope,
   version: number,
-  opts: { config?: Record<string, unknown>; args?: string[] } = {},
+  opts: { config?: Record<string, unknown>; args?: string[]; env?: NodeJS.ProcessEnv } = {},
 ): Promise<BedAgent> {
   await fx.client.put(fx.key).value(fx.doc(version, 'passive', opts.config));
   const agent = await BedAgent.create(fx.tb, ctx, scope, { args: [...fx.agentArgs, ...(opts.args ?? [])] });
   const t0 = Date.now();
-  const p = await agent.start();
+  const p = await agent.start(opts.env);
   await p.waitFor((l) => l.event === 'config_applied' && l.tierVersion === version, 10_000, `tier version ${version} applied`);
   ctx.progress(`agent on etcd attached to ${fx.tb.client.ifname} and applied version ${version} in ${Date.now() - t0} ms`);
   return agent;
@@ -790,6 +790,20 @@ function wakeupRates(w0: Map<string, number>, w1: Map<string, number>, seconds: 
     .join(', ');
 }
 
+/** The NODE_OPTIONS the systemd unit runs the agent with (tools/sslwall-agent.service), so the bench measures what ships. */
+function unitNodeOptions(): string {
+  const unit = fs.readFileSync(path.join(repoRoot, 'tools/sslwall-agent.service'), 'utf8');
+  return /^Environment=NODE_OPTIONS=(.*)$/m.exec(unit)?.[1]?.trim() ?? '';
+}
+
+/** Resident memory split into file-backed pages (mostly the node binary's code, shared by every node process) and anonymous ones (heaps). */
+function rssSplit(pid: number): string {
+  const rollup = fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+  const kb = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(rollup)?.[1] ?? 0);
+  const [rss, anon] = [kb('Rss'), kb('Anonymous')];
+  return `${round((rss - anon) / 1024, 1)} MB file-backed + ${round(anon / 1024, 1)} MB anonymous`;
+}
+
 function clockTicks(): number {
   try {
     return Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
@@ -813,7 +827,9 @@ export const agentIdle: Bench = {
       const agent = await startEtcdAgent(fx, ctx, scope, 1, {
         config: { ttls: { ports: [6379], cidrs: [`${fx.tb.server.ipv4}/32`] } },
         args: ['--ttls-cert', cert.cert, '--ttls-key', cert.key, '--ttls-ca', ca.caCert],
+        env: { NODE_OPTIONS: unitNodeOptions() },
       });
+      ctx.progress(`agent started with the unit's NODE_OPTIONS=${unitNodeOptions() || '(none)'}`);
       await agent.need().waitFor((l) => l.event === 'ttls_started', 10_000, 'ttls_started');
       const pid = nodePid(agent.need().proc.pid);
       const inMap = insertFlows(fx.tb, agent.bpffs, IDLE_FLOWS);
@@ -837,6 +853,7 @@ export const agentIdle: Bench = {
       const w1 = wakeups(pid);
       const aRss = rssMb(pid);
       const bRss = rssMb(idle.pid);
+      ctx.progress(`RSS: agent ${rssSplit(pid)}; idle node ${rssSplit(idle.pid)}`);
 
       const hz = clockTicks();
       const cpu = (s0: ProcSample, s1: ProcSample) => ((s1.ticks - s0.ticks) / hz / ((s1.at - s0.at) / 1000)) * 100;
