@@ -765,7 +765,7 @@ function insertFlows(tb: Testbed, bpffs: string, n: number): number {
   });
 }
 
-/** Context switches (voluntary + involuntary) of each thread of pid, summed by thread name: how often each kind of thread wakes. */
+/** Context switches (voluntary + involuntary) of each thread of pid, by thread (name/tid; "main" for the event loop's): how often each wakes. */
 function wakeups(pid: number): Map<string, number> {
   const out = new Map<string, number>();
   for (const task of fs.readdirSync(`/proc/${pid}/task`)) {
@@ -773,7 +773,7 @@ function wakeups(pid: number): Map<string, number> {
       const status = fs.readFileSync(`/proc/${pid}/task/${task}/status`, 'utf8');
       const name = /^Name:\s+(.*)$/m.exec(status)?.[1]?.trim() ?? '?';
       const n = [...status.matchAll(/^(?:non)?voluntary_ctxt_switches:\s+(\d+)$/gm)].reduce((a, m) => a + Number(m[1]), 0);
-      out.set(name, (out.get(name) ?? 0) + n);
+      out.set(Number(task) === pid ? 'main' : `${name}/${task}`, n);
     } catch {
       /* thread gone */
     }
@@ -785,6 +785,7 @@ function wakeups(pid: number): Map<string, number> {
 function wakeupRates(w0: Map<string, number>, w1: Map<string, number>, seconds: number): string {
   return [...w1]
     .map(([name, n]) => [name, (n - (w0.get(name) ?? 0)) / seconds] as const)
+    .filter(([, r]) => r > 0)
     .sort((a, b) => b[1] - a[1])
     .map(([name, r]) => `${name} ${round(r, 1)}/s`)
     .join(', ');
