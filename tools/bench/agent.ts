@@ -343,7 +343,7 @@ function ms2(x: number): number {
 function stepBreakdown(lines: LogLine[]): string {
   const steps = new Map<string, number[]>();
   for (const l of lines) for (const [k, v] of Object.entries((l.steps ?? {}) as Record<string, number>)) steps.set(k, [...(steps.get(k) ?? []), v]);
-  return [...steps].map(([k, v]) => `${k} ${round(median(v), 3)}/${round(quantile(v, 0.99), 3)}`).join(', ') + ' (ms, p50/p99)';
+  return `${[...steps].map(([k, v]) => `${k} ${round(median(v), 3)}/${round(quantile(v, 0.99), 3)}`).join(', ')} (ms, p50/p99)`;
 }
 
 export const propagation: Bench = {
