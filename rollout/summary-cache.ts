@@ -1,0 +1,285 @@
+// The engine's view of what every agent saw: the violation summaries (summary/<tier>/<host>,
+// schemas/summary.ts), read in pages at one revision and then watched, as HealthCache does for
+// health. A summary is trusted by its key: tier and host come from the key, and a body that names
+// another is dropped and counted, so an agent cannot speak for a host it is not.
+// On top of the documents it answers the service owner's questions (docs/dashboard.md): a tier's
+// services, a search by service, host or destination, and each service's totals over time,
+// sampled in memory (bounded: SERIES_POINTS points of at most SERIES_SERVICES services a tier).
+import { EventEmitter } from 'node:events';
+import type { Etcd3, Watcher } from 'etcd3';
+import type { Logger } from 'pino';
+import client from 'prom-client';
+import { backoffMs } from '../schemas/etcd.js';
+import { type Service, type Summary, type SummaryEntry, SummarySchema } from '../schemas/summary.js';
+import { prefixEnd } from './health-cache.js';
+
+const PAGE = 2000;
+/** Samples kept: one a minute (by default) for 24 hours. */
+export const SERIES_POINTS = 1440;
+/** Services sampled per tier and point: the ones with the most violations. */
+export const SERIES_SERVICES = 200;
+/** Destinations kept per service in the tier's service list. */
+const TOP_DESTINATIONS = 5;
+/** A tier's service list is computed again at most this often (ms): it scans every summary of the tier. */
+const AGGREGATE_TTL_MS = 1000;
+
+/** What a person calls a service: its systemd unit, else its container, process name or cgroup. */
+export function serviceName(s: Service): string {
+  return s.unit ?? (s.container ? `container:${s.container.slice(0, 12)}` : null) ?? s.comm ?? s.cgroup ?? '(unknown)';
+}
+
+export interface ServiceTotals {
+  service: string;
+  unit: string | null;
+  comm: string | null;
+  hosts: number;
+  reported: number;
+  blocked: number;
+  lastSeen: string;
+  destinations: Array<{ addr: string; port: number; count: number }>;
+}
+
+export interface Point {
+  t: number;
+  reported: number;
+  blocked: number;
+}
+
+interface Held {
+  summary: Summary;
+  /** Per entry, the lower-cased text a search matches: unit, comm, cgroup, container, host, remote address and port. */
+  hay: string[];
+}
+
+export class SummaryCache extends EventEmitter {
+  /** key: tier/hostId */
+  private readonly held = new Map<string, Held>();
+  private readonly aggregates = new Map<string, { at: number; hosts: number; services: ServiceTotals[] }>();
+  /** tier → service → sampled totals, oldest first; every series has the same sample times. */
+  private readonly series = new Map<string, { times: number[]; services: Map<string, Array<[number, number]>> }>();
+  private watcher: Watcher | null = null;
+  private sampler: NodeJS.Timeout | undefined;
+  private stopped = false;
+  ready = false;
+  readonly rejected = new client.Counter({
+    name: 'sslwall_engine_summary_rejected_total',
+    help: 'Agent violation summaries the engine dropped: misplaced (the body names another tier or host than its key) or invalid (unreadable, or over its bounds)',
+    labelNames: ['reason'] as const,
+    registers: [],
+  });
+
+  constructor(
+    private readonly client: Etcd3,
+    private readonly prefix: string, // e.g. /sslwall/summary/
+    private readonly log: Logger,
+    /** ms between samples of the per-service totals. */
+    readonly sampleMs = 60_000,
+  ) {
+    super();
+  }
+
+  start(): void {
+    void this.loop();
+    this.sampler = setInterval(() => this.sample(), this.sampleMs);
+    this.sampler.unref();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.sampler);
+    await this.watcher?.cancel().catch(() => undefined);
+  }
+
+  get size(): number {
+    return this.held.size;
+  }
+
+  summary(tier: string, hostId: string): Summary | undefined {
+    return this.held.get(`${tier}/${hostId}`)?.summary;
+  }
+
+  /** The tier's services, most violations first, and how many hosts sent a summary (recomputed at most once a second). */
+  services(tier: string): { hosts: number; services: ServiceTotals[] } {
+    const memo = this.aggregates.get(tier);
+    if (memo && Date.now() - memo.at < AGGREGATE_TTL_MS) return memo;
+    const summaries = [...this.tierSummaries(tier)];
+    const r = { at: Date.now(), hosts: summaries.length, services: aggregate(summaries) };
+    this.aggregates.set(tier, r);
+    return r;
+  }
+
+  /** The joining hosts' violations, grouped by service (what a percentage bump would block). */
+  servicesOf(tier: string, hostIds: Iterable<string>): ServiceTotals[] {
+    const hosts: Array<{ hostId: string; entries: SummaryEntry[] }> = [];
+    for (const h of hostIds) {
+      const s = this.summary(tier, h);
+      if (s) hosts.push({ hostId: h, entries: s.entries });
+    }
+    return aggregate(hosts);
+  }
+
+  /**
+   * Entries whose service (unit, process name, cgroup, container), host id or remote address
+   * (addr or addr:port) contains q, case-insensitive; newest first. `total` counts every match.
+   */
+  search(q: string, opts: { tier?: string; limit: number; offset: number }) {
+    const needle = q.toLowerCase();
+    const matches: Array<{ tier: string; hostId: string; entry: SummaryEntry }> = [];
+    for (const { summary, hay } of this.held.values()) {
+      if (opts.tier !== undefined && summary.tier !== opts.tier) continue;
+      for (let i = 0; i < hay.length; i++) if (hay[i]!.includes(needle)) matches.push({ tier: summary.tier, hostId: summary.hostId, entry: summary.entries[i]! });
+    }
+    matches.sort((a, b) => b.entry.lastSeen.localeCompare(a.entry.lastSeen) || a.hostId.localeCompare(b.hostId));
+    return { total: matches.length, page: matches.slice(opts.offset, opts.offset + opts.limit) };
+  }
+
+  /** The sampled totals of the services whose name contains q (at most `max` series, most violations first). */
+  seriesFor(q: string, opts: { tier?: string; max: number }) {
+    const needle = q.toLowerCase();
+    const out: Array<{ tier: string; service: string; points: Point[] }> = [];
+    for (const [tier, s] of this.series) {
+      if (opts.tier !== undefined && tier !== opts.tier) continue;
+      for (const [service, values] of s.services) {
+        if (!service.toLowerCase().includes(needle)) continue;
+        out.push({ tier, service, points: values.map(([reported, blocked], i) => ({ t: s.times[i]!, reported, blocked })) });
+      }
+    }
+    const last = (x: { points: Point[] }) => {
+      const p = x.points[x.points.length - 1];
+      return p ? p.reported + p.blocked : 0;
+    };
+    return out.sort((a, b) => last(b) - last(a)).slice(0, opts.max);
+  }
+
+  /** Take one sample of every tier's top services (also called once the first read is done, so a chart has a point at once). */
+  sample(now = Date.now()): void {
+    const tiers = new Set<string>();
+    for (const { summary } of this.held.values()) tiers.add(summary.tier);
+    for (const tier of new Set([...tiers, ...this.series.keys()])) {
+      const top = this.services(tier).services.slice(0, SERIES_SERVICES);
+      let s = this.series.get(tier);
+      if (!s) this.series.set(tier, (s = { times: [], services: new Map() }));
+      const n = s.times.length;
+      s.times.push(now);
+      // A service new to the top starts with zeros back to the first sample, so every series lines up.
+      for (const t of top) if (!s.services.has(t.service)) s.services.set(t.service, Array.from({ length: n }, () => [0, 0]));
+      const byName = new Map(top.map((t) => [t.service, t]));
+      for (const [name, values] of s.services) {
+        const t = byName.get(name);
+        values.push(t ? [t.reported, t.blocked] : [0, 0]);
+      }
+      if (s.times.length > SERIES_POINTS) {
+        s.times.shift();
+        for (const values of s.services.values()) values.shift();
+      }
+      // A service that fell out of the top and is zero across the window goes.
+      for (const [name, values] of s.services) if (values.every(([r, b]) => r === 0 && b === 0)) s.services.delete(name);
+      if (s.services.size === 0 && !tiers.has(tier)) this.series.delete(tier);
+    }
+  }
+
+  private *tierSummaries(tier: string): Iterable<Summary> {
+    for (const { summary } of this.held.values()) if (summary.tier === tier) yield summary;
+  }
+
+  private set(key: string, value: Buffer): void {
+    const id = key.slice(this.prefix.length);
+    let s: Summary;
+    try {
+      s = SummarySchema.parse(JSON.parse(value.toString()));
+    } catch (err) {
+      this.drop(id, 'invalid', (err as Error).message);
+      return;
+    }
+    const slash = id.indexOf('/');
+    if (slash < 0 || s.tier !== id.slice(0, slash) || s.hostId !== id.slice(slash + 1)) {
+      this.drop(id, 'misplaced', `the body names tier ${s.tier} host ${s.hostId}`);
+      return;
+    }
+    const hay = s.entries.map((e) =>
+      [e.service.unit, e.service.comm, e.service.cgroup, e.service.container, s.hostId, `${e.remote.addr}:${e.remote.port}`]
+        .filter((x) => x !== null)
+        .join('\n')
+        .toLowerCase(),
+    );
+    this.held.set(id, { summary: s, hay });
+  }
+
+  private drop(id: string, reason: 'invalid' | 'misplaced', detail: string): void {
+    this.rejected.inc({ reason });
+    this.held.delete(id);
+    this.log.warn({ event: 'summary_rejected', key: `${this.prefix}${id}`, reason, detail: detail.slice(0, 300) }, 'agent violation summary dropped');
+  }
+
+  private async loop(): Promise<void> {
+    let attempt = 0;
+    while (!this.stopped) {
+      try {
+        // In pages at one revision: 10,000 summaries of up to 50 entries are far over gRPC's 4 MiB message limit.
+        this.held.clear();
+        const end = prefixEnd(this.prefix);
+        let from = Buffer.from(this.prefix);
+        let revision: string | undefined;
+        for (;;) {
+          const page = await this.client.kv.range({ key: from, range_end: end, limit: PAGE, ...(revision ? { revision } : {}) });
+          revision ??= String(page.header.revision);
+          for (const kv of page.kvs) this.set(kv.key.toString(), kv.value);
+          if (!page.more || page.kvs.length === 0) break;
+          from = Buffer.concat([page.kvs[page.kvs.length - 1]!.key, Buffer.from([0])]);
+        }
+        this.aggregates.clear();
+        if (!this.ready) this.sample();
+        this.ready = true;
+        attempt = 0;
+        const reason = await new Promise<string>((resolve) => {
+          const w = this.client
+            .watch()
+            .prefix(this.prefix)
+            .startRevision(String(Number(revision) + 1))
+            .watcher();
+          this.watcher = w;
+          w.on('put', (kv) => this.set(kv.key.toString(), kv.value));
+          // The summary lives under the agent's health lease: an agent gone takes its summary with it.
+          w.on('delete', (kv) => this.held.delete(kv.key.toString().slice(this.prefix.length)));
+          w.on('error', (e) => resolve(String(e)));
+          w.on('disconnected', () => resolve('disconnected'));
+        });
+        await this.watcher?.cancel().catch(() => undefined);
+        this.log.warn({ event: 'summary_watch_restart', reason }, 'reading agent summaries again');
+      } catch (err) {
+        this.log.warn({ event: 'summary_read_failed', err: (err as Error).message }, 'cannot read agent summaries');
+      }
+      await new Promise((r) => setTimeout(r, backoffMs(attempt++)));
+    }
+  }
+}
+
+/** Per service: hosts, totals by verdict, last seen and the top destinations; most violations first. */
+function aggregate(hosts: Iterable<{ hostId: string; entries: SummaryEntry[] }>): ServiceTotals[] {
+  const by = new Map<string, ServiceTotals & { hostSet: Set<string>; dest: Map<string, { addr: string; port: number; count: number }> }>();
+  for (const { hostId, entries } of hosts) {
+    for (const e of entries) {
+      const name = serviceName(e.service);
+      let t = by.get(name);
+      if (!t) {
+        t = { service: name, unit: e.service.unit, comm: e.service.comm, hosts: 0, reported: 0, blocked: 0, lastSeen: e.lastSeen, destinations: [], hostSet: new Set(), dest: new Map() };
+        by.set(name, t);
+      }
+      t.hostSet.add(hostId);
+      t[e.verdict] += e.count;
+      if (e.lastSeen > t.lastSeen) t.lastSeen = e.lastSeen;
+      t.comm ??= e.service.comm;
+      const dk = `${e.remote.addr}:${e.remote.port}`;
+      const d = t.dest.get(dk);
+      if (d) d.count += e.count;
+      else t.dest.set(dk, { addr: e.remote.addr, port: e.remote.port, count: e.count });
+    }
+  }
+  return [...by.values()]
+    .map(({ hostSet, dest, ...t }) => ({
+      ...t,
+      hosts: hostSet.size,
+      destinations: [...dest.values()].sort((a, b) => b.count - a.count).slice(0, TOP_DESTINATIONS),
+    }))
+    .sort((a, b) => b.reported + b.blocked - (a.reported + a.blocked) || a.service.localeCompare(b.service));
+}
