@@ -25,8 +25,8 @@ import { clearAlerts, listAlerts, receiveAlerts } from './alerts.js';
 import { bearer, type Caller, type EngineNames, roleNeeded, type Users } from './auth.js';
 import { cohortOf } from './checks.js';
 import type { Engine } from './engine.js';
-import { serviceName } from './summary-cache.js';
 import { type DocumentInput, validateInput } from './store.js';
+import { serviceName } from './summary-cache.js';
 
 const STATUS_FOR: Partial<Record<ErrorCode, number>> = {
   SSLWALL_E_CONFIG_INVALID: 400,
@@ -218,7 +218,8 @@ function packageDir(pkg: string): string {
     const c = path.join(dir, 'node_modules', pkg);
     tried.push(c);
     if (fs.existsSync(path.join(c, 'package.json'))) return c;
-    if (path.dirname(dir) === dir) throw new SslwallError('SSLWALL_E_INTERNAL', `the dashboard's library ${pkg} is missing (npm ci); looked in ${tried.join(', ')}`);
+    if (path.dirname(dir) === dir)
+      throw new SslwallError('SSLWALL_E_INTERNAL', `the dashboard's library ${pkg} is missing (npm ci); looked in ${tried.join(', ')}`);
   }
 }
 
@@ -321,7 +322,7 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity, op
   // libraries under /vendor/ by sendFile from their package folders.
   const dashboard = dashboardDir();
   const csp = contentSecurityPolicy(fs.readFileSync(path.join(dashboard, 'index.html'), 'utf8'));
-  await app.register(fastifyStatic, { root: dashboard, wildcard: false, allowedPath: (p) => p === '/' || DASHBOARD_FILES.includes(p.slice(1)) });
+  await app.register(fastifyStatic, { root: dashboard, wildcard: false });
   for (const [url, [pkg, file]] of Object.entries(VENDOR)) {
     const root = packageDir(pkg);
     app.get(url, (_req, reply) => reply.sendFile(file, root));
@@ -500,7 +501,15 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity, op
     { schema: { params: api.TierParams, querystring: api.PreviewQuery, response: { 200: api.PreviewResponse } } },
     async (req) => {
       const p = await engine.preview(req.params.tier, req.query.percent);
-      return { ...p, services: engine.summaries.servicesOf(p.tier, p.joining.map((j) => j.hostId)).slice(0, 100) };
+      return {
+        ...p,
+        services: engine.summaries
+          .servicesOf(
+            p.tier,
+            p.joining.map((j) => j.hostId),
+          )
+          .slice(0, 100),
+      };
     },
   );
 
@@ -517,7 +526,12 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity, op
   app.get('/api/violations', { schema: { querystring: api.ViolationsQuery, response: { 200: api.ViolationsResponse } } }, async (req) => {
     const { q, tier, limit, offset } = req.query;
     const r = engine.summaries.search(q, { tier, limit, offset });
-    return { q, total: r.total, offset, entries: r.page.map((m) => ({ ...m.entry, tier: m.tier, hostId: m.hostId, serviceName: serviceName(m.entry.service) })) };
+    return {
+      q,
+      total: r.total,
+      offset,
+      entries: r.page.map((m) => ({ ...m.entry, tier: m.tier, hostId: m.hostId, serviceName: serviceName(m.entry.service) })),
+    };
   });
   app.get('/api/violations/series', { schema: { querystring: api.SeriesQuery, response: { 200: api.SeriesResponse } } }, async (req) => {
     const { q, tier, max } = req.query;

@@ -17,10 +17,10 @@ import { AnalysisSchema, type RolloutState, RolloutStateSchema, type Stage } fro
 import { type AlertView, cohortOf, firingAlerts, promInstantQuery, runChecks } from './checks.js';
 import { Leadership } from './election.js';
 import { HealthCache } from './health-cache.js';
-import { SummaryCache } from './summary-cache.js';
 import type { Signer } from './signing.js';
 import { afterChecks, nextStep, operatorAction, PhaseClock, rolledBack, type Step, stageWritten, transitioned } from './steps.js';
 import { ConfigStore, type Fence, HISTORY_KEEP, type SideWrite } from './store.js';
+import { SummaryCache } from './summary-cache.js';
 
 export type TransitionListener = (tier: string, action: string, reason: string) => void;
 

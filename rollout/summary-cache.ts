@@ -127,7 +127,8 @@ export class SummaryCache extends EventEmitter {
     const matches: Array<{ tier: string; hostId: string; entry: SummaryEntry }> = [];
     for (const { summary, hay } of this.held.values()) {
       if (opts.tier !== undefined && summary.tier !== opts.tier) continue;
-      for (let i = 0; i < hay.length; i++) if (hay[i]!.includes(needle)) matches.push({ tier: summary.tier, hostId: summary.hostId, entry: summary.entries[i]! });
+      for (let i = 0; i < hay.length; i++)
+        if (hay[i]!.includes(needle)) matches.push({ tier: summary.tier, hostId: summary.hostId, entry: summary.entries[i]! });
     }
     matches.sort((a, b) => b.entry.lastSeen.localeCompare(a.entry.lastSeen) || a.hostId.localeCompare(b.hostId));
     return { total: matches.length, page: matches.slice(opts.offset, opts.offset + opts.limit) };
@@ -157,12 +158,17 @@ export class SummaryCache extends EventEmitter {
     for (const { summary } of this.held.values()) tiers.add(summary.tier);
     for (const tier of new Set([...tiers, ...this.series.keys()])) {
       const top = this.services(tier).services.slice(0, SERIES_SERVICES);
-      let s = this.series.get(tier);
-      if (!s) this.series.set(tier, (s = { times: [], services: new Map() }));
+      const s = this.series.get(tier) ?? { times: [], services: new Map<string, Array<[number, number]>>() };
+      this.series.set(tier, s);
       const n = s.times.length;
       s.times.push(now);
       // A service new to the top starts with zeros back to the first sample, so every series lines up.
-      for (const t of top) if (!s.services.has(t.service)) s.services.set(t.service, Array.from({ length: n }, () => [0, 0]));
+      for (const t of top)
+        if (!s.services.has(t.service))
+          s.services.set(
+            t.service,
+            Array.from({ length: n }, () => [0, 0]),
+          );
       const byName = new Map(top.map((t) => [t.service, t]));
       for (const [name, values] of s.services) {
         const t = byName.get(name);
@@ -262,7 +268,18 @@ function aggregate(hosts: Iterable<{ hostId: string; entries: SummaryEntry[] }>)
       const name = serviceName(e.service);
       let t = by.get(name);
       if (!t) {
-        t = { service: name, unit: e.service.unit, comm: e.service.comm, hosts: 0, reported: 0, blocked: 0, lastSeen: e.lastSeen, destinations: [], hostSet: new Set(), dest: new Map() };
+        t = {
+          service: name,
+          unit: e.service.unit,
+          comm: e.service.comm,
+          hosts: 0,
+          reported: 0,
+          blocked: 0,
+          lastSeen: e.lastSeen,
+          destinations: [],
+          hostSet: new Set(),
+          dest: new Map(),
+        };
         by.set(name, t);
       }
       t.hostSet.add(hostId);

@@ -36,7 +36,15 @@ export function labSummary(tier: string, hostId: string, violations: LabViolatio
     firstSeen: new Date(now.getTime() - 3600_000).toISOString(),
     lastSeen: at,
   }));
-  return SummarySchema.parse({ schema: SCHEMA_VERSION, hostId, tier, since: new Date(now.getTime() - 7200_000).toISOString(), updatedAt: at, entries, dropped: 0 });
+  return SummarySchema.parse({
+    schema: SCHEMA_VERSION,
+    hostId,
+    tier,
+    since: new Date(now.getTime() - 7200_000).toISOString(),
+    updatedAt: at,
+    entries,
+    dropped: 0,
+  });
 }
 
 /** Put each summary under its own host's key, `parallel` puts at a time. */
