@@ -25,6 +25,7 @@ export function tierAgents(cache: HealthCache, tier: string, headVersion: number
   const agents = all
     .map((h) => agentView(cache, h, headVersion))
     .filter((a) => (!filter.errors || a.lastError !== null) && (!filter.behind || a.behind))
-    .sort((a, b) => a.hostId.localeCompare(b.hostId));
+    // Code-point order: host ids are ASCII, and localeCompare costs ~100 ms over 10,000 agents.
+    .sort((a, b) => (a.hostId < b.hostId ? -1 : a.hostId > b.hostId ? 1 : 0));
   return { tier, headVersion, total: all.length, agents };
 }

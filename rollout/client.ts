@@ -113,9 +113,12 @@ export class EngineClient {
     return this.call('GET', `/api/violations/series${query({ q, ...opts })}`, api.SeriesResponse);
   }
 
-  agents(tier: string, filter: { errors?: boolean; behind?: boolean } = {}) {
-    const q = [filter.errors ? 'errors' : '', filter.behind ? 'behind' : ''].filter(Boolean).join('&');
-    return this.call('GET', `${tierPath(tier)}/agents${q ? `?${q}` : ''}`, api.AgentsResponse);
+  agents(tier: string, filter: { errors?: boolean; behind?: boolean; host?: string; limit?: number; offset?: number } = {}) {
+    const { errors, behind, ...page } = filter;
+    const flags = [errors ? 'errors' : '', behind ? 'behind' : ''].filter(Boolean).join('&');
+    const rest = query(page).slice(1);
+    const q = [flags, rest].filter(Boolean).join('&');
+    return this.call('GET', `${tierPath(tier)}/agents${q ? `?${q}` : ''}`, api.AgentsPageResponse);
   }
 
   agent(host: string) {

@@ -13,7 +13,8 @@ import { backoffMs } from '../schemas/etcd.js';
 import { type Service, type Summary, type SummaryEntry, SummarySchema } from '../schemas/summary.js';
 import { prefixEnd } from './health-cache.js';
 
-const PAGE = 2000;
+// A summary is up to ~30 KiB (SUMMARY_MAX_ENTRIES entries): 100 of them stay under gRPC's 4 MiB message limit.
+const PAGE = 100;
 /** Samples kept: one a minute (by default) for 24 hours. */
 export const SERIES_POINTS = 1440;
 /** Services sampled per tier and point: the ones with the most violations. */
@@ -45,15 +46,60 @@ export interface Point {
   blocked: number;
 }
 
+/** A service's totals over a tier's hosts, kept up to date as summaries arrive and go. */
+interface Running {
+  unit: string | null;
+  comm: string | null;
+  reported: number;
+  blocked: number;
+  lastSeen: string;
+  /** host → entries of this service there */
+  hosts: Map<string, number>;
+  /** addr:port → count and the entries that add to it */
+  dest: Map<string, { addr: string; port: number; count: number; refs: number }>;
+}
+
 interface Held {
   summary: Summary;
   /** Per entry, the lower-cased text a search matches: unit, comm, cgroup, container, host, remote address and port. */
   hay: string[];
+  /** Every entry's text at once: most hosts do not match, and one look tells. */
+  all: string;
+}
+
+interface Hit {
+  tier: string;
+  hostId: string;
+  entry: SummaryEntry;
+}
+
+/** Newest last seen first, then by host: plain comparisons (ISO times and host ids are ASCII), no locale. */
+function newestFirst(a: Hit, b: Hit): number {
+  if (a.entry.lastSeen !== b.entry.lastSeen) return a.entry.lastSeen > b.entry.lastSeen ? -1 : 1;
+  return a.hostId < b.hostId ? -1 : a.hostId > b.hostId ? 1 : 0;
+}
+
+function byViolations(a: ServiceTotals, b: ServiceTotals): number {
+  return b.reported + b.blocked - (a.reported + a.blocked) || (a.service < b.service ? -1 : a.service > b.service ? 1 : 0);
+}
+
+/** The TOP_DESTINATIONS most frequent, by one pass (a service may have thousands). */
+function top(dests: Iterable<{ addr: string; port: number; count: number }>): ServiceTotals['destinations'] {
+  const out: ServiceTotals['destinations'] = [];
+  for (const d of dests) {
+    if (out.length === TOP_DESTINATIONS && d.count <= out[TOP_DESTINATIONS - 1]!.count) continue;
+    out.push({ addr: d.addr, port: d.port, count: d.count });
+    out.sort((a, b) => b.count - a.count);
+    if (out.length > TOP_DESTINATIONS) out.pop();
+  }
+  return out;
 }
 
 export class SummaryCache extends EventEmitter {
   /** key: tier/hostId */
   private readonly held = new Map<string, Held>();
+  /** tier → hosts with a summary and the running totals per service: a change costs its entries, not a scan of the tier. */
+  private readonly running = new Map<string, { hosts: number; services: Map<string, Running> }>();
   private readonly aggregates = new Map<string, { at: number; hosts: number; services: ServiceTotals[] }>();
   /** tier → service → sampled totals, oldest first; every series has the same sample times. */
   private readonly series = new Map<string, { times: number[]; services: Map<string, Array<[number, number]>> }>();
@@ -102,8 +148,22 @@ export class SummaryCache extends EventEmitter {
   services(tier: string): { hosts: number; services: ServiceTotals[] } {
     const memo = this.aggregates.get(tier);
     if (memo && Date.now() - memo.at < AGGREGATE_TTL_MS) return memo;
-    const summaries = [...this.tierSummaries(tier)];
-    const r = { at: Date.now(), hosts: summaries.length, services: aggregate(summaries) };
+    const t = this.running.get(tier);
+    const services: ServiceTotals[] = [];
+    for (const [service, s] of t?.services ?? []) {
+      services.push({
+        service,
+        unit: s.unit,
+        comm: s.comm,
+        hosts: s.hosts.size,
+        reported: s.reported,
+        blocked: s.blocked,
+        lastSeen: s.lastSeen,
+        destinations: top(s.dest.values()),
+      });
+    }
+    services.sort(byViolations);
+    const r = { at: Date.now(), hosts: t?.hosts ?? 0, services };
     this.aggregates.set(tier, r);
     return r;
   }
@@ -124,14 +184,30 @@ export class SummaryCache extends EventEmitter {
    */
   search(q: string, opts: { tier?: string; limit: number; offset: number }) {
     const needle = q.toLowerCase();
-    const matches: Array<{ tier: string; hostId: string; entry: SummaryEntry }> = [];
-    for (const { summary, hay } of this.held.values()) {
-      if (opts.tier !== undefined && summary.tier !== opts.tier) continue;
-      for (let i = 0; i < hay.length; i++)
-        if (hay[i]!.includes(needle)) matches.push({ tier: summary.tier, hostId: summary.hostId, entry: summary.entries[i]! });
+    // Only the first offset+limit are kept, in order: a search that matches most of a fleet's
+    // 500,000 entries must not sort them all.
+    const keep = opts.offset + opts.limit;
+    const best: Hit[] = [];
+    let total = 0;
+    for (const { summary, all, hay } of this.held.values()) {
+      if ((opts.tier !== undefined && summary.tier !== opts.tier) || !all.includes(needle)) continue;
+      for (let i = 0; i < hay.length; i++) {
+        if (!hay[i]!.includes(needle)) continue;
+        total++;
+        const hit = { tier: summary.tier, hostId: summary.hostId, entry: summary.entries[i]! };
+        if (best.length === keep && newestFirst(hit, best[keep - 1]!) >= 0) continue;
+        let lo = 0;
+        let hi = best.length;
+        while (lo < hi) {
+          const mid = (lo + hi) >> 1;
+          if (newestFirst(best[mid]!, hit) <= 0) lo = mid + 1;
+          else hi = mid;
+        }
+        best.splice(lo, 0, hit);
+        if (best.length > keep) best.pop();
+      }
     }
-    matches.sort((a, b) => b.entry.lastSeen.localeCompare(a.entry.lastSeen) || a.hostId.localeCompare(b.hostId));
-    return { total: matches.length, page: matches.slice(opts.offset, opts.offset + opts.limit) };
+    return { total, page: best.slice(opts.offset) };
   }
 
   /** The sampled totals of the services whose name contains q (at most `max` series, most violations first). */
@@ -184,10 +260,6 @@ export class SummaryCache extends EventEmitter {
     }
   }
 
-  private *tierSummaries(tier: string): Iterable<Summary> {
-    for (const { summary } of this.held.values()) if (summary.tier === tier) yield summary;
-  }
-
   private set(key: string, value: Buffer): void {
     const id = key.slice(this.prefix.length);
     let s: Summary;
@@ -208,12 +280,56 @@ export class SummaryCache extends EventEmitter {
         .join('\n')
         .toLowerCase(),
     );
-    this.held.set(id, { summary: s, hay });
+    this.remove(id);
+    this.held.set(id, { summary: s, hay, all: hay.join('\n') });
+    this.account(s, 1);
+  }
+
+  private remove(id: string): void {
+    const old = this.held.get(id);
+    if (!old) return;
+    this.held.delete(id);
+    this.account(old.summary, -1);
+  }
+
+  /** Add a summary's entries to its tier's running totals (sign 1), or take them away (-1). */
+  private account(s: Summary, sign: 1 | -1): void {
+    const t = this.running.get(s.tier) ?? { hosts: 0, services: new Map<string, Running>() };
+    this.running.set(s.tier, t);
+    t.hosts += sign;
+    for (const e of s.entries) {
+      const name = serviceName(e.service);
+      const r = t.services.get(name) ?? {
+        unit: e.service.unit,
+        comm: e.service.comm,
+        reported: 0,
+        blocked: 0,
+        lastSeen: e.lastSeen,
+        hosts: new Map(),
+        dest: new Map(),
+      };
+      t.services.set(name, r);
+      r[e.verdict] += sign * e.count;
+      // The newest sighting while it was reported; a host that goes does not make it older.
+      if (sign > 0 && e.lastSeen > r.lastSeen) r.lastSeen = e.lastSeen;
+      r.comm ??= e.service.comm;
+      const refs = (r.hosts.get(s.hostId) ?? 0) + sign;
+      if (refs > 0) r.hosts.set(s.hostId, refs);
+      else r.hosts.delete(s.hostId);
+      const dk = `${e.remote.addr}:${e.remote.port}`;
+      const d = r.dest.get(dk) ?? { addr: e.remote.addr, port: e.remote.port, count: 0, refs: 0 };
+      r.dest.set(dk, d);
+      d.count += sign * e.count;
+      d.refs += sign;
+      if (d.refs <= 0) r.dest.delete(dk);
+      if (r.hosts.size === 0) t.services.delete(name);
+    }
+    if (t.hosts <= 0) this.running.delete(s.tier);
   }
 
   private drop(id: string, reason: 'invalid' | 'misplaced', detail: string): void {
     this.rejected.inc({ reason });
-    this.held.delete(id);
+    this.remove(id);
     this.log.warn({ event: 'summary_rejected', key: `${this.prefix}${id}`, reason, detail: detail.slice(0, 300) }, 'agent violation summary dropped');
   }
 
@@ -221,8 +337,9 @@ export class SummaryCache extends EventEmitter {
     let attempt = 0;
     while (!this.stopped) {
       try {
-        // In pages at one revision: 10,000 summaries of up to 50 entries are far over gRPC's 4 MiB message limit.
+        // In pages at one revision: 10,000 summaries are far over gRPC's 4 MiB message limit.
         this.held.clear();
+        this.running.clear();
         const end = prefixEnd(this.prefix);
         let from = Buffer.from(this.prefix);
         let revision: string | undefined;
@@ -246,7 +363,7 @@ export class SummaryCache extends EventEmitter {
           this.watcher = w;
           w.on('put', (kv) => this.set(kv.key.toString(), kv.value));
           // The summary lives under the agent's health lease: an agent gone takes its summary with it.
-          w.on('delete', (kv) => this.held.delete(kv.key.toString().slice(this.prefix.length)));
+          w.on('delete', (kv) => this.remove(kv.key.toString().slice(this.prefix.length)));
           w.on('error', (e) => resolve(String(e)));
           w.on('disconnected', () => resolve('disconnected'));
         });
@@ -296,7 +413,7 @@ function aggregate(hosts: Iterable<{ hostId: string; entries: SummaryEntry[] }>)
     .map(({ hostSet, dest, ...t }) => ({
       ...t,
       hosts: hostSet.size,
-      destinations: [...dest.values()].sort((a, b) => b.count - a.count).slice(0, TOP_DESTINATIONS),
+      destinations: top(dest.values()),
     }))
-    .sort((a, b) => b.reported + b.blocked - (a.reported + a.blocked) || a.service.localeCompare(b.service));
+    .sort(byViolations);
 }

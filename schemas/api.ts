@@ -28,6 +28,8 @@ export const HistoryQuery = z.object({
 });
 export const AuditQuery = z.object({ limit: z.coerce.number().int().min(1).max(10000).default(50) });
 export const PreviewQuery = z.object({ percent: z.coerce.number().min(0).max(100) });
+/** The bounds of the service owners' answers (docs/dashboard.md): a page of results at most this long. */
+export const VIOLATION_LIMITS = { page: 1000, series: 20, query: 256 } as const;
 /** A query flag: present (?errors, ?errors=true, ?errors=1) or absent. */
 const flag = z
   .enum(['', 'true', '1', 'false', '0'])
@@ -38,10 +40,13 @@ export const AgentsQuery = z.object({
   errors: flag,
   /** Only agents not on the tier's head version. */
   behind: flag,
+  /** Only agents whose host id contains this. */
+  host: z.string().max(128).optional(),
+  /** A page of the (filtered) agents; without a limit, all of them (what `sslwall agents` prints). */
+  limit: z.coerce.number().int().min(1).max(VIOLATION_LIMITS.page).optional(),
+  offset: z.coerce.number().int().min(0).default(0),
 });
 
-/** The bounds of the service owners' answers (docs/dashboard.md): a page of results at most this long. */
-export const VIOLATION_LIMITS = { page: 1000, series: 20, query: 256 } as const;
 const SearchText = z.string().trim().min(1, 'give something to search for').max(VIOLATION_LIMITS.query);
 /** GET /api/tiers/:tier/services: a page of the tier's services, most violations first. */
 export const ServicesQuery = z.object({
@@ -248,6 +253,8 @@ export const AgentsResponse = z.object({
   total: z.number().int(),
   agents: z.array(AgentView),
 });
+/** GET /api/tiers/:tier/agents: the list with how many passed the filters, before the page. */
+export const AgentsPageResponse = AgentsResponse.extend({ matched: z.number().int() });
 
 export type AgentViewBody = z.infer<typeof AgentView>;
 export type AgentsBody = z.infer<typeof AgentsResponse>;

@@ -13,6 +13,8 @@ import uPlot from 'uplot';
 const html = htm.bind(h);
 const TOKEN_KEY = 'sslwall-token';
 const POLL_MS = 3000;
+/** Agents asked for at once: a tier may have thousands; the filters narrow them. */
+const AGENTS_SHOWN = 300;
 const VIEWS = [
   ['tiers', 'Tiers'],
   ['services', 'Services'],
@@ -308,8 +310,11 @@ function AgentsView({ tiers }) {
   const [behind, setBehind] = useState(false);
   const [host, setHost] = useState('');
   const t = tier || tiers.data?.[0]?.tier || '';
-  const a = usePoll(() => api(`/api/tiers/${encodeURIComponent(t)}/agents${qs({ errors, behind })}`), t ? `${t}\n${errors}\n${behind}` : null);
-  const shown = (a.data?.agents ?? []).filter((x) => !host || x.hostId.includes(host));
+  const a = usePoll(
+    () => api(`/api/tiers/${encodeURIComponent(t)}/agents${qs({ errors, behind, host, limit: AGENTS_SHOWN })}`),
+    t ? `${t}\n${errors}\n${behind}\n${host}` : null,
+  );
+  const shown = a.data?.agents ?? [];
   return html`<section>
     <h2>Agents</h2>
     <div class="bar">
@@ -317,12 +322,12 @@ function AgentsView({ tiers }) {
       <label><input type="checkbox" name="errors" checked=${errors} onChange=${(e) => setErrors(e.currentTarget.checked)} /> with errors</label>
       <label><input type="checkbox" name="behind" checked=${behind} onChange=${(e) => setBehind(e.currentTarget.checked)} /> behind the head</label>
       <input type="search" name="host" placeholder="host id contains" value=${host} onInput=${(e) => setHost(e.currentTarget.value)} />
-      ${a.data ? html`<span class="muted" id="agents-count">${n(shown.length)} of ${n(a.data.total)} agents; head version ${a.data.headVersion ?? '-'}</span>` : null}
+      ${a.data ? html`<span class="muted" id="agents-count">${n(a.data.matched)} of ${n(a.data.total)} agents; head version ${a.data.headVersion ?? '-'}</span>` : null}
     </div>
     <${ErrorLine} error=${a.error} />
     <table id="agents">
       <thead><tr><th>host</th><th>version</th><th>mode</th><th>cohort</th><th>last error</th><th class="num">reported / blocked</th><th>last seen</th></tr></thead>
-      <tbody>${shown.slice(0, 300).map(
+      <tbody>${shown.map(
         (x) => html`<tr>
           <td>${x.hostId}</td>
           <td class=${x.behind ? 'warn' : ''}>${x.configVersion ?? '-'}${x.behind ? ' (behind)' : ''}</td>
@@ -333,7 +338,7 @@ function AgentsView({ tiers }) {
         </tr>`,
       )}</tbody>
     </table>
-    ${shown.length > 300 ? html`<p class="muted">First 300 shown; narrow with the filters.</p>` : null}
+    ${a.data && a.data.matched > shown.length ? html`<p class="muted">First ${shown.length} shown; narrow with the filters.</p>` : null}
   </section>`;
 }
 

@@ -134,6 +134,27 @@ test('the API answers a viewer: services, the search, the series, the preview by
       ['sshd.service', AGENTS],
     ],
   );
+  assert.equal(services.services[0]!.reported, 4 * 10 + 0 + 3 + 6 + 9);
+  // A new summary replaces the host's old one in the totals; a summary gone takes its entries
+  // away; one whose body names another host than its key is dropped and counted.
+  const etcdClient = createEtcdClient({ endpoints: etcd.endpoints });
+  try {
+    await writeFleetSummaries(2);
+    await until('the totals of round 2', async () => (await c.services(TIER)).services[0]!.reported === 4 * 20 + 18);
+    await etcdClient.delete().key(`/sslwall/summary/${TIER}/${hostId('sim-', 0)}`);
+    await until('a host gone from the totals', async () => {
+      const s = (await c.services(TIER)).services.find((x) => x.service === SERVICE);
+      return s?.hosts === 3 && s.reported === 3 * 20 + 18;
+    });
+    await etcdClient.put(`/sslwall/summary/${TIER}/${hostId('sim-', 1)}`).value(JSON.stringify(labSummary(TIER, hostId('sim-', 0), [])));
+    await until('the misplaced summary counted', async () =>
+      /sslwall_engine_summary_rejected_total\{reason="misplaced"\} 1/.test(await (await fetch(`${engine.url}/metrics`)).text()),
+    );
+  } finally {
+    etcdClient.close();
+  }
+  await writeFleetSummaries(1);
+  await until('every host back', async () => (await c.services(TIER)).hosts === AGENTS);
   const hits = await c.violations('billing');
   assert.equal(hits.total, 4, JSON.stringify(hits));
   assert.ok(hits.entries.every((e) => e.serviceName === SERVICE && e.verdict === 'reported' && e.remote.port === 5432));
