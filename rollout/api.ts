@@ -484,11 +484,8 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity, op
     { schema: { params: api.TierParams, querystring: api.AgentsQuery, response: { 200: api.AgentsPageResponse } } },
     async (req) => {
       const { tier } = req.params;
-      const { host, limit, offset } = req.query;
       const head = await engine.store.head(tier);
-      const r = tierAgents(engine.health, tier, head?.doc.version ?? null, req.query);
-      const matched = host ? r.agents.filter((a) => a.hostId.includes(host)) : r.agents;
-      return { ...r, matched: matched.length, agents: matched.slice(offset, limit === undefined ? undefined : offset + limit) };
+      return tierAgents(engine.health, tier, head?.doc.version ?? null, req.query);
     },
   );
   app.get('/api/hosts/:host/agent', { schema: { params: api.HostParams, response: { 200: api.AgentView } } }, async (req) => {

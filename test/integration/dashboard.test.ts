@@ -15,6 +15,7 @@ import { type Browser, chromium, type Locator, type Page } from 'playwright-core
 import { addUser } from '../../rollout/auth.js';
 import { EngineClient } from '../../rollout/client.js';
 import { createEtcdClient } from '../../schemas/etcd.js';
+import { runHost } from '../../tools/lab/agent-proc.js';
 import { type EtcdServer, startEtcd } from '../../tools/lab/etcd.js';
 import { EngineProc, type Keys, makeKeys, SimProc } from '../../tools/lab/fleet.js';
 import { PROGRAMS } from '../../tools/lab/prerequisites.js';
@@ -168,6 +169,16 @@ test('the API answers a viewer: services, the search, the series, the preview by
   const preview = await c.preview(TIER, 100);
   assert.equal(preview.joining.length, AGENTS);
   assert.equal(preview.services.find((s) => s.service === SERVICE)?.hosts, 4, JSON.stringify(preview.services));
+  // The same answer in a terminal: sslwall violations.
+  const tokenFile = path.join(logDir, 'viewer-token');
+  fs.writeFileSync(tokenFile, `${viewer}\n`, { mode: 0o600 });
+  const cli = await runHost(['violations', '--search', 'billing', '--engine', engine.url, '--token-file', tokenFile]);
+  assert.equal(cli.code, 0, cli.stderr);
+  assert.match(cli.stdout, /^"billing" is affected: 4 entries on 4 hosts; passive mode saw \d+ plaintext connections/);
+  assert.match(cli.stdout, /legacy-billing\.service +sim-\d+ +web +out +10\.20\.0\.5:5432 +reported/);
+  const list = await runHost(['violations', '--tier', TIER, '--json', '--engine', engine.url, '--token-file', tokenFile]);
+  assert.equal(list.code, 0, list.stderr);
+  assert.equal((JSON.parse(list.stdout) as { total: number }).total, 2);
   const refused = await fetch(`${engine.url}/api/violations?q=billing`);
   assert.equal(refused.status, 401, 'the search needs a token');
   const page = await fetch(`${engine.url}/`);
