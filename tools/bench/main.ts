@@ -36,7 +36,7 @@ const USAGE = `Usage: sslwall bench [--json] [--only NAME,...] [--list] [--fleet
        npm run bench -- [--json] [--only NAME,...] [--list] [--fleet-agents N]
 
 Runs the benchmarks (docs/bench.md); each figure is printed with a baseline measured in the
-same run. Needs root (BPF_PROG_TEST_RUN, network namespaces). Takes about 8 minutes, 3-4 of
+same run. Needs root (BPF_PROG_TEST_RUN, network namespaces). Takes about 9 minutes, 3-4 of
 them the fleet bench (--only to pick).
 
 Options:
