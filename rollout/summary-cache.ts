@@ -5,7 +5,6 @@
 // On top of the documents it answers the service owner's questions (docs/dashboard.md): a tier's
 // services, a search by service, host or destination, and each service's totals over time,
 // sampled in memory (bounded: SERIES_POINTS points of at most SERIES_SERVICES services a tier).
-import { EventEmitter } from 'node:events';
 import type { Etcd3, Watcher } from 'etcd3';
 import type { Logger } from 'pino';
 import client from 'prom-client';
@@ -95,7 +94,7 @@ function top(dests: Iterable<{ addr: string; port: number; count: number }>): Se
   return out;
 }
 
-export class SummaryCache extends EventEmitter {
+export class SummaryCache {
   /** key: tier/hostId */
   private readonly held = new Map<string, Held>();
   /** tier → hosts with a summary and the running totals per service: a change costs its entries, not a scan of the tier. */
@@ -106,7 +105,8 @@ export class SummaryCache extends EventEmitter {
   private watcher: Watcher | null = null;
   private sampler: NodeJS.Timeout | undefined;
   private stopped = false;
-  ready = false;
+  /** The first read is done (the first sample is taken then). */
+  private ready = false;
   readonly rejected = new client.Counter({
     name: 'sslwall_engine_summary_rejected_total',
     help: 'Agent violation summaries the engine dropped: misplaced (the body names another tier or host than its key) or invalid (unreadable, or over its bounds)',
@@ -120,9 +120,7 @@ export class SummaryCache extends EventEmitter {
     private readonly log: Logger,
     /** ms between samples of the per-service totals. */
     readonly sampleMs = 60_000,
-  ) {
-    super();
-  }
+  ) {}
 
   start(): void {
     void this.loop();
@@ -134,10 +132,6 @@ export class SummaryCache extends EventEmitter {
     this.stopped = true;
     clearInterval(this.sampler);
     await this.watcher?.cancel().catch(() => undefined);
-  }
-
-  get size(): number {
-    return this.held.size;
   }
 
   summary(tier: string, hostId: string): Summary | undefined {
