@@ -8,7 +8,7 @@
 // through an EtcdTransport (agent/etcd-client.ts), so the simulator runs this same loop.
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
-import { backoffMs } from '../schemas/etcd.js';
+import { backoffMs, isPermissionDenied } from '../schemas/etcd.js';
 import type { EtcdTransport, Guard, KeyState } from './etcd-client.js';
 
 export type { KeyState } from './etcd-client.js';
@@ -99,7 +99,9 @@ export class TierWatch extends EventEmitter<{ snapshot: [s: Snapshot, reason: st
         }
       } catch (err) {
         if (this.stopped) return;
-        this.log.warn({ event: 'etcd_unreachable', err: (err as Error).message, attempt }, 'etcd read failed; retrying');
+        if (isPermissionDenied(err))
+          this.log.error({ event: 'etcd_denied', code: 'SSLWALL_E_ETCD_DENIED', err: (err as Error).message, attempt }, 'etcd refused the read; retrying');
+        else this.log.warn({ event: 'etcd_unreachable', err: (err as Error).message, attempt }, 'etcd read failed; retrying');
       }
       this.setState('backoff');
       await new Promise<void>((resolve) => {

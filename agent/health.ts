@@ -4,7 +4,7 @@
 // TTL) is granted again and the key re-written. The etcd calls go through an EtcdTransport
 // (agent/etcd-client.ts), so the simulator runs this same reporter.
 import type { Logger } from 'pino';
-import { backoffMs } from '../schemas/etcd.js';
+import { backoffMs, isPermissionDenied } from '../schemas/etcd.js';
 import type { Health } from '../schemas/tier.js';
 import { type EtcdTransport, type Guard, isLeaseGone } from './etcd-client.js';
 
@@ -148,7 +148,9 @@ export class HealthReporter {
       this.writeErrors++;
       this.failures++;
       this.dirty = true;
-      this.log.debug({ event: 'health_put_failed', err: (err as Error).message }, 'health not written');
+      if (isPermissionDenied(err))
+        this.log.error({ event: 'health_put_denied', code: 'SSLWALL_E_ETCD_DENIED', err: (err as Error).message }, 'etcd refused the health write');
+      else this.log.debug({ event: 'health_put_failed', err: (err as Error).message }, 'health not written');
       if (isLeaseGone(err)) this.lost(lease);
     } finally {
       this.lastAt = Date.now();

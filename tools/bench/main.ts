@@ -11,6 +11,7 @@ import { parseArgs } from 'node:util';
 import { agentIdle, type Figure, hotSwap, propagation } from './agent.js';
 import { alarmBench } from './alarm.js';
 import { dashboardBench } from './dashboard.js';
+import { etcdProvision } from './etcd-auth.js';
 import { fleet, fleetOptions } from './fleet.js';
 import { connectRate, vethThroughput } from './net.js';
 import { round } from './stats.js';
@@ -30,6 +31,7 @@ export const BENCHES: Bench[] = [
   alarmBench,
   dashboardBench,
   ttlsBench,
+  etcdProvision,
 ];
 
 const USAGE = `Usage: sslwall bench [--json] [--only NAME,...] [--list] [--fleet-agents N]

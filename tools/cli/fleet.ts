@@ -55,7 +55,9 @@ Options:
   --insecure            allow no --users (anyone may do anything), or plain HTTP on a
                         non-loopback address
   --etcd-prefix P       key prefix                                            [/sslwall/]
-  --etcd-cacert/--etcd-cert/--etcd-key FILE   TLS to etcd
+  --etcd-cacert/--etcd-cert/--etcd-key FILE   TLS to etcd; with etcd's auth on, the
+                        certificate's CN is the etcd user (sslwall-engine: sslwall etcd setup)
+  --etcd-user NAME --etcd-password-file FILE   or password auth to etcd
   --id ID               this replica's name in the election            [hostname-pid]
   --lease-ttl S         leader lease TTL in seconds                                 [5]
   --history-keep N      config versions kept per tier; older ones are pruned     [100]
@@ -86,6 +88,8 @@ export async function engineCommand(args: string[]): Promise<number> {
       'etcd-cacert': { type: 'string' },
       'etcd-cert': { type: 'string' },
       'etcd-key': { type: 'string' },
+      'etcd-user': { type: 'string' },
+      'etcd-password-file': { type: 'string' },
       id: { type: 'string' },
       'lease-ttl': { type: 'string' },
       'history-keep': { type: 'string' },
@@ -133,6 +137,8 @@ export async function engineCommand(args: string[]): Promise<number> {
         cacert: v['etcd-cacert'] as string | undefined,
         cert: v['etcd-cert'] as string | undefined,
         key: v['etcd-key'] as string | undefined,
+        user: v['etcd-user'] as string | undefined,
+        passwordFile: v['etcd-password-file'] as string | undefined,
       },
       signingKey: String(v['signing-key']),
       id,

@@ -35,6 +35,7 @@ Commands:
   rollout     start, watch and steer staged rollouts (through the engine)
   agents      the agents of a tier: version, mode, cohort, errors, last seen (through the engine)
   violations  plaintext connections by service, host and destination: is my traffic affected?
+  etcd        set up etcd's auth and provision hosts' users and roles (least privilege)
   keygen      make the ed25519 key pair that signs tier documents
   token       add a user to the engine's users file and print its new token
   simulate    run N simulated agents against etcd (tests, benchmarks)
@@ -61,7 +62,10 @@ Config source, one of:
     --etcd-prefix P       key prefix                                         [/sslwall/]
     --etcd-cacert FILE    CA bundle for https:// endpoints
     --etcd-cert FILE      client certificate (mutual TLS)
-    --etcd-key FILE       client key
+    --etcd-key FILE       client key; with etcd's auth on, the certificate's CN is the etcd
+                          user (sslwall-host-<ID>: sslwall etcd provision)
+    --etcd-user NAME      etcd user for password auth instead...
+    --etcd-password-file FILE  ...and the file holding its password
     --verify-key FILE|DIR the engine's ed25519 public key (verify.pub), or a folder whose *.pub
                           files are all accepted (re-read when they change); repeat for more.
                           Documents not signed by one of them are refused like invalid ones
@@ -94,6 +98,8 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
       'etcd-cacert': { type: 'string' },
       'etcd-cert': { type: 'string' },
       'etcd-key': { type: 'string' },
+      'etcd-user': { type: 'string' },
+      'etcd-password-file': { type: 'string' },
       'verify-key': { type: 'string', multiple: true },
       'insecure-unsigned': { type: 'boolean' },
       iface: { type: 'string', multiple: true },
@@ -128,13 +134,21 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
         if (verifyKeys.length) Verifier.fromSources(verifyKeys); // fail now, not at the first document
         if ((v['etcd-cert'] || v['etcd-key']) && !v['etcd-cacert'])
           throw usage('--etcd-cert/--etcd-key need --etcd-cacert (client certificates are for https:// endpoints)');
+        if (v['etcd-user'] && !v['etcd-password-file']) throw usage('--etcd-user needs --etcd-password-file FILE');
         source = {
           kind: 'etcd',
           verifyKeys,
           tier,
           hostId: str(v['host-id']) ?? defaultHostId(),
           prefix: str(v['etcd-prefix']) ?? '/sslwall/',
-          conn: { endpoints, cacert: str(v['etcd-cacert']), cert: str(v['etcd-cert']), key: str(v['etcd-key']) },
+          conn: {
+            endpoints,
+            cacert: str(v['etcd-cacert']),
+            cert: str(v['etcd-cert']),
+            key: str(v['etcd-key']),
+            user: str(v['etcd-user']),
+            passwordFile: str(v['etcd-password-file']),
+          },
         };
       }
       const ttlsFiles = [str(v['ttls-cert']), str(v['ttls-key']), str(v['ttls-ca'])];
@@ -269,6 +283,7 @@ A running engine picks the change up within 5 s. Roles (docs/security.md):
 const GROUPS: Record<string, (args: string[]) => Promise<number>> = {
   engine: engineCommand,
   keygen: keygenCommand,
+  etcd: async (args) => ((await import(modulePath('./etcd.js'))) as { etcdCommand(a: string[]): Promise<number> }).etcdCommand(args),
   config: configCommand,
   rollout: rolloutCommand,
   agents: agentsCommand,
