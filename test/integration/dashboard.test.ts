@@ -5,7 +5,8 @@
 // viewer token and checks the tier view, the service search for a service that made plaintext
 // connections in passive mode (its answer, chart and rows), the preview by service and host, and
 // the agents list with a filter, at 1366x768, with no console error and no failed request.
-// Screenshots go to docs/img/ (docs/dashboard.md shows them).
+// Screenshots go to a temporary folder, or to docs/img/ (which docs/dashboard.md shows) with
+// SSLWALL_SCREENSHOTS=docs: a test run does not change the checkout unless asked to.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -23,7 +24,10 @@ import { type LabViolation, labSummary, writeSummaries } from '../../tools/lab/s
 import { hostId } from '../../tools/simulate/shared.js';
 
 const CHROMIUM = PROGRAMS.chromium.path;
-const IMG = path.resolve(import.meta.dirname, '../../../docs/img');
+const IMG =
+  process.env.SSLWALL_SCREENSHOTS === 'docs'
+    ? path.resolve(import.meta.dirname, '../../../docs/img')
+    : fs.mkdtempSync(path.join(os.tmpdir(), 'sslwall-dashboard-img-'));
 const TIER = 'web';
 const AGENTS = 12;
 /** The service whose owner asks: it talks plaintext to a database from four hosts, in passive mode. */
@@ -63,6 +67,7 @@ after(async () => {
   await etcd?.destroy();
   if (keys) fs.rmSync(keys.dir, { recursive: true, force: true });
   if (logDir) fs.rmSync(logDir, { recursive: true, force: true });
+  if (process.env.SSLWALL_SCREENSHOTS !== 'docs') fs.rmSync(IMG, { recursive: true, force: true });
 });
 
 /** Every host has a summary; four run the billing service, which grows by `round` connections each time. */
