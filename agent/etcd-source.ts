@@ -408,6 +408,7 @@ export class EtcdAgentSource {
       violationsBlocked: by('plaintext', 'blocked'),
       remoteViolationsReported: Number(c.remoteReported),
       remoteViolationsBlocked: Number(c.remoteBlocked),
+      midstreamUnknown: by('midstream_unknown', 'allowed'),
       flows: this.liveFlows.count,
       evictions: Math.max(0, created - closed - this.liveFlows.count),
     };

@@ -98,6 +98,11 @@ export interface Counters {
   remoteReported: bigint;
   remoteBlocked: bigint;
   selfInsertFailed: bigint;
+  /** IPv6 header chains longer than the parser walks; of those and the fragments, dropped (active mode). */
+  extHdrLimit: bigint;
+  parseDropped: bigint;
+  /** Segments of undecided flows ahead of the next expected byte, passed unjudged. */
+  outOfOrder: bigint;
   byClass: Array<{ class: string; verdict: string; value: bigint }>;
 }
 
@@ -131,6 +136,9 @@ export function readCounters(counters: MapHandle): Counters {
     remoteReported: read(SslwallCounter.SSLWALL_CNT_REMOTE_REPORTED),
     remoteBlocked: read(SslwallCounter.SSLWALL_CNT_REMOTE_BLOCKED),
     selfInsertFailed: read(SslwallCounter.SSLWALL_CNT_SELF_INSERT_FAILED),
+    extHdrLimit: read(SslwallCounter.SSLWALL_CNT_EXT_HDR_LIMIT),
+    parseDropped: read(SslwallCounter.SSLWALL_CNT_PARSE_DROPPED),
+    outOfOrder: read(SslwallCounter.SSLWALL_CNT_OUT_OF_ORDER),
     byClass,
   };
 }
