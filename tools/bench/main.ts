@@ -169,7 +169,8 @@ function table(results: BenchResult[], failures: Failure[]): string {
   const baselineNote = [
     'Baselines: tc_* = sslwall_empty on the same packet, same repeat; veth_throughput*/connect_rate = an identical test bed without any filter, runs alternating;',
     '  propagation_* = a bare etcd3 watcher on the same path; hot_swap_* = the same transfer before the swaps; agent_* = an idle node process;',
-    '  fleet_propagation/rollback = one bare etcd3 watcher; dead_agent_detect_ms = the lease TTL; reconnect_relists_per_agent = 1 re-read per agent.',
+    '  fleet_propagation/fanout/rollback = one bare etcd3 watcher; fleet_change_cpu_ms_per_agent = a bare watcher receiving the change;',
+    '  dead_agent_detect_ms = the lease TTL; reconnect_relists_per_agent = 1 re-read per agent.',
     '  alarm_to_rollback_e2e_ms = the same Prometheus + Alertmanager notifying a bare webhook receiver, same runs.',
     '  dashboard_api_ms_p99 = GET /healthz on the same engine, interleaved.',
     '  ttls_* = stunnel4 client -> stunnel4 server with the same certificates and data; ttls_connect_rate = TTLS without multiplexing; ttls_rss_1000_mb = the proxy before.',
