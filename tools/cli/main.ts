@@ -17,6 +17,7 @@ import { exitCodeFor, SslwallError } from '../../schemas/errors.js';
 import { Verifier } from '../../schemas/signing.js';
 import { agentsCommand } from './agents.js';
 import { configCommand, engineCommand, keygenCommand, rolloutCommand } from './fleet.js';
+import { violationsCommand } from './violations.js';
 
 const VERSION = '0.1.0';
 
@@ -34,6 +35,7 @@ Commands:
   config      set, get, diff and revert tier config versions (through the engine)
   rollout     start, watch and steer staged rollouts (through the engine)
   agents      the agents of a tier: version, mode, cohort, errors, last seen (through the engine)
+  violations  plaintext connections by service, host and destination: is my traffic affected?
   etcd        set up etcd's auth and provision hosts' users and roles (least privilege)
   keygen      make the ed25519 key pair that signs tier documents
   token       add a user to the engine's users file and print its new token
@@ -295,6 +297,7 @@ const GROUPS: Record<string, (args: string[]) => Promise<number>> = {
   config: configCommand,
   rollout: rolloutCommand,
   agents: agentsCommand,
+  violations: violationsCommand,
   simulate: async (args) => ((await import(modulePath('../simulate/main.js'))) as { main(a: string[]): Promise<number> }).main(args),
   bench: async (args) => ((await import(modulePath('../bench/main.js'))) as { main(a: string[]): Promise<number> }).main(args),
   up: async (args) => ((await import(modulePath('./up.js'))) as { upCommand(a: string[]): Promise<number> }).upCommand(args),
