@@ -9,10 +9,11 @@ import { SslwallError } from '../schemas/errors.js';
 import type { EtcdConnection } from '../schemas/etcd.js';
 import { applyConfig, type BypassCgroup, claimSelf, currentMode } from './apply.js';
 import { ensureBypassCgroup } from './cgroup.js';
+import { CgroupNames } from './cgroup-names.js';
 import { readConfigFile, watchConfigFile } from './config-file.js';
 import { Datapath } from './datapath.js';
 import { EtcdAgentSource } from './etcd-source.js';
-import { destroyBlocked, startEventPump } from './events.js';
+import { destroyBlocked, type EventSinks, startEventPump } from './events.js';
 import { routeInterfaces } from './interfaces.js';
 import { createMetrics, serveMetrics } from './metrics.js';
 import { plaintextControlWarnings, seedOwnFlows, selfProtection } from './self.js';
@@ -164,6 +165,12 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
 
   let stopSource: () => Promise<void>;
   let eventFields: Record<string, unknown> = {};
+  const sinks: EventSinks = { names: CgroupNames.open(opts.cgroup) };
+  if (!sinks.names!.root)
+    log.warn(
+      { event: 'cgroup_names_unavailable', cgroup: opts.cgroup ?? null },
+      'no cgroup v2 hierarchy: violations name their process, not their unit or cgroup',
+    );
   if (opts.source.kind === 'file') {
     const file = opts.source.configFile;
     const reload = (reason: string) => {
@@ -188,6 +195,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
     const warnings = await plaintextControlWarnings(src.conn.cacert ? [] : src.conn.endpoints, ifaces, log);
     const etcd = new EtcdAgentSource(src, dp, status, { apply, keep, refuse }, metrics, log, AGENT_VERSION, () => warnings);
     etcd.start();
+    sinks.onViolation = (v, atMs) => etcd.violation(v, atMs);
     // SIGHUP would kill the process by default; in etcd mode there is no file to re-read.
     const onHup = () => log.info({ event: 'sighup_ignored' }, 'SIGHUP: etcd mode follows the watch; nothing to re-read');
     process.on('SIGHUP', onHup);
@@ -196,7 +204,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
       await etcd.stop();
     };
   }
-  const poller = startEventPump(dp, log, metrics, eventFields);
+  const poller = startEventPump(dp, log, metrics, { ...sinks, fields: eventFields });
 
   log.info(
     { event: 'agent_ready', ifaces, mode: status.applied?.config.mode ?? 'unset', bpffs: opts.bpffs, features: dp.features, ...eventFields },

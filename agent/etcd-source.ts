@@ -31,6 +31,8 @@ import { DEFAULT_HEALTH, type HealthOptions, HealthReporter } from './health.js'
 import type { Metrics } from './metrics.js';
 import type { AppliedDocuments, AppliedMeta } from './state.js';
 import type { AgentStatus } from './status.js';
+import { SummaryBuilder, type Violation } from './summary.js';
+import { DEFAULT_SUMMARY_PUBLISH, SummaryPublisher, type SummaryPublishOptions } from './summary-publisher.js';
 import { type StepTimes, timed } from './timing.js';
 
 export interface EtcdSourceOptions {
@@ -222,6 +224,8 @@ export interface FollowerOptions {
   verifier: Verifier | null;
   agentVersion: string;
   health?: HealthOptions;
+  /** The violation summary, published under the health lease; none: nothing published (a simulated agent may leave it out). */
+  summary?: { builder: SummaryBuilder; publish?: SummaryPublishOptions };
 }
 
 /** Where the health document's counters and features come from (the kernel's maps, or simulated). */
@@ -236,6 +240,7 @@ export interface HostFacts {
 export class EtcdFollower {
   readonly watch: TierWatch;
   readonly health: HealthReporter;
+  readonly summary: SummaryPublisher | null;
   readonly breaker;
   connected = false;
   watchRevision: number | null = null;
@@ -259,6 +264,24 @@ export class EtcdFollower {
     this.breaker = breaker;
     this.watch = new TierWatch(transport, guard, this.tierKey, this.overrideKey, log);
     this.health = new HealthReporter(transport, guard, opts.keys.health(opts.tier, opts.hostId), log, opts.health ?? DEFAULT_HEALTH, onHealthWritten);
+    this.summary = opts.summary
+      ? new SummaryPublisher(
+          transport,
+          guard,
+          opts.keys.summary(opts.tier, opts.hostId),
+          opts.summary.builder,
+          this.health,
+          log,
+          opts.summary.publish ?? DEFAULT_SUMMARY_PUBLISH,
+        )
+      : null;
+  }
+
+  /** A violation seen here: counted in the summary, which is published later (never one write per violation). */
+  violation(v: Violation, atMs: number): void {
+    if (!this.summary) return;
+    this.opts.summary!.builder.add(v, atMs);
+    this.summary.notify();
   }
 
   start(): void {
@@ -271,6 +294,8 @@ export class EtcdFollower {
   /** revoke false: as a killed agent (simulated), the lease is left to expire. True when the lease was revoked. */
   async stop(revoke = true): Promise<boolean> {
     await this.watch.stop();
+    // Before the lease goes: a summary write after the revoke would fail, or land under a new lease.
+    await this.summary?.stop();
     const revoked = await this.health.stop(revoke);
     this.breaker.shutdown();
     return revoked;
@@ -370,6 +395,7 @@ export class EtcdAgentSource {
       hostId: opts.hostId,
       verifier: opts.verifyKeys.length ? Verifier.fromSources(opts.verifyKeys) : null,
       agentVersion: version,
+      summary: { builder: new SummaryBuilder(opts.hostId, opts.tier, Date.now()) },
     };
     this.follower = new EtcdFollower(
       this.transport,
@@ -394,6 +420,10 @@ export class EtcdAgentSource {
   async stop(): Promise<void> {
     await this.follower.stop(true);
     this.transport.close();
+  }
+
+  violation(v: Violation, atMs: number): void {
+    this.follower.violation(v, atMs);
   }
 
   private counters(): Health['counters'] {

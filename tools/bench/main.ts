@@ -15,6 +15,7 @@ import { etcdProvision } from './etcd-auth.js';
 import { fleet, fleetOptions } from './fleet.js';
 import { connectRate, vethThroughput } from './net.js';
 import { round } from './stats.js';
+import { summaryBench } from './summary.js';
 import { tcFastpath, tcFirstPacket } from './tc.js';
 import { ttlsBench } from './ttls.js';
 import type { Bench, BenchResult } from './types.js';
@@ -32,6 +33,7 @@ export const BENCHES: Bench[] = [
   dashboardBench,
   ttlsBench,
   etcdProvision,
+  summaryBench,
 ];
 
 const USAGE = `Usage: sslwall bench [--json] [--only NAME,...] [--list] [--fleet-agents N]
@@ -174,6 +176,7 @@ function table(results: BenchResult[], failures: Failure[]): string {
     '  alarm_to_rollback_e2e_ms = the same Prometheus + Alertmanager notifying a bare webhook receiver, same runs.',
     '  dashboard_api_ms_p99 = GET /healthz on the same engine, interleaved.',
     '  ttls_* = stunnel4 client -> stunnel4 server with the same certificates and data; ttls_connect_rate = TTLS without multiplexing; ttls_rss_1000_mb = the proxy before.',
+    "  summary_bytes_* = the same agent's health document; summary_add_ns = building the same violation's log line fields and JSON.",
     'Targets in units (ms, MB, %, a count) apply to VALUE; targets with × apply to RATIO.',
   ].join('\n');
   return [line(header), ...rows.map(line), '', baselineNote, ''].join('\n');
