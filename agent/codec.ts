@@ -139,6 +139,7 @@ export const classNames: Record<number, string> = {
   [SslwallClass.SSLWALL_CLASS_CONNECT]: 'connect',
   [SslwallClass.SSLWALL_CLASS_BYPASS]: 'bypass',
   [SslwallClass.SSLWALL_CLASS_PLAINTEXT]: 'plaintext',
+  [SslwallClass.SSLWALL_CLASS_MIDSTREAM_UNKNOWN]: 'midstream_unknown',
 };
 
 export const verdictNames: Record<number, string> = {

@@ -6,7 +6,7 @@
 
 import { type Etcd3, EtcdLeaseInvalidError, type IKeyValue, type Lease, type Namespace } from 'etcd3';
 import CircuitBreaker from 'opossum';
-import { createEtcdClient, type EtcdConnection } from '../schemas/etcd.js';
+import { createEtcdClient, type EtcdConnection, explainDenied, isPermissionDenied } from '../schemas/etcd.js';
 
 export interface KeyState {
   value: Buffer;
@@ -46,6 +46,28 @@ export function isLeaseGone(err: unknown): boolean {
   return err instanceof EtcdLeaseInvalidError || /lease not found/i.test(String((err as Error)?.message));
 }
 
+/**
+ * What an agent's etcd user lacks when etcd refuses it one of its keys, with the command that
+ * provisions it (rollout/etcd-roles.ts); the keys name the tier and host.
+ */
+function missingGrant(keys: string[]): string {
+  const tier = keys.map((k) => /tiers\/([^/]+)\/config$/.exec(k)?.[1] ?? /health\/([^/]+)\/[^/]+$/.exec(k)?.[1]).find(Boolean) ?? 'TIER';
+  const host = keys.map((k) => /hosts\/([^/]+)\/override$/.exec(k)?.[1] ?? /health\/[^/]+\/([^/]+)$/.exec(k)?.[1]).find(Boolean) ?? 'HOST';
+  return (
+    `etcd user sslwall-host-${host} (its certificate's CN, or --etcd-user) with roles sslwall-tier-${tier} (read tiers/${tier}/config) ` +
+    `and sslwall-host-${host} (read hosts/${host}/override, write health/${tier}/${host} and summary/${tier}/${host}); ` +
+    `provision them with: sslwall etcd provision --etcd URL --tier ${tier} --host ${host} (as etcd's root)`
+  );
+}
+
+async function denied<T>(call: Promise<T>, attempted: string, keys: string[]): Promise<T> {
+  try {
+    return await call;
+  } catch (err) {
+    throw explainDenied(err, attempted, missingGrant(keys));
+  }
+}
+
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** Both of the agent's keys at one revision, in one read-only transaction. */
@@ -80,7 +102,8 @@ export function watchKeys(ns: Etcd3 | Namespace, keys: string[], fromRevision: n
 
 /**
  * The real agent's transport: one etcd3 client for reads, leases and puts, and one for the
- * watch, replaced after a broken watch stream (etcd3's WatchManager would re-create the old
+ * watch on a connection of its own (on a shared one its events arrived ~10 ms late: see
+ * createEtcdClient), replaced after a broken watch stream (etcd3's WatchManager would re-create the old
  * watchers from the server's current revision, skipping what we missed). The health lease is
  * etcd3's Lease (its own keepalive stream, "lost" when etcd says it is gone).
  */
@@ -91,11 +114,11 @@ export class Etcd3Transport implements EtcdTransport {
 
   constructor(private readonly conn: EtcdConnection) {
     this.client = createEtcdClient(conn);
-    this.watchClient = createEtcdClient(conn);
+    this.watchClient = createEtcdClient(conn, { ownConnection: true });
   }
 
   read(keys: string[]) {
-    return readKeys(this.client, keys);
+    return denied(readKeys(this.client, keys), `reading ${keys.join(' and ')}`, keys);
   }
 
   watch(keys: string[], fromRevision: number, h: WatchHandlers) {
@@ -104,7 +127,7 @@ export class Etcd3Transport implements EtcdTransport {
 
   renew(): void {
     this.watchClient.close();
-    this.watchClient = createEtcdClient(this.conn);
+    this.watchClient = createEtcdClient(this.conn, { ownConnection: true });
   }
 
   async grantLease(ttlS: number, onLost: () => void): Promise<string> {
@@ -135,7 +158,7 @@ export class Etcd3Transport implements EtcdTransport {
   }
 
   async put(key: string, value: string, leaseId: string): Promise<void> {
-    await this.client.put(key).value(value).lease(leaseId).exec();
+    await denied(this.client.put(key).value(value).lease(leaseId).exec(), `writing ${key}`, [key]);
   }
 
   close(): void {
@@ -153,8 +176,8 @@ export type Guard = <T>(call: () => Promise<T>) => Promise<T>;
  * The agent's one breaker over its unary etcd calls (read, lease grant, health put): while etcd
  * fails, the read retries, lease re-grants and health ticks fail at once instead of each waiting
  * for a deadline, and one call probes after resetTimeout. No timeout of its own: every unary call
- * already has etcd3's 5 s deadline (schemas/etcd.ts). "Lease not found" is an answer from a
- * working etcd, not a failure.
+ * already has etcd3's 5 s deadline (schemas/etcd.ts). "Lease not found" and "permission denied"
+ * are answers from a working etcd, not failures.
  */
 export function etcdBreaker(): { breaker: CircuitBreaker<[() => Promise<unknown>], unknown>; guard: Guard } {
   const breaker = new CircuitBreaker((call: () => Promise<unknown>) => call(), {
@@ -163,7 +186,16 @@ export function etcdBreaker(): { breaker: CircuitBreaker<[() => Promise<unknown>
     errorThresholdPercentage: 50,
     volumeThreshold: 3,
     resetTimeout: 3000,
-    errorFilter: isLeaseGone,
+    // Idle cost: opossum rotates its rolling window from a timer per bucket and emits a stats
+    // snapshot (with latency percentiles) from another. The failure rate over the last 10 s in
+    // two 5-s buckets opens the breaker as well; snapshots and percentiles nothing here reads.
+    rollingCountTimeout: 10000,
+    rollingCountBuckets: 2,
+    enableSnapshots: false,
+    rollingPercentilesEnabled: false,
+    // A refusal for missing roles is an answer too; counted, it would open the breaker and
+    // hide etcd's reason behind "breaker is open".
+    errorFilter: (err: unknown) => isLeaseGone(err) || isPermissionDenied(err),
   });
   return { breaker, guard: <T>(call: () => Promise<T>) => breaker.fire(call) as Promise<T> };
 }

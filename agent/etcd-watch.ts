@@ -8,7 +8,7 @@
 // through an EtcdTransport (agent/etcd-client.ts), so the simulator runs this same loop.
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
-import { backoffMs } from '../schemas/etcd.js';
+import { backoffMs, isPermissionDenied } from '../schemas/etcd.js';
 import type { EtcdTransport, Guard, KeyState } from './etcd-client.js';
 
 export type { KeyState } from './etcd-client.js';
@@ -18,6 +18,8 @@ export interface Snapshot {
   override: KeyState | null;
   /** Highest revision seen on the watch (or the read). */
   revision: number;
+  /** Epoch ms (sub-ms) when the watch event that made this snapshot reached this process's JavaScript. */
+  receivedAt?: number;
 }
 
 export type WatchState = 'reading' | 'watching' | 'disconnected' | 'backoff' | 'stopped';
@@ -99,7 +101,9 @@ export class TierWatch extends EventEmitter<{ snapshot: [s: Snapshot, reason: st
         }
       } catch (err) {
         if (this.stopped) return;
-        this.log.warn({ event: 'etcd_unreachable', err: (err as Error).message, attempt }, 'etcd read failed; retrying');
+        if (isPermissionDenied(err))
+          this.log.error({ event: 'etcd_denied', code: 'SSLWALL_E_ETCD_DENIED', err: (err as Error).message, attempt }, 'etcd refused the read; retrying');
+        else this.log.warn({ event: 'etcd_unreachable', err: (err as Error).message, attempt }, 'etcd read failed; retrying');
       }
       this.setState('backoff');
       await new Promise<void>((resolve) => {
@@ -137,7 +141,7 @@ export class TierWatch extends EventEmitter<{ snapshot: [s: Snapshot, reason: st
           if (done) return;
           current[which[i]!] = kv;
           current.revision = Math.max(current.revision, kv.modRevision);
-          this.emit('snapshot', { ...current }, `${which[i]}_put`);
+          this.emit('snapshot', { ...current, receivedAt: performance.timeOrigin + performance.now() }, `${which[i]}_put`);
         },
         delete: (i, modRevision) => {
           if (done) return;

@@ -4,7 +4,7 @@
 // TTL) is granted again and the key re-written. The etcd calls go through an EtcdTransport
 // (agent/etcd-client.ts), so the simulator runs this same reporter.
 import type { Logger } from 'pino';
-import { backoffMs } from '../schemas/etcd.js';
+import { backoffMs, isPermissionDenied } from '../schemas/etcd.js';
 import type { Health } from '../schemas/tier.js';
 import { type EtcdTransport, type Guard, isLeaseGone } from './etcd-client.js';
 
@@ -49,6 +49,7 @@ export class HealthReporter {
   private timer: NodeJS.Timeout | undefined;
   private wake: (() => void) | null = null;
   private leased!: () => void;
+  private readonly grantedHooks: Array<() => void> = [];
   /** Resolves once a lease is granted (or the reporter stops). */
   readonly whenLeased = new Promise<void>((r) => (this.leased = r));
 
@@ -76,6 +77,16 @@ export class HealthReporter {
     }, this.opts.intervalMs);
   }
 
+  /** The lease in force (the summary key rides it too), or null between a loss and a grant. */
+  get lease(): string | null {
+    return this.stopped ? null : this.leaseId;
+  }
+
+  /** fn runs after every grant, a new one after a loss included (keys under the old lease are gone). */
+  onGranted(fn: () => void): void {
+    this.grantedHooks.push(fn);
+  }
+
   /** Something worth telling the engine now (config applied, error, back on etcd): write soon. */
   nudge(): void {
     this.ready = true;
@@ -92,6 +103,7 @@ export class HealthReporter {
           this.leaseId = id;
           this.leased();
           this.schedule();
+          for (const fn of this.grantedHooks) fn();
         } catch (err) {
           if (this.stopped) break;
           this.log.debug({ event: 'health_lease_grant_failed', err: (err as Error).message, attempt }, 'health lease not granted; retrying');
@@ -148,7 +160,9 @@ export class HealthReporter {
       this.writeErrors++;
       this.failures++;
       this.dirty = true;
-      this.log.debug({ event: 'health_put_failed', err: (err as Error).message }, 'health not written');
+      if (isPermissionDenied(err))
+        this.log.error({ event: 'health_put_denied', code: 'SSLWALL_E_ETCD_DENIED', err: (err as Error).message }, 'etcd refused the health write');
+      else this.log.debug({ event: 'health_put_failed', err: (err as Error).message }, 'health not written');
       if (isLeaseGone(err)) this.lost(lease);
     } finally {
       this.lastAt = Date.now();

@@ -1,5 +1,8 @@
 // Which interfaces to attach to when none are named: those that carry the host's routes (main
-// tables, IPv4 and IPv6), never lo. Interfaces named on the command line always win.
+// tables, IPv4 and IPv6), never lo. Interfaces named on the command line always win. Devices
+// without Ethernet framing (WireGuard, tun, ipip) are chosen too: the classifier takes the
+// network header's offset from the kernel (bpf/lib/parse.h), so it judges them like any other,
+// and a WireGuard interface is where its inner plaintext is visible.
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';

@@ -40,7 +40,10 @@ export function createMetrics(dp: Datapath) {
       kernel.set({ counter: 'flow_insert_failed' }, Number(c.insertFailed));
       kernel.set({ counter: 'packets_dropped' }, Number(c.dropped));
       kernel.set({ counter: 'packets_truncated' }, Number(c.truncated));
-      kernel.set({ counter: 'fragments_passed' }, Number(c.fragments));
+      kernel.set({ counter: 'fragments' }, Number(c.fragments));
+      kernel.set({ counter: 'ext_header_limit' }, Number(c.extHdrLimit));
+      kernel.set({ counter: 'parse_dropped' }, Number(c.parseDropped));
+      kernel.set({ counter: 'out_of_order' }, Number(c.outOfOrder));
       kernel.set({ counter: 'events_lost' }, Number(c.eventsLost));
       kernel.set({ counter: 'no_config' }, Number(c.noConfig));
       kernel.set({ counter: 'self_insert_failed' }, Number(c.selfInsertFailed));

@@ -4,8 +4,10 @@
  * interfaces the agent names. See docs/dataplane.md for the rules.
  *
  * Failure policy (both hooks): fail open where the filter cannot see, and count it:
- * packets it cannot parse (truncated, fragments), payload it cannot read, no config
- * loaded, a flow it cannot store all pass. An outage of the filter's own state must
+ * packets it cannot parse (truncated), payload it cannot read, no config loaded, a flow
+ * it cannot store all pass. What a sender can choose to hide behind (TCP fragments, IPv6
+ * header chains longer than the parser walks) is not a blind spot: passed and counted in
+ * passive mode, dropped in active mode (parse_policy). An outage of the filter's own state must
  * not cut a host off the network. It fails closed only on evidence: a flow whose
  * payload was seen to break a rule, in active mode. A full flow map evicts its least
  * recently used flow (LRU); a full event ring drops the event, never the verdict.
@@ -27,6 +29,7 @@
 #define VERDICT_DROP 2
 
 static __noinline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p, struct sslwall_flow *f, int egress);
+static __noinline int parse_policy(int r);
 
 static __always_inline int is_syn(const struct sslwall_pkt *p)
 {
@@ -42,8 +45,8 @@ static __always_inline int classify(struct __sk_buff *skb, int egress)
 	if (r != PARSE_OK) {
 		if (r == PARSE_TRUNCATED)
 			sslwall_count(SSLWALL_CNT_PKT_TRUNCATED);
-		else if (r == PARSE_FRAGMENT)
-			sslwall_count(SSLWALL_CNT_FRAGMENTS);
+		if (r == PARSE_FRAGMENT || r == PARSE_EXT_LIMIT)
+			return parse_policy(r);
 		return VERDICT_PASS;
 	}
 
@@ -72,6 +75,32 @@ SEC("tc")
 int sslwall_classify_ingress(struct __sk_buff *skb)
 {
 	return classify(skb, 0);
+}
+
+/*
+ * TCP the parser cannot judge because of how the sender framed it: a fragment (the first one's
+ * payload is cut short, the later ones have no TCP header), or an IPv6 header chain longer
+ * than we walk. TCP never needs either (it segments to the path MTU with DF set, and no
+ * stack chains that many headers), so in active mode they are dropped; in passive mode (and
+ * without a config) they pass. Counted either way. Called only for such packets: the mode
+ * lookups stay off the fast path.
+ */
+static __noinline int parse_policy(int r)
+{
+	struct sslwall_config *cfg;
+	__u32 zero = 0, *genp, gen;
+
+	sslwall_count(r == PARSE_FRAGMENT ? SSLWALL_CNT_FRAGMENTS : SSLWALL_CNT_EXT_HDR_LIMIT);
+	genp = bpf_map_lookup_elem(&sslwall_active_gen, &zero);
+	if (!genp)
+		return VERDICT_PASS;
+	gen = *genp & 1;
+	cfg = bpf_map_lookup_elem(&sslwall_config, &gen);
+	if (!cfg || cfg->mode != SSLWALL_MODE_ACTIVE)
+		return VERDICT_PASS;
+	sslwall_count(SSLWALL_CNT_PARSE_DROPPED);
+	sslwall_count(SSLWALL_CNT_PKT_DROPPED);
+	return VERDICT_DROP;
 }
 
 /* The slow path: unknown or pending flows. */
@@ -110,6 +139,21 @@ static __always_inline int self_flow(const struct sslwall_pkt *p, const struct s
 	if (bpf_map_update_elem(&sslwall_self_flows, &p->key, &one, BPF_ANY))
 		sslwall_count(SSLWALL_CNT_SELF_INSERT_FAILED);
 	return 1;
+}
+
+/*
+ * A local server's SYN-ACK: the first packet that carries its socket (the request socket, whose
+ * full socket for bpf_skb_cgroup_id is the listener), so the service that accepted the flow is
+ * known by its cgroup. No pid: the SYN-ACK is sent from softirq, not by the server process.
+ * Failure policy as for a client's owner: a full map evicts the oldest entry.
+ */
+static __always_inline void record_server_owner(struct __sk_buff *skb, const struct sslwall_pkt *p)
+{
+	struct sslwall_owner owner = {};
+
+	owner.cgroup_id = bpf_skb_cgroup_id(skb);
+	if (owner.cgroup_id)
+		bpf_map_update_elem(&sslwall_owners, &p->key, &owner, BPF_ANY);
 }
 
 static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const struct sslwall_pkt *p,
@@ -159,13 +203,16 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 	/* A SYN leaving this host is sent by connect() (or sendto with MSG_FASTOPEN)
 	 * in the caller's context, after the source port is chosen: the current task
 	 * owns the flow. (The state tracepoint fires before the port is assigned.)
+	 * The cgroup is the socket's (bpf_skb_cgroup_id), not the current task's: a SYN
+	 * retransmitted from a timer runs in whatever task happened to be current.
 	 * Failure policy: a full owner map evicts the oldest owner; its violations
-	 * are then reported without pid/comm. */
+	 * are then reported without pid/comm/cgroup. */
 	if (egress && syn) {
 		struct sslwall_owner owner = {};
 
 		owner.pid = bpf_get_current_pid_tgid() >> 32;
 		bpf_get_current_comm(owner.comm, sizeof(owner.comm));
+		owner.cgroup_id = bpf_skb_cgroup_id(skb);
 		bpf_map_update_elem(&sslwall_owners, &p->key, &owner, BPF_ANY);
 	}
 
@@ -182,7 +229,8 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 static __noinline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p, struct sslwall_flow *f, int egress)
 {
 	struct sslwall_config *cfg;
-	__u32 zero = 0, *genp, gen, d, seq, len;
+	__u32 zero = 0, *genp, gen, d, di, seq, len, pending;
+	__u8 seq_flag;
 	int j;
 
 	genp = bpf_map_lookup_elem(&sslwall_active_gen, &zero);
@@ -208,23 +256,70 @@ static __noinline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p
 		f->cls = SSLWALL_CLASS_BYPASS;
 		sslwall_count_class(SSLWALL_CLASS_BYPASS, SSLWALL_VERDICT_ALLOWED);
 		return VERDICT_PASS;
+	} else if (egress && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK)) {
+		record_server_owner(skb, p);
 	}
 
+	d = (p->sender_is_lo == f->client_is_lo) ? DIR_CLIENT : DIR_SERVER;
+	di = sslwall_dir_idx(d);
+	seq_flag = d == DIR_CLIENT ? SSLWALL_FLOW_SEQ_CLIENT : SSLWALL_FLOW_SEQ_SERVER;
+	seq = p->seq;
+	if (p->tcp_flags & TCP_FLAG_SYN) {
+		/* The handshake fixes where each direction's bytes start (ISN + 1; data in a SYN,
+		 * TCP Fast Open, starts there too). Only the first SYN of a direction: a later one
+		 * with another ISN is one the peer's stack ignores, and must not move the stream. */
+		seq++;
+		if (f->stage != SSLWALL_STAGE_MIDSTREAM && !(f->flags & seq_flag)) {
+			f->seq_next[di] = seq;
+			f->flags |= seq_flag;
+		}
+		if (p->payload_len)
+			f->flags |= SSLWALL_FLOW_FASTOPEN;
+	}
+	p->seq = seq;
 	len = p->payload_len;
 	if (len == 0)
 		return VERDICT_PASS;
-	d = (p->sender_is_lo == f->client_is_lo) ? DIR_CLIENT : DIR_SERVER;
-	/* Data in a SYN (TCP Fast Open) starts one past the SYN's sequence number. */
-	seq = p->seq + ((p->tcp_flags & TCP_FLAG_SYN) ? 1 : 0);
-	if (p->tcp_flags & TCP_FLAG_SYN)
-		f->flags |= SSLWALL_FLOW_FASTOPEN;
 
-	/* A retransmission carries bytes already judged: let it through as before. */
-	if ((f->flags & (d == DIR_CLIENT ? SSLWALL_FLOW_SEQ_CLIENT : SSLWALL_FLOW_SEQ_SERVER)) &&
-	    (__s32)(seq + len - f->seq_next[sslwall_dir_idx(d)]) <= 0)
-		return VERDICT_PASS;
+	/* Judged in stream order, so no segment the receiver discards can stand in for the bytes it
+	 * keeps (docs/dataplane.md, "Stream order"). A flow joined midway has no known start: every
+	 * segment gets its own look there (judge_payload). */
+	if (f->stage != SSLWALL_STAGE_MIDSTREAM && (f->flags & seq_flag)) {
+		__s32 ahead = seq - f->seq_next[di];
 
-	__u32 pending = f->pending_bytes + len;
+		if ((__s32)(seq + len - f->seq_next[di]) <= 0) {
+			/* All bytes already judged: a retransmission passes as before, unless it rewrites
+			 * the hello bytes we judged (the first copy was one the receiver dropped). */
+			if (!rewrites_header(skb, f, p, d))
+				return VERDICT_PASS;
+			j = JUDGE_VIOLATION;
+			goto judged;
+		}
+		if (ahead > 0) {
+			/* Out of order: the receiver holds these bytes until the gap before them fills,
+			 * and that segment is judged. A client's bytes past what its hello may hold are a
+			 * violation wherever they sit: the gap could be filled by a hello that passes. */
+			sslwall_count(SSLWALL_CNT_OUT_OF_ORDER);
+			if (d != DIR_CLIENT || !client_over_limit(f, seq + len))
+				return VERDICT_PASS;
+			j = JUDGE_VIOLATION;
+			goto judged;
+		}
+		if (ahead < 0) {
+			/* Overlaps judged bytes: those must match, the rest is new. */
+			if (rewrites_header(skb, f, p, d)) {
+				j = JUDGE_VIOLATION;
+				goto judged;
+			}
+			p->payload_off -= ahead;
+			p->payload_len += ahead;
+			p->seq = f->seq_next[di];
+			seq = p->seq;
+			len = p->payload_len;
+		}
+	}
+
+	pending = f->pending_bytes + len;
 	f->pending_bytes = pending > 0xffff ? 0xffff : pending;
 	if (pending > PENDING_MAX && f->stage != SSLWALL_STAGE_MIDSTREAM)
 		j = JUDGE_VIOLATION;	/* undecided for too long: no TLS answer ever came */
@@ -233,6 +328,7 @@ static __noinline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p
 	if (j == JUDGE_UNREAD)
 		return VERDICT_PASS;	/* not seen, so not marked judged: a retransmission gets its look */
 
+judged:
 	if (j == JUDGE_VIOLATION) {
 		f->cls = SSLWALL_CLASS_PLAINTEXT;
 		f->verdict = verdict_for(cfg);
@@ -243,15 +339,17 @@ static __noinline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p
 		 * apart as well: the rollout judges a cohort by its own clients. */
 		if (!client_local)
 			sslwall_count(f->verdict == SSLWALL_VERDICT_BLOCKED ? SSLWALL_CNT_REMOTE_BLOCKED : SSLWALL_CNT_REMOTE_REPORTED);
-		report_violation(p, f, egress, client_local);
+		report_violation(skb, p, f, egress, client_local);
 		if (f->verdict == SSLWALL_VERDICT_BLOCKED) {
 			sslwall_count(SSLWALL_CNT_PKT_DROPPED);
 			return VERDICT_DROP;
 		}
 		return VERDICT_PASS;
 	}
-	f->seq_next[sslwall_dir_idx(d)] = seq + len;
-	f->flags |= d == DIR_CLIENT ? SSLWALL_FLOW_SEQ_CLIENT : SSLWALL_FLOW_SEQ_SERVER;
+	if (f->stage != SSLWALL_STAGE_MIDSTREAM) {
+		f->seq_next[di] = seq + len;
+		f->flags |= seq_flag;
+	}
 	if (j == JUDGE_DECIDED)
 		sslwall_count_class(f->cls, SSLWALL_VERDICT_ALLOWED);
 	return VERDICT_PASS;

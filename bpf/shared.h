@@ -24,7 +24,10 @@ enum sslwall_class {
 	SSLWALL_CLASS_CONNECT = 3,	/* HTTP CONNECT, its answer, then TLS */
 	SSLWALL_CLASS_BYPASS = 4,	/* port, CIDR or bypass cgroup */
 	SSLWALL_CLASS_PLAINTEXT = 5,	/* a violation */
-	SSLWALL_CLASS_COUNT = 6,
+	/* Joined midway and never showed TLS framing in both directions, nor text, within the
+	 * pending budget: let be (binary, perhaps encrypted) but reported as what it is. */
+	SSLWALL_CLASS_MIDSTREAM_UNKNOWN = 6,
+	SSLWALL_CLASS_COUNT = 7,
 };
 
 enum sslwall_verdict {
@@ -80,6 +83,7 @@ enum sslwall_flow_flags {
 	SSLWALL_FLOW_SEQ_SERVER = 1 << 4,	/* seq_next[1] is valid */
 	SSLWALL_FLOW_FASTOPEN = 1 << 5,		/* data rode in the SYN */
 	SSLWALL_FLOW_UPGRADE_REPLIED = 1 << 6,	/* the server answered the upgrade command */
+	SSLWALL_FLOW_HELLO_SEQ = 1 << 7,	/* hdr_seq[0] is valid (never in entries migrated from older builds) */
 };
 
 /* Indexes into the per-CPU counters array. Class/verdict pairs start at
@@ -91,7 +95,7 @@ enum sslwall_counter {
 	SSLWALL_CNT_PKT_TRUNCATED = 3,
 	SSLWALL_CNT_PKT_DROPPED = 4,
 	SSLWALL_CNT_EVENTS_LOST = 5,
-	SSLWALL_CNT_FRAGMENTS = 6,
+	SSLWALL_CNT_FRAGMENTS = 6,	/* TCP fragments (IPv4 or IPv6): never judged; dropped in active mode */
 	SSLWALL_CNT_NO_CONFIG = 7,
 	SSLWALL_CNT_CLASS_BASE = 8,
 	/* Violations whose client is the remote side (a peer connecting to a port of this
@@ -100,7 +104,13 @@ enum sslwall_counter {
 	SSLWALL_CNT_REMOTE_BLOCKED = SSLWALL_CNT_REMOTE_REPORTED + 1,
 	/* Agent SYNs bypassed but not remembered in sslwall_self_flows (map full). */
 	SSLWALL_CNT_SELF_INSERT_FAILED = SSLWALL_CNT_REMOTE_REPORTED + 2,
-	SSLWALL_CNT_COUNT = SSLWALL_CNT_REMOTE_REPORTED + 3,
+	/* IPv6 header chains longer than the parser walks (passed, or dropped in active mode). */
+	SSLWALL_CNT_EXT_HDR_LIMIT = SSLWALL_CNT_REMOTE_REPORTED + 3,
+	/* Of the TCP fragments and over-long chains, those dropped in active mode. */
+	SSLWALL_CNT_PARSE_DROPPED = SSLWALL_CNT_REMOTE_REPORTED + 4,
+	/* Segments of an undecided flow ahead of the next expected byte: passed unjudged. */
+	SSLWALL_CNT_OUT_OF_ORDER = SSLWALL_CNT_REMOTE_REPORTED + 5,
+	SSLWALL_CNT_COUNT = SSLWALL_CNT_REMOTE_REPORTED + 6,
 };
 
 enum sslwall_event_type {
@@ -129,7 +139,7 @@ struct sslwall_flow_key {
  * client-to-server direction, [1] server-to-client. */
 struct sslwall_flow {
 	__u64 first_seen_ns;
-	__u32 seq_next[2];	/* next sequence number expected, to skip retransmitted segments */
+	__u32 seq_next[2];	/* next byte expected in order (from the SYN / SYN-ACK when seen) */
 	__u16 plain_bytes;	/* plaintext preamble bytes spent from the negotiation budget */
 	__u16 pending_bytes;	/* payload bytes let through while undecided (saturates) */
 	__u8 cls;		/* enum sslwall_class */
@@ -139,13 +149,18 @@ struct sslwall_flow {
 	__u8 flags;		/* enum sslwall_flow_flags */
 	__u8 client_is_lo;	/* 1: the client is the key's lo endpoint */
 	__u8 hdr_len[2];	/* bytes buffered in hdr[] while a record header is split */
-	__u8 hdr[2][6];		/* first bytes of each direction's first record */
+	__u8 hdr[2][16];	/* first bytes of each direction's first record (11 used) */
+	__u32 hdr_seq[2];	/* sequence number of hdr[d][0]: a retransmission must not rewrite it */
 };
 
-/* Process that opened a flow, recorded at connect() (value of flow_owners). */
+/* The local side of a flow (value of flow_owners): the process that opened it, recorded at
+ * connect() (pid 0 and no comm for a local server), and the cgroup v2 id of the local socket,
+ * the client's or the listener's (0: not known). */
 struct sslwall_owner {
 	__u32 pid;
 	char comm[SSLWALL_COMM_LEN];
+	__u8 pad[4];
+	__u64 cgroup_id;
 };
 
 /* Runtime knobs; two slots, the active one named by the active_gen map, so a
@@ -183,6 +198,7 @@ struct sslwall_event {
 	__u8 client_local;	/* 1: this host opened the connection; 0: a remote peer did */
 	__u8 pad[6];
 	char comm[SSLWALL_COMM_LEN];
+	__u64 cgroup_id;	/* cgroup v2 id of the local socket (client or listener); 0 when unknown */
 };
 
 /* Transparent TLS (bpf/ttls.bpf.c). Indexes into sslwall_ttls_counters. */

@@ -17,6 +17,8 @@ export const ErrorCodes = {
   SSLWALL_E_NOT_FOUND: 'The tier, version or rollout asked for does not exist.',
   SSLWALL_E_ROLLOUT_STATE: 'The rollout is not in a state that allows this action.',
   SSLWALL_E_ETCD: 'etcd could not be reached or refused the request.',
+  SSLWALL_E_ETCD_DENIED:
+    "etcd (auth on) refused a read or write for this credential's roles; the message names the grant and the `sslwall etcd` command that provisions it.",
   SSLWALL_E_UNAUTHENTICATED: 'The engine API needs a bearer token it knows (Authorization: Bearer TOKEN; $SSLWALL_TOKEN or --token-file).',
   SSLWALL_E_FORBIDDEN: "The caller's role may not do this, or the request came from another site or under a host name the engine does not answer to.",
   SSLWALL_E_ENGINE: 'The engine API could not be reached or answered with an error.',

@@ -1,24 +1,38 @@
-// How every sslwall part connects to etcd: one etcd3 client with TLS client credentials when
-// given, etcd3's own per-member fault handling (cockatiel), the guard against a crash in its
-// watch manager, and the jittered backoff every reconnect loop uses.
+// How every sslwall part connects to etcd: one etcd3 client with TLS client credentials (and,
+// with etcd's auth on, the certificate's CN as the user) or a user and password when given,
+// etcd3's own per-member fault handling (cockatiel), the guard against a crash in its watch
+// manager, the jittered backoff every reconnect loop uses, and etcd's "permission denied" turned
+// into an error that says which grant is missing (docs/etcd.md "Access control").
 import { readFileSync } from 'node:fs';
 import { ConsecutiveBreaker, ConstantBackoff, circuitBreaker, ExponentialBackoff, handleWhen, type IBackoff, noop, retry } from 'cockatiel';
-import { Etcd3, isRecoverableError, type Namespace } from 'etcd3';
+import { Etcd3, EtcdPermissionDeniedError, isRecoverableError, type Namespace } from 'etcd3';
+import { SslwallError } from './errors.js';
 
 export interface EtcdConnection {
   endpoints: string[];
   cacert?: string;
   cert?: string;
   key?: string;
+  /** etcd user for password auth; without it, with etcd's auth on, the user is the client certificate's CN. */
+  user?: string;
+  /** File holding that user's password (surrounding whitespace ignored). */
+  passwordFile?: string;
 }
 
-export function createEtcdClient(conn: EtcdConnection): Etcd3 {
-  const client = newClient(conn);
+/**
+ * ownConnection: a connection of the client's own. grpc-js otherwise shares one connection
+ * (subchannel) between all clients of a process with the same target and options, so a second
+ * client is not a second connection: the agent's watch then shares it with its unary calls and
+ * lease keepalive, and its events arrived 10 ms later than a lone watcher's (docs/bench.md
+ * "propagation"); and a client made afresh after a broken stream would reuse the old connection.
+ */
+export function createEtcdClient(conn: EtcdConnection, opts: { ownConnection?: boolean } = {}): Etcd3 {
+  const client = newClient(conn, opts.ownConnection ?? false);
   guardWatchManager(client as unknown as Namespace);
   return client;
 }
 
-function newClient(conn: EtcdConnection): Etcd3 {
+function newClient(conn: EtcdConnection, ownConnection: boolean): Etcd3 {
   const credentials = conn.cacert
     ? {
         rootCertificate: readFileSync(conn.cacert),
@@ -29,7 +43,9 @@ function newClient(conn: EtcdConnection): Etcd3 {
   return new Etcd3({
     hosts: conn.endpoints,
     credentials,
+    ...(conn.user ? { auth: { username: conn.user, password: readPassword(conn) } } : {}),
     dialTimeout: 3000,
+    ...(ownConnection ? { grpcOptions: { 'grpc.use_local_subchannel_pool': 1 } } : {}),
     // Unary calls get a deadline so a black-holed etcd fails the call instead of hanging it;
     // streams (watch, keepalive) stay open.
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + 5000 }),
@@ -46,6 +62,29 @@ function newClient(conn: EtcdConnection): Etcd3 {
       watchBackoff: new ExponentialBackoff({ initialDelay: 200, maxDelay: 3000 }) as unknown as IBackoff<unknown>,
     },
   });
+}
+
+function readPassword(conn: EtcdConnection): string {
+  if (!conn.passwordFile) throw new SslwallError('SSLWALL_E_USAGE', `etcd user ${conn.user} needs --etcd-password-file FILE`);
+  try {
+    return readFileSync(conn.passwordFile, 'utf8').trim();
+  } catch (err) {
+    throw new SslwallError('SSLWALL_E_CONFIG_READ', `cannot read --etcd-password-file ${conn.passwordFile}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** etcd refused the call for the credential's roles (auth on, grant missing). */
+export function isPermissionDenied(err: unknown): boolean {
+  return err instanceof EtcdPermissionDeniedError || /permission denied/i.test(String((err as Error)?.message));
+}
+
+/**
+ * etcd's bare "permission denied" as SSLWALL_E_ETCD_DENIED, saying what was attempted and which
+ * role grants it; any other error is returned unchanged.
+ */
+export function explainDenied(err: unknown, attempted: string, grant: string): unknown {
+  if (!isPermissionDenied(err)) return err;
+  return new SslwallError('SSLWALL_E_ETCD_DENIED', `etcd refused ${attempted}: permission denied; this credential needs ${grant}`, { cause: err });
 }
 
 interface WatchManagerInternals {

@@ -90,6 +90,8 @@ export const HealthSchema = z.object({
     /** Of those, violations whose client was a remote peer (connecting to a port here); 0 from older agents. */
     remoteViolationsReported: z.number().default(0),
     remoteViolationsBlocked: z.number().default(0),
+    /** Flows joined midway that never showed TLS framing in both directions (allowed, not tls); absent from older agents. */
+    midstreamUnknown: z.number().optional(),
     flows: z.number(),
     evictions: z.number(),
   }),

@@ -22,7 +22,7 @@
 
 #define DIR_CLIENT 0	/* payload travelling client -> server */
 #define DIR_SERVER 1
-#define PENDING_MAX 60000	/* bytes an undecided flow may carry (a large ClientHello + 0-RTT) */
+#define PENDING_MAX 60000	/* bytes an undecided flow may carry (a preamble, then the hellos) */
 
 /* scratch: key = 0, value = a copy of the preamble segment being scanned (1 KiB does not
  * fit the 512-byte BPF stack). Written and read only by judge_client_command, within one
@@ -50,20 +50,25 @@ static __always_inline __u8 verdict_for(const struct sslwall_config *cfg)
 /* Append up to TLS_HELLO_HDR_LEN leading bytes of this direction to the flow,
  * so a record header split across segments is judged whole. Returns how many
  * bytes are buffered; on a read failure, those buffered before (counted). */
-static __always_inline __u32 buffer_header(struct __sk_buff *skb, struct sslwall_flow *f, __u32 d, __u32 off,
-					   __u32 len)
+static __always_inline __u32 buffer_header(struct __sk_buff *skb, struct sslwall_flow *f, __u32 d,
+					   const struct sslwall_pkt *p)
 {
 	__u8 tmp[TLS_HELLO_HDR_LEN] = {};
 	__u64 have = f->hdr_len[sslwall_dir_idx(d)], want, i;
 
 	if (have >= TLS_HELLO_HDR_LEN)
 		return TLS_HELLO_HDR_LEN;
-	want = sslwall_load_len(len, TLS_HELLO_HDR_LEN - have);
+	want = sslwall_load_len(p->payload_len, TLS_HELLO_HDR_LEN - have);
 	if (want == 0)
 		return have;
-	if (bpf_skb_load_bytes(skb, off, tmp, want) < 0) {
+	if (bpf_skb_load_bytes(skb, p->payload_off, tmp, want) < 0) {
 		sslwall_count(SSLWALL_CNT_PKT_TRUNCATED);
 		return have;
+	}
+	if (have == 0) {
+		f->hdr_seq[sslwall_dir_idx(d)] = p->seq;
+		if (d == DIR_CLIENT)
+			f->flags |= SSLWALL_FLOW_HELLO_SEQ;
 	}
 #pragma unroll
 	for (i = 0; i < TLS_HELLO_HDR_LEN; i++) {
@@ -76,11 +81,72 @@ static __always_inline __u32 buffer_header(struct __sk_buff *skb, struct sslwall
 	return have + want;
 }
 
-static __always_inline int judge_hello(struct __sk_buff *skb, struct sslwall_flow *f, __u32 d, __u32 off, __u32 len)
+static __always_inline int judge_hello(struct __sk_buff *skb, struct sslwall_flow *f, __u32 d,
+				       const struct sslwall_pkt *p)
 {
-	__u32 n = buffer_header(skb, f, d, off, len);
+	__u32 n = buffer_header(skb, f, d, p);
 
 	return tls_hello_prefix(f->hdr[sslwall_dir_idx(d)], n, d == DIR_CLIENT ? TLS_HS_CLIENT_HELLO : TLS_HS_SERVER_HELLO);
+}
+
+/*
+ * Before the server answers with TLS, the client may send its hello record and nothing more:
+ * the length that record declared once its header is known, else the most a hello record may
+ * be (from the next byte expected). A client that does not wait (TLS 1.3 0-RTT data, or
+ * plaintext behind a fake hello header) breaks the rule. end: sequence number past the
+ * segment's last byte.
+ */
+static __always_inline int client_over_limit(const struct sslwall_flow *f, __u32 end)
+{
+	__u32 limit;
+
+	if (f->flags & SSLWALL_FLOW_SERVER_TLS)
+		return 0;
+	if (f->flags & SSLWALL_FLOW_CLIENT_TLS) {
+		/* A pending entry carried over from an older build knows no hello position: the
+		 * pending limit alone holds it, as it did there. */
+		if (!(f->flags & SSLWALL_FLOW_HELLO_SEQ))
+			return 0;
+		limit = f->hdr_seq[0] + TLS_RECORD_HDR_LEN + tls_record_len(f->hdr[0]);
+	} else
+		limit = f->seq_next[0] + TLS_RECORD_HDR_LEN + TLS_MAX_PLAIN_RECORD;
+	return (__s32)(end - limit) > 0;
+}
+
+/*
+ * Does a segment that covers bytes already judged carry other bytes there than the hello
+ * header we judged? TCP retransmits the same bytes; a different copy means the one we judged
+ * was one the receiver discarded (a bad checksum, out of its window), sent to make us judge
+ * bytes the receiver never gets. Unreadable bytes are not a rewrite (fail open, counted).
+ */
+static __noinline int rewrites_header(struct __sk_buff *skb, struct sslwall_flow *f, const struct sslwall_pkt *p,
+				      __u32 d)
+{
+	__u32 di = sslwall_dir_idx(d), n = f->hdr_len[di], skip, from, i;
+	__u8 tmp[TLS_HELLO_HDR_LEN] = {};
+	__s32 rel = p->seq - f->hdr_seq[di];	/* segment start, relative to the header's */
+	__u64 cnt;
+
+	if (n == 0 || n > TLS_HELLO_HDR_LEN || rel >= (__s32)n || (__s64)rel + p->payload_len <= 0)
+		return 0;
+	skip = rel < 0 ? -rel : 0;
+	from = rel < 0 ? 0 : rel;
+	cnt = n - from;
+	if (cnt > p->payload_len - skip)
+		cnt = p->payload_len - skip;
+	cnt = sslwall_load_len(cnt, TLS_HELLO_HDR_LEN);
+	if (cnt == 0)
+		return 0;
+	if (bpf_skb_load_bytes(skb, p->payload_off + skip, tmp, cnt) < 0) {
+		sslwall_count(SSLWALL_CNT_PKT_TRUNCATED);
+		return 0;
+	}
+#pragma unroll
+	for (i = 0; i < TLS_HELLO_HDR_LEN; i++) {
+		if (i < cnt && tmp[i] != f->hdr[di][sslwall_hdr_idx(from + i)])
+			return 1;
+	}
+	return 0;
 }
 
 /* Spend plaintext preamble bytes; 0 once the budget is exceeded. */
@@ -163,35 +229,45 @@ static __noinline int judge_payload(struct __sk_buff *skb, struct sslwall_flow *
 	int r;
 
 	if (f->stage == SSLWALL_STAGE_MIDSTREAM) {
-		/* We joined late: a record header says TLS; text says plaintext; anything
-		 * else may be the middle of a TLS record, so wait for more (never block
-		 * blindly). A flow that stays binary past the pending budget is let be. */
-		__u32 n = buffer_header(skb, f, d, off, len);
+		/* We joined late: text says plaintext; a record header says TLS for that direction,
+		 * and the flow is tls once both directions said so (one end alone cannot make it
+		 * tls); anything else may be the middle of a TLS record, so wait for more (never
+		 * block blindly). A flow that stays undecided past the pending budget is let be, as
+		 * midstream_unknown: reported as what it is, never taken for tls. */
+		__u32 n = buffer_header(skb, f, d, p);
+		__u8 tls_flag = d == DIR_CLIENT ? SSLWALL_FLOW_CLIENT_TLS : SSLWALL_FLOW_SERVER_TLS;
 
 		r = tls_record_prefix(f->hdr[sslwall_dir_idx(d)], n);
-		if (r == TLS_YES) {
-			f->cls = SSLWALL_CLASS_TLS;
-			return JUDGE_DECIDED;
-		}
 		f->hdr_len[sslwall_dir_idx(d)] = 0;	/* the next payload gets its own look */
-		if (looks_like_text(skb, off, len))
+		if (r == TLS_YES) {
+			f->flags |= tls_flag;
+			if ((f->flags & (SSLWALL_FLOW_CLIENT_TLS | SSLWALL_FLOW_SERVER_TLS)) ==
+			    (SSLWALL_FLOW_CLIENT_TLS | SSLWALL_FLOW_SERVER_TLS)) {
+				f->cls = SSLWALL_CLASS_TLS;
+				return JUDGE_DECIDED;
+			}
+		} else if (looks_like_text(skb, off, len)) {
 			return JUDGE_VIOLATION;
+		}
 		if (f->pending_bytes >= PENDING_MAX) {
-			f->cls = SSLWALL_CLASS_TLS;
+			f->cls = SSLWALL_CLASS_MIDSTREAM_UNKNOWN;
 			return JUDGE_DECIDED;
 		}
 		return JUDGE_PENDING;
 	}
 
 	if (d == DIR_CLIENT) {
-		if (f->flags & SSLWALL_FLOW_CLIENT_TLS)
-			return JUDGE_PENDING;	/* rest of the ClientHello (or 0-RTT) before the server answers */
+		if (f->flags & SSLWALL_FLOW_CLIENT_TLS)	/* rest of the ClientHello, up to its declared length */
+			return client_over_limit(f, p->seq + len) ? JUDGE_VIOLATION : JUDGE_PENDING;
 		if (f->stage != SSLWALL_STAGE_NEGOTIATE || f->hdr_len[0] > 0 || starts_handshake(skb, off)) {
-			r = judge_hello(skb, f, d, off, len);
+			r = judge_hello(skb, f, d, p);
 			if (r == TLS_NO)
 				return JUDGE_VIOLATION;
-			if (r == TLS_YES)
+			if (r == TLS_YES) {
 				f->flags |= SSLWALL_FLOW_CLIENT_TLS;
+				if (client_over_limit(f, p->seq + len))
+					return JUDGE_VIOLATION;
+			}
 			return JUDGE_PENDING;
 		}
 		if (!spend_budget(f, cfg, len))
@@ -210,7 +286,7 @@ static __noinline int judge_payload(struct __sk_buff *skb, struct sslwall_flow *
 		return spend_budget(f, cfg, len) ? JUDGE_PENDING : JUDGE_VIOLATION;
 	}
 	if (f->flags & SSLWALL_FLOW_CLIENT_TLS) {
-		r = judge_hello(skb, f, d, off, len);
+		r = judge_hello(skb, f, d, p);
 		if (r == TLS_NO)
 			return JUDGE_VIOLATION;
 		if (r == TLS_NEED_MORE)
@@ -223,7 +299,8 @@ static __noinline int judge_payload(struct __sk_buff *skb, struct sslwall_flow *
 		return JUDGE_DECIDED;
 	}
 	/* Greeting or reply during the preamble. */
-	if (!proto_server_first(f->proto) && !(f->flags & SSLWALL_FLOW_SEQ_CLIENT))
+	/* Has the client spoken? Its payload either spent budget or started its hello buffer. */
+	if (!proto_server_first(f->proto) && f->plain_bytes == 0 && f->hdr_len[0] == 0)
 		return JUDGE_VIOLATION;
 	return spend_budget(f, cfg, len) ? JUDGE_PENDING : JUDGE_VIOLATION;
 }

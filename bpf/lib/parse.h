@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
-/* Ethernet / IPv4 / IPv6 (with extension headers) / TCP parsing with direct
- * packet access: headers of TCP packets are in the linear area on every path
- * we attach to (local stack on egress, GRO on ingress); when they are not,
- * one bpf_skb_pull_data makes them so. Payload is read with
- * bpf_skb_load_bytes, which also works on paged data. */
+/* Ethernet (or no link header: tun, WireGuard, ipip) / IPv4 / IPv6 (with extension headers) /
+ * TCP parsing with direct packet access: headers of TCP packets are in the linear area on
+ * every path we attach to (local stack on egress, GRO on ingress); when they are not, one
+ * bpf_skb_pull_data makes them so. Payload is read with bpf_skb_load_bytes, which also works
+ * on paged data. What the parser does with input it cannot judge (fragments, long IPv6
+ * header chains, length fields of 0) is docs/dataplane.md's "Parser policies". */
 #ifndef SSLWALL_PARSE_H
 #define SSLWALL_PARSE_H
 
@@ -17,8 +18,10 @@
 #define IPPROTO_ROUTING 43
 #define IPPROTO_FRAGMENT 44
 #define IPPROTO_DSTOPTS 60
-#define IPV6_MAX_EXT 4		/* extension headers walked before giving up (fail open, counted) */
-#define PARSE_PULL_LEN 256	/* enough for Ethernet + IPv6 + 4 extension headers + TCP with options */
+#define IPPROTO_AH 51
+#define IPV6_MAX_EXT 6		/* extension headers walked; a longer chain is PARSE_EXT_LIMIT */
+#define PARSE_PULL_LEN 256	/* headers (link to TCP) must start within these bytes */
+#define L2_MAX 32		/* largest link header we accept before the network header */
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
@@ -29,8 +32,25 @@ enum parse_result {
 	PARSE_OK = 0,
 	PARSE_NOT_TCP = 1,	/* not ours: pass untouched */
 	PARSE_TRUNCATED = 2,	/* headers shorter than they claim: pass, count */
-	PARSE_FRAGMENT = 3,	/* non-first fragment: no TCP header to read: pass, count */
+	PARSE_FRAGMENT = 3,	/* a TCP fragment (first or later): never judged (policy in classify) */
+	PARSE_EXT_LIMIT = 4,	/* IPv6 chain past what we walk: maybe TCP, unjudged (policy in classify) */
 };
+
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+/*
+ * Where the network header starts, from skb->data: 14 on Ethernet, 0 on devices without a
+ * link header (tun, WireGuard, ipip), where tc sees the IP header first. The kernel knows
+ * (network_header, set by the IP layer on egress and by the receive path on ingress, which
+ * also runs before tc); the packet does not say. head and data read through the kernel's
+ * sk_buff are plain numbers to the verifier (pointers to bytes, not to a struct).
+ */
+static __always_inline __u64 network_offset(struct __sk_buff *skb)
+{
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+
+	return (unsigned long)kskb->head + kskb->network_header - (unsigned long)kskb->data;
+}
 
 struct sslwall_pkt {
 	struct sslwall_flow_key key;
@@ -70,35 +90,47 @@ static __always_inline int parse_tcp(void *data, void *data_end, __u32 l4_off, _
 	return PARSE_OK;
 }
 
-static __always_inline int parse_ipv4(void *data, void *data_end, struct sslwall_pkt *p)
+/* skb_len: the whole packet from the network header, for length fields of 0 (BIG TCP). */
+static __always_inline int parse_ipv4(void *data, void *data_end, __u64 l2, __u32 skb_len, struct sslwall_pkt *p)
 {
-	struct iphdr *ip = data + ETH_HLEN;
+	struct iphdr *ip = data + l2;
 	__u32 ihl, tot;
 
 	if ((void *)(ip + 1) > data_end)
 		return PARSE_TRUNCATED;
+	if (ip->version != 4)
+		return PARSE_NOT_TCP;
 	if (ip->protocol != IPPROTO_TCP)
 		return PARSE_NOT_TCP;
-	if (ip->frag_off & bpf_htons(0x1fff))
+	/* MF or an offset: any fragment, the first included (its TCP payload is cut short). */
+	if (ip->frag_off & bpf_htons(0x3fff))
 		return PARSE_FRAGMENT;
 	ihl = ip->ihl * 4;
 	tot = bpf_ntohs(ip->tot_len);
+	/* BIG TCP for IPv4 (GSO packets over 64 KiB) sets tot_len 0: the packet's length rules. */
+	if (tot == 0)
+		tot = skb_len;
 	if (ihl < sizeof(*ip) || tot < ihl)
 		return PARSE_TRUNCATED;
-	return parse_tcp(data, data_end, ETH_HLEN + ihl, tot - ihl, 0, &ip->saddr, &ip->daddr, p);
+	return parse_tcp(data, data_end, l2 + ihl, tot - ihl, 0, &ip->saddr, &ip->daddr, p);
 }
 
-static __always_inline int parse_ipv6(void *data, void *data_end, struct sslwall_pkt *p)
+static __always_inline int parse_ipv6(void *data, void *data_end, __u64 l2, __u32 skb_len, struct sslwall_pkt *p)
 {
-	struct ipv6hdr *ip6 = data + ETH_HLEN;
-	__u32 off = ETH_HLEN + sizeof(*ip6), len;
+	struct ipv6hdr *ip6 = data + l2;
+	__u32 off = l2 + sizeof(*ip6), len;
 	__u8 next;
 	int i;
 
 	if ((void *)(ip6 + 1) > data_end)
 		return PARSE_TRUNCATED;
+	if (ip6->version != 6)
+		return PARSE_NOT_TCP;
 	next = ip6->nexthdr;
 	len = bpf_ntohs(ip6->payload_len);
+	/* A jumbogram (RFC 2675) or BIG TCP for IPv6 says 0 here: the packet's length rules. */
+	if (len == 0 && skb_len >= sizeof(*ip6))
+		len = skb_len - sizeof(*ip6);
 
 #pragma unroll
 	for (i = 0; i < IPV6_MAX_EXT; i++) {
@@ -108,41 +140,57 @@ static __always_inline int parse_ipv6(void *data, void *data_end, struct sslwall
 		if (next == IPPROTO_TCP)
 			break;
 		if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS &&
-		    next != IPPROTO_FRAGMENT)
+		    next != IPPROTO_FRAGMENT && next != IPPROTO_AH)
 			return PARSE_NOT_TCP;
+		/* A chain the sender padded past our window is not a reason to look away. */
 		if (off > PARSE_PULL_LEN)
-			return PARSE_TRUNCATED;
+			return PARSE_EXT_LIMIT;
 		ext = data + off;
 		if ((void *)(ext + 8) > data_end)
 			return PARSE_TRUNCATED;
 		if (next == IPPROTO_FRAGMENT) {
-			/* offset field (13 bits) in bytes 2-3; non-zero: not the first fragment */
-			if ((((__u16)ext[2] << 8 | ext[3]) & 0xfff8) != 0)
-				return PARSE_FRAGMENT;
-			ext_len = 8;
-		} else {
-			ext_len = ((__u32)ext[1] + 1) * 8;
+			/* Fragments are never judged: a first fragment may carry TCP with its payload cut
+			 * short. The fragment header names the next header in every fragment: TCP, or an
+			 * extension header that may hide TCP, makes it ours; any other protocol's
+			 * fragments (UDP's are common) are not. */
+			__u8 up = ext[0];
+
+			return up == IPPROTO_TCP || up == IPPROTO_HOPOPTS || up == IPPROTO_ROUTING || up == IPPROTO_DSTOPTS ||
+				       up == IPPROTO_FRAGMENT || up == IPPROTO_AH
+				   ? PARSE_FRAGMENT
+				   : PARSE_NOT_TCP;
 		}
+		if (next == IPPROTO_AH)
+			ext_len = ((__u32)ext[1] + 2) * 4;	/* RFC 4302: in 4-byte units, minus 2 */
+		else
+			ext_len = ((__u32)ext[1] + 1) * 8;
 		if (ext_len > len)
 			return PARSE_TRUNCATED;
 		next = ext[0];
 		off += ext_len;
 		len -= ext_len;
 	}
-	if (next != IPPROTO_TCP)
-		return PARSE_TRUNCATED;	/* more extension headers than we walk */
+	if (next != IPPROTO_TCP || off > PARSE_PULL_LEN)
+		return PARSE_EXT_LIMIT;	/* more extension headers (or bytes of them) than we walk */
 	return parse_tcp(data, data_end, off, len, 1, &ip6->saddr, &ip6->daddr, p);
 }
 
 static __always_inline int parse_l3(struct __sk_buff *skb, struct sslwall_pkt *p)
 {
 	void *data, *data_end;
+	/* 64 bits, tested as such: with a __u32, clang bounds a zero-extended copy and adds the
+	 * original to the packet pointer: "R4 offset is outside of the packet". */
+	__u64 l2 = network_offset(skb);
+	__u32 skb_len;
 
+	if (l2 > L2_MAX)
+		return PARSE_NOT_TCP;	/* a link header we do not know (or no network header set) */
+	skb_len = skb->len > l2 ? skb->len - l2 : 0;
 	sslwall_skb_bounds(skb, &data, &data_end);
 	if (skb->protocol == bpf_htons(ETH_P_IP))
-		return parse_ipv4(data, data_end, p);
+		return parse_ipv4(data, data_end, l2, skb_len, p);
 	if (skb->protocol == bpf_htons(ETH_P_IPV6))
-		return parse_ipv6(data, data_end, p);
+		return parse_ipv6(data, data_end, l2, skb_len, p);
 	return PARSE_NOT_TCP;
 }
 

@@ -57,4 +57,12 @@ static __always_inline __u32 sslwall_scan_idx(__u32 i)
 	return i & (SCAN_MAX - 1);
 }
 
+/* Index into a flow's 16-byte hdr[] buffer (rewrites_header: an offset from a sequence number
+ * difference), masked like sslwall_scan_idx for the same older verifiers. Written with the mask;
+ * not tried without it. */
+static __always_inline __u32 sslwall_hdr_idx(__u32 i)
+{
+	return i & 15;
+}
+
 #endif /* SSLWALL_VERIFIER_H */

@@ -402,6 +402,8 @@ test('a flow open before the agent (no SYN seen) is judged on its next payload, 
   assert.equal(lab.egress(tls.fromClient('', ACK)), PASS);
   assert.equal(lab.flow(tls.client, tls.server), undefined, 'a bare ACK of an unknown flow creates nothing');
   assert.equal(lab.ingress(tls.fromServer(tlsAppData())), PASS);
+  expectFlow(tls, 'pending', 'allowed'); // one end alone cannot make a midstream flow tls
+  assert.equal(lab.egress(tls.fromClient(tlsAppData())), PASS);
   expectFlow(tls, 'tls', 'allowed');
   withMode('active', () => {
     const plain = conv(8000);
@@ -537,6 +539,7 @@ test('joining midway: a segment from the middle of a TLS record is not judged pl
     assert.equal(lab.egress(c.fromClient(midRecord)), PASS, 'binary data mid-record passes');
     expectFlow(c, 'pending', 'allowed');
     assert.equal(lab.egress(c.fromClient(tlsAppData(100))), PASS);
+    assert.equal(lab.ingress(c.fromServer(tlsAppData(100))), PASS);
     expectFlow(c, 'tls', 'allowed');
   });
 });

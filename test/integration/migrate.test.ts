@@ -22,10 +22,8 @@ function buildV2(): string {
   fs.cpSync(path.join(src, 'include'), path.join(dir, 'include'), { recursive: true });
   const h = path.join(dir, 'shared.h');
   const text = fs.readFileSync(h, 'utf8');
-  const patched = text.replace(
-    "\t__u8 hdr[2][6];\t\t/* first bytes of each direction's first record */\n};",
-    "\t__u8 hdr[2][6];\t\t/* first bytes of each direction's first record */\n\t__u64 upgrade_marker;\t/* v2 only */\n};",
-  );
+  // Appended as the struct's last field, whatever the field before it is.
+  const patched = text.replace(/(\nstruct sslwall_flow \{[^}]*?)\n\};/, '$1\n\t__u64 upgrade_marker;\t/* v2 only */\n};');
   assert.notEqual(patched, text, 'the v2 patch applies to struct sslwall_flow');
   fs.writeFileSync(h, patched);
   execFileSync('make', ['-C', dir, '--no-print-directory'], { stdio: 'pipe' });

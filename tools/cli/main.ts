@@ -6,6 +6,7 @@ import { type ParseArgsConfig, parseArgs } from 'node:util';
 import pino from 'pino';
 import { type AgentOptions, runAgent } from '../../agent/agent.js';
 import { joinBypassCgroup } from '../../agent/cgroup.js';
+import { CgroupNames } from '../../agent/cgroup-names.js';
 import { readConfigFile } from '../../agent/config-file.js';
 import { readPinnedFlows } from '../../agent/flows.js';
 import { defaultHostId } from '../../agent/interfaces.js';
@@ -16,6 +17,7 @@ import { exitCodeFor, SslwallError } from '../../schemas/errors.js';
 import { Verifier } from '../../schemas/signing.js';
 import { agentsCommand } from './agents.js';
 import { configCommand, engineCommand, keygenCommand, rolloutCommand } from './fleet.js';
+import { violationsCommand } from './violations.js';
 
 const VERSION = '0.1.0';
 
@@ -33,6 +35,8 @@ Commands:
   config      set, get, diff and revert tier config versions (through the engine)
   rollout     start, watch and steer staged rollouts (through the engine)
   agents      the agents of a tier: version, mode, cohort, errors, last seen (through the engine)
+  violations  plaintext connections by service, host and destination: is my traffic affected?
+  etcd        set up etcd's auth and provision hosts' users and roles (least privilege)
   keygen      make the ed25519 key pair that signs tier documents
   token       add a user to the engine's users file and print its new token
   simulate    run N simulated agents against etcd (tests, benchmarks)
@@ -59,7 +63,10 @@ Config source, one of:
     --etcd-prefix P       key prefix                                         [/sslwall/]
     --etcd-cacert FILE    CA bundle for https:// endpoints
     --etcd-cert FILE      client certificate (mutual TLS)
-    --etcd-key FILE       client key
+    --etcd-key FILE       client key; with etcd's auth on, the certificate's CN is the etcd
+                          user (sslwall-host-<ID>: sslwall etcd provision)
+    --etcd-user NAME      etcd user for password auth instead...
+    --etcd-password-file FILE  ...and the file holding its password
     --verify-key FILE|DIR the engine's ed25519 public key (verify.pub), or a folder whose *.pub
                           files are all accepted (re-read when they change); repeat for more.
                           Documents not signed by one of them are refused like invalid ones
@@ -92,6 +99,8 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
       'etcd-cacert': { type: 'string' },
       'etcd-cert': { type: 'string' },
       'etcd-key': { type: 'string' },
+      'etcd-user': { type: 'string' },
+      'etcd-password-file': { type: 'string' },
       'verify-key': { type: 'string', multiple: true },
       'insecure-unsigned': { type: 'boolean' },
       iface: { type: 'string', multiple: true },
@@ -126,13 +135,21 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
         if (verifyKeys.length) Verifier.fromSources(verifyKeys); // fail now, not at the first document
         if ((v['etcd-cert'] || v['etcd-key']) && !v['etcd-cacert'])
           throw usage('--etcd-cert/--etcd-key need --etcd-cacert (client certificates are for https:// endpoints)');
+        if (v['etcd-user'] && !v['etcd-password-file']) throw usage('--etcd-user needs --etcd-password-file FILE');
         source = {
           kind: 'etcd',
           verifyKeys,
           tier,
           hostId: str(v['host-id']) ?? defaultHostId(),
           prefix: str(v['etcd-prefix']) ?? '/sslwall/',
-          conn: { endpoints, cacert: str(v['etcd-cacert']), cert: str(v['etcd-cert']), key: str(v['etcd-key']) },
+          conn: {
+            endpoints,
+            cacert: str(v['etcd-cacert']),
+            cert: str(v['etcd-cert']),
+            key: str(v['etcd-key']),
+            user: str(v['etcd-user']),
+            passwordFile: str(v['etcd-password-file']),
+          },
         };
       }
       const ttlsFiles = [str(v['ttls-cert']), str(v['ttls-key']), str(v['ttls-ca'])];
@@ -157,28 +174,37 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
     },
   },
   flows: {
-    help: `Usage: sslwall flows [--json] [--bpffs DIR]
+    help: `Usage: sslwall flows [--json] [--bpffs DIR] [--cgroup DIR]
 
 Lists the open flows in the filter's flow map: family, client (s) and server (d) endpoints,
 class (tls, starttls, connect, bypass, plaintext, pending) and verdict (allowed, reported, blocked).
 Connections carried by transparent TLS show as class tls, "(wrapped)" ("wrapped": true in JSON),
-from the client's socket to the destination it asked for.
+from the client's socket to the destination it asked for. UNIT is the local service's systemd
+unit (or cgroup) where the filter saw the flow open ("pid", "comm", "unit", "cgroup" in JSON).
 
 Options:
   --json        a JSON array, one object per flow
   --bpffs DIR   the agent's pin folder                          [${DEFAULT_BPFFS}]
+  --cgroup DIR  a folder of the cgroup v2 hierarchy, to name units [the first cgroup2 mount]
 `,
-    options: { json: { type: 'boolean' }, bpffs: { type: 'string' } },
+    options: { json: { type: 'boolean' }, bpffs: { type: 'string' }, cgroup: { type: 'string' } },
     async run(v) {
-      const flows = readPinnedFlows(str(v.bpffs) ?? DEFAULT_BPFFS);
+      const flows = readPinnedFlows(str(v.bpffs) ?? DEFAULT_BPFFS, CgroupNames.open(str(v.cgroup)));
       const out = flows.map(({ proto: _proto, ...rest }) => rest);
       if (v.json) {
         process.stdout.write(`${JSON.stringify(out)}\n`);
       } else {
         process.stdout.write(
           table(
-            out.map((f) => [f.family, `${f.saddr}:${f.sport}`, `${f.daddr}:${f.dport}`, f.wrapped ? `${f.class} (wrapped)` : f.class, f.verdict]),
-            ['FAMILY', 'SOURCE', 'DESTINATION', 'CLASS', 'VERDICT'],
+            out.map((f) => [
+              f.family,
+              `${f.saddr}:${f.sport}`,
+              `${f.daddr}:${f.dport}`,
+              f.wrapped ? `${f.class} (wrapped)` : f.class,
+              f.verdict,
+              f.unit ?? f.cgroup ?? f.comm ?? '-',
+            ]),
+            ['FAMILY', 'SOURCE', 'DESTINATION', 'CLASS', 'VERDICT', 'UNIT'],
           ),
         );
       }
@@ -267,9 +293,11 @@ A running engine picks the change up within 5 s. Roles (docs/security.md):
 const GROUPS: Record<string, (args: string[]) => Promise<number>> = {
   engine: engineCommand,
   keygen: keygenCommand,
+  etcd: async (args) => ((await import(modulePath('./etcd.js'))) as { etcdCommand(a: string[]): Promise<number> }).etcdCommand(args),
   config: configCommand,
   rollout: rolloutCommand,
   agents: agentsCommand,
+  violations: violationsCommand,
   simulate: async (args) => ((await import(modulePath('../simulate/main.js'))) as { main(a: string[]): Promise<number> }).main(args),
   bench: async (args) => ((await import(modulePath('../bench/main.js'))) as { main(a: string[]): Promise<number> }).main(args),
   up: async (args) => ((await import(modulePath('./up.js'))) as { upCommand(a: string[]): Promise<number> }).upCommand(args),

@@ -1,5 +1,6 @@
 // etcd for tests: a single member or a 3-member cluster on 127.0.0.1, each member a Proc with its
-// log in a temp dir, controllable (stop, kill, restart on the same ports and data), compaction on
+// log in a temp dir, a single member optionally on HTTPS with client certificates required
+// (where, once auth is on, a client's certificate CN is its user), controllable (stop, kill, restart on the same ports and data), compaction on
 // demand. Every etcd started here is tracked and SIGKILLed when the test process exits, so nothing
 // outlives a crashed test (the stop hook checks `pgrep -x etcd`).
 import fs from 'node:fs';
@@ -53,9 +54,26 @@ function etcdEnv(): NodeJS.ProcessEnv {
   return env;
 }
 
+/** HTTPS for clients, client certificates required (etcd --client-cert-auth). */
+export interface EtcdTls {
+  caCert: string;
+  /** The server's certificate and key (SAN 127.0.0.1). */
+  cert: string;
+  key: string;
+  /** The certificate etcdctl uses (the lab's own calls: health, compaction, put/get); CN root once auth is on. */
+  client: { cert: string; key: string };
+}
+
+function ctlTlsArgs(tls?: EtcdTls): string[] {
+  return tls ? [`--cacert=${tls.caCert}`, `--cert=${tls.client.cert}`, `--key=${tls.client.key}`] : [];
+}
+
 /** etcdctl against the given endpoints; short timeouts so a dead member fails fast. */
-export function etcdctl(endpoints: string[], args: string[], timeoutMs = 10_000): Promise<RunResult> {
-  return run(ETCDCTL_BIN, [`--endpoints=${endpoints.join(',')}`, '--dial-timeout=1s', '--command-timeout=3s', ...args], { env: etcdEnv(), timeoutMs });
+export function etcdctl(endpoints: string[], args: string[], timeoutMs = 10_000, tls?: EtcdTls): Promise<RunResult> {
+  return run(ETCDCTL_BIN, [`--endpoints=${endpoints.join(',')}`, '--dial-timeout=1s', '--command-timeout=3s', ...ctlTlsArgs(tls), ...args], {
+    env: etcdEnv(),
+    timeoutMs,
+  });
 }
 
 /**
@@ -72,8 +90,8 @@ interface EndpointStatus {
   revision: number;
 }
 
-async function endpointStatus(endpoint: string): Promise<EndpointStatus | undefined> {
-  const r = await etcdctl([endpoint], ['endpoint', 'status', '-w', 'json'], 5_000);
+async function endpointStatus(endpoint: string, tls?: EtcdTls): Promise<EndpointStatus | undefined> {
+  const r = await etcdctl([endpoint], ['endpoint', 'status', '-w', 'json'], 5_000, tls);
   if (r.code !== 0) return undefined;
   const s = parseJsonExact(r.stdout)[0]?.Status;
   if (!s) return undefined;
@@ -150,8 +168,9 @@ export class EtcdMember {
     /** The --initial-cluster value; only read by etcd on the first start (empty data dir). */
     private readonly initialCluster: string,
     private readonly clusterToken: string,
+    readonly tls?: EtcdTls,
   ) {
-    this.endpoint = `http://127.0.0.1:${clientPort}`;
+    this.endpoint = `${tls ? 'https' : 'http'}://127.0.0.1:${clientPort}`;
     this.peerUrl = `http://127.0.0.1:${peerPort}`;
   }
 
@@ -184,6 +203,7 @@ export class EtcdMember {
       '--election-timeout=500',
       '--logger=zap',
       '--log-outputs=stderr',
+      ...(this.tls ? [`--cert-file=${this.tls.cert}`, `--key-file=${this.tls.key}`, `--trusted-ca-file=${this.tls.caCert}`, '--client-cert-auth'] : []),
     ];
     this.proc = Proc.start(`etcd-${this.name}`, ETCD_BIN, args, this.logFile, { env: etcdEnv() });
     track(this.proc);
@@ -191,12 +211,16 @@ export class EtcdMember {
 
   /** Wait until this member answers `endpoint health` (which needs a leader in the cluster). */
   async waitHealthy(timeoutMs = 20_000): Promise<void> {
-    await waitFor(`etcd ${this.name} healthy at ${this.endpoint}`, async () => (await etcdctl([this.endpoint], ['endpoint', 'health'], 5_000)).code === 0, {
-      timeoutMs,
-      intervalMs: 100,
-      explain: () => tail(this.logFile),
-      abortIf: () => (this.running ? undefined : `etcd ${this.name} exited (code ${this.proc?.exitCode}, signal ${this.proc?.exitSignal})`),
-    });
+    await waitFor(
+      `etcd ${this.name} healthy at ${this.endpoint}`,
+      async () => (await etcdctl([this.endpoint], ['endpoint', 'health'], 5_000, this.tls)).code === 0,
+      {
+        timeoutMs,
+        intervalMs: 100,
+        explain: () => tail(this.logFile),
+        abortIf: () => (this.running ? undefined : `etcd ${this.name} exited (code ${this.proc?.exitCode}, signal ${this.proc?.exitSignal})`),
+      },
+    );
   }
 
   /** SIGTERM, SIGKILL after graceMs, and poll until the process is gone. */
@@ -238,7 +262,7 @@ export class EtcdMember {
 export interface EtcdServer {
   /** The temp dir (data dir unless one was given, log), removed by destroy(). */
   dir: string;
-  /** http://127.0.0.1:PORT */
+  /** http://127.0.0.1:PORT (https:// with tls) */
   endpoint: string;
   endpoints: string[];
   dataDir: string;
@@ -266,35 +290,36 @@ export interface StartEtcdOptions {
   dataDir?: string;
   clientPort?: number;
   peerPort?: number;
+  tls?: EtcdTls;
 }
 
-async function currentRevision(endpoints: string[]): Promise<number> {
+async function currentRevision(endpoints: string[], tls?: EtcdTls): Promise<number> {
   for (const ep of endpoints) {
-    const s = await endpointStatus(ep);
+    const s = await endpointStatus(ep, tls);
     if (s) return s.revision;
   }
   throw new Error(`no etcd endpoint answered: ${endpoints.join(', ')}`);
 }
 
-async function compactAt(endpoints: string[], revision?: number): Promise<number> {
-  const rev = revision ?? (await currentRevision(endpoints));
-  await runOkCtl(endpoints, ['compact', String(rev), '--physical']);
+async function compactAt(endpoints: string[], revision?: number, tls?: EtcdTls): Promise<number> {
+  const rev = revision ?? (await currentRevision(endpoints, tls));
+  await runOkCtl(endpoints, ['compact', String(rev), '--physical'], tls);
   return rev;
 }
 
-async function runOkCtl(endpoints: string[], args: string[]): Promise<RunResult> {
-  const r = await etcdctl(endpoints, args);
+async function runOkCtl(endpoints: string[], args: string[], tls?: EtcdTls): Promise<RunResult> {
+  const r = await etcdctl(endpoints, args, 10_000, tls);
   if (r.code !== 0) throw new Error(`etcdctl ${args.join(' ')} failed (exit ${r.code ?? r.signal}): ${r.stderr.trim()}`);
   return r;
 }
 
-async function ctlPut(endpoints: string[], key: string, value: string): Promise<void> {
+async function ctlPut(endpoints: string[], key: string, value: string, tls?: EtcdTls): Promise<void> {
   // After `--`, so a key or value starting with '-' is not taken for a flag.
-  await runOkCtl(endpoints, ['put', '--', key, value]);
+  await runOkCtl(endpoints, ['put', '--', key, value], tls);
 }
 
-async function ctlGet(endpoints: string[], key: string): Promise<string | undefined> {
-  const r = await runOkCtl(endpoints, ['get', '--print-value-only', '--', key]);
+async function ctlGet(endpoints: string[], key: string, tls?: EtcdTls): Promise<string | undefined> {
+  const r = await runOkCtl(endpoints, ['get', '--print-value-only', '--', key], tls);
   return r.stdout === '' ? undefined : r.stdout.replace(/\n$/, '');
 }
 
@@ -306,7 +331,7 @@ export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdServer
   const clientPort = opts.clientPort ?? (await freePort());
   const peerPort = opts.peerPort ?? (await freePort());
   const logFile = path.join(tmp, `${name}.log`);
-  const m = new EtcdMember(name, clientPort, peerPort, dataDir, logFile, `${name}=http://127.0.0.1:${peerPort}`, `sslwall-${path.basename(tmp)}`);
+  const m = new EtcdMember(name, clientPort, peerPort, dataDir, logFile, `${name}=http://127.0.0.1:${peerPort}`, `sslwall-${path.basename(tmp)}`, opts.tls);
   let destroyed = false;
   const destroy = async () => {
     if (destroyed) return;
@@ -334,10 +359,10 @@ export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdServer
     stop: () => m.stop(),
     kill: () => m.kill(),
     restart: () => m.restart(),
-    compact: (rev) => compactAt(eps, rev),
-    revision: () => currentRevision(eps),
-    put: (k, v) => ctlPut(eps, k, v),
-    get: (k) => ctlGet(eps, k),
+    compact: (rev) => compactAt(eps, rev, opts.tls),
+    revision: () => currentRevision(eps, opts.tls),
+    put: (k, v) => ctlPut(eps, k, v, opts.tls),
+    get: (k) => ctlGet(eps, k, opts.tls),
     destroy,
   };
 }

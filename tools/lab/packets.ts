@@ -26,6 +26,12 @@ export interface PacketSpec {
   fragOffset?: number;
   /** IPv4 fragment offset in 8-byte units. */
   ipv4FragOffset?: number;
+  /** The more-fragments flag (IPv4 MF, or M in the IPv6 fragment header). */
+  moreFragments?: boolean;
+  /** IPv4 total length / IPv6 payload length as written (0: BIG TCP, a jumbogram); default: the true length. */
+  ipLength?: number;
+  /** Bytes of each IPv6 extension header (a multiple of 8, default 8; the fragment header is always 8). */
+  extLen?: number;
 }
 
 function ipv6Bytes(addr: string): Buffer {
@@ -66,8 +72,8 @@ export function packet(spec: PacketSpec): Buffer {
   if (!v6) {
     const ip = Buffer.alloc(20);
     ip[0] = 0x45;
-    ip.writeUInt16BE(20 + tcp.length, 2);
-    ip.writeUInt16BE((spec.ipv4FragOffset ?? 0) & 0x1fff, 6);
+    ip.writeUInt16BE(spec.ipLength ?? 20 + tcp.length, 2);
+    ip.writeUInt16BE(((spec.ipv4FragOffset ?? 0) & 0x1fff) | (spec.moreFragments ? 0x2000 : 0), 6);
     ip[8] = 64;
     ip[9] = 6;
     ipv4Bytes(spec.src.addr).copy(ip, 12);
@@ -77,16 +83,16 @@ export function packet(spec: PacketSpec): Buffer {
   const exts: Buffer[] = [];
   const chain = [...(spec.ext ?? []), 6];
   for (let i = 0; i < chain.length - 1; i++) {
-    const e = Buffer.alloc(8);
+    const e = Buffer.alloc(chain[i] === 44 ? 8 : (spec.extLen ?? 8));
     e[0] = chain[i + 1]!;
-    if (chain[i] === 44) e.writeUInt16BE(((spec.fragOffset ?? 0) << 3) & 0xfff8, 2);
-    else e[1] = 0;
+    if (chain[i] === 44) e.writeUInt16BE((((spec.fragOffset ?? 0) << 3) & 0xfff8) | (spec.moreFragments ? 1 : 0), 2);
+    else e[1] = e.length / 8 - 1;
     exts.push(e);
   }
   const extBuf = Buffer.concat(exts);
   const ip6 = Buffer.alloc(40);
   ip6[0] = 0x60;
-  ip6.writeUInt16BE(extBuf.length + tcp.length, 4);
+  ip6.writeUInt16BE(spec.ipLength ?? extBuf.length + tcp.length, 4);
   ip6[6] = chain[0]!;
   ip6[7] = 64;
   ipv6Bytes(spec.src.addr).copy(ip6, 8);
@@ -94,13 +100,19 @@ export function packet(spec: PacketSpec): Buffer {
   return Buffer.concat([eth, ip6, extBuf, tcp]);
 }
 
-/** A TLS handshake record header + handshake type, then filler: enough to look like a hello. */
-export function tlsHello(type: 'client' | 'server', bodyLen = 200, version = 0x0301): Buffer {
+/**
+ * A TLS handshake record holding one hello: record header, handshake header (type, 24-bit
+ * length filling the record) and legacy_version 3.3, then filler: what the classifier judges
+ * of a hello. hsLen overrides the handshake length (a header that does not fit its record).
+ */
+export function tlsHello(type: 'client' | 'server', bodyLen = 200, version = 0x0301, hsLen = bodyLen - 4): Buffer {
   const b = Buffer.alloc(5 + bodyLen);
   b[0] = 22;
   b.writeUInt16BE(version, 1);
   b.writeUInt16BE(bodyLen, 3);
   b[5] = type === 'client' ? 1 : 2;
+  b.writeUIntBE(hsLen, 6, 3);
+  b.writeUInt16BE(0x0303, 9);
   return b;
 }
 
@@ -140,6 +152,20 @@ export class Conversation {
     const p = packet({ src: this.server, dst: this.client, flags, seq: this.sseq, payload });
     this.sseq += Buffer.from(payload).length;
     return p;
+  }
+  /** Next sequence number of each side (what its stack would send next). */
+  get clientSeq(): number {
+    return this.cseq;
+  }
+  get serverSeq(): number {
+    return this.sseq;
+  }
+  /** A client segment at any sequence number, leaving the conversation's own as it was. */
+  clientAt(seq: number, payload: Buffer | string): Buffer {
+    return packet({ src: this.client, dst: this.server, flags: ACK | PSH, seq, payload });
+  }
+  serverAt(seq: number, payload: Buffer | string): Buffer {
+    return packet({ src: this.server, dst: this.client, flags: ACK | PSH, seq, payload });
   }
   /** The last client segment again, same sequence number. */
   retransmitClient(payload: Buffer | string): Buffer {

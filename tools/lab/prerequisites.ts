@@ -49,6 +49,8 @@ export const PROGRAMS = {
   // Checks and unit-tests the shipped alert rules and the Grafana dashboard's queries.
   promtool: { path: '/usr/bin/promtool', package: 'prometheus' },
   alertmanager: { path: '/usr/bin/prometheus-alertmanager', package: 'prometheus-alertmanager' },
+  // The dashboard's browser tests (test/integration/dashboard.test.ts), driven by playwright-core.
+  chromium: { path: '/usr/bin/chromium', package: 'chromium' },
   // Building the BPF objects and the addon (tools/setup, and the native tests' fixture object).
   clang: { path: '/usr/bin/clang', package: 'clang' },
   'llvm-strip': { path: '/usr/bin/llvm-strip', package: 'llvm' },
