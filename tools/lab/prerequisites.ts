@@ -58,6 +58,13 @@ export const PROGRAMS = {
   make: { path: '/usr/bin/make', package: 'make' },
   'g++': { path: '/usr/bin/g++', package: 'g++' },
   'pkg-config': { path: '/usr/bin/pkg-config', package: 'pkg-config' },
+  // tools/package and test/package: the .deb's man pages, Depends and stripped binaries, the new
+  // Debian root it is installed into, and lintian's verdict on it.
+  help2man: { path: '/usr/bin/help2man', package: 'help2man' },
+  'dpkg-shlibdeps': { path: '/usr/bin/dpkg-shlibdeps', package: 'dpkg-dev' },
+  strip: { path: '/usr/bin/strip', package: 'binutils' },
+  debootstrap: { path: '/usr/sbin/debootstrap', package: 'debootstrap' },
+  lintian: { path: '/usr/bin/lintian', package: 'lintian' },
 } as const satisfies Record<string, Program>;
 
 export type ProgramName = keyof typeof PROGRAMS;
