@@ -9,16 +9,18 @@ import { SslwallError } from '../schemas/errors.js';
 import type { EtcdConnection } from '../schemas/etcd.js';
 import { applyConfig, type BypassCgroup, claimSelf, currentMode } from './apply.js';
 import { ensureBypassCgroup } from './cgroup.js';
+import { CgroupNames } from './cgroup-names.js';
 import { readConfigFile, watchConfigFile } from './config-file.js';
 import { Datapath } from './datapath.js';
 import { EtcdAgentSource } from './etcd-source.js';
-import { destroyBlocked, startEventPump } from './events.js';
+import { destroyBlocked, type EventSinks, startEventPump } from './events.js';
 import { routeInterfaces } from './interfaces.js';
 import { createMetrics, serveMetrics } from './metrics.js';
 import { registerOnSwitch, registerOpenFlows } from './register.js';
 import { plaintextControlWarnings, seedOwnFlows, selfProtection } from './self.js';
 import { type AppliedMeta, loadLastGood, metaFields, saveLastGood } from './state.js';
 import { AGENT_VERSION, type AgentStatus } from './status.js';
+import { roundTimes, type StepTimes, timed } from './timing.js';
 import type { CertFiles } from './ttls/index.js';
 import type { AgentTtls } from './ttls-agent.js';
 
@@ -90,27 +92,48 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
     }
   };
 
+  let swept = false;
   /** Apply a validated config to the kernel and remember it as the last good one. */
-  const apply = (config: Config, meta: AppliedMeta, reason: string): void => {
+  const apply = (config: Config, meta: AppliedMeta, reason: string, decided: StepTimes = {}, receivedAt?: number): void => {
     const before = currentMode(dp.maps);
     const started = process.hrtime.bigint();
-    // Before the mode can turn active: connections opened while the mode was off have no flow yet.
-    seedOwnFlows(dp, self, log, 'apply');
-    const flipped = applyConfig(dp.maps, config, bypass, self);
+    const times: StepTimes = { ...decided };
+    // Connections opened while the mode was off have no flow yet: seed them before the mode turns
+    // on. With the filter on, it saw each of them open (the SYN rule, agent/self.ts), so the walk
+    // of the kernel's whole TCP hash (some 25 ms, most of a config change) is skipped.
+    if (before === 'off' && config.mode !== 'off') timed(times, 'seed_ms', () => seedOwnFlows(dp, self, log, 'apply'));
+    const flipped = applyConfig(dp.maps, config, bypass, self, times);
+    const inForceAt = performance.timeOrigin + performance.now();
     registerOnSwitch(dp, before, config.mode, log, reason);
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
-    remember(config, meta);
+    timed(times, 'save_ms', () => remember(config, meta));
     status.applied = { config, meta };
     status.appliedAt = new Date().toISOString();
     status.applyLatencyMs = ms;
     metrics.configApplied.inc({ result: 'ok' });
     metrics.applyLatency.observe(ms / 1000);
     metrics.configVersion.set(meta.tierVersion ?? 0);
+    // The sweep walks the kernel's whole TCP hash (tens of ms): needed when this config blocked
+    // flows (their verdict flipped), and once per process for what an earlier agent left blocked;
+    // flows blocked later are swept by the event pump as their events come.
+    if (config.mode === 'active' && (flipped > 0 || !swept)) {
+      timed(times, 'sweep_ms', () => destroyBlocked(dp, log, metrics));
+      swept = true;
+    }
     log.info(
-      { event: 'config_applied', reason, mode: config.mode, previous_mode: before, verdicts_changed: flipped, apply_ms: ms, ...metaFields(meta) },
+      {
+        event: 'config_applied',
+        reason,
+        mode: config.mode,
+        previous_mode: before,
+        verdicts_changed: flipped,
+        apply_ms: ms,
+        steps: roundTimes(times),
+        ...(receivedAt !== undefined ? { received_at: receivedAt, in_force_at: inForceAt } : {}),
+        ...metaFields(meta),
+      },
       'config applied',
     );
-    if (config.mode === 'active') destroyBlocked(dp, log, metrics);
     if (ttls) void ttls.apply(config);
     else if (config.ttls)
       log.warn(
@@ -145,6 +168,12 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
 
   let stopSource: () => Promise<void>;
   let eventFields: Record<string, unknown> = {};
+  const sinks: EventSinks = { names: CgroupNames.open(opts.cgroup) };
+  if (!sinks.names!.root)
+    log.warn(
+      { event: 'cgroup_names_unavailable', cgroup: opts.cgroup ?? null },
+      'no cgroup v2 hierarchy: violations name their process, not their unit or cgroup',
+    );
   if (opts.source.kind === 'file') {
     const file = opts.source.configFile;
     const reload = (reason: string) => {
@@ -169,6 +198,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
     const warnings = await plaintextControlWarnings(src.conn.cacert ? [] : src.conn.endpoints, ifaces, log);
     const etcd = new EtcdAgentSource(src, dp, status, { apply, keep, refuse }, metrics, log, AGENT_VERSION, () => warnings);
     etcd.start();
+    sinks.onViolation = (v, atMs) => etcd.violation(v, atMs);
     // SIGHUP would kill the process by default; in etcd mode there is no file to re-read.
     const onHup = () => log.info({ event: 'sighup_ignored' }, 'SIGHUP: etcd mode follows the watch; nothing to re-read');
     process.on('SIGHUP', onHup);
@@ -177,7 +207,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
       await etcd.stop();
     };
   }
-  const poller = startEventPump(dp, log, metrics, eventFields);
+  const poller = startEventPump(dp, log, metrics, { ...sinks, fields: eventFields });
 
   log.info(
     { event: 'agent_ready', ifaces, mode: status.applied?.config.mode ?? 'unset', bpffs: opts.bpffs, features: dp.features, ...eventFields },

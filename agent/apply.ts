@@ -17,6 +17,7 @@ import {
   SslwallProto,
   SslwallVerdict,
 } from './generated/shared.js';
+import { type StepTimes, timed } from './timing.js';
 
 /** The pinned (or freshly created) shared maps, by name; whoever opened them closes them. */
 export type MapHandles = Record<SharedMap, MapHandle>;
@@ -93,27 +94,37 @@ export function claimSelf(maps: MapHandles, self: SelfProtection): void {
 }
 
 /** Apply a config; returns the number of plaintext flows whose verdict changed with the mode. */
-export function applyConfig(maps: MapHandles, config: Config, bypassCgroup: BypassCgroup | null, self: SelfProtection | null = null): number {
+/**
+ * Apply a config; returns the number of plaintext flows whose verdict changed with the mode.
+ * times (optional) gets each step's milliseconds; `flip_ms` ends when the new config is in force.
+ */
+export function applyConfig(
+  maps: MapHandles,
+  config: Config,
+  bypassCgroup: BypassCgroup | null,
+  self: SelfProtection | null = null,
+  times?: StepTimes,
+): number {
   const addon = native();
   const next = activeGen(maps) ^ 1;
 
-  addon.mapUpdate(
-    maps.sslwall_config,
-    u32(next),
-    encode('sslwall_config', {
-      mode: modeValue[config.mode],
-      negotiation_budget: NEGOTIATION_BUDGET,
-      bypass_cgroup_id: bypassCgroup?.id ?? 0n,
-      bypass_cgroup_level: bypassCgroup?.level ?? 0,
-      self_tgid: self?.tgid ?? 0,
-    }),
+  timed(times, 'slot_ms', () =>
+    addon.mapUpdate(
+      maps.sslwall_config,
+      u32(next),
+      encode('sslwall_config', {
+        mode: modeValue[config.mode],
+        negotiation_budget: NEGOTIATION_BUDGET,
+        bypass_cgroup_id: bypassCgroup?.id ?? 0n,
+        bypass_cgroup_level: bypassCgroup?.level ?? 0,
+        self_tgid: self?.tgid ?? 0,
+      }),
+    ),
   );
-
-  writePortRoles(maps, next, portRoles(config, self ?? undefined));
-
-  writeCidrs(maps, next, config.bypass.cidrs);
-  addon.mapUpdate(maps.sslwall_active_gen, u32(0), u32(next));
-  return reconcileVerdicts(maps, config.mode);
+  timed(times, 'roles_ms', () => writePortRoles(maps, next, portRoles(config, self ?? undefined)));
+  timed(times, 'cidrs_ms', () => writeCidrs(maps, next, config.bypass.cidrs));
+  timed(times, 'flip_ms', () => addon.mapUpdate(maps.sslwall_active_gen, u32(0), u32(next)));
+  return timed(times, 'verdicts_ms', () => reconcileVerdicts(maps, config.mode));
 }
 
 // What this process last wrote into each generation of the port roles: the next write into that

@@ -102,7 +102,8 @@ export function watchKeys(ns: Etcd3 | Namespace, keys: string[], fromRevision: n
 
 /**
  * The real agent's transport: one etcd3 client for reads, leases and puts, and one for the
- * watch, replaced after a broken watch stream (etcd3's WatchManager would re-create the old
+ * watch on a connection of its own (on a shared one its events arrived ~10 ms late: see
+ * createEtcdClient), replaced after a broken watch stream (etcd3's WatchManager would re-create the old
  * watchers from the server's current revision, skipping what we missed). The health lease is
  * etcd3's Lease (its own keepalive stream, "lost" when etcd says it is gone).
  */
@@ -113,7 +114,7 @@ export class Etcd3Transport implements EtcdTransport {
 
   constructor(private readonly conn: EtcdConnection) {
     this.client = createEtcdClient(conn);
-    this.watchClient = createEtcdClient(conn);
+    this.watchClient = createEtcdClient(conn, { ownConnection: true });
   }
 
   read(keys: string[]) {
@@ -126,7 +127,7 @@ export class Etcd3Transport implements EtcdTransport {
 
   renew(): void {
     this.watchClient.close();
-    this.watchClient = createEtcdClient(this.conn);
+    this.watchClient = createEtcdClient(this.conn, { ownConnection: true });
   }
 
   async grantLease(ttlS: number, onLost: () => void): Promise<string> {
@@ -185,6 +186,13 @@ export function etcdBreaker(): { breaker: CircuitBreaker<[() => Promise<unknown>
     errorThresholdPercentage: 50,
     volumeThreshold: 3,
     resetTimeout: 3000,
+    // Idle cost: opossum rotates its rolling window from a timer per bucket and emits a stats
+    // snapshot (with latency percentiles) from another. The failure rate over the last 10 s in
+    // two 5-s buckets opens the breaker as well; snapshots and percentiles nothing here reads.
+    rollingCountTimeout: 10000,
+    rollingCountBuckets: 2,
+    enableSnapshots: false,
+    rollingPercentilesEnabled: false,
     // A refusal for missing roles is an answer too; counted, it would open the breaker and
     // hide etcd's reason behind "breaker is open".
     errorFilter: (err: unknown) => isLeaseGone(err) || isPermissionDenied(err),

@@ -30,6 +30,9 @@ import { DEFAULT_HEALTH, type HealthOptions, HealthReporter } from './health.js'
 import type { Metrics } from './metrics.js';
 import type { AppliedDocuments, AppliedMeta } from './state.js';
 import type { AgentStatus } from './status.js';
+import { SummaryBuilder, type Violation } from './summary.js';
+import { DEFAULT_SUMMARY_PUBLISH, SummaryPublisher, type SummaryPublishOptions } from './summary-publisher.js';
+import { type StepTimes, timed } from './timing.js';
 
 export interface EtcdSourceOptions {
   conn: EtcdConnection;
@@ -42,22 +45,26 @@ export interface EtcdSourceOptions {
 
 /** The kernel step: what differs between a real agent and a simulated one. */
 export interface Handlers {
-  apply(config: Config, meta: AppliedMeta, reason: string): void;
+  /**
+   * times: what deciding took so far (parse, signature, validation, cohort); receivedAt: epoch ms
+   * when the watch event came in. Both for the log line (the propagation bench's breakdown).
+   */
+  apply(config: Config, meta: AppliedMeta, reason: string, times?: StepTimes, receivedAt?: number): void;
   /** A new version whose effective config is the one in force: remember it, touch nothing. */
   keep(config: Config, meta: AppliedMeta, reason: string): void;
   refuse(err: unknown, reason: string, revision: number | null): void;
 }
 
 /** Parse one etcd value with a schema (after its signature, when a verifier is given); errors name the key, revision and field. */
-export function parseDocument<T>(schema: ZodType<T>, kv: KeyState, key: string, verifier: Verifier | null): T {
+export function parseDocument<T>(schema: ZodType<T>, kv: KeyState, key: string, verifier: Verifier | null, times?: StepTimes): T {
   let doc: unknown;
   try {
-    doc = JSON.parse(kv.value.toString('utf8'));
+    doc = timed(times, 'parse_ms', () => JSON.parse(kv.value.toString('utf8')));
   } catch (err) {
     throw new SslwallError('SSLWALL_E_CONFIG_INVALID', `${key}@${kv.modRevision} is not valid JSON: ${(err as Error).message}`);
   }
-  verifier?.check(doc, `${key}@${kv.modRevision}`);
-  const r = schema.safeParse(doc);
+  if (verifier) timed(times, 'verify_ms', () => verifier.check(doc, `${key}@${kv.modRevision}`));
+  const r = timed(times, 'validate_ms', () => schema.safeParse(doc));
   if (!r.success) throw new SslwallError('SSLWALL_E_CONFIG_INVALID', `${key}@${kv.modRevision} is invalid: ${describeIssues(r.error)}`);
   return r.data;
 }
@@ -118,18 +125,19 @@ export function decide(
   place: { tier: string; hostId: string },
   highest: { tier: number | null; override: number | null },
   inForce: AppliedDocuments | null = null,
+  times?: StepTimes,
 ): Decision {
   if (!s.tier) return { kind: 'none' };
   const sTier = s.tier;
   const judgedTier = judge(() => {
-    const doc = parseDocument(TierDocumentSchema, sTier, keys.tier, verifier);
+    const doc = parseDocument(TierDocumentSchema, sTier, keys.tier, verifier, times);
     checkPlace(`${keys.tier}@${sTier.modRevision}`, doc.tier, place.tier, 'tier', doc.version, highest.tier);
     return { doc, revision: sTier.modRevision };
   });
   const sOverride = s.override;
   const judgedOverride: Judged<HostOverride | null> = sOverride
     ? judge(() => {
-        const doc = parseDocument(HostOverrideSchema, sOverride, keys.override, verifier);
+        const doc = parseDocument(HostOverrideSchema, sOverride, keys.override, verifier, times);
         checkPlace(`${keys.override}@${sOverride.modRevision}`, doc.host, place.hostId, 'host', doc.version, highest.override);
         return doc;
       })
@@ -148,7 +156,7 @@ export function decide(
     override = inForce?.override ?? null;
   }
 
-  const eff = effectiveConfig(tier.doc, override, place.hostId);
+  const eff = timed(times, 'cohort_ms', () => effectiveConfig(tier.doc, override, place.hostId));
   // The override's highest outlives the override: an old one written back after a removal is a replay too.
   const highestOverride = override ? Math.max(highest.override ?? 0, override.version) : highest.override;
   return {
@@ -215,6 +223,8 @@ export interface FollowerOptions {
   verifier: Verifier | null;
   agentVersion: string;
   health?: HealthOptions;
+  /** The violation summary, published under the health lease; none: nothing published (a simulated agent may leave it out). */
+  summary?: { builder: SummaryBuilder; publish?: SummaryPublishOptions };
 }
 
 /** Where the health document's counters and features come from (the kernel's maps, or simulated). */
@@ -229,6 +239,7 @@ export interface HostFacts {
 export class EtcdFollower {
   readonly watch: TierWatch;
   readonly health: HealthReporter;
+  readonly summary: SummaryPublisher | null;
   readonly breaker;
   connected = false;
   watchRevision: number | null = null;
@@ -252,6 +263,24 @@ export class EtcdFollower {
     this.breaker = breaker;
     this.watch = new TierWatch(transport, guard, this.tierKey, this.overrideKey, log);
     this.health = new HealthReporter(transport, guard, opts.keys.health(opts.tier, opts.hostId), log, opts.health ?? DEFAULT_HEALTH, onHealthWritten);
+    this.summary = opts.summary
+      ? new SummaryPublisher(
+          transport,
+          guard,
+          opts.keys.summary(opts.tier, opts.hostId),
+          opts.summary.builder,
+          this.health,
+          log,
+          opts.summary.publish ?? DEFAULT_SUMMARY_PUBLISH,
+        )
+      : null;
+  }
+
+  /** A violation seen here: counted in the summary, which is published later (never one write per violation). */
+  violation(v: Violation, atMs: number): void {
+    if (!this.summary) return;
+    this.opts.summary!.builder.add(v, atMs);
+    this.summary.notify();
   }
 
   start(): void {
@@ -264,6 +293,8 @@ export class EtcdFollower {
   /** revoke false: as a killed agent (simulated), the lease is left to expire. True when the lease was revoked. */
   async stop(revoke = true): Promise<boolean> {
     await this.watch.stop();
+    // Before the lease goes: a summary write after the revoke would fail, or land under a new lease.
+    await this.summary?.stop();
     const revoked = await this.health.stop(revoke);
     this.breaker.shutdown();
     return revoked;
@@ -283,6 +314,7 @@ export class EtcdFollower {
   private onSnapshot(s: Snapshot, reason: string): void {
     this.watchRevision = s.revision;
     this.connected = true;
+    const times: StepTimes = {};
     const d = decide(
       s,
       { tier: this.tierKey, override: this.overrideKey },
@@ -290,6 +322,7 @@ export class EtcdFollower {
       { tier: this.opts.tier, hostId: this.opts.hostId },
       highestApplied(this.status.applied?.meta),
       this.status.applied?.meta.documents ?? null,
+      times,
     );
     if (d.kind === 'none') {
       this.log.warn(
@@ -310,7 +343,7 @@ export class EtcdFollower {
       this.handlers.keep(d.config, d.meta, reason);
     } else {
       try {
-        this.handlers.apply(d.config, d.meta, reason);
+        this.handlers.apply(d.config, d.meta, reason, times, s.receivedAt);
       } catch (err) {
         this.handlers.refuse(err, reason, s.revision);
       }
@@ -361,6 +394,7 @@ export class EtcdAgentSource {
       hostId: opts.hostId,
       verifier: opts.verifyKeys.length ? Verifier.fromSources(opts.verifyKeys) : null,
       agentVersion: version,
+      summary: { builder: new SummaryBuilder(opts.hostId, opts.tier, Date.now()) },
     };
     this.follower = new EtcdFollower(
       this.transport,
@@ -385,6 +419,10 @@ export class EtcdAgentSource {
   async stop(): Promise<void> {
     await this.follower.stop(true);
     this.transport.close();
+  }
+
+  violation(v: Violation, atMs: number): void {
+    this.follower.violation(v, atMs);
   }
 
   private counters(): Health['counters'] {

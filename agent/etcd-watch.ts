@@ -18,6 +18,8 @@ export interface Snapshot {
   override: KeyState | null;
   /** Highest revision seen on the watch (or the read). */
   revision: number;
+  /** Epoch ms (sub-ms) when the watch event that made this snapshot reached this process's JavaScript. */
+  receivedAt?: number;
 }
 
 export type WatchState = 'reading' | 'watching' | 'disconnected' | 'backoff' | 'stopped';
@@ -139,7 +141,7 @@ export class TierWatch extends EventEmitter<{ snapshot: [s: Snapshot, reason: st
           if (done) return;
           current[which[i]!] = kv;
           current.revision = Math.max(current.revision, kv.modRevision);
-          this.emit('snapshot', { ...current }, `${which[i]}_put`);
+          this.emit('snapshot', { ...current, receivedAt: performance.timeOrigin + performance.now() }, `${which[i]}_put`);
         },
         delete: (i, modRevision) => {
           if (done) return;

@@ -3,12 +3,14 @@
 import { existsSync } from 'node:fs';
 import { type MapHandle, native } from '../native/index.js';
 import { SslwallError } from '../schemas/errors.js';
+import type { CgroupNames } from './cgroup-names.js';
 import { addrToString, classNames, decode, endpoints, type Family, familyName, protoNames, verdictNames } from './codec.js';
 import {
   SslwallClass,
   SslwallCounter,
   type SslwallFlow,
   type SslwallFlowKey,
+  type SslwallOwner,
   type SslwallTtlsAddr,
   type SslwallTtlsOrig,
   SslwallVerdict,
@@ -26,18 +28,26 @@ export interface FlowRecord {
   proto: string;
   /** Carried by transparent TLS: s is the client's socket (on loopback, to the proxy), d where it asked to go. */
   wrapped?: true;
+  /** The local side, when the filter recorded it (a SYN or SYN-ACK it saw): process (clients) and systemd unit or cgroup. */
+  pid?: number;
+  comm?: string;
+  unit?: string;
+  cgroup?: string;
 }
 
-/** The flows in the map an agent pinned under bpffs (`sslwall flows`). */
-export function readPinnedFlows(bpffs: string): FlowRecord[] {
+/** The flows in the map an agent pinned under bpffs (`sslwall flows`), with their owners named through `names`. */
+export function readPinnedFlows(bpffs: string, names: CgroupNames | null = null): FlowRecord[] {
   const pin = pinLayout(bpffs).map('sslwall_flows');
   if (!existsSync(pin)) throw new SslwallError('SSLWALL_E_NOT_INSTALLED', `no flow map pinned at ${pin}; is the agent running with --bpffs ${bpffs}?`);
   const map = native().getPinned(pin, 'map');
+  const ownersPin = pinLayout(bpffs).map('sslwall_owners');
+  const owners = existsSync(ownersPin) ? native().getPinned(ownersPin, 'map') : null;
   let flows: FlowRecord[];
   try {
-    flows = readFlows(map);
+    flows = readFlows(map, owners, names);
   } finally {
     map.close();
+    owners?.close();
   }
   const wrapped = pinLayout(bpffs).map('sslwall_ttls_by_local');
   if (!existsSync(wrapped)) return flows; // transparent TLS never loaded here
@@ -70,19 +80,30 @@ export function readWrappedFlows(byLocal: MapHandle): FlowRecord[] {
     });
 }
 
-export function readFlows(flows: MapHandle): FlowRecord[] {
-  return native()
-    .mapDump(flows)
-    .map(([k, v]) => {
-      const key = decode<SslwallFlowKey>('sslwall_flow_key', k);
-      const flow = decode<SslwallFlow>('sslwall_flow', v);
-      return {
-        ...endpoints(key, flow.client_is_lo === 1),
-        class: classNames[flow.cls] ?? `unknown(${flow.cls})`,
-        verdict: verdictNames[flow.verdict] ?? `unknown(${flow.verdict})`,
-        proto: protoNames[flow.proto] ?? 'none',
-      };
-    });
+export function readFlows(flows: MapHandle, owners: MapHandle | null = null, names: CgroupNames | null = null): FlowRecord[] {
+  const addon = native();
+  return addon.mapDump(flows).map(([k, v]) => {
+    const key = decode<SslwallFlowKey>('sslwall_flow_key', k);
+    const flow = decode<SslwallFlow>('sslwall_flow', v);
+    const rec: FlowRecord = {
+      ...endpoints(key, flow.client_is_lo === 1),
+      class: classNames[flow.cls] ?? `unknown(${flow.cls})`,
+      verdict: verdictNames[flow.verdict] ?? `unknown(${flow.verdict})`,
+      proto: protoNames[flow.proto] ?? 'none',
+    };
+    // A lookup per flow, not a second dump joined in JS: the same key bytes, and no owner for most flows seen midway.
+    const raw = owners ? addon.mapLookup(owners, k) : null;
+    if (raw) {
+      const o = decode<SslwallOwner>('sslwall_owner', raw);
+      if (o.pid) Object.assign(rec, { pid: o.pid, comm: o.comm });
+      const cg = names?.resolve(o.cgroup_id);
+      if (cg) {
+        rec.cgroup = cg.path;
+        if (cg.unit) rec.unit = cg.unit;
+      }
+    }
+    return rec;
+  });
 }
 
 export interface Counters {
@@ -157,7 +178,7 @@ export function readCounters(counters: MapHandle): Counters {
  */
 export function flowTableStats(counters: MapHandle, flows: MapHandle): { live: number; evicted: number } {
   const created = readCounters(counters).flowsCreated;
-  const live = native().mapDump(flows).length;
+  const live = native().mapCount(flows);
   const closed = readCounters(counters).flowsClosed;
   return { live, evicted: Math.max(0, Number(created - closed) - live) };
 }

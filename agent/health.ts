@@ -49,6 +49,7 @@ export class HealthReporter {
   private timer: NodeJS.Timeout | undefined;
   private wake: (() => void) | null = null;
   private leased!: () => void;
+  private readonly grantedHooks: Array<() => void> = [];
   /** Resolves once a lease is granted (or the reporter stops). */
   readonly whenLeased = new Promise<void>((r) => (this.leased = r));
 
@@ -76,6 +77,16 @@ export class HealthReporter {
     }, this.opts.intervalMs);
   }
 
+  /** The lease in force (the summary key rides it too), or null between a loss and a grant. */
+  get lease(): string | null {
+    return this.stopped ? null : this.leaseId;
+  }
+
+  /** fn runs after every grant, a new one after a loss included (keys under the old lease are gone). */
+  onGranted(fn: () => void): void {
+    this.grantedHooks.push(fn);
+  }
+
   /** Something worth telling the engine now (config applied, error, back on etcd): write soon. */
   nudge(): void {
     this.ready = true;
@@ -92,6 +103,7 @@ export class HealthReporter {
           this.leaseId = id;
           this.leased();
           this.schedule();
+          for (const fn of this.grantedHooks) fn();
         } catch (err) {
           if (this.stopped) break;
           this.log.debug({ event: 'health_lease_grant_failed', err: (err as Error).message, attempt }, 'health lease not granted; retrying');

@@ -202,6 +202,21 @@ static __noinline struct sslwall_flow *promote(const struct sslwall_pkt *p, stru
 	return stored;
 }
 
+/*
+ * A local server's SYN-ACK: the first packet that carries its socket (the request socket, whose
+ * full socket for bpf_skb_cgroup_id is the listener), so the service that accepted the flow is
+ * known by its cgroup. No pid: the SYN-ACK is sent from softirq, not by the server process.
+ * Failure policy as for a client's owner: a full map evicts the oldest entry.
+ */
+static __always_inline void record_server_owner(struct __sk_buff *skb, const struct sslwall_pkt *p)
+{
+	struct sslwall_owner owner = {};
+
+	owner.cgroup_id = bpf_skb_cgroup_id(skb);
+	if (owner.cgroup_id)
+		bpf_map_update_elem(&sslwall_owners, &p->key, &owner, BPF_ANY);
+}
+
 static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const struct sslwall_pkt *p,
 						 const struct sslwall_config *cfg, __u32 gen, int egress)
 {
@@ -253,15 +268,20 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 	/* A SYN leaving this host is sent by connect() (or sendto with MSG_FASTOPEN)
 	 * in the caller's context, after the source port is chosen: the current task
 	 * owns the flow. (The state tracepoint fires before the port is assigned.)
+	 * The cgroup is the socket's (bpf_skb_cgroup_id), not the current task's: a SYN
+	 * retransmitted from a timer runs in whatever task happened to be current.
 	 * Failure policy: a full owner map evicts the oldest owner; its violations
-	 * are then reported without pid/comm. */
+	 * are then reported without pid/comm/cgroup. */
 	if (egress && syn) {
 		struct sslwall_owner owner = {};
 
 		owner.pid = bpf_get_current_pid_tgid() >> 32;
 		bpf_get_current_comm(owner.comm, sizeof(owner.comm));
+		owner.cgroup_id = bpf_skb_cgroup_id(skb);
 		bpf_map_update_elem(&sslwall_owners, &p->key, &owner, BPF_ANY);
 	}
+	if (egress && synack)
+		record_server_owner(skb, p);
 
 	/* An inbound handshake (our SYN-ACK, or a Fast Open SYN whose data must be judged now)
 	 * waits in half_open until the kernel establishes it. NOEXIST there: a retransmitted
@@ -350,6 +370,8 @@ static __noinline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p
 		f->cls = SSLWALL_CLASS_BYPASS;
 		sslwall_count_class(SSLWALL_CLASS_BYPASS, SSLWALL_VERDICT_ALLOWED);
 		return VERDICT_PASS;
+	} else if (egress && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK)) {
+		record_server_owner(skb, p);
 	}
 
 	d = (p->sender_is_lo == f->client_is_lo) ? DIR_CLIENT : DIR_SERVER;
@@ -431,7 +453,7 @@ judged:
 		 * apart as well: the rollout judges a cohort by its own clients. */
 		if (!client_local)
 			sslwall_count(f->verdict == SSLWALL_VERDICT_BLOCKED ? SSLWALL_CNT_REMOTE_BLOCKED : SSLWALL_CNT_REMOTE_REPORTED);
-		report_violation(p, f, egress, client_local);
+		report_violation(skb, p, f, egress, client_local);
 		if (f->verdict == SSLWALL_VERDICT_BLOCKED) {
 			sslwall_count(SSLWALL_CNT_PKT_DROPPED);
 			return VERDICT_DROP;

@@ -157,10 +157,14 @@ struct sslwall_flow {
 	__u32 hdr_seq[2];	/* sequence number of hdr[d][0]: a retransmission must not rewrite it */
 };
 
-/* Process that opened a flow, recorded at connect() (value of flow_owners). */
+/* The local side of a flow (value of flow_owners): the process that opened it, recorded at
+ * connect() (pid 0 and no comm for a local server), and the cgroup v2 id of the local socket,
+ * the client's or the listener's (0: not known). */
 struct sslwall_owner {
 	__u32 pid;
 	char comm[SSLWALL_COMM_LEN];
+	__u8 pad[4];
+	__u64 cgroup_id;
 };
 
 /* Runtime knobs; two slots, the active one named by the active_gen map, so a
@@ -198,6 +202,7 @@ struct sslwall_event {
 	__u8 client_local;	/* 1: this host opened the connection; 0: a remote peer did */
 	__u8 pad[6];
 	char comm[SSLWALL_COMM_LEN];
+	__u64 cgroup_id;	/* cgroup v2 id of the local socket (client or listener); 0 when unknown */
 };
 
 /* Transparent TLS (bpf/ttls.bpf.c). Indexes into sslwall_ttls_counters. */

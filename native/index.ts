@@ -128,6 +128,8 @@ export interface NativeAddon {
   mapDelete(map: MapHandle, key: Buffer): boolean;
   /** Every [key, value] of a map (get_next_key + lookup), for hash/LRU/array maps. */
   mapDump(map: MapHandle): Array<[Buffer, Buffer]>;
+  /** How many entries the map holds (batched lookups in the addon; nothing copied into JS). */
+  mapCount(map: MapHandle): number;
   /** bpf_map_update_batch: keys and values are concatenated fixed-size records. */
   mapUpdateBatch(map: MapHandle, keys: Buffer, values: Buffer, count: number): void;
 

@@ -8,6 +8,11 @@ import type { HealthCache } from './health-cache.js';
 export interface AgentsFilter {
   errors: boolean;
   behind: boolean;
+  /** Only host ids containing this. */
+  host?: string;
+  /** A page of the filtered agents (all without a limit). */
+  limit?: number;
+  offset?: number;
 }
 
 export function agentView(cache: HealthCache, h: Health, headVersion: number | null): AgentViewBody {
@@ -19,12 +24,20 @@ export function agentView(cache: HealthCache, h: Health, headVersion: number | n
   };
 }
 
-/** The tier's agents, sorted by host id, those with errors or behind first when asked for only them. */
-export function tierAgents(cache: HealthCache, tier: string, headVersion: number | null, filter: AgentsFilter): AgentsBody {
+/**
+ * The tier's agents sorted by host id, only those with errors, behind or of a host id when asked;
+ * `matched` counts the filtered ones before the page. Filtered and paged on the health reports
+ * before each view is made: a page of 300 of 10,000 agents costs 300 views.
+ */
+export function tierAgents(cache: HealthCache, tier: string, headVersion: number | null, filter: AgentsFilter): AgentsBody & { matched: number } {
   const all = cache.tier(tier);
-  const agents = all
-    .map((h) => agentView(cache, h, headVersion))
-    .filter((a) => (!filter.errors || a.lastError !== null) && (!filter.behind || a.behind))
-    .sort((a, b) => a.hostId.localeCompare(b.hostId));
-  return { tier, headVersion, total: all.length, agents };
+  const isBehind = (h: Health) => headVersion !== null && (h.configVersion ?? -1) < headVersion;
+  const { host } = filter;
+  const matched = all
+    .filter((h) => (!filter.errors || h.lastError !== null) && (!filter.behind || isBehind(h)) && (!host || h.hostId.includes(host)))
+    // Code-point order: host ids are ASCII, and localeCompare costs ~100 ms over 10,000 agents.
+    .sort((a, b) => (a.hostId < b.hostId ? -1 : a.hostId > b.hostId ? 1 : 0));
+  const offset = filter.offset ?? 0;
+  const page = matched.slice(offset, filter.limit === undefined ? undefined : offset + filter.limit);
+  return { tier, headVersion, total: all.length, matched: matched.length, agents: page.map((h) => agentView(cache, h, headVersion)) };
 }

@@ -5,7 +5,7 @@
 // but /healthz and /metrics passes the host, origin, token and role checks of auth.ts first
 // (docs/security.md); the caller's name is the author of what it writes.
 
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,6 +26,7 @@ import { bearer, type Caller, type EngineNames, roleNeeded, type Users } from '.
 import { cohortOf } from './checks.js';
 import type { Engine } from './engine.js';
 import { type DocumentInput, validateInput } from './store.js';
+import { serviceName } from './summary-cache.js';
 
 const STATUS_FOR: Partial<Record<ErrorCode, number>> = {
   SSLWALL_E_CONFIG_INVALID: 400,
@@ -95,13 +96,26 @@ export interface ApiOptions {
 // Open to anyone: liveness and scrapes (no tier data), and the dashboard's page and script, which
 // hold no data and ask for a token before they fetch any (a browser cannot send one to load a page).
 const OPEN = new Set(['/healthz', '/metrics']);
-const PAGE = new Set(['/', '/index.html', '/dashboard.js']);
+const DASHBOARD_FILES = ['index.html', 'dashboard.js', 'dashboard.css'];
+/**
+ * The dashboard's libraries, served from node_modules as their packages ship them (no bundler):
+ * URL → package and file. index.html's import map names the modules.
+ */
+const VENDOR: Record<string, [pkg: string, file: string]> = {
+  '/vendor/preact.mjs': ['preact', 'dist/preact.mjs'],
+  '/vendor/preact-hooks.mjs': ['preact', 'hooks/dist/hooks.mjs'],
+  '/vendor/htm.mjs': ['htm', 'dist/htm.module.js'],
+  '/vendor/uplot.mjs': ['uplot', 'dist/uPlot.esm.js'],
+  '/vendor/uplot.css': ['uplot', 'dist/uPlot.min.css'],
+};
+const PAGE = new Set(['/', ...DASHBOARD_FILES.map((f) => `/${f}`), ...Object.keys(VENDOR)]);
 
 export function createMetrics(engine: Engine, extra: client.Metric[] = []) {
   const registry = new client.Registry();
   client.collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 1000 });
   // Health bodies dropped because they disagree with their key (or are invalid): a misbehaving agent shows here.
   registry.registerMetric(engine.health.rejected);
+  registry.registerMetric(engine.summaries.rejected);
   for (const m of extra) registry.registerMetric(m);
   new client.Gauge({
     name: 'sslwall_engine_leader',
@@ -197,6 +211,29 @@ function dashboardDir(): string {
   return found;
 }
 
+/** A package's folder: node_modules beside or above this module (dist/rollout or the source tree). */
+function packageDir(pkg: string): string {
+  const tried: string[] = [];
+  for (let dir = path.dirname(fileURLToPath(import.meta.url)); ; dir = path.dirname(dir)) {
+    const c = path.join(dir, 'node_modules', pkg);
+    tried.push(c);
+    if (fs.existsSync(path.join(c, 'package.json'))) return c;
+    if (path.dirname(dir) === dir)
+      throw new SslwallError('SSLWALL_E_INTERNAL', `the dashboard's library ${pkg} is missing (npm ci); looked in ${tried.join(', ')}`);
+  }
+}
+
+/**
+ * The page's Content-Security-Policy: scripts and styles only from the engine itself, plus the one
+ * inline script the page has (its import map, allowed by hash); requests only to the engine
+ * (same origin, which the Origin check enforces on the server side too); never framed.
+ */
+function contentSecurityPolicy(indexHtml: string): string {
+  const map = /<script type="importmap">([\s\S]*?)<\/script>/.exec(indexHtml);
+  const hash = map ? ` 'sha256-${createHash('sha256').update(map[1]!).digest('base64')}'` : '';
+  return `default-src 'none'; script-src 'self'${hash}; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'`;
+}
+
 export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity, opts: ApiOptions): Promise<FastifyInstance> {
   const metrics = createMetrics(engine, opts.metrics);
   // fastify's own request log would be a line per request; the engine logs events (api_error, config_written).
@@ -281,8 +318,21 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity, op
     reply.code(404).send({ code: 'SSLWALL_E_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}; see docs/rollout.md` }),
   );
 
-  // GET / (index.html) and /dashboard.js; routes made once from the folder's files.
-  await app.register(fastifyStatic, { root: dashboardDir(), wildcard: false });
+  // GET / (index.html), its script and style; routes made once from the folder's files. The
+  // libraries under /vendor/ by sendFile from their package folders.
+  const dashboard = dashboardDir();
+  const csp = contentSecurityPolicy(fs.readFileSync(path.join(dashboard, 'index.html'), 'utf8'));
+  await app.register(fastifyStatic, { root: dashboard, wildcard: false });
+  for (const [url, [pkg, file]] of Object.entries(VENDOR)) {
+    const root = packageDir(pkg);
+    app.get(url, (_req, reply) => reply.sendFile(file, root));
+  }
+  app.addHook('onSend', async (req, reply) => {
+    if (!PAGE.has(req.url.split('?')[0]!)) return;
+    reply.header('content-security-policy', csp);
+    reply.header('x-content-type-options', 'nosniff');
+    reply.header('referrer-policy', 'no-referrer');
+  });
 
   // The author is the credential's name, never anything the request says about itself.
   const by = (req: { caller: Caller }) => req.caller.name;
@@ -345,6 +395,8 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity, op
         version: h.head?.doc.version ?? null,
         rollout: ro ? rolloutView(engine, ro.state) : null,
         agents: engine.health.tier(tier).length,
+        mode: h.head?.doc.rollout.mode ?? null,
+        percent: h.head?.doc.rollout.percent ?? null,
         ...(h.problem ? { headProblem: h.problem } : {}),
       });
     }
@@ -429,7 +481,7 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity, op
   );
   app.get(
     '/api/tiers/:tier/agents',
-    { schema: { params: api.TierParams, querystring: api.AgentsQuery, response: { 200: api.AgentsResponse } } },
+    { schema: { params: api.TierParams, querystring: api.AgentsQuery, response: { 200: api.AgentsPageResponse } } },
     async (req) => {
       const { tier } = req.params;
       const head = await engine.store.head(tier);
@@ -447,8 +499,44 @@ export async function buildApi(engine: Engine, log: Logger, sec: ApiSecurity, op
   app.get(
     '/api/tiers/:tier/preview',
     { schema: { params: api.TierParams, querystring: api.PreviewQuery, response: { 200: api.PreviewResponse } } },
-    async (req) => engine.preview(req.params.tier, req.query.percent),
+    async (req) => {
+      const p = await engine.preview(req.params.tier, req.query.percent);
+      return {
+        ...p,
+        services: engine.summaries
+          .servicesOf(
+            p.tier,
+            p.joining.map((j) => j.hostId),
+          )
+          .slice(0, 100),
+      };
+    },
   );
+
+  // The service owners' view (docs/dashboard.md): what the agents' summaries say, by service.
+  app.get(
+    '/api/tiers/:tier/services',
+    { schema: { params: api.TierParams, querystring: api.ServicesQuery, response: { 200: api.ServicesResponse } } },
+    async (req) => {
+      const { tier } = req.params;
+      const { hosts, services } = engine.summaries.services(tier);
+      return { tier, hosts, total: services.length, services: services.slice(req.query.offset, req.query.offset + req.query.limit) };
+    },
+  );
+  app.get('/api/violations', { schema: { querystring: api.ViolationsQuery, response: { 200: api.ViolationsResponse } } }, async (req) => {
+    const { q, tier, limit, offset } = req.query;
+    const r = engine.summaries.search(q, { tier, limit, offset });
+    return {
+      q,
+      total: r.total,
+      offset,
+      entries: r.page.map((m) => ({ ...m.entry, tier: m.tier, hostId: m.hostId, serviceName: serviceName(m.entry.service) })),
+    };
+  });
+  app.get('/api/violations/series', { schema: { querystring: api.SeriesQuery, response: { 200: api.SeriesResponse } } }, async (req) => {
+    const { q, tier, max } = req.query;
+    return { q, intervalMs: engine.summaries.sampleMs, series: engine.summaries.seriesFor(q, { tier, max }) };
+  });
 
   return app;
 }

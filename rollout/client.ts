@@ -98,9 +98,27 @@ export class EngineClient {
     return this.call('GET', `${tierPath(tier)}/preview?percent=${percent}`, api.PreviewResponse);
   }
 
-  agents(tier: string, filter: { errors?: boolean; behind?: boolean } = {}) {
-    const q = [filter.errors ? 'errors' : '', filter.behind ? 'behind' : ''].filter(Boolean).join('&');
-    return this.call('GET', `${tierPath(tier)}/agents${q ? `?${q}` : ''}`, api.AgentsResponse);
+  /** The tier's services with the violations their hosts' agents saw (a page, most first). */
+  services(tier: string, page: { limit?: number; offset?: number } = {}) {
+    return this.call('GET', `${tierPath(tier)}/services${query(page)}`, api.ServicesResponse);
+  }
+
+  /** Summary entries whose service, host or destination contains q: "is my traffic affected?". */
+  violations(q: string, opts: { tier?: string; limit?: number; offset?: number } = {}) {
+    return this.call('GET', `/api/violations${query({ q, ...opts })}`, api.ViolationsResponse);
+  }
+
+  /** The sampled totals over time of the services whose name contains q. */
+  violationSeries(q: string, opts: { tier?: string; max?: number } = {}) {
+    return this.call('GET', `/api/violations/series${query({ q, ...opts })}`, api.SeriesResponse);
+  }
+
+  agents(tier: string, filter: { errors?: boolean; behind?: boolean; host?: string; limit?: number; offset?: number } = {}) {
+    const { errors, behind, ...page } = filter;
+    const flags = [errors ? 'errors' : '', behind ? 'behind' : ''].filter(Boolean).join('&');
+    const rest = query(page).slice(1);
+    const q = [flags, rest].filter(Boolean).join('&');
+    return this.call('GET', `${tierPath(tier)}/agents${q ? `?${q}` : ''}`, api.AgentsPageResponse);
   }
 
   agent(host: string) {
@@ -175,6 +193,14 @@ export class EngineClient {
       req.end(body === undefined ? undefined : JSON.stringify(body));
     });
   }
+}
+
+/** ?a=1&b=x of the defined values, or ''. */
+function query(params: Record<string, string | number | undefined>): string {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== undefined) q.set(k, String(v));
+  const s = q.toString();
+  return s ? `?${s}` : '';
 }
 
 function tierPath(tier: string): string {

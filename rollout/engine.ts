@@ -20,6 +20,7 @@ import { HealthCache } from './health-cache.js';
 import type { Signer } from './signing.js';
 import { afterChecks, nextStep, operatorAction, PhaseClock, rolledBack, type Step, stageWritten, transitioned } from './steps.js';
 import { ConfigStore, type Fence, HISTORY_KEEP, type SideWrite } from './store.js';
+import { SummaryCache } from './summary-cache.js';
 
 export type TransitionListener = (tier: string, action: string, reason: string) => void;
 
@@ -40,6 +41,8 @@ export interface EngineOptions {
   pruneIntervalMs?: number;
   /** Added to this replica's wall clock: tests give a replica a wrong clock (bake and deadlines must not care). */
   clockOffsetMs?: number;
+  /** ms between samples of the per-service violation totals the dashboard charts (default 1 min). */
+  seriesIntervalMs?: number;
 }
 
 export interface StartRequest {
@@ -55,6 +58,8 @@ export class Engine {
   readonly store: ConfigStore;
   readonly leadership: Leadership;
   readonly health: HealthCache;
+  /** The agents' violation summaries, for the service owners' views (not used by the rollout loop). */
+  readonly summaries: SummaryCache;
   readonly client: Etcd3;
   private readonly log: Logger;
   private timer: NodeJS.Timeout | undefined;
@@ -78,6 +83,7 @@ export class Engine {
     this.leadership = new Leadership(this.client, this.keys.leader, opts.id, opts.log, opts.leaseTtlS ?? 5);
     this.store = new ConfigStore(this.client, this.keys, opts.signer);
     this.health = new HealthCache(this.client, `${this.keys.prefix}health/`, opts.log);
+    this.summaries = new SummaryCache(this.client, `${this.keys.prefix}summary/`, opts.log, opts.seriesIntervalMs);
     // What this replica measured while leading is no use to the next leader, nor to itself later.
     this.leadership.onLost = () => {
       this.phases.clear();
@@ -102,6 +108,7 @@ export class Engine {
 
   start(): void {
     this.health.start();
+    this.summaries.start();
     this.leadership.start();
     this.health.on('gone', (id: string) => {
       this.log.warn({ event: 'agent_gone', agent: id }, 'an agent stopped reporting');
@@ -117,6 +124,7 @@ export class Engine {
     clearInterval(this.pruneTimer);
     await this.leadership.stop();
     await this.health.stop();
+    await this.summaries.stop();
   }
 
   /** Step now (an alert arrived, an agent vanished): the leader does not wait for the interval. */

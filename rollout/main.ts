@@ -38,6 +38,8 @@ export interface EngineRunOptions {
   alertTtlS?: number;
   /** Rollout notifications to a chat webhook (--notify-url, --notify-severity). */
   notify?: { url: string; minSeverity: Severity };
+  /** ms between samples of the per-service violation totals (--series-interval; default 1 min). */
+  seriesIntervalMs?: number;
 }
 
 export interface RunningEngine {
@@ -88,6 +90,7 @@ export async function startEngine(opts: EngineRunOptions, log: Logger): Promise<
     log,
     leaseTtlS: opts.leaseTtlS ?? 5,
     historyKeep: opts.historyKeep,
+    seriesIntervalMs: opts.seriesIntervalMs,
   });
   const notifier = opts.notify ? new Notifier({ ...opts.notify, link: opts.publicUrls?.[0] }, log.child({ component: 'notify' })) : null;
   if (notifier) engine.onTransition((tier, action, reason) => notifier.notify(tier, action, reason));

@@ -4,6 +4,7 @@
 import { z } from 'zod';
 import { ConfigSchema } from './config.js';
 import { AnalysisSchema, RolloutStateSchema } from './rollout.js';
+import { SummaryEntrySchema } from './summary.js';
 import { HealthSchema, TierDocumentSchema, VersionRecordSchema } from './tier.js';
 
 /** Every error answer: a stable code (schemas/errors.ts) and a message that says what to do. */
@@ -27,6 +28,8 @@ export const HistoryQuery = z.object({
 });
 export const AuditQuery = z.object({ limit: z.coerce.number().int().min(1).max(10000).default(50) });
 export const PreviewQuery = z.object({ percent: z.coerce.number().min(0).max(100) });
+/** The bounds of the service owners' answers (docs/dashboard.md): a page of results at most this long. */
+export const VIOLATION_LIMITS = { page: 1000, series: 20, query: 256 } as const;
 /** A query flag: present (?errors, ?errors=true, ?errors=1) or absent. */
 const flag = z
   .enum(['', 'true', '1', 'false', '0'])
@@ -37,7 +40,23 @@ export const AgentsQuery = z.object({
   errors: flag,
   /** Only agents not on the tier's head version. */
   behind: flag,
+  /** Only agents whose host id contains this. */
+  host: z.string().max(128).optional(),
+  /** A page of the (filtered) agents; without a limit, all of them (what `sslwall agents` prints). */
+  limit: z.coerce.number().int().min(1).max(VIOLATION_LIMITS.page).optional(),
+  offset: z.coerce.number().int().min(0).default(0),
 });
+
+const SearchText = z.string().trim().min(1, 'give something to search for').max(VIOLATION_LIMITS.query);
+/** GET /api/tiers/:tier/services: a page of the tier's services, most violations first. */
+export const ServicesQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(VIOLATION_LIMITS.page).default(100),
+  offset: z.coerce.number().int().min(0).default(0),
+});
+/** GET /api/violations: entries whose service, host or destination contains q. */
+export const ViolationsQuery = ServicesQuery.extend({ q: SearchText, tier: TierName.optional() });
+/** GET /api/violations/series: the sampled totals of the services whose name contains q. */
+export const SeriesQuery = z.object({ q: SearchText, tier: TierName.optional(), max: z.coerce.number().int().min(1).max(VIOLATION_LIMITS.series).default(10) });
 
 // ---- request bodies ----
 
@@ -143,6 +162,9 @@ export const TiersResponse = z.array(
     version: z.number().int().nullable(),
     rollout: RolloutView.nullable(),
     agents: z.number().int(),
+    /** The head's rollout fields: the mode of the cohort and its percentage (null: no valid head). */
+    mode: z.enum(['passive', 'active']).nullable(),
+    percent: z.number().nullable(),
     /** Why the head is not a valid document (SSLWALL_E_HEAD_INVALID); absent when it is. */
     headProblem: z.string().optional(),
   }),
@@ -157,6 +179,21 @@ export const OverrideResponse = z.object({ version: z.number().int() });
 export const OverrideRemovedResponse = z.object({ removed: z.string() });
 
 const PreviewHost = z.object({ hostId: z.string(), mode: z.enum(['off', 'passive', 'active']), violationsReported: z.number(), wouldBlock: z.boolean() });
+/** One service of a tier (or of a preview's joining hosts): what its hosts' agents saw, summed. */
+export const ServiceTotalsSchema = z.object({
+  /** serviceName(): the unit, else the container, process name or cgroup. */
+  service: z.string(),
+  unit: z.string().nullable(),
+  comm: z.string().nullable(),
+  hosts: z.number().int(),
+  /** Violations seen in passive mode (active mode would block them). */
+  reported: z.number().int(),
+  /** Connections stopped in active mode. */
+  blocked: z.number().int(),
+  lastSeen: z.string(),
+  /** The most frequent remote ends. */
+  destinations: z.array(z.object({ addr: z.string(), port: z.number().int(), count: z.number().int() })),
+});
 export const PreviewResponse = z.object({
   tier: z.string(),
   percent: z.number(),
@@ -164,6 +201,38 @@ export const PreviewResponse = z.object({
   currentPercent: z.number(),
   joining: z.array(PreviewHost),
   wouldBlock: z.array(PreviewHost),
+  /** The joining hosts' violations by service: what the bump would block, and for whom. */
+  services: z.array(ServiceTotalsSchema),
+});
+export const ServicesResponse = z.object({
+  tier: z.string(),
+  /** Hosts of the tier with a summary. */
+  hosts: z.number().int(),
+  /** Services before the page. */
+  total: z.number().int(),
+  services: z.array(ServiceTotalsSchema),
+});
+/** One summary entry found by a search, with the host and tier whose agent reported it. */
+export const ViolationHit = SummaryEntrySchema.extend({ tier: z.string(), hostId: z.string(), serviceName: z.string() });
+export const ViolationsResponse = z.object({
+  q: z.string(),
+  /** Matching entries before the page. */
+  total: z.number().int(),
+  offset: z.number().int(),
+  entries: z.array(ViolationHit),
+});
+export const SeriesResponse = z.object({
+  q: z.string(),
+  /** ms between samples. */
+  intervalMs: z.number().int(),
+  series: z.array(
+    z.object({
+      tier: z.string(),
+      service: z.string(),
+      /** Totals summed over the tier's hosts at each sample (counts since each agent started). */
+      points: z.array(z.object({ t: z.number(), reported: z.number().int(), blocked: z.number().int() })),
+    }),
+  ),
 });
 
 /**
@@ -184,6 +253,8 @@ export const AgentsResponse = z.object({
   total: z.number().int(),
   agents: z.array(AgentView),
 });
+/** GET /api/tiers/:tier/agents: the list with how many passed the filters, before the page. */
+export const AgentsPageResponse = AgentsResponse.extend({ matched: z.number().int() });
 
 export type AgentViewBody = z.infer<typeof AgentView>;
 export type AgentsBody = z.infer<typeof AgentsResponse>;
@@ -193,3 +264,6 @@ export type StoredAlert = z.infer<typeof StoredAlertSchema>;
 export type TierAlerts = z.infer<typeof TierAlertsResponse>;
 export type RolloutViewBody = z.infer<typeof RolloutView>;
 export type PreviewBody = z.infer<typeof PreviewResponse>;
+export type ServicesBody = z.infer<typeof ServicesResponse>;
+export type ViolationsBody = z.infer<typeof ViolationsResponse>;
+export type SeriesBody = z.infer<typeof SeriesResponse>;

@@ -19,13 +19,20 @@ export interface EtcdConnection {
   passwordFile?: string;
 }
 
-export function createEtcdClient(conn: EtcdConnection): Etcd3 {
-  const client = newClient(conn);
+/**
+ * ownConnection: a connection of the client's own. grpc-js otherwise shares one connection
+ * (subchannel) between all clients of a process with the same target and options, so a second
+ * client is not a second connection: the agent's watch then shares it with its unary calls and
+ * lease keepalive, and its events arrived 10 ms later than a lone watcher's (docs/bench.md
+ * "propagation"); and a client made afresh after a broken stream would reuse the old connection.
+ */
+export function createEtcdClient(conn: EtcdConnection, opts: { ownConnection?: boolean } = {}): Etcd3 {
+  const client = newClient(conn, opts.ownConnection ?? false);
   guardWatchManager(client as unknown as Namespace);
   return client;
 }
 
-function newClient(conn: EtcdConnection): Etcd3 {
+function newClient(conn: EtcdConnection, ownConnection: boolean): Etcd3 {
   const credentials = conn.cacert
     ? {
         rootCertificate: readFileSync(conn.cacert),
@@ -38,6 +45,7 @@ function newClient(conn: EtcdConnection): Etcd3 {
     credentials,
     ...(conn.user ? { auth: { username: conn.user, password: readPassword(conn) } } : {}),
     dialTimeout: 3000,
+    ...(ownConnection ? { grpcOptions: { 'grpc.use_local_subchannel_pool': 1 } } : {}),
     // Unary calls get a deadline so a black-holed etcd fails the call instead of hanging it;
     // streams (watch, keepalive) stay open.
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + 5000 }),

@@ -35,8 +35,11 @@ if (!unitOnly) {
   if (removed.length) console.error(`run-tests: removed ${removed.length} namespace(s) left by dead runs: ${removed.join(' ')}`);
 }
 // Fast layers first: a broken classifier fails in seconds, before the integration suites run.
-const order = ['unit', 'native', 'bpf', 'lib', 'integration'];
+const order = ['unit', 'native', 'bpf', 'lib', 'integration', 'package'];
 const files = walk(unitOnly ? path.join(dist, 'unit') : dist)
+  // test/package builds the .deb and installs it into a new Debian root from Debian's mirror, for
+  // minutes: only when a filter names it (npm run test:package).
+  .filter((f) => !path.relative(dist, f).startsWith(`package${path.sep}`) || filters.some((s) => path.relative(root, f).includes(s)))
   // Filters match the path inside the checkout, so the checkout's own path (say /work/wt-unit) matches nothing.
   .filter((f) => filters.length === 0 || filters.some((s) => path.relative(root, f).includes(s)))
   .sort((a, b) => order.indexOf(path.relative(dist, a).split(path.sep)[0]) - order.indexOf(path.relative(dist, b).split(path.sep)[0]) || a.localeCompare(b));

@@ -33,16 +33,18 @@ static __noinline void event_fill(struct sslwall_event *e, const struct sslwall_
 		e->sport = p->key.port_hi;
 		e->dport = p->key.port_lo;
 	}
-	/* No owner (evicted, or never seen: server side): pid 0, empty comm. */
+	/* No owner (evicted, or never seen: a flow older than the agent): pid 0, empty comm, cgroup 0. */
 	owner = bpf_map_lookup_elem(&sslwall_owners, &p->key);
 	if (owner) {
 		e->pid = owner->pid;
 		__builtin_memcpy(e->comm, owner->comm, sizeof(e->comm));
+		e->cgroup_id = owner->cgroup_id;
 	}
 }
 
 /* A full ring buffer drops the event and counts it; the verdict in the flow holds. */
-static __always_inline void report_violation(const struct sslwall_pkt *p, const struct sslwall_flow *f, int egress, int client_local)
+static __always_inline void report_violation(struct __sk_buff *skb, const struct sslwall_pkt *p, const struct sslwall_flow *f, int egress,
+					     int client_local)
 {
 	struct sslwall_event *e = bpf_ringbuf_reserve(&sslwall_events, sizeof(*e), 0);
 
@@ -53,6 +55,10 @@ static __always_inline void report_violation(const struct sslwall_pkt *p, const 
 	event_fill(e, p, f);
 	e->egress = egress;
 	e->client_local = client_local;
+	/* No owner recorded (a flow seen midway): a packet leaving this host still carries the
+	 * local socket; one coming in does not yet (tc ingress runs before the socket lookup). */
+	if (!e->cgroup_id && egress)
+		e->cgroup_id = bpf_skb_cgroup_id(skb);
 	bpf_ringbuf_submit(e, 0);
 }
 

@@ -52,7 +52,8 @@ struct {
 } sslwall_half_open SEC(".maps");
 
 /* owners: key = struct sslwall_flow_key; value = struct sslwall_owner (pid, comm of the
- * process that called connect()). Written by the classifier on an egress SYN; deleted by
+ * process that called connect(), and the local socket's cgroup id). Written by the classifier
+ * on an egress SYN (a local client) and an egress SYN-ACK (a local server); deleted by
  * the lifecycle tracepoint on close. Read by the classifier only when it reports a
  * violation. LRU hash like flows (same key space, eviction instead of failure); a map of
  * its own keeps the flows value small on the fast path. */

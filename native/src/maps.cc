@@ -3,6 +3,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
+#include <algorithm>
 #include <set>
 #include <string>
 #include <vector>
@@ -110,6 +111,31 @@ Napi::Value MapDump(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// How many entries a map holds, counted from the kernel's batches (a few syscalls, no JS
+// objects): the health report's live-flow count, where mapDump would copy every entry into JS
+// (two syscalls and three objects each: ~30 ms for 10,000 flows, every 30 s on an idle agent).
+Napi::Value MapCount(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgHandle(info, 0, FdKind::kMap, "map", "bpf_map_lookup_batch");
+  MapShape s = Shape(env, fd);
+  constexpr uint32_t kBatch = 4096;
+  std::vector<uint8_t> keys(size_t{kBatch} * s.keySize), values(size_t{kBatch} * s.valueSize);
+  // The batch cursor is opaque: a bucket index (u32) for hash maps, a key for the others.
+  std::vector<uint8_t> cursor(std::max<size_t>(s.keySize, 8)), next(cursor.size());
+  bpf_map_batch_opts opts{};
+  opts.sz = sizeof(opts);
+  double total = 0;
+  for (bool first = true;; first = false) {
+    uint32_t count = kBatch;
+    int err = bpf_map_lookup_batch(fd, first ? nullptr : cursor.data(), next.data(), keys.data(), values.data(), &count, &opts);
+    if (err && err != -ENOENT) ThrowBpf(env, "bpf_map_lookup_batch", -err);
+    total += count;
+    if (err == -ENOENT) break;  // the last batch
+    cursor.swap(next);
+  }
+  return Napi::Number::New(env, total);
+}
+
 void MapUpdateBatch(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgHandle(info, 0, FdKind::kMap, "map", "bpf_map_update_batch");
@@ -133,6 +159,7 @@ void InitMaps(Napi::Env env, Napi::Object exports) {
   exports.Set("mapUpdate", Napi::Function::New<MapUpdate>(env, "mapUpdate"));
   exports.Set("mapDelete", Napi::Function::New<MapDelete>(env, "mapDelete"));
   exports.Set("mapDump", Napi::Function::New<MapDump>(env, "mapDump"));
+  exports.Set("mapCount", Napi::Function::New<MapCount>(env, "mapCount"));
   exports.Set("mapUpdateBatch", Napi::Function::New<MapUpdateBatch>(env, "mapUpdateBatch"));
 }
 

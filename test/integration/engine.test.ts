@@ -152,17 +152,23 @@ describe('rollout engine on one etcd', () => {
     assert.equal((await client.head(tier)).version, (await client.history(tier)).at(-1)!.version, 'the client parses the head and the history');
   });
 
-  test('the dashboard page and its script are served from rollout/dashboard', async () => {
+  test('the dashboard page, its script and its libraries are served (rollout/dashboard, node_modules)', async () => {
     const page = await fetch(`${engine.url}/`);
     assert.equal(page.status, 200);
     assert.match(page.headers.get('content-type') ?? '', /text\/html/);
     const html = await page.text();
-    assert.match(html, /Is my traffic affected\?/);
-    assert.match(html, /<script src="dashboard.js">/);
+    assert.match(html, /<script type="module" src="\.\/dashboard\.js">/);
     const js = await fetch(`${engine.url}/dashboard.js`);
     assert.equal(js.status, 200);
     assert.match(js.headers.get('content-type') ?? '', /javascript/);
-    assert.match(await js.text(), /\/api\/tiers/);
+    const text = await js.text();
+    assert.match(text, /\/api\/tiers/);
+    assert.match(text, /Is my traffic affected\?/);
+    for (const lib of ['preact.mjs', 'preact-hooks.mjs', 'htm.mjs', 'uplot.mjs']) {
+      const r = await fetch(`${engine.url}/vendor/${lib}`);
+      assert.equal(r.status, 200, lib);
+      assert.match(r.headers.get('content-type') ?? '', /javascript/, lib);
+    }
   });
 
   test('preview (tier in passive mode) lists the hosts joining at a percentage and which would block', async () => {

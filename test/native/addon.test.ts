@@ -269,8 +269,10 @@ test('map lookup, update, delete, dump and batch update on an LRU hash', async (
     assert.throws(() => n.mapLookup(map, u64(1)), isBpfError('bpf_map_lookup_elem', EINVAL));
     assert.equal(n.mapDelete(map, u32(1)), true);
     assert.equal(n.mapDelete(map, u32(1)), false, 'deleting a missing key');
+    assert.equal(n.mapCount(map), 0, 'an empty map counts 0');
 
     n.mapUpdateBatch(map, Buffer.concat([u32(10), u32(11), u32(12)]), Buffer.concat([u64(1), u64(2), u64(3)]), 3);
+    assert.equal(n.mapCount(map), 3, 'mapCount counts what the batch update wrote');
     const dump = n.mapDump(map).map(([k, v]) => [k.readUInt32LE(), Number(v.readBigUInt64LE())]);
     assert.deepEqual(
       dump.sort((a, b) => a[0] - b[0]),

@@ -27,7 +27,7 @@ import { type EtcdServer, startEtcd } from '../lab/etcd.js';
 import { EngineProc, type Keys, makeKeys } from '../lab/fleet.js';
 import type { StatsLine } from '../simulate/shared.js';
 import { type Figure, type Scope, scoped, sleep } from './agent.js';
-import { quantile, round } from './stats.js';
+import { median, quantile, round } from './stats.js';
 import type { Bench, BenchContext } from './types.js';
 
 /** Set by main.ts from --fleet-agents. */
@@ -40,6 +40,8 @@ const ROLLBACKS = 3;
 const DIE_AFTER_S = 12;
 const LEASE_TTL_MS = 10_000;
 const STATS_INTERVAL_MS = 250;
+/** The quiet window whose CPU rate is subtracted from each change's. */
+const CPU_QUIET_MS = 2000;
 
 const BASE_CONFIG = { mode: 'passive', bypass: { ports: [22] } };
 const BASE_ROLLOUT = { mode: 'passive', percent: 100, otherwise: 'off', salt: 'bench-fleet' };
@@ -291,7 +293,14 @@ const fmtS = (ms: number) => `${round(ms / 1000, 2)} s`;
 
 export const fleet: Bench = {
   name: 'fleet',
-  produces: ['fleet_propagation_ms_p99', 'rollback_ms_p99', 'dead_agent_detect_ms', 'reconnect_relists_per_agent'],
+  produces: [
+    'fleet_propagation_ms_p99',
+    'fleet_fanout_ms_p99',
+    'fleet_change_cpu_ms_per_agent',
+    'rollback_ms_p99',
+    'dead_agent_detect_ms',
+    'reconnect_relists_per_agent',
+  ],
   summary: `N simulated agents (--fleet-agents, default 10000) on one etcd with an engine: config -> all applied (${PROPAGATION_CHANGES} changes), alert -> all rolled back (${ROLLBACKS}x), dead agents -> engine, etcd restart -> re-reads per agent`,
   async run(ctx: BenchContext): Promise<Figure[]> {
     const N = fleetOptions.agents;
@@ -314,6 +323,54 @@ export const fleet: Bench = {
       }
       const watcher = await TierWatcher.start(client);
       scope.defer('bare watcher', () => watcher.close());
+      // ---- etcd's fan-out alone: N bare watchers, the same changes, no agent work ------------------
+      const fanMs: number[] = [];
+      const fanWatch: number[] = [];
+      const fanCpu: number[] = [];
+      {
+        const bare = SimRun.start('bare', logDir, [
+          '--etcd',
+          etcd.endpoint,
+          '--tier',
+          TIER,
+          '--agents',
+          String(N),
+          '--bare-watch',
+          '--stats-interval',
+          String(STATS_INTERVAL_MS),
+        ]);
+        scope.defer('bare watchers', () => bare.stop());
+        const t = performance.now();
+        await bare.until((s) => s.connected === N, Math.max(120_000, N * 20), `${N} bare watchers watching`);
+        ctx.progress(`${N} bare watchers of the tier key watching after ${fmtS(performance.now() - t)}`);
+        for (let i = 0; i < PROPAGATION_CHANGES; i++) {
+          const config = { ...BASE_CONFIG, bypass: { ports: i % 2 === 0 ? [22, 2222] : [22] } };
+          await sleep(STATS_INTERVAL_MS * 2);
+          const before = bare.last()!;
+          const tPut = performance.now();
+          const rec = await api<{ version: number }>(engine, 'PUT', `/api/tiers/${TIER}/config`, {
+            document: { config, rollout: BASE_ROLLOUT },
+            message: `bench: fan-out ${i + 1}`,
+          });
+          const tWatch = await watcher.when(rec.version, 10_000);
+          const rev = String((await client.get(KEYS.tierConfig(TIER)).exec()).kvs[0]!.mod_revision);
+          const all = await bare.until(
+            (s) => s.applied[rev] === N && s.lastChangeAppliedMs[rev] !== undefined,
+            60_000,
+            `all bare watchers saw revision ${rev}`,
+            undefined,
+            tPut,
+          );
+          fanMs.push(tWatch - tPut + all.s.lastChangeAppliedMs[rev]!);
+          fanWatch.push(tWatch - tPut);
+          fanCpu.push((all.s.cpuMs - before.s.cpuMs) / N);
+          ctx.progress(
+            `fan-out ${i + 1}/${PROPAGATION_CHANGES} (revision ${rev}): all ${N} bare watchers had it after ${round(fanMs[i]!, 1)} ms (first -> last ${all.s.lastChangeAppliedMs[rev]} ms); their CPU ${round(fanCpu[i]! * 1000, 1)} µs per watcher`,
+          );
+        }
+        await bare.stop();
+      }
+
       const first = await api<{ version: number }>(engine, 'PUT', `/api/tiers/${TIER}/config`, {
         document: { config: BASE_CONFIG, rollout: BASE_ROLLOUT },
         message: 'bench: first version',
@@ -348,12 +405,20 @@ export const fleet: Bench = {
       await waitEngineAgents(engine, (n) => n === N, 120_000, `${N} agents`);
       ctx.progress(`the engine counts ${N} agents (${fmtS(performance.now() - t)} after the simulator's launch)`);
       await sleep(2000); // the start-up health writes drain
+      // What the quiet fleet costs (lease keepalives, health ticks): subtracted from each change's CPU.
+      const quiet0 = sim.last()!;
+      await sleep(CPU_QUIET_MS);
+      const quiet1 = sim.last()!;
+      const quietRate = (quiet1.s.cpuMs - quiet0.s.cpuMs) / (quiet1.recv - quiet0.recv);
+      ctx.progress(`the quiet fleet uses ${round(quietRate * 100, 1)} % of a CPU (${N} agents' keepalives and health ticks)`);
 
       // ---- propagation ----------------------------------------------------------------------------
       const propMs: number[] = [];
       const propWatch: number[] = [];
+      const changeCpu: number[] = [];
       for (let i = 0; i < PROPAGATION_CHANGES; i++) {
         const config = { ...BASE_CONFIG, bypass: { ports: i % 2 === 0 ? [22, 2222] : [22] } };
+        const before = sim.last()!;
         const tPut = performance.now();
         const rec = await api<{ version: number }>(engine, 'PUT', `/api/tiers/${TIER}/config`, {
           document: { config, rollout: BASE_ROLLOUT },
@@ -378,6 +443,11 @@ export const fleet: Bench = {
           `change ${i + 1}/${PROPAGATION_CHANGES} (version ${v}): all ${N} applied after ${round(precise, 1)} ms (first agent -> last ${all.s.lastChangeAppliedMs[v]} ms; stats poll says <= ${round(polled, 0)} ms); bare watcher ${round(tWatch - tPut, 2)} ms`,
         );
         await sleep(2500); // their health writes (at most one per agent per second) drain
+        // The change's CPU in the simulator, per agent: receiving, parsing, verifying, validating,
+        // deciding, applying (no kernel) and the health write it causes, less the quiet fleet's.
+        const after = sim.last()!;
+        changeCpu.push((after.s.cpuMs - before.s.cpuMs - quietRate * (after.recv - before.recv)) / N);
+        ctx.progress(`change ${i + 1}: ${round(changeCpu[i]! * 1000, 0)} µs of CPU per agent (simulator processes, quiet fleet subtracted)`);
       }
 
       // ---- rollback on an alert ---------------------------------------------------------------------
@@ -536,6 +606,22 @@ export const fleet: Bench = {
           ratio: round(p99 / b99, 1),
           valueTarget: { op: '<=', value: 2000 },
           meaning: `config written through the engine -> all ${N} simulated agents applied it (${PROPAGATION_CHANGES} changes); one bare watcher: ${round(b99, 1)} ms`,
+        },
+        {
+          bench: 'fleet_fanout_ms_p99',
+          value: round(quantile(fanMs, 0.99), 1),
+          unit: 'ms',
+          baseline: round(quantile(fanWatch, 0.99), 2),
+          ratio: round(quantile(fanMs, 0.99) / quantile(fanWatch, 0.99), 1),
+          meaning: `the same changes to ${N} bare watchers (same watch streams and processes, no agent work): etcd's fan-out and its delivery alone`,
+        },
+        {
+          bench: 'fleet_change_cpu_ms_per_agent',
+          value: round(median(changeCpu), 3),
+          unit: 'CPU ms/agent',
+          baseline: round(median(fanCpu), 3),
+          ratio: round(median(changeCpu) / median(fanCpu), 1),
+          meaning: `median CPU one change costs a simulated agent (its own watch, JSON, ed25519, zod, cohort, health write); baseline: a bare watcher receiving it`,
         },
         {
           bench: 'rollback_ms_p99',

@@ -10,10 +10,12 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { agentIdle, type Figure, hotSwap, propagation } from './agent.js';
 import { alarmBench } from './alarm.js';
+import { dashboardBench } from './dashboard.js';
 import { etcdProvision } from './etcd-auth.js';
 import { fleet, fleetOptions } from './fleet.js';
 import { connectRate, vethThroughput } from './net.js';
 import { round } from './stats.js';
+import { summaryBench } from './summary.js';
 import { tcFastpath, tcFirstPacket } from './tc.js';
 import { ttlsBench } from './ttls.js';
 import type { Bench, BenchResult } from './types.js';
@@ -28,15 +30,17 @@ export const BENCHES: Bench[] = [
   agentIdle,
   fleet,
   alarmBench,
+  dashboardBench,
   ttlsBench,
   etcdProvision,
+  summaryBench,
 ];
 
 const USAGE = `Usage: sslwall bench [--json] [--only NAME,...] [--list] [--fleet-agents N]
        npm run bench -- [--json] [--only NAME,...] [--list] [--fleet-agents N]
 
 Runs the benchmarks (docs/bench.md); each figure is printed with a baseline measured in the
-same run. Needs root (BPF_PROG_TEST_RUN, network namespaces). Takes about 8 minutes, 3-4 of
+same run. Needs root (BPF_PROG_TEST_RUN, network namespaces). Takes about 9 minutes, 3-4 of
 them the fleet bench (--only to pick).
 
 Options:
@@ -167,9 +171,12 @@ function table(results: BenchResult[], failures: Failure[]): string {
   const baselineNote = [
     'Baselines: tc_* = sslwall_empty on the same packet, same repeat; veth_throughput*/connect_rate = an identical test bed without any filter, runs alternating;',
     '  propagation_* = a bare etcd3 watcher on the same path; hot_swap_* = the same transfer before the swaps; agent_* = an idle node process;',
-    '  fleet_propagation/rollback = one bare etcd3 watcher; dead_agent_detect_ms = the lease TTL; reconnect_relists_per_agent = 1 re-read per agent.',
+    '  fleet_propagation/fanout/rollback = one bare etcd3 watcher; fleet_change_cpu_ms_per_agent = a bare watcher receiving the change;',
+    '  dead_agent_detect_ms = the lease TTL; reconnect_relists_per_agent = 1 re-read per agent.',
     '  alarm_to_rollback_e2e_ms = the same Prometheus + Alertmanager notifying a bare webhook receiver, same runs.',
+    '  dashboard_api_ms_p99 = GET /healthz on the same engine, interleaved.',
     '  ttls_* = stunnel4 client -> stunnel4 server with the same certificates and data; ttls_connect_rate = TTLS without multiplexing; ttls_rss_1000_mb = the proxy before.',
+    "  summary_bytes_* = the same agent's health document; summary_add_ns = building the same violation's log line fields and JSON.",
     'Targets in units (ms, MB, %, a count) apply to VALUE; targets with × apply to RATIO.',
   ].join('\n');
   return [line(header), ...rows.map(line), '', baselineNote, ''].join('\n');

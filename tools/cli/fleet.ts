@@ -67,6 +67,8 @@ Options:
                         JSON: {"text": ...}); only the leader sends
   --notify-severity S   info (every stage), warning (also failed checks, pauses) or
                         critical (rollbacks only): send transitions of S and above [warning]
+  --series-interval DURATION  how often the dashboard's per-service violation totals
+                        are sampled (24 h of samples at 1m are kept)                [1m]
   --log-level LEVEL                                                              [info]
 `;
 
@@ -94,6 +96,7 @@ export async function engineCommand(args: string[]): Promise<number> {
       'alert-ttl': { type: 'string' },
       'notify-url': { type: 'string' },
       'notify-severity': { type: 'string' },
+      'series-interval': { type: 'string' },
       'log-level': { type: 'string' },
     },
     'engine',
@@ -111,6 +114,13 @@ export async function engineCommand(args: string[]): Promise<number> {
     throw usage(`--alert-ttl: ${(err as Error).message}`);
   }
   // An etcd lease counts whole seconds.
+  let seriesIntervalMs: number | undefined;
+  try {
+    seriesIntervalMs = v['series-interval'] === undefined ? undefined : parseDuration(String(v['series-interval']));
+  } catch (err) {
+    throw usage(`--series-interval: ${(err as Error).message}`);
+  }
+  if (seriesIntervalMs !== undefined && seriesIntervalMs < 1000) throw usage('--series-interval must be at least 1s');
   if (alertTtlMs !== undefined && alertTtlMs < 1000) throw usage('--alert-ttl must be at least 1s (and longer than repeat_interval)');
   const id = (v.id as string | undefined) ?? `${os.hostname()}-${process.pid}`;
   const log = pino({ level: (v['log-level'] as string | undefined) ?? 'info', base: { component: 'engine', replica: id } });
@@ -142,6 +152,7 @@ export async function engineCommand(args: string[]): Promise<number> {
       publicUrls: (v['public-url'] as unknown as string[] | undefined) ?? [],
       insecure: v.insecure === true,
       alertTtlS: alertTtlMs === undefined ? undefined : Math.ceil(alertTtlMs / 1000),
+      seriesIntervalMs,
       notify: v['notify-url'] ? { url: String(v['notify-url']), minSeverity: severity as (typeof SEVERITIES)[number] } : undefined,
     },
     log,

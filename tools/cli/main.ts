@@ -6,6 +6,7 @@ import { type ParseArgsConfig, parseArgs } from 'node:util';
 import pino from 'pino';
 import { type AgentOptions, runAgent } from '../../agent/agent.js';
 import { joinBypassCgroup } from '../../agent/cgroup.js';
+import { CgroupNames } from '../../agent/cgroup-names.js';
 import { readConfigFile } from '../../agent/config-file.js';
 import { readPinnedFlows } from '../../agent/flows.js';
 import { defaultHostId } from '../../agent/interfaces.js';
@@ -16,6 +17,7 @@ import { exitCodeFor, SslwallError } from '../../schemas/errors.js';
 import { Verifier } from '../../schemas/signing.js';
 import { agentsCommand } from './agents.js';
 import { configCommand, engineCommand, keygenCommand, rolloutCommand } from './fleet.js';
+import { violationsCommand } from './violations.js';
 
 const VERSION = '0.1.0';
 
@@ -33,6 +35,7 @@ Commands:
   config      set, get, diff and revert tier config versions (through the engine)
   rollout     start, watch and steer staged rollouts (through the engine)
   agents      the agents of a tier: version, mode, cohort, errors, last seen (through the engine)
+  violations  plaintext connections by service, host and destination: is my traffic affected?
   etcd        set up etcd's auth and provision hosts' users and roles (least privilege)
   keygen      make the ed25519 key pair that signs tier documents
   token       add a user to the engine's users file and print its new token
@@ -171,28 +174,37 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
     },
   },
   flows: {
-    help: `Usage: sslwall flows [--json] [--bpffs DIR]
+    help: `Usage: sslwall flows [--json] [--bpffs DIR] [--cgroup DIR]
 
 Lists the open flows in the filter's flow map: family, client (s) and server (d) endpoints,
 class (tls, starttls, connect, bypass, plaintext, pending) and verdict (allowed, reported, blocked).
 Connections carried by transparent TLS show as class tls, "(wrapped)" ("wrapped": true in JSON),
-from the client's socket to the destination it asked for.
+from the client's socket to the destination it asked for. UNIT is the local service's systemd
+unit (or cgroup) where the filter saw the flow open ("pid", "comm", "unit", "cgroup" in JSON).
 
 Options:
   --json        a JSON array, one object per flow
   --bpffs DIR   the agent's pin folder                          [${DEFAULT_BPFFS}]
+  --cgroup DIR  a folder of the cgroup v2 hierarchy, to name units [the first cgroup2 mount]
 `,
-    options: { json: { type: 'boolean' }, bpffs: { type: 'string' } },
+    options: { json: { type: 'boolean' }, bpffs: { type: 'string' }, cgroup: { type: 'string' } },
     async run(v) {
-      const flows = readPinnedFlows(str(v.bpffs) ?? DEFAULT_BPFFS);
+      const flows = readPinnedFlows(str(v.bpffs) ?? DEFAULT_BPFFS, CgroupNames.open(str(v.cgroup)));
       const out = flows.map(({ proto: _proto, ...rest }) => rest);
       if (v.json) {
         process.stdout.write(`${JSON.stringify(out)}\n`);
       } else {
         process.stdout.write(
           table(
-            out.map((f) => [f.family, `${f.saddr}:${f.sport}`, `${f.daddr}:${f.dport}`, f.wrapped ? `${f.class} (wrapped)` : f.class, f.verdict]),
-            ['FAMILY', 'SOURCE', 'DESTINATION', 'CLASS', 'VERDICT'],
+            out.map((f) => [
+              f.family,
+              `${f.saddr}:${f.sport}`,
+              `${f.daddr}:${f.dport}`,
+              f.wrapped ? `${f.class} (wrapped)` : f.class,
+              f.verdict,
+              f.unit ?? f.cgroup ?? f.comm ?? '-',
+            ]),
+            ['FAMILY', 'SOURCE', 'DESTINATION', 'CLASS', 'VERDICT', 'UNIT'],
           ),
         );
       }
@@ -285,6 +297,7 @@ const GROUPS: Record<string, (args: string[]) => Promise<number>> = {
   config: configCommand,
   rollout: rolloutCommand,
   agents: agentsCommand,
+  violations: violationsCommand,
   simulate: async (args) => ((await import(modulePath('../simulate/main.js'))) as { main(a: string[]): Promise<number> }).main(args),
   bench: async (args) => ((await import(modulePath('../bench/main.js'))) as { main(a: string[]): Promise<number> }).main(args),
   up: async (args) => ((await import(modulePath('./up.js'))) as { upCommand(a: string[]): Promise<number> }).upCommand(args),

@@ -49,6 +49,8 @@ export const PROGRAMS = {
   // Checks and unit-tests the shipped alert rules and the Grafana dashboard's queries.
   promtool: { path: '/usr/bin/promtool', package: 'prometheus' },
   alertmanager: { path: '/usr/bin/prometheus-alertmanager', package: 'prometheus-alertmanager' },
+  // The dashboard's browser tests (test/integration/dashboard.test.ts), driven by playwright-core.
+  chromium: { path: '/usr/bin/chromium', package: 'chromium' },
   // Building the BPF objects and the addon (tools/setup, and the native tests' fixture object).
   clang: { path: '/usr/bin/clang', package: 'clang' },
   'llvm-strip': { path: '/usr/bin/llvm-strip', package: 'llvm' },
@@ -56,6 +58,13 @@ export const PROGRAMS = {
   make: { path: '/usr/bin/make', package: 'make' },
   'g++': { path: '/usr/bin/g++', package: 'g++' },
   'pkg-config': { path: '/usr/bin/pkg-config', package: 'pkg-config' },
+  // tools/package and test/package: the .deb's man pages, Depends and stripped binaries, the new
+  // Debian root it is installed into, and lintian's verdict on it.
+  help2man: { path: '/usr/bin/help2man', package: 'help2man' },
+  'dpkg-shlibdeps': { path: '/usr/bin/dpkg-shlibdeps', package: 'dpkg-dev' },
+  strip: { path: '/usr/bin/strip', package: 'binutils' },
+  debootstrap: { path: '/usr/sbin/debootstrap', package: 'debootstrap' },
+  lintian: { path: '/usr/bin/lintian', package: 'lintian' },
 } as const satisfies Record<string, Program>;
 
 export type ProgramName = keyof typeof PROGRAMS;

@@ -36,6 +36,8 @@ effective config, "applies" it (no kernel) and reports health under a lease (TTL
   --prefix P              etcd key prefix                                      [/sslwall/]
   --host-prefix P         host id prefix                                           [sim-]
   --stats-interval MS     one JSON stats line on stdout every MS                     [1000]
+  --bare-watch            no agents: N bare watchers of the tier key that only note when each
+                          put arrives (versions keyed by mod revision): etcd's fan-out alone
   --etcd-cacert FILE      CA bundle for https:// endpoints
   --etcd-cert FILE        client certificate (mutual TLS)
   --etcd-key FILE         client key
@@ -61,6 +63,7 @@ export const SIMULATE_OPTIONS: ParseArgsConfig['options'] = {
   prefix: { type: 'string' },
   'host-prefix': { type: 'string' },
   'stats-interval': { type: 'string' },
+  'bare-watch': { type: 'boolean' },
   'etcd-cacert': { type: 'string' },
   'etcd-cert': { type: 'string' },
   'etcd-key': { type: 'string' },
@@ -97,7 +100,8 @@ export function parseSimulateArgs(argv: string[]): SimOptions {
   if (!s('tier')) throw usage('--tier TIER is required');
   if (!s('agents')) throw usage('--agents N is required');
   const verifyKeys = (values['verify-key'] as string[] | undefined) ?? [];
-  if (!verifyKeys.length === !values['insecure-unsigned']) throw usage('give one of --verify-key FILE or --insecure-unsigned');
+  const bareWatch = values['bare-watch'] === true;
+  if (!bareWatch && !verifyKeys.length === !values['insecure-unsigned']) throw usage('give one of --verify-key FILE or --insecure-unsigned');
   for (const k of verifyKeys) if (!existsSync(k)) throw usage(`--verify-key ${k}: no such file or folder`);
   const agents = num(s('agents'), 'agents', 0, 1, 1_000_000, true);
   const endpoints = s('etcd')!
@@ -119,6 +123,7 @@ export function parseSimulateArgs(argv: string[]): SimOptions {
     statsIntervalMs: num(s('stats-interval'), 'stats-interval', 1000, 50, 3_600_000, true),
     concurrency: num(s('concurrency'), 'concurrency', 64, 1, 100_000, true),
     healthMinIntervalMs: num(s('health-interval'), 'health-interval', 1000, 0, 3_600_000, true),
+    bareWatch,
   };
 }
 
@@ -154,6 +159,7 @@ export function mergeStats(t: number, agents: number, all: Array<WorkerStats | n
     leaseRegrants: 0,
     healthWrites: 0,
     healthWriteErrors: 0,
+    cpuMs: 0,
     workers,
   };
   const first = new Map<string, number>();
@@ -170,6 +176,7 @@ export function mergeStats(t: number, agents: number, all: Array<WorkerStats | n
     line.leaseRegrants += s.leaseRegrants;
     line.healthWrites += s.healthWrites;
     line.healthWriteErrors += s.healthWriteErrors;
+    line.cpuMs += s.cpuMs;
     for (const [v, n] of Object.entries(s.applied)) line.applied[v] = (line.applied[v] ?? 0) + n;
     for (const [c, n] of Object.entries(s.errorCodes)) line.errorCodes[c] = (line.errorCodes[c] ?? 0) + n;
     for (const [v, vs] of Object.entries(s.versions)) {

@@ -25,6 +25,11 @@ export interface SimOptions {
   concurrency: number;
   /** Minimum time between two health writes of one agent. */
   healthMinIntervalMs: number;
+  /**
+   * No agents: `agents` bare watchers of the tier key on the same watch streams, doing nothing with
+   * what arrives but note when (etcd's fan-out on its own; versions are keyed by mod revision).
+   */
+  bareWatch: boolean;
 }
 
 /** Parent -> worker. */
@@ -58,6 +63,8 @@ export interface FleetCounts {
   leaseRegrants: number;
   healthWrites: number;
   healthWriteErrors: number;
+  /** CPU time (user + system) the worker processes used since they started, ms. */
+  cpuMs: number;
 }
 
 /** A worker's counts and when its agents saw, applied and reported each version. */

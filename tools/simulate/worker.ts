@@ -25,6 +25,9 @@ class Worker {
   private started = 0;
   private stopping: Promise<void> | null = null;
   private dieTimer: NodeJS.Timeout | undefined;
+  private bareCount = 0;
+  private bareConnected = 0;
+  private readonly bareSeen = new Map<string, number>();
 
   constructor(
     private readonly opts: SimOptions,
@@ -56,10 +59,41 @@ class Worker {
         if (s) s.lastReported = Date.now();
       },
     };
+    if (opts.bareWatch) {
+      this.bareCount = count;
+      return;
+    }
     for (let i = first; i < first + count; i++) {
       const id = hostId(opts.hostPrefix, i);
       this.agents.push(new SimAgent(i - first, id, simPicked('error', id, opts.errorPercent), env));
     }
+  }
+
+  /**
+   * --bare-watch: watchers of the tier key on the same watch streams the agents would use, each
+   * noting only when a put arrives (by mod revision): what etcd's fan-out costs without any agent
+   * work (no JSON, no signature, no health write).
+   */
+  private async startBare(): Promise<void> {
+    const key = etcdKeys(this.opts.prefix).tierConfig(this.opts.tier);
+    const seen = this.bareSeen;
+    await Promise.all(
+      Array.from({ length: this.bareCount }, (_, i) => {
+        const w = this.conn.watchOn(i).watch().key(key).watcher();
+        w.on('put', (kv) => {
+          const rev = String(kv.mod_revision);
+          const now = Date.now();
+          const vs = this.versions.get(Number(rev));
+          if (vs) vs.lastApplied = now;
+          else this.versions.set(Number(rev), { firstSeen: now, lastApplied: now, lastReported: null });
+          seen.set(rev, (seen.get(rev) ?? 0) + 1);
+        });
+        return new Promise<void>((r) => w.once('connected', () => r())).then(() => {
+          this.bareConnected++;
+          this.started++;
+        });
+      }),
+    );
   }
 
   debug(): void {
@@ -79,6 +113,11 @@ class Worker {
   async start(): Promise<void> {
     if (process.env.SSLWALL_SIM_DEBUG) this.debug();
     const t0 = Date.now();
+    if (this.opts.bareWatch) {
+      await this.startBare();
+      send({ type: 'started', count: this.bareCount, ms: Date.now() - t0 });
+      return;
+    }
     const dying = this.agents.filter((a) => simPicked('die', a.hostId, this.opts.diePercent));
     if (dying.length) {
       const at = this.startedAt + this.opts.dieAfterS * 1000;
@@ -113,8 +152,15 @@ class Worker {
       leaseRegrants: 0,
       healthWrites: 0,
       healthWriteErrors: 0,
+      cpuMs: (({ user, system }) => (user + system) / 1000)(process.cpuUsage()),
       versions: Object.fromEntries(this.versions),
     };
+    if (this.opts.bareWatch) {
+      s.agents = s.alive = this.bareCount;
+      s.connected = this.bareConnected;
+      s.applied = Object.fromEntries(this.bareSeen);
+      return s;
+    }
     for (const a of this.agents) {
       s.relists += a.relists;
       s.reconnects += a.reconnects;
