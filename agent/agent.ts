@@ -16,6 +16,7 @@ import { EtcdAgentSource } from './etcd-source.js';
 import { destroyBlocked, type EventSinks, startEventPump } from './events.js';
 import { routeInterfaces } from './interfaces.js';
 import { createMetrics, serveMetrics } from './metrics.js';
+import { registerOnSwitch, registerOpenFlows } from './register.js';
 import { plaintextControlWarnings, seedOwnFlows, selfProtection } from './self.js';
 import { type AppliedMeta, loadLastGood, metaFields, saveLastGood } from './state.js';
 import { AGENT_VERSION, type AgentStatus } from './status.js';
@@ -103,6 +104,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
     if (before === 'off' && config.mode !== 'off') timed(times, 'seed_ms', () => seedOwnFlows(dp, self, log, 'apply'));
     const flipped = applyConfig(dp.maps, config, bypass, self, times);
     const inForceAt = performance.timeOrigin + performance.now();
+    registerOnSwitch(dp, before, config.mode, log, reason);
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
     timed(times, 'save_ms', () => remember(config, meta));
     status.applied = { config, meta };
@@ -159,6 +161,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
   for (const iface of ifaces) dp.attachInterface(iface, log);
   // The filter did not see the SYNs of connections opened before it was attached.
   seedOwnFlows(dp, self, log, 'attach');
+  if (currentMode(dp.maps) !== 'off') registerOpenFlows(dp, log, 'attach');
 
   let server: Server | undefined;
   if (opts.metricsAddr) server = await serveMetrics(opts.metricsAddr, metrics, log);

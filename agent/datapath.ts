@@ -14,6 +14,7 @@ import { assertBpffs, bpfObjects, pinLayout } from './paths.js';
 export function expectedMaps() {
   return {
     sslwall_flows: { keySize: sizeOf('sslwall_flow_key'), valueSize: sizeOf('sslwall_flow') },
+    sslwall_half_open: { keySize: sizeOf('sslwall_flow_key'), valueSize: sizeOf('sslwall_flow') },
     sslwall_owners: { keySize: sizeOf('sslwall_flow_key'), valueSize: sizeOf('sslwall_owner') },
     sslwall_self_flows: { keySize: sizeOf('sslwall_flow_key'), valueSize: 1 },
     sslwall_active_gen: { keySize: 4, valueSize: 4 },
@@ -57,17 +58,27 @@ export class Datapath {
   mapsReplaced = 0;
   private readonly iterLink: LinkHandle;
   private readonly seedLink: LinkHandle;
+  private readonly registerLink: LinkHandle;
   private readonly selfInodes: MapHandle;
   private readonly progs: Record<TcDirection, ProgHandle>;
   private readonly classifier: BpfObject;
   private readonly lifecycle: BpfObject;
 
-  private constructor(bpffs: string, classifier: BpfObject, lifecycle: BpfObject, iterLink: LinkHandle, seedLink: LinkHandle, features: Features) {
+  private constructor(
+    bpffs: string,
+    classifier: BpfObject,
+    lifecycle: BpfObject,
+    iterLink: LinkHandle,
+    seedLink: LinkHandle,
+    registerLink: LinkHandle,
+    features: Features,
+  ) {
     this.pins = pinLayout(bpffs);
     this.classifier = classifier;
     this.lifecycle = lifecycle;
     this.iterLink = iterLink;
     this.seedLink = seedLink;
+    this.registerLink = registerLink;
     this.selfInodes = lifecycle.map('sslwall_self_inodes');
     this.features = features;
     this.maps = sharedMaps(classifier);
@@ -125,6 +136,7 @@ export class Datapath {
 
     const iterLink = lifecycle.attachIter('sslwall_destroy_blocked');
     const seedLink = lifecycle.attachIter('sslwall_seed_self');
+    const registerLink = lifecycle.attachIter('sslwall_register_open');
     const features: Features = {
       tcAttach: 'tcx',
       lifecycle: 'tp_btf/inet_sock_set_state',
@@ -132,7 +144,7 @@ export class Datapath {
       kprobes: existsSync('/sys/kernel/debug/kprobes') || existsSync('/sys/kernel/tracing/kprobe_events'),
     };
     log.info({ event: 'datapath_loaded', bpffs, reused_maps: [...reused], features }, 'datapath loaded');
-    const dp = new Datapath(bpffs, classifier, lifecycle, iterLink, seedLink, features);
+    const dp = new Datapath(bpffs, classifier, lifecycle, iterLink, seedLink, registerLink, features);
     dp.mapsReplaced = Object.keys(expectedMaps()).length - reused.size;
     return dp;
   }
@@ -222,9 +234,19 @@ export class Datapath {
     return out ? out.trim().split('\n').length : 0;
   }
 
+  /**
+   * Give every established connection of this namespace that the flow map does not know an
+   * entry joined midway (agent/register.ts says when). Returns how many were registered.
+   */
+  registerOpenFlows(): number {
+    const out = native().iterRun(this.registerLink).toString();
+    return out ? out.trim().split('\n').length : 0;
+  }
+
   close(): void {
     this.iterLink.close();
     this.seedLink.close();
+    this.registerLink.close();
     this.selfInodes.close();
     closeMaps(this.maps);
     for (const p of Object.values(this.progs)) p.close();

@@ -6,7 +6,6 @@
 // (tools/simulate/agent.ts) records the version and can fail on purpose.
 import type { Logger } from 'pino';
 import type { ZodType } from 'zod';
-import { native } from '../native/index.js';
 import { cohortBucket } from '../schemas/cohort.js';
 import { type Config, describeIssues } from '../schemas/config.js';
 import { SslwallError } from '../schemas/errors.js';
@@ -26,7 +25,7 @@ import type { Datapath } from './datapath.js';
 import { effectiveConfig } from './effective.js';
 import { breakerState, Etcd3Transport, type EtcdTransport, etcdBreaker } from './etcd-client.js';
 import { type KeyState, type Snapshot, TierWatch, type WatchState } from './etcd-watch.js';
-import { readCounters } from './flows.js';
+import { flowTableStats, readCounters } from './flows.js';
 import { DEFAULT_HEALTH, type HealthOptions, HealthReporter } from './health.js';
 import type { Metrics } from './metrics.js';
 import type { AppliedDocuments, AppliedMeta } from './state.js';
@@ -376,7 +375,7 @@ export class EtcdFollower {
 export class EtcdAgentSource {
   private readonly transport: Etcd3Transport;
   private readonly follower: EtcdFollower;
-  private liveFlows = { at: 0, count: 0 };
+  private liveFlows = { at: 0, live: 0, evicted: 0 };
 
   constructor(
     opts: EtcdSourceOptions,
@@ -430,17 +429,16 @@ export class EtcdAgentSource {
     const c = readCounters(this.dp.maps.sslwall_counters);
     const by = (cls: string, verdict: string) => Number(c.byClass.find((x) => x.class === cls && x.verdict === verdict)?.value ?? 0n);
     // Counting live flows walks the map: do it at most every 30 s (idle CPU matters).
-    if (Date.now() - this.liveFlows.at > 30000) this.liveFlows = { at: Date.now(), count: native().mapCount(this.dp.maps.sslwall_flows) };
-    const created = Number(c.flowsCreated),
-      closed = Number(c.flowsClosed);
+    if (Date.now() - this.liveFlows.at > 30000)
+      this.liveFlows = { at: Date.now(), ...flowTableStats(this.dp.maps.sslwall_counters, this.dp.maps.sslwall_flows) };
     return {
       violationsReported: by('plaintext', 'reported'),
       violationsBlocked: by('plaintext', 'blocked'),
       remoteViolationsReported: Number(c.remoteReported),
       remoteViolationsBlocked: Number(c.remoteBlocked),
       midstreamUnknown: by('midstream_unknown', 'allowed'),
-      flows: this.liveFlows.count,
-      evictions: Math.max(0, created - closed - this.liveFlows.count),
+      flows: this.liveFlows.live,
+      evictions: this.liveFlows.evicted,
     };
   }
 }

@@ -124,6 +124,9 @@ export interface Counters {
   parseDropped: bigint;
   /** Segments of undecided flows ahead of the next expected byte, passed unjudged. */
   outOfOrder: bigint;
+  /** Inbound handshakes answered (kept apart until established) and those established. */
+  halfOpenCreated: bigint;
+  halfOpenPromoted: bigint;
   byClass: Array<{ class: string; verdict: string; value: bigint }>;
 }
 
@@ -160,6 +163,22 @@ export function readCounters(counters: MapHandle): Counters {
     extHdrLimit: read(SslwallCounter.SSLWALL_CNT_EXT_HDR_LIMIT),
     parseDropped: read(SslwallCounter.SSLWALL_CNT_PARSE_DROPPED),
     outOfOrder: read(SslwallCounter.SSLWALL_CNT_OUT_OF_ORDER),
+    halfOpenCreated: read(SslwallCounter.SSLWALL_CNT_HALF_OPEN_CREATED),
+    halfOpenPromoted: read(SslwallCounter.SSLWALL_CNT_HALF_OPEN_PROMOTED),
     byClass,
   };
+}
+
+/**
+ * Live entries of the flows map, and the flows the LRU evicted to make room: every insert of a
+ * new key counts as created and every delete (or replacement) as closed, so evicted = created -
+ * closed - live. The walk that counts live entries takes a while and flows open and close
+ * meanwhile: created is read before it and closed after, so the figure is a lower bound that
+ * never reports an eviction that did not happen. Walks the map: callers cache.
+ */
+export function flowTableStats(counters: MapHandle, flows: MapHandle): { live: number; evicted: number } {
+  const created = readCounters(counters).flowsCreated;
+  const live = native().mapCount(flows);
+  const closed = readCounters(counters).flowsClosed;
+  return { live, evicted: Math.max(0, Number(created - closed) - live) };
 }

@@ -4,7 +4,7 @@ import http from 'node:http';
 import type { Logger } from 'pino';
 import client from 'prom-client';
 import type { Datapath } from './datapath.js';
-import { readCounters } from './flows.js';
+import { flowTableStats, readCounters } from './flows.js';
 
 export function createMetrics(dp: Datapath) {
   const registry = new client.Registry();
@@ -28,13 +28,20 @@ export function createMetrics(dp: Datapath) {
       }
     },
   });
+  // Counting live flows walks the map: at most every 30 s, however often Prometheus scrapes.
+  let table = { at: 0, live: 0, evicted: 0 };
   const kernel = new client.Gauge({
     name: 'sslwall_datapath_counter',
-    help: 'Kernel datapath counters: flows created/closed/evicted, packets dropped/truncated, events lost',
+    help: 'Kernel datapath counters: flows created/closed/evicted/live, inbound handshakes answered/established, packets dropped/truncated, events lost',
     labelNames: ['counter'] as const,
     registers: [registry],
     collect() {
       const c = readCounters(dp.maps.sslwall_counters);
+      if (Date.now() - table.at > 30000) table = { at: Date.now(), ...flowTableStats(dp.maps.sslwall_counters, dp.maps.sslwall_flows) };
+      kernel.set({ counter: 'flows_live' }, table.live);
+      kernel.set({ counter: 'flows_evicted' }, table.evicted);
+      kernel.set({ counter: 'half_open_created' }, Number(c.halfOpenCreated));
+      kernel.set({ counter: 'half_open_promoted' }, Number(c.halfOpenPromoted));
       kernel.set({ counter: 'flows_created' }, Number(c.flowsCreated));
       kernel.set({ counter: 'flows_closed' }, Number(c.flowsClosed));
       kernel.set({ counter: 'flow_insert_failed' }, Number(c.insertFailed));

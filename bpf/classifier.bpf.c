@@ -36,6 +36,20 @@ static __always_inline int is_syn(const struct sslwall_pkt *p)
 	return (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 }
 
+static __always_inline int is_synack(const struct sslwall_pkt *p)
+{
+	return (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK);
+}
+
+/* The verdict of a decided flow for one packet. */
+static __always_inline int decided(const struct sslwall_flow *f, const struct sslwall_pkt *p)
+{
+	if (f->verdict != SSLWALL_VERDICT_BLOCKED || (p->tcp_flags & (TCP_FLAG_RST | TCP_FLAG_SYN)))
+		return VERDICT_PASS;
+	sslwall_count(SSLWALL_CNT_PKT_DROPPED);
+	return VERDICT_DROP;
+}
+
 static __always_inline int classify(struct __sk_buff *skb, int egress)
 {
 	struct sslwall_pkt p = {};
@@ -51,17 +65,16 @@ static __always_inline int classify(struct __sk_buff *skb, int egress)
 	}
 
 	/* Fast path: a decided flow costs this one lookup. A blocked flow's RST
-	 * still passes so the peer fails fast instead of retransmitting. A SYN from
-	 * the flow's client opens a new flow on the same 4-tuple (the close of the
-	 * old one was missed): it takes the slow path. A SYN from the server side
-	 * cannot start a connection on this tuple and is judged by the old flow. */
+	 * still passes so the peer fails fast instead of retransmitting. Only a
+	 * handshake this host sends (its SYN: connect() found the 4-tuple free; its
+	 * SYN-ACK: no socket holds the tuple any more, a live one would have answered
+	 * with an ACK) starts a new flow over a decided one: it takes the slow path.
+	 * An arriving SYN never replaces a decided flow (anyone can forge one); it
+	 * passes, also on a blocked flow, so that the kernel decides. egress is a
+	 * constant in each program: the test costs nothing on ingress. */
 	f = bpf_map_lookup_elem(&sslwall_flows, &p.key);
-	if (f && f->cls != SSLWALL_CLASS_PENDING && (!is_syn(&p) || p.sender_is_lo != f->client_is_lo)) {
-		if (f->verdict != SSLWALL_VERDICT_BLOCKED || (p.tcp_flags & TCP_FLAG_RST))
-			return VERDICT_PASS;
-		sslwall_count(SSLWALL_CNT_PKT_DROPPED);
-		return VERDICT_DROP;
-	}
+	if (f && f->cls != SSLWALL_CLASS_PENDING && !(egress && (p.tcp_flags & TCP_FLAG_SYN)))
+		return decided(f, &p);
 	return classify_slow(skb, &p, f, egress);
 }
 
@@ -141,6 +154,54 @@ static __always_inline int self_flow(const struct sslwall_pkt *p, const struct s
 	return 1;
 }
 
+/* The server's sequence starts at its SYN-ACK: what the client's ACK must acknowledge. The
+ * client's starts where the SYN-ACK acknowledges (no state was kept from its SYN), unless a
+ * Fast Open SYN's data already fixed it: the client's stream is judged in order from there. */
+static __always_inline void note_synack(struct sslwall_flow *f, const struct sslwall_pkt *p)
+{
+	f->seq_next[1] = p->seq + 1;
+	f->flags |= SSLWALL_FLOW_SEQ_SERVER;
+	if (!(f->flags & SSLWALL_FLOW_SEQ_CLIENT)) {
+		f->seq_next[0] = p->ack;
+		f->flags |= SSLWALL_FLOW_SEQ_CLIENT;
+	}
+}
+
+/*
+ * The client's ACK of our SYN-ACK: it acknowledges exactly the SYN-ACK's sequence number + 1
+ * (or data the server sent after it), which only someone who saw the SYN-ACK can know. The
+ * handshake is then complete, also for a server in another namespace behind this host, where
+ * no state change of a local socket would ever tell (lifecycle.bpf.c promotes local ones too).
+ */
+static __always_inline int completes_handshake(const struct sslwall_pkt *p, const struct sslwall_flow *f)
+{
+	return (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) == TCP_FLAG_ACK &&
+	       (f->flags & SSLWALL_FLOW_SEQ_SERVER) && p->sender_is_lo == f->client_is_lo && p->ack == f->seq_next[1];
+}
+
+/* Move an established inbound flow from half_open into flows, replacing whatever flow the tuple
+ * had (the host answered this new handshake, so the old connection is over). Returns the
+ * entry to go on with: the new one, or the half-open one if flows refused the insert (counted). */
+static __noinline struct sslwall_flow *promote(const struct sslwall_pkt *p, struct sslwall_flow *half)
+{
+	struct sslwall_flow copy = *half, *stored;
+
+	if (bpf_map_update_elem(&sslwall_flows, &p->key, &copy, BPF_NOEXIST) == 0) {
+		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
+	} else if (bpf_map_update_elem(&sslwall_flows, &p->key, &copy, BPF_EXIST) == 0) {
+		sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);
+		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
+	}
+	stored = bpf_map_lookup_elem(&sslwall_flows, &p->key);
+	if (!stored) {
+		sslwall_count(SSLWALL_CNT_FLOW_INSERT_FAILED);
+		return half;
+	}
+	bpf_map_delete_elem(&sslwall_half_open, &p->key);
+	sslwall_count(SSLWALL_CNT_HALF_OPEN_PROMOTED);
+	return stored;
+}
+
 /*
  * A local server's SYN-ACK: the first packet that carries its socket (the request socket, whose
  * full socket for bpf_skb_cgroup_id is the listener), so the service that accepted the flow is
@@ -160,7 +221,7 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 						 const struct sslwall_config *cfg, __u32 gen, int egress)
 {
 	int syn = is_syn(p);
-	int synack = (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK);
+	int synack = is_synack(p);
 	struct sslwall_flow f = {};
 	struct sslwall_flow *stored;
 	__u16 server_port;
@@ -169,6 +230,10 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 
 	if (!syn && !synack && p->payload_len == 0)
 		return NULL;	/* an ACK or FIN of a flow we never saw: nothing to judge yet */
+	/* An arriving SYN without data (a scan, a flood, a port nobody listens on) leaves no
+	 * state: the flow starts when this host answers it (its SYN-ACK, on egress). */
+	if (syn && !egress && p->payload_len == 0)
+		return NULL;
 
 	if (syn)
 		f.client_is_lo = p->sender_is_lo;
@@ -215,11 +280,33 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 		owner.cgroup_id = bpf_skb_cgroup_id(skb);
 		bpf_map_update_elem(&sslwall_owners, &p->key, &owner, BPF_ANY);
 	}
+	if (egress && synack)
+		record_server_owner(skb, p);
 
-	/* A SYN always starts a new flow (the 4-tuple may be reused after a close we
-	 * missed); otherwise NOEXIST: another CPU may have inserted it meanwhile. */
-	if (bpf_map_update_elem(&sslwall_flows, &p->key, &f, syn ? BPF_ANY : BPF_NOEXIST) == 0)
+	/* An inbound handshake (our SYN-ACK, or a Fast Open SYN whose data must be judged now)
+	 * waits in half_open until the kernel establishes it. NOEXIST there: a retransmitted
+	 * SYN-ACK must not reset what a Fast Open SYN's data already taught. */
+	if (egress ? synack : syn) {
+		if (bpf_map_update_elem(&sslwall_half_open, &p->key, &f, BPF_NOEXIST) == 0)
+			sslwall_count(SSLWALL_CNT_HALF_OPEN_CREATED);
+		stored = bpf_map_lookup_elem(&sslwall_half_open, &p->key);
+		if (!stored) {
+			sslwall_count(SSLWALL_CNT_FLOW_INSERT_FAILED);
+			return NULL;
+		}
+		if (synack)
+			note_synack(stored, p);
+		return stored;
+	}
+	/* NOEXIST first: another CPU may have inserted it meanwhile. Our own SYN then replaces
+	 * the flow (connect() found the 4-tuple free: the old flow's close was missed), counted
+	 * as a close and a create so that created - closed - live still counts evictions. */
+	if (bpf_map_update_elem(&sslwall_flows, &p->key, &f, BPF_NOEXIST) == 0) {
 		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
+	} else if (syn && bpf_map_update_elem(&sslwall_flows, &p->key, &f, BPF_EXIST) == 0) {
+		sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);
+		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
+	}
 	stored = bpf_map_lookup_elem(&sslwall_flows, &p->key);
 	if (!stored)
 		sslwall_count(SSLWALL_CNT_FLOW_INSERT_FAILED);
@@ -247,7 +334,34 @@ static __noinline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p
 	if (cfg->mode == SSLWALL_MODE_OFF)
 		return VERDICT_PASS;
 
-	if (!f || (is_syn(p) && p->sender_is_lo == f->client_is_lo)) {
+	/* This host answers a new handshake on the tuple: the flow there before is over. */
+	if (f && egress && is_synack(p)) {
+		if (bpf_map_delete_elem(&sslwall_flows, &p->key) == 0)
+			sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);
+		f = NULL;
+	}
+	/* An inbound handshake not yet established is judged where it waits. Not looked for on
+	 * a SYN of ours (it opens a flow of its own) or an arriving SYN without data (it changes
+	 * nothing either way): a new connection pays no second lookup, and a flood neither. */
+	if (!f && !(is_syn(p) && (egress || p->payload_len == 0))) {
+		f = bpf_map_lookup_elem(&sslwall_half_open, &p->key);
+		if (f && (p->tcp_flags & TCP_FLAG_RST)) {
+			/* A reset handshake never completes (a SYN scanner's RST, a refused SYN-ACK).
+			 * An established flow's entry goes when the kernel, which checks the RST's
+			 * sequence number, closes the socket: a forged RST must not remove it. */
+			bpf_map_delete_elem(&sslwall_half_open, &p->key);
+			return VERDICT_PASS;
+		}
+		if (f && egress && is_synack(p))
+			note_synack(f, p);	/* answering a Fast Open SYN, whose data made the entry */
+		if (f && completes_handshake(p, f))
+			f = promote(p, f);
+		if (f && f->cls != SSLWALL_CLASS_PENDING && !(egress && is_syn(p)))
+			return decided(f, p);	/* a retransmitted SYN-ACK of a decided handshake too */
+	}
+	if (f && !egress && is_syn(p))
+		return VERDICT_PASS;	/* a SYN on a known flow, forged or retransmitted: state stays as it was */
+	if (!f || (egress && is_syn(p))) {
 		f = open_flow(skb, p, cfg, gen, egress);
 		if (!f || f->cls != SSLWALL_CLASS_PENDING)
 			return VERDICT_PASS;

@@ -110,7 +110,11 @@ enum sslwall_counter {
 	SSLWALL_CNT_PARSE_DROPPED = SSLWALL_CNT_REMOTE_REPORTED + 4,
 	/* Segments of an undecided flow ahead of the next expected byte: passed unjudged. */
 	SSLWALL_CNT_OUT_OF_ORDER = SSLWALL_CNT_REMOTE_REPORTED + 5,
-	SSLWALL_CNT_COUNT = SSLWALL_CNT_REMOTE_REPORTED + 6,
+	/* Inbound handshakes the host answered (SYN-ACK sent), kept in sslwall_half_open. */
+	SSLWALL_CNT_HALF_OPEN_CREATED = SSLWALL_CNT_REMOTE_REPORTED + 6,
+	/* Half-open entries moved into sslwall_flows when the handshake completed. */
+	SSLWALL_CNT_HALF_OPEN_PROMOTED = SSLWALL_CNT_REMOTE_REPORTED + 7,
+	SSLWALL_CNT_COUNT = SSLWALL_CNT_REMOTE_REPORTED + 8,
 };
 
 enum sslwall_event_type {

@@ -12,20 +12,44 @@
 
 #define SSLWALL_MAX_FLOWS 65536
 #define SSLWALL_PORTS 65536
+/* Handshakes in flight at once: a listener's backlog is at most 4096 by default (somaxconn). */
+#define SSLWALL_MAX_HALF_OPEN 16384
 
 /* flows: key = struct sslwall_flow_key (both endpoints, sorted, so both directions find
  * one entry); value = struct sslwall_flow (class, verdict, judgement state).
- * Written by the classifier (insert, judge) and the agent (verdict rewrite on a mode
- * switch); deleted by the lifecycle tracepoint on close. Read by the classifier on every
- * packet, the destroy iterator and the agent (`sslwall flows`, verdict rewrite).
- * LRU hash: the key space is the whole 5-tuple space, and a flood of flows must evict
- * the oldest instead of failing inserts; evictions = created - closed - live (agent). */
+ * Connections this host opened (from its SYN) or established (moved from half_open), and
+ * flows seen midway. Written by the classifier (insert, judge), the lifecycle tracepoint
+ * (promotion from half_open), the register iterator and the agent (verdict rewrite on a
+ * mode switch); deleted by the lifecycle tracepoint on close. Read by the classifier on
+ * every packet, the iterators and the agent (`sslwall flows`, verdict rewrite).
+ * LRU hash with the common LRU list (not BPF_F_NO_COMMON_LRU, which splits max_entries
+ * per CPU, so one busy CPU would evict at max_entries / CPUs): an insert that finds no free
+ * node evicts the least recently used flow instead of failing. Each CPU keeps up to 128
+ * free nodes of its own, so eviction can start about 128 x CPUs entries short of
+ * max_entries (docs/dataplane.md). Nothing that does not hold a socket here enters it (no
+ * inbound SYN does), so evictions = created - closed - live (the agent) stays at 0 unless
+ * the host really has that many connections. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, SSLWALL_MAX_FLOWS);
 	__type(key, struct sslwall_flow_key);
 	__type(value, struct sslwall_flow);
 } sslwall_flows SEC(".maps");
+
+/* half_open: key = struct sslwall_flow_key; value = struct sslwall_flow. Inbound
+ * handshakes this host answered with a SYN-ACK (or a TCP Fast Open SYN carrying data), until
+ * the kernel establishes the connection: then the lifecycle tracepoint moves the entry into
+ * flows. Written by the classifier (insert on egress SYN-ACK or ingress TFO SYN, judge,
+ * delete on RST) and the tracepoint (delete on promotion and close). Read by the classifier's
+ * slow path when flows misses. LRU hash apart from flows: a SYN flood answered by SYN
+ * cookies or request sockets that never complete has no close event, so its entries can only
+ * age out; here they evict each other, never an established flow. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SSLWALL_MAX_HALF_OPEN);
+	__type(key, struct sslwall_flow_key);
+	__type(value, struct sslwall_flow);
+} sslwall_half_open SEC(".maps");
 
 /* owners: key = struct sslwall_flow_key; value = struct sslwall_owner (pid, comm of the
  * process that called connect(), and the local socket's cgroup id). Written by the classifier

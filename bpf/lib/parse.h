@@ -55,6 +55,7 @@ static __always_inline __u64 network_offset(struct __sk_buff *skb)
 struct sslwall_pkt {
 	struct sslwall_flow_key key;
 	__u32 seq;
+	__u32 ack;		/* acknowledgment number (meaningful with TCP_FLAG_ACK) */
 	__u32 payload_off;
 	__u32 payload_len;
 	__u8 tcp_flags;
@@ -79,6 +80,7 @@ static __always_inline int parse_tcp(void *data, void *data_end, __u32 l4_off, _
 		return PARSE_TRUNCATED;
 
 	p->seq = bpf_ntohl(tcp->seq);
+	p->ack = bpf_ntohl(tcp->ack_seq);
 	p->tcp_flags = ((__u8 *)tcp)[13];
 	p->payload_off = l4_off + doff;
 	p->payload_len = l4_len - doff;

@@ -41,11 +41,19 @@ export class Lab {
     return native().testRun(this.ingressProg, pkt, 1).retval | 0;
   }
 
-  flows(): FlowRecord[] {
-    return readFlows(this.maps.sslwall_flows);
+  /**
+   * Established flows and inbound handshakes (half_open): without sockets behind the test
+   * packets, no kernel establishes anything, so an inbound flow stays half-open here.
+   */
+  flows(): Array<FlowRecord & { halfOpen?: true }> {
+    return [...readFlows(this.maps.sslwall_flows), ...this.halfOpen()];
   }
 
-  flow(client: Endpoint, server: Endpoint): FlowRecord | undefined {
+  halfOpen(): Array<FlowRecord & { halfOpen: true }> {
+    return readFlows(this.maps.sslwall_half_open).map((f) => ({ ...f, halfOpen: true as const }));
+  }
+
+  flow(client: Endpoint, server: Endpoint): (FlowRecord & { halfOpen?: true }) | undefined {
     return this.flows().find((f) => f.saddr === client.addr && f.sport === client.port && f.daddr === server.addr && f.dport === server.port);
   }
 

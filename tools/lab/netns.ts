@@ -71,6 +71,7 @@ export class Testbed {
   private readonly mounts: { dir: string; kind: 'bpf' | 'cgroup2' }[] = [];
   private readonly hooks: (() => void | Promise<void>)[] = [];
   private readonly inodes = new Map<string, number>();
+  private readonly extraNs: string[] = [];
   private destroyed = false;
 
   /** Use createTestbed(). */
@@ -95,9 +96,24 @@ export class Testbed {
     return side === 'client' ? this.client : this.server;
   }
 
-  /** Namespace names of both hosts. */
+  /** Namespace names of both hosts, and of any a test added (addNamespace). */
   get namespaces(): string[] {
-    return [this.client.ns, this.server.ns];
+    return [this.client.ns, this.server.ns, ...this.extraNs];
+  }
+
+  /**
+   * One more namespace of this bed (its name: prefix + suffix), with lo up and nothing else: the
+   * test wires it. Recorded like the hosts' own, so destroy() and sweepStale() remove it.
+   */
+  async addNamespace(suffix: string): Promise<string> {
+    this.assertAlive();
+    const ns = `${this.prefix}${suffix}`;
+    this.extraNs.push(ns);
+    this.register();
+    await runOk(BIN.ip, ['netns', 'add', ns]);
+    this.inodes.set(ns, fs.statSync(`/run/netns/${ns}`).ino);
+    await runOk(BIN.ip, ['-n', ns, 'link', 'set', 'lo', 'up']);
+    return ns;
   }
 
   /** A fresh subdirectory of the bed's temp dir (mode 0755). */

@@ -19,6 +19,8 @@ export interface PacketSpec {
   dst: Endpoint;
   flags?: number;
   seq?: number;
+  /** Acknowledgment number (default 1). */
+  ack?: number;
   payload?: Buffer | string;
   /** IPv6 only: extension headers before TCP, by next-header number (0 hop-by-hop, 43 routing, 60 dest opts, 44 fragment). */
   ext?: number[];
@@ -53,7 +55,7 @@ export function tcpHeader(spec: PacketSpec, payloadLen: number): Buffer {
   tcp.writeUInt16BE(spec.src.port, 0);
   tcp.writeUInt16BE(spec.dst.port, 2);
   tcp.writeUInt32BE((spec.seq ?? 1000) >>> 0, 4);
-  tcp.writeUInt32BE(1, 8);
+  tcp.writeUInt32BE((spec.ack ?? 1) >>> 0, 8);
   tcp[12] = 5 << 4;
   tcp[13] = spec.flags ?? ACK | PSH;
   tcp.writeUInt16BE(65535, 14);
@@ -139,17 +141,21 @@ export class Conversation {
     return p;
   }
   synAck(): Buffer {
-    const p = packet({ src: this.server, dst: this.client, flags: SYN | ACK, seq: this.sseq });
+    const p = packet({ src: this.server, dst: this.client, flags: SYN | ACK, seq: this.sseq, ack: this.cseq });
     this.sseq += 1;
     return p;
   }
+  /** The client's ACK that completes the handshake (acknowledges the SYN-ACK). */
+  ackFromClient(): Buffer {
+    return packet({ src: this.client, dst: this.server, flags: ACK, seq: this.cseq, ack: this.sseq });
+  }
   fromClient(payload: Buffer | string, flags = ACK | PSH): Buffer {
-    const p = packet({ src: this.client, dst: this.server, flags, seq: this.cseq, payload });
+    const p = packet({ src: this.client, dst: this.server, flags, seq: this.cseq, ack: this.sseq, payload });
     this.cseq += Buffer.from(payload).length;
     return p;
   }
   fromServer(payload: Buffer | string, flags = ACK | PSH): Buffer {
-    const p = packet({ src: this.server, dst: this.client, flags, seq: this.sseq, payload });
+    const p = packet({ src: this.server, dst: this.client, flags, seq: this.sseq, ack: this.cseq, payload });
     this.sseq += Buffer.from(payload).length;
     return p;
   }
@@ -169,7 +175,7 @@ export class Conversation {
   }
   /** The last client segment again, same sequence number. */
   retransmitClient(payload: Buffer | string): Buffer {
-    return packet({ src: this.client, dst: this.server, flags: ACK | PSH, seq: this.cseq - Buffer.from(payload).length, payload });
+    return packet({ src: this.client, dst: this.server, flags: ACK | PSH, seq: this.cseq - Buffer.from(payload).length, ack: this.sseq, payload });
   }
   rstFromClient(): Buffer {
     return packet({ src: this.client, dst: this.server, flags: RST | ACK, seq: this.cseq });

@@ -1,0 +1,244 @@
+// Flow table hygiene, packet by packet through BPF_PROG_TEST_RUN: which packets create state and
+// where (an arriving SYN none, the host's SYN-ACK a half-open entry, the host's SYN a flow), what
+// removes it (a RST of a handshake), what can never reset a decided flow (an arriving SYN), and
+// that the LRU's evictions are counted. The promotion from half-open to established needs a real
+// socket and is proved in test/integration/flow-table.test.ts.
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { flowTableStats } from '../../agent/flows.js';
+import { native } from '../../native/index.js';
+import { DROP, Lab, PASS } from '../../tools/lab/bpf-lab.js';
+import { ACK, Conversation, packet, RST, SYN, tlsHello } from '../../tools/lab/packets.js';
+
+const SERVER = { addr: '10.1.0.2', port: 443 };
+const CONFIG = { bypass: { ports: [22] } };
+
+let lab: Lab;
+before(() => {
+  lab = new Lab();
+  lab.configure({ mode: 'passive', ...CONFIG });
+});
+after(() => lab?.close());
+
+let nextPort = 30000;
+function conv(server = SERVER, client = '10.1.0.1'): Conversation {
+  return new Conversation({ addr: client, port: nextPort++ }, server);
+}
+
+function withMode<T>(mode: 'passive' | 'active', fn: () => T): T {
+  lab.configure({ mode, ...CONFIG });
+  try {
+    return fn();
+  } finally {
+    lab.configure({ mode: 'passive', ...CONFIG });
+  }
+}
+
+function state(c: Conversation): string {
+  const f = lab.flow(c.client, c.server);
+  return f ? `${f.halfOpen ? 'half-open' : 'flow'} ${f.class}/${f.verdict}` : 'none';
+}
+
+/** This host is the server: the client's packets arrive, ours leave; the ClientHello's ACK completes the handshake. */
+function inboundTls(c: Conversation): void {
+  assert.equal(lab.ingress(c.syn()), PASS);
+  assert.equal(lab.egress(c.synAck()), PASS);
+  assert.equal(lab.ingress(c.fromClient(tlsHello('client'))), PASS);
+  assert.equal(lab.egress(c.fromServer(tlsHello('server'))), PASS);
+}
+
+/** This host is the client: its SYN leaves and creates the flow in the flows map. */
+function outboundTls(c: Conversation): void {
+  assert.equal(lab.egress(c.syn()), PASS);
+  assert.equal(lab.ingress(c.synAck()), PASS);
+  assert.equal(lab.egress(c.fromClient(tlsHello('client'))), PASS);
+  assert.equal(lab.ingress(c.fromServer(tlsHello('server'))), PASS);
+}
+
+test('an arriving SYN without data creates no state: 1000 spoofed sources, scan of closed ports', () => {
+  const before = lab.counters();
+  const entries = lab.flows().length;
+  for (let i = 0; i < 1000; i++) {
+    const src = { addr: `10.2.${i >> 8}.${i & 255}`, port: 1024 + i };
+    assert.equal(lab.ingress(packet({ src, dst: { addr: SERVER.addr, port: 1 + (i % 200) }, flags: SYN, seq: i })), PASS);
+  }
+  const now = lab.counters();
+  assert.equal(lab.flows().length, entries, 'no entry in flows or half_open for the SYNs');
+  assert.equal(now.flowsCreated - before.flowsCreated, 0n);
+  assert.equal(now.halfOpenCreated - before.halfOpenCreated, 0n);
+});
+
+test("the host's SYN-ACK opens a half-open entry; the client's ACK of it (and only that) makes it a flow", () => {
+  const before = lab.counters();
+  const c = conv();
+  lab.ingress(c.syn());
+  assert.equal(state(c), 'none', 'the SYN alone');
+  lab.egress(c.synAck());
+  assert.equal(state(c), 'half-open pending/allowed');
+  assert.equal(lab.egress(c.synAck()), PASS, 'a retransmitted SYN-ACK');
+  assert.equal(state(c), 'half-open pending/allowed');
+  // A blind ACK (a spoofer never saw the SYN-ACK, so guesses its sequence number) does nothing.
+  assert.equal(lab.ingress(packet({ src: c.client, dst: c.server, flags: ACK, seq: 1001, ack: 4242 })), PASS);
+  assert.equal(state(c), 'half-open pending/allowed', 'an ACK of the wrong sequence number');
+  assert.equal(lab.ingress(c.ackFromClient()), PASS);
+  assert.equal(state(c), 'flow pending/allowed', 'the handshake completed');
+  lab.ingress(c.fromClient(tlsHello('client')));
+  lab.egress(c.fromServer(tlsHello('server')));
+  assert.equal(state(c), 'flow tls/allowed');
+  const now = lab.counters();
+  assert.equal(now.halfOpenCreated - before.halfOpenCreated, 1n);
+  assert.equal(now.halfOpenPromoted - before.halfOpenPromoted, 1n);
+  assert.equal(now.flowsCreated - before.flowsCreated, 1n);
+});
+
+test('data riding on the ACK that completes the handshake is judged, and the flow promoted', () => {
+  withMode('active', () => {
+    const c = conv({ addr: SERVER.addr, port: 80 });
+    lab.ingress(c.syn());
+    lab.egress(c.synAck());
+    assert.equal(lab.ingress(c.fromClient('GET / HTTP/1.1\r\n\r\n')), DROP);
+    assert.equal(state(c), 'flow plaintext/blocked');
+  });
+});
+
+test("the host's SYN-ACK on a decided flow's tuple ends that flow; the new handshake starts fresh", () => {
+  const c = conv();
+  inboundTls(c);
+  assert.equal(state(c), 'flow tls/allowed');
+  const before = lab.counters();
+  const again = new Conversation(c.client, c.server);
+  lab.ingress(again.syn());
+  assert.equal(state(c), 'flow tls/allowed', 'the arriving SYN changed nothing');
+  lab.egress(again.synAck());
+  assert.equal(state(c), 'half-open pending/allowed', 'the host answered: the old connection is over');
+  lab.ingress(again.ackFromClient());
+  assert.equal(state(c), 'flow pending/allowed');
+  const now = lab.counters();
+  assert.equal(now.flowsClosed - before.flowsClosed, 1n);
+  assert.equal(now.flowsCreated - before.flowsCreated, 1n);
+});
+
+test('the answers to a SYN flood on an open port fill half_open only: established flows stay', () => {
+  const idle = conv();
+  inboundTls(idle);
+  const flowsBefore = native().mapDump(lab.maps.sslwall_flows).length;
+  const max = lab.obj.mapDef('sslwall_half_open').maxEntries;
+  for (let i = 0; i < max + 2000; i++) {
+    const spoofed = { addr: `10.5.${(i >> 8) & 255}.${i & 255}`, port: 1024 + (i >> 16) };
+    lab.ingress(packet({ src: spoofed, dst: SERVER, flags: SYN, seq: i }));
+    lab.egress(packet({ src: SERVER, dst: spoofed, flags: SYN | ACK, seq: i * 7, ack: i + 1 }));
+  }
+  assert.equal(native().mapDump(lab.maps.sslwall_flows).length, flowsBefore, 'no flow created or evicted by the flood');
+  assert.equal(state(idle), 'flow tls/allowed');
+  assert.ok(lab.halfOpen().length <= max);
+});
+
+test('a half-open handshake is removed by a RST from either side (SYN scanner, refused handshake)', () => {
+  const scan = conv();
+  lab.ingress(scan.syn());
+  lab.egress(scan.synAck());
+  assert.equal(lab.ingress(scan.rstFromClient()), PASS);
+  assert.equal(state(scan), 'none', "the scanner's RST");
+  const refused = conv();
+  lab.ingress(refused.syn());
+  lab.egress(refused.synAck());
+  assert.equal(lab.egress(packet({ src: refused.server, dst: refused.client, flags: RST, seq: 1 })), PASS);
+  assert.equal(state(refused), 'none', "this host's RST");
+});
+
+test('a RST never removes an established flow: the kernel checks it and closes the socket', () => {
+  const c = conv();
+  outboundTls(c);
+  assert.equal(lab.ingress(packet({ src: c.server, dst: c.client, flags: RST, seq: 12345 })), PASS);
+  assert.equal(state(c), 'flow tls/allowed');
+});
+
+test('TCP Fast Open: data in an arriving SYN is judged (half-open), plaintext in it dropped in active mode', () => {
+  const c = conv();
+  assert.equal(lab.ingress(c.syn(tlsHello('client'))), PASS);
+  assert.equal(state(c), 'half-open pending/allowed');
+  lab.egress(c.synAck());
+  lab.egress(c.fromServer(tlsHello('server')));
+  assert.equal(state(c), 'half-open tls/allowed', 'the SYN-ACK kept what the SYN taught');
+  lab.ingress(c.ackFromClient());
+  assert.equal(state(c), 'flow tls/allowed');
+  withMode('active', () => {
+    const p = conv({ addr: SERVER.addr, port: 80 });
+    assert.equal(lab.ingress(p.syn('GET / HTTP/1.1\r\n\r\n')), DROP);
+    assert.equal(state(p), 'half-open plaintext/blocked');
+  });
+});
+
+test('a forged SYN on a decided flow (this host the client) leaves it decided, with or without data', () => {
+  const c = conv();
+  outboundTls(c);
+  // From the server's endpoint, and from the client's (a spoofed copy arriving from outside).
+  assert.equal(lab.ingress(packet({ src: c.server, dst: c.client, flags: SYN, seq: 7 })), PASS);
+  assert.equal(lab.ingress(packet({ src: c.client, dst: c.server, flags: SYN, seq: 7 })), PASS);
+  assert.equal(lab.ingress(packet({ src: c.server, dst: c.client, flags: SYN, seq: 7, payload: 'GET / HTTP/1.1\r\n\r\n' })), PASS);
+  assert.equal(state(c), 'flow tls/allowed');
+});
+
+test('a spray of SYNs over every source port of a client address resets none of its TLS flows', () => {
+  const client = '10.3.0.9';
+  const live = [conv(SERVER, client), conv(SERVER, client), conv(SERVER, client)];
+  for (const c of live) inboundTls(c);
+  const before = lab.counters();
+  for (let port = 1024; port < 65536; port += 7) lab.ingress(packet({ src: { addr: client, port }, dst: SERVER, flags: SYN, seq: port }));
+  for (const c of live) lab.ingress(c.syn());
+  for (const c of live) assert.equal(state(c), 'flow tls/allowed', `flow from port ${c.client.port}`);
+  const now = lab.counters();
+  assert.equal(now.halfOpenCreated - before.halfOpenCreated, 0n, 'no state for the spray');
+  // And they still pass data.
+  for (const c of live) assert.equal(lab.ingress(c.fromClient('\x17\x03\x03\x00\x10 encrypted bytes...')), PASS);
+});
+
+test('a forged SYN on a blocked flow passes (the kernel answers it), the flow stays blocked', () => {
+  withMode('active', () => {
+    const c = conv({ addr: SERVER.addr, port: 80 });
+    lab.egress(c.syn());
+    lab.ingress(c.synAck());
+    assert.equal(lab.egress(c.fromClient('GET / HTTP/1.1\r\n\r\n')), DROP);
+    assert.equal(lab.ingress(packet({ src: c.server, dst: c.client, flags: SYN, seq: 3 })), PASS);
+    assert.equal(state(c), 'flow plaintext/blocked');
+    assert.equal(lab.egress(c.fromClient('more')), DROP);
+  });
+});
+
+test("this host's own SYN on a decided flow's 4-tuple starts a new flow, counted as a close and a create", () => {
+  const c = conv();
+  outboundTls(c);
+  const before = lab.counters();
+  const again = new Conversation(c.client, c.server);
+  assert.equal(lab.egress(again.syn()), PASS);
+  assert.equal(state(c), 'flow pending/allowed');
+  const now = lab.counters();
+  assert.equal(now.flowsCreated - before.flowsCreated, 1n);
+  assert.equal(now.flowsClosed - before.flowsClosed, 1n);
+});
+
+test('a full flows map evicts and the eviction count sees it (created - closed - live)', () => {
+  // A map of its own so the other cases' flows do not count.
+  const fresh = new Lab();
+  try {
+    fresh.configure({ mode: 'passive' });
+    const max = fresh.obj.mapDef('sslwall_flows').maxEntries;
+    const started = process.hrtime.bigint();
+    const n = max + 4096;
+    for (let i = 0; i < n; i++) {
+      const src = { addr: `10.4.${(i >> 16) & 255}.${(i >> 8) & 255}`, port: 1024 + (i & 255) };
+      fresh.egress(packet({ src, dst: SERVER, flags: SYN, seq: i }));
+    }
+    const ms = Number(process.hrtime.bigint() - started) / 1e6;
+    const { live, evicted } = flowTableStats(fresh.maps.sslwall_counters, fresh.maps.sslwall_flows);
+    const c = fresh.counters();
+    console.log(`# ${n} outbound SYNs into a ${max}-entry flows map in ${Math.round(ms)} ms: ${live} live, ${evicted} evicted`);
+    assert.equal(c.flowsCreated, BigInt(n), 'every SYN inserted');
+    assert.equal(c.insertFailed, 0n);
+    assert.ok(live <= max && live > max - 4096, `live entries ${live} should be just under ${max}`);
+    assert.equal(evicted, n - live, 'every entry not live was evicted');
+  } finally {
+    fresh.close();
+  }
+});
