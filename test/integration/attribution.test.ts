@@ -3,20 +3,28 @@
 // and a plaintext server in another (…/system.slice/legacy-db.service) accepting a remote client
 // are named by unit and cgroup in the violation log line, in `sslwall flows` and in the summary
 // the agent publishes to summary/<tier>/<host>; the summary is published soon after the first
-// violation, then not more often than SUMMARY_MIN_INTERVAL_MS and only when something changed.
+// violation, then not more often than SUMMARY_MIN_INTERVAL_MS and only when something changed;
+// a real engine reading that summary answers the search for the unit in its API and in the
+// dashboard, in headless Chromium.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Etcd3, Watcher } from 'etcd3';
+import { type Browser, chromium } from 'playwright-core';
+import { addUser } from '../../rollout/auth.js';
+import { EngineClient } from '../../rollout/client.js';
 import { createEtcdClient } from '../../schemas/etcd.js';
 import { etcdKeys } from '../../schemas/keys.js';
 import { SUMMARY_MIN_INTERVAL_MS, type Summary, type SummaryEntry, SummarySchema } from '../../schemas/summary.js';
 import { type AgentEnv, AgentProc, agentEnv, sslwall } from '../../tools/lab/agent-proc.js';
 import { type EtcdServer, startEtcd } from '../../tools/lab/etcd.js';
 import { EtcdBridge } from '../../tools/lab/etcd-bridge.js';
+import { EngineProc, makeKeys } from '../../tools/lab/fleet.js';
 import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
 import { plainClient, startSink } from '../../tools/lab/peers.js';
+import { PROGRAMS } from '../../tools/lab/prerequisites.js';
 import { BIN, waitFor } from '../../tools/lab/proc.js';
 
 const TIER = 'web';
@@ -91,6 +99,19 @@ describe('violations attributed to the local service', () => {
   const find = (s: Summary, unit: string): SummaryEntry | undefined => s.entries.find((e) => e.service.unit === unit);
 
   let firstViolationAt = 0;
+
+  async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 20000): Promise<T> {
+    let found: T | undefined;
+    await waitFor(
+      what,
+      async () => {
+        found = (await fn().catch(() => undefined)) || undefined;
+        return found !== undefined;
+      },
+      { timeoutMs },
+    );
+    return found!;
+  }
 
   test('a plaintext client in legacy-app.service is named by unit and cgroup in the log line, in sslwall flows and in the summary', async () => {
     const started = plainClient(tb, { port: SINK_PORT, cgroup: appCgroup, maxMs: 4000 });
@@ -167,6 +188,52 @@ describe('violations attributed to the local service', () => {
     const gap = writes[1]!.at - writes[0]!.at;
     assert.ok(gap >= SUMMARY_MIN_INTERVAL_MS - 500, `two summary writes ${gap} ms apart; at most one every ${SUMMARY_MIN_INTERVAL_MS} ms`);
     assert.ok(writes[0]!.at - firstViolationAt <= FIRST_PUBLISH_MS, 'the first summary came soon after the first violation');
+  });
+
+  test("the engine's API and the dashboard in Chromium answer for legacy-app.service from the agent's own summary", async () => {
+    const logDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sslwall-attribution-engine-'));
+    const engineKeys = makeKeys();
+    let engine: EngineProc | undefined;
+    let browser: Browser | undefined;
+    try {
+      engine = await EngineProc.start(etcd.endpoints, engineKeys, 'attribution', logDir);
+      const viewer = addUser(engine.users, 'owner', 'viewer');
+      const c = new EngineClient(engine.url, { token: viewer });
+      const hits = await until('the engine holds the summary', async () => {
+        const r = await c.violations('legacy-app');
+        return r.entries.length > 0 && r;
+      });
+      const hit = hits.entries.find((e) => e.hostId === HOST && e.service.unit === 'legacy-app.service');
+      assert.ok(hit, JSON.stringify(hits.entries));
+      assert.deepEqual([hit.tier, hit.direction, hit.verdict, hit.service.cgroup], [TIER, 'client', 'reported', rel(appCgroup)]);
+      assert.deepEqual(hit.remote, { addr: tb.server.ipv4, port: SINK_PORT });
+
+      browser = await chromium.launch({ executablePath: PROGRAMS.chromium.path, headless: true });
+      const page = await browser.newPage({ viewport: { width: 1366, height: 768 } });
+      const problems: string[] = [];
+      page.on('console', (m) => {
+        if (m.type() === 'error') problems.push(m.text());
+      });
+      page.on('pageerror', (e) => problems.push(e.message));
+      await page.goto(`${engine.url}/`);
+      await page.fill('input[name=token]', viewer);
+      await page.click('text=open the dashboard');
+      await page.click('nav >> text=Services');
+      await page.fill('input[name=q]', 'legacy-app');
+      await page.click('form button[type=submit]');
+      await page.locator('#answer').waitFor();
+      // biome-ignore lint/performance/useDomNodeTextContent: the rendered text is what a service owner reads.
+      assert.match(await page.locator('#answer').innerText(), /Yes, traffic of legacy-app is affected/);
+      // biome-ignore lint/performance/useDomNodeTextContent: as above.
+      const rows = await page.locator('#hits tbody').innerText();
+      assert.match(rows, new RegExp(`legacy-app\\.service[\\s\\S]*${HOST}[\\s\\S]*${tb.server.ipv4.replaceAll('.', '\\.')}:${SINK_PORT}`));
+      assert.deepEqual(problems, [], 'no console or page error');
+    } finally {
+      await browser?.close();
+      await engine?.stop();
+      fs.rmSync(engineKeys.dir, { recursive: true, force: true });
+      fs.rmSync(logDir, { recursive: true, force: true });
+    }
   });
 
   test('with no new violation the summary is not written again, and it goes with the lease when the agent stops', async () => {
