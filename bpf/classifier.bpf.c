@@ -226,7 +226,7 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 	struct sslwall_flow *stored;
 	__u16 server_port;
 	__u32 idx;
-	__u8 *role, remote_is_lo;
+	__u8 *role;
 
 	if (!syn && !synack && p->payload_len == 0)
 		return NULL;	/* an ACK or FIN of a flow we never saw: nothing to judge yet */
@@ -242,7 +242,6 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 	else
 		f.client_is_lo = guess_client_is_lo(&p->key, gen);
 	server_port = f.client_is_lo ? p->key.port_hi : p->key.port_lo;
-	remote_is_lo = egress ? !p->sender_is_lo : p->sender_is_lo;
 
 	idx = gen << 16 | server_port;
 	role = bpf_map_lookup_elem(&sslwall_port_roles, &idx);
@@ -255,10 +254,7 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 		f.stage = SSLWALL_STAGE_MIDSTREAM;
 	}
 
-	/* The server is local when the local endpoint is not the client's. */
-	if ((role && (*role & SSLWALL_ROLE_BYPASS)) ||
-	    (role && (*role & SSLWALL_ROLE_LOCAL_BYPASS) && local_is_lo(p, egress) != f.client_is_lo) ||
-	    in_bypass_cidr(gen, p->key.family, remote_is_lo ? p->key.addr_lo : p->key.addr_hi) ||
+	if (bypassed_by_port_or_peer(gen, role, &p->key, local_is_lo(p, egress), f.client_is_lo) ||
 	    (egress && in_bypass_cgroup(skb, cfg)) ||
 	    self_flow(p, cfg, role, egress, syn)) {
 		f.cls = SSLWALL_CLASS_BYPASS;

@@ -206,9 +206,7 @@ int sslwall_register_open(struct bpf_iter__tcp *ctx)
 	idx = gen << 16 | (f.client_is_lo ? key.port_hi : key.port_lo);
 	role = bpf_map_lookup_elem(&sslwall_port_roles, &idx);
 	f.proto = role ? (*role & SSLWALL_ROLE_PROTO_MASK) : 0;
-	if ((role && (*role & SSLWALL_ROLE_BYPASS)) ||
-	    (role && (*role & SSLWALL_ROLE_LOCAL_BYPASS) && local_lo != f.client_is_lo) ||
-	    in_bypass_cidr(gen, key.family, local_lo ? key.addr_hi : key.addr_lo) ||
+	if (bypassed_by_port_or_peer(gen, role, &key, local_lo, f.client_is_lo) ||
 	    (cfg->bypass_cgroup_id &&
 	     sock_ancestor_cgroup_id(&tp->inet_conn.icsk_inet.sk, cfg->bypass_cgroup_level) == cfg->bypass_cgroup_id))
 		f.cls = SSLWALL_CLASS_BYPASS;

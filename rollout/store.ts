@@ -19,7 +19,7 @@ import {
   type VersionRecord,
   VersionRecordSchema,
 } from '../schemas/tier.js';
-import { prefixEnd } from './health-cache.js';
+import { prefixEnd } from './agent-reports.js';
 import type { Signer } from './signing.js';
 
 /** Another key written in the same transaction (compare-and-swap on its mod revision); its value may name the new version. */

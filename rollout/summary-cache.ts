@@ -1,16 +1,15 @@
 // The engine's view of what every agent saw: the violation summaries (summary/<tier>/<host>,
-// schemas/summary.ts), read in pages at one revision and then watched, as HealthCache does for
-// health. A summary is trusted by its key: tier and host come from the key, and a body that names
-// another is dropped and counted, so an agent cannot speak for a host it is not.
+// schemas/summary.ts), followed by AgentReports as HealthCache follows health: read in pages,
+// then watched, and trusted by the key (a body that names another tier or host is dropped and
+// counted, so an agent cannot speak for a host it is not).
 // On top of the documents it answers the service owner's questions (docs/dashboard.md): a tier's
 // services, a search by service, host or destination, and each service's totals over time,
 // sampled in memory (bounded: SERIES_POINTS points of at most SERIES_SERVICES services a tier).
-import type { Etcd3, Watcher } from 'etcd3';
+import type { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
 import client from 'prom-client';
-import { backoffMs } from '../schemas/etcd.js';
 import { type Service, type Summary, type SummaryEntry, SummarySchema } from '../schemas/summary.js';
-import { prefixEnd } from './health-cache.js';
+import { AgentReports, trustedByKey } from './agent-reports.js';
 
 // A summary is up to ~30 KiB (SUMMARY_MAX_ENTRIES entries): 100 of them stay under gRPC's 4 MiB message limit.
 const PAGE = 100;
@@ -102,9 +101,8 @@ export class SummaryCache {
   private readonly aggregates = new Map<string, { at: number; hosts: number; services: ServiceTotals[] }>();
   /** tier → service → sampled totals, oldest first; every series has the same sample times. */
   private readonly series = new Map<string, { times: number[]; services: Map<string, Array<[number, number]>> }>();
-  private watcher: Watcher | null = null;
   private sampler: NodeJS.Timeout | undefined;
-  private stopped = false;
+  private readonly reports: AgentReports;
   /** The first read is done (the first sample is taken then). */
   private ready = false;
   readonly rejected = new client.Counter({
@@ -115,23 +113,39 @@ export class SummaryCache {
   });
 
   constructor(
-    private readonly client: Etcd3,
+    client: Etcd3,
     private readonly prefix: string, // e.g. /sslwall/summary/
     private readonly log: Logger,
     /** ms between samples of the per-service totals. */
     readonly sampleMs = 60_000,
-  ) {}
+  ) {
+    this.reports = new AgentReports(client, prefix, PAGE, 'summary', log, {
+      reset: () => {
+        this.held.clear();
+        this.running.clear();
+      },
+      put: (id, value) => this.set(id, value),
+      // The summary lives under the agent's health lease: an agent gone takes its summary with it.
+      delete: (id) => this.remove(id),
+      current: () => {
+        this.aggregates.clear();
+        if (!this.ready) this.sample();
+        this.ready = true;
+      },
+      // Still the first read's answers: the summaries held stay until the next read replaces them.
+      stale: () => undefined,
+    });
+  }
 
   start(): void {
-    void this.loop();
+    this.reports.start();
     this.sampler = setInterval(() => this.sample(), this.sampleMs);
     this.sampler.unref();
   }
 
   async stop(): Promise<void> {
-    this.stopped = true;
     clearInterval(this.sampler);
-    await this.watcher?.cancel().catch(() => undefined);
+    await this.reports.stop();
   }
 
   summary(tier: string, hostId: string): Summary | undefined {
@@ -254,20 +268,13 @@ export class SummaryCache {
     }
   }
 
-  private set(key: string, value: Buffer): void {
-    const id = key.slice(this.prefix.length);
-    let s: Summary;
-    try {
-      s = SummarySchema.parse(JSON.parse(value.toString()));
-    } catch (err) {
-      this.drop(id, 'invalid', (err as Error).message);
+  private set(id: string, value: Buffer): void {
+    const r = trustedByKey(SummarySchema, id, value);
+    if (!('doc' in r)) {
+      this.drop(id, r.reason, r.detail);
       return;
     }
-    const slash = id.indexOf('/');
-    if (slash < 0 || s.tier !== id.slice(0, slash) || s.hostId !== id.slice(slash + 1)) {
-      this.drop(id, 'misplaced', `the body names tier ${s.tier} host ${s.hostId}`);
-      return;
-    }
+    const s = r.doc;
     const hay = s.entries.map((e) =>
       [e.service.unit, e.service.comm, e.service.cgroup, e.service.container, s.hostId, `${e.remote.addr}:${e.remote.port}`]
         .filter((x) => x !== null)
@@ -325,49 +332,6 @@ export class SummaryCache {
     this.rejected.inc({ reason });
     this.remove(id);
     this.log.warn({ event: 'summary_rejected', key: `${this.prefix}${id}`, reason, detail: detail.slice(0, 300) }, 'agent violation summary dropped');
-  }
-
-  private async loop(): Promise<void> {
-    let attempt = 0;
-    while (!this.stopped) {
-      try {
-        // In pages at one revision: 10,000 summaries are far over gRPC's 4 MiB message limit.
-        this.held.clear();
-        this.running.clear();
-        const end = prefixEnd(this.prefix);
-        let from = Buffer.from(this.prefix);
-        let revision: string | undefined;
-        for (;;) {
-          const page = await this.client.kv.range({ key: from, range_end: end, limit: PAGE, ...(revision ? { revision } : {}) });
-          revision ??= String(page.header.revision);
-          for (const kv of page.kvs) this.set(kv.key.toString(), kv.value);
-          if (!page.more || page.kvs.length === 0) break;
-          from = Buffer.concat([page.kvs[page.kvs.length - 1]!.key, Buffer.from([0])]);
-        }
-        this.aggregates.clear();
-        if (!this.ready) this.sample();
-        this.ready = true;
-        attempt = 0;
-        const reason = await new Promise<string>((resolve) => {
-          const w = this.client
-            .watch()
-            .prefix(this.prefix)
-            .startRevision(String(Number(revision) + 1))
-            .watcher();
-          this.watcher = w;
-          w.on('put', (kv) => this.set(kv.key.toString(), kv.value));
-          // The summary lives under the agent's health lease: an agent gone takes its summary with it.
-          w.on('delete', (kv) => this.remove(kv.key.toString().slice(this.prefix.length)));
-          w.on('error', (e) => resolve(String(e)));
-          w.on('disconnected', () => resolve('disconnected'));
-        });
-        await this.watcher?.cancel().catch(() => undefined);
-        this.log.warn({ event: 'summary_watch_restart', reason }, 'reading agent summaries again');
-      } catch (err) {
-        this.log.warn({ event: 'summary_read_failed', err: (err as Error).message }, 'cannot read agent summaries');
-      }
-      await new Promise((r) => setTimeout(r, backoffMs(attempt++)));
-    }
   }
 }
 

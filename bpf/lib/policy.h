@@ -27,6 +27,18 @@ static __always_inline int in_bypass_cidr(__u32 gen, __u8 family, const __u8 *ad
 	return bpf_map_lookup_elem(&sslwall_bypass_cidrs, &k) != NULL;
 }
 
+/* The bypass rules that need no socket: the server port's role (bypassed everywhere, or only
+ * where this host is the server: local_lo != client_is_lo) and the peer's CIDR. One rule for
+ * the classifier's new flows and for open connections registered by lifecycle.bpf.c; each adds
+ * the bypass cgroup test its program type can make. */
+static __always_inline int bypassed_by_port_or_peer(__u32 gen, const __u8 *role, const struct sslwall_flow_key *k,
+						    int local_lo, int client_is_lo)
+{
+	return (role && (*role & SSLWALL_ROLE_BYPASS)) ||
+	       (role && (*role & SSLWALL_ROLE_LOCAL_BYPASS) && local_lo != client_is_lo) ||
+	       in_bypass_cidr(gen, k->family, local_lo ? k->addr_hi : k->addr_lo);
+}
+
 /* Which endpoint is the server of a flow we did not see open: the one whose
  * port has a role, else a well-known port, else the lower port. */
 static __always_inline int guess_client_is_lo(const struct sslwall_flow_key *k, __u32 gen)

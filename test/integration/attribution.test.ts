@@ -25,7 +25,7 @@ import { EngineProc, makeKeys } from '../../tools/lab/fleet.js';
 import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
 import { plainClient, startSink } from '../../tools/lab/peers.js';
 import { PROGRAMS } from '../../tools/lab/prerequisites.js';
-import { BIN, waitFor } from '../../tools/lab/proc.js';
+import { BIN, waitFor, waitForValue } from '../../tools/lab/proc.js';
 
 const TIER = 'web';
 const HOST = 'host-attrib';
@@ -99,19 +99,6 @@ describe('violations attributed to the local service', () => {
   const find = (s: Summary, unit: string): SummaryEntry | undefined => s.entries.find((e) => e.service.unit === unit);
 
   let firstViolationAt = 0;
-
-  async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 20000): Promise<T> {
-    let found: T | undefined;
-    await waitFor(
-      what,
-      async () => {
-        found = (await fn().catch(() => undefined)) || undefined;
-        return found !== undefined;
-      },
-      { timeoutMs },
-    );
-    return found!;
-  }
 
   test('a plaintext client in legacy-app.service is named by unit and cgroup in the log line, in sslwall flows and in the summary', async () => {
     const started = plainClient(tb, { port: SINK_PORT, cgroup: appCgroup, maxMs: 4000 });
@@ -199,7 +186,7 @@ describe('violations attributed to the local service', () => {
       engine = await EngineProc.start(etcd.endpoints, engineKeys, 'attribution', logDir);
       const viewer = addUser(engine.users, 'owner', 'viewer');
       const c = new EngineClient(engine.url, { token: viewer });
-      const hits = await until('the engine holds the summary', async () => {
+      const hits = await waitForValue('the engine holds the summary', async () => {
         const r = await c.violations('legacy-app');
         return r.entries.length > 0 && r;
       });

@@ -20,6 +20,7 @@ import { runHost } from '../../tools/lab/agent-proc.js';
 import { type EtcdServer, startEtcd } from '../../tools/lab/etcd.js';
 import { EngineProc, type Keys, makeKeys, SimProc } from '../../tools/lab/fleet.js';
 import { PROGRAMS } from '../../tools/lab/prerequisites.js';
+import { waitForValue } from '../../tools/lab/proc.js';
 import { type LabViolation, labSummary, writeSummaries } from '../../tools/lab/summaries.js';
 import { hostId } from '../../tools/simulate/shared.js';
 
@@ -96,16 +97,6 @@ async function writeFleetSummaries(round: number): Promise<void> {
   }
 }
 
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v) return v as T;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
-
 /** The text as the page shows it, cells apart (not the DOM's textContent, which runs cells together). */
 function shown(l: Locator): Promise<string> {
   // biome-ignore lint/performance/useDomNodeTextContent: playwright's Locator.innerText, the rendered text, is what is asserted.
@@ -128,8 +119,8 @@ async function openPage(): Promise<Page> {
 
 test('the API answers a viewer: services, the search, the series, the preview by service', async () => {
   const c = new EngineClient(engine.url, { token: viewer });
-  await until('the viewer token is loaded', () => c.tiers().then(() => true));
-  const services = await until('the summaries are read', async () => {
+  await waitForValue('the viewer token is loaded', () => c.tiers().then(() => true));
+  const services = await waitForValue('the summaries are read', async () => {
     const s = await c.services(TIER);
     return s.hosts === AGENTS && s;
   });
@@ -146,27 +137,27 @@ test('the API answers a viewer: services, the search, the series, the preview by
   const etcdClient = createEtcdClient({ endpoints: etcd.endpoints });
   try {
     await writeFleetSummaries(2);
-    await until('the totals of round 2', async () => (await c.services(TIER)).services[0]!.reported === 4 * 20 + 18);
+    await waitForValue('the totals of round 2', async () => (await c.services(TIER)).services[0]!.reported === 4 * 20 + 18);
     await etcdClient.delete().key(`/sslwall/summary/${TIER}/${hostId('sim-', 0)}`);
-    await until('a host gone from the totals', async () => {
+    await waitForValue('a host gone from the totals', async () => {
       const s = (await c.services(TIER)).services.find((x) => x.service === SERVICE);
       return s?.hosts === 3 && s.reported === 3 * 20 + 18;
     });
     await etcdClient.put(`/sslwall/summary/${TIER}/${hostId('sim-', 1)}`).value(JSON.stringify(labSummary(TIER, hostId('sim-', 0), [])));
-    await until('the misplaced summary counted', async () =>
+    await waitForValue('the misplaced summary counted', async () =>
       /sslwall_engine_summary_rejected_total\{reason="misplaced"\} 1/.test(await (await fetch(`${engine.url}/metrics`)).text()),
     );
   } finally {
     etcdClient.close();
   }
   await writeFleetSummaries(1);
-  await until('every host back', async () => (await c.services(TIER)).hosts === AGENTS);
+  await waitForValue('every host back', async () => (await c.services(TIER)).hosts === AGENTS);
   const hits = await c.violations('billing');
   assert.equal(hits.total, 4, JSON.stringify(hits));
   assert.ok(hits.entries.every((e) => e.serviceName === SERVICE && e.verdict === 'reported' && e.remote.port === 5432));
   assert.equal((await c.violations('10.20.0.5:5432', { tier: TIER, limit: 2 })).entries.length, 2, 'a destination search, paged');
   assert.equal((await c.violations(hostId('sim-', 3))).total, 2, 'a host search: its billing and sshd entries');
-  const series = await until('a sample of the billing service', async () => {
+  const series = await waitForValue('a sample of the billing service', async () => {
     const s = await c.violationSeries(SERVICE);
     return s.series[0]?.points.some((p) => p.reported > 0) && s;
   });
@@ -211,7 +202,7 @@ async function useDashboard(page: Page): Promise<void> {
   // Tiers: mode, cohort percentage, stage, checks, and the rollout's timeline.
   const row = page.locator(`#tiers-table tr[data-tier=${TIER}]`);
   await row.waitFor();
-  await until('the first stage baking with its checks', async () => /passive\s*100%.*1\/3 baking.*blocked_rate/s.test(await shown(row)));
+  await waitForValue('the first stage baking with its checks', async () => /passive\s*100%.*1\/3 baking.*blocked_rate/s.test(await shown(row)));
   assert.match(await shown(page.locator('#timeline')), /start/);
   await page.screenshot({ path: path.join(IMG, 'dashboard-tiers.png') });
 
@@ -230,7 +221,7 @@ async function useDashboard(page: Page): Promise<void> {
   // Live: more connections arrive; the answer and the chart follow without a reload.
   const before = await shown(ans);
   await writeFleetSummaries(5);
-  await until('the answer to update live', async () => (await shown(ans)) !== before, 15000);
+  await waitForValue('the answer to update live', async () => (await shown(ans)) !== before, 15000);
   await page.locator('.uplot canvas').waitFor();
   await page.screenshot({ path: path.join(IMG, 'dashboard-services.png') });
 
@@ -252,13 +243,13 @@ async function useDashboard(page: Page): Promise<void> {
 
   // Agents: all of the tier, then the "with errors" filter (none).
   await page.click('nav >> text=Agents');
-  await until('the agents list', async () => (await page.locator('#agents tbody tr').count()) === AGENTS);
+  await waitForValue('the agents list', async () => (await page.locator('#agents tbody tr').count()) === AGENTS);
   assert.match(await shown(page.locator('#agents-count')), new RegExp(`${AGENTS} of ${AGENTS} agents`));
   await page.fill('input[name=host]', 'sim-0000');
-  await until('the host filter', async () => (await page.locator('#agents tbody tr').count()) === 10);
+  await waitForValue('the host filter', async () => (await page.locator('#agents tbody tr').count()) === 10);
   await page.screenshot({ path: path.join(IMG, 'dashboard-agents.png') });
   await page.check('input[name=errors]');
-  await until('the errors filter', async () => /^0 of 12 agents/.test(await shown(page.locator('#agents-count'))));
+  await waitForValue('the errors filter', async () => /^0 of 12 agents/.test(await shown(page.locator('#agents-count'))));
 
   // Nothing fits a laptop screen badly: no sideways scroll.
   assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), 'the page is wider than 1366 px');

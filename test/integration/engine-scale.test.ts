@@ -21,23 +21,10 @@ import { createEtcdClient } from '../../schemas/etcd.js';
 import type { RolloutState } from '../../schemas/rollout.js';
 import { type EtcdServer, freePort, startEtcd } from '../../tools/lab/etcd.js';
 import { type Keys, makeKeys, SimProc } from '../../tools/lab/fleet.js';
+import { waitForValue } from '../../tools/lab/proc.js';
 
 const BASE = validateInput({ config: { mode: 'passive' }, rollout: { mode: 'passive', percent: 100, otherwise: 'off', salt: 's1' } }, 'test');
 const HOUR = 3_600_000;
-
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    const v = await fn().catch((e) => {
-      last = e;
-      return undefined;
-    });
-    if (v) return v as T;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${String(last)})` : ''}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe('engine bounds and fencing (in process, real etcd)', () => {
   let etcd: EtcdServer;
@@ -76,7 +63,7 @@ describe('engine bounds and fencing (in process, real etcd)', () => {
   }
 
   async function leading(e: Engine): Promise<void> {
-    await until(`replica ${e.leadership.id} to lead`, async () => e.leadership.isLeader && e.health.ready, 15000);
+    await waitForValue(`replica ${e.leadership.id} to lead`, async () => e.leadership.isLeader && e.health.ready, 15000);
   }
 
   async function state(e: Engine, tier: string): Promise<RolloutState | null> {
@@ -86,7 +73,7 @@ describe('engine bounds and fencing (in process, real etcd)', () => {
   async function waitState(e: Engine, tier: string, pred: (s: RolloutState) => boolean, what: string, timeoutMs = 30000): Promise<RolloutState> {
     let last: RolloutState | null = null;
     try {
-      return await until(
+      return await waitForValue(
         what,
         async () => {
           last = await state(e, tier);
@@ -104,7 +91,7 @@ describe('engine bounds and fencing (in process, real etcd)', () => {
     await e.store.write(tier, BASE, { author: 'test', message: 'first' });
     const sim = await SimProc.start(etcd.endpoints, tier, n, keys, logDir, ['--host-prefix', `${tier}-`]);
     sims.push(sim);
-    await until(`${n} agents of ${tier} in the engine's health cache`, async () => e.health.tier(tier).length === n, 20000);
+    await waitForValue(`${n} agents of ${tier} in the engine's health cache`, async () => e.health.tier(tier).length === n, 20000);
     return sim;
   }
 
@@ -152,7 +139,7 @@ describe('engine bounds and fencing (in process, real etcd)', () => {
 
     // An apply deadline on a replica whose clock runs an hour behind: by wall clocks it is hours away.
     await stopSim(sim);
-    await until('the agents gone from the health cache', async () => ahead.health.tier('skew').length === 0, 15000);
+    await waitForValue('the agents gone from the health cache', async () => ahead.health.tier('skew').length === 0, 15000);
     await ahead.startRollout('skew', {
       stages: [{ mode: 'active', percent: 100 }],
       bakeMs: 60_000,
@@ -196,7 +183,7 @@ describe('engine bounds and fencing (in process, real etcd)', () => {
       await e.startRollout('fast', { stages: [{ mode: 'active', percent: 100 }], bakeMs: 60_000, analysis: { checkIntervalMs: 200 }, by: 'test' });
       await waitState(e, 'fast', (s) => s.phase === 'baking', 'fast baking');
       await waitState(e, 'slowprom', (s) => s.phase === 'baking', 'slowprom baking');
-      await until('a query waiting on the hung Prometheus', async () => hung.size > 0, 10000);
+      await waitForValue('a query waiting on the hung Prometheus', async () => hung.size > 0, 10000);
       const sent = Date.now();
       const r = await fetch(`http://127.0.0.1:${port}/api/alerts`, {
         method: 'POST',
@@ -239,7 +226,7 @@ describe('engine bounds and fencing (in process, real etcd)', () => {
     clients.push(client);
     const deleted = Date.now();
     await client.delete().key(e.keys.leader);
-    await until('the replica to step down', async () => !e.leadership.isLeader, 2000);
+    await waitForValue('the replica to step down', async () => !e.leadership.isLeader, 2000);
     t.diagnostic(`stepped down ${Date.now() - deleted} ms after the leader key was deleted`);
     assert.ok(Date.now() - deleted < 1000, `stepped down ${Date.now() - deleted} ms after its key was deleted (not at lease loss)`);
     await assert.rejects(

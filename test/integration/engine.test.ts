@@ -16,28 +16,15 @@ import type { RolloutState } from '../../schemas/rollout.js';
 import { runHost } from '../../tools/lab/agent-proc.js';
 import { type EtcdCluster, type EtcdServer, startEtcd, startEtcdCluster } from '../../tools/lab/etcd.js';
 import { EngineProc, fakePrometheus, type Keys, makeKeys, SimProc } from '../../tools/lab/fleet.js';
+import { waitForValue } from '../../tools/lab/proc.js';
 
 const BASE = { mode: 'passive', bypass: { ports: [22] }, starttls: { smtp: [25] } };
 type View = RolloutState & { live: { agents: number; cohort: number; applied: number } };
 
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    const v = await fn().catch((e) => {
-      last = e;
-      return undefined;
-    });
-    if (v) return v as T;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${String(last)})` : ''}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 async function rolloutStatus(e: EngineProc, tier: string, pred: (s: View) => boolean, what: string, timeoutMs = 30000): Promise<View> {
   let last: View | undefined;
   try {
-    return await until(
+    return await waitForValue(
       what,
       async () => {
         const r = await e.api<View>('GET', `/api/tiers/${tier}/rollout`);
@@ -199,12 +186,12 @@ describe('rollout engine on one etcd', () => {
         '--json',
       ]);
       assert.equal(set.code, 0, set.stderr);
-      await until('sim-00003 off under its override', async () => (await health('sim-00003'))?.mode === 'off', 10000);
+      await waitForValue('sim-00003 off under its override', async () => (await health('sim-00003'))?.mode === 'off', 10000);
       assert.equal((await health('sim-00003'))!.overrideVersion, 1);
       assert.equal((await health('sim-00004'))!.mode, 'passive', 'other hosts follow the tier');
       const clear = await runHost(['config', 'override', '--host', 'sim-00003', '--clear', '--engine', engine.url, '--token-file', engine.tokenFile]);
       assert.equal(clear.code, 0, clear.stderr);
-      await until('sim-00003 back to its tier', async () => (await health('sim-00003'))?.mode === 'passive', 10000);
+      await waitForValue('sim-00003 back to its tier', async () => (await health('sim-00003'))?.mode === 'passive', 10000);
     } finally {
       client.close();
     }
@@ -219,7 +206,7 @@ describe('rollout engine on one etcd', () => {
       assert.equal((await sim.waitStats(() => true, 1000, 'stats')).applied['40'] ?? 0, 0);
       // Which agents refused, and which are behind the head: the agents list answers both.
       const auth = ['--engine', engine.url, '--token-file', engine.tokenFile];
-      const listed = await until('50 agents listed with their error', async () => {
+      const listed = await waitForValue('50 agents listed with their error', async () => {
         const r = await runHost(['agents', '--tier', tier, '--errors', '--behind', '--json', ...auth]);
         assert.equal(r.code, 0, r.stderr);
         const body = JSON.parse(r.stdout) as AgentsBody;
@@ -246,7 +233,7 @@ describe('rollout engine on one etcd', () => {
       const put = await engine.api('PUT', `/api/tiers/${tier}/config`, { document: BASE, message: 'restore after tampering' });
       assert.equal(put.status, 201, JSON.stringify(put.body));
       await sim.waitStats((s) => s.errors === 0, 15000, 'agents healthy again');
-      await until('no agent listed with an error or behind', async () => {
+      await waitForValue('no agent listed with an error or behind', async () => {
         const r = await runHost(['agents', '--tier', tier, '--errors', '--json', ...auth]);
         const body = JSON.parse(r.stdout) as AgentsBody;
         return body.agents.length === 0 && body.total === 50;
@@ -414,7 +401,7 @@ describe('leader failover mid-rollout: 3-member etcd, 2 engine replicas', () => 
   });
 
   test('the rollout continues on the other replica: every stage written exactly once', async () => {
-    const leader = await until('a leader', async () => {
+    const leader = await waitForValue('a leader', async () => {
       for (const e of engines) if (await e.isLeader()) return e;
       return undefined;
     });
@@ -434,7 +421,7 @@ describe('leader failover mid-rollout: 3-member etcd, 2 engine replicas', () => 
     const written = done.events.filter((e) => e.action === 'stage_written').map((e) => e.reason);
     assert.deepEqual(written, ['passive:100', 'active:20', 'active:60', 'active:100']);
     // The first call after losing an etcd member may fail over to another endpoint: retry briefly.
-    const hist = await until(
+    const hist = await waitForValue(
       'the version history',
       async () => {
         const r = await follower.api<Array<{ message: string }>>('GET', `/api/tiers/${tier}/history`);
@@ -444,6 +431,6 @@ describe('leader failover mid-rollout: 3-member etcd, 2 engine replicas', () => 
     );
     const stageWrites = hist.filter((h) => h.message.startsWith(`rollout ${done.id} stage`));
     assert.equal(stageWrites.length, 4, `one version per stage: ${hist.map((h) => h.message).join(' | ')}`);
-    await until('the surviving replica to lead', async () => follower.isLeader(), 15000);
+    await waitForValue('the surviving replica to lead', async () => follower.isLeader(), 15000);
   });
 });

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { readCounters } from '../../agent/flows.js';
+import { type FlowRecord, readCounters } from '../../agent/flows.js';
 import { pinLayout, repoRoot } from '../../agent/paths.js';
 import { type MapHandle, native } from '../../native/index.js';
 import { type AgentEnv, AgentProc, agentEnv, sslwall, writeConfig } from '../../tools/lab/agent-proc.js';
@@ -23,15 +23,6 @@ const APP = { tls: 8443, plain: 8080 };
 const FLOOD = 100_000;
 const SYNS = path.join(repoRoot, 'test/integration/fixtures/syns.py');
 const PEER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'flow-table-peer.js');
-
-interface Flow {
-  saddr: string;
-  sport: number;
-  daddr: string;
-  dport: number;
-  class: string;
-  verdict: string;
-}
 
 function config(mode: 'off' | 'passive' | 'active') {
   return { mode, bypass: { ports: [22], cidrs: [] } };
@@ -74,12 +65,12 @@ describe('flow table hygiene on a server host', () => {
   let appServer: Proc;
   const lport = new Map<string, number>();
 
-  async function flows(): Promise<Flow[]> {
-    return JSON.parse((await sslwall(env, ['flows', '--json', '--bpffs', env.bpffs])).stdout) as Flow[];
+  async function flows(): Promise<FlowRecord[]> {
+    return JSON.parse((await sslwall(env, ['flows', '--json', '--bpffs', env.bpffs])).stdout) as FlowRecord[];
   }
 
   /** The flow of a named client connection, from `sslwall flows`. */
-  async function flowOf(name: string): Promise<Flow | undefined> {
+  async function flowOf(name: string): Promise<FlowRecord | undefined> {
     const port = lport.get(name);
     assert.ok(port, `connection ${name} never opened`);
     return (await flows()).find((f) => f.sport === port || f.dport === port);

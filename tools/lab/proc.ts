@@ -203,6 +203,30 @@ export async function waitFor(
   }
 }
 
+/**
+ * Poll `fn` until it returns a truthy value, and return it; a throw counts as "not yet", and on
+ * timeout the error names the last one.
+ */
+export async function waitForValue<T>(what: string, fn: () => Promise<T | undefined | null | false>, timeoutMs = 30_000): Promise<T> {
+  let value: T | undefined;
+  let last: unknown;
+  await waitFor(
+    what,
+    async () => {
+      try {
+        const v = await fn();
+        if (v) value = v;
+        return Boolean(v);
+      } catch (err) {
+        last = err;
+        return false;
+      }
+    },
+    { timeoutMs, explain: () => (last ? `(last error: ${String(last)})` : '') },
+  );
+  return value as T;
+}
+
 /** Where each prerequisite comes from, so a missing one fails with the package to install. */
 export { BIN } from './prerequisites.js';
 
