@@ -183,14 +183,18 @@ static __always_inline int classify_packet(struct __sk_buff *skb, int egress)
 	 * An arriving SYN never replaces a decided flow (anyone can forge one); it
 	 * passes, also on a blocked flow, so that the kernel decides. egress is a
 	 * constant in each program: the test costs nothing on ingress. */
+	if (egress && is_syn(&p)) {
+		/* This host's SYN opens a new flow whatever the map holds (classify_slow, open_flow):
+		 * the lookup would only cost the connection a cold miss. */
+		forget_allowed(skb);
+		return classify_slow(skb, &p, NULL, egress);
+	}
 	f = bpf_map_lookup_elem(&sslwall_flows, &p.key);
 	if (f && f->cls != SSLWALL_CLASS_PENDING && !(egress && (p.tcp_flags & TCP_FLAG_SYN))) {
 		if (egress)
 			remember_allowed(skb, f);
 		return decided(f, &p);
 	}
-	if (egress && is_syn(&p))
-		forget_allowed(skb);
 	return classify_slow(skb, &p, f, egress);
 }
 
