@@ -31,6 +31,116 @@
 static __noinline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p, struct sslwall_flow *f, int egress);
 static __noinline int parse_policy(int r);
 
+/* sk_allowed: socket-local storage; value = 1 while the socket's flow is decided with a class
+ * whose verdict no mode changes (tls, starttls, connect, bypass, midstream_unknown), 0 after
+ * the socket starts a new handshake. Written by the classifier on egress (set when a packet of
+ * the socket finds its flow decided so in sslwall_flows, cleared at the socket's SYN); read by
+ * the classifier on egress, first thing. SK_STORAGE rather than a flow-keyed map: a packet
+ * leaving a local socket already points to it (skb->sk), and bpf_sk_storage_get with the map's
+ * cache slot is a few loads, where the flow map costs hashing and comparing a 40-byte key
+ * (docs/bench.md, tc_fastpath_ns). It needs no invalidation: a plaintext flow, whose verdict
+ * the agent rewrites on a mode switch, is never remembered, and the storage dies with its
+ * socket, so a new connection (a new socket) starts without it. The one socket that can carry
+ * a second connection (connect(AF_UNSPEC), then connect() again) sends that connection's SYN
+ * in SYN_SENT, which the fast path leaves to the slow path, and the SYN clears the mark.
+ * Private to each loaded classifier, never pinned: a replaced program starts with none, which
+ * costs each socket one flow-map lookup. No memory: nothing stored, the flow map serves. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u8);
+} sslwall_sk_allowed SEC(".maps");
+
+/*
+ * The egress fast path: the sending socket's flow is known to be allowed. Not while the socket
+ * is in SYN_SENT: its SYN (a reconnect) opens a new flow on the slow path. Not for request and
+ * time-wait socks (not full sockets: no storage field).
+ *
+ * bpf_sk_storage_get(map, sk, 0, 0) by hand: its fast case is exactly these loads (the
+ * socket's storage, the map's cache slot, the slot's owner map), but as a helper call it cost
+ * 10 ns a packet, the loads about 2 (docs/bench.md). Anything else (slot empty, or held by
+ * another socket-storage map: there are 16 slots for all of them) answers "not known", and the
+ * packet takes the flow map, whose remember_allowed() puts this map back in the slot. The slot
+ * is read through a switch: the verifier refuses a variable offset into a kernel struct ("R1 is
+ * ptr_bpf_local_storage invalid variable offset"). A kernel without these fields (CO-RE
+ * relocation fails) gets the helper itself.
+ */
+static __always_inline int sk_allowed(struct __sk_buff *skb)
+{
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+	struct bpf_local_storage_map *smap = (void *)&sslwall_sk_allowed;
+	struct bpf_local_storage_data *sd;
+	struct bpf_local_storage *st;
+	struct sock *sk = kskb->sk;
+	__u8 state, *ok;
+
+	if (!sk)
+		return 0;
+	state = sk->__sk_common.skc_state;
+	if (state == BPF_TCP_SYN_SENT || state == BPF_TCP_TIME_WAIT || state == BPF_TCP_NEW_SYN_RECV)
+		return 0;
+	if (!bpf_core_field_exists(sk->sk_bpf_storage) || !bpf_core_field_exists(smap->cache_idx)) {
+		ok = bpf_sk_storage_get(&sslwall_sk_allowed, skb->sk, 0, 0);
+		return ok && *ok;
+	}
+	st = sk->sk_bpf_storage;
+	if (!st)
+		return 0;
+	switch (smap->cache_idx) {
+#define SLOT(i) case i: sd = st->cache[i]; break;
+	SLOT(0) SLOT(1) SLOT(2) SLOT(3) SLOT(4) SLOT(5) SLOT(6) SLOT(7)
+	SLOT(8) SLOT(9) SLOT(10) SLOT(11) SLOT(12) SLOT(13) SLOT(14) SLOT(15)
+#undef SLOT
+	default:
+		return 0;
+	}
+	if (!sd || sd->smap != smap)
+		return 0;
+	return *(__u8 *)(sd + 1);	/* the value: data[] follows the header */
+}
+
+/* Is this the flow's own socket, the one that sends only this flow's segments? A TCP stream
+ * socket is; the kernel's control sockets (SOCK_RAW: RSTs and ACKs for any tuple), raw and
+ * packet sockets (whatever a CAP_NET_RAW process crafts) are not. Type 0 is BPF_PROG_TEST_RUN's
+ * stand-in socket, which the unit tests and benches run with: socket(2) creates no IP socket
+ * of type 0, so no sender can have one. */
+static __always_inline int own_flow_socket(struct bpf_sock *sk)
+{
+	return (sk->type == SOCK_STREAM && sk->protocol == IPPROTO_TCP) || (sk->type == 0 && sk->protocol == 0);
+}
+
+/* Failure policy: no full socket, or no memory for the storage: nothing remembered, the next
+ * packet takes the flow map again. */
+static __always_inline void remember_allowed(struct __sk_buff *skb, const struct sslwall_flow *f)
+{
+	struct bpf_sock *sk = skb->sk;
+	__u8 *ok;
+
+	if (!sk || f->cls == SSLWALL_CLASS_PLAINTEXT)
+		return;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || !own_flow_socket(sk))
+		return;
+	ok = bpf_sk_storage_get(&sslwall_sk_allowed, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (ok)
+		*ok = 1;
+}
+
+/* A socket's SYN: whatever flow it carried before is over. A look without create (no atomic on
+ * the socket's refcount, as a delete would take): a new socket has no storage. */
+static __always_inline void forget_allowed(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	__u8 *ok;
+
+	if (!sk)
+		return;
+	ok = bpf_sk_storage_get(&sslwall_sk_allowed, sk, 0, 0);
+	if (ok)
+		*ok = 0;
+}
+
 static __always_inline int is_syn(const struct sslwall_pkt *p)
 {
 	return (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
@@ -50,7 +160,7 @@ static __always_inline int decided(const struct sslwall_flow *f, const struct ss
 	return VERDICT_DROP;
 }
 
-static __always_inline int classify(struct __sk_buff *skb, int egress)
+static __always_inline int classify_packet(struct __sk_buff *skb, int egress)
 {
 	struct sslwall_pkt p = {};
 	struct sslwall_flow *f;
@@ -64,7 +174,8 @@ static __always_inline int classify(struct __sk_buff *skb, int egress)
 		return VERDICT_PASS;
 	}
 
-	/* Fast path: a decided flow costs this one lookup. A blocked flow's RST
+	/* Map fast path (ingress, and egress without a remembered socket): a decided flow costs
+	 * this one lookup. A blocked flow's RST
 	 * still passes so the peer fails fast instead of retransmitting. Only a
 	 * handshake this host sends (its SYN: connect() found the 4-tuple free; its
 	 * SYN-ACK: no socket holds the tuple any more, a live one would have answered
@@ -72,22 +183,37 @@ static __always_inline int classify(struct __sk_buff *skb, int egress)
 	 * An arriving SYN never replaces a decided flow (anyone can forge one); it
 	 * passes, also on a blocked flow, so that the kernel decides. egress is a
 	 * constant in each program: the test costs nothing on ingress. */
+	if (egress && is_syn(&p)) {
+		/* This host's SYN opens a new flow whatever the map holds (classify_slow, open_flow):
+		 * the lookup would only cost the connection a cold miss. */
+		forget_allowed(skb);
+		return classify_slow(skb, &p, NULL, egress);
+	}
 	f = bpf_map_lookup_elem(&sslwall_flows, &p.key);
-	if (f && f->cls != SSLWALL_CLASS_PENDING && !(egress && (p.tcp_flags & TCP_FLAG_SYN)))
+	if (f && f->cls != SSLWALL_CLASS_PENDING && !(egress && (p.tcp_flags & TCP_FLAG_SYN))) {
+		if (egress)
+			remember_allowed(skb, f);
 		return decided(f, &p);
+	}
 	return classify_slow(skb, &p, f, egress);
 }
 
+/* Egress fast path: a packet of a local socket whose flow is decided and allowed costs a
+ * socket-storage read, before any parsing (docs/dataplane.md, "Fast path"). Ingress, where tc
+ * sees no socket yet, starts with the flow map. A function apart so that the packet struct is
+ * not even zeroed on this path. */
 SEC("tc")
 int sslwall_classify_egress(struct __sk_buff *skb)
 {
-	return classify(skb, 1);
+	if (sk_allowed(skb))
+		return VERDICT_PASS;
+	return classify_packet(skb, 1);
 }
 
 SEC("tc")
 int sslwall_classify_ingress(struct __sk_buff *skb)
 {
-	return classify(skb, 0);
+	return classify_packet(skb, 0);
 }
 
 /*

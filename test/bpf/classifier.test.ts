@@ -715,3 +715,59 @@ test("violations of remote clients (inbound to a port here) are counted apart fr
     assert.equal(after.remoteReported - before.remoteReported, 0n);
   });
 });
+
+// The egress fast path from socket storage (docs/dataplane.md, "Fast path"). BPF_PROG_TEST_RUN
+// gives each call a stand-in socket that lives through its repeats: the first run of a call takes
+// the flow map, and where the flow is remembered, the other runs read the socket's storage.
+// The last run's verdict is what the kernel reports.
+function egressRepeat(pkt: Buffer, repeat = 5): number {
+  return native().testRun(lab.egressProg, pkt, repeat).retval | 0;
+}
+
+test('egress socket storage: a decided TLS flow passes on every packet of a socket, and stays tls', () => {
+  const c = conv(443);
+  handshake(c);
+  lab.egress(c.fromClient(tlsHello('client')));
+  lab.ingress(c.fromServer(tlsHello('server')));
+  assert.equal(egressRepeat(c.fromClient(tlsAppData(1400))), PASS);
+  expectFlow(c, 'tls', 'allowed');
+});
+
+test('egress socket storage: a blocked flow is never remembered, so every packet of its socket is dropped', () => {
+  withMode('active', () => {
+    const c = conv(80);
+    handshake(c);
+    assert.equal(lab.egress(c.fromClient('GET / HTTP/1.1\r\n\r\n')), DROP);
+    assert.equal(egressRepeat(c.fromClient('more plaintext on the same socket')), DROP, 'the 5th packet of the socket should still be dropped');
+    assert.equal(egressRepeat(c.rstFromClient()), PASS, 'its RST still passes');
+    expectFlow(c, 'plaintext', 'blocked');
+  });
+});
+
+test('egress socket storage: a plaintext flow reported in passive mode is dropped once the mode turns active', () => {
+  const c = conv(80);
+  handshake(c);
+  assert.equal(lab.egress(c.fromClient('GET / HTTP/1.1\r\n\r\n')), PASS);
+  assert.equal(egressRepeat(c.fromClient('reported, passes')), PASS);
+  withMode('active', () => {
+    expectFlow(c, 'plaintext', 'blocked');
+    assert.equal(egressRepeat(c.fromClient('now blocked')), DROP, 'a socket that sent while passive must not keep passing');
+  });
+});
+
+test('a SYN leaving on the tuple of a decided tls flow, repeated, opens a new flow that is judged afresh', () => {
+  const c = conv(443);
+  handshake(c);
+  lab.egress(c.fromClient(tlsHello('client')));
+  lab.ingress(c.fromServer(tlsHello('server')));
+  assert.equal(egressRepeat(c.fromClient(tlsAppData(100))), PASS);
+  expectFlow(c, 'tls', 'allowed');
+  // A socket here is new with each call, so the SYN of a remembered socket (connect() again
+  // after connect(AF_UNSPEC)) is proved with real sockets: test/integration/dataplane-judge.test.ts.
+  assert.equal(egressRepeat(c.syn()), PASS);
+  expectFlow(c, 'pending', 'allowed');
+  withMode('active', () => {
+    assert.equal(lab.ingress(c.synAck()), PASS);
+    assert.equal(lab.egress(c.fromClient('GET / HTTP/1.1\r\n\r\n')), DROP, 'plaintext on the new handshake is judged');
+  });
+});

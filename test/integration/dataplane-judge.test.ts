@@ -17,6 +17,7 @@ import { BIN, requireBins, waitFor } from '../../tools/lab/proc.js';
 const SINK_PORT = 9000;
 const TUN_PLAIN_PORT = 9101;
 const TUN_TLS_PORT = 9443;
+const VETH_TLS_PORT = 9444;
 
 interface FlowView {
   saddr: string;
@@ -112,6 +113,45 @@ except OSError as e:
 print(json.dumps({'isn': isn, 'error': error}))
 `;
 
+/**
+ * One socket, two connections: TLS to the TLS port (the flow is decided tls and the socket is
+ * remembered as allowed in its storage), then connect(AF_UNSPEC), which disconnects a TCP socket
+ * and lets it connect again, to the sink, where it writes plaintext. Prints what happened as JSON.
+ */
+const RECONNECT = `
+import ctypes, json, socket, ssl, struct, sys, time
+host, tls_port, plain_port, plain = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].encode()
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+for attempt in range(50):  # the listener may still be starting
+    try:
+        raw = socket.create_connection((host, tls_port))
+        break
+    except ConnectionRefusedError:
+        time.sleep(0.1)
+t = ctx.wrap_socket(raw)
+for _ in range(20):
+    t.sendall(b'tls application data ' * 50)
+time.sleep(0.3)
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fileno=t.detach())
+libc = ctypes.CDLL(None, use_errno=True)
+unspec = struct.pack('=H14x', socket.AF_UNSPEC)
+if libc.connect(s.fileno(), unspec, len(unspec)) != 0:
+    sys.exit('connect(AF_UNSPEC) failed: errno %d' % ctypes.get_errno())
+error = ''
+try:
+    s.connect((host, plain_port))
+    s.sendall(plain)
+    s.settimeout(1.5)
+    s.recv(1)
+except socket.timeout:
+    pass
+except OSError as e:
+    error = e.__class__.__name__
+print(json.dumps({'error': error}))
+`;
+
 /** A hello record header as a client writes it: record, handshake header, legacy_version 3.3. */
 function helloHeader(recordLen: number): Buffer {
   const b = Buffer.alloc(11);
@@ -171,6 +211,11 @@ describe('one end alone cannot smuggle plaintext; non-Ethernet interfaces are ju
       '-u',
       `OPENSSL-LISTEN:${TUN_TLS_PORT},bind=${tunServer},reuseaddr,fork,cert=${certs.cert},key=${certs.key},verify=0`,
       `OPEN:${path.join(tunDir, 'tls')},creat,append`,
+    ]);
+    tb.spawn('server', 'veth-tls', BIN.socat, [
+      '-u',
+      `OPENSSL-LISTEN:${VETH_TLS_PORT},bind=${tb.server.ipv4},reuseaddr,fork,cert=${certs.cert},key=${certs.key},verify=0`,
+      `OPEN:${path.join(tunDir, 'veth-tls')},creat,append`,
     ]);
     sink = await startSink(tb, { port: SINK_PORT });
     const cgroup2 = await tb.mountCgroup2();
@@ -253,6 +298,25 @@ describe('one end alone cannot smuggle plaintext; non-Ethernet interfaces are ju
       assert.equal(r.code, 0, `the injector failed: ${out}`);
     });
     assert.equal(got, 0, `the server received ${got} bytes of plaintext after the injected hello (${out})`);
+    await blocked(tb.server.ipv4, SINK_PORT);
+  });
+
+  test('a socket remembered as allowed (a tls flow) that disconnects and connects again is judged afresh: its plaintext never arrives', async () => {
+    let out = '';
+    const got = await sinkGrowth(async () => {
+      const r = await tb.exec(
+        'client',
+        BIN.python3,
+        ['-c', RECONNECT, tb.server.ipv4, String(VETH_TLS_PORT), String(SINK_PORT), 'GET /after-tls HTTP/1.1\r\n\r\n'],
+        {
+          timeoutMs: 15000,
+        },
+      );
+      out = `${r.stdout} ${r.stderr}`;
+      assert.equal(r.code, 0, `the reconnecting client failed: ${out}`);
+    });
+    assert.ok(fs.statSync(path.join(tunDir, 'veth-tls')).size > 0, 'the TLS connection should have carried its data');
+    assert.equal(got, 0, `the server received ${got} bytes of plaintext on the reconnected socket (${out})`);
     await blocked(tb.server.ipv4, SINK_PORT);
   });
 
