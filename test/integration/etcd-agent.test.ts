@@ -127,6 +127,13 @@ describe('agent on etcd', () => {
     assert.equal(kernelMode(env.bpffs), 'passive');
   });
 
+  test('started as the unit starts it (bin/sslwall-agent.env), the agent collects its start-up garbage once, 10 s after agent_ready', async () => {
+    const line = await agent!.waitFor((l) => l.event === 'startup_gc', 20_000, 'startup_gc');
+    const [before, after] = line.heap_used_mb as [number, number];
+    assert.ok(after < before, `the collection should shrink the heap in use; saw ${before} -> ${after} MB`);
+    assert.equal(agent!.lines().filter((l) => l.event === 'startup_gc').length, 1, 'one start-up collection, no more');
+  });
+
   test('partitioned while versions are written and compacted: the latest version arrives after healing', async () => {
     const disconnects = () => agent!.lines().filter((l) => l.event === 'etcd_disconnected').length;
     const before = disconnects();

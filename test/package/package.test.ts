@@ -94,6 +94,9 @@ test('the systemd units pass systemd-analyze verify', async () => {
   assert.equal(v.stderr.trim(), '', `systemd-analyze verify should say nothing about the units; said:\n${v.stderr}`);
   const unit = fs.readFileSync(path.join(r.dir, 'lib/systemd/system/sslwall-agent.service'), 'utf8');
   assert.match(unit, /^ExecStart=\/usr\/bin\/sslwall agent \$SSLWALL_AGENT_ARGS$/m);
+  // The agent's node flags and malloc tuning: a required EnvironmentFile, so it must be there.
+  assert.match(unit, /^EnvironmentFile=\/usr\/lib\/sslwall\/bin\/sslwall-agent\.env$/m);
+  assert.match(fs.readFileSync(path.join(r.dir, 'usr/lib/sslwall/bin/sslwall-agent.env'), 'utf8'), /^NODE_OPTIONS="[^"]*--jitless/m);
   assert.ok(!fs.existsSync(path.join(r.dir, 'etc/systemd/system/multi-user.target.wants/sslwall-agent.service')), 'installing enables nothing');
 });
 

@@ -25,7 +25,7 @@ import { type MapHandle, native } from '../../native/index.js';
 import { generateKeyPair, Signer } from '../../rollout/signing.js';
 import { createEtcdClient } from '../../schemas/etcd.js';
 import { etcdKeys } from '../../schemas/keys.js';
-import { type AgentEnv, AgentProc, agentEnv, type LogLine, writeConfig } from '../lab/agent-proc.js';
+import { AGENT_ENV_FILE, type AgentEnv, AgentProc, agentEnv, type LogLine, shippedAgentEnv, writeConfig } from '../lab/agent-proc.js';
 import { makeCa, makeHostCert } from '../lab/certs.js';
 import { type EtcdServer, startEtcd } from '../lab/etcd.js';
 import { EtcdBridge } from '../lab/etcd-bridge.js';
@@ -795,12 +795,6 @@ function wakeupRates(w0: Map<string, number>, w1: Map<string, number>, seconds: 
     .join(', ');
 }
 
-/** The NODE_OPTIONS the systemd unit runs the agent with (tools/sslwall-agent.service), so the bench measures what ships. */
-function unitNodeOptions(): string {
-  const unit = fs.readFileSync(path.join(repoRoot, 'tools/sslwall-agent.service'), 'utf8');
-  return /^Environment=NODE_OPTIONS=(.*)$/m.exec(unit)?.[1]?.trim() ?? '';
-}
-
 /** Resident memory split into file-backed pages (mostly the node binary's code, shared by every node process) and anonymous ones (heaps). */
 function rssSplit(pid: number): string {
   const rollup = fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
@@ -832,9 +826,8 @@ export const agentIdle: Bench = {
       const agent = await startEtcdAgent(fx, ctx, scope, 1, {
         config: { ttls: { ports: [6379], cidrs: [`${fx.tb.server.ipv4}/32`] } },
         args: ['--ttls-cert', cert.cert, '--ttls-key', cert.key, '--ttls-ca', ca.caCert],
-        env: { NODE_OPTIONS: unitNodeOptions() },
       });
-      ctx.progress(`agent started with the unit's NODE_OPTIONS=${unitNodeOptions() || '(none)'}`);
+      ctx.progress(`agent started as the unit starts it (${path.relative(repoRoot, AGENT_ENV_FILE)}): ${JSON.stringify(shippedAgentEnv())}`);
       await agent.need().waitFor((l) => l.event === 'ttls_started', 10_000, 'ttls_started');
       const pid = nodePid(agent.need().proc.pid);
       const inMap = insertFlows(fx.tb, agent.bpffs, IDLE_FLOWS);

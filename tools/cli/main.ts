@@ -12,12 +12,8 @@ import { readPinnedFlows } from '../../agent/flows.js';
 import { defaultHostId } from '../../agent/interfaces.js';
 import { DEFAULT_BPFFS, DEFAULT_STATE_DIR } from '../../agent/paths.js';
 import { uninstall } from '../../agent/uninstall.js';
-import { addUser } from '../../rollout/auth.js';
 import { exitCodeFor, SslwallError } from '../../schemas/errors.js';
 import { Verifier } from '../../schemas/signing.js';
-import { agentsCommand } from './agents.js';
-import { configCommand, engineCommand, keygenCommand, rolloutCommand } from './fleet.js';
-import { violationsCommand } from './violations.js';
 
 const VERSION = '0.1.0';
 
@@ -283,21 +279,24 @@ A running engine picks the change up within 5 s. Roles (docs/security.md):
     async run(v) {
       const [file, name, role] = [str(v.users), str(v.name), str(v.role)];
       if (!file || !name || !role) throw usage('token needs --users FILE --name NAME --role viewer|operator|alerts');
+      const { addUser } = await import('../../rollout/auth.js');
       process.stdout.write(`${addUser(file, name, role)}\n`);
       return 0;
     },
   },
 };
 
-// Commands with their own parsing (subcommand groups, or modules loaded only when used).
+// Commands with their own parsing (subcommand groups), loaded only when used: a long-running
+// `sslwall agent` keeps in memory only the modules it runs (the engine's client, its API
+// schemas and the rollout code would be ~1 MB of heap for nothing; docs/bench.md agent_rss_mb).
 const GROUPS: Record<string, (args: string[]) => Promise<number>> = {
-  engine: engineCommand,
-  keygen: keygenCommand,
+  engine: async (args) => (await import('./fleet.js')).engineCommand(args),
+  keygen: async (args) => (await import('./fleet.js')).keygenCommand(args),
   etcd: async (args) => ((await import(modulePath('./etcd.js'))) as { etcdCommand(a: string[]): Promise<number> }).etcdCommand(args),
-  config: configCommand,
-  rollout: rolloutCommand,
-  agents: agentsCommand,
-  violations: violationsCommand,
+  config: async (args) => (await import('./fleet.js')).configCommand(args),
+  rollout: async (args) => (await import('./fleet.js')).rolloutCommand(args),
+  agents: async (args) => (await import('./agents.js')).agentsCommand(args),
+  violations: async (args) => (await import('./violations.js')).violationsCommand(args),
   simulate: async (args) => ((await import(modulePath('../simulate/main.js'))) as { main(a: string[]): Promise<number> }).main(args),
   bench: async (args) => ((await import(modulePath('../bench/main.js'))) as { main(a: string[]): Promise<number> }).main(args),
   up: async (args) => ((await import(modulePath('./up.js'))) as { upCommand(a: string[]): Promise<number> }).upCommand(args),

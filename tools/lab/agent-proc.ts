@@ -11,6 +11,18 @@ import type { Proc } from './proc.js';
 import { type RunResult, run } from './proc.js';
 
 export const SSLWALL = path.join(repoRoot, 'bin/sslwall.js');
+/** The agent's process environment as shipped: the systemd unit's EnvironmentFile. */
+export const AGENT_ENV_FILE = path.join(repoRoot, 'bin/sslwall-agent.env');
+
+/** AGENT_ENV_FILE's variables (systemd EnvironmentFile lines: KEY=VALUE, a value optionally in double quotes, # comments). */
+export function shippedAgentEnv(file = AGENT_ENV_FILE): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const line of fs.readFileSync(file, 'utf8').split('\n')) {
+    const m = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line.trim());
+    if (m) env[m[1]!] = m[2]!.replace(/^"(.*)"$/, '$1');
+  }
+  return env;
+}
 
 export interface LogLine {
   event?: string;
@@ -70,7 +82,8 @@ export class AgentProc {
       env.stateDir,
       ...extraArgs,
     ];
-    const proc = env.tb.spawn(env.side, `agent-${env.side}-${seq++}`, process.execPath, args, procEnv ? { env: { ...process.env, ...procEnv } } : {});
+    // As the unit runs it (node flags, malloc tuning), unless the caller says otherwise.
+    const proc = env.tb.spawn(env.side, `agent-${env.side}-${seq++}`, process.execPath, args, { env: { ...process.env, ...shippedAgentEnv(), ...procEnv } });
     const agent = new AgentProc(env, proc);
     await agent.waitFor((l) => l.event === 'agent_ready', 15000, 'agent_ready');
     return agent;
