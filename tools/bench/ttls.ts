@@ -9,6 +9,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { shippedAgentEnv } from '../lab/agent-proc.js';
 import { makeCa, makeHostCert } from '../lab/certs.js';
 import { createTestbed, type Testbed } from '../lab/netns.js';
 import { BIN, type Proc, tail, waitFor } from '../lab/proc.js';
@@ -150,7 +151,8 @@ async function setUp(ctx: BenchContext): Promise<Paths> {
         metricsPort: 19000 + (proxyPort % 1000),
         ...extra,
       };
-      const p = tb.spawn(side, name, process.execPath, [TTLS_NODE, JSON.stringify(args)]);
+      // The proxy and terminator run inside the agent in production: same node flags (--jitless...).
+      const p = tb.spawn(side, name, process.execPath, [TTLS_NODE, JSON.stringify(args)], { env: { ...process.env, ...shippedAgentEnv() } });
       await waitFor(`${name} ready`, () => fs.existsSync(p.logFile) && fs.readFileSync(p.logFile, 'utf8').includes('ttls_node_ready'), {
         explain: () => tail(p.logFile),
       });
