@@ -452,7 +452,7 @@ export const propagation: Bench = {
           unit: 'ms',
           baseline: ms2(b99),
           ratio: round(p99 / b99, 2),
-          valueTarget: { op: '<=', value: 100 },
+          target: { op: '<=', ratio: 3 },
           meaning: `99th percentile of ${PROP_PUTS} puts (watch delivery, signature check, validation, map writes, generation flip)`,
         },
       ];
