@@ -83,15 +83,15 @@ export class SharedConn {
 
   /**
    * Resolves once this worker has received no watch event for BURST_QUIET_MS (at most
-   * BURST_MAX_WAIT_MS from now). Health writes wait for it: on one machine, the health writes of
-   * the agents that applied first would take the CPU (here, in etcd and in the engine) that the
-   * hosts still applying would each have of their own in a real fleet.
+   * BURST_MAX_WAIT_MS from the first waiter). Health writes wait for it: on one machine, the
+   * writes of the agents that applied first would take CPU (in this process, in etcd, in the
+   * engine) from the agents still applying, which on real hosts each have a CPU of their own.
    */
   afterBurst(): Promise<void> {
     if (performance.now() - this.lastEventAt >= BURST_QUIET_MS || this.closed) return Promise.resolve();
     return new Promise<void>((resolve) => {
       const until = performance.now() + BURST_MAX_WAIT_MS;
-      this.burstWaiters.push(() => resolve());
+      this.burstWaiters.push(resolve);
       const settle = () => {
         this.burstTimer = undefined;
         const now = performance.now();
