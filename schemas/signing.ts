@@ -7,7 +7,7 @@
 // (rollout/signing.ts); agents and tools verify, here, against a set of keys so that keys rotate
 // without a flag day (docs/etcd.md, "Rotating the signing key").
 import { createHash, createPublicKey, type KeyObject, verify } from 'node:crypto';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, type Stats, statSync } from 'node:fs';
 import path from 'node:path';
 import { SslwallError } from './errors.js';
 
@@ -17,13 +17,32 @@ export interface Signature {
 }
 
 export function canonicalJson(value: unknown): string {
-  // undefined in an array is null, as in JSON.stringify and so in the document an agent parses.
-  if (Array.isArray(value)) return `[${value.map((v) => (v === undefined ? 'null' : canonicalJson(v))).join(',')}]`;
+  return canonical(value, undefined);
+}
+
+// Loops and a plain sort rather than entries/filter/map/join: every agent canonicalizes every
+// document it verifies, so this is on the per-change path. Object.keys().sort() orders by UTF-16
+// code units, as a < b does.
+function canonical(value: unknown, skip: string | undefined): string {
+  if (Array.isArray(value)) {
+    let out = '[';
+    for (let i = 0; i < value.length; i++) {
+      // undefined in an array is null, as in JSON.stringify and so in the document an agent parses.
+      const v: unknown = value[i];
+      out += (i ? ',' : '') + (v === undefined ? 'null' : canonical(v, undefined));
+    }
+    return `${out}]`;
+  }
   if (value && typeof value === 'object') {
-    const entries = Object.entries(value as Record<string, unknown>)
-      .filter(([, v]) => v !== undefined)
-      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+    const obj = value as Record<string, unknown>;
+    const keys = Object.keys(obj).sort();
+    let out = '{';
+    for (const k of keys) {
+      const v = obj[k];
+      if (v === undefined || k === skip) continue;
+      out += `${out.length > 1 ? ',' : ''}${JSON.stringify(k)}:${canonical(v, undefined)}`;
+    }
+    return `${out}}`;
   }
   return JSON.stringify(value);
 }
@@ -33,8 +52,7 @@ const SIGNED_PREFIX = 'sslwall-document-v1\n';
 
 /** The bytes an ed25519 signature covers: the prefix and the canonical JSON of the document without `signature`. */
 export function signedBytes(doc: object): Buffer {
-  const { signature: _drop, ...body } = doc as Record<string, unknown>;
-  return Buffer.from(SIGNED_PREFIX + canonicalJson(body));
+  return Buffer.from(SIGNED_PREFIX + canonical(doc, 'signature'));
 }
 
 export function keyId(publicKey: KeyObject): string {
@@ -52,19 +70,25 @@ function readKey(file: string): KeyObject {
   }
 }
 
-/** The key files a --verify-key source names: the file itself, or every *.pub file in a folder. */
-function keyFiles(source: string): string[] {
-  let isDir: boolean;
+/**
+ * The key files a --verify-key source names (the file itself, or every *.pub file in a folder),
+ * each with what it looks like now. A file source is stat'ed once: this runs on every check.
+ */
+function keyFiles(source: string): Array<{ file: string; st: Stats | undefined }> {
+  let st: Stats;
   try {
-    isDir = statSync(source).isDirectory();
+    st = statSync(source);
   } catch (err) {
     throw new SslwallError('SSLWALL_E_SIGNING_KEY', `cannot read the verify key ${source}: ${(err as Error).message}`, { cause: err });
   }
-  if (!isDir) return [source];
+  if (!st.isDirectory()) return [{ file: source, st }];
   return readdirSync(source)
     .filter((f) => f.endsWith('.pub'))
     .sort()
-    .map((f) => path.join(source, f));
+    .map((f) => {
+      const file = path.join(source, f);
+      return { file, st: statSync(file, { throwIfNoEntry: false }) };
+    });
 }
 
 /** Checks signatures against a set of keys by key id; built from files and folders, it follows them as they change. */
@@ -99,18 +123,14 @@ export class Verifier {
   private refresh(): void {
     if (this.sources.length === 0) return;
     const files = this.sources.flatMap(keyFiles);
-    const seen = files
-      .map((f) => {
-        const st = statSync(f, { throwIfNoEntry: false });
-        return `${f}:${st?.size}:${st?.mtimeMs}`;
-      })
-      .join('\n');
+    let seen = '';
+    for (const { file, st } of files) seen += `${file}:${st?.size}:${st?.mtimeMs}\n`;
     if (seen === this.seen) return;
     if (files.length === 0)
       throw new SslwallError('SSLWALL_E_SIGNING_KEY', `no verify key (*.pub) found in ${this.sources.join(', ')}; every document would be refused`);
     const keys = new Map<string, KeyObject>();
-    for (const f of files) {
-      const k = readKey(f);
+    for (const { file } of files) {
+      const k = readKey(file);
       keys.set(keyId(k), k);
     }
     this.keys = keys;

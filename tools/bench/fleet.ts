@@ -15,12 +15,15 @@
 // (etcd data, keys, logs) are removed.
 
 import { type ChildProcess, spawn } from 'node:child_process';
+import { createPublicKey, verify } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Etcd3, Watcher } from 'etcd3';
+import { decide } from '../../agent/etcd-source.js';
 import { createEtcdClient } from '../../schemas/etcd.js';
 import { etcdKeys } from '../../schemas/keys.js';
+import { signedBytes, Verifier } from '../../schemas/signing.js';
 import { HealthSchema } from '../../schemas/tier.js';
 import { SSLWALL } from '../lab/agent-proc.js';
 import { type EtcdServer, startEtcd } from '../lab/etcd.js';
@@ -289,6 +292,41 @@ async function reportingVersion(client: Etcd3, version: number): Promise<number>
 
 const fmtS = (ms: number) => `${round(ms / 1000, 2)} s`;
 
+/** CPU µs per call of f, the median of 5 rounds of n calls (after a warm-up round). */
+function cpuPerCall(n: number, f: () => unknown): number {
+  const rounds: number[] = [];
+  for (let r = 0; r < 6; r++) {
+    const c0 = process.cpuUsage();
+    for (let i = 0; i < n; i++) f();
+    const d = process.cpuUsage(c0);
+    if (r > 0) rounds.push((d.user + d.system) / n);
+  }
+  return median(rounds);
+}
+
+/**
+ * The agent's accept path on its own, in this process: decide() (JSON, the signature check
+ * against the verify key file, zod, place and replay checks, cohort) on the tier document the
+ * engine wrote, as each simulated agent runs it; and crypto.verify alone on the same bytes.
+ */
+async function acceptCost(client: Etcd3, verifyKey: string): Promise<{ decideUs: number; verifyUs: number }> {
+  const kv = (await client.get(KEYS.tierConfig(TIER)).exec()).kvs[0]!;
+  const snap = { tier: { value: kv.value, modRevision: Number(kv.mod_revision) }, override: null, revision: Number(kv.mod_revision) };
+  const verifier = Verifier.fromSources([verifyKey]);
+  const keys = { tier: KEYS.tierConfig(TIER), override: KEYS.hostOverride('f-00000') };
+  const place = { tier: TIER, hostId: 'f-00000' };
+  const d = decide(snap, keys, verifier, place, { tier: null, override: null });
+  if (d.kind !== 'config') throw new Error(`the accept path refused the engine's document: ${JSON.stringify(d)}`);
+  const doc = JSON.parse(kv.value.toString()) as { signature: { value: string } };
+  const bytes = signedBytes(doc);
+  const sig = Buffer.from(doc.signature.value, 'base64');
+  const pub = createPublicKey(fs.readFileSync(verifyKey));
+  return {
+    decideUs: cpuPerCall(2000, () => decide(snap, keys, verifier, place, { tier: null, override: null })),
+    verifyUs: cpuPerCall(2000, () => verify(null, bytes, pub, sig)),
+  };
+}
+
 // ---- the bench ----------------------------------------------------------------------------------------
 
 export const fleet: Bench = {
@@ -297,6 +335,7 @@ export const fleet: Bench = {
     'fleet_propagation_ms_p99',
     'fleet_fanout_ms_p99',
     'fleet_change_cpu_ms_per_agent',
+    'fleet_accept_cpu_ms',
     'rollback_ms_p99',
     'dead_agent_detect_ms',
     'reconnect_relists_per_agent',
@@ -411,6 +450,10 @@ export const fleet: Bench = {
       const quiet1 = sim.last()!;
       const quietRate = (quiet1.s.cpuMs - quiet0.s.cpuMs) / (quiet1.recv - quiet0.recv);
       ctx.progress(`the quiet fleet uses ${round(quietRate * 100, 1)} % of a CPU (${N} agents' keepalives and health ticks)`);
+      const accept = await acceptCost(client, keys.verifyKey);
+      ctx.progress(
+        `the accept path alone (decide on the engine's document): ${round(accept.decideUs, 1)} µs of CPU, of which crypto.verify ${round(accept.verifyUs, 1)} µs`,
+      );
 
       // ---- propagation ----------------------------------------------------------------------------
       const propMs: number[] = [];
@@ -442,7 +485,10 @@ export const fleet: Bench = {
         ctx.progress(
           `change ${i + 1}/${PROPAGATION_CHANGES} (version ${v}): all ${N} applied after ${round(precise, 1)} ms (first agent -> last ${all.s.lastChangeAppliedMs[v]} ms; stats poll says <= ${round(polled, 0)} ms); bare watcher ${round(tWatch - tPut, 2)} ms`,
         );
-        await sleep(2500); // their health writes (at most one per agent per second) drain
+        // Their health writes drain (every agent writes one after applying; the simulator lets a
+        // worker's burst of watch events end first), then 500 ms for the last answers.
+        await sim.until((s) => s.healthWrites - before.s.healthWrites >= N, 30_000, `${N} health writes after version ${v}`, undefined, tPut);
+        await sleep(500);
         // The change's CPU in the simulator, per agent: receiving, parsing, verifying, validating,
         // deciding, applying (no kernel) and the health write it causes, less the quiet fleet's.
         const after = sim.last()!;
@@ -622,6 +668,14 @@ export const fleet: Bench = {
           baseline: round(median(fanCpu), 3),
           ratio: round(median(changeCpu) / median(fanCpu), 1),
           meaning: `median CPU one change costs a simulated agent (its own watch, JSON, ed25519, zod, cohort, health write); baseline: a bare watcher receiving it`,
+        },
+        {
+          bench: 'fleet_accept_cpu_ms',
+          value: round(accept.decideUs / 1000, 4),
+          unit: 'CPU ms',
+          baseline: round(accept.verifyUs / 1000, 4),
+          ratio: round(accept.decideUs / accept.verifyUs, 2),
+          meaning: `the agent's accept path alone, in the bench process: decide() on the engine's signed document (JSON, ed25519, zod, place, cohort); baseline: crypto.verify alone`,
         },
         {
           bench: 'rollback_ms_p99',

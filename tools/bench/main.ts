@@ -172,6 +172,7 @@ function table(results: BenchResult[], failures: Failure[]): string {
     'Baselines: tc_* = sslwall_empty on the same packet, same repeat; veth_throughput*/connect_rate = an identical test bed without any filter, runs alternating;',
     '  propagation_* = a bare etcd3 watcher on the same path; hot_swap_* = the same transfer before the swaps; agent_* = an idle node process;',
     '  fleet_propagation/fanout/rollback = one bare etcd3 watcher; fleet_change_cpu_ms_per_agent = a bare watcher receiving the change;',
+    '  fleet_accept_cpu_ms = crypto.verify alone on the same document;',
     '  dead_agent_detect_ms = the lease TTL; reconnect_relists_per_agent = 1 re-read per agent.',
     '  alarm_to_rollback_e2e_ms = the same Prometheus + Alertmanager notifying a bare webhook receiver, same runs.',
     '  dashboard_api_ms_p99 = GET /healthz on the same engine, interleaved.',

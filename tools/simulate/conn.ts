@@ -9,6 +9,11 @@ import { backoffMs, createEtcdClient, type EtcdConnection, guardWatchManager } f
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
+/** A worker's burst of watch events is over after this long without one. */
+const BURST_QUIET_MS = 200;
+/** Health writes wait for the end of a burst at most this long (a steady stream of events never starves them). */
+const BURST_MAX_WAIT_MS = 3000;
+
 /** At most `max` calls in flight; the rest wait in FIFO order. */
 export class Limiter {
   private active = 0;
@@ -49,6 +54,10 @@ export class SharedConn {
   gen = 0;
   renewals = 0;
   private closed = false;
+  /** When the latest watch event reached this worker (performance.now()). */
+  private lastEventAt = -Infinity;
+  private burstWaiters: Array<() => void> = [];
+  private burstTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly conn: EtcdConnection,
@@ -67,6 +76,38 @@ export class SharedConn {
     return this.watchers[i % this.watchers.length]!;
   }
 
+  /** A watch event reached one of this worker's agents. */
+  noteEvent(): void {
+    this.lastEventAt = performance.now();
+  }
+
+  /**
+   * Resolves once this worker has received no watch event for BURST_QUIET_MS (at most
+   * BURST_MAX_WAIT_MS from the first waiter). Health writes wait for it: on one machine, the
+   * writes of the agents that applied first would take CPU (in this process, in etcd, in the
+   * engine) from the agents still applying, which on real hosts each have a CPU of their own.
+   */
+  afterBurst(): Promise<void> {
+    if (performance.now() - this.lastEventAt >= BURST_QUIET_MS || this.closed) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const until = performance.now() + BURST_MAX_WAIT_MS;
+      this.burstWaiters.push(resolve);
+      const settle = () => {
+        this.burstTimer = undefined;
+        const now = performance.now();
+        const quietAt = this.lastEventAt + BURST_QUIET_MS;
+        if (now < quietAt && now < until && !this.closed) {
+          this.burstTimer = setTimeout(settle, Math.min(quietAt, until) - now);
+          return;
+        }
+        const waiters = this.burstWaiters;
+        this.burstWaiters = [];
+        for (const w of waiters) w();
+      };
+      this.burstTimer ??= setTimeout(settle, BURST_QUIET_MS);
+    });
+  }
+
   renew(gen: number): void {
     if (gen !== this.gen || this.closed) return;
     const old = this.client;
@@ -80,6 +121,8 @@ export class SharedConn {
 
   close(): void {
     this.closed = true;
+    clearTimeout(this.burstTimer);
+    for (const w of this.burstWaiters.splice(0)) w();
     this.client.close();
   }
 }
@@ -224,7 +267,14 @@ export class SimTransport implements EtcdTransport {
 
   watch(keys: string[], fromRevision: number, h: WatchHandlers) {
     this.gen = this.conn.gen;
-    return watchKeys(this.conn.watchOn(this.index), keys, fromRevision, h);
+    const conn = this.conn;
+    return watchKeys(this.conn.watchOn(this.index), keys, fromRevision, {
+      ...h,
+      put: (i, kv) => {
+        conn.noteEvent();
+        h.put(i, kv);
+      },
+    });
   }
 
   /** The first agent to see the stream broken renews the shared client; the others resume on it. */
@@ -249,6 +299,7 @@ export class SimTransport implements EtcdTransport {
   }
 
   async put(key: string, value: string, leaseId: string): Promise<void> {
+    await this.conn.afterBurst();
     await this.limiter.run(() => this.conn.client.kv.put({ key: Buffer.from(key), value: Buffer.from(value), lease: leaseId }));
   }
 
