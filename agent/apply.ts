@@ -99,8 +99,9 @@ export function claimSelf(maps: MapHandles, self: SelfProtection): void {
  * The flows' verdicts are reconciled only when the mode changes, or when `reconcile` says so
  * (the first apply of a process: an earlier agent may have stopped between flip and walk). With
  * the mode kept, every plaintext flow already carries its verdict, since the filter writes the
- * mode in force when it decides one; the walk copies every flow of the map into JavaScript (470 ms p50 per change
- * with 20,000 flows in the hot_swap bench), which a change of ports or CIDRs would pay for nothing.
+ * mode in force when it decides one; the walk copies every flow of the map into JavaScript
+ * (470 ms p50 per change with 20,000 flows in the hot_swap bench), which a change of ports or
+ * CIDRs would pay for nothing.
  */
 export function applyConfig(
   maps: MapHandles,
