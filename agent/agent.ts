@@ -96,6 +96,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
   };
 
   let swept = false;
+  let reconciled = false;
   /** Apply a validated config to the kernel and remember it as the last good one. */
   const apply = (config: Config, meta: AppliedMeta, reason: string, decided: StepTimes = {}, receivedAt?: number): void => {
     const before = currentMode(dp.maps);
@@ -105,7 +106,10 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
     // on. With the filter on, it saw each of them open (the SYN rule, agent/self.ts), so the walk
     // of the kernel's whole TCP hash (some 25 ms, most of a config change) is skipped.
     if (before === 'off' && config.mode !== 'off') timed(times, 'seed_ms', () => seedOwnFlows(dp, self, log, 'apply'));
-    const flipped = applyConfig(dp.maps, config, bypass, self, times);
+    // The first apply of this process also reconciles with the mode kept: an earlier agent may
+    // have stopped between its generation flip and its walk of the flows.
+    const flipped = applyConfig(dp.maps, config, bypass, self, times, !reconciled);
+    reconciled = true;
     const inForceAt = performance.timeOrigin + performance.now();
     registerOnSwitch(dp, before, config.mode, log, reason);
     const ms = Number(process.hrtime.bigint() - started) / 1e6;

@@ -9,6 +9,7 @@ import { SslwallError } from '../schemas/errors.js';
 import { sizeOf, u32 } from './codec.js';
 import { type Captured, capture, MIGRATABLE, restore } from './migrate.js';
 import { assertBpffs, bpfObjects, pinLayout } from './paths.js';
+import { roundTimes, type StepTimes, timed } from './timing.js';
 
 /** The maps every object shares, with the sizes this build expects (from shared.h via BTF). */
 export function expectedMaps() {
@@ -96,7 +97,9 @@ export class Datapath {
     const classifier = addon.openObject(bpfObjects.classifier);
     const captured: Captured[] = [];
     const reused = reusePinnedMaps(classifier, pins, log, Object.keys(expectedMaps()), captured);
-    loadOrExplain(classifier, 'classifier');
+    // The verifier's time, in the log: most of a restart's CPU (docs/bench.md, hot_swap).
+    const times: StepTimes = {};
+    timed(times, 'classifier_ms', () => loadOrExplain(classifier, 'classifier'));
     for (const c of captured) {
       const map = classifier.map(c.map);
       let n: number;
@@ -123,7 +126,7 @@ export class Datapath {
     const lifecycle = addon.openObject(bpfObjects.lifecycle);
     lifecycle.setRodata('netns_ino', u32(statSync('/proc/self/ns/net').ino));
     reusePinnedMaps(lifecycle, pins, log, Object.keys(expectedMaps()));
-    loadOrExplain(lifecycle, 'lifecycle');
+    timed(times, 'lifecycle_ms', () => loadOrExplain(lifecycle, 'lifecycle'));
 
     // A tracing link cannot be updated in place: attach the new one, then swap the pin.
     const stateLink = lifecycle.attachTracing('sslwall_sock_state');
@@ -143,7 +146,7 @@ export class Datapath {
       socketDestroy: 'iter/tcp+bpf_sock_destroy',
       kprobes: existsSync('/sys/kernel/debug/kprobes') || existsSync('/sys/kernel/tracing/kprobe_events'),
     };
-    log.info({ event: 'datapath_loaded', bpffs, reused_maps: [...reused], features }, 'datapath loaded');
+    log.info({ event: 'datapath_loaded', bpffs, reused_maps: [...reused], features, load_ms: roundTimes(times) }, 'datapath loaded');
     const dp = new Datapath(bpffs, classifier, lifecycle, iterLink, seedLink, registerLink, features);
     dp.mapsReplaced = Object.keys(expectedMaps()).length - reused.size;
     return dp;

@@ -169,7 +169,7 @@ function table(results: BenchResult[], failures: Failure[]): string {
       .join('  ')
       .trimEnd();
   const baselineNote = [
-    'Baselines: tc_* = sslwall_empty on the same packet, same repeat; veth_throughput*/connect_rate = an identical test bed without any filter, runs alternating;',
+    'Baselines: tc_* = sslwall_empty on the same packet, same repeat; veth_throughput*/connect_rate = an identical test bed without any filter (median of 5 paired runs);',
     '  propagation_* = a bare etcd3 watcher on the same path; hot_swap_* = the same transfer before the swaps; agent_* = an idle node process;',
     '  fleet_propagation/fanout/rollback = one bare etcd3 watcher; fleet_change_cpu_ms_per_agent = a bare watcher receiving the change;',
     '  fleet_accept_cpu_ms = crypto.verify alone on the same document;',
