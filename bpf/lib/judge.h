@@ -23,6 +23,7 @@
 #define DIR_CLIENT 0	/* payload travelling client -> server */
 #define DIR_SERVER 1
 #define PENDING_MAX 60000	/* bytes an undecided flow may carry (a preamble, then the hellos) */
+#define PAYLOAD_OFF_MAX (PARSE_PULL_LEN + 60)	/* where parse_tcp may put a payload: TCP headers are <= 60 bytes */
 
 /* scratch: key = 0, value = a copy of the preamble segment being scanned (1 KiB does not
  * fit the 512-byte BPF stack). Written and read only by judge_client_command, within one
@@ -61,6 +62,26 @@ static __always_inline __u32 buffer_header(struct __sk_buff *skb, struct sslwall
 	want = sslwall_load_len(p->payload_len, TLS_HELLO_HDR_LEN - have);
 	if (want == 0)
 		return have;
+	/* The common case, a whole header in one segment's linear area (a local stack's hello
+	 * always is): copied straight from the packet. bpf_skb_load_bytes and the byte-wise merge
+	 * below were a third of a cold ClientHello's cost (docs/bench.md, tc_first_packet_ns). */
+	if (have == 0 && want == TLS_HELLO_HDR_LEN) {
+		void *data, *data_end;
+		__u64 off = p->payload_off;
+
+		sslwall_skb_bounds(skb, &data, &data_end);
+		/* The bound is for the verifier (a payload_off read back from the stack is unbounded):
+		 * without it "invalid access to packet, off=10 size=1 ... R1 offset is outside of the
+		 * packet". */
+		if (off <= PAYLOAD_OFF_MAX && data + off + TLS_HELLO_HDR_LEN <= data_end) {
+			__builtin_memcpy(f->hdr[sslwall_dir_idx(d)], data + off, TLS_HELLO_HDR_LEN);
+			f->hdr_seq[sslwall_dir_idx(d)] = p->seq;
+			if (d == DIR_CLIENT)
+				f->flags |= SSLWALL_FLOW_HELLO_SEQ;
+			f->hdr_len[sslwall_dir_idx(d)] = TLS_HELLO_HDR_LEN;
+			return TLS_HELLO_HDR_LEN;
+		}
+	}
 	if (bpf_skb_load_bytes(skb, p->payload_off, tmp, want) < 0) {
 		sslwall_count(SSLWALL_CNT_PKT_TRUNCATED);
 		return have;
@@ -221,8 +242,9 @@ static __always_inline int starts_handshake(struct __sk_buff *skb, __u32 off)
 	return bpf_skb_load_bytes(skb, off, &b, 1) == 0 && b == TLS_CT_HANDSHAKE;
 }
 
-/* The state machine of an undecided flow, fed one payload at a time. */
-static __noinline int judge_payload(struct __sk_buff *skb, struct sslwall_flow *f, const struct sslwall_config *cfg,
+/* The state machine of an undecided flow, fed one payload at a time. Inlined into its one
+ * caller: a call of its own cost a cold ClientHello ~15 ns (docs/bench.md). */
+static __always_inline int judge_payload(struct __sk_buff *skb, struct sslwall_flow *f, const struct sslwall_config *cfg,
 				    const struct sslwall_pkt *p, __u32 d)
 {
 	__u32 off = p->payload_off, len = p->payload_len;
