@@ -28,7 +28,7 @@
 #define VERDICT_PASS (-1)
 #define VERDICT_DROP 2
 
-static __noinline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p, struct sslwall_flow *f, int egress);
+static __always_inline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p, struct sslwall_flow *f, int egress);
 static __noinline int parse_policy(int r);
 
 /* sk_allowed: socket-local storage; value = 1 while the socket's flow is decided with a class
@@ -187,13 +187,14 @@ static __always_inline int classify_packet(struct __sk_buff *skb, int egress)
 		/* This host's SYN opens a new flow whatever the map holds (classify_slow, open_flow):
 		 * the lookup would only cost the connection a cold miss. */
 		forget_allowed(skb);
-		return classify_slow(skb, &p, NULL, egress);
-	}
-	f = bpf_map_lookup_elem(&sslwall_flows, &p.key);
-	if (f && f->cls != SSLWALL_CLASS_PENDING && !(egress && (p.tcp_flags & TCP_FLAG_SYN))) {
-		if (egress)
-			remember_allowed(skb, f);
-		return decided(f, &p);
+		f = NULL;
+	} else {
+		f = bpf_map_lookup_elem(&sslwall_flows, &p.key);
+		if (f && f->cls != SSLWALL_CLASS_PENDING && !(egress && (p.tcp_flags & TCP_FLAG_SYN))) {
+			if (egress)
+				remember_allowed(skb, f);
+			return decided(f, &p);
+		}
 	}
 	return classify_slow(skb, &p, f, egress);
 }
@@ -435,7 +436,9 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 	return stored;
 }
 
-static __noinline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p, struct sslwall_flow *f, int egress)
+/* Inlined, at one call site: each program gets its own copy with egress a constant, and a cold
+ * packet pays no call (docs/bench.md, tc_first_packet_ns). */
+static __always_inline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p, struct sslwall_flow *f, int egress)
 {
 	struct sslwall_config *cfg;
 	__u32 zero = 0, *genp, gen, d, di, seq, len, pending;

@@ -23,6 +23,7 @@
 #define DIR_CLIENT 0	/* payload travelling client -> server */
 #define DIR_SERVER 1
 #define PENDING_MAX 60000	/* bytes an undecided flow may carry (a preamble, then the hellos) */
+#define PAYLOAD_OFF_MAX (PARSE_PULL_LEN + 60)	/* where parse_tcp may put a payload: TCP headers are <= 60 bytes */
 
 /* scratch: key = 0, value = a copy of the preamble segment being scanned (1 KiB does not
  * fit the 512-byte BPF stack). Written and read only by judge_client_command, within one
@@ -61,6 +62,34 @@ static __always_inline __u32 buffer_header(struct __sk_buff *skb, struct sslwall
 	want = sslwall_load_len(p->payload_len, TLS_HELLO_HDR_LEN - have);
 	if (want == 0)
 		return have;
+	/* The common case, a whole header in one segment's linear area (a local stack's hello
+	 * always is): copied straight from the packet. bpf_skb_load_bytes and the byte-wise merge
+	 * below were a third of a cold ClientHello's cost (docs/bench.md, tc_first_packet_ns). */
+	if (have == 0 && want == TLS_HELLO_HDR_LEN) {
+		void *data, *data_end;
+		__u64 off = p->payload_off;
+
+		sslwall_skb_bounds(skb, &data, &data_end);
+		/* The bound is for the verifier (a payload_off read back from the stack is unbounded):
+		 * without it "invalid access to packet, off=10 size=1 ... R1 offset is outside of the
+		 * packet". */
+		if (off <= PAYLOAD_OFF_MAX && data + off + TLS_HELLO_HDR_LEN <= data_end) {
+			__u8 *src = data + off, *dst = f->hdr[sslwall_dir_idx(d)];
+
+			/* Word loads, not __builtin_memcpy: clang copies a pointer of unknown alignment
+			 * byte by byte, 22 instructions for 11 bytes. The verifier accepts unaligned
+			 * packet loads where the CPU does them (x86-64, arm64: the agent's targets). */
+			*(__u32 *)dst = *(__u32 *)src;
+			*(__u32 *)(dst + 4) = *(__u32 *)(src + 4);
+			*(__u16 *)(dst + 8) = *(__u16 *)(src + 8);
+			dst[10] = src[10];
+			f->hdr_seq[sslwall_dir_idx(d)] = p->seq;
+			if (d == DIR_CLIENT)
+				f->flags |= SSLWALL_FLOW_HELLO_SEQ;
+			f->hdr_len[sslwall_dir_idx(d)] = TLS_HELLO_HDR_LEN;
+			return TLS_HELLO_HDR_LEN;
+		}
+	}
 	if (bpf_skb_load_bytes(skb, p->payload_off, tmp, want) < 0) {
 		sslwall_count(SSLWALL_CNT_PKT_TRUNCATED);
 		return have;
@@ -84,9 +113,14 @@ static __always_inline __u32 buffer_header(struct __sk_buff *skb, struct sslwall
 static __always_inline int judge_hello(struct __sk_buff *skb, struct sslwall_flow *f, __u32 d,
 				       const struct sslwall_pkt *p)
 {
+	__u8 hs_type = d == DIR_CLIENT ? TLS_HS_CLIENT_HELLO : TLS_HS_SERVER_HELLO;
 	__u32 n = buffer_header(skb, f, d, p);
 
-	return tls_hello_prefix(f->hdr[sslwall_dir_idx(d)], n, d == DIR_CLIENT ? TLS_HS_CLIENT_HELLO : TLS_HS_SERVER_HELLO);
+	/* The whole header known, the common case: a copy of the checks with n constant, which
+	 * drop their length tests (a shorter path for a cold hello, docs/bench.md). */
+	if (n == TLS_HELLO_HDR_LEN)
+		return tls_hello_prefix(f->hdr[sslwall_dir_idx(d)], TLS_HELLO_HDR_LEN, hs_type);
+	return tls_hello_prefix(f->hdr[sslwall_dir_idx(d)], n, hs_type);
 }
 
 /*
@@ -221,8 +255,9 @@ static __always_inline int starts_handshake(struct __sk_buff *skb, __u32 off)
 	return bpf_skb_load_bytes(skb, off, &b, 1) == 0 && b == TLS_CT_HANDSHAKE;
 }
 
-/* The state machine of an undecided flow, fed one payload at a time. */
-static __noinline int judge_payload(struct __sk_buff *skb, struct sslwall_flow *f, const struct sslwall_config *cfg,
+/* The state machine of an undecided flow, fed one payload at a time. Inlined into its one
+ * caller: a call of its own cost a cold ClientHello ~15 ns (docs/bench.md). */
+static __always_inline int judge_payload(struct __sk_buff *skb, struct sslwall_flow *f, const struct sslwall_config *cfg,
 				    const struct sslwall_pkt *p, __u32 d)
 {
 	__u32 off = p->payload_off, len = p->payload_len;
