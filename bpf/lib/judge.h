@@ -48,6 +48,14 @@ static __always_inline __u8 verdict_for(const struct sslwall_config *cfg)
 	return cfg->mode == SSLWALL_MODE_ACTIVE ? SSLWALL_VERDICT_BLOCKED : SSLWALL_VERDICT_REPORTED;
 }
 
+/* The first buffered byte of a direction's header: the sequence number its hello starts at. */
+static __always_inline void note_header_start(struct sslwall_flow *f, __u32 d, const struct sslwall_pkt *p)
+{
+	f->hdr_seq[sslwall_dir_idx(d)] = p->seq;
+	if (d == DIR_CLIENT)
+		f->flags |= SSLWALL_FLOW_HELLO_SEQ;
+}
+
 /* Append up to TLS_HELLO_HDR_LEN leading bytes of this direction to the flow,
  * so a record header split across segments is judged whole. Returns how many
  * bytes are buffered; on a read failure, those buffered before (counted). */
@@ -83,9 +91,7 @@ static __always_inline __u32 buffer_header(struct __sk_buff *skb, struct sslwall
 			*(__u32 *)(dst + 4) = *(__u32 *)(src + 4);
 			*(__u16 *)(dst + 8) = *(__u16 *)(src + 8);
 			dst[10] = src[10];
-			f->hdr_seq[sslwall_dir_idx(d)] = p->seq;
-			if (d == DIR_CLIENT)
-				f->flags |= SSLWALL_FLOW_HELLO_SEQ;
+			note_header_start(f, d, p);
 			f->hdr_len[sslwall_dir_idx(d)] = TLS_HELLO_HDR_LEN;
 			return TLS_HELLO_HDR_LEN;
 		}
@@ -94,11 +100,8 @@ static __always_inline __u32 buffer_header(struct __sk_buff *skb, struct sslwall
 		sslwall_count(SSLWALL_CNT_PKT_TRUNCATED);
 		return have;
 	}
-	if (have == 0) {
-		f->hdr_seq[sslwall_dir_idx(d)] = p->seq;
-		if (d == DIR_CLIENT)
-			f->flags |= SSLWALL_FLOW_HELLO_SEQ;
-	}
+	if (have == 0)
+		note_header_start(f, d, p);
 #pragma unroll
 	for (i = 0; i < TLS_HELLO_HDR_LEN; i++) {
 		__u32 at = have + i;
