@@ -45,12 +45,7 @@ function handshake(c: Conversation) {
 }
 
 function withMode<T>(mode: 'passive' | 'active', fn: () => T): T {
-  lab.configure({ mode, ...BASE });
-  try {
-    return fn();
-  } finally {
-    lab.configure({ mode: 'passive', ...BASE });
-  }
+  return lab.withConfig({ mode, ...BASE }, fn);
 }
 
 for (const [name, fam] of [
@@ -414,15 +409,12 @@ test('a flow open before the agent (no SYN seen) is judged on its next payload, 
 });
 
 test('mode off: nothing is classified or dropped', () => {
-  lab.configure({ mode: 'off', ...BASE });
-  try {
+  lab.withConfig({ mode: 'off', ...BASE }, () => {
     const c = conv(80);
     handshake(c);
     assert.equal(lab.egress(c.fromClient('GET / HTTP/1.1\r\n\r\n')), PASS);
     assert.equal(lab.flow(c.client, c.server), undefined);
-  } finally {
-    lab.configure({ mode: 'passive', ...BASE });
-  }
+  });
 });
 
 test('switching passive -> active blocks plaintext flows already reported', () => {
@@ -606,12 +598,7 @@ const ME = { tgid: process.pid, ports: [2379], localPorts: [] };
 const SOMEONE_ELSE = { tgid: 1, ports: [2379], localPorts: [] };
 
 function withSelf<T>(self: SelfProtection, fn: () => T): T {
-  lab.configure({ mode: 'active', ...BASE }, self);
-  try {
-    return fn();
-  } finally {
-    lab.configure({ mode: 'passive', ...BASE });
-  }
+  return lab.withConfig({ mode: 'active', ...BASE }, fn, self);
 }
 
 function forgetFlow(c: Conversation): void {

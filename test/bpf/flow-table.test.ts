@@ -27,12 +27,7 @@ function conv(server = SERVER, client = '10.1.0.1'): Conversation {
 }
 
 function withMode<T>(mode: 'passive' | 'active', fn: () => T): T {
-  lab.configure({ mode, ...CONFIG });
-  try {
-    return fn();
-  } finally {
-    lab.configure({ mode: 'passive', ...CONFIG });
-  }
+  return lab.withConfig({ mode, ...CONFIG }, fn);
 }
 
 function state(c: Conversation): string {

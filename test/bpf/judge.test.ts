@@ -37,12 +37,7 @@ function expectFlow(c: Conversation, want: string) {
 }
 
 function withMode<T>(mode: 'passive' | 'active', fn: () => T): T {
-  lab.configure({ mode, ...BASE });
-  try {
-    return fn();
-  } finally {
-    lab.configure({ mode: 'active', ...BASE });
-  }
+  return lab.withConfig({ mode, ...BASE }, fn);
 }
 
 /** The 6 bytes the old judge took for a ClientHello: record type, version, length, handshake type. */

@@ -27,9 +27,24 @@ export class Lab {
     this.ingressProg = this.obj.prog('sslwall_classify_ingress');
   }
 
+  /** The config last written by configure(), for withConfig() to put back. */
+  private inForce: { doc: unknown; self: SelfProtection | null } | null = null;
+
   /** self: the agent's own process and listening ports, as the agent passes them (agent/self.ts). */
   configure(doc: unknown, self: SelfProtection | null = null): void {
     applyConfig(this.maps, ConfigSchema.parse(doc), null, self);
+    this.inForce = { doc, self };
+  }
+
+  /** Run fn with doc in force, then put back the config that was in force before, whatever fn does. */
+  withConfig<T>(doc: unknown, fn: () => T, self: SelfProtection | null = null): T {
+    const before = this.inForce;
+    this.configure(doc, self);
+    try {
+      return fn();
+    } finally {
+      if (before) this.configure(before.doc, before.self);
+    }
   }
 
   /** A packet leaving this host; returns the tc verdict (-1 pass, 2 drop). */
