@@ -4,9 +4,10 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import { after, describe, test } from 'node:test';
 import { Etcd3, type IOptions } from 'etcd3';
-import { type EtcdCluster, type EtcdServer, etcdctl, requireEtcd, startEtcd, startEtcdCluster } from '../../tools/lab/etcd.js';
+import { type EtcdCluster, type EtcdServer, etcdctl, freePort, requireEtcd, startEtcd, startEtcdCluster } from '../../tools/lab/etcd.js';
 import { type FaultProxy, startFaultProxy } from '../../tools/lab/faultproxy.js';
 import { pidAlive, waitFor } from '../../tools/lab/proc.js';
 
@@ -182,6 +183,23 @@ describe('etcd harness', () => {
         return r.stdout.trim() === '2';
       });
     });
+  });
+
+  test('freePort never hands out the same port twice in one process (an etcd needs two)', async () => {
+    const ports: number[] = [];
+    for (let i = 0; i < 300; i++) ports.push(await freePort());
+    assert.equal(new Set(ports).size, ports.length);
+  });
+
+  test('a port the caller chose and another holds fails clearly, without a second try on other ports', async () => {
+    const holder = net.createServer();
+    await new Promise<void>((r) => holder.listen(0, '127.0.0.1', r));
+    const taken = (holder.address() as net.AddressInfo).port;
+    try {
+      await assert.rejects(startEtcd({ clientPort: taken }), /address already in use/);
+    } finally {
+      holder.close();
+    }
   });
 
   test('destroy leaves nothing behind', async () => {

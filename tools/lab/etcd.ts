@@ -28,8 +28,25 @@ export function requireEtcd(): void {
   }
 }
 
-/** A TCP port that was free a moment ago: bind port 0, read it, close. */
-export function freePort(): Promise<number> {
+/** Every port freePort() has handed out in this process. */
+const handedOut = new Set<number>();
+
+/**
+ * A TCP port that was free a moment ago and that this process has not been given before: bind
+ * port 0, read it, close. The kernel may give a just-closed port again at once, so two calls in a
+ * row (an etcd's client and peer port) could otherwise return the same one.
+ */
+export async function freePort(): Promise<number> {
+  for (;;) {
+    const port = await bindAnyPort();
+    if (!handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+}
+
+function bindAnyPort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.unref();
@@ -325,6 +342,19 @@ async function ctlGet(endpoints: string[], key: string, tls?: EtcdTls): Promise<
 
 export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdServer> {
   requireEtcd();
+  // A port free when chosen can be taken before etcd binds it (another test process, or an
+  // outgoing connection's ephemeral port): then start again on new ports, unless the caller chose them.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startEtcdOnce(opts);
+    } catch (e) {
+      const chosen = opts.clientPort !== undefined || opts.peerPort !== undefined;
+      if (chosen || attempt === 3 || !/address already in use/.test(String(e))) throw e;
+    }
+  }
+}
+
+async function startEtcdOnce(opts: StartEtcdOptions): Promise<EtcdServer> {
   const name = opts.name ?? 'etcd0';
   const tmp = makeTempDir('sslwall-etcd-');
   const dataDir = opts.dataDir ?? path.join(tmp, 'data');
@@ -390,17 +420,20 @@ export interface EtcdCluster {
 
 export async function startEtcdCluster(size = 3): Promise<EtcdCluster> {
   requireEtcd();
+  // As for startEtcd: a chosen port taken before a member binds it means start again on new ones.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startEtcdClusterOnce(size);
+    } catch (e) {
+      if (attempt === 3 || !/address already in use/.test(String(e))) throw e;
+    }
+  }
+}
+
+async function startEtcdClusterOnce(size: number): Promise<EtcdCluster> {
   const tmp = makeTempDir('sslwall-etcd-cluster-');
   const ports: Array<[number, number]> = [];
-  // Sequentially, so one run cannot hand out the same port twice.
-  const seen = new Set<number>();
-  while (ports.length < size) {
-    const c = await freePort();
-    const p = await freePort();
-    if (c === p || seen.has(c) || seen.has(p)) continue;
-    seen.add(c).add(p);
-    ports.push([c, p]);
-  }
+  while (ports.length < size) ports.push([await freePort(), await freePort()]);
   const initialCluster = ports.map(([, p], i) => `m${i}=http://127.0.0.1:${p}`).join(',');
   const token = `sslwall-${path.basename(tmp)}`;
   const members = ports.map(([c, p], i) => new EtcdMember(`m${i}`, c, p, path.join(tmp, `m${i}.data`), path.join(tmp, `m${i}.log`), initialCluster, token));
