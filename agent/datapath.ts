@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { BpfError, type BpfObject, type LinkHandle, type MapHandle, native, type ProgHandle } from '../native/index.js';
 import { SslwallError } from '../schemas/errors.js';
 import { sizeOf, u32 } from './codec.js';
-import { type Captured, capture, MIGRATABLE, restore } from './migrate.js';
+import { type Captured, capture, FOLDED, type FoldedMap, fold, MIGRATABLE, restore } from './migrate.js';
 import { assertBpffs, bpfObjects, pinLayout } from './paths.js';
 import { roundTimes, type StepTimes, timed } from './timing.js';
 
@@ -16,7 +16,6 @@ export function expectedMaps() {
   return {
     sslwall_flows: { keySize: sizeOf('sslwall_flow_key'), valueSize: sizeOf('sslwall_flow') },
     sslwall_half_open: { keySize: sizeOf('sslwall_flow_key'), valueSize: sizeOf('sslwall_flow') },
-    sslwall_owners: { keySize: sizeOf('sslwall_flow_key'), valueSize: sizeOf('sslwall_owner') },
     sslwall_self_flows: { keySize: sizeOf('sslwall_flow_key'), valueSize: 1 },
     sslwall_active_gen: { keySize: 4, valueSize: 4 },
     sslwall_config: { keySize: 4, valueSize: sizeOf('sslwall_config') },
@@ -113,6 +112,7 @@ export class Datapath {
         'pinned state migrated to the new layout',
       );
     }
+    foldRetiredMaps(classifier, pins, log);
     for (const name of Object.keys(expectedMaps())) {
       if (reused.has(name)) continue;
       const map = classifier.map(name);
@@ -268,6 +268,36 @@ function progTag(progId: number): string {
   }
 }
 
+/**
+ * Pinned maps of an older build whose entries this build keeps inside another map (FOLDED):
+ * written into it after the migration, then unpinned, so that an upgrade keeps them and leaves
+ * no stale pin behind.
+ */
+function foldRetiredMaps(obj: BpfObject, pins: ReturnType<typeof pinLayout>, log: Logger): void {
+  const addon = native();
+  for (const [name, spec] of Object.entries(FOLDED) as Array<[FoldedMap, (typeof FOLDED)[FoldedMap]]>) {
+    const pin = pins.map(name);
+    if (!existsSync(pin)) continue;
+    const old = addon.getPinned(pin, 'map');
+    const into = obj.map(spec.into);
+    try {
+      const c = capture(name, old);
+      const n = fold(c, bpfObjects.classifier, into);
+      log.info(
+        { event: 'map_folded', map: name, into: `${spec.into}.${spec.field}`, entries: c.entries.length, folded: n },
+        'retired pinned map folded into its new place',
+      );
+    } catch (err) {
+      // What it held is attribution only (owners of open flows): not worth refusing to start for.
+      log.warn({ event: 'map_fold_failed', map: name, err }, 'a retired pinned map could not be folded; its entries are dropped');
+    } finally {
+      into.close();
+      old.close();
+    }
+    unlinkSync(pin);
+  }
+}
+
 /** Load, and say in the error what failed and where the verifier log is. */
 export function loadOrExplain(obj: BpfObject, what: string): void {
   try {
@@ -282,7 +312,7 @@ export function loadOrExplain(obj: BpfObject, what: string): void {
 
 /**
  * Reuse every pinned map of `names` that matches this object's definition. A map whose layout
- * changed is replaced; if it holds state (flows, owners) its entries are captured first and
+ * changed is replaced; if it holds state (flows) its entries are captured first and
  * migrated into the new map after load. Shared with the ttls object (agent/ttls-kernel.ts).
  */
 export function reusePinnedMaps<N extends string>(

@@ -10,7 +10,6 @@ import {
   SslwallCounter,
   type SslwallFlow,
   type SslwallFlowKey,
-  type SslwallOwner,
   type SslwallTtlsAddr,
   type SslwallTtlsOrig,
   SslwallVerdict,
@@ -40,14 +39,11 @@ export function readPinnedFlows(bpffs: string, names: CgroupNames | null = null)
   const pin = pinLayout(bpffs).map('sslwall_flows');
   if (!existsSync(pin)) throw new SslwallError('SSLWALL_E_NOT_INSTALLED', `no flow map pinned at ${pin}; is the agent running with --bpffs ${bpffs}?`);
   const map = native().getPinned(pin, 'map');
-  const ownersPin = pinLayout(bpffs).map('sslwall_owners');
-  const owners = existsSync(ownersPin) ? native().getPinned(ownersPin, 'map') : null;
   let flows: FlowRecord[];
   try {
-    flows = readFlows(map, owners, names);
+    flows = readFlows(map, names);
   } finally {
     map.close();
-    owners?.close();
   }
   const wrapped = pinLayout(bpffs).map('sslwall_ttls_by_local');
   if (!existsSync(wrapped)) return flows; // transparent TLS never loaded here
@@ -80,30 +76,28 @@ export function readWrappedFlows(byLocal: MapHandle): FlowRecord[] {
     });
 }
 
-export function readFlows(flows: MapHandle, owners: MapHandle | null = null, names: CgroupNames | null = null): FlowRecord[] {
-  const addon = native();
-  return addon.mapDump(flows).map(([k, v]) => {
-    const key = decode<SslwallFlowKey>('sslwall_flow_key', k);
-    const flow = decode<SslwallFlow>('sslwall_flow', v);
-    const rec: FlowRecord = {
-      ...endpoints(key, flow.client_is_lo === 1),
-      class: classNames[flow.cls] ?? `unknown(${flow.cls})`,
-      verdict: verdictNames[flow.verdict] ?? `unknown(${flow.verdict})`,
-      proto: protoNames[flow.proto] ?? 'none',
-    };
-    // A lookup per flow, not a second dump joined in JS: the same key bytes, and no owner for most flows seen midway.
-    const raw = owners ? addon.mapLookup(owners, k) : null;
-    if (raw) {
-      const o = decode<SslwallOwner>('sslwall_owner', raw);
+export function readFlows(flows: MapHandle, names: CgroupNames | null = null): FlowRecord[] {
+  return native()
+    .mapDump(flows)
+    .map(([k, v]) => {
+      const key = decode<SslwallFlowKey>('sslwall_flow_key', k);
+      const flow = decode<SslwallFlow>('sslwall_flow', v);
+      const rec: FlowRecord = {
+        ...endpoints(key, flow.client_is_lo === 1),
+        class: classNames[flow.cls] ?? `unknown(${flow.cls})`,
+        verdict: verdictNames[flow.verdict] ?? `unknown(${flow.verdict})`,
+        proto: protoNames[flow.proto] ?? 'none',
+      };
+      // No owner (pid 0, cgroup 0) for a flow seen midway: nothing is added.
+      const o = flow.owner;
       if (o.pid) Object.assign(rec, { pid: o.pid, comm: o.comm });
-      const cg = names?.resolve(o.cgroup_id);
+      const cg = o.cgroup_id ? names?.resolve(o.cgroup_id) : undefined;
       if (cg) {
         rec.cgroup = cg.path;
         if (cg.unit) rec.unit = cg.unit;
       }
-    }
-    return rec;
-  });
+      return rec;
+    });
 }
 
 export interface Counters {

@@ -20,7 +20,15 @@ const btfLayout = createRequire(import.meta.url)(path.join(repoRoot, 'tools/btf-
 };
 
 /** Maps whose entries are state: migrated, not dropped, when their layout changes. */
-export const MIGRATABLE = new Set(['sslwall_flows', 'sslwall_owners']);
+export const MIGRATABLE = new Set(['sslwall_flows']);
+
+/**
+ * Maps an older build pinned whose entries this build keeps in a field of another map's value:
+ * each entry is written into that field of the entry with the same key, then the old pin goes.
+ * sslwall_owners became struct sslwall_flow's owner (one insert per connection instead of two).
+ */
+export const FOLDED = { sslwall_owners: { into: 'sslwall_flows', valueStruct: 'sslwall_flow', field: 'owner' } } as const;
+export type FoldedMap = keyof typeof FOLDED;
 
 export interface Captured {
   map: string;
@@ -55,6 +63,35 @@ export function convert(buf: Buffer, from: StructLayout, to: StructLayout): Buff
     buf.copy(out, f.offset, old.offset, old.offset + Math.min(old.size, f.size));
   }
   return out;
+}
+
+/**
+ * Write the captured entries of a folded map into their field of `into`'s entries (same key,
+ * after converting both layouts); entries whose flow is gone are dropped. Returns how many
+ * were written.
+ */
+export function fold(c: Captured, objectFile: string, into: MapHandle): number {
+  const spec = FOLDED[c.map as FoldedMap];
+  if (!spec) throw new Error(`${c.map} is not a map this build folds into another`);
+  const btf = btfDump(['file', objectFile]);
+  const { [spec.valueStruct]: target } = btfLayout.layoutsByName(btf, [spec.valueStruct]);
+  const field = target!.fields[spec.field];
+  if (!field?.struct) throw new Error(`${spec.valueStruct}.${spec.field} is not a struct field`);
+  const layouts = btfLayout.layoutsByName(btf, [c.key.name, field.struct]);
+  let n = 0;
+  for (const [k, v] of c.entries) {
+    const key = convert(k, c.key, layouts[c.key.name]!);
+    const value = native().mapLookup(into, key);
+    if (!value) continue;
+    convert(v, c.value, layouts[field.struct]!).copy(value, field.offset);
+    try {
+      native().mapUpdate(into, key, value);
+      n++;
+    } catch {
+      // Evicted meanwhile (an LRU map): nothing to attribute.
+    }
+  }
+  return n;
 }
 
 /** Write captured entries into the new map of an object file; returns how many made it. */

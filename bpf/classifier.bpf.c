@@ -333,15 +333,10 @@ static __noinline struct sslwall_flow *promote(const struct sslwall_pkt *p, stru
  * A local server's SYN-ACK: the first packet that carries its socket (the request socket, whose
  * full socket for bpf_skb_cgroup_id is the listener), so the service that accepted the flow is
  * known by its cgroup. No pid: the SYN-ACK is sent from softirq, not by the server process.
- * Failure policy as for a client's owner: a full map evicts the oldest entry.
  */
-static __always_inline void record_server_owner(struct __sk_buff *skb, const struct sslwall_pkt *p)
+static __always_inline void record_server_owner(struct __sk_buff *skb, struct sslwall_flow *f)
 {
-	struct sslwall_owner owner = {};
-
-	owner.cgroup_id = bpf_skb_cgroup_id(skb);
-	if (owner.cgroup_id)
-		bpf_map_update_elem(&sslwall_owners, &p->key, &owner, BPF_ANY);
+	f->owner.cgroup_id = bpf_skb_cgroup_id(skb);
 }
 
 static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const struct sslwall_pkt *p,
@@ -393,18 +388,15 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 	 * owns the flow. (The state tracepoint fires before the port is assigned.)
 	 * The cgroup is the socket's (bpf_skb_cgroup_id), not the current task's: a SYN
 	 * retransmitted from a timer runs in whatever task happened to be current.
-	 * Failure policy: a full owner map evicts the oldest owner; its violations
-	 * are then reported without pid/comm/cgroup. */
+	 * Written into the flow before its insert: it costs the connection no map
+	 * operation of its own. */
 	if (egress && syn) {
-		struct sslwall_owner owner = {};
-
-		owner.pid = bpf_get_current_pid_tgid() >> 32;
-		bpf_get_current_comm(owner.comm, sizeof(owner.comm));
-		owner.cgroup_id = bpf_skb_cgroup_id(skb);
-		bpf_map_update_elem(&sslwall_owners, &p->key, &owner, BPF_ANY);
+		f.owner.pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(f.owner.comm, sizeof(f.owner.comm));
+		f.owner.cgroup_id = bpf_skb_cgroup_id(skb);
 	}
 	if (egress && synack)
-		record_server_owner(skb, p);
+		record_server_owner(skb, &f);
 
 	/* An inbound handshake (our SYN-ACK, or a Fast Open SYN whose data must be judged now)
 	 * waits in half_open until the kernel establishes it. NOEXIST there: a retransmitted
@@ -496,7 +488,7 @@ static __always_inline int classify_slow(struct __sk_buff *skb, struct sslwall_p
 		sslwall_count_class(SSLWALL_CLASS_BYPASS, SSLWALL_VERDICT_ALLOWED);
 		return VERDICT_PASS;
 	} else if (egress && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK)) {
-		record_server_owner(skb, p);
+		record_server_owner(skb, f);
 	}
 
 	d = (p->sender_is_lo == f->client_is_lo) ? DIR_CLIENT : DIR_SERVER;

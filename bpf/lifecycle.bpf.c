@@ -2,8 +2,8 @@
 /*
  * Flow lifecycle and enforcement on sockets:
  *  - sslwall_sock_state (tp_btf/inet_sock_set_state): moves an inbound handshake from
- *    half_open into flows when the kernel establishes it, and removes closed flows (and their
- *    owners, and the agent's own flows) from the maps, so the flows map holds open flows.
+ *    half_open into flows when the kernel establishes it, and removes closed flows (and the
+ *    agent's own flows) from the maps, so the flows map holds open flows.
  *    This kernel has no kprobes; the BTF tracepoint needs no tracefs mount.
  *  - sslwall_destroy_blocked (iter/tcp): aborts every local socket whose flow
  *    is blocked, so the application gets an error at once instead of hanging
@@ -94,6 +94,8 @@ int BPF_PROG(sslwall_sock_state, const struct sock *sk, int oldstate, int newsta
 {
 	struct sslwall_flow_key key = {};
 	int established = oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED;
+	struct sslwall_flow *f;
+	__u8 cls;
 
 	if (newstate != TCP_CLOSE && !established)
 		return 0;
@@ -110,12 +112,20 @@ int BPF_PROG(sslwall_sock_state, const struct sock *sk, int oldstate, int newsta
 		return 0;
 	}
 
-	/* A handshake that dies before it is established (a Fast Open child reset in SYN_RECV). */
-	bpf_map_delete_elem(&sslwall_half_open, &key);
-	bpf_map_delete_elem(&sslwall_owners, &key);
-	bpf_map_delete_elem(&sslwall_self_flows, &key);
-	if (bpf_map_delete_elem(&sslwall_flows, &key) == 0)
+	/* Each close pays only the deletes its socket can need: a delete takes the bucket's lock
+	 * even for a key that is not there, and this runs for both ends of every connection
+	 * (docs/bench.md, connect_rate). The flow tells which: a half-open entry remains only for a
+	 * handshake that died before it was established (a Fast Open child reset in SYN_RECV) or
+	 * whose promotion was missed (no flow then); an agent flow is always a bypassed one, unless
+	 * it was evicted from flows. */
+	f = bpf_map_lookup_elem(&sslwall_flows, &key);
+	cls = f ? f->cls : SSLWALL_CLASS_PENDING;
+	if (f && bpf_map_delete_elem(&sslwall_flows, &key) == 0)
 		sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);
+	if (!f || oldstate == TCP_SYN_RECV)
+		bpf_map_delete_elem(&sslwall_half_open, &key);
+	if (!f || cls == SSLWALL_CLASS_BYPASS)
+		bpf_map_delete_elem(&sslwall_self_flows, &key);
 	return 0;
 }
 

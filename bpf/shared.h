@@ -139,6 +139,16 @@ struct sslwall_flow_key {
 	__u8 pad[3];
 };
 
+/* The local side of a flow (struct sslwall_flow's owner): the process that opened it, recorded at
+ * connect() (pid 0 and no comm for a local server), and the cgroup v2 id of the local socket,
+ * the client's or the listener's (0: not known). */
+struct sslwall_owner {
+	__u32 pid;
+	char comm[SSLWALL_COMM_LEN];
+	__u8 pad[4];
+	__u64 cgroup_id;
+};
+
 /* Classification state of a flow (value of the flows map). Index [0] is the
  * client-to-server direction, [1] server-to-client. */
 struct sslwall_flow {
@@ -155,16 +165,10 @@ struct sslwall_flow {
 	__u8 hdr_len[2];	/* bytes buffered in hdr[] while a record header is split */
 	__u8 hdr[2][16];	/* first bytes of each direction's first record (11 used) */
 	__u32 hdr_seq[2];	/* sequence number of hdr[d][0]: a retransmission must not rewrite it */
-};
-
-/* The local side of a flow (value of flow_owners): the process that opened it, recorded at
- * connect() (pid 0 and no comm for a local server), and the cgroup v2 id of the local socket,
- * the client's or the listener's (0: not known). */
-struct sslwall_owner {
-	__u32 pid;
-	char comm[SSLWALL_COMM_LEN];
-	__u8 pad[4];
-	__u64 cgroup_id;
+	/* Last: the packet paths read the fields above, and only a violation report reads this.
+	 * In the flow rather than a map of its own: a second map would cost every connection
+	 * another insert at its SYN and another delete at its close (docs/bench.md, connect_rate). */
+	struct sslwall_owner owner;
 };
 
 /* Runtime knobs; two slots, the active one named by the active_gen map, so a

@@ -11,8 +11,6 @@
  * struct in the object's BTF, where tools/gen-shared-types.mjs reads it. */
 static __noinline void event_fill(struct sslwall_event *e, const struct sslwall_pkt *p, const struct sslwall_flow *f)
 {
-	const struct sslwall_owner *owner;
-
 	/* Ring buffer memory is not zeroed by reserve: clear it all (pad, comm tail)
 	 * so no stale kernel bytes reach user space. */
 	__builtin_memset(e, 0, sizeof(*e));
@@ -33,13 +31,10 @@ static __noinline void event_fill(struct sslwall_event *e, const struct sslwall_
 		e->sport = p->key.port_hi;
 		e->dport = p->key.port_lo;
 	}
-	/* No owner (evicted, or never seen: a flow older than the agent): pid 0, empty comm, cgroup 0. */
-	owner = bpf_map_lookup_elem(&sslwall_owners, &p->key);
-	if (owner) {
-		e->pid = owner->pid;
-		__builtin_memcpy(e->comm, owner->comm, sizeof(e->comm));
-		e->cgroup_id = owner->cgroup_id;
-	}
+	/* No owner recorded (a flow seen midway, or older than the agent): pid 0, empty comm, cgroup 0. */
+	e->pid = f->owner.pid;
+	__builtin_memcpy(e->comm, f->owner.comm, sizeof(e->comm));
+	e->cgroup_id = f->owner.cgroup_id;
 }
 
 /* A full ring buffer drops the event and counts it; the verdict in the flow holds. */

@@ -16,7 +16,8 @@
 #define SSLWALL_MAX_HALF_OPEN 16384
 
 /* flows: key = struct sslwall_flow_key (both endpoints, sorted, so both directions find
- * one entry); value = struct sslwall_flow (class, verdict, judgement state).
+ * one entry); value = struct sslwall_flow (class, verdict, judgement state, and the owner:
+ * the local process and cgroup, recorded at this host's SYN or SYN-ACK).
  * Connections this host opened (from its SYN) or established (moved from half_open), and
  * flows seen midway. Written by the classifier (insert, judge), the lifecycle tracepoint
  * (promotion from half_open), the register iterator and the agent (verdict rewrite on a
@@ -50,19 +51,6 @@ struct {
 	__type(key, struct sslwall_flow_key);
 	__type(value, struct sslwall_flow);
 } sslwall_half_open SEC(".maps");
-
-/* owners: key = struct sslwall_flow_key; value = struct sslwall_owner (pid, comm of the
- * process that called connect(), and the local socket's cgroup id). Written by the classifier
- * on an egress SYN (a local client) and an egress SYN-ACK (a local server); deleted by
- * the lifecycle tracepoint on close. Read by the classifier only when it reports a
- * violation. LRU hash like flows (same key space, eviction instead of failure); a map of
- * its own keeps the flows value small on the fast path. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, SSLWALL_MAX_FLOWS);
-	__type(key, struct sslwall_flow_key);
-	__type(value, struct sslwall_owner);
-} sslwall_owners SEC(".maps");
 
 /* self_flows: key = struct sslwall_flow_key; value = 1. The agent's own connections
  * (etcd, engine, TTLS, its metrics listener's peers), never judged whatever the mode.

@@ -1,11 +1,14 @@
 // Release upgrades: a newer build whose flow value has another layout migrates the pinned flow
-// state instead of dropping it (and back again on a downgrade), while a TLS transfer runs on.
+// state instead of dropping it (and back again on a downgrade), while a TLS transfer runs on;
+// and the owners map of builds before the owner moved into the flow is folded into it.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { encode } from '../../agent/codec.js';
+import type { SslwallOwner } from '../../agent/generated/shared.js';
 import { pinLayout, repoRoot } from '../../agent/paths.js';
 import { native } from '../../native/index.js';
 import { type AgentEnv, AgentProc, agentEnv, sslwall, writeConfig } from '../../tools/lab/agent-proc.js';
@@ -13,13 +16,46 @@ import { type Certs, makeCerts } from '../../tools/lab/certs.js';
 import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
 import { curl, type NginxPeer, nginxUrl, startNginx } from '../../tools/lab/peers.js';
 
-/** A second build of the BPF objects whose struct sslwall_flow has one more field. */
-function buildV2(): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sslwall-v2-'));
+/** This build's BPF sources in a temp dir, with `extra` source files beside them. */
+function copySources(prefix: string, extra: Record<string, string> = {}): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
   const src = path.join(repoRoot, 'bpf');
   for (const f of ['Makefile', 'shared.h', 'classifier.bpf.c', 'lifecycle.bpf.c']) fs.copyFileSync(path.join(src, f), path.join(dir, f));
   fs.cpSync(path.join(src, 'lib'), path.join(dir, 'lib'), { recursive: true });
   fs.cpSync(path.join(src, 'include'), path.join(dir, 'include'), { recursive: true });
+  for (const [f, text] of Object.entries(extra)) fs.writeFileSync(path.join(dir, f), text);
+  return dir;
+}
+
+/**
+ * The map owners lived in before they moved into struct sslwall_flow, as those builds declared
+ * it (same name, key and value types), in an object of its own: loading it creates the map.
+ */
+const LEGACY_OWNERS_OBJECT = `#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include "shared.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct sslwall_flow_key);
+	__type(value, struct sslwall_owner);
+} sslwall_owners SEC(".maps");
+
+SEC("tc")
+int legacy(struct __sk_buff *skb)
+{
+	struct sslwall_flow_key k = {};
+
+	return bpf_map_lookup_elem(&sslwall_owners, &k) ? 1 : 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+`;
+
+/** A second build of the BPF objects whose struct sslwall_flow has one more field. */
+function buildV2(): string {
+  const dir = copySources('sslwall-v2-');
   const h = path.join(dir, 'shared.h');
   const text = fs.readFileSync(h, 'utf8');
   // Appended as the struct's last field, whatever the field before it is.
@@ -28,6 +64,19 @@ function buildV2(): string {
   fs.writeFileSync(h, patched);
   execFileSync('make', ['-C', dir, '--no-print-directory'], { stdio: 'pipe' });
   return dir;
+}
+
+/** The pinned flow entries of TLS flows to port 443: their key bytes. */
+function tlsFlowKeys(bpffs: string): Buffer[] {
+  const flows = native().getPinned(pinLayout(bpffs).map('sslwall_flows'), 'map');
+  try {
+    return native()
+      .mapDump(flows)
+      .filter(([k, v]) => (k.readUInt16LE(32) === 443 || k.readUInt16LE(34) === 443) && v[20] === 1)
+      .map(([k]) => k);
+  } finally {
+    flows.close();
+  }
 }
 
 function pinnedFlows(bpffs: string): { valueSize: number; tls443: number } {
@@ -50,6 +99,7 @@ describe('pinned state across two builds', () => {
   let nginx: NginxPeer;
   let env: AgentEnv;
   let v2: string;
+  let legacy: string | undefined;
   let agent: AgentProc | undefined;
 
   before(async () => {
@@ -66,6 +116,7 @@ describe('pinned state across two builds', () => {
     if (env) await sslwall(env, ['uninstall', '--bpffs', env.bpffs]);
     await tb?.destroy();
     if (v2) fs.rmSync(v2, { recursive: true, force: true });
+    if (legacy) fs.rmSync(legacy, { recursive: true, force: true });
   });
 
   test('upgrade and downgrade migrate the flow map; the running TLS transfer is never cut', async () => {
@@ -97,5 +148,55 @@ describe('pinned state across two builds', () => {
     const r = await transfer;
     assert.equal(r.httpCode, 200, `the transfer completes in active mode across both swaps: ${r.stderr}`);
     assert.equal(r.bytes, 64 * 1024 * 1024);
+  });
+
+  test('an owners map pinned by an older build is folded into the flows it names, and its pin removed', async () => {
+    legacy = copySources('sslwall-legacy-', { 'legacy-owners.bpf.c': LEGACY_OWNERS_OBJECT });
+    execFileSync('make', ['-C', legacy, '--no-print-directory'], { stdio: 'pipe' });
+    if (agent) await agent.stop();
+    agent = await AgentProc.start(env);
+    const transfer = curl(tb, nginxUrl(tb, nginx, { tls: true, path: '/big.bin' }), { cacert: certs.caCert, args: ['--limit-rate', '12M'], maxTimeS: 30 });
+    const deadline = Date.now() + 5000;
+    while (tlsFlowKeys(env.bpffs).length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const [key] = tlsFlowKeys(env.bpffs);
+    assert.ok(key, 'the transfer is a tls flow in the map');
+    await agent.stop();
+
+    // What an older agent left pinned: the transfer's owner in a map of its own.
+    const ownersPin = pinLayout(env.bpffs).map('sslwall_owners');
+    const obj = native().openObject(path.join(legacy, 'build', 'legacy-owners.bpf.o'));
+    try {
+      obj.load();
+      const map = obj.map('sslwall_owners');
+      try {
+        native().mapUpdate(map, key, encode<SslwallOwner>('sslwall_owner', { pid: 4242, comm: 'legacy-owner', cgroup_id: 0n }));
+        native().mapUpdate(map, Buffer.alloc(key.length, 0xee), encode<SslwallOwner>('sslwall_owner', { pid: 1, comm: 'no-such-flow' }));
+        native().pin(map, ownersPin);
+      } finally {
+        map.close();
+      }
+    } finally {
+      obj.close();
+    }
+
+    agent = await AgentProc.start(env);
+    const folded = agent.lines().find((l) => l.event === 'map_folded');
+    assert.ok(folded, 'the agent folded the retired owners map');
+    assert.equal(folded!.map, 'sslwall_owners');
+    assert.equal(folded!.entries, 2);
+    assert.equal(folded!.folded, 1, 'the owner of an open flow is kept; one of no flow is dropped');
+    assert.equal(fs.existsSync(ownersPin), false, 'no stale pin is left');
+    const flows = JSON.parse((await sslwall(env, ['flows', '--json', '--bpffs', env.bpffs])).stdout) as Array<{
+      dport: number;
+      class: string;
+      pid?: number;
+      comm?: string;
+    }>;
+    const tls = flows.find((f) => f.dport === 443 && f.class === 'tls');
+    assert.equal(tls?.pid, 4242, `sslwall flows shows the folded owner: ${JSON.stringify(tls)}`);
+    assert.equal(tls?.comm, 'legacy-owner');
+
+    const r = await transfer;
+    assert.equal(r.httpCode, 200, `the transfer completes across the restart: ${r.stderr}`);
   });
 });
