@@ -102,12 +102,14 @@ static __always_inline __u32 buffer_header(struct __sk_buff *skb, struct sslwall
 	}
 	if (have == 0)
 		note_header_start(f, d, p);
-#pragma unroll
+	/* have + want <= TLS_HELLO_HDR_LEN (want was clamped to it): the mask only shows the verifier
+	 * the index stays inside hdr[]. Stopping at want, rather than testing every byte against
+	 * both bounds, gives the verifier one exit per byte instead of paths it must walk on. A
+	 * loop, not unrolled (clang cannot unroll one with a break): the verifier bounds it. */
 	for (i = 0; i < TLS_HELLO_HDR_LEN; i++) {
-		__u32 at = have + i;
-
-		if (i < want && at < TLS_HELLO_HDR_LEN)
-			f->hdr[sslwall_dir_idx(d)][at] = tmp[i];
+		if (i >= want)
+			break;
+		f->hdr[sslwall_dir_idx(d)][sslwall_hdr_idx(have + i)] = tmp[i];
 	}
 	f->hdr_len[sslwall_dir_idx(d)] = have + want;
 	return have + want;
@@ -197,13 +199,20 @@ static __always_inline int spend_budget(struct sslwall_flow *f, const struct ssl
 
 /* A client command of the preamble. Fails open where it cannot read the bytes (see the
  * header): it used to answer violation there, dropping in active mode a segment nobody
- * had looked at. A segment longer than SCAN_MAX is a violation: no allowed command is. */
-static __noinline int judge_client_command(struct __sk_buff *skb, struct sslwall_flow *f, __u32 off, __u64 len)
+ * had looked at. A segment longer than SCAN_MAX is a violation: no allowed command is.
+ *
+ * A global function (not static): the verifier checks it once, on its own, where a static
+ * one is checked again for every path that reaches its call, and the command parsers below it
+ * were a third of the classifier's verification (docs/bench.md, hot_swap). In exchange it
+ * sees f as memory that may be NULL (tested first) and returns a plain int. */
+__noinline int judge_client_command(struct __sk_buff *skb, struct sslwall_flow *f, __u32 off, __u64 len)
 {
 	__u32 zero = 0;
 	__u8 *buf;
 	int cmd;
 
+	if (!f)
+		return JUDGE_UNREAD;
 	if (len > SCAN_MAX)
 		return JUDGE_VIOLATION;
 	len = sslwall_load_len(len, SCAN_MAX);
@@ -228,7 +237,8 @@ static __noinline int judge_client_command(struct __sk_buff *skb, struct sslwall
  * so 32 of them in a row happen by chance about once in 10^13 segments.
  * Unreadable bytes are not text (fail open, counted). */
 #define TEXT_SAMPLE 32
-static __noinline int looks_like_text(struct __sk_buff *skb, __u32 off, __u64 len)
+/* Global, checked once by the verifier (see judge_client_command). */
+__noinline int looks_like_text(struct __sk_buff *skb, __u32 off, __u64 len)
 {
 	__u8 buf[TEXT_SAMPLE] = {};
 	__u32 i, bad = 0;

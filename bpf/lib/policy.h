@@ -13,17 +13,26 @@ static __always_inline int in_bypass_cgroup(struct __sk_buff *skb, const struct 
 	       bpf_skb_ancestor_cgroup_id(skb, cfg->bypass_cgroup_level) == cfg->bypass_cgroup_id;
 }
 
-static __always_inline int in_bypass_cidr(__u32 gen, __u8 family, const __u8 *addr)
+/*
+ * Is the peer's address (the key's hi endpoint when the local one is lo) in a bypass CIDR?
+ * A global function, checked once by the verifier: inlined into open_flow, whose every path is
+ * checked again, its key build was some 20,000 of the classifier's instructions verified
+ * (docs/bench.md, hot_swap). Hence the whole key as argument (the verifier sizes a global
+ * function's memory by the pointed type), which may be NULL.
+ */
+__noinline int peer_in_bypass_cidr(__u32 gen, const struct sslwall_flow_key *key, int local_lo)
 {
 	struct sslwall_cidr_key k;
 
+	if (!key)
+		return 0;
 	/* Zeroed whole: the key's 2 bytes of tail padding go to the map too, and a
 	 * designated initializer need not clear padding. */
 	__builtin_memset(&k, 0, sizeof(k));
-	k.prefixlen = 16 + (family == SSLWALL_FAMILY_IPV4 ? 32 : 128);
+	k.prefixlen = 16 + (key->family == SSLWALL_FAMILY_IPV4 ? 32 : 128);
 	k.gen = gen;
-	k.family = family;
-	__builtin_memcpy(k.addr, addr, 16);
+	k.family = key->family;
+	__builtin_memcpy(k.addr, local_lo ? key->addr_hi : key->addr_lo, 16);
 	return bpf_map_lookup_elem(&sslwall_bypass_cidrs, &k) != NULL;
 }
 
@@ -36,7 +45,7 @@ static __always_inline int bypassed_by_port_or_peer(__u32 gen, const __u8 *role,
 {
 	return (role && (*role & SSLWALL_ROLE_BYPASS)) ||
 	       (role && (*role & SSLWALL_ROLE_LOCAL_BYPASS) && local_lo != client_is_lo) ||
-	       in_bypass_cidr(gen, k->family, local_lo ? k->addr_hi : k->addr_lo);
+	       peer_in_bypass_cidr(gen, k, local_lo);
 }
 
 /* Which endpoint is the server of a flow we did not see open: the one whose
