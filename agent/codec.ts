@@ -72,6 +72,13 @@ export function sizeOf(structName: string): number {
   return layoutOf(structName).size;
 }
 
+/** Where a one-byte field of a struct sits: for code that reads or patches that byte alone. */
+export function byteOffset(structName: string, field: string): number {
+  const f = layoutOf(structName).fields[field];
+  if (f?.kind !== 'uint' || f.size !== 1) throw new Error(`${structName}.${field} is not a one-byte field`);
+  return f.offset;
+}
+
 function layoutOf(name: string): StructLayout {
   const l = layouts[name];
   if (!l) throw new Error(`no layout for struct ${name} in agent/generated/shared.ts`);
