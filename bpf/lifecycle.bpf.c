@@ -171,11 +171,21 @@ static __always_inline __u64 sock_ancestor_cgroup_id(struct sock *sk, __u32 leve
 	return anc ? BPF_CORE_READ(anc, kn, id) : 0;
 }
 
+/* The cgroup v2 id of a socket (what bpf_skb_cgroup_id gives the classifier for its packets):
+ * the cgroup of the process that created it, or of the listener for an accepted one. */
+static __always_inline __u64 sock_cgroup_id(struct sock *sk)
+{
+	struct cgroup *cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+
+	return cg ? BPF_CORE_READ(cg, kn, id) : 0;
+}
+
 /* Failure policy: fails open, as the classifier's own midway join does. A socket that cannot
  * be keyed, or whose entry cannot be inserted, is left to the classifier, which opens its
  * flow at the next packet; a flow already known (seen, seeded as the agent's own) is never
  * touched. The entry applies the policy the classifier applies when it opens a flow (port
- * roles, peer CIDRs, the bypass cgroup); only what was registered is printed. */
+ * roles, peer CIDRs, the bypass cgroup) and names its owner by the socket's cgroup (no pid: the
+ * process that opened it is not known here); only what was registered is printed. */
 SEC("iter/tcp")
 int sslwall_register_open(struct bpf_iter__tcp *ctx)
 {
@@ -212,6 +222,7 @@ int sslwall_register_open(struct bpf_iter__tcp *ctx)
 
 	f.first_seen_ns = bpf_ktime_get_ns();
 	f.stage = SSLWALL_STAGE_MIDSTREAM;
+	f.owner.cgroup_id = sock_cgroup_id(&tp->inet_conn.icsk_inet.sk);
 	f.client_is_lo = guess_client_is_lo(&key, gen);
 	idx = gen << 16 | (f.client_is_lo ? key.port_hi : key.port_lo);
 	role = bpf_map_lookup_elem(&sslwall_port_roles, &idx);

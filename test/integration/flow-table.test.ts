@@ -62,11 +62,12 @@ describe('flow table hygiene on a server host', () => {
   let clients: Proc;
   let clients2: Proc;
   let localServer: Proc;
+  let localServerCgroup: string;
   let appServer: Proc;
   const lport = new Map<string, number>();
 
   async function flows(): Promise<FlowRecord[]> {
-    return JSON.parse((await sslwall(env, ['flows', '--json', '--bpffs', env.bpffs])).stdout) as FlowRecord[];
+    return JSON.parse((await sslwall(env, ['flows', '--json', '--bpffs', env.bpffs, '--cgroup', env.cgroup])).stdout) as FlowRecord[];
   }
 
   /** The flow of a named client connection, from `sslwall flows`. */
@@ -116,7 +117,11 @@ describe('flow table hygiene on a server host', () => {
     await ipn(tb.server.ns, 'route', 'add', '10.203.0.0/16', 'via', tb.client.ipv4);
     await tb.execOk(tb.server.ns, '/usr/sbin/sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1']);
 
-    localServer = tb.spawn('server', 'local-server', process.execPath, [PEER, 'server', certs.cert, certs.key, String(LOCAL.tls), String(LOCAL.plain)]);
+    // In a cgroup of its own, so that its registered flows can be seen to name it.
+    localServerCgroup = tb.cgroup(cgroup2, 'local-server');
+    localServer = tb.spawn('server', 'local-server', process.execPath, [PEER, 'server', certs.cert, certs.key, String(LOCAL.tls), String(LOCAL.plain)], {
+      cgroup: localServerCgroup,
+    });
     appServer = tb.spawn(appNs, 'app-server', process.execPath, [PEER, 'server', certs.cert, certs.key, String(APP.tls), String(APP.plain)]);
     for (const s of [localServer, appServer]) await until(() => jsonLines(s).some((l) => l.event === 'listening') || undefined, 10000, `${s.name} listening`);
 
@@ -151,6 +156,8 @@ describe('flow table hygiene on a server host', () => {
     for (const name of ['ltls', 'lplain']) {
       const f = await flowOf(name);
       assert.equal(f?.class, 'pending', `${name} is known (joined midway) before it sends: ${JSON.stringify(f)}`);
+      // Its owner is the local server's socket, named by cgroup (no pid: the opener is not known).
+      assert.equal(f?.cgroup, `/${path.basename(localServerCgroup)}`, `${name} names the server's cgroup: ${JSON.stringify(f)}`);
     }
     await poke(clients);
     for (const [name, cls] of [
