@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { encode } from '../../agent/codec.js';
+import { encode, sizeOf } from '../../agent/codec.js';
 import type { SslwallOwner } from '../../agent/generated/shared.js';
 import { pinLayout, repoRoot } from '../../agent/paths.js';
 import { native } from '../../native/index.js';
@@ -198,5 +198,38 @@ describe('pinned state across two builds', () => {
 
     const r = await transfer;
     assert.equal(r.httpCode, 200, `the transfer completes across the restart: ${r.stderr}`);
+  });
+
+  test('a retired owners map that cannot be read (no BTF) is dropped with a warning and unpinned; the agent starts and TLS goes through', async () => {
+    if (agent) await agent.stop();
+    // Made by hand, as no build of ours ever made it: without BTF its entries cannot be decoded.
+    const ownersPin = pinLayout(env.bpffs).map('sslwall_owners');
+    const size = (n: string) => String(sizeOf(n));
+    execFileSync('bpftool', [
+      'map',
+      'create',
+      ownersPin,
+      'type',
+      'lru_hash',
+      'key',
+      size('sslwall_flow_key'),
+      'value',
+      size('sslwall_owner'),
+      'entries',
+      '1024',
+      'name',
+      'sslwall_owners',
+    ]);
+    agent = await AgentProc.start(env);
+    const failed = agent.lines().find((l) => l.event === 'map_fold_failed');
+    assert.ok(failed, 'the agent says the fold failed');
+    assert.match(JSON.stringify(failed!.err), /carries no BTF/);
+    assert.equal(fs.existsSync(ownersPin), false, 'and removes the pin, so the next start does not try again');
+    const r = await curl(tb, nginxUrl(tb, nginx, { tls: true }), { cacert: certs.caCert });
+    assert.equal(r.httpCode, 200, `TLS still works: ${r.stderr}`);
+    assert.ok(
+      agent.lines().some((l) => l.event === 'agent_ready'),
+      'the agent is up',
+    );
   });
 });
