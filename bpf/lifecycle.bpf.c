@@ -159,25 +159,31 @@ int sslwall_destroy_blocked(struct bpf_iter__tcp *ctx)
 	return 0;
 }
 
+/* A socket's cgroup (v2): the one of the process that created it, or of the listener for an
+ * accepted one. */
+static __always_inline struct cgroup *sock_cgroup(struct sock *sk)
+{
+	return BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+}
+
+/* Its id, what bpf_skb_cgroup_id gives the classifier for the socket's packets (0: none). */
+static __always_inline __u64 sock_cgroup_id(struct sock *sk)
+{
+	struct cgroup *cg = sock_cgroup(sk);
+
+	return cg ? BPF_CORE_READ(cg, kn, id) : 0;
+}
+
 /* The cgroup of a socket at a given depth (bpf_sk_ancestor_cgroup_id is for tc and socket
  * programs, not iterators); 0 when the socket's cgroup is shallower. */
 static __always_inline __u64 sock_ancestor_cgroup_id(struct sock *sk, __u32 level)
 {
-	struct cgroup *cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup), *anc = NULL;
+	struct cgroup *cg = sock_cgroup(sk), *anc = NULL;
 
 	if (!cg || level > (__u32)BPF_CORE_READ(cg, level) || level >= 64)
 		return 0;
 	bpf_probe_read_kernel(&anc, sizeof(anc), &cg->ancestors[level]);
 	return anc ? BPF_CORE_READ(anc, kn, id) : 0;
-}
-
-/* The cgroup v2 id of a socket (what bpf_skb_cgroup_id gives the classifier for its packets):
- * the cgroup of the process that created it, or of the listener for an accepted one. */
-static __always_inline __u64 sock_cgroup_id(struct sock *sk)
-{
-	struct cgroup *cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
-
-	return cg ? BPF_CORE_READ(cg, kn, id) : 0;
 }
 
 /* Failure policy: fails open, as the classifier's own midway join does. A socket that cannot

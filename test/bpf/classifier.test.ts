@@ -44,6 +44,15 @@ function handshake(c: Conversation) {
   assert.equal(lab.ingress(c.synAck()), PASS);
 }
 
+/** A flow through its handshake and both hellos: decided tls (or starttls on such a port). */
+function tlsFlow(serverPort: number): Conversation {
+  const c = conv(serverPort);
+  handshake(c);
+  lab.egress(c.fromClient(tlsHello('client')));
+  lab.ingress(c.fromServer(tlsHello('server')));
+  return c;
+}
+
 function withMode<T>(mode: 'passive' | 'active', fn: () => T): T {
   return lab.withConfig({ mode, ...BASE }, fn);
 }
@@ -560,10 +569,7 @@ test('a ServerHello before any ClientHello (a server speaking first on a TLS por
 });
 
 test('TLS from the first byte on a STARTTLS port is tls, not starttls', () => {
-  const c = conv(5432);
-  handshake(c);
-  lab.egress(c.fromClient(tlsHello('client')));
-  lab.ingress(c.fromServer(tlsHello('server')));
+  const c = tlsFlow(5432);
   expectFlow(c, 'tls', 'allowed');
 });
 
@@ -578,10 +584,7 @@ test('HTTP CONNECT: a client that sends its ClientHello before the 200 arrives i
 });
 
 test('a SYN that claims to come from the server side of a decided flow does not reset it', () => {
-  const c = conv(443);
-  handshake(c);
-  lab.egress(c.fromClient(tlsHello('client')));
-  lab.ingress(c.fromServer(tlsHello('server')));
+  const c = tlsFlow(443);
   expectFlow(c, 'tls', 'allowed');
   withMode('active', () => {
     // A forged SYN "from the server" (its address and port) arriving at the client host.
@@ -712,10 +715,7 @@ function egressRepeat(pkt: Buffer, repeat = 5): number {
 }
 
 test('egress socket storage: a decided TLS flow passes on every packet of a socket, and stays tls', () => {
-  const c = conv(443);
-  handshake(c);
-  lab.egress(c.fromClient(tlsHello('client')));
-  lab.ingress(c.fromServer(tlsHello('server')));
+  const c = tlsFlow(443);
   assert.equal(egressRepeat(c.fromClient(tlsAppData(1400))), PASS);
   expectFlow(c, 'tls', 'allowed');
 });
@@ -743,10 +743,7 @@ test('egress socket storage: a plaintext flow reported in passive mode is droppe
 });
 
 test('a SYN leaving on the tuple of a decided tls flow, repeated, opens a new flow that is judged afresh', () => {
-  const c = conv(443);
-  handshake(c);
-  lab.egress(c.fromClient(tlsHello('client')));
-  lab.ingress(c.fromServer(tlsHello('server')));
+  const c = tlsFlow(443);
   assert.equal(egressRepeat(c.fromClient(tlsAppData(100))), PASS);
   expectFlow(c, 'tls', 'allowed');
   // A socket here is new with each call, so the SYN of a remembered socket (connect() again

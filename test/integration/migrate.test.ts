@@ -70,6 +70,7 @@ function buildV2(): string {
 function tlsFlowKeys(bpffs: string): Buffer[] {
   const flows = native().getPinned(pinLayout(bpffs).map('sslwall_flows'), 'map');
   try {
+    // cls sits at the same offset in every layout (fields only appended); port_lo/hi in the key.
     return native()
       .mapDump(flows)
       .filter(([k, v]) => (k.readUInt16LE(32) === 443 || k.readUInt16LE(34) === 443) && v[20] === 1)
@@ -82,12 +83,7 @@ function tlsFlowKeys(bpffs: string): Buffer[] {
 function pinnedFlows(bpffs: string): { valueSize: number; tls443: number } {
   const flows = native().getPinned(pinLayout(bpffs).map('sslwall_flows'), 'map');
   try {
-    const info = native().mapInfo(flows);
-    // cls sits at the same offset in both layouts (fields only appended); port_lo/hi in the key.
-    const tls443 = native()
-      .mapDump(flows)
-      .filter(([k, v]) => (k.readUInt16LE(32) === 443 || k.readUInt16LE(34) === 443) && v[20] === 1).length;
-    return { valueSize: info.valueSize, tls443 };
+    return { valueSize: native().mapInfo(flows).valueSize, tls443: tlsFlowKeys(bpffs).length };
   } finally {
     flows.close();
   }

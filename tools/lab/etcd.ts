@@ -340,18 +340,25 @@ async function ctlGet(endpoints: string[], key: string, tls?: EtcdTls): Promise<
   return r.stdout === '' ? undefined : r.stdout.replace(/\n$/, '');
 }
 
-export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdServer> {
-  requireEtcd();
-  // A port free when chosen can be taken before etcd binds it (another test process, or an
-  // outgoing connection's ephemeral port): then start again on new ports, unless the caller chose them.
+/**
+ * A port free when chosen can be taken before etcd binds it (another test process, or an
+ * outgoing connection's ephemeral port): start again, on new ports, up to 3 times.
+ */
+async function retryOnTakenPort<T>(start: () => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await startEtcdOnce(opts);
+      return await start();
     } catch (e) {
-      const chosen = opts.clientPort !== undefined || opts.peerPort !== undefined;
-      if (chosen || attempt === 3 || !/address already in use/.test(String(e))) throw e;
+      if (attempt === 3 || !/address already in use/.test(String(e))) throw e;
     }
   }
+}
+
+export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdServer> {
+  requireEtcd();
+  // Ports the caller chose are its to keep: no second try on others.
+  if (opts.clientPort !== undefined || opts.peerPort !== undefined) return startEtcdOnce(opts);
+  return retryOnTakenPort(() => startEtcdOnce(opts));
 }
 
 async function startEtcdOnce(opts: StartEtcdOptions): Promise<EtcdServer> {
@@ -420,14 +427,7 @@ export interface EtcdCluster {
 
 export async function startEtcdCluster(size = 3): Promise<EtcdCluster> {
   requireEtcd();
-  // As for startEtcd: a chosen port taken before a member binds it means start again on new ones.
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await startEtcdClusterOnce(size);
-    } catch (e) {
-      if (attempt === 3 || !/address already in use/.test(String(e))) throw e;
-    }
-  }
+  return retryOnTakenPort(() => startEtcdClusterOnce(size));
 }
 
 async function startEtcdClusterOnce(size: number): Promise<EtcdCluster> {
