@@ -267,10 +267,14 @@ static __always_inline int self_flow(const struct sslwall_pkt *p, const struct s
 	const struct sslwall_flow *old;
 	__u8 one = 1;
 
+	/* This host's SYN to a port that is not the control plane's: no agent flow can be on it (the
+	 * agent seeds only its sockets to those ports and its listener's, agent/self.ts, and records
+	 * only SYNs to them), so a connection's SYN pays no lookup here (docs/bench.md, flow open). */
+	if (egress && syn && !(role && (*role & SSLWALL_ROLE_SELF)))
+		return 0;
 	if (bpf_map_lookup_elem(&sslwall_self_flows, &p->key))
 		return 1;
-	if (!egress || !syn || !role || !(*role & SSLWALL_ROLE_SELF) || !cfg->self_tgid ||
-	    (bpf_get_current_pid_tgid() >> 32) != cfg->self_tgid)
+	if (!egress || !syn || !cfg->self_tgid || (bpf_get_current_pid_tgid() >> 32) != cfg->self_tgid)
 		return 0;
 	/* Looked up here, not passed in: open_flow already takes the most arguments a BPF call may. */
 	old = bpf_map_lookup_elem(&sslwall_flows, &p->key);
@@ -367,7 +371,7 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 
 	idx = gen << 16 | server_port;
 	role = bpf_map_lookup_elem(&sslwall_port_roles, &idx);
-	f.first_seen_ns = bpf_ktime_get_ns();
+	f.first_seen_ns = bpf_ktime_get_coarse_ns();
 	f.proto = role ? (*role & SSLWALL_ROLE_PROTO_MASK) : 0;
 	if (syn || synack) {
 		f.flags = SSLWALL_FLOW_SYN_SEEN;
@@ -413,6 +417,13 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 			note_synack(stored, p);
 		return stored;
 	}
+	/* This host's SYN fixes where the client's bytes start (classify_slow would set the same
+	 * after the insert): set here, a SYN without data has nothing left to do with the stored
+	 * flow, and the connection pays no lookup after its insert (docs/bench.md, flow open). */
+	if (syn) {
+		f.seq_next[sslwall_dir_idx(DIR_CLIENT)] = p->seq + 1;
+		f.flags |= SSLWALL_FLOW_SEQ_CLIENT;
+	}
 	/* NOEXIST first: another CPU may have inserted it meanwhile. Our own SYN then replaces
 	 * the flow (connect() found the 4-tuple free: the old flow's close was missed), counted
 	 * as a close and a create so that created - closed - live still counts evictions. */
@@ -421,7 +432,12 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 	} else if (syn && bpf_map_update_elem(&sslwall_flows, &p->key, &f, BPF_EXIST) == 0) {
 		sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);
 		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
+	} else if (syn) {
+		sslwall_count(SSLWALL_CNT_FLOW_INSERT_FAILED);
+		return NULL;
 	}
+	if (syn && p->payload_len == 0)
+		return NULL;	/* stored, pending: passes (classify_slow) */
 	stored = bpf_map_lookup_elem(&sslwall_flows, &p->key);
 	if (!stored)
 		sslwall_count(SSLWALL_CNT_FLOW_INSERT_FAILED);

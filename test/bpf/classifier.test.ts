@@ -604,11 +604,17 @@ function withSelf<T>(self: SelfProtection, fn: () => T): T {
   return lab.withConfig({ mode: 'active', ...BASE }, fn, self);
 }
 
-function forgetFlow(c: Conversation): void {
+/** The flows map's key of a conversation's flow (it must be there). */
+function flowKeyOf(c: Conversation): Buffer {
   for (const [k, v] of native().mapDump(lab.maps.sslwall_flows)) {
     const e = endpoints(decode<SslwallFlowKey>('sslwall_flow_key', k), decode<SslwallFlow>('sslwall_flow', v).client_is_lo === 1);
-    if (e.sport === c.client.port && e.dport === c.server.port) native().mapDelete(lab.maps.sslwall_flows, k);
+    if (e.sport === c.client.port && e.dport === c.server.port) return k;
   }
+  throw new Error(`no flow for port ${c.client.port} -> ${c.server.port}`);
+}
+
+function forgetFlow(c: Conversation): void {
+  native().mapDelete(lab.maps.sslwall_flows, flowKeyOf(c));
 }
 
 test("active mode: the agent's own plaintext connection (its SYN sent by the agent's process) is bypassed", () => {
@@ -636,6 +642,21 @@ test("the agent's connection to a port that is not its control plane's is judged
     const c = conv(80);
     handshake(c);
     expectFlow(c, 'pending', 'allowed');
+    assert.equal(lab.egress(c.fromClient('GET / HTTP/1.1\r\n\r\n')), DROP);
+  });
+});
+
+test("this host's SYN to a port that is not the control plane's is judged even if its tuple is listed as the agent's", () => {
+  // The SYN skips the agent-flow lookup there (no entry can be on such a tuple: the agent seeds
+  // and records only its control-plane and listener sockets), so a stray entry changes nothing.
+  withSelf(ME, () => {
+    const c = conv(80);
+    const syn = c.syn();
+    assert.equal(lab.egress(syn), PASS);
+    native().mapUpdate(lab.maps.sslwall_self_flows, flowKeyOf(c), Buffer.from([1]));
+    assert.equal(lab.egress(syn), PASS, 'the SYN again, its tuple now listed');
+    expectFlow(c, 'pending', 'allowed');
+    lab.ingress(c.synAck());
     assert.equal(lab.egress(c.fromClient('GET / HTTP/1.1\r\n\r\n')), DROP);
   });
 });
