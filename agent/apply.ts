@@ -177,11 +177,16 @@ function writeCidrs(maps: MapHandles, gen: number, cidrs: string[]): void {
 
 /**
  * Plaintext flows carry the verdict of the mode in force; rewrite them when it changes. Only the
- * class and verdict bytes are read and only the verdict byte changes, in the value as dumped: a
- * full decode and encode of every flow (its owner's comm, its header buffers) was most of the
- * walk's ~470 ms at 20,000 flows, paid at every mode change and every agent start.
+ * class and verdict bytes are read and only the verdict byte changes: a full decode and encode
+ * of every flow (its owner's comm, its header buffers) was most of the walk's ~470 ms at 20,000
+ * flows, paid at every mode change and every agent start (docs/dataplane.md, "Switching modes").
  */
-export function reconcileVerdicts(maps: MapHandles, mode: Config['mode']): number {
+export function reconcileVerdicts(
+  maps: MapHandles,
+  mode: Config['mode'],
+  /** The walk's snapshot of the flows map (a test passes an older one). */
+  dump: (map: MapHandle) => Array<[Buffer, Buffer]> = (map) => native().mapDump(map),
+): number {
   const addon = native();
   const want =
     mode === 'active'
@@ -192,12 +197,17 @@ export function reconcileVerdicts(maps: MapHandles, mode: Config['mode']): numbe
   const clsAt = byteOffset('sslwall_flow', 'cls');
   const verdictAt = byteOffset('sslwall_flow', 'verdict');
   let changed = 0;
-  for (const [key, value] of addon.mapDump(maps.sslwall_flows)) {
+  for (const [key, value] of dump(maps.sslwall_flows)) {
     if (value[clsAt] !== SslwallClass.SSLWALL_CLASS_PLAINTEXT || value[verdictAt] === want) continue;
-    value[verdictAt] = want;
-    // Only the verdict byte changes; the filter no longer writes a decided flow.
+    // The dump is a snapshot: by now the connection may have closed and its 4-tuple carry a new
+    // one (a new flow, judged under the mode just flipped in). Written back only if the entry is
+    // still byte for byte the one dumped (the filter never writes a decided flow), so the window
+    // where a new connection could be overwritten shrinks from the whole walk to one lookup.
+    const now = addon.mapLookup(maps.sslwall_flows, key);
+    if (!now?.equals(value)) continue;
+    now[verdictAt] = want;
     try {
-      addon.mapUpdate(maps.sslwall_flows, key, value, 2 /* BPF_EXIST */);
+      addon.mapUpdate(maps.sslwall_flows, key, now, 2 /* BPF_EXIST */);
       changed++;
     } catch (err) {
       if (!(err instanceof BpfError) || err.errno !== 2 /* ENOENT: closed meanwhile */) throw err;

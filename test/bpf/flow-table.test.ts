@@ -6,6 +6,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import { reconcileVerdicts } from '../../agent/apply.js';
 import { flowTableStats } from '../../agent/flows.js';
 import { native } from '../../native/index.js';
 import { DROP, Lab, PASS } from '../../tools/lab/bpf-lab.js';
@@ -211,6 +212,47 @@ test("this host's own SYN on a decided flow's 4-tuple starts a new flow, counted
   const now = lab.counters();
   assert.equal(now.flowsCreated - before.flowsCreated, 1n);
   assert.equal(now.flowsClosed - before.flowsClosed, 1n);
+});
+
+test("a mode change's verdict walk leaves a connection alone that took its 4-tuple after the walk's snapshot", () => {
+  const old = conv();
+  const fresh = new Conversation(old.client, old.server);
+  let snapshot: Array<[Buffer, Buffer]> = [];
+  withMode('passive', () => {
+    assert.equal(lab.egress(old.syn()), PASS);
+    lab.ingress(old.synAck());
+    assert.equal(lab.egress(old.fromClient('GET / HTTP/1.1\r\n\r\n')), PASS);
+    assert.equal(state(old), 'flow plaintext/reported');
+    snapshot = native().mapDump(lab.maps.sslwall_flows);
+    // The old connection is gone, and a new one from the same port opens on the same tuple.
+    assert.equal(lab.egress(fresh.syn()), PASS);
+    assert.equal(state(fresh), 'flow pending/allowed');
+  });
+  withMode('active', () => {
+    // The walk as the mode switch runs it, but from the snapshot taken before the new connection.
+    assert.equal(
+      reconcileVerdicts(lab.maps, 'active', () => snapshot),
+      0,
+    );
+    assert.equal(state(fresh), 'flow pending/allowed', 'not overwritten with the old plaintext flow');
+    lab.ingress(fresh.synAck());
+    assert.equal(lab.egress(fresh.fromClient(tlsHello('client'))), PASS);
+    assert.equal(lab.ingress(fresh.fromServer(tlsHello('server'))), PASS);
+    assert.equal(state(fresh), 'flow tls/allowed');
+  });
+});
+
+test("a mode change's verdict walk rewrites a plaintext flow that is still the one it dumped", () => {
+  const c = conv();
+  withMode('passive', () => {
+    assert.equal(lab.egress(c.syn()), PASS);
+    lab.ingress(c.synAck());
+    assert.equal(lab.egress(c.fromClient('GET / HTTP/1.1\r\n\r\n')), PASS);
+  });
+  withMode('active', () => {
+    assert.equal(state(c), 'flow plaintext/blocked');
+    assert.equal(lab.egress(c.fromClient('more')), DROP);
+  });
 });
 
 test('a full flows map evicts and the eviction count sees it (created - closed - live)', () => {
