@@ -152,10 +152,10 @@ struct sslwall_owner {
 /* Classification state of a flow (value of the flows map). Index [0] is the
  * client-to-server direction, [1] server-to-client. */
 struct sslwall_flow {
-	/* CLOCK_MONOTONIC when the flow was opened: at the classifier's resolution of a scheduler
-	 * tick (bpf_ktime_get_coarse_ns, a few ns where the precise clock costs ~40 at each SYN,
-	 * docs/bench.md "flow open"), exact from the lifecycle iterators (tracing programs may not
-	 * read the coarse clock). An age, never a duration between two packets. */
+	/* CLOCK_MONOTONIC when the flow was opened: to a scheduler tick from the classifier
+	 * (bpf_ktime_get_coarse_ns: the precise clock cost each SYN some 50-80 ns more here,
+	 * docs/bench.md "flow open"), exact from the lifecycle iterators, off the packet path. An
+	 * age, never a duration between two packets. */
 	__u64 first_seen_ns;
 	__u32 seq_next[2];	/* next byte expected in order (from the SYN / SYN-ACK when seen) */
 	__u16 plain_bytes;	/* plaintext preamble bytes spent from the negotiation budget */
