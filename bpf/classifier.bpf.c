@@ -317,12 +317,7 @@ static __noinline struct sslwall_flow *promote(const struct sslwall_pkt *p, stru
 {
 	struct sslwall_flow copy = *half, *stored;
 
-	if (bpf_map_update_elem(&sslwall_flows, &p->key, &copy, BPF_NOEXIST) == 0) {
-		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
-	} else if (bpf_map_update_elem(&sslwall_flows, &p->key, &copy, BPF_EXIST) == 0) {
-		sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);
-		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
-	}
+	sslwall_flow_insert(&p->key, &copy, 1);
 	stored = bpf_map_lookup_elem(&sslwall_flows, &p->key);
 	if (!stored) {
 		sslwall_count(SSLWALL_CNT_FLOW_INSERT_FAILED);
@@ -424,15 +419,9 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 		f.seq_next[sslwall_dir_idx(DIR_CLIENT)] = p->seq + 1;
 		f.flags |= SSLWALL_FLOW_SEQ_CLIENT;
 	}
-	/* NOEXIST first: another CPU may have inserted it meanwhile. Our own SYN then replaces
-	 * the flow (connect() found the 4-tuple free: the old flow's close was missed), counted
-	 * as a close and a create so that created - closed - live still counts evictions. */
-	if (bpf_map_update_elem(&sslwall_flows, &p->key, &f, BPF_NOEXIST) == 0) {
-		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
-	} else if (syn && bpf_map_update_elem(&sslwall_flows, &p->key, &f, BPF_EXIST) == 0) {
-		sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);
-		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
-	} else if (syn) {
+	/* Our own SYN replaces a flow already there (connect() found the 4-tuple free: the old
+	 * flow's close was missed); anything else keeps what another CPU may have inserted. */
+	if (sslwall_flow_insert(&p->key, &f, syn) && syn) {
 		sslwall_count(SSLWALL_CNT_FLOW_INSERT_FAILED);
 		return NULL;
 	}

@@ -72,12 +72,7 @@ static __always_inline void promote(const struct sslwall_flow_key *key)
 		return;
 	f = *half;
 	bpf_map_delete_elem(&sslwall_half_open, key);
-	if (bpf_map_update_elem(&sslwall_flows, key, &f, BPF_NOEXIST) == 0) {
-		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
-	} else if (bpf_map_update_elem(&sslwall_flows, key, &f, BPF_EXIST) == 0) {
-		sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);
-		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
-	} else {
+	if (sslwall_flow_insert(key, &f, 1)) {
 		sslwall_count(SSLWALL_CNT_FLOW_INSERT_FAILED);
 		return;
 	}
@@ -119,7 +114,7 @@ int BPF_PROG(sslwall_sock_state, const struct sock *sk, int oldstate, int newsta
 	 * whose promotion was missed (no flow then); an agent flow is always a bypassed one, unless
 	 * it was evicted from flows. */
 	f = bpf_map_lookup_elem(&sslwall_flows, &key);
-	cls = f ? f->cls : SSLWALL_CLASS_PENDING;
+	cls = f ? f->cls : SSLWALL_CLASS_PENDING;	/* read before the delete frees the element */
 	if (f && bpf_map_delete_elem(&sslwall_flows, &key) == 0)
 		sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);
 	if (!f || oldstate == TCP_SYN_RECV)
@@ -237,9 +232,8 @@ int sslwall_register_open(struct bpf_iter__tcp *ctx)
 	    (cfg->bypass_cgroup_id &&
 	     sock_ancestor_cgroup_id(&tp->inet_conn.icsk_inet.sk, cfg->bypass_cgroup_level) == cfg->bypass_cgroup_id))
 		f.cls = SSLWALL_CLASS_BYPASS;
-	if (bpf_map_update_elem(&sslwall_flows, &key, &f, BPF_NOEXIST))
+	if (sslwall_flow_insert(&key, &f, 0))
 		return 0;
-	sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
 	if (f.cls == SSLWALL_CLASS_BYPASS)
 		sslwall_count_class(SSLWALL_CLASS_BYPASS, SSLWALL_VERDICT_ALLOWED);
 	BPF_SEQ_PRINTF(ctx->meta->seq, "%u %u\n", key.port_lo, key.port_hi);

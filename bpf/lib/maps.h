@@ -145,4 +145,23 @@ static __always_inline void sslwall_count_class(__u8 cls, __u8 verdict)
 	sslwall_count(SSLWALL_CNT_CLASS_BASE + (__u32)cls * SSLWALL_VERDICT_COUNT + verdict);
 }
 
+/* Insert a new flow into sslwall_flows; with replace, over whatever flow the tuple held (the
+ * kernel accepted a new handshake there, so that connection is over). NOEXIST first: another
+ * CPU may have inserted it meanwhile. A replaced flow counts as a close and a create, so that
+ * created - closed - live still counts evictions (the agent's flow-table stats). 0 when
+ * stored; otherwise nothing is counted, and the caller says what a failure means. */
+static __always_inline int sslwall_flow_insert(const struct sslwall_flow_key *key, const struct sslwall_flow *f, int replace)
+{
+	if (bpf_map_update_elem(&sslwall_flows, key, f, BPF_NOEXIST) == 0) {
+		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
+		return 0;
+	}
+	if (replace && bpf_map_update_elem(&sslwall_flows, key, f, BPF_EXIST) == 0) {
+		sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);
+		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
+		return 0;
+	}
+	return -1;
+}
+
 #endif /* SSLWALL_MAPS_H */
