@@ -1,7 +1,11 @@
-// RingBufferPoller: a native thread in ring_buffer__poll that hands records to a JS callback
+// RingBufferPoller: a native thread, asleep in epoll_wait until records come, that hands them to a JS callback
 // through a ThreadSafeFunction.
 #include <bpf/libbpf.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
@@ -26,7 +30,6 @@ using Tsfn = Napi::TypedThreadSafeFunction<StateRef, Batch, DeliverBatch>;
 // Bounded so a slow JS consumer pushes back into the ring buffer (whose producers then fail to
 // reserve and count the drop) instead of growing this process without limit.
 constexpr size_t kMaxQueuedBatches = 64;
-constexpr int kPollTimeoutMs = 100;  // also how long close() may wait for the thread to notice
 
 struct RingBufferFree {
   void operator()(ring_buffer* rb) const { ring_buffer__free(rb); }
@@ -38,6 +41,12 @@ struct RingBufferFree {
 struct PollState {
   UniqueFd mapFd;  // a dup of the caller's handle: the map outlives whatever JS does with that
   std::unique_ptr<ring_buffer, RingBufferFree> rb;
+  // The thread sleeps in epoll_wait on these two, with no timeout: the ring's own epoll set
+  // (readable when records are waiting) and stopFd, which Stop() writes. A timed poll woke the
+  // idle agent 10 times a second for nothing (docs/bench.md, agent_idle). Not the ring's set
+  // alone with stopFd added: ring_buffer__poll reads every event's data as a ring index.
+  UniqueFd epollFd;
+  UniqueFd stopFd;
   Tsfn tsfn;
   std::thread thread;
   std::atomic<bool> stop{false};
@@ -53,11 +62,21 @@ struct PollState {
   }
 
   void Run() {
+    // Named, so that /proc/PID/task/*/comm tells it from node's threads (the agent_idle bench
+    // lists wake-ups by thread; a test checks that an idle poller does not wake).
+    pthread_setname_np(pthread_self(), "sslwall-ringbuf");
+    epoll_event ev[2];
     while (!stop.load()) {
-      int n = ring_buffer__poll(rb.get(), kPollTimeoutMs);
-      if (n == -EINTR) continue;
+      int ready = ::epoll_wait(epollFd.get(), ev, 2, -1);
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready < 0) {
+        std::fprintf(stderr, "sslwall_native: epoll_wait: %s; polling stopped\n", std::strerror(errno));
+        return;
+      }
+      if (stop.load()) return;
+      int n = ring_buffer__consume(rb.get());
       if (n < 0) {
-        std::fprintf(stderr, "sslwall_native: ring_buffer__poll: %s; polling stopped\n", std::strerror(-n));
+        std::fprintf(stderr, "sslwall_native: ring_buffer__consume: %s; polling stopped\n", std::strerror(-n));
         return;
       }
       if (pending.empty()) continue;
@@ -75,6 +94,8 @@ struct PollState {
     if (stopped) return;
     stopped = true;
     stop.store(true);
+    uint64_t one = 1;
+    if (stopFd.get() >= 0 && ::write(stopFd.get(), &one, sizeof one) < 0) std::fprintf(stderr, "sslwall_native: eventfd write: %s\n", std::strerror(errno));
     // Abort (not Release): it wakes a BlockingCall waiting on a full queue, and batches still
     // queued are handed to DeliverBatch with no env and freed undelivered.
     if (tsfnLive) tsfn.Abort();
@@ -112,6 +133,16 @@ class RingBufferPoller : public Napi::ObjectWrap<RingBufferPoller> {
       ThrowBpf(env, "ring_buffer__new", err, "", log.log());
     }
     state_->rb.reset(rb);
+    state_->epollFd.reset(::epoll_create1(EPOLL_CLOEXEC));
+    if (state_->epollFd.get() < 0) ThrowBpf(env, "epoll_create1", errno, "ring buffer poller");
+    state_->stopFd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (state_->stopFd.get() < 0) ThrowBpf(env, "eventfd", errno, "ring buffer poller");
+    for (int fd : {ring_buffer__epoll_fd(rb), state_->stopFd.get()}) {
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.fd = fd;
+      if (::epoll_ctl(state_->epollFd.get(), EPOLL_CTL_ADD, fd, &ev) < 0) ThrowBpf(env, "epoll_ctl", errno, "ring buffer poller");
+    }
     // While open the TSFN holds the event loop, as an active socket or timer does; Abort in close()
     // lets it go.
     state_->tsfn = Tsfn::New(env, cb, "sslwall.ringbuf", kMaxQueuedBatches, 1, new StateRef(state_),

@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -410,6 +410,49 @@ test('closing the poller from its own callback stops delivery at once', async ()
     await waitFor(() => seen > 0, 5000, 'the first record');
     await sleep(300);
     assert.equal(seen, 1);
+  });
+});
+
+/** Context switches of this process's threads named name (their /proc comm), summed. */
+function threadSwitches(name: string): { threads: number; switches: number } {
+  let threads = 0;
+  let switches = 0;
+  for (const task of readdirSync('/proc/self/task')) {
+    try {
+      if (readFileSync(`/proc/self/task/${task}/comm`, 'utf8').trim() !== name) continue;
+      const status = readFileSync(`/proc/self/task/${task}/status`, 'utf8');
+      threads++;
+      for (const m of status.matchAll(/^(?:non)?voluntary_ctxt_switches:\s+(\d+)$/gm)) switches += Number(m[1]);
+    } catch {
+      /* thread gone */
+    }
+  }
+  return { threads, switches };
+}
+
+test('an idle poller sleeps until a record comes, and close() stops it at once', async () => {
+  await withObject(async (o, own) => {
+    const records: Buffer[] = [];
+    const poller = n.ringBufferPoll(own(o.map('events')), (r) => records.push(r));
+    let closeMs = Number.NaN;
+    try {
+      await sleep(100); // the thread is started and asleep
+      const before = threadSwitches('sslwall-ringbuf');
+      assert.equal(before.threads, 1, 'one poller thread, named sslwall-ringbuf');
+      await sleep(1000);
+      const idle = threadSwitches('sslwall-ringbuf');
+      // A timed poll (100 ms, as before) woke it ~10 times in that second.
+      assert.ok(idle.switches - before.switches <= 1, `the idle poller woke ${idle.switches - before.switches} times in 1 s`);
+      n.testRun(own(o.prog('test_tc')), packet(), 1);
+      await waitFor(() => records.length === 1, 5000, 'the record');
+      assert.ok(threadSwitches('sslwall-ringbuf').switches > idle.switches, 'the record woke the poller');
+    } finally {
+      const t = performance.now();
+      poller.close();
+      closeMs = performance.now() - t;
+    }
+    assert.ok(closeMs < 50, `close() took ${closeMs.toFixed(1)} ms: the thread should wake on the stop signal, not a timeout`);
+    assert.equal(threadSwitches('sslwall-ringbuf').threads, 0, 'the poller thread is gone after close()');
   });
 });
 
