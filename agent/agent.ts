@@ -228,11 +228,13 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
   const settled = gc
     ? setTimeout(() => {
         const before = process.memoryUsage();
+        const t = performance.now();
         gc();
+        const gcMs = Math.round((performance.now() - t) * 10) / 10;
         const after = process.memoryUsage();
         const mb = (n: number) => Math.round((n / 2 ** 20) * 10) / 10;
         log.info(
-          { event: 'startup_gc', heap_used_mb: [mb(before.heapUsed), mb(after.heapUsed)], rss_mb: [mb(before.rss), mb(after.rss)] },
+          { event: 'startup_gc', gc_ms: gcMs, heap_used_mb: [mb(before.heapUsed), mb(after.heapUsed)], rss_mb: [mb(before.rss), mb(after.rss)] },
           'start-up garbage collected',
         );
       }, STARTUP_GC_DELAY_MS).unref()
