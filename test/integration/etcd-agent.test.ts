@@ -131,6 +131,7 @@ describe('agent on etcd', () => {
     const line = await agent!.waitFor((l) => l.event === 'startup_gc', 20_000, 'startup_gc');
     const [before, after] = line.heap_used_mb as [number, number];
     assert.ok(after < before, `the collection should shrink the heap in use; saw ${before} -> ${after} MB`);
+    assert.ok(typeof line.gc_ms === 'number' && line.gc_ms >= 0, `startup_gc should say how long it took (gc_ms), saw ${JSON.stringify(line.gc_ms)}`);
     assert.equal(agent!.lines().filter((l) => l.event === 'startup_gc').length, 1, 'one start-up collection, no more');
   });
 
