@@ -252,6 +252,31 @@ for (const tc of starttlsCases) {
   });
 }
 
+// Where a command word ends: it must be followed by a space or the line end, inside the segment.
+const wordEdges: Array<{ port: number; greeting: string; segment: string; allowed: boolean }> = [
+  { port: 25, greeting: '220 mx ESMTP\r\n', segment: 'QUIT\r\n', allowed: true },
+  { port: 25, greeting: '220 mx ESMTP\r\n', segment: 'noop\n', allowed: true },
+  { port: 25, greeting: '220 mx ESMTP\r\n', segment: 'STARTTLS\n', allowed: true },
+  { port: 25, greeting: '220 mx ESMTP\r\n', segment: 'QUITX\r\n', allowed: false },
+  { port: 25, greeting: '220 mx ESMTP\r\n', segment: 'QUI\r\n', allowed: false },
+  { port: 25, greeting: '220 mx ESMTP\r\n', segment: 'STARTTL\n', allowed: false },
+  { port: 25, greeting: '220 mx ESMTP\r\n', segment: '\n', allowed: false },
+  { port: 143, greeting: '* OK ready\r\n', segment: 'a1 NOOP\r\n', allowed: true },
+  { port: 143, greeting: '* OK ready\r\n', segment: 'a1 NOOPS\r\n', allowed: false },
+  { port: 143, greeting: '* OK ready\r\n', segment: 'a1 NOO\n', allowed: false },
+];
+
+for (const tc of wordEdges) {
+  test(`STARTTLS word edges: ${JSON.stringify(tc.segment)} on port ${tc.port} is ${tc.allowed ? 'allowed' : 'a violation'}`, () => {
+    const c = conv(tc.port);
+    handshake(c);
+    lab.ingress(c.fromServer(tc.greeting));
+    lab.egress(c.fromClient(tc.segment));
+    if (tc.allowed) expectFlow(c, 'pending', 'allowed');
+    else expectFlow(c, 'plaintext', 'reported');
+  });
+}
+
 test('STARTTLS smtp: an allowed command smuggling a second one in the same segment is a violation', () => {
   const c = conv(25);
   handshake(c);
