@@ -861,9 +861,9 @@ export const agentIdle: Bench = {
       const inMap = insertFlows(fx.tb, agent.bpffs, IDLE_FLOWS);
       if (inMap < IDLE_FLOWS) throw new Error(`only ${inMap} flows in the map after inserting ${IDLE_FLOWS}`);
       ctx.progress(`${inMap} flows in the agent's flow map (class tls, distinct client ports)`);
-      // The agent's one start-up collection (10 s after agent_ready) is start-up work, not idle:
-      // the window opens after it. It used to fall inside the window, where its ~60 ms were some
-      // 0.1 % of the figure (docs/bench.md, agent_idle).
+      // The agent's one start-up collection (10 s after agent_ready) ends its start-up: the window
+      // opens after it. Opened before it, the window held that tail of start-up, ~0.18 of the
+      // 0.27 % it read (docs/bench.md, agent_idle).
       const gcLine = await agent.need().waitFor((l) => l.event === 'startup_gc', 30_000, 'startup_gc');
       ctx.progress(`start-up collection done (${String(gcLine.gc_ms)} ms, heap ${JSON.stringify(gcLine.heap_used_mb)} MB); idle from here`);
       const idle = Proc.start('idle-node', process.execPath, ['-e', 'setInterval(() => {}, 1000)'], path.join(fx.tb.tempDir('idle-node'), 'idle-node.log'));
