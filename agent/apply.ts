@@ -7,6 +7,7 @@ import type { Config, StarttlsProtocol } from '../schemas/config.js';
 import { StarttlsProtocols } from '../schemas/config.js';
 import { addrToBytes, byteOffset, decode, encode, u32 } from './codec.js';
 import type { SharedMap } from './datapath.js';
+import { FLOW_MAPS } from './flow-maps.js';
 import { type SslwallCidrKey, SslwallClass, type SslwallConfig, SslwallMode, SslwallPortRoleBits, SslwallProto, SslwallVerdict } from './generated/shared.js';
 import { type StepTimes, timed } from './timing.js';
 
@@ -184,7 +185,7 @@ function writeCidrs(maps: MapHandles, gen: number, cidrs: string[]): void {
 export function reconcileVerdicts(
   maps: MapHandles,
   mode: Config['mode'],
-  /** The walk's snapshot of the flows map (a test passes an older one). */
+  /** The walk's snapshot of a flow map (a test passes an older one). */
   dump: (map: MapHandle) => Array<[Buffer, Buffer]> = (map) => native().mapDump(map),
 ): number {
   const addon = native();
@@ -197,20 +198,23 @@ export function reconcileVerdicts(
   const clsAt = byteOffset('sslwall_flow', 'cls');
   const verdictAt = byteOffset('sslwall_flow', 'verdict');
   let changed = 0;
-  for (const [key, value] of dump(maps.sslwall_flows)) {
-    if (value[clsAt] !== SslwallClass.SSLWALL_CLASS_PLAINTEXT || value[verdictAt] === want) continue;
-    // The dump is a snapshot: by now the connection may have closed and its 4-tuple carry a new
-    // one (a new flow, judged under the mode just flipped in). Written back only if the entry is
-    // still byte for byte the one dumped (the filter never writes a decided flow), so the window
-    // where a new connection could be overwritten shrinks from the whole walk to one lookup.
-    const now = addon.mapLookup(maps.sslwall_flows, key);
-    if (!now?.equals(value)) continue;
-    now[verdictAt] = want;
-    try {
-      addon.mapUpdate(maps.sslwall_flows, key, now, 2 /* BPF_EXIST */);
-      changed++;
-    } catch (err) {
-      if (!(err instanceof BpfError) || err.errno !== 2 /* ENOENT: closed meanwhile */) throw err;
+  for (const name of FLOW_MAPS) {
+    const map = maps[name];
+    for (const [key, value] of dump(map)) {
+      if (value[clsAt] !== SslwallClass.SSLWALL_CLASS_PLAINTEXT || value[verdictAt] === want) continue;
+      // The dump is a snapshot: by now the connection may have closed and its 4-tuple carry a new
+      // one (a new flow, judged under the mode just flipped in). Written back only if the entry is
+      // still byte for byte the one dumped (the filter never writes a decided flow), so the window
+      // where a new connection could be overwritten shrinks from the whole walk to one lookup.
+      const now = addon.mapLookup(map, key);
+      if (!now?.equals(value)) continue;
+      now[verdictAt] = want;
+      try {
+        addon.mapUpdate(map, key, now, 2 /* BPF_EXIST */);
+        changed++;
+      } catch (err) {
+        if (!(err instanceof BpfError) || err.errno !== 2 /* ENOENT: closed meanwhile */) throw err;
+      }
     }
   }
   return changed;

@@ -7,13 +7,14 @@ import type { Logger } from 'pino';
 import { BpfError, type BpfObject, type LinkHandle, type MapHandle, native, type ProgHandle } from '../native/index.js';
 import { SslwallError } from '../schemas/errors.js';
 import { sizeOf, u32 } from './codec.js';
-import { type Captured, capture, FOLDED, type FoldedMap, fold, MIGRATABLE, restore } from './migrate.js';
+import { type Captured, capture, copyLegacyFlows, FOLDED, type FoldedMap, fold, MIGRATABLE, restore, settleLegacyFlows } from './migrate.js';
 import { assertBpffs, bpfObjects, pinLayout } from './paths.js';
 import { roundTimes, type StepTimes, timed } from './timing.js';
 
 /** The maps every object shares, with the sizes this build expects (from shared.h via BTF). */
 export function expectedMaps() {
   return {
+    sslwall_flows4: { keySize: sizeOf('sslwall_flow_key4'), valueSize: sizeOf('sslwall_flow') },
     sslwall_flows: { keySize: sizeOf('sslwall_flow_key'), valueSize: sizeOf('sslwall_flow') },
     sslwall_half_open: { keySize: sizeOf('sslwall_flow_key'), valueSize: sizeOf('sslwall_flow') },
     sslwall_self_flows: { keySize: sizeOf('sslwall_flow_key'), valueSize: 1 },
@@ -56,6 +57,8 @@ export class Datapath {
   features: Features;
   /** Pinned maps this load could not reuse (first start, or a layout change). */
   mapsReplaced = 0;
+  /** IPv4 flows an older build kept in sslwall_flows, copied at load; settled once attached. */
+  private legacyCopies = new Map<string, Buffer>();
   private readonly iterLink: LinkHandle;
   private readonly seedLink: LinkHandle;
   private readonly registerLink: LinkHandle;
@@ -100,12 +103,18 @@ export class Datapath {
     const times: StepTimes = {};
     timed(times, 'classifier_ms', () => loadOrExplain(classifier, 'classifier'));
     for (const c of captured) {
-      const map = classifier.map(c.map);
+      // An entry may go to another map than the one it came from (migrate.ts, restore).
+      const opened = new Map<string, MapHandle>();
+      const open = (name: string): MapHandle => {
+        const map = opened.get(name) ?? classifier.map(name);
+        opened.set(name, map);
+        return map;
+      };
       let n: number;
       try {
-        n = restore(c, bpfObjects.classifier, map);
+        n = restore(c, bpfObjects.classifier, open);
       } finally {
-        map.close();
+        for (const map of opened.values()) map.close();
       }
       log.info(
         { event: 'map_migrated', map: c.map, entries: c.entries.length, migrated: n, from: c.value.size, to: classifier.mapDef(c.map).valueSize },
@@ -113,6 +122,7 @@ export class Datapath {
       );
     }
     foldRetiredMaps(classifier, pins, log);
+    const legacyCopies = copyLegacy(classifier, log);
     for (const name of Object.keys(expectedMaps())) {
       if (reused.has(name)) continue;
       const map = classifier.map(name);
@@ -149,7 +159,19 @@ export class Datapath {
     log.info({ event: 'datapath_loaded', bpffs, reused_maps: [...reused], features, load_ms: roundTimes(times) }, 'datapath loaded');
     const dp = new Datapath(bpffs, classifier, lifecycle, iterLink, seedLink, registerLink, features);
     dp.mapsReplaced = Object.keys(expectedMaps()).length - reused.size;
+    dp.legacyCopies = legacyCopies;
     return dp;
+  }
+
+  /**
+   * Once the new programs run on every interface: the IPv4 flows of an older build leave
+   * sslwall_flows for good (migrate.ts, settleLegacyFlows). A no-op on a host without any.
+   */
+  settleLegacyFlows(log: Logger): void {
+    const { moved, dropped } = settleLegacyFlows(this.maps, this.legacyCopies);
+    if (this.legacyCopies.size || moved)
+      log.info({ event: 'legacy_flows_settled', copied: this.legacyCopies.size, moved, dropped }, 'IPv4 flows of the older build moved to sslwall_flows4');
+    this.legacyCopies.clear();
   }
 
   /** The classifier program of one direction; owned by the Datapath. */
@@ -268,6 +290,18 @@ function progTag(progId: number): string {
   }
 }
 
+/** Copy an older build's IPv4 flows into sslwall_flows4 while its programs still run (migrate.ts). */
+function copyLegacy(obj: BpfObject, log: Logger): Map<string, Buffer> {
+  const maps = { sslwall_flows4: obj.map('sslwall_flows4'), sslwall_flows: obj.map('sslwall_flows') };
+  try {
+    const copied = copyLegacyFlows(maps);
+    if (copied.size) log.info({ event: 'legacy_flows_copied', entries: copied.size }, 'IPv4 flows of an older build copied to sslwall_flows4');
+    return copied;
+  } finally {
+    closeMaps(maps);
+  }
+}
+
 /**
  * Pinned maps of an older build whose entries this build keeps inside another map (FOLDED):
  * written into it after the migration, then unpinned, so that an upgrade keeps them and leaves
@@ -279,10 +313,10 @@ function foldRetiredMaps(obj: BpfObject, pins: ReturnType<typeof pinLayout>, log
     const pin = pins.map(name);
     if (!existsSync(pin)) continue;
     const old = addon.getPinned(pin, 'map');
-    const into = obj.map(spec.into);
+    const into = { sslwall_flows4: obj.map('sslwall_flows4'), sslwall_flows: obj.map('sslwall_flows') };
     try {
       const c = capture(name, old);
-      const n = fold(c, bpfObjects.classifier, into);
+      const n = fold(c, bpfObjects.classifier, (map) => into[map]);
       log.info(
         { event: 'map_folded', map: name, into: `${spec.into}.${spec.field}`, entries: c.entries.length, folded: n },
         'retired pinned map folded into its new place',
@@ -291,7 +325,7 @@ function foldRetiredMaps(obj: BpfObject, pins: ReturnType<typeof pinLayout>, log
       // What it held is attribution only (owners of open flows): not worth refusing to start for.
       log.warn({ event: 'map_fold_failed', map: name, err }, 'a retired pinned map could not be folded; its entries are dropped');
     } finally {
-      into.close();
+      closeMaps(into);
       old.close();
     }
     unlinkSync(pin);

@@ -429,8 +429,7 @@ export class EtcdAgentSource {
     const c = readCounters(this.dp.maps.sslwall_counters);
     const by = (cls: string, verdict: string) => Number(c.byClass.find((x) => x.class === cls && x.verdict === verdict)?.value ?? 0n);
     // Counting live flows walks the map: do it at most every 30 s (idle CPU matters).
-    if (Date.now() - this.liveFlows.at > 30000)
-      this.liveFlows = { at: Date.now(), ...flowTableStats(this.dp.maps.sslwall_counters, this.dp.maps.sslwall_flows) };
+    if (Date.now() - this.liveFlows.at > 30000) this.liveFlows = { at: Date.now(), ...flowTableStats(this.dp.maps.sslwall_counters, this.dp.maps) };
     return {
       violationsReported: by('plaintext', 'reported'),
       violationsBlocked: by('plaintext', 'blocked'),

@@ -5,15 +5,8 @@ import { type MapHandle, native } from '../native/index.js';
 import { SslwallError } from '../schemas/errors.js';
 import type { CgroupNames } from './cgroup-names.js';
 import { addrToString, classNames, decode, endpoints, type Family, familyName, protoNames, verdictNames } from './codec.js';
-import {
-  SslwallClass,
-  SslwallCounter,
-  type SslwallFlow,
-  type SslwallFlowKey,
-  type SslwallTtlsAddr,
-  type SslwallTtlsOrig,
-  SslwallVerdict,
-} from './generated/shared.js';
+import { decodeFlowKey, FLOW_MAPS, type FlowMaps } from './flow-maps.js';
+import { SslwallClass, SslwallCounter, type SslwallFlow, type SslwallTtlsAddr, type SslwallTtlsOrig, SslwallVerdict } from './generated/shared.js';
 import { pinLayout } from './paths.js';
 
 export interface FlowRecord {
@@ -38,12 +31,16 @@ export interface FlowRecord {
 export function readPinnedFlows(bpffs: string, names: CgroupNames | null = null): FlowRecord[] {
   const pin = pinLayout(bpffs).map('sslwall_flows');
   if (!existsSync(pin)) throw new SslwallError('SSLWALL_E_NOT_INSTALLED', `no flow map pinned at ${pin}; is the agent running with --bpffs ${bpffs}?`);
-  const map = native().getPinned(pin, 'map');
-  let flows: FlowRecord[];
-  try {
-    flows = readFlows(map, names);
-  } finally {
-    map.close();
+  const flows: FlowRecord[] = [];
+  // An agent of a build before sslwall_flows4 has none pinned: its one map holds both families.
+  for (const name of FLOW_MAPS) {
+    if (!existsSync(pinLayout(bpffs).map(name))) continue;
+    const map = native().getPinned(pinLayout(bpffs).map(name), 'map');
+    try {
+      flows.push(...readFlowMap(map, names));
+    } finally {
+      map.close();
+    }
   }
   const wrapped = pinLayout(bpffs).map('sslwall_ttls_by_local');
   if (!existsSync(wrapped)) return flows; // transparent TLS never loaded here
@@ -76,11 +73,17 @@ export function readWrappedFlows(byLocal: MapHandle): FlowRecord[] {
     });
 }
 
-export function readFlows(flows: MapHandle, names: CgroupNames | null = null): FlowRecord[] {
+/** The flows of both flow maps. */
+export function readFlows(flows: FlowMaps, names: CgroupNames | null = null): FlowRecord[] {
+  return FLOW_MAPS.flatMap((m) => readFlowMap(flows[m], names));
+}
+
+/** The entries of one map of flows (either flow map, or half_open). */
+export function readFlowMap(flows: MapHandle, names: CgroupNames | null = null): FlowRecord[] {
   return native()
     .mapDump(flows)
     .map(([k, v]) => {
-      const key = decode<SslwallFlowKey>('sslwall_flow_key', k);
+      const key = decodeFlowKey(k);
       const flow = decode<SslwallFlow>('sslwall_flow', v);
       const rec: FlowRecord = {
         ...endpoints(key, flow.client_is_lo === 1),
@@ -164,15 +167,15 @@ export function readCounters(counters: MapHandle): Counters {
 }
 
 /**
- * Live entries of the flows map, and the flows the LRU evicted to make room: every insert of a
+ * Live entries of the flow maps, and the flows the LRU evicted to make room: every insert of a
  * new key counts as created and every delete (or replacement) as closed, so evicted = created -
  * closed - live. The walk that counts live entries takes a while and flows open and close
  * meanwhile: created is read before it and closed after, so the figure is a lower bound that
- * never reports an eviction that did not happen. Walks the map: callers cache.
+ * never reports an eviction that did not happen. Walks the maps: callers cache.
  */
-export function flowTableStats(counters: MapHandle, flows: MapHandle): { live: number; evicted: number } {
+export function flowTableStats(counters: MapHandle, flows: FlowMaps): { live: number; evicted: number } {
   const created = readCounters(counters).flowsCreated;
-  const live = native().mapCount(flows);
+  const live = FLOW_MAPS.reduce((n, m) => n + native().mapCount(flows[m]), 0);
   const closed = readCounters(counters).flowsClosed;
   return { live, evicted: Math.max(0, Number(created - closed) - live) };
 }

@@ -37,7 +37,7 @@ export function createMetrics(dp: Datapath) {
     registers: [registry],
     collect() {
       const c = readCounters(dp.maps.sslwall_counters);
-      if (Date.now() - table.at > 30000) table = { at: Date.now(), ...flowTableStats(dp.maps.sslwall_counters, dp.maps.sslwall_flows) };
+      if (Date.now() - table.at > 30000) table = { at: Date.now(), ...flowTableStats(dp.maps.sslwall_counters, dp.maps) };
       kernel.set({ counter: 'flows_live' }, table.live);
       kernel.set({ counter: 'flows_evicted' }, table.evicted);
       kernel.set({ counter: 'half_open_created' }, Number(c.halfOpenCreated));

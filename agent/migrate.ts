@@ -7,8 +7,9 @@
 import { execFileSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { type MapHandle, native } from '../native/index.js';
-import type { StructLayout } from './generated/shared.js';
+import { BpfError, type MapHandle, native } from '../native/index.js';
+import { decodeFlowKey, FLOW_MAP_KEYS, type FlowMap, flowMapKey } from './flow-maps.js';
+import { Defines, type StructLayout } from './generated/shared.js';
 import { repoRoot } from './paths.js';
 
 interface NamedLayout extends StructLayout {
@@ -20,7 +21,7 @@ const btfLayout = createRequire(import.meta.url)(path.join(repoRoot, 'tools/btf-
 };
 
 /** Maps whose entries are state: migrated, not dropped, when their layout changes. */
-export const MIGRATABLE = new Set(['sslwall_flows']);
+export const MIGRATABLE = new Set(['sslwall_flows4', 'sslwall_flows']);
 
 /**
  * Maps an older build pinned whose entries this build keeps in a field of another map's value:
@@ -70,7 +71,7 @@ export function convert(buf: Buffer, from: StructLayout, to: StructLayout): Buff
  * after converting both layouts); entries whose flow is gone are dropped. Returns how many
  * were written.
  */
-export function fold(c: Captured, objectFile: string, into: MapHandle): number {
+export function fold(c: Captured, objectFile: string, into: (map: FlowMap) => MapHandle): number {
   const spec = FOLDED[c.map as FoldedMap];
   if (!spec) throw new Error(`${c.map} is not a map this build folds into another`);
   const btf = btfDump(['file', objectFile]);
@@ -80,12 +81,13 @@ export function fold(c: Captured, objectFile: string, into: MapHandle): number {
   const layouts = btfLayout.layoutsByName(btf, [c.key.name, field.struct]);
   let n = 0;
   for (const [k, v] of c.entries) {
-    const key = convert(k, c.key, layouts[c.key.name]!);
-    const value = native().mapLookup(into, key);
+    // The retired map was keyed by the full flow key; the flow is in its family's map.
+    const { map, key } = flowMapKey(convert(k, c.key, layouts[c.key.name]!));
+    const value = native().mapLookup(into(map), key);
     if (!value) continue;
     convert(v, c.value, layouts[field.struct]!).copy(value, field.offset);
     try {
-      native().mapUpdate(into, key, value);
+      native().mapUpdate(into(map), key, value);
       n++;
     } catch {
       // Evicted meanwhile (an LRU map): nothing to attribute.
@@ -94,18 +96,99 @@ export function fold(c: Captured, objectFile: string, into: MapHandle): number {
   return n;
 }
 
-/** Write captured entries into the new map of an object file; returns how many made it. */
-export function restore(c: Captured, objectFile: string, newMap: MapHandle): number {
+/**
+ * Where a captured entry goes in this build: its own map, except the entries of a flow map keyed
+ * by the full key (sslwall_flows: in builds before sslwall_flows4 it held both families), which
+ * go to their family's flow map under that map's key.
+ */
+function destination(c: Captured, k: Buffer, fullKey: StructLayout | undefined): { map: string; key: Buffer } | null {
+  if (!(c.map in FLOW_MAP_KEYS) || c.key.name !== 'sslwall_flow_key' || !fullKey) return null;
+  return flowMapKey(convert(k, c.key, fullKey));
+}
+
+/**
+ * Write captured entries into the new maps of an object file (`open` gives a map of it by name);
+ * returns how many made it.
+ */
+export function restore(c: Captured, objectFile: string, open: (map: string) => MapHandle): number {
   const btf = btfDump(['file', objectFile]);
-  const layouts = btfLayout.layoutsByName(btf, [c.key.name, c.value.name]);
+  const ownKey = c.map in FLOW_MAP_KEYS ? FLOW_MAP_KEYS[c.map as FlowMap] : c.key.name;
+  const layouts = btfLayout.layoutsByName(btf, [...new Set([c.key.name, ownKey, 'sslwall_flow_key', c.value.name])]);
   let n = 0;
   for (const [k, v] of c.entries) {
+    const to = destination(c, k, layouts.sslwall_flow_key) ?? { map: c.map, key: convert(k, c.key, layouts[ownKey]!) };
     try {
-      native().mapUpdate(newMap, convert(k, c.key, layouts[c.key.name]!), convert(v, c.value, layouts[c.value.name]!));
+      native().mapUpdate(open(to.map), to.key, convert(v, c.value, layouts[c.value.name]!));
       n++;
     } catch {
       // The new map is smaller or the entry no longer fits: an LRU would have evicted it anyway.
     }
   }
   return n;
+}
+
+/**
+ * Builds before sslwall_flows4 kept their IPv4 flows in sslwall_flows, which this build keeps
+ * for IPv6 (and reuses, pinned: an older build finds it again on a downgrade). Those entries
+ * move over in two steps around the moment the new programs take over. copyLegacyFlows, right
+ * after the load, while the old programs still run (and write sslwall_flows): each IPv4 entry
+ * is copied into sslwall_flows4, so that no flow open before the upgrade meets the new programs
+ * unknown (they would judge it as joined midway). settleLegacyFlows, once the new programs
+ * run: what the old ones changed since is brought over (an entry the new programs have not
+ * touched since its copy takes the old programs' last word; one they have touched, or closed,
+ * is theirs), copies of flows the old programs closed meanwhile go, and every IPv4 entry leaves
+ * sslwall_flows. The counters need nothing: only the filter counts, and a move neither creates
+ * nor closes a flow. Returns the copies (key in sslwall_flows4, hex -> value) for the settle.
+ */
+export function copyLegacyFlows(maps: Record<FlowMap, MapHandle>): Map<string, Buffer> {
+  const addon = native();
+  const copied = new Map<string, Buffer>();
+  for (const [k, v] of legacyIpv4(maps)) {
+    const { key } = flowMapKey(k);
+    // BPF_ANY: an entry already there is one an older start of this build left (before a
+    // downgrade); the old programs' entry is the newer truth.
+    addon.mapUpdate(maps.sslwall_flows4, key, v);
+    copied.set(key.toString('hex'), v);
+  }
+  return copied;
+}
+
+export function settleLegacyFlows(maps: Record<FlowMap, MapHandle>, copied: Map<string, Buffer>): { moved: number; dropped: number } {
+  const addon = native();
+  const legacy = new Map(legacyIpv4(maps).map(([k, v]) => [flowMapKey(k).key.toString('hex'), { k, v }]));
+  let moved = 0;
+  let dropped = 0;
+  const ignoreGone = (fn: () => void) => {
+    try {
+      fn();
+    } catch (err) {
+      // ENOENT / EEXIST: the filter or the close hook got there first; theirs stands.
+      if (!(err instanceof BpfError) || (err.errno !== 2 && err.errno !== 17)) throw err;
+    }
+  };
+  for (const [hex, prev] of copied) {
+    if (legacy.has(hex)) continue;
+    // Closed under the old programs after its copy: the copy, untouched since, goes too.
+    const key = Buffer.from(hex, 'hex');
+    if (addon.mapLookup(maps.sslwall_flows4, key)?.equals(prev)) {
+      ignoreGone(() => addon.mapDelete(maps.sslwall_flows4, key));
+      dropped++;
+    }
+  }
+  for (const [hex, { k, v }] of legacy) {
+    const key = Buffer.from(hex, 'hex');
+    const prev = copied.get(hex);
+    const now = addon.mapLookup(maps.sslwall_flows4, key);
+    if (prev === undefined && !now) ignoreGone(() => addon.mapUpdate(maps.sslwall_flows4, key, v, 1 /* BPF_NOEXIST: opened after the copy */));
+    else if (prev !== undefined && now?.equals(prev) && !v.equals(prev)) ignoreGone(() => addon.mapUpdate(maps.sslwall_flows4, key, v, 2 /* BPF_EXIST */));
+    ignoreGone(() => addon.mapDelete(maps.sslwall_flows, k));
+    moved++;
+  }
+  return { moved, dropped };
+}
+
+function legacyIpv4(maps: Record<FlowMap, MapHandle>): Array<[Buffer, Buffer]> {
+  return native()
+    .mapDump(maps.sslwall_flows)
+    .filter(([k]) => decodeFlowKey(k).family === Defines.SSLWALL_FAMILY_IPV4);
 }

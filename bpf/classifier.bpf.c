@@ -189,7 +189,7 @@ static __always_inline int classify_packet(struct __sk_buff *skb, int egress)
 		forget_allowed(skb);
 		f = NULL;
 	} else {
-		f = bpf_map_lookup_elem(&sslwall_flows, &p.key);
+		f = sslwall_flow_lookup(&p.key);
 		if (f && f->cls != SSLWALL_CLASS_PENDING && !(egress && (p.tcp_flags & TCP_FLAG_SYN))) {
 			if (egress)
 				remember_allowed(skb, f);
@@ -277,7 +277,7 @@ static __always_inline int self_flow(const struct sslwall_pkt *p, const struct s
 	if (!egress || !syn || !cfg->self_tgid || (bpf_get_current_pid_tgid() >> 32) != cfg->self_tgid)
 		return 0;
 	/* Looked up here, not passed in: open_flow already takes the most arguments a BPF call may. */
-	old = bpf_map_lookup_elem(&sslwall_flows, &p->key);
+	old = sslwall_flow_lookup(&p->key);
 	if (old && (old->flags & SSLWALL_FLOW_SYN_SEEN))
 		return 0;
 	if (bpf_map_update_elem(&sslwall_self_flows, &p->key, &one, BPF_ANY))
@@ -318,7 +318,7 @@ static __noinline struct sslwall_flow *promote(const struct sslwall_pkt *p, stru
 	struct sslwall_flow copy = *half, *stored;
 
 	sslwall_flow_insert(&p->key, &copy, 1);
-	stored = bpf_map_lookup_elem(&sslwall_flows, &p->key);
+	stored = sslwall_flow_lookup(&p->key);
 	if (!stored) {
 		sslwall_count(SSLWALL_CNT_FLOW_INSERT_FAILED);
 		return half;
@@ -427,7 +427,7 @@ static __noinline struct sslwall_flow *open_flow(struct __sk_buff *skb, const st
 	}
 	if (syn && p->payload_len == 0)
 		return NULL;	/* stored, pending: passes (classify_slow) */
-	stored = bpf_map_lookup_elem(&sslwall_flows, &p->key);
+	stored = sslwall_flow_lookup(&p->key);
 	if (!stored)
 		sslwall_count(SSLWALL_CNT_FLOW_INSERT_FAILED);
 	return stored;
@@ -458,7 +458,7 @@ static __always_inline int classify_slow(struct __sk_buff *skb, struct sslwall_p
 
 	/* This host answers a new handshake on the tuple: the flow there before is over. */
 	if (f && egress && is_synack(p)) {
-		if (bpf_map_delete_elem(&sslwall_flows, &p->key) == 0)
+		if (sslwall_flow_delete(&p->key) == 0)
 			sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);
 		f = NULL;
 	}

@@ -113,9 +113,9 @@ int BPF_PROG(sslwall_sock_state, const struct sock *sk, int oldstate, int newsta
 	 * handshake that died before it was established (a Fast Open child reset in SYN_RECV) or
 	 * whose promotion was missed (no flow then); an agent flow is always a bypassed one, unless
 	 * it was evicted from flows. */
-	f = bpf_map_lookup_elem(&sslwall_flows, &key);
+	f = sslwall_flow_lookup(&key);
 	cls = f ? f->cls : SSLWALL_CLASS_PENDING;	/* read before the delete frees the element */
-	if (f && bpf_map_delete_elem(&sslwall_flows, &key) == 0)
+	if (f && sslwall_flow_delete(&key) == 0)
 		sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);
 	if (!f || oldstate == TCP_SYN_RECV)
 		bpf_map_delete_elem(&sslwall_half_open, &key);
@@ -146,7 +146,7 @@ int sslwall_destroy_blocked(struct bpf_iter__tcp *ctx)
 	/* Live sockets here: skc_num is the bound local port. */
 	if (sslwall_key_from_sock(&key, skc, BPF_CORE_READ(skc, skc_num)) < 0)
 		return 0;
-	f = bpf_map_lookup_elem(&sslwall_flows, &key);
+	f = sslwall_flow_lookup(&key);
 	if (!f || f->verdict != SSLWALL_VERDICT_BLOCKED)
 		return 0;
 	if (bpf_sock_destroy(skc) == 0)
@@ -211,7 +211,7 @@ int sslwall_register_open(struct bpf_iter__tcp *ctx)
 	local_lo = sslwall_key_from_sock(&key, skc, BPF_CORE_READ(skc, skc_num));
 	if (local_lo < 0)
 		return 0;
-	if (bpf_map_lookup_elem(&sslwall_flows, &key) || bpf_map_lookup_elem(&sslwall_self_flows, &key))
+	if (sslwall_flow_lookup(&key) || bpf_map_lookup_elem(&sslwall_self_flows, &key))
 		return 0;
 	genp = bpf_map_lookup_elem(&sslwall_active_gen, &zero);
 	if (!genp)
@@ -275,7 +275,7 @@ int sslwall_seed_self(struct bpf_iter__tcp *ctx)
 	f.cls = SSLWALL_CLASS_BYPASS;
 	f.stage = SSLWALL_STAGE_MIDSTREAM;
 	f.client_is_lo = local_lo;
-	bpf_map_update_elem(&sslwall_flows, &key, &f, BPF_ANY);
+	sslwall_flow_update(&key, &f, BPF_ANY);
 	BPF_SEQ_PRINTF(ctx->meta->seq, "%u %u\n", key.port_lo, key.port_hi);
 	return 0;
 }

@@ -139,6 +139,19 @@ struct sslwall_flow_key {
 	__u8 pad[3];
 };
 
+/*
+ * An IPv4 flow's key in sslwall_flows4: the first 4 bytes of each address of struct
+ * sslwall_flow_key, and its ports, with the same names so that a migration copies them field by
+ * field. 12 bytes rather than 40: the map hashes and compares the whole key on every lookup
+ * (bpf/lib/maps.h). IPv6 flows keep the full key, in sslwall_flows.
+ */
+struct sslwall_flow_key4 {
+	__u8 addr_lo[4];
+	__u8 addr_hi[4];
+	__u16 port_lo;
+	__u16 port_hi;
+};
+
 /* The local side of a flow (struct sslwall_flow's owner): the process that opened it, recorded at
  * connect() (pid 0 and no comm for a local server), and the cgroup v2 id of the local socket,
  * the client's or the listener's (0: not known). */

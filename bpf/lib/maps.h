@@ -15,9 +15,15 @@
 /* Handshakes in flight at once: a listener's backlog is at most 4096 by default (somaxconn). */
 #define SSLWALL_MAX_HALF_OPEN 16384
 
-/* flows: key = struct sslwall_flow_key (both endpoints, sorted, so both directions find
- * one entry); value = struct sslwall_flow (class, verdict, judgement state, and the owner:
- * the local process and cgroup, recorded at this host's SYN or SYN-ACK).
+/* flows4: key = struct sslwall_flow_key4 (IPv4 flows: both endpoints, sorted, so both
+ * directions find one entry); value = struct sslwall_flow (class, verdict, judgement state, and
+ * the owner: the local process and cgroup, recorded at this host's SYN or SYN-ACK).
+ * flows: the same for IPv6 flows, key = struct sslwall_flow_key (builds before flows4 kept both
+ * families here; the agent moves their IPv4 entries over at its first start, agent/migrate.ts).
+ * Two maps, because a hash map hashes and compares its whole key on every lookup: IPv4's 12
+ * bytes instead of the 40 an IPv6 flow needs cost a cold ClientHello some 8 ns less and a SYN
+ * some 40 (docs/bench.md, tc_first_packet_ns). Every reader and writer here goes through the
+ * helpers below, which take the full key and pick the map.
  * Connections this host opened (from its SYN) or established (moved from half_open), and
  * flows seen midway. Written by the classifier (insert, judge), the lifecycle tracepoint
  * (promotion from half_open), the register iterator and the agent (verdict rewrite on a
@@ -25,11 +31,18 @@
  * every packet, the iterators and the agent (`sslwall flows`, verdict rewrite).
  * LRU hash with the common LRU list (not BPF_F_NO_COMMON_LRU, which splits max_entries
  * per CPU, so one busy CPU would evict at max_entries / CPUs): an insert that finds no free
- * node evicts the least recently used flow instead of failing. Each CPU keeps up to 128
- * free nodes of its own, so eviction can start about 128 x CPUs entries short of
+ * node evicts the least recently used flow of its family instead of failing. Each CPU keeps up
+ * to 128 free nodes of its own, so eviction can start about 128 x CPUs entries short of
  * max_entries (docs/dataplane.md). Nothing that does not hold a socket here enters it (no
- * inbound SYN does), so evictions = created - closed - live (the agent) stays at 0 unless
- * the host really has that many connections. */
+ * inbound SYN does), so evictions = created - closed - live (the agent, over both maps) stays
+ * at 0 unless the host really has that many connections of one family. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SSLWALL_MAX_FLOWS);
+	__type(key, struct sslwall_flow_key4);
+	__type(value, struct sslwall_flow);
+} sslwall_flows4 SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, SSLWALL_MAX_FLOWS);
@@ -145,18 +158,78 @@ static __always_inline void sslwall_count_class(__u8 cls, __u8 verdict)
 	sslwall_count(SSLWALL_CNT_CLASS_BASE + (__u32)cls * SSLWALL_VERDICT_COUNT + verdict);
 }
 
-/* Insert a new flow into sslwall_flows; with replace, over whatever flow the tuple held (the
- * kernel accepted a new handshake there, so that connection is over). NOEXIST first: another
- * CPU may have inserted it meanwhile. A replaced flow counts as a close and a create, so that
- * created - closed - live still counts evictions (the agent's flow-table stats). 0 when
- * stored; otherwise nothing is counted, and the caller says what a failure means. */
+/* A flow's key in flows4: the first 4 bytes of each address, and the ports. */
+static __always_inline void sslwall_key4_of(const struct sslwall_flow_key *key, struct sslwall_flow_key4 *k4)
+{
+	__builtin_memcpy(k4->addr_lo, key->addr_lo, 4);
+	__builtin_memcpy(k4->addr_hi, key->addr_hi, 4);
+	k4->port_lo = key->port_lo;
+	k4->port_hi = key->port_hi;
+}
+
+/*
+ * The flow of a key, from the map of its family. Each map must keep a call instruction of its
+ * own: clang merges the two branches' calls into one that takes either map, and the verifier
+ * then neither inlines the lookup nor calls the map's own function (the map pointer is
+ * "poisoned": bpf_map_lookup_elem through the map's ops, a few ns more a packet). The empty asm
+ * after the IPv4 call makes the branches end differently, so there is nothing to merge.
+ */
+#define SSLWALL_KEEP_CALL(r) asm volatile("" : "+r"(r))
+
+static __always_inline struct sslwall_flow *sslwall_flow_lookup(const struct sslwall_flow_key *key)
+{
+	struct sslwall_flow_key4 k4;
+	struct sslwall_flow *f;
+
+	if (key->family == SSLWALL_FAMILY_IPV4) {
+		sslwall_key4_of(key, &k4);
+		f = bpf_map_lookup_elem(&sslwall_flows4, &k4);
+		SSLWALL_KEEP_CALL(f);
+		return f;
+	}
+	return bpf_map_lookup_elem(&sslwall_flows, key);
+}
+
+static __always_inline long sslwall_flow_update(const struct sslwall_flow_key *key, const struct sslwall_flow *f, __u64 flags)
+{
+	struct sslwall_flow_key4 k4;
+	long r;
+
+	if (key->family == SSLWALL_FAMILY_IPV4) {
+		sslwall_key4_of(key, &k4);
+		r = bpf_map_update_elem(&sslwall_flows4, &k4, f, flags);
+		SSLWALL_KEEP_CALL(r);
+		return r;
+	}
+	return bpf_map_update_elem(&sslwall_flows, key, f, flags);
+}
+
+static __always_inline long sslwall_flow_delete(const struct sslwall_flow_key *key)
+{
+	struct sslwall_flow_key4 k4;
+	long r;
+
+	if (key->family == SSLWALL_FAMILY_IPV4) {
+		sslwall_key4_of(key, &k4);
+		r = bpf_map_delete_elem(&sslwall_flows4, &k4);
+		SSLWALL_KEEP_CALL(r);
+		return r;
+	}
+	return bpf_map_delete_elem(&sslwall_flows, key);
+}
+
+/* Insert a new flow; with replace, over whatever flow the tuple held (the kernel accepted a new
+ * handshake there, so that connection is over). NOEXIST first: another CPU may have inserted it
+ * meanwhile. A replaced flow counts as a close and a create, so that created - closed - live
+ * still counts evictions (the agent's flow-table stats). 0 when stored; otherwise nothing is
+ * counted, and the caller says what a failure means. */
 static __always_inline int sslwall_flow_insert(const struct sslwall_flow_key *key, const struct sslwall_flow *f, int replace)
 {
-	if (bpf_map_update_elem(&sslwall_flows, key, f, BPF_NOEXIST) == 0) {
+	if (sslwall_flow_update(key, f, BPF_NOEXIST) == 0) {
 		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
 		return 0;
 	}
-	if (replace && bpf_map_update_elem(&sslwall_flows, key, f, BPF_EXIST) == 0) {
+	if (replace && sslwall_flow_update(key, f, BPF_EXIST) == 0) {
 		sslwall_count(SSLWALL_CNT_FLOWS_CLOSED);
 		sslwall_count(SSLWALL_CNT_FLOWS_CREATED);
 		return 0;

@@ -6,7 +6,8 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import fc from 'fast-check';
 import type { SelfProtection } from '../../agent/apply.js';
-import { decode, endpoints } from '../../agent/codec.js';
+import { decode, encode, endpoints } from '../../agent/codec.js';
+import { decodeFlowKey, FLOW_MAPS, flowMapKey } from '../../agent/flow-maps.js';
 import type { SslwallFlow, SslwallFlowKey } from '../../agent/generated/shared.js';
 import { native } from '../../native/index.js';
 import { clientPort, DROP, Lab, PASS } from '../../tools/lab/bpf-lab.js';
@@ -629,17 +630,21 @@ function withSelf<T>(self: SelfProtection, fn: () => T): T {
   return lab.withConfig({ mode: 'active', ...BASE }, fn, self);
 }
 
-/** The flows map's key of a conversation's flow (it must be there). */
+/** The full key (struct sslwall_flow_key) of a conversation's flow, from its flow map (it must be there). */
 function flowKeyOf(c: Conversation): Buffer {
-  for (const [k, v] of native().mapDump(lab.maps.sslwall_flows)) {
-    const e = endpoints(decode<SslwallFlowKey>('sslwall_flow_key', k), decode<SslwallFlow>('sslwall_flow', v).client_is_lo === 1);
-    if (e.sport === c.client.port && e.dport === c.server.port) return k;
+  for (const name of FLOW_MAPS) {
+    for (const [k, v] of native().mapDump(lab.maps[name])) {
+      const key = decodeFlowKey(k);
+      const e = endpoints(key, decode<SslwallFlow>('sslwall_flow', v).client_is_lo === 1);
+      if (e.sport === c.client.port && e.dport === c.server.port) return encode<SslwallFlowKey>('sslwall_flow_key', key);
+    }
   }
   throw new Error(`no flow for port ${c.client.port} -> ${c.server.port}`);
 }
 
 function forgetFlow(c: Conversation): void {
-  native().mapDelete(lab.maps.sslwall_flows, flowKeyOf(c));
+  const { map, key } = flowMapKey(flowKeyOf(c));
+  native().mapDelete(lab.maps[map], key);
 }
 
 test("active mode: the agent's own plaintext connection (its SYN sent by the agent's process) is bypassed", () => {

@@ -7,7 +7,9 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { reconcileVerdicts } from '../../agent/apply.js';
+import { decodeFlowKey } from '../../agent/flow-maps.js';
 import { flowTableStats } from '../../agent/flows.js';
+import { Defines } from '../../agent/generated/shared.js';
 import { native } from '../../native/index.js';
 import { DROP, Lab, PASS } from '../../tools/lab/bpf-lab.js';
 import { ACK, Conversation, packet, RST, SYN, tlsHello } from '../../tools/lab/packets.js';
@@ -118,14 +120,15 @@ test("the host's SYN-ACK on a decided flow's tuple ends that flow; the new hands
 test('the answers to a SYN flood on an open port fill half_open only: established flows stay', () => {
   const idle = conv();
   inboundTls(idle);
-  const flowsBefore = native().mapDump(lab.maps.sslwall_flows).length;
+  const flowsBefore = native().mapDump(lab.maps.sslwall_flows4).length;
   const max = lab.obj.mapDef('sslwall_half_open').maxEntries;
   for (let i = 0; i < max + 2000; i++) {
     const spoofed = { addr: `10.5.${(i >> 8) & 255}.${i & 255}`, port: 1024 + (i >> 16) };
     lab.ingress(packet({ src: spoofed, dst: SERVER, flags: SYN, seq: i }));
     lab.egress(packet({ src: SERVER, dst: spoofed, flags: SYN | ACK, seq: i * 7, ack: i + 1 }));
   }
-  assert.equal(native().mapDump(lab.maps.sslwall_flows).length, flowsBefore, 'no flow created or evicted by the flood');
+  assert.ok(flowsBefore > 0, 'the idle IPv4 flow is in the IPv4 flow map');
+  assert.equal(native().mapDump(lab.maps.sslwall_flows4).length, flowsBefore, 'no flow created or evicted by the flood');
   assert.equal(state(idle), 'flow tls/allowed');
   assert.ok(lab.halfOpen().length <= max);
 });
@@ -223,7 +226,7 @@ test("a mode change's verdict walk leaves a connection alone that took its 4-tup
     lab.ingress(old.synAck());
     assert.equal(lab.egress(old.fromClient('GET / HTTP/1.1\r\n\r\n')), PASS);
     assert.equal(state(old), 'flow plaintext/reported');
-    snapshot = native().mapDump(lab.maps.sslwall_flows);
+    snapshot = native().mapDump(lab.maps.sslwall_flows4);
     // The old connection is gone, and a new one from the same port opens on the same tuple.
     assert.equal(lab.egress(fresh.syn()), PASS);
     assert.equal(state(fresh), 'flow pending/allowed');
@@ -231,7 +234,7 @@ test("a mode change's verdict walk leaves a connection alone that took its 4-tup
   withMode('active', () => {
     // The walk as the mode switch runs it, but from the snapshot taken before the new connection.
     assert.equal(
-      reconcileVerdicts(lab.maps, 'active', () => snapshot),
+      reconcileVerdicts(lab.maps, 'active', (map) => (map === lab.maps.sslwall_flows4 ? snapshot : native().mapDump(map))),
       0,
     );
     assert.equal(state(fresh), 'flow pending/allowed', 'not overwritten with the old plaintext flow');
@@ -260,7 +263,7 @@ test('a full flows map evicts and the eviction count sees it (created - closed -
   const fresh = new Lab();
   try {
     fresh.configure({ mode: 'passive' });
-    const max = fresh.obj.mapDef('sslwall_flows').maxEntries;
+    const max = fresh.obj.mapDef('sslwall_flows4').maxEntries;
     const started = process.hrtime.bigint();
     const n = max + 4096;
     for (let i = 0; i < n; i++) {
@@ -268,7 +271,7 @@ test('a full flows map evicts and the eviction count sees it (created - closed -
       fresh.egress(packet({ src, dst: SERVER, flags: SYN, seq: i }));
     }
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
-    const { live, evicted } = flowTableStats(fresh.maps.sslwall_counters, fresh.maps.sslwall_flows);
+    const { live, evicted } = flowTableStats(fresh.maps.sslwall_counters, fresh.maps);
     const c = fresh.counters();
     console.log(`# ${n} outbound SYNs into a ${max}-entry flows map in ${Math.round(ms)} ms: ${live} live, ${evicted} evicted`);
     assert.equal(c.flowsCreated, BigInt(n), 'every SYN inserted');
@@ -278,4 +281,41 @@ test('a full flows map evicts and the eviction count sees it (created - closed -
   } finally {
     fresh.close();
   }
+});
+
+test('IPv4 flows live in sslwall_flows4 under a 12-byte key, IPv6 flows in sslwall_flows under the full key; each is judged and found there', () => {
+  const v4 = conv();
+  const v6 = conv({ addr: 'fd00:1::2', port: 443 }, 'fd00:1::1');
+  const plain6 = conv({ addr: 'fd00:1::2', port: 80 }, 'fd00:1::1');
+  const before = { v4: native().mapDump(lab.maps.sslwall_flows4).length, v6: native().mapDump(lab.maps.sslwall_flows).length };
+  outboundTls(v4);
+  outboundTls(v6);
+  withMode('active', () => {
+    assert.equal(lab.egress(plain6.syn()), PASS);
+    lab.ingress(plain6.synAck());
+    assert.equal(lab.egress(plain6.fromClient('GET / HTTP/1.1\r\n\r\n')), DROP, 'IPv6 plaintext is judged in its own map');
+    assert.equal(lab.ingress(plain6.fromServer('HTTP/1.1 200 OK\r\n\r\n')), DROP);
+    assert.equal(state(plain6), 'flow plaintext/blocked');
+  });
+  const v4Map = native().mapDump(lab.maps.sslwall_flows4);
+  const v6Map = native().mapDump(lab.maps.sslwall_flows);
+  assert.equal(v4Map.length - before.v4, 1, 'one IPv4 flow more in sslwall_flows4');
+  assert.equal(v6Map.length - before.v6, 2, 'two IPv6 flows more in sslwall_flows');
+  assert.ok(
+    v4Map.every(([k]) => k.length === 12),
+    'IPv4 keys are 12 bytes',
+  );
+  assert.ok(
+    v6Map.every(([k]) => k.length === 40 && decodeFlowKey(k).family === Defines.SSLWALL_FAMILY_IPV6),
+    'only IPv6 flows, under 40-byte keys, in sslwall_flows',
+  );
+  assert.equal(state(v4), 'flow tls/allowed');
+  assert.equal(state(v6), 'flow tls/allowed');
+  assert.equal(state(plain6), 'flow plaintext/reported', 'the walk back to passive found it in the IPv6 map');
+  // The agent's codec gives back the flow's endpoints from either key.
+  const shown = lab.flows().filter((f) => [v4.client.port, v6.client.port].includes(f.sport));
+  assert.deepEqual(shown.map((f) => `${f.family} ${f.saddr}:${f.sport} -> ${f.daddr}:${f.dport} ${f.class}`).sort(), [
+    `ipv4 ${v4.client.addr}:${v4.client.port} -> ${v4.server.addr}:443 tls`,
+    `ipv6 ${v6.client.addr}:${v6.client.port} -> ${v6.server.addr}:443 tls`,
+  ]);
 });

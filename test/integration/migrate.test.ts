@@ -8,7 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { encode, sizeOf } from '../../agent/codec.js';
-import type { SslwallOwner } from '../../agent/generated/shared.js';
+import { decodeFlowKey, FLOW_MAPS, type FlowMap } from '../../agent/flow-maps.js';
+import { Defines, type SslwallFlowKey, type SslwallOwner } from '../../agent/generated/shared.js';
 import { pinLayout, repoRoot } from '../../agent/paths.js';
 import { native } from '../../native/index.js';
 import { type AgentEnv, AgentProc, agentEnv, sslwall, writeConfig } from '../../tools/lab/agent-proc.js';
@@ -66,26 +67,58 @@ function buildV2(): string {
   return dir;
 }
 
-/** The pinned flow entries of TLS flows to port 443: their key bytes. */
+/** The pinned flow entries of TLS flows to port 443, from both flow maps: their full keys (struct sslwall_flow_key). */
 function tlsFlowKeys(bpffs: string): Buffer[] {
-  const flows = native().getPinned(pinLayout(bpffs).map('sslwall_flows'), 'map');
+  return FLOW_MAPS.flatMap((name) => {
+    if (!fs.existsSync(pinLayout(bpffs).map(name))) return [];
+    const flows = native().getPinned(pinLayout(bpffs).map(name), 'map');
+    try {
+      // cls sits at the same offset in every layout (fields only appended).
+      return native()
+        .mapDump(flows)
+        .map(([k, v]) => [decodeFlowKey(k), v] as const)
+        .filter(([k, v]) => (k.port_lo === 443 || k.port_hi === 443) && v[20] === 1)
+        .map(([k]) => encode<SslwallFlowKey>('sslwall_flow_key', k));
+    } finally {
+      flows.close();
+    }
+  });
+}
+
+/** The IPv4 flow map (the transfers here are IPv4): its value size, and its TLS flows to 443. */
+function pinnedFlows(bpffs: string): { valueSize: number; tls443: number } {
+  const flows = native().getPinned(pinLayout(bpffs).map('sslwall_flows4'), 'map');
   try {
-    // cls sits at the same offset in every layout (fields only appended); port_lo/hi in the key.
-    return native()
-      .mapDump(flows)
-      .filter(([k, v]) => (k.readUInt16LE(32) === 443 || k.readUInt16LE(34) === 443) && v[20] === 1)
-      .map(([k]) => k);
+    return { valueSize: native().mapInfo(flows).valueSize, tls443: tlsFlowKeys(bpffs).length };
   } finally {
     flows.close();
   }
 }
 
-function pinnedFlows(bpffs: string): { valueSize: number; tls443: number } {
-  const flows = native().getPinned(pinLayout(bpffs).map('sslwall_flows'), 'map');
+/**
+ * A build as those before sslwall_flows4: every flow, IPv4 ones too, in sslwall_flows under the
+ * full key. (Those builds did not declare sslwall_flows4 at all; here it exists but stays empty,
+ * which is what the upgrade sees of it either way.)
+ */
+function buildOneFlowMap(): string {
+  const dir = copySources('sslwall-onemap-');
+  const h = path.join(dir, 'lib/maps.h');
+  const text = fs.readFileSync(h, 'utf8');
+  const patched = text.replaceAll('if (key->family == SSLWALL_FAMILY_IPV4) {', 'if (0) {');
+  assert.equal(patched.split('if (0) {').length - 1, 3, 'the patch sends lookup, update and delete to sslwall_flows');
+  fs.writeFileSync(h, patched);
+  execFileSync('make', ['-C', dir, '--no-print-directory'], { stdio: 'pipe' });
+  return dir;
+}
+
+function ipv4EntriesIn(bpffs: string, name: FlowMap): number {
+  const map = native().getPinned(pinLayout(bpffs).map(name), 'map');
   try {
-    return { valueSize: native().mapInfo(flows).valueSize, tls443: tlsFlowKeys(bpffs).length };
+    return native()
+      .mapDump(map)
+      .filter(([k]) => decodeFlowKey(k).family === Defines.SSLWALL_FAMILY_IPV4).length;
   } finally {
-    flows.close();
+    map.close();
   }
 }
 
@@ -95,11 +128,13 @@ describe('pinned state across two builds', () => {
   let nginx: NginxPeer;
   let env: AgentEnv;
   let v2: string;
+  let oneMap: string;
   let legacy: string | undefined;
   let agent: AgentProc | undefined;
 
   before(async () => {
     v2 = buildV2();
+    oneMap = buildOneFlowMap();
     tb = await createTestbed('migrate');
     certs = await makeCerts(tb.tempDir('certs'), { ips: [tb.server.ipv4, tb.server.ipv6] });
     nginx = await startNginx(tb, certs, { bigFileBytes: 64 * 1024 * 1024 });
@@ -112,6 +147,7 @@ describe('pinned state across two builds', () => {
     if (env) await sslwall(env, ['uninstall', '--bpffs', env.bpffs]);
     await tb?.destroy();
     if (v2) fs.rmSync(v2, { recursive: true, force: true });
+    if (oneMap) fs.rmSync(oneMap, { recursive: true, force: true });
     if (legacy) fs.rmSync(legacy, { recursive: true, force: true });
   });
 
@@ -125,7 +161,7 @@ describe('pinned state across two builds', () => {
 
     await agent.stop();
     agent = await AgentProc.start(env, [], { SSLWALL_BPF_DIR: path.join(v2, 'build') });
-    const up = agent.lines().find((l) => l.event === 'map_migrated' && l.map === 'sslwall_flows');
+    const up = agent.lines().find((l) => l.event === 'map_migrated' && l.map === 'sslwall_flows4');
     assert.ok(up, 'the v2 agent migrated the flow map');
     assert.ok(Number(up!.migrated) >= 1);
     const afterUp = pinnedFlows(env.bpffs);
@@ -135,7 +171,7 @@ describe('pinned state across two builds', () => {
     await agent.stop();
     agent = await AgentProc.start(env);
     assert.ok(
-      agent.lines().some((l) => l.event === 'map_migrated' && l.map === 'sslwall_flows'),
+      agent.lines().some((l) => l.event === 'map_migrated' && l.map === 'sslwall_flows4'),
       'the downgrade migrates back',
     );
     assert.equal(pinnedFlows(env.bpffs).valueSize, v1Size);
@@ -144,6 +180,41 @@ describe('pinned state across two builds', () => {
     const r = await transfer;
     assert.equal(r.httpCode, 200, `the transfer completes in active mode across both swaps: ${r.stderr}`);
     assert.equal(r.bytes, 64 * 1024 * 1024);
+  });
+
+  test('an upgrade from a build with one flow map moves its IPv4 flows to sslwall_flows4, a downgrade starts; the TLS transfer is never cut', async () => {
+    if (agent) await agent.stop();
+    agent = await AgentProc.start(env, [], { SSLWALL_BPF_DIR: path.join(oneMap, 'build') });
+    const transfer = curl(tb, nginxUrl(tb, nginx, { tls: true, path: '/big.bin' }), { cacert: certs.caCert, args: ['--limit-rate', '12M'], maxTimeS: 30 });
+    const deadline = Date.now() + 5000;
+    while (tlsFlowKeys(env.bpffs).length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(tlsFlowKeys(env.bpffs).length, 1, 'the transfer is a tls flow');
+    const before = ipv4EntriesIn(env.bpffs, 'sslwall_flows');
+    assert.ok(before >= 1, 'the older build keeps it (and any other IPv4 flow) in sslwall_flows');
+    assert.equal(ipv4EntriesIn(env.bpffs, 'sslwall_flows4'), 0);
+
+    await agent.stop();
+    agent = await AgentProc.start(env);
+    const copied = agent.lines().find((l) => l.event === 'legacy_flows_copied');
+    const settled = agent.lines().find((l) => l.event === 'legacy_flows_settled');
+    assert.ok(copied && Number(copied.entries) >= 1, `the new build copied the IPv4 flows at load: ${JSON.stringify(copied)}`);
+    assert.ok(settled && Number(settled.moved) >= 1, `and moved them once attached: ${JSON.stringify(settled)}`);
+    assert.equal(ipv4EntriesIn(env.bpffs, 'sslwall_flows'), 0, 'no IPv4 flow is left in sslwall_flows');
+    assert.equal(pinnedFlows(env.bpffs).tls443, 1, 'the transfer is still one tls flow, now in sslwall_flows4');
+    const shown = JSON.parse((await sslwall(env, ['flows', '--json', '--bpffs', env.bpffs])).stdout) as Array<{ dport: number; class: string }>;
+    assert.equal(shown.filter((f) => f.dport === 443 && f.class === 'tls').length, 1, 'sslwall flows shows it once');
+
+    // Back to the older build: it reuses sslwall_flows (same layout) and starts; the transfer,
+    // unknown to it now, is judged as joined midway and goes on (TLS records are not plaintext).
+    await agent.stop();
+    agent = await AgentProc.start(env, [], { SSLWALL_BPF_DIR: path.join(oneMap, 'build') });
+    assert.ok(!agent.lines().some((l) => l.event === 'map_layout_changed' && l.map === 'sslwall_flows'), 'the older build reuses sslwall_flows');
+
+    const r = await transfer;
+    assert.equal(r.httpCode, 200, `the transfer completes in active mode across both restarts: ${r.stderr}`);
+    assert.equal(r.bytes, 64 * 1024 * 1024);
+    await agent.stop();
+    agent = undefined;
   });
 
   test('an owners map pinned by an older build is folded into the flows it names, and its pin removed', async () => {

@@ -19,6 +19,7 @@ import type { Etcd3 } from 'etcd3';
 import { activeGen, currentMode, type MapHandles } from '../../agent/apply.js';
 import { addrToBytes, decode, encode } from '../../agent/codec.js';
 import { closeMaps } from '../../agent/datapath.js';
+import { decodeFlowKey, FLOW_MAPS, type FlowMap, flowMapKey } from '../../agent/flow-maps.js';
 import { Defines, SslwallClass, type SslwallFlow, type SslwallFlowKey, SslwallVerdict } from '../../agent/generated/shared.js';
 import { pinLayout, repoRoot } from '../../agent/paths.js';
 import { type MapHandle, native } from '../../native/index.js';
@@ -498,11 +499,15 @@ interface FlowState {
 }
 
 function flowsOnPort(bpffs: string, port: number): FlowState[] {
-  return withPinnedMap(bpffs, 'sslwall_flows', (map) =>
+  return FLOW_MAPS.flatMap((name) => flowsOnPortIn(bpffs, name, port));
+}
+
+function flowsOnPortIn(bpffs: string, name: FlowMap, port: number): FlowState[] {
+  return withPinnedMap(bpffs, name, (map) =>
     native()
       .mapDump(map)
       .flatMap(([k, v]) => {
-        const key = decode<SslwallFlowKey>('sslwall_flow_key', k);
+        const key = decodeFlowKey(k);
         if (key.port_lo !== port && key.port_hi !== port) return [];
         const f = decode<SslwallFlow>('sslwall_flow', v);
         return [
@@ -602,8 +607,8 @@ export const hotSwap: Bench = {
         if (adopted.length !== 2 || adopted.some((l) => l.replaced !== true))
           throw new Error(`restart ${r + 1}: expected both filters adopted with the program replaced, saw ${JSON.stringify(adopted)}`);
         const loaded = p.lines().find((l) => l.event === 'datapath_loaded');
-        if (!(loaded?.reused_maps as string[] | undefined)?.includes('sslwall_flows'))
-          throw new Error(`restart ${r + 1}: the pinned flow map was not reused: ${JSON.stringify(loaded)}`);
+        if (!FLOW_MAPS.every((m) => (loaded?.reused_maps as string[] | undefined)?.includes(m)))
+          throw new Error(`restart ${r + 1}: the pinned flow maps were not reused: ${JSON.stringify(loaded)}`);
         replaced += adopted.length;
         verifyMs.push((loaded!.load_ms as Record<string, number>).classifier_ms!);
         for (let c = 0; c < SWAP_CONFIGS / SWAP_RESTARTS; c++) {
@@ -787,11 +792,17 @@ function insertFlows(tb: Testbed, bpffs: string, n: number): number {
   });
   const keys: Buffer[] = [];
   for (let i = 0; i < n; i++) {
-    keys.push(
-      encode<SslwallFlowKey>('sslwall_flow_key', { addr_lo: client, addr_hi: server, port_lo: 20_000 + i, port_hi: 443, family: Defines.SSLWALL_FAMILY_IPV4 }),
-    );
+    // IPv4: the 12-byte keys of sslwall_flows4.
+    const full = encode<SslwallFlowKey>('sslwall_flow_key', {
+      addr_lo: client,
+      addr_hi: server,
+      port_lo: 20_000 + i,
+      port_hi: 443,
+      family: Defines.SSLWALL_FAMILY_IPV4,
+    });
+    keys.push(flowMapKey(full).key);
   }
-  return withPinnedMap(bpffs, 'sslwall_flows', (map) => {
+  return withPinnedMap(bpffs, 'sslwall_flows4', (map) => {
     native().mapUpdateBatch(map, Buffer.concat(keys), Buffer.concat(Array<Buffer>(n).fill(value)), n);
     return native().mapDump(map).length;
   });
@@ -892,7 +903,7 @@ export const agentIdle: Bench = {
       const aCpu = cpu(a0, a1);
       const bCpu = cpu(b0, b1);
       const oneTick = (1 / hz / ((b1.at - b0.at) / 1000)) * 100;
-      const still = withPinnedMap(agent.bpffs, 'sslwall_flows', (map) => native().mapDump(map).length);
+      const still = FLOW_MAPS.reduce((n, m) => n + withPinnedMap(agent.bpffs, m, (map) => native().mapDump(map).length), 0);
       ctx.progress(
         `agent pid ${pid}: ${a1.ticks - a0.ticks} ticks (${round(cpuFine(a0, a1), 3)} % by schedstat), RSS ${round(aRss, 1)} MB; idle node: ${b1.ticks - b0.ticks} ticks (${round(cpuFine(b0, b1), 3)} % by schedstat), RSS ${round(bRss, 1)} MB; ${still} flows still in the map`,
       );

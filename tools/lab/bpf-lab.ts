@@ -4,7 +4,7 @@
 
 import { applyConfig, type MapHandles, type SelfProtection } from '../../agent/apply.js';
 import { closeMaps, sharedMaps } from '../../agent/datapath.js';
-import { type FlowRecord, readCounters, readFlows } from '../../agent/flows.js';
+import { type FlowRecord, readCounters, readFlowMap, readFlows } from '../../agent/flows.js';
 import { bpfObjects } from '../../agent/paths.js';
 import { type BpfObject, native, type ProgHandle } from '../../native/index.js';
 import { ConfigSchema } from '../../schemas/config.js';
@@ -61,11 +61,11 @@ export class Lab {
    * packets, no kernel establishes anything, so an inbound flow stays half-open here.
    */
   flows(): Array<FlowRecord & { halfOpen?: true }> {
-    return [...readFlows(this.maps.sslwall_flows), ...this.halfOpen()];
+    return [...readFlows(this.maps), ...this.halfOpen()];
   }
 
   halfOpen(): Array<FlowRecord & { halfOpen: true }> {
-    return readFlows(this.maps.sslwall_half_open).map((f) => ({ ...f, halfOpen: true as const }));
+    return readFlowMap(this.maps.sslwall_half_open).map((f) => ({ ...f, halfOpen: true as const }));
   }
 
   flow(client: Endpoint, server: Endpoint): (FlowRecord & { halfOpen?: true }) | undefined {
