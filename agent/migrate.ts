@@ -26,7 +26,8 @@ export const MIGRATABLE = new Set(['sslwall_flows4', 'sslwall_flows']);
 /**
  * Maps an older build pinned whose entries this build keeps in a field of another map's value:
  * each entry is written into that field of the entry with the same key, then the old pin goes.
- * sslwall_owners became struct sslwall_flow's owner (one insert per connection instead of two).
+ * sslwall_owners became struct sslwall_flow's owner (one insert per connection instead of two);
+ * `into` names the map of those builds: each owner now goes to its flow's map by family.
  */
 export const FOLDED = { sslwall_owners: { into: 'sslwall_flows', valueStruct: 'sslwall_flow', field: 'owner' } } as const;
 export type FoldedMap = keyof typeof FOLDED;
