@@ -9,7 +9,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { BpfError, type MapHandle, native } from '../native/index.js';
 import { decodeFlowKey, FLOW_MAP_KEYS, type FlowMap, flowMapKey } from './flow-maps.js';
-import { Defines, type StructLayout } from './generated/shared.js';
+import { Defines, layouts, type StructLayout } from './generated/shared.js';
 import { repoRoot } from './paths.js';
 
 interface NamedLayout extends StructLayout {
@@ -144,10 +144,15 @@ export function restore(c: Captured, objectFile: string, open: (map: string) => 
 export function copyLegacyFlows(maps: Record<FlowMap, MapHandle>): Map<string, Buffer> {
   const addon = native();
   const copied = new Map<string, Buffer>();
+  const seenAt = layouts.sslwall_flow!.fields.first_seen_ns!.offset;
   for (const [k, v] of legacyIpv4(maps)) {
     const { key } = flowMapKey(k);
-    // BPF_ANY: an entry already there is one an older start of this build left (before a
-    // downgrade); the old programs' entry is the newer truth.
+    // An entry already there for the same connection (same first_seen_ns) was copied by a start
+    // of this build that died before its settle, and the new programs may have judged it
+    // further since: it stands. One of another connection was left before a downgrade: the
+    // older build's entry is the newer truth.
+    const there = addon.mapLookup(maps.sslwall_flows4, key);
+    if (there && there.readBigUInt64LE(seenAt) === v.readBigUInt64LE(seenAt)) continue;
     addon.mapUpdate(maps.sslwall_flows4, key, v);
     copied.set(key.toString('hex'), v);
   }

@@ -7,9 +7,11 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { reconcileVerdicts } from '../../agent/apply.js';
-import { decodeFlowKey } from '../../agent/flow-maps.js';
+import { addrToBytes, decode, encode } from '../../agent/codec.js';
+import { decodeFlowKey, flowMapKey } from '../../agent/flow-maps.js';
 import { flowTableStats } from '../../agent/flows.js';
-import { Defines } from '../../agent/generated/shared.js';
+import { Defines, SslwallClass, type SslwallFlow, type SslwallFlowKey } from '../../agent/generated/shared.js';
+import { copyLegacyFlows, settleLegacyFlows } from '../../agent/migrate.js';
 import { native } from '../../native/index.js';
 import { DROP, Lab, PASS } from '../../tools/lab/bpf-lab.js';
 import { ACK, Conversation, packet, RST, SYN, tlsHello } from '../../tools/lab/packets.js';
@@ -318,4 +320,72 @@ test('IPv4 flows live in sslwall_flows4 under a 12-byte key, IPv6 flows in sslwa
     `ipv4 ${v4.client.addr}:${v4.client.port} -> ${v4.server.addr}:443 tls`,
     `ipv6 ${v6.client.addr}:${v6.client.port} -> ${v6.server.addr}:443 tls`,
   ]);
+});
+
+test("an older build's IPv4 flows move to sslwall_flows4: copied, then settled against what each program did meanwhile", () => {
+  // The maps of a fresh classifier stand in for an upgrade's: sslwall_flows with IPv4 entries
+  // under the full key, as a build with one flow map left them.
+  const fresh = new Lab();
+  try {
+    const m = { sslwall_flows4: fresh.maps.sslwall_flows4, sslwall_flows: fresh.maps.sslwall_flows };
+    const key = (port: number) =>
+      encode<SslwallFlowKey>('sslwall_flow_key', {
+        addr_lo: addrToBytes('10.9.0.1').bytes,
+        addr_hi: addrToBytes('10.9.0.2').bytes,
+        port_lo: port,
+        port_hi: 443,
+        family: Defines.SSLWALL_FAMILY_IPV4,
+      });
+    const flow = (cls: number, seen: bigint) => encode<SslwallFlow>('sslwall_flow', { first_seen_ns: seen, cls, client_is_lo: 1 });
+    const PENDING = SslwallClass.SSLWALL_CLASS_PENDING;
+    const TLS = SslwallClass.SSLWALL_CLASS_TLS;
+    const in4 = (port: number) => native().mapLookup(m.sslwall_flows4, flowMapKey(key(port)).key);
+    const v6 = encode<SslwallFlowKey>('sslwall_flow_key', {
+      addr_lo: addrToBytes('fd00:9::1').bytes,
+      addr_hi: addrToBytes('fd00:9::2').bytes,
+      port_lo: 5000,
+      port_hi: 443,
+      family: Defines.SSLWALL_FAMILY_IPV6,
+    });
+    native().mapUpdate(m.sslwall_flows, v6, flow(TLS, 6n));
+    for (const port of [1, 2, 3, 4]) native().mapUpdate(m.sslwall_flows, key(port), flow(PENDING, BigInt(port)));
+    // Port 5: a start of this build that died before its settle already copied it, and the new
+    // programs judged it since (same connection: same first_seen_ns). Port 6: left in
+    // sslwall_flows4 before a downgrade, then the older build saw a new connection there.
+    native().mapUpdate(m.sslwall_flows, key(5), flow(PENDING, 5n));
+    native().mapUpdate(m.sslwall_flows4, flowMapKey(key(5)).key, flow(TLS, 5n));
+    native().mapUpdate(m.sslwall_flows, key(6), flow(PENDING, 66n));
+    native().mapUpdate(m.sslwall_flows4, flowMapKey(key(6)).key, flow(TLS, 6n));
+
+    const copied = copyLegacyFlows(m);
+    assert.equal(copied.size, 5, 'ports 1-4 and 6 copied; port 5 left as the new programs judged it');
+    assert.equal(decode<SslwallFlow>('sslwall_flow', in4(5)!).cls, TLS);
+    assert.equal(decode<SslwallFlow>('sslwall_flow', in4(6)!).first_seen_ns, 66n, "the older build's connection replaces the stale one");
+
+    // Meanwhile: the old programs decide port 1 and see port 7 open; the old close hook removes
+    // port 2; the new programs judge port 3 (tls) and the new close hook removes port 4's copy.
+    native().mapUpdate(m.sslwall_flows, key(1), flow(TLS, 1n));
+    native().mapUpdate(m.sslwall_flows, key(7), flow(PENDING, 7n));
+    native().mapDelete(m.sslwall_flows, key(2));
+    native().mapUpdate(m.sslwall_flows4, flowMapKey(key(3)).key, flow(TLS, 3n));
+    native().mapDelete(m.sslwall_flows4, flowMapKey(key(4)).key);
+
+    const settled = settleLegacyFlows(m, copied);
+    assert.deepEqual(settled, { moved: 6, dropped: 1 });
+    assert.equal(decode<SslwallFlow>('sslwall_flow', in4(1)!).cls, TLS, "the old programs' later word, on a copy nobody touched since");
+    assert.equal(in4(2), null, 'closed under the old programs: its copy goes too');
+    assert.equal(decode<SslwallFlow>('sslwall_flow', in4(3)!).cls, TLS, "the new programs' judgement stands");
+    assert.equal(in4(4), null, 'closed under the new programs: not brought back');
+    assert.equal(decode<SslwallFlow>('sslwall_flow', in4(5)!).cls, TLS);
+    assert.equal(decode<SslwallFlow>('sslwall_flow', in4(7)!).first_seen_ns, 7n, 'opened after the copy: moved');
+    const left = native().mapDump(m.sslwall_flows);
+    assert.deepEqual(
+      left.map(([k]) => decodeFlowKey(k).family),
+      [Defines.SSLWALL_FAMILY_IPV6],
+      'only the IPv6 flow is left in sslwall_flows',
+    );
+    assert.deepEqual(settleLegacyFlows(m, new Map()), { moved: 0, dropped: 0 }, 'a second settle has nothing to do');
+  } finally {
+    fresh.close();
+  }
 });
