@@ -16,7 +16,7 @@ import { mean, median, quantile, round, spread } from './stats.js';
 import type { Bench, BenchContext, BenchResult } from './types.js';
 
 /** A plausible production config: what the fast path and first packet run against. */
-const CONFIG = {
+export const TC_CONFIG = {
   mode: 'passive',
   bypass: { ports: [22], cidrs: ['192.0.2.0/24', '2001:db8::/32'] },
   starttls: { smtp: [25, 587], postgres: [5432] },
@@ -54,7 +54,7 @@ function withLab<T>(fn: (lab: Lab, progs: Progs) => T): T {
   try {
     baseline = native().openObject(BASELINE_OBJECT);
     baseline.load();
-    lab.configure(CONFIG);
+    lab.configure(TC_CONFIG);
     empty = baseline.prog('sslwall_empty');
     return fn(lab, { egress: lab.egressProg, ingress: lab.ingressProg, empty });
   } finally {
