@@ -21,8 +21,8 @@
  * flows: the same for IPv6 flows, key = struct sslwall_flow_key (builds before flows4 kept both
  * families here; the agent moves their IPv4 entries over at its first start, agent/migrate.ts).
  * Two maps, because a hash map hashes and compares its whole key on every lookup: IPv4's 12
- * bytes instead of the 40 an IPv6 flow needs cost a cold ClientHello some 8 ns less and a SYN
- * some 40 (docs/bench.md, tc_first_packet_ns). Every reader and writer here goes through the
+ * bytes instead of the 40 an IPv6 flow needs take 20-80 ns off a connection's SYN (its insert;
+ * a ClientHello's lookup shows no change outside the noise: docs/bench.md, tc_first_packet_ns). Every reader and writer here goes through the
  * helpers below, which take the full key and pick the map.
  * Connections this host opened (from its SYN) or established (moved from half_open), and
  * flows seen midway. Written by the classifier (insert, judge), the lifecycle tracepoint
