@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import { BpfError, type BpfObject, type LinkHandle, type MapHandle, native, type ProgHandle } from '../native/index.js';
 import { SslwallError } from '../schemas/errors.js';
 import { sizeOf, u32 } from './codec.js';
+import { FLOW_MAPS, type FlowMaps } from './flow-maps.js';
 import { type Captured, capture, copyLegacyFlows, FOLDED, type FoldedMap, fold, MIGRATABLE, restore, settleLegacyFlows } from './migrate.js';
 import { assertBpffs, bpfObjects, pinLayout } from './paths.js';
 import { roundTimes, type StepTimes, timed } from './timing.js';
@@ -44,6 +45,11 @@ export interface Features {
 /** A handle on each shared map of a loaded object; the caller closes them (closeMaps). */
 export function sharedMaps(obj: BpfObject): Record<SharedMap, MapHandle> {
   return Object.fromEntries(Object.keys(expectedMaps()).map((m) => [m, obj.map(m)])) as Record<SharedMap, MapHandle>;
+}
+
+/** A handle on each flow map of a loaded object; the caller closes them (closeMaps). */
+function flowMapsOf(obj: BpfObject): FlowMaps {
+  return Object.fromEntries(FLOW_MAPS.map((m) => [m, obj.map(m)])) as FlowMaps;
 }
 
 export function closeMaps(maps: Partial<Record<SharedMap, MapHandle>>): void {
@@ -292,7 +298,7 @@ function progTag(progId: number): string {
 
 /** Copy an older build's IPv4 flows into sslwall_flows4 while its programs still run (migrate.ts). */
 function copyLegacy(obj: BpfObject, log: Logger): Map<string, Buffer> {
-  const maps = { sslwall_flows4: obj.map('sslwall_flows4'), sslwall_flows: obj.map('sslwall_flows') };
+  const maps = flowMapsOf(obj);
   try {
     const copied = copyLegacyFlows(maps);
     if (copied.size) log.info({ event: 'legacy_flows_copied', entries: copied.size }, 'IPv4 flows of an older build copied to sslwall_flows4');
@@ -313,7 +319,7 @@ function foldRetiredMaps(obj: BpfObject, pins: ReturnType<typeof pinLayout>, log
     const pin = pins.map(name);
     if (!existsSync(pin)) continue;
     const old = addon.getPinned(pin, 'map');
-    const into = { sslwall_flows4: obj.map('sslwall_flows4'), sslwall_flows: obj.map('sslwall_flows') };
+    const into = flowMapsOf(obj);
     try {
       const c = capture(name, old);
       const n = fold(c, bpfObjects.classifier, (map) => into[map]);

@@ -29,20 +29,21 @@ export interface FlowRecord {
 
 /** The flows in the map an agent pinned under bpffs (`sslwall flows`), with their owners named through `names`. */
 export function readPinnedFlows(bpffs: string, names: CgroupNames | null = null): FlowRecord[] {
-  const pin = pinLayout(bpffs).map('sslwall_flows');
+  const pins = pinLayout(bpffs);
+  const pin = pins.map('sslwall_flows');
   if (!existsSync(pin)) throw new SslwallError('SSLWALL_E_NOT_INSTALLED', `no flow map pinned at ${pin}; is the agent running with --bpffs ${bpffs}?`);
   const flows: FlowRecord[] = [];
   // An agent of a build before sslwall_flows4 has none pinned: its one map holds both families.
   for (const name of FLOW_MAPS) {
-    if (!existsSync(pinLayout(bpffs).map(name))) continue;
-    const map = native().getPinned(pinLayout(bpffs).map(name), 'map');
+    if (!existsSync(pins.map(name))) continue;
+    const map = native().getPinned(pins.map(name), 'map');
     try {
       flows.push(...readFlowMap(map, names));
     } finally {
       map.close();
     }
   }
-  const wrapped = pinLayout(bpffs).map('sslwall_ttls_by_local');
+  const wrapped = pins.map('sslwall_ttls_by_local');
   if (!existsSync(wrapped)) return flows; // transparent TLS never loaded here
   const ttls = native().getPinned(wrapped, 'map');
   try {

@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { BpfError, type MapHandle, native } from '../native/index.js';
-import { decodeFlowKey, FLOW_MAP_KEYS, type FlowMap, flowMapKey } from './flow-maps.js';
+import { decodeFlowKey, FLOW_MAP_KEYS, type FlowMap, type FlowMaps, flowMapKey } from './flow-maps.js';
 import { Defines, layouts, type StructLayout } from './generated/shared.js';
 import { repoRoot } from './paths.js';
 
@@ -98,26 +98,19 @@ export function fold(c: Captured, objectFile: string, into: (map: FlowMap) => Ma
 }
 
 /**
- * Where a captured entry goes in this build: its own map, except the entries of a flow map keyed
- * by the full key (sslwall_flows: in builds before sslwall_flows4 it held both families), which
- * go to their family's flow map under that map's key.
- */
-function destination(c: Captured, k: Buffer, fullKey: StructLayout | undefined): { map: string; key: Buffer } | null {
-  if (!(c.map in FLOW_MAP_KEYS) || c.key.name !== 'sslwall_flow_key' || !fullKey) return null;
-  return flowMapKey(convert(k, c.key, fullKey));
-}
-
-/**
  * Write captured entries into the new maps of an object file (`open` gives a map of it by name);
- * returns how many made it.
+ * returns how many made it. Each goes to its own map, except the entries of a flow map keyed by
+ * the full key (sslwall_flows: in builds before sslwall_flows4 it held both families), which go
+ * to their family's flow map under that map's key.
  */
 export function restore(c: Captured, objectFile: string, open: (map: string) => MapHandle): number {
   const btf = btfDump(['file', objectFile]);
-  const ownKey = c.map in FLOW_MAP_KEYS ? FLOW_MAP_KEYS[c.map as FlowMap] : c.key.name;
-  const layouts = btfLayout.layoutsByName(btf, [...new Set([c.key.name, ownKey, 'sslwall_flow_key', c.value.name])]);
+  const layouts = btfLayout.layoutsByName(btf, [c.key.name, c.value.name]);
+  const byFamily = c.map in FLOW_MAP_KEYS && c.key.name === 'sslwall_flow_key';
   let n = 0;
   for (const [k, v] of c.entries) {
-    const to = destination(c, k, layouts.sslwall_flow_key) ?? { map: c.map, key: convert(k, c.key, layouts[ownKey]!) };
+    const key = convert(k, c.key, layouts[c.key.name]!);
+    const to = byFamily ? flowMapKey(key) : { map: c.map, key };
     try {
       native().mapUpdate(open(to.map), to.key, convert(v, c.value, layouts[c.value.name]!));
       n++;
@@ -141,7 +134,7 @@ export function restore(c: Captured, objectFile: string, open: (map: string) => 
  * sslwall_flows. The counters need nothing: only the filter counts, and a move neither creates
  * nor closes a flow. Returns the copies (key in sslwall_flows4, hex -> value) for the settle.
  */
-export function copyLegacyFlows(maps: Record<FlowMap, MapHandle>): Map<string, Buffer> {
+export function copyLegacyFlows(maps: FlowMaps): Map<string, Buffer> {
   const addon = native();
   const copied = new Map<string, Buffer>();
   const seenAt = layouts.sslwall_flow!.fields.first_seen_ns!.offset;
@@ -159,7 +152,7 @@ export function copyLegacyFlows(maps: Record<FlowMap, MapHandle>): Map<string, B
   return copied;
 }
 
-export function settleLegacyFlows(maps: Record<FlowMap, MapHandle>, copied: Map<string, Buffer>): { moved: number; dropped: number } {
+export function settleLegacyFlows(maps: FlowMaps, copied: Map<string, Buffer>): { moved: number; dropped: number } {
   const addon = native();
   const legacy = new Map(legacyIpv4(maps).map(([k, v]) => [flowMapKey(k).key.toString('hex'), { k, v }]));
   let moved = 0;
@@ -193,7 +186,7 @@ export function settleLegacyFlows(maps: Record<FlowMap, MapHandle>, copied: Map<
   return { moved, dropped };
 }
 
-function legacyIpv4(maps: Record<FlowMap, MapHandle>): Array<[Buffer, Buffer]> {
+function legacyIpv4(maps: FlowMaps): Array<[Buffer, Buffer]> {
   return native()
     .mapDump(maps.sslwall_flows)
     .filter(([k]) => decodeFlowKey(k).family === Defines.SSLWALL_FAMILY_IPV4);

@@ -17,9 +17,8 @@ import { applyConfig, type MapHandles } from '../../agent/apply.js';
 import { expectedMaps } from '../../agent/datapath.js';
 import { type BpfObject, type MapHandle, native, type ProgHandle } from '../../native/index.js';
 import { ConfigSchema } from '../../schemas/config.js';
-import { Conversation, tlsHello } from '../lab/packets.js';
 import { mean, median, round } from './stats.js';
-import { TC_CONFIG } from './tc.js';
+import { firstPacketFlow, TC_CONFIG } from './tc.js';
 
 const USAGE = `Usage: npm run -s bench:compare-tc -- [--rounds N] [--flows N] [--json] DIR DIR...
 
@@ -97,9 +96,7 @@ export function compareBuilds(
         const e: number[] = [];
         const order = dirs.map((_, i) => i);
         for (let i = 0; i < opts.flows; i++) {
-          const c = new Conversation({ addr: '10.0.0.1', port: 1024 + i }, { addr: '10.0.0.2', port: 443 });
-          const s = c.syn();
-          const hello = c.fromClient(tlsHello('client', 512));
+          const { syn: s, hello } = firstPacketFlow(i);
           const turn = (i + r) % 2 ? order : [...order].reverse();
           for (const b of turn) syn[b]!.push(addon.testRun(builds[b]!.egress, s, 1).durationNs);
           e.push(addon.testRun(empty, hello, 1).durationNs);

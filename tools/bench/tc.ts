@@ -32,6 +32,12 @@ const FASTPATH_ROUNDS = 7;
 const FIRST_PACKET_FLOWS = 20_000;
 const FIRST_PORT = 1024;
 
+/** Flow i of the first-packet workload: its SYN and its ClientHello (also tools/bench/compare-tc.ts). */
+export function firstPacketFlow(i: number): { syn: Buffer; hello: Buffer } {
+  const c = new Conversation({ addr: CLIENT, port: FIRST_PORT + i }, SERVER);
+  return { syn: c.syn(), hello: c.fromClient(tlsHello('client', 512)) };
+}
+
 interface Progs {
   egress: ProgHandle;
   ingress: ProgHandle;
@@ -162,9 +168,7 @@ export const tcFirstPacket: Bench = {
       };
       const step = FIRST_PACKET_FLOWS / 4;
       for (let i = 0; i < FIRST_PACKET_FLOWS; i++) {
-        const c = new Conversation({ addr: CLIENT, port: FIRST_PORT + i }, SERVER);
-        const syn = c.syn();
-        const hello = c.fromClient(tlsHello('client', 512));
+        const { syn, hello } = firstPacketFlow(i);
         pair(i, syn, synCls, synBase);
         pair(i, hello, chCls, chBase);
         if ((i + 1) % step === 0) ctx.progress(`${i + 1}/${FIRST_PACKET_FLOWS} flows`);
