@@ -6,13 +6,12 @@ import type { Server } from 'node:http';
 import type { Logger } from 'pino';
 import type { Config } from '../schemas/config.js';
 import { SslwallError } from '../schemas/errors.js';
-import type { EtcdConnection } from '../schemas/etcd.js';
 import { applyConfig, type BypassCgroup, claimSelf, currentMode } from './apply.js';
 import { ensureBypassCgroup } from './cgroup.js';
 import { CgroupNames } from './cgroup-names.js';
 import { readConfigFile, watchConfigFile } from './config-file.js';
 import { Datapath } from './datapath.js';
-import { EtcdAgentSource } from './etcd-source.js';
+import { EtcdAgentSource, type EtcdSourceOptions } from './etcd-source.js';
 import { destroyBlocked, type EventSinks, startEventPump } from './events.js';
 import { routeInterfaces } from './interfaces.js';
 import { createMetrics, serveMetrics } from './metrics.js';
@@ -27,9 +26,7 @@ import type { AgentTtls } from './ttls-agent.js';
 /** From agent_ready to the start-up garbage collection: the first health write and TTLS's start are done by then. */
 const STARTUP_GC_DELAY_MS = 10_000;
 
-export type SourceOptions =
-  | { kind: 'file'; configFile: string }
-  | { kind: 'etcd'; conn: EtcdConnection; prefix: string; tier: string; hostId: string; verifyKeys: string[] };
+export type SourceOptions = { kind: 'file'; configFile: string } | ({ kind: 'etcd' } & EtcdSourceOptions);
 
 export interface AgentOptions {
   source: SourceOptions;

@@ -41,6 +41,8 @@ export interface EtcdSourceOptions {
   prefix: string;
   tier: string;
   hostId: string;
+  /** --health-spread: the most a health write waits after its reason (HealthOptions.spreadMs). */
+  healthSpreadMs?: number;
 }
 
 /** The kernel step: what differs between a real agent and a simulated one. */
@@ -394,6 +396,7 @@ export class EtcdAgentSource {
       hostId: opts.hostId,
       verifier: opts.verifyKeys.length ? Verifier.fromSources(opts.verifyKeys) : null,
       agentVersion: version,
+      health: { ...DEFAULT_HEALTH, spreadMs: opts.healthSpreadMs ?? DEFAULT_HEALTH.spreadMs },
       summary: { builder: new SummaryBuilder(opts.hostId, opts.tier, Date.now()) },
     };
     this.follower = new EtcdFollower(

@@ -18,9 +18,18 @@ export interface HealthOptions {
   refreshMs: number;
   /** At least this long between two writes (a burst of changes becomes one write). */
   minIntervalMs: number;
+  /**
+   * Every write but the first waits a random time up to this long (full jitter): a change reaches
+   * every agent of a tier within a fraction of a second, and their reports would otherwise reach
+   * etcd together, during its fan-out of the change to the agents still waiting for it.
+   */
+  spreadMs: number;
 }
 
-export const DEFAULT_HEALTH: HealthOptions = { ttlS: HEALTH_TTL_S, intervalMs: 5000, refreshMs: 60000, minIntervalMs: 0 };
+/** `--health-spread` by default: 10,000 agents' reports of a change spread over a second. */
+export const HEALTH_SPREAD_MS = 1000;
+
+export const DEFAULT_HEALTH: HealthOptions = { ttlS: HEALTH_TTL_S, intervalMs: 5000, refreshMs: 60000, minIntervalMs: 0, spreadMs: HEALTH_SPREAD_MS };
 
 /** How long a clean stop keeps trying to revoke: past etcd3's per-host breaker (1 s half-open). */
 const REVOKE_BUDGET_MS = 5000;
@@ -134,7 +143,10 @@ export class HealthReporter {
   private schedule(): void {
     if (this.stopped || this.timer || this.writing || !this.dirty || !this.ready || !this.leaseId) return;
     const retry = this.failures ? backoffMs(this.failures, 200, 5000) : 0;
-    const wait = Math.max(retry, this.lastAt + this.opts.minIntervalMs - Date.now(), 0);
+    // The first write goes at once: it tells the engine this agent is up (a fleet's starts are
+    // spread by the restarts themselves).
+    const spread = this.lastAt ? Math.random() * this.opts.spreadMs : 0;
+    const wait = Math.max(retry, this.lastAt + this.opts.minIntervalMs - Date.now(), spread, 0);
     this.timer = setTimeout(() => {
       this.timer = undefined;
       this.writing = this.write().finally(() => {

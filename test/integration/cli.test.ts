@@ -30,6 +30,9 @@ test('usage errors exit 2 and say what to do', async () => {
   const noTier = await runHost(['agent', '--etcd', 'http://127.0.0.1:1']);
   assert.equal(noTier.code, 2);
   assert.match(noTier.stderr, /--tier/);
+  const badSpread = await runHost(['agent', '--etcd', 'http://127.0.0.1:1', '--tier', 'web', '--insecure-unsigned', '--health-spread', '90000']);
+  assert.equal(badSpread.code, 2);
+  assert.match(badSpread.stderr, /--health-spread 90000: expected milliseconds, an integer from 0 to 60000/);
   const badFlag = await runHost(['flows', '--jsn']);
   assert.equal(badFlag.code, 2);
   assert.match(badFlag.stderr, /run sslwall flows --help/);

@@ -33,8 +33,8 @@ import { type Figure, type Scope, scoped, sleep } from './agent.js';
 import { median, quantile, round } from './stats.js';
 import type { Bench, BenchContext } from './types.js';
 
-/** Set by main.ts from --fleet-agents. */
-export const fleetOptions = { agents: 10_000 };
+/** Set by main.ts from --fleet-agents and --fleet-health-spread (undefined: the agent's default). */
+export const fleetOptions: { agents: number; healthSpreadMs?: number } = { agents: 10_000 };
 
 const TIER = 'fleet';
 const KEYS = etcdKeys('/sslwall/');
@@ -430,6 +430,7 @@ export const fleet: Bench = {
         'f-',
         '--stats-interval',
         String(STATS_INTERVAL_MS),
+        ...(fleetOptions.healthSpreadMs === undefined ? [] : ['--health-spread', String(fleetOptions.healthSpreadMs)]),
       ]);
       scope.defer('simulator', () => sim.stop());
       let t = performance.now();

@@ -36,8 +36,8 @@ export const BENCHES: Bench[] = [
   summaryBench,
 ];
 
-const USAGE = `Usage: sslwall bench [--json] [--only NAME,...] [--list] [--fleet-agents N]
-       npm run bench -- [--json] [--only NAME,...] [--list] [--fleet-agents N]
+const USAGE = `Usage: sslwall bench [--json] [--only NAME,...] [--list] [--fleet-agents N] [--fleet-health-spread MS]
+       npm run bench -- [--json] [--only NAME,...] [--list] [--fleet-agents N] [--fleet-health-spread MS]
 
 Runs the benchmarks (docs/bench.md); each figure is printed with a baseline measured in the
 same run. Needs root (BPF_PROG_TEST_RUN, network namespaces). Takes about 9 minutes, 3-4 of
@@ -48,6 +48,8 @@ Options:
   --only LIST         comma-separated bench or figure names, e.g. --only tc_fastpath_ns,connect_rate
   --list              list the benches and exit
   --fleet-agents N    simulated agents in the fleet bench                      [10000]
+  --fleet-health-spread MS
+                      their --health-spread (0: health written at once)  [the agent's: 1000]
 `;
 
 interface Failure {
@@ -56,7 +58,7 @@ interface Failure {
 }
 
 export async function main(argv: string[]): Promise<number> {
-  let values: { json?: boolean; only?: string; list?: boolean; help?: boolean; 'fleet-agents'?: string };
+  let values: { json?: boolean; only?: string; list?: boolean; help?: boolean; 'fleet-agents'?: string; 'fleet-health-spread'?: string };
   try {
     ({ values } = parseArgs({
       args: argv,
@@ -66,6 +68,7 @@ export async function main(argv: string[]): Promise<number> {
         list: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         'fleet-agents': { type: 'string' },
+        'fleet-health-spread': { type: 'string' },
       },
       allowPositionals: false,
       strict: true,
@@ -81,6 +84,14 @@ export async function main(argv: string[]): Promise<number> {
       return 2;
     }
     fleetOptions.agents = n;
+  }
+  if (values['fleet-health-spread'] !== undefined) {
+    const ms = Number(values['fleet-health-spread']);
+    if (!Number.isInteger(ms) || ms < 0 || ms > 60_000) {
+      process.stderr.write(`bench: --fleet-health-spread ${values['fleet-health-spread']}: expected milliseconds, an integer from 0 to 60000\n${USAGE}`);
+      return 2;
+    }
+    fleetOptions.healthSpreadMs = ms;
   }
   if (values.help) {
     process.stdout.write(USAGE);

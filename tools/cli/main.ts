@@ -9,6 +9,7 @@ import { joinBypassCgroup } from '../../agent/cgroup.js';
 import { CgroupNames } from '../../agent/cgroup-names.js';
 import { readConfigFile } from '../../agent/config-file.js';
 import { readPinnedFlows } from '../../agent/flows.js';
+import { HEALTH_SPREAD_MS } from '../../agent/health.js';
 import { defaultHostId } from '../../agent/interfaces.js';
 import { DEFAULT_BPFFS, DEFAULT_STATE_DIR } from '../../agent/paths.js';
 import { uninstall } from '../../agent/uninstall.js';
@@ -67,6 +68,9 @@ Config source, one of:
                           files are all accepted (re-read when they change); repeat for more.
                           Documents not signed by one of them are refused like invalid ones
     --insecure-unsigned   accept unsigned documents (tests, labs); required without --verify-key
+    --health-spread MS    each health write but the first waits a random time up to MS, so a
+                          tier's reports of a change do not reach etcd all at once (0-60000)
+                                                                                 [${HEALTH_SPREAD_MS}]
 
 Options:
   --iface IF              interface to attach to; repeat for more  [interfaces carrying routes, not lo]
@@ -99,6 +103,7 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
       'etcd-password-file': { type: 'string' },
       'verify-key': { type: 'string', multiple: true },
       'insecure-unsigned': { type: 'boolean' },
+      'health-spread': { type: 'string' },
       iface: { type: 'string', multiple: true },
       bpffs: { type: 'string' },
       cgroup: { type: 'string' },
@@ -132,6 +137,10 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
         if ((v['etcd-cert'] || v['etcd-key']) && !v['etcd-cacert'])
           throw usage('--etcd-cert/--etcd-key need --etcd-cacert (client certificates are for https:// endpoints)');
         if (v['etcd-user'] && !v['etcd-password-file']) throw usage('--etcd-user needs --etcd-password-file FILE');
+        const spread = str(v['health-spread']);
+        // At most 60 s: a stage's cohort has applyDeadlineMs (60 s by default) to report its version.
+        if (spread !== undefined && !(/^\d{1,5}$/.test(spread) && Number(spread) <= 60_000))
+          throw usage(`--health-spread ${spread}: expected milliseconds, an integer from 0 to 60000`);
         source = {
           kind: 'etcd',
           verifyKeys,
@@ -146,6 +155,7 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
             user: str(v['etcd-user']),
             passwordFile: str(v['etcd-password-file']),
           },
+          healthSpreadMs: spread === undefined ? undefined : Number(spread),
         };
       }
       const ttlsFiles = [str(v['ttls-cert']), str(v['ttls-key']), str(v['ttls-ca'])];

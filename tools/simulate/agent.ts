@@ -7,7 +7,7 @@
 // picked to fail) and where the health counters come from.
 import pino from 'pino';
 import { EtcdFollower, type Handlers } from '../../agent/etcd-source.js';
-import { HEALTH_TTL_S } from '../../agent/health.js';
+import { HEALTH_SPREAD_MS, HEALTH_TTL_S } from '../../agent/health.js';
 import type { AppliedMeta } from '../../agent/state.js';
 import type { AgentStatus } from '../../agent/status.js';
 import { BpfError } from '../../native/index.js';
@@ -19,7 +19,7 @@ import type { Health } from '../../schemas/tier.js';
 import { type LeaseKeeper, type Limiter, type SharedConn, SimTransport } from './conn.js';
 
 export const SIM_AGENT_VERSION = '0.1.0-sim';
-export { HEALTH_TTL_S };
+export { HEALTH_SPREAD_MS, HEALTH_TTL_S };
 
 export interface AgentEnv {
   conn: SharedConn;
@@ -29,6 +29,7 @@ export interface AgentEnv {
   keys: ReturnType<typeof etcdKeys>;
   tier: string;
   healthMinIntervalMs: number;
+  healthSpreadMs: number;
   /** Failing agents fail for tier versions >= this. */
   errorFromVersion: number;
   /** A valid tier document with this version was parsed (for propagation times). */
@@ -81,7 +82,7 @@ export class SimAgent {
         hostId,
         verifier: env.verifier,
         agentVersion: SIM_AGENT_VERSION,
-        health: { ttlS: HEALTH_TTL_S, intervalMs: 5000, refreshMs: 60000, minIntervalMs: env.healthMinIntervalMs },
+        health: { ttlS: HEALTH_TTL_S, intervalMs: 5000, refreshMs: 60000, minIntervalMs: env.healthMinIntervalMs, spreadMs: env.healthSpreadMs },
       },
       this.state,
       kernel,

@@ -33,6 +33,8 @@ effective config, "applies" it (no kernel) and reports health under a lease (TTL
   --processes P           worker processes                               [ceil(N / 2500)]
   --concurrency C         etcd calls in flight per worker process (start-up, writes)   [64]
   --health-interval MS    at most one health write per agent per MS                  [1000]
+  --health-spread MS      each health write but an agent's first waits a random time up to
+                          MS, as the agent's --health-spread           [the agent's: 1000]
   --prefix P              etcd key prefix                                      [/sslwall/]
   --host-prefix P         host id prefix                                           [sim-]
   --stats-interval MS     one JSON stats line on stdout every MS                     [1000]
@@ -60,6 +62,7 @@ export const SIMULATE_OPTIONS: ParseArgsConfig['options'] = {
   processes: { type: 'string' },
   concurrency: { type: 'string' },
   'health-interval': { type: 'string' },
+  'health-spread': { type: 'string' },
   prefix: { type: 'string' },
   'host-prefix': { type: 'string' },
   'stats-interval': { type: 'string' },
@@ -123,6 +126,7 @@ export function parseSimulateArgs(argv: string[]): SimOptions {
     statsIntervalMs: num(s('stats-interval'), 'stats-interval', 1000, 50, 3_600_000, true),
     concurrency: num(s('concurrency'), 'concurrency', 64, 1, 100_000, true),
     healthMinIntervalMs: num(s('health-interval'), 'health-interval', 1000, 0, 3_600_000, true),
+    healthSpreadMs: s('health-spread') === undefined ? undefined : num(s('health-spread'), 'health-spread', 0, 0, 60_000, true),
     bareWatch,
   };
 }

@@ -25,6 +25,8 @@ export interface SimOptions {
   concurrency: number;
   /** Minimum time between two health writes of one agent. */
   healthMinIntervalMs: number;
+  /** The agent's --health-spread: the most a health write waits after its reason; undefined: the agent's default. */
+  healthSpreadMs?: number;
   /**
    * No agents: `agents` bare watchers of the tier key on the same watch streams, doing nothing with
    * what arrives but note when (etcd's fan-out on its own; versions are keyed by mod revision).

@@ -4,7 +4,7 @@
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { etcdKeys } from '../../schemas/keys.js';
 import { Verifier } from '../../schemas/signing.js';
-import { type AgentEnv, HEALTH_TTL_S, SimAgent } from './agent.js';
+import { type AgentEnv, HEALTH_SPREAD_MS, HEALTH_TTL_S, SimAgent } from './agent.js';
 import { LeaseKeeper, Limiter, SharedConn, sleep } from './conn.js';
 import { type FromWorker, hostId, type SimOptions, simPicked, type ToWorker, type VersionStats, type WorkerStats } from './shared.js';
 
@@ -46,6 +46,7 @@ class Worker {
       keys: etcdKeys(opts.prefix),
       tier: opts.tier,
       healthMinIntervalMs: opts.healthMinIntervalMs,
+      healthSpreadMs: opts.healthSpreadMs ?? HEALTH_SPREAD_MS,
       errorFromVersion: opts.errorFromVersion,
       seen: (v) => {
         if (!this.versions.has(v)) this.versions.set(v, { firstSeen: Date.now(), lastApplied: null, lastReported: null });
