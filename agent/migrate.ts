@@ -8,8 +8,9 @@ import { execFileSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { BpfError, type MapHandle, native } from '../native/index.js';
-import { decodeFlowKey, FLOW_MAP_KEYS, type FlowMap, type FlowMaps, flowMapKey } from './flow-maps.js';
+import { FLOW_MAP_KEYS, type FlowMap, type FlowMaps, flowMapKey } from './flow-maps.js';
 import { Defines, layouts, type StructLayout } from './generated/shared.js';
+import { entriesWhere } from './map-scan.js';
 import { repoRoot } from './paths.js';
 
 interface NamedLayout extends StructLayout {
@@ -187,7 +188,7 @@ export function settleLegacyFlows(maps: FlowMaps, copied: Map<string, Buffer>): 
 }
 
 function legacyIpv4(maps: FlowMaps): Array<[Buffer, Buffer]> {
-  return native()
-    .mapDump(maps.sslwall_flows)
-    .filter(([k]) => decodeFlowKey(k).family === Defines.SSLWALL_FAMILY_IPV4);
+  // At every start, over an sslwall_flows that on a busy host holds tens of thousands of IPv6 flows.
+  const family = layouts.sslwall_flow_key!.fields.family!.offset;
+  return entriesWhere(maps.sslwall_flows, (key) => key[family] === Defines.SSLWALL_FAMILY_IPV4);
 }

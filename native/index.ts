@@ -126,10 +126,16 @@ export interface NativeAddon {
   mapLookup(map: MapHandle, key: Buffer): Buffer | null;
   mapUpdate(map: MapHandle, key: Buffer, value: Buffer, flags?: number): void;
   mapDelete(map: MapHandle, key: Buffer): boolean;
-  /** Every [key, value] of a map (get_next_key + lookup), for hash/LRU/array maps. */
+  /** Every [key, value] of a map: batched lookups for hash and array maps, else get_next_key + lookup. */
   mapDump(map: MapHandle): Array<[Buffer, Buffer]>;
   /** How many entries the map holds (batched lookups in the addon; nothing copied into JS). */
   mapCount(map: MapHandle): number;
+  /**
+   * Every entry by bpf_map_lookup_batch, as two buffers of fixed-size records (entry i: keys at
+   * i * keySize, values at i * valueSize), for scans that keep few entries. Hash and array maps;
+   * BpfError EOPNOTSUPP where the kernel has no batch lookup for the map (mapDump works there).
+   */
+  mapLookupBatch(map: MapHandle): { keys: Buffer; values: Buffer; count: number; keySize: number; valueSize: number };
   /** bpf_map_update_batch: keys and values are concatenated fixed-size records. */
   mapUpdateBatch(map: MapHandle, keys: Buffer, values: Buffer, count: number): void;
 

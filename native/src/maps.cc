@@ -17,6 +17,7 @@ namespace {
 struct MapShape {
   uint32_t keySize;
   uint32_t valueSize;  // what one lookup/update moves: value_size, or the per-CPU array of them
+  uint32_t type;
 };
 
 MapShape Shape(Napi::Env env, int fd) {
@@ -24,7 +25,7 @@ MapShape Shape(Napi::Env env, int fd) {
   uint32_t len = sizeof(mi);
   int err = bpf_obj_get_info_by_fd(fd, &mi, &len);
   if (err) ThrowBpf(env, "bpf_obj_get_info_by_fd", -err, "map");
-  MapShape s{mi.key_size, mi.value_size};
+  MapShape s{mi.key_size, mi.value_size, mi.type};
   switch (mi.type) {
     case BPF_MAP_TYPE_PERCPU_HASH:
     case BPF_MAP_TYPE_PERCPU_ARRAY:
@@ -84,12 +85,95 @@ Napi::Value MapDelete(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, true);
 }
 
+// The map types whose batch lookup the kernel walks bucket by bucket (hash) or index by index
+// (array): a dump in a few syscalls, where get_next_key + lookup take two an entry.
+bool Batchable(uint32_t type) {
+  switch (type) {
+    case BPF_MAP_TYPE_HASH:
+    case BPF_MAP_TYPE_LRU_HASH:
+    case BPF_MAP_TYPE_PERCPU_HASH:
+    case BPF_MAP_TYPE_LRU_PERCPU_HASH:
+    case BPF_MAP_TYPE_ARRAY:
+    case BPF_MAP_TYPE_PERCPU_ARRAY:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void AppendPair(Napi::Env env, Napi::Array& out, const uint8_t* key, size_t keySize, const uint8_t* value, size_t valueSize) {
+  Napi::Array pair = Napi::Array::New(env, 2);
+  pair.Set(0u, Napi::Buffer<uint8_t>::Copy(env, key, keySize));
+  pair.Set(1u, Napi::Buffer<uint8_t>::Copy(env, value, valueSize));
+  out.Set(out.Length(), pair);
+}
+
+// Every entry by batch lookups, appended to keys and values; false, having read nothing, when
+// the kernel refuses batch lookups on this map (EINVAL, ENOTSUPP: an older kernel). A hash map's
+// cursor is a bucket index, so entries deleted or added meanwhile never make it repeat one. A
+// bucket holding more entries than the batch answers ENOSPC: the batch grows and the same bucket
+// is read again.
+bool ReadBatched(Napi::Env env, int fd, const MapShape& s, std::vector<uint8_t>& keys, std::vector<uint8_t>& values, uint32_t& total) {
+  uint32_t batch = 4096;
+  std::vector<uint8_t> cursor(std::max<size_t>(s.keySize, 8)), next(cursor.size());
+  bpf_map_batch_opts opts{};
+  opts.sz = sizeof(opts);
+  total = 0;
+  for (bool first = true;;) {
+    keys.resize((size_t{total} + batch) * s.keySize);
+    values.resize((size_t{total} + batch) * s.valueSize);
+    uint32_t count = batch;
+    int err = bpf_map_lookup_batch(fd, first ? nullptr : cursor.data(), next.data(), &keys[size_t{total} * s.keySize],
+                                   &values[size_t{total} * s.valueSize], &count, &opts);
+    if (err == -ENOSPC && count == 0) {
+      batch *= 2;  // one bucket holds more than a batch
+      continue;
+    }
+    if (first && total == 0 && (err == -EINVAL || err == -ENOTSUP || err == -EOPNOTSUPP || err == -524 /* ENOTSUPP */))
+      return false;
+    if (err && err != -ENOENT) ThrowBpf(env, "bpf_map_lookup_batch", -err);
+    total += count;
+    if (err == -ENOENT) break;  // the last batch
+    cursor.swap(next);
+    first = false;
+  }
+  keys.resize(size_t{total} * s.keySize);
+  values.resize(size_t{total} * s.valueSize);
+  return true;
+}
+
+// Keys and values in two buffers of fixed-size records: a scan that keeps few entries (the
+// agent's start looking for an older build's IPv4 flows) makes no JS object per entry.
+Napi::Value MapLookupBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgHandle(info, 0, FdKind::kMap, "map", "bpf_map_lookup_batch");
+  MapShape s = Shape(env, fd);
+  std::vector<uint8_t> keys, values;
+  uint32_t total = 0;
+  if (!Batchable(s.type) || !ReadBatched(env, fd, s, keys, values, total))
+    ThrowBpf(env, "bpf_map_lookup_batch", EOPNOTSUPP, "this map or kernel has no batch lookup; use mapDump");
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("keys", Napi::Buffer<uint8_t>::Copy(env, keys.data(), keys.size()));
+  out.Set("values", Napi::Buffer<uint8_t>::Copy(env, values.data(), values.size()));
+  out.Set("count", Napi::Number::New(env, total));
+  out.Set("keySize", Napi::Number::New(env, s.keySize));
+  out.Set("valueSize", Napi::Number::New(env, s.valueSize));
+  return out;
+}
+
 Napi::Value MapDump(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgHandle(info, 0, FdKind::kMap, "map", "bpf_map_get_next_key");
   MapShape s = Shape(env, fd);
   Napi::Array out = Napi::Array::New(env);
-  std::vector<uint8_t> key(s.keySize), next(s.keySize);
+  std::vector<uint8_t> keys, values;
+  uint32_t total = 0;
+  if (Batchable(s.type) && ReadBatched(env, fd, s, keys, values, total)) {
+    for (uint32_t i = 0; i < total; i++)
+      AppendPair(env, out, &keys[size_t{i} * s.keySize], s.keySize, &values[size_t{i} * s.valueSize], s.valueSize);
+    return out;
+  }
+  std::vector<uint8_t> key(s.keySize), next(s.keySize), value(s.valueSize);
   // When the previous key is deleted under us, a hash map's get_next_key restarts from the first
   // key; remembering what was already emitted keeps the result free of duplicates.
   std::set<std::string> seen;
@@ -99,14 +183,10 @@ Napi::Value MapDump(const Napi::CallbackInfo& info) {
     if (err) ThrowBpf(env, "bpf_map_get_next_key", -err);
     key.swap(next);
     if (!seen.emplace(key.begin(), key.end()).second) continue;
-    Napi::Buffer<uint8_t> value = Napi::Buffer<uint8_t>::New(env, s.valueSize);
-    err = bpf_map_lookup_elem(fd, key.data(), value.Data());
+    err = bpf_map_lookup_elem(fd, key.data(), value.data());
     if (err == -ENOENT) continue;  // deleted between get_next_key and lookup
     if (err) ThrowBpf(env, "bpf_map_lookup_elem", -err);
-    Napi::Array pair = Napi::Array::New(env, 2);
-    pair.Set(0u, Napi::Buffer<uint8_t>::Copy(env, key.data(), key.size()));
-    pair.Set(1u, value);
-    out.Set(out.Length(), pair);
+    AppendPair(env, out, key.data(), key.size(), value.data(), value.size());
   }
   return out;
 }
@@ -160,6 +240,7 @@ void InitMaps(Napi::Env env, Napi::Object exports) {
   exports.Set("mapDelete", Napi::Function::New<MapDelete>(env, "mapDelete"));
   exports.Set("mapDump", Napi::Function::New<MapDump>(env, "mapDump"));
   exports.Set("mapCount", Napi::Function::New<MapCount>(env, "mapCount"));
+  exports.Set("mapLookupBatch", Napi::Function::New<MapLookupBatch>(env, "mapLookupBatch"));
   exports.Set("mapUpdateBatch", Napi::Function::New<MapUpdateBatch>(env, "mapUpdateBatch"));
 }
 

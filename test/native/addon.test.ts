@@ -291,6 +291,49 @@ test('map lookup, update, delete, dump and batch update on an LRU hash', async (
   });
 });
 
+test('a hash map of more entries than one batch: mapDump and mapLookupBatch give each once', async () => {
+  await withObject((o, own) => {
+    const map = own(o.map('big'));
+    const N = 9000;
+    const keys = Buffer.alloc(4 * N);
+    const values = Buffer.alloc(8 * N);
+    for (let i = 0; i < N; i++) {
+      keys.writeUInt32LE(i * 7 + 1, 4 * i);
+      values.writeBigUInt64LE(BigInt(i) * 1000n, 8 * i);
+    }
+    n.mapUpdateBatch(map, keys, values, N);
+    const want = new Map(Array.from({ length: N }, (_, i) => [i * 7 + 1, BigInt(i) * 1000n]));
+
+    const dump = n.mapDump(map);
+    assert.equal(dump.length, N);
+    assert.equal(new Set(dump.map(([k]) => k.readUInt32LE())).size, N, 'no key twice');
+    for (const [k, v] of dump) assert.equal(v.readBigUInt64LE(), want.get(k.readUInt32LE()));
+
+    const b = n.mapLookupBatch(map);
+    assert.deepEqual({ count: b.count, keySize: b.keySize, valueSize: b.valueSize }, { count: N, keySize: 4, valueSize: 8 });
+    assert.equal(b.keys.length, 4 * N);
+    assert.equal(b.values.length, 8 * N);
+    const seen = new Set<number>();
+    for (let i = 0; i < b.count; i++) {
+      const k = b.keys.readUInt32LE(4 * i);
+      seen.add(k);
+      assert.equal(b.values.readBigUInt64LE(8 * i), want.get(k));
+    }
+    assert.equal(seen.size, N);
+    assert.equal(n.mapLookupBatch(own(o.map('lru'))).count, 0, 'an empty map: no records');
+  });
+});
+
+test('mapLookupBatch: per-CPU values as mapLookup sizes them; a map without batch lookups refused', async () => {
+  await withObject((o, own) => {
+    const pcpu = own(o.map('pcpu'));
+    const b = n.mapLookupBatch(pcpu);
+    assert.equal(b.count, 2, 'every slot of the array');
+    assert.equal(b.valueSize, 8 * possibleCpus());
+    assert.throws(() => n.mapLookupBatch(own(o.map('events'))), isBpfError('bpf_map_lookup_batch', 95 /* EOPNOTSUPP */));
+  });
+});
+
 test('an array map dumps every slot', async () => {
   await withObject((o, own) => {
     const map = own(o.map('arr'));
