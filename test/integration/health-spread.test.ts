@@ -16,32 +16,36 @@ import { type EtcdServer, startEtcd } from '../../tools/lab/etcd.js';
 const keys = etcdKeys('/sslwall/');
 const quiet = pino({ level: 'silent' });
 
+/** A host's health document, its violation count standing for whatever changed. */
+function healthOf(host: string, violations: number) {
+  return healthDocument({
+    hostId: host,
+    tier: 'web',
+    agentVersion: 'test',
+    applied: null,
+    applyLatencyMs: null,
+    appliedAt: null,
+    counters: { violationsReported: violations, violationsBlocked: 0, remoteViolationsReported: 0, remoteViolationsBlocked: 0, flows: 0, evictions: 0 },
+    connected: true,
+    watchRevision: 1,
+    lastError: null,
+    features: {},
+    warnings: [],
+  });
+}
+
 /** Nudges `rounds` times, each after the previous write landed; the delay from nudge to landed write, ms. */
 async function nudgeDelays(etcd: EtcdServer, host: string, spreadMs: number, rounds: number): Promise<{ first: number; later: number[] }> {
   const transport = new Etcd3Transport({ endpoints: etcd.endpoints });
   const { breaker, guard } = etcdBreaker();
   let landed: (() => void) | null = null;
-  let flows = 0;
+  let changes = 0;
   const reporter = new HealthReporter(transport, guard, keys.health('web', host), quiet, { ...DEFAULT_HEALTH, spreadMs }, () => landed?.());
-  const doc = () =>
-    healthDocument({
-      hostId: host,
-      tier: 'web',
-      agentVersion: 'test',
-      applied: null,
-      applyLatencyMs: null,
-      appliedAt: null,
-      counters: { violationsReported: 0, violationsBlocked: 0, remoteViolationsReported: 0, remoteViolationsBlocked: 0, flows, evictions: 0 },
-      connected: true,
-      watchRevision: 1,
-      lastError: null,
-      features: {},
-      warnings: [],
-    });
+  const doc = () => healthOf(host, changes);
   const timeOne = async (): Promise<number> => {
     const done = new Promise<void>((r) => (landed = r));
     const t0 = performance.now();
-    flows++;
+    changes++;
     reporter.nudge();
     await done;
     return performance.now() - t0;
@@ -94,21 +98,7 @@ describe('health writes spread over time', () => {
     let landed!: () => void;
     let wrote = new Promise<void>((r) => (landed = r));
     const reporter = new HealthReporter(transport, guard, keys.health('web', 'spread-doc'), quiet, { ...DEFAULT_HEALTH, spreadMs: 300 }, () => landed());
-    const doc = () =>
-      healthDocument({
-        hostId: 'spread-doc',
-        tier: 'web',
-        agentVersion: 'test',
-        applied: null,
-        applyLatencyMs: null,
-        appliedAt: null,
-        counters: { violationsReported: n, violationsBlocked: 0, remoteViolationsReported: 0, remoteViolationsBlocked: 0, flows: 0, evictions: 0 },
-        connected: true,
-        watchRevision: 1,
-        lastError: null,
-        features: {},
-        warnings: [],
-      });
+    const doc = () => healthOf('spread-doc', n);
     try {
       reporter.start(doc);
       await reporter.whenLeased;
