@@ -24,6 +24,9 @@ import { SummaryCache } from './summary-cache.js';
 
 export type TransitionListener = (tier: string, action: string, reason: string) => void;
 
+/** An operator's action meets the leader's own write of the state at most this many times before the conflict is the operator's. */
+const OPERATOR_ACTION_ATTEMPTS = 5;
+
 export interface EngineOptions {
   client: Etcd3;
   prefix: string;
@@ -420,21 +423,32 @@ export class Engine {
   }
 
   async act(tier: string, action: 'pause' | 'resume' | 'promote' | 'abort' | 'undo', reason: string, by: string): Promise<RolloutState> {
-    const cur = await this.readState(tier);
-    if (!cur) throw new SslwallError('SSLWALL_E_NOT_FOUND', `tier ${tier} has no rollout; start one with: sslwall rollout start --tier ${tier} ...`);
-    const { state, mod } = cur;
-    const next = operatorAction(state, action, reason, by, new Date(this.wall()));
-    // Back in the index: an undo of an ended rollout is the leader's to carry out.
-    await this.store.casPut(
-      this.keys.rollout(tier),
-      mod,
-      JSON.stringify(next),
-      { tier, entry: { actor: by, action: `rollout_${action}_requested`, rollout: state.id, reason } },
-      { also: [{ key: this.keys.rolloutIndex(tier), value: state.id }] },
-    );
-    this.log.info({ event: `rollout_${action}`, tier, rollout: state.id, by, reason }, action);
-    this.kick();
-    return next;
+    // The leader steps a running rollout on its own (a stage written, a check recorded), so it may
+    // write the state between this read and this write: the action is judged again on the state
+    // as it is then, a few times, before the conflict reaches the operator (a pause right after a
+    // start used to meet the leader's first stage write).
+    for (let attempt = 1; ; attempt++) {
+      const cur = await this.readState(tier);
+      if (!cur) throw new SslwallError('SSLWALL_E_NOT_FOUND', `tier ${tier} has no rollout; start one with: sslwall rollout start --tier ${tier} ...`);
+      const { state, mod } = cur;
+      const next = operatorAction(state, action, reason, by, new Date(this.wall()));
+      try {
+        // Back in the index: an undo of an ended rollout is the leader's to carry out.
+        await this.store.casPut(
+          this.keys.rollout(tier),
+          mod,
+          JSON.stringify(next),
+          { tier, entry: { actor: by, action: `rollout_${action}_requested`, rollout: state.id, reason } },
+          { also: [{ key: this.keys.rolloutIndex(tier), value: state.id }] },
+        );
+      } catch (err) {
+        if (err instanceof SslwallError && err.code === 'SSLWALL_E_CONFLICT' && attempt < OPERATOR_ACTION_ATTEMPTS) continue;
+        throw err;
+      }
+      this.log.info({ event: `rollout_${action}`, tier, rollout: state.id, by, reason, ...(attempt > 1 ? { attempts: attempt } : {}) }, action);
+      this.kick();
+      return next;
+    }
   }
 
   /** Hosts that join the cohort at `percent` (with the running rollout's salt, or the head's), and which would block. */

@@ -290,4 +290,31 @@ describe('engine bounds and fencing (in process, real etcd)', () => {
     assert.deepEqual(kept, [2, head - 4, head - 3, head - 2, head - 1, head], 'the newest 5 and the rollout baseline (2)');
     await e.stop();
   });
+  test("an operator's action that meets another write of the rollout state is judged again on it; a conflict that keeps coming is the operator's", async () => {
+    // Not started: nothing steps this rollout but the test, which writes the state between the
+    // action's read and its write, as the leader's own step does.
+    const client = createEtcdClient({ endpoints: etcd.endpoints });
+    clients.push(client);
+    const e = new Engine({ client, prefix: '/sslwall/', signer: Signer.fromFile(keys.signingKey), id: 'act', log: pino({ level: 'silent' }) });
+    await e.store.write('act', BASE, { author: 'test', message: 'first' });
+    await e.startRollout('act', { stages: [{ mode: 'passive', percent: 100 }], bakeMs: 3_600_000, by: 'test' });
+    const casPut = e.store.casPut.bind(e.store);
+    let interleaved = 0;
+    let interfere = 2;
+    e.store.casPut = async (key, mod, value, audit, opts) => {
+      if (interfere > 0) {
+        interfere--;
+        interleaved++;
+        await client.put(key).value((await client.get(key).string())!); // the same state, a newer revision
+      }
+      return casPut(key, mod, value, audit, opts);
+    };
+    const paused = await e.act('act', 'pause', 'look', 'alice');
+    assert.equal(interleaved, 2, 'two writes came between a read and its write');
+    assert.equal(paused.status, 'paused');
+    assert.equal((await e.readState('act'))?.state.status, 'paused', 'the pause is what etcd holds');
+    interfere = Number.POSITIVE_INFINITY;
+    await assert.rejects(e.act('act', 'resume', 'go on', 'alice'), (err: unknown) => err instanceof SslwallError && err.code === 'SSLWALL_E_CONFLICT');
+    assert.equal((await e.readState('act'))?.state.status, 'paused', 'a refused action wrote nothing');
+  });
 });
