@@ -177,18 +177,18 @@ function writeCidrs(maps: MapHandles, gen: number, cidrs: string[]): void {
   }
 }
 
-/**
- * Plaintext flows carry the verdict of the mode in force; rewrite them when it changes. Only the
- * class and verdict bytes are read and only the verdict byte changes: a full decode and encode
- * of every flow (its owner's comm, its header buffers) was most of the walk's ~470 ms at 20,000
- * flows, paid at every mode change and every agent start (docs/dataplane.md, "Switching modes").
- */
 /** The plaintext entries of a flow map: every agent start walks the flows (20,000 in the hot_swap bench), most of them tls. */
 function plaintextFlows(map: MapHandle): Array<[Buffer, Buffer]> {
   const clsAt = byteOffset('sslwall_flow', 'cls');
   return entriesWhere(map, (_, value) => value[clsAt] === SslwallClass.SSLWALL_CLASS_PLAINTEXT);
 }
 
+/**
+ * Plaintext flows carry the verdict of the mode in force; rewrite them when it changes. Only the
+ * class and verdict bytes are read and only the verdict byte changes: a full decode and encode
+ * of every flow (its owner's comm, its header buffers) was most of the walk's ~470 ms at 20,000
+ * flows, paid at every mode change and every agent start (docs/dataplane.md, "Switching modes").
+ */
 export function reconcileVerdicts(
   maps: MapHandles,
   mode: Config['mode'],
