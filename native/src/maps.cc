@@ -108,38 +108,44 @@ void AppendPair(Napi::Env env, Napi::Array& out, const uint8_t* key, size_t keyS
   out.Set(out.Length(), pair);
 }
 
-// Every entry by batch lookups, appended to keys and values; false, having read nothing, when
-// the kernel refuses batch lookups on this map (EINVAL, ENOTSUPP: an older kernel). A hash map's
-// cursor is a bucket index, so entries deleted or added meanwhile never make it repeat one. A
-// bucket holding more entries than the batch answers ENOSPC: the batch grows and the same bucket
-// is read again.
-bool ReadBatched(Napi::Env env, int fd, const MapShape& s, std::vector<uint8_t>& keys, std::vector<uint8_t>& values, uint32_t& total) {
+// Every entry by batch lookups, handed to each(keys, values, count) one batch at a time; false,
+// having read nothing, when the kernel refuses batch lookups on this map (EINVAL, ENOTSUPP: an
+// older kernel). The cursor is opaque: a bucket index (u32) for hash maps, a key for the others,
+// so entries deleted or added meanwhile never make a hash map repeat one. A bucket holding more
+// entries than the batch answers ENOSPC: the batch grows and the same bucket is read again.
+template <typename Each>
+bool WalkBatches(Napi::Env env, int fd, const MapShape& s, Each each) {
   uint32_t batch = 4096;
+  std::vector<uint8_t> keys, values;
   std::vector<uint8_t> cursor(std::max<size_t>(s.keySize, 8)), next(cursor.size());
   bpf_map_batch_opts opts{};
   opts.sz = sizeof(opts);
-  total = 0;
   for (bool first = true;;) {
-    keys.resize((size_t{total} + batch) * s.keySize);
-    values.resize((size_t{total} + batch) * s.valueSize);
+    keys.resize(size_t{batch} * s.keySize);
+    values.resize(size_t{batch} * s.valueSize);
     uint32_t count = batch;
-    int err = bpf_map_lookup_batch(fd, first ? nullptr : cursor.data(), next.data(), &keys[size_t{total} * s.keySize],
-                                   &values[size_t{total} * s.valueSize], &count, &opts);
+    int err = bpf_map_lookup_batch(fd, first ? nullptr : cursor.data(), next.data(), keys.data(), values.data(), &count, &opts);
     if (err == -ENOSPC && count == 0) {
       batch *= 2;  // one bucket holds more than a batch
       continue;
     }
-    if (first && total == 0 && (err == -EINVAL || err == -ENOTSUP || err == -EOPNOTSUPP || err == -524 /* ENOTSUPP */))
-      return false;
+    if (first && (err == -EINVAL || err == -ENOTSUP || err == -EOPNOTSUPP || err == -524 /* ENOTSUPP */)) return false;
     if (err && err != -ENOENT) ThrowBpf(env, "bpf_map_lookup_batch", -err);
-    total += count;
-    if (err == -ENOENT) break;  // the last batch
+    each(keys.data(), values.data(), count);
+    if (err == -ENOENT) return true;  // the last batch
     cursor.swap(next);
     first = false;
   }
-  keys.resize(size_t{total} * s.keySize);
-  values.resize(size_t{total} * s.valueSize);
-  return true;
+}
+
+// Every entry, appended to keys and values (fixed-size records); false as WalkBatches.
+bool ReadBatched(Napi::Env env, int fd, const MapShape& s, std::vector<uint8_t>& keys, std::vector<uint8_t>& values, uint32_t& total) {
+  total = 0;
+  return WalkBatches(env, fd, s, [&](const uint8_t* k, const uint8_t* v, uint32_t count) {
+    keys.insert(keys.end(), k, k + size_t{count} * s.keySize);
+    values.insert(values.end(), v, v + size_t{count} * s.valueSize);
+    total += count;
+  });
 }
 
 // Keys and values in two buffers of fixed-size records: a scan that keeps few entries (the
@@ -198,21 +204,9 @@ Napi::Value MapCount(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgHandle(info, 0, FdKind::kMap, "map", "bpf_map_lookup_batch");
   MapShape s = Shape(env, fd);
-  constexpr uint32_t kBatch = 4096;
-  std::vector<uint8_t> keys(size_t{kBatch} * s.keySize), values(size_t{kBatch} * s.valueSize);
-  // The batch cursor is opaque: a bucket index (u32) for hash maps, a key for the others.
-  std::vector<uint8_t> cursor(std::max<size_t>(s.keySize, 8)), next(cursor.size());
-  bpf_map_batch_opts opts{};
-  opts.sz = sizeof(opts);
   double total = 0;
-  for (bool first = true;; first = false) {
-    uint32_t count = kBatch;
-    int err = bpf_map_lookup_batch(fd, first ? nullptr : cursor.data(), next.data(), keys.data(), values.data(), &count, &opts);
-    if (err && err != -ENOENT) ThrowBpf(env, "bpf_map_lookup_batch", -err);
-    total += count;
-    if (err == -ENOENT) break;  // the last batch
-    cursor.swap(next);
-  }
+  if (!WalkBatches(env, fd, s, [&](const uint8_t*, const uint8_t*, uint32_t count) { total += count; }))
+    ThrowBpf(env, "bpf_map_lookup_batch", EOPNOTSUPP, "this map or kernel has no batch lookup");
   return Napi::Number::New(env, total);
 }
 
