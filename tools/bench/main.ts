@@ -8,7 +8,7 @@
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { agentIdle, type Figure, hotSwap, propagation } from './agent.js';
+import { agentIdle, type Figure, hotSwap, hotSwapOptions, propagation } from './agent.js';
 import { alarmBench } from './alarm.js';
 import { dashboardBench } from './dashboard.js';
 import { etcdProvision } from './etcd-auth.js';
@@ -37,7 +37,8 @@ export const BENCHES: Bench[] = [
 ];
 
 const USAGE = `Usage: sslwall bench [--json] [--only NAME,...] [--list] [--fleet-agents N] [--fleet-health-spread MS]
-       npm run bench -- [--json] [--only NAME,...] [--list] [--fleet-agents N] [--fleet-health-spread MS]
+                    [--hot-swap-mtu BYTES]
+       npm run bench -- [same options]
 
 Runs the benchmarks (docs/bench.md); each figure is printed with a baseline measured in the
 same run. Needs root (BPF_PROG_TEST_RUN, network namespaces). Takes about 9 minutes, 3-4 of
@@ -50,6 +51,9 @@ Options:
   --fleet-agents N    simulated agents in the fleet bench                      [10000]
   --fleet-health-spread MS
                       their --health-spread (0: health written at once)  [the agent's: 1000]
+  --hot-swap-mtu BYTES
+                      the hot_swap bed's veth MTU, 1280-65535                 [65535]
+                      (1500 shows BBR's own dip every 10 s: docs/bench.md, hot_swap)
 `;
 
 interface Failure {
@@ -58,7 +62,15 @@ interface Failure {
 }
 
 export async function main(argv: string[]): Promise<number> {
-  let values: { json?: boolean; only?: string; list?: boolean; help?: boolean; 'fleet-agents'?: string; 'fleet-health-spread'?: string };
+  let values: {
+    json?: boolean;
+    only?: string;
+    list?: boolean;
+    help?: boolean;
+    'fleet-agents'?: string;
+    'fleet-health-spread'?: string;
+    'hot-swap-mtu'?: string;
+  };
   try {
     ({ values } = parseArgs({
       args: argv,
@@ -69,6 +81,7 @@ export async function main(argv: string[]): Promise<number> {
         help: { type: 'boolean', short: 'h' },
         'fleet-agents': { type: 'string' },
         'fleet-health-spread': { type: 'string' },
+        'hot-swap-mtu': { type: 'string' },
       },
       allowPositionals: false,
       strict: true,
@@ -92,6 +105,14 @@ export async function main(argv: string[]): Promise<number> {
       return 2;
     }
     fleetOptions.healthSpreadMs = ms;
+  }
+  if (values['hot-swap-mtu'] !== undefined) {
+    const mtu = Number(values['hot-swap-mtu']);
+    if (!Number.isInteger(mtu) || mtu < 1280 || mtu > 65_535) {
+      process.stderr.write(`bench: --hot-swap-mtu ${values['hot-swap-mtu']}: expected bytes, an integer from 1280 to 65535\n${USAGE}`);
+      return 2;
+    }
+    hotSwapOptions.mtu = mtu;
   }
   if (values.help) {
     process.stdout.write(USAGE);
