@@ -90,29 +90,21 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`bench: ${(err as Error).message}\n${USAGE}`);
     return 2;
   }
-  if (values['fleet-agents'] !== undefined) {
-    const n = Number(values['fleet-agents']);
-    if (!Number.isInteger(n) || n < 10 || n > 100_000) {
-      process.stderr.write(`bench: --fleet-agents ${values['fleet-agents']}: expected an integer from 10 to 100000\n${USAGE}`);
+  // The numeric options: each an integer in a range, refused with the range (exit 2) otherwise.
+  const numeric: Array<{ flag: 'fleet-agents' | 'fleet-health-spread' | 'hot-swap-mtu'; unit: string; min: number; max: number; set: (n: number) => void }> = [
+    { flag: 'fleet-agents', unit: '', min: 10, max: 100_000, set: (n) => (fleetOptions.agents = n) },
+    { flag: 'fleet-health-spread', unit: 'milliseconds, ', min: 0, max: 60_000, set: (n) => (fleetOptions.healthSpreadMs = n) },
+    { flag: 'hot-swap-mtu', unit: 'bytes, ', min: 1280, max: 65_535, set: (n) => (hotSwapOptions.mtu = n) },
+  ];
+  for (const { flag, unit, min, max, set } of numeric) {
+    const v = values[flag];
+    if (v === undefined) continue;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) {
+      process.stderr.write(`bench: --${flag} ${v}: expected ${unit}an integer from ${min} to ${max}\n${USAGE}`);
       return 2;
     }
-    fleetOptions.agents = n;
-  }
-  if (values['fleet-health-spread'] !== undefined) {
-    const ms = Number(values['fleet-health-spread']);
-    if (!Number.isInteger(ms) || ms < 0 || ms > 60_000) {
-      process.stderr.write(`bench: --fleet-health-spread ${values['fleet-health-spread']}: expected milliseconds, an integer from 0 to 60000\n${USAGE}`);
-      return 2;
-    }
-    fleetOptions.healthSpreadMs = ms;
-  }
-  if (values['hot-swap-mtu'] !== undefined) {
-    const mtu = Number(values['hot-swap-mtu']);
-    if (!Number.isInteger(mtu) || mtu < 1280 || mtu > 65_535) {
-      process.stderr.write(`bench: --hot-swap-mtu ${values['hot-swap-mtu']}: expected bytes, an integer from 1280 to 65535\n${USAGE}`);
-      return 2;
-    }
-    hotSwapOptions.mtu = mtu;
+    set(n);
   }
   if (values.help) {
     process.stdout.write(USAGE);
