@@ -5,7 +5,7 @@
 // else. docs/etcd.md "Access control" lists every grant and why.
 import { type Etcd3, EtcdRoleExistsError, EtcdUserExistsError, type IPermissionRequest, Range } from 'etcd3';
 import { SslwallError } from '../schemas/errors.js';
-import { etcdKeys } from '../schemas/keys.js';
+import { DEFAULT_ETCD_PREFIX, etcdKeys } from '../schemas/keys.js';
 
 /** Role and user names. A user is the CN of the certificate it connects with (etcd --client-cert-auth). */
 export const etcdNames = {
@@ -31,7 +31,7 @@ const exact = (key: string) => new Range(key);
 const permId = (p: { permission: string; range: Range }) => `${p.permission}|${p.range.start.toString('hex')}|${p.range.end.toString('hex')}`;
 
 /** The engine's grants: everything it writes, and what only agents write (health, summaries) read-only. */
-export function enginePermissions(prefix = '/sslwall/'): Perm[] {
+export function enginePermissions(prefix = DEFAULT_ETCD_PREFIX): Perm[] {
   const p = etcdKeys(prefix).prefix;
   return [
     ...['tiers/', 'hosts/', 'engine/', 'audit/', 'alerts/'].map((d) => perm('Readwrite', Range.prefix(`${p}${d}`))),
@@ -41,12 +41,12 @@ export function enginePermissions(prefix = '/sslwall/'): Perm[] {
 }
 
 /** A tier's agents read its head document only: not its history, not its rollout state. */
-export function tierPermissions(tier: string, prefix = '/sslwall/'): Perm[] {
+export function tierPermissions(tier: string, prefix = DEFAULT_ETCD_PREFIX): Perm[] {
   return [perm('Read', exact(etcdKeys(prefix).tierConfig(tier)))];
 }
 
 /** A host reads its own override and writes its own health and summary keys (one lease), exactly those keys. */
-export function hostPermissions(h: HostSpec, prefix = '/sslwall/'): Perm[] {
+export function hostPermissions(h: HostSpec, prefix = DEFAULT_ETCD_PREFIX): Perm[] {
   const k = etcdKeys(prefix);
   return [
     perm('Read', exact(k.hostOverride(h.hostId))),

@@ -6,6 +6,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { SslwallError } from '../schemas/errors.js';
 import { createEtcdClient, type EtcdConnection } from '../schemas/etcd.js';
+import { DEFAULT_ETCD_PREFIX } from '../schemas/keys.js';
 import { type ApiLimits, startApi } from './api.js';
 import { engineNames, isLoopback, Users } from './auth.js';
 import { Engine } from './engine.js';
@@ -84,7 +85,7 @@ export async function startEngine(opts: EngineRunOptions, log: Logger): Promise<
   const client = createEtcdClient(opts.etcd);
   const engine = new Engine({
     client,
-    prefix: opts.prefix ?? '/sslwall/',
+    prefix: opts.prefix ?? DEFAULT_ETCD_PREFIX,
     signer,
     id: opts.id,
     log,

@@ -1,8 +1,11 @@
 // The etcd key layout, the one place it is written down (docs/etcd.md lists the keys): what
 // agents read and write (etcdKeys), and the engine's keys beside them (engineKeys).
 
-/** The etcd key layout under a prefix (default /sslwall/). */
-export function etcdKeys(prefix = '/sslwall/') {
+/** The prefix every sslwall key lives under unless --etcd-prefix says otherwise. */
+export const DEFAULT_ETCD_PREFIX = '/sslwall/';
+
+/** The etcd key layout under a prefix (default DEFAULT_ETCD_PREFIX). */
+export function etcdKeys(prefix = DEFAULT_ETCD_PREFIX) {
   const p = prefix.endsWith('/') ? prefix : `${prefix}/`;
   return {
     prefix: p,
@@ -16,7 +19,7 @@ export function etcdKeys(prefix = '/sslwall/') {
   };
 }
 
-export function engineKeys(prefix = '/sslwall/') {
+export function engineKeys(prefix = DEFAULT_ETCD_PREFIX) {
   const k = etcdKeys(prefix);
   return {
     ...k,

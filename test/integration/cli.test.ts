@@ -38,6 +38,34 @@ test('usage errors exit 2 and say what to do', async () => {
   assert.match(badFlag.stderr, /run sslwall flows --help/);
 });
 
+test('the etcd flags: the agent, the engine and sslwall etcd refuse the same combinations, before connecting', async () => {
+  // Port 1: nothing listens; a command that got past its checks would fail on the connection
+  // instead (another exit code and message), so each refusal below is the check's.
+  const etcd = ['--etcd', 'https://127.0.0.1:1'];
+  const commands: [string, string[]][] = [
+    ['agent', ['agent', ...etcd, '--tier', 'web', '--insecure-unsigned']],
+    ['engine', ['engine', ...etcd, '--signing-key', '/nonexistent/signing.key']],
+    ['etcd setup', ['etcd', 'setup', ...etcd]],
+  ];
+  const refusals: [string[], RegExp][] = [
+    [['--etcd-cert', 'c.pem', '--etcd-key', 'k.pem'], /--etcd-cert\/--etcd-key need --etcd-cacert/],
+    [['--etcd-cacert', 'ca.pem', '--etcd-cert', 'c.pem'], /--etcd-cert and --etcd-key go together .*; --etcd-key is missing/],
+    [['--etcd-cacert', 'ca.pem', '--etcd-key', 'k.pem'], /--etcd-cert and --etcd-key go together .*; --etcd-cert is missing/],
+    [['--etcd-user', 'root'], /--etcd-user needs --etcd-password-file FILE/],
+    [['--etcd-password-file', 'pw'], /--etcd-password-file needs --etcd-user NAME/],
+  ];
+  for (const [name, args] of commands) {
+    for (const [extra, message] of refusals) {
+      const r = await runHost([...args, ...extra]);
+      assert.equal(r.code, 2, `${name} ${extra.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, message, `${name} ${extra.join(' ')}`);
+    }
+    const none = await runHost([...args.filter((a) => !etcd.includes(a)), '--etcd', ' , ']);
+    assert.equal(none.code, 2, `${name} with an empty --etcd`);
+    assert.match(none.stderr, new RegExp(`${name} needs --etcd URL\\[,URL\\.\\.\\.\\]`));
+  }
+});
+
 test('an invalid config file: exit 2, naming the field', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sslwall-cli-'));
   try {

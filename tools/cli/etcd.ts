@@ -4,7 +4,8 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { type HostSpec, provisionHosts, setupEtcdAuth } from '../../rollout/etcd-roles.js';
 import { SslwallError } from '../../schemas/errors.js';
-import { createEtcdClient, type EtcdConnection, explainDenied } from '../../schemas/etcd.js';
+import { createEtcdClient, explainDenied } from '../../schemas/etcd.js';
+import { ETCD_OPTIONS, etcdFlags } from './etcd-options.js';
 
 export const ETCD_HELP = `Usage: sslwall etcd <setup|provision> --etcd URL[,URL...] [admin credentials] [options]
 
@@ -36,13 +37,7 @@ Options:
 `;
 
 const OPTIONS = {
-  etcd: { type: 'string' },
-  'etcd-cacert': { type: 'string' },
-  'etcd-cert': { type: 'string' },
-  'etcd-key': { type: 'string' },
-  'etcd-user': { type: 'string' },
-  'etcd-password-file': { type: 'string' },
-  'etcd-prefix': { type: 'string' },
+  ...ETCD_OPTIONS,
   'root-password-file': { type: 'string' },
   'engine-password-file': { type: 'string' },
   tier: { type: 'string' },
@@ -100,20 +95,7 @@ export async function etcdCommand(args: string[]): Promise<number> {
   }
   if (sub !== 'setup' && sub !== 'provision') throw usage(`unknown etcd command '${sub}'; run sslwall etcd --help`);
   const s = (k: string) => v[k] as string | undefined;
-  if (!s('etcd')) throw usage(`etcd ${sub} needs --etcd URL[,URL...]`);
-  if (s('etcd-user') && !s('etcd-password-file')) throw usage('--etcd-user needs --etcd-password-file FILE');
-  const conn: EtcdConnection = {
-    endpoints: s('etcd')!
-      .split(',')
-      .map((e) => e.trim())
-      .filter(Boolean),
-    cacert: s('etcd-cacert'),
-    cert: s('etcd-cert'),
-    key: s('etcd-key'),
-    user: s('etcd-user'),
-    passwordFile: s('etcd-password-file'),
-  };
-  const prefix = s('etcd-prefix') ?? '/sslwall/';
+  const { conn, prefix } = etcdFlags(v, `etcd ${sub}`);
   const concurrency = s('concurrency') === undefined ? 32 : Number(s('concurrency'));
   if (!Number.isInteger(concurrency) || concurrency < 1) throw usage('--concurrency N: a whole number of at least 1');
   const hosts = sub === 'provision' ? hostList(s('tier'), (v.host as string[] | undefined) ?? [], s('hosts-file')) : [];

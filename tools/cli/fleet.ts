@@ -12,6 +12,7 @@ import type { RolloutViewBody } from '../../schemas/api.js';
 import { describeIssues } from '../../schemas/config.js';
 import { SslwallError } from '../../schemas/errors.js';
 import { AnalysisSchema, parseDuration } from '../../schemas/rollout.js';
+import { ETCD_OPTIONS, etcdFlags } from './etcd-options.js';
 import { watchRollout } from './watch.js';
 
 export const DEFAULT_ENGINE = 'http://127.0.0.1:7070';
@@ -76,7 +77,7 @@ export async function engineCommand(args: string[]): Promise<number> {
   const { values: v } = parse(
     args,
     {
-      etcd: { type: 'string' },
+      ...ETCD_OPTIONS,
       'signing-key': { type: 'string' },
       users: { type: 'string' },
       'tls-cert': { type: 'string' },
@@ -84,12 +85,6 @@ export async function engineCommand(args: string[]): Promise<number> {
       'public-url': { type: 'string', multiple: true },
       insecure: { type: 'boolean' },
       listen: { type: 'string' },
-      'etcd-prefix': { type: 'string' },
-      'etcd-cacert': { type: 'string' },
-      'etcd-cert': { type: 'string' },
-      'etcd-key': { type: 'string' },
-      'etcd-user': { type: 'string' },
-      'etcd-password-file': { type: 'string' },
       id: { type: 'string' },
       'lease-ttl': { type: 'string' },
       'history-keep': { type: 'string' },
@@ -105,7 +100,7 @@ export async function engineCommand(args: string[]): Promise<number> {
     process.stdout.write(ENGINE_HELP);
     return 0;
   }
-  if (!v.etcd) throw usage('engine needs --etcd URL[,URL...]');
+  const { conn, prefix } = etcdFlags(v, 'engine');
   if (!v['signing-key']) throw usage('engine needs --signing-key FILE (make one with: sslwall keygen --out DIR)');
   let alertTtlMs: number | undefined;
   try {
@@ -132,18 +127,11 @@ export async function engineCommand(args: string[]): Promise<number> {
   if (v['notify-severity'] && !v['notify-url']) throw usage('--notify-severity needs --notify-url URL');
   await runEngine(
     {
-      etcd: {
-        endpoints: String(v.etcd).split(','),
-        cacert: v['etcd-cacert'] as string | undefined,
-        cert: v['etcd-cert'] as string | undefined,
-        key: v['etcd-key'] as string | undefined,
-        user: v['etcd-user'] as string | undefined,
-        passwordFile: v['etcd-password-file'] as string | undefined,
-      },
+      etcd: conn,
       signingKey: String(v['signing-key']),
       id,
       listen: (v.listen as string | undefined) ?? '127.0.0.1:7070',
-      prefix: v['etcd-prefix'] as string | undefined,
+      prefix,
       leaseTtlS: v['lease-ttl'] === undefined ? undefined : Number(v['lease-ttl']),
       historyKeep: v['history-keep'] === undefined ? undefined : positiveInt(String(v['history-keep']), '--history-keep'),
       users: v.users as string | undefined,

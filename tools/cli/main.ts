@@ -15,6 +15,7 @@ import { DEFAULT_BPFFS, DEFAULT_STATE_DIR } from '../../agent/paths.js';
 import { uninstall } from '../../agent/uninstall.js';
 import { exitCodeFor, SslwallError } from '../../schemas/errors.js';
 import { Verifier } from '../../schemas/signing.js';
+import { ETCD_OPTIONS, etcdFlags } from './etcd-options.js';
 
 const VERSION = '0.1.0';
 
@@ -92,15 +93,9 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
 `,
     options: {
       'config-file': { type: 'string' },
-      etcd: { type: 'string' },
+      ...ETCD_OPTIONS,
       tier: { type: 'string' },
       'host-id': { type: 'string' },
-      'etcd-prefix': { type: 'string' },
-      'etcd-cacert': { type: 'string' },
-      'etcd-cert': { type: 'string' },
-      'etcd-key': { type: 'string' },
-      'etcd-user': { type: 'string' },
-      'etcd-password-file': { type: 'string' },
       'verify-key': { type: 'string', multiple: true },
       'insecure-unsigned': { type: 'boolean' },
       'health-spread': { type: 'string' },
@@ -125,18 +120,12 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
         const tier = str(v.tier);
         if (!tier) throw usage('--etcd needs --tier TIER (the tier this host belongs to)');
         if (!/^[A-Za-z0-9._-]{1,64}$/.test(tier)) throw usage(`--tier ${tier}: use letters, digits, . _ - (at most 64)`);
-        const endpoints = etcd!
-          .split(',')
-          .map((e) => e.trim())
-          .filter(Boolean);
+        const { conn, prefix } = etcdFlags(v, 'agent');
         const verifyKeys = (v['verify-key'] as string[] | undefined) ?? [];
         if (!verifyKeys.length && !v['insecure-unsigned']) {
           throw usage("--etcd needs --verify-key FILE (the engine's verify.pub), or --insecure-unsigned to accept unsigned documents");
         }
         if (verifyKeys.length) Verifier.fromSources(verifyKeys); // fail now, not at the first document
-        if ((v['etcd-cert'] || v['etcd-key']) && !v['etcd-cacert'])
-          throw usage('--etcd-cert/--etcd-key need --etcd-cacert (client certificates are for https:// endpoints)');
-        if (v['etcd-user'] && !v['etcd-password-file']) throw usage('--etcd-user needs --etcd-password-file FILE');
         const spread = str(v['health-spread']);
         // At most 60 s: a stage's cohort has applyDeadlineMs (60 s by default) to report its version.
         if (spread !== undefined && !(/^\d{1,5}$/.test(spread) && Number(spread) <= 60_000))
@@ -146,15 +135,8 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
           verifyKeys,
           tier,
           hostId: str(v['host-id']) ?? defaultHostId(),
-          prefix: str(v['etcd-prefix']) ?? '/sslwall/',
-          conn: {
-            endpoints,
-            cacert: str(v['etcd-cacert']),
-            cert: str(v['etcd-cert']),
-            key: str(v['etcd-key']),
-            user: str(v['etcd-user']),
-            passwordFile: str(v['etcd-password-file']),
-          },
+          prefix,
+          conn,
           healthSpreadMs: spread === undefined ? undefined : Number(spread),
         };
       }

@@ -8,6 +8,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
 import { exitCodeFor, SslwallError } from '../../schemas/errors.js';
+import { DEFAULT_ETCD_PREFIX } from '../../schemas/keys.js';
 import { type FromWorker, type SimOptions, type StatsLine, slices, type ToWorker, type WorkerStats } from './shared.js';
 
 export const SIMULATE_HELP = `Usage: sslwall simulate --etcd URL[,URL...] --tier TIER --agents N (--verify-key FILE|DIR ... | --insecure-unsigned) [options]
@@ -121,7 +122,7 @@ export function parseSimulateArgs(argv: string[]): SimOptions {
     dieAfterS: num(s('die-after'), 'die-after', 30, 0, 1e7),
     processes: Math.min(agents, num(s('processes'), 'processes', Math.ceil(agents / AGENTS_PER_PROCESS), 1, 256, true)),
     verifyKeys,
-    prefix: s('prefix') ?? '/sslwall/',
+    prefix: s('prefix') ?? DEFAULT_ETCD_PREFIX,
     hostPrefix: s('host-prefix') ?? 'sim-',
     statsIntervalMs: num(s('stats-interval'), 'stats-interval', 1000, 50, 3_600_000, true),
     concurrency: num(s('concurrency'), 'concurrency', 64, 1, 100_000, true),
