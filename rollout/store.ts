@@ -237,11 +237,7 @@ export class ConfigStore {
       )
       .commit();
     if (!res.succeeded) {
-      if (fence) {
-        const f = await this.client.kv.range({ key: Buffer.from(fence.key) });
-        if (Number(f.kvs[0]?.mod_revision ?? 0) !== fence.modRevision)
-          throw new SslwallError('SSLWALL_E_NOT_LEADER', 'this engine is no longer the leader; its write was refused (fencing)');
-      }
+      if (fence) await this.refuseIfFenced(fence);
       for (const u of meta.unchanged ?? []) {
         const r = await this.client.kv.range({ key: Buffer.from(u.key) });
         if (Number(r.kvs[0]?.mod_revision ?? 0) !== u.mod)
@@ -256,6 +252,13 @@ export class ConfigStore {
       throw conflict(tier, base, (await this.headState(tier)).modRevision);
     }
     return { ...record, revision: Number(res.header.revision) };
+  }
+
+  /** After a refused transaction: if the fence moved (another engine leads now), say so, not "conflict". */
+  private async refuseIfFenced(fence: Fence): Promise<void> {
+    const f = await this.client.kv.range({ key: Buffer.from(fence.key) });
+    if (Number(f.kvs[0]?.mod_revision ?? 0) !== fence.modRevision)
+      throw new SslwallError('SSLWALL_E_NOT_LEADER', 'this engine is no longer the leader; its write was refused (fencing)');
   }
 
   /** A new version whose content is that of an old one. */
@@ -300,11 +303,7 @@ export class ConfigStore {
       )
       .commit();
     if (!res.succeeded) {
-      if (fence) {
-        const f = await this.client.kv.range({ key: Buffer.from(fence.key) });
-        if (Number(f.kvs[0]?.mod_revision ?? 0) !== fence.modRevision)
-          throw new SslwallError('SSLWALL_E_NOT_LEADER', 'this engine is no longer the leader; its write was refused (fencing)');
-      }
+      if (fence) await this.refuseIfFenced(fence);
       throw new SslwallError('SSLWALL_E_CONFLICT', `${key} changed meanwhile; read it again and retry`);
     }
     return Number(res.header.revision);
