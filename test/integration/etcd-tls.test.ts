@@ -1,14 +1,12 @@
 // The agent talks to an etcd that requires TLS with client certificates (--etcd-cacert,
 // --etcd-cert, --etcd-key); without a client certificate etcd refuses the connection.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createEtcdClient } from '../../schemas/etcd.js';
 import { etcdKeys } from '../../schemas/keys.js';
 import { type AgentEnv, AgentProc, agentEnv, sslwall } from '../../tools/lab/agent-proc.js';
-import { type Certs, makeCerts } from '../../tools/lab/certs.js';
+import { type Certs, makeCerts, makeHostCert } from '../../tools/lab/certs.js';
 import { freePort } from '../../tools/lab/etcd.js';
 import { EtcdBridge } from '../../tools/lab/etcd-bridge.js';
 import { createTestbed, type Testbed } from '../../tools/lab/netns.js';
@@ -27,47 +25,8 @@ describe('agent on an etcd with mutual TLS', () => {
   before(async () => {
     tb = await createTestbed('etcd-tls');
     certs = await makeCerts(tb.tempDir('certs'), { ips: ['127.0.0.1'] });
-    const f = (n: string) => path.join(certs.dir, n);
-    execFileSync(
-      'openssl',
-      [
-        'req',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:prime256v1',
-        '-nodes',
-        '-keyout',
-        f('client.key'),
-        '-out',
-        f('client.csr'),
-        '-subj',
-        '/CN=sslwall-agent',
-      ],
-      { stdio: 'pipe' },
-    );
-    fs.writeFileSync(f('client.ext'), 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n');
-    execFileSync(
-      'openssl',
-      [
-        'x509',
-        '-req',
-        '-in',
-        f('client.csr'),
-        '-CA',
-        certs.caCert,
-        '-CAkey',
-        certs.caKey,
-        '-CAcreateserial',
-        '-out',
-        f('client.crt'),
-        '-days',
-        '2',
-        '-extfile',
-        f('client.ext'),
-      ],
-      { stdio: 'pipe' },
-    );
+    // A client certificate of the same CA (makeHostCert's carries clientAuth): client.crt/.key.
+    await makeHostCert(certs.dir, certs, 'client', []);
     port = await freePort();
     const peer = await freePort();
     const data = tb.tempDir('etcd-data');
