@@ -163,7 +163,7 @@ export async function runAgent(opts: AgentOptions, log: Logger): Promise<void> {
   const ifaces = opts.ifaces.length ? opts.ifaces : routeInterfaces();
   if (ifaces.length === 0) throw new SslwallError('SSLWALL_E_IFACE', 'no --iface given and no interface carries a route; name the interfaces with --iface');
   for (const iface of ifaces) dp.attachInterface(iface, log);
-  dp.settleLegacyFlows(log);
+  dp.settle(log);
   // The filter did not see the SYNs of connections opened before it was attached.
   seedOwnFlows(dp, self, log, 'attach');
   if (currentMode(dp.maps) !== 'off') registerOpenFlows(dp, log, 'attach');

@@ -8,7 +8,20 @@ import { BpfError, type BpfObject, type LinkHandle, type MapHandle, native, type
 import { SslwallError } from '../schemas/errors.js';
 import { sizeOf, u32 } from './codec.js';
 import { FLOW_MAPS, type FlowMaps } from './flow-maps.js';
-import { type Captured, capture, copyLegacyFlows, FOLDED, type FoldedMap, fold, MIGRATABLE, restore, settleLegacyFlows } from './migrate.js';
+import {
+  type Captured,
+  capture,
+  copyLegacyFlows,
+  FOLDED,
+  type FoldedMap,
+  fold,
+  MIGRATABLE,
+  type Placed,
+  placer,
+  restore,
+  settleLegacyFlows,
+  settleRestored,
+} from './migrate.js';
 import { assertBpffs, bpfObjects, pinLayout } from './paths.js';
 import { roundTimes, type StepTimes, timed } from './timing.js';
 
@@ -52,6 +65,15 @@ function flowMapsOf(obj: BpfObject): FlowMaps {
   return Object.fromEntries(FLOW_MAPS.map((m) => [m, obj.map(m)])) as FlowMaps;
 }
 
+/** A layout migration of this start, for the settle once the new programs are attached. */
+interface Migration {
+  map: string;
+  /** The replaced map, unpinned but open: the old programs write it until they are detached. */
+  old: MapHandle;
+  written: Map<string, Placed>;
+  place: (k: Buffer, v: Buffer) => Placed;
+}
+
 export function closeMaps(maps: Partial<Record<SharedMap, MapHandle>>): void {
   for (const h of Object.values(maps)) h?.close();
 }
@@ -65,6 +87,8 @@ export class Datapath {
   mapsReplaced = 0;
   /** IPv4 flows an older build kept in sslwall_flows, copied at load; settled once attached. */
   private legacyCopies = new Map<string, Buffer>();
+  /** Layout migrations of this start, each with the old map open until the settle. */
+  private migrations: Migration[] = [];
   private readonly iterLink: LinkHandle;
   private readonly seedLink: LinkHandle;
   private readonly registerLink: LinkHandle;
@@ -104,6 +128,7 @@ export class Datapath {
 
     const classifier = addon.openObject(bpfObjects.classifier);
     const captured: Captured[] = [];
+    const migrations: Migration[] = [];
     const reused = reusePinnedMaps(classifier, pins, log, Object.keys(expectedMaps()), captured);
     // The verifier's time, in the log: most of a restart's CPU (docs/bench.md, hot_swap).
     const times: StepTimes = {};
@@ -116,16 +141,18 @@ export class Datapath {
         opened.set(name, map);
         return map;
       };
-      let n: number;
+      const place = placer(c, bpfObjects.classifier);
+      let written: Map<string, Placed>;
       try {
-        n = restore(c, bpfObjects.classifier, open);
+        written = restore(c, place, open);
       } finally {
         for (const map of opened.values()) map.close();
       }
       log.info(
-        { event: 'map_migrated', map: c.map, entries: c.entries.length, migrated: n, from: c.value.size, to: classifier.mapDef(c.map).valueSize },
+        { event: 'map_migrated', map: c.map, entries: c.entries.length, migrated: written.size, from: c.value.size, to: classifier.mapDef(c.map).valueSize },
         'pinned state migrated to the new layout',
       );
+      if (c.source) migrations.push({ map: c.map, old: c.source, written, place });
     }
     foldRetiredMaps(classifier, pins, log);
     const legacyCopies = copyLegacy(classifier, log);
@@ -166,14 +193,26 @@ export class Datapath {
     const dp = new Datapath(bpffs, classifier, lifecycle, iterLink, seedLink, registerLink, features);
     dp.mapsReplaced = Object.keys(expectedMaps()).length - reused.size;
     dp.legacyCopies = legacyCopies;
+    dp.migrations = migrations;
     return dp;
   }
 
   /**
-   * Once the new programs run on every interface: the IPv4 flows of an older build leave
-   * sslwall_flows for good (migrate.ts, settleLegacyFlows). A no-op on a host without any.
+   * Once the new programs run on every interface, what the old ones did since this start read
+   * their maps is brought over: the flows of a migrated layout (migrate.ts, settleRestored), and
+   * the IPv4 flows of an older build, which leave sslwall_flows for good (settleLegacyFlows).
+   * A no-op on a start that replaced no program.
    */
-  settleLegacyFlows(log: Logger): void {
+  settle(log: Logger): void {
+    for (const m of this.migrations.splice(0)) {
+      const open = (name: string): MapHandle => this.maps[name as SharedMap];
+      try {
+        const r = settleRestored(m.old, m.written, m.place, open);
+        log.info({ event: 'map_migration_settled', map: m.map, migrated: m.written.size, ...r }, 'what the old programs did during the start brought over');
+      } finally {
+        m.old.close();
+      }
+    }
     const { moved, dropped } = settleLegacyFlows(this.maps, this.legacyCopies);
     if (this.legacyCopies.size || moved)
       log.info({ event: 'legacy_flows_settled', copied: this.legacyCopies.size, moved, dropped }, 'IPv4 flows of the older build moved to sslwall_flows4');
@@ -275,6 +314,7 @@ export class Datapath {
   }
 
   close(): void {
+    for (const m of this.migrations.splice(0)) m.old.close();
     this.iterLink.close();
     this.seedLink.close();
     this.registerLink.close();
@@ -352,15 +392,17 @@ export function loadOrExplain(obj: BpfObject, what: string): void {
 
 /**
  * Reuse every pinned map of `names` that matches this object's definition. A map whose layout
- * changed is replaced; if it holds state (flows) its entries are captured first and
- * migrated into the new map after load. Shared with the ttls object (agent/ttls-kernel.ts).
+ * changed is replaced; if it holds state (flows) and the caller takes `captured`, its entries
+ * are captured first (the map kept open, for the settle) and migrated into the new map after
+ * load. Shared with the lifecycle and ttls objects, which load after the classifier has pinned
+ * its maps (agent/ttls-kernel.ts).
  */
 export function reusePinnedMaps<N extends string>(
   obj: BpfObject,
   pins: ReturnType<typeof pinLayout>,
   log: Logger,
   names: readonly N[],
-  captured: Captured[] = [],
+  captured?: Captured[],
 ): Set<N> {
   const addon = native();
   const reused = new Set<N>();
@@ -368,18 +410,24 @@ export function reusePinnedMaps<N extends string>(
     const pin = pins.map(name);
     if (!existsSync(pin)) continue;
     const map = addon.getPinned(pin, 'map');
+    let keepOpen = false;
     try {
       const info = addon.mapInfo(map);
       const want = obj.mapDef(name);
       if (info.type !== want.type || info.keySize !== want.keySize || info.valueSize !== want.valueSize || info.maxEntries !== want.maxEntries) {
-        if (MIGRATABLE.has(name)) captured.push(capture(name, map));
+        if (MIGRATABLE.has(name) && captured) {
+          // Kept open past its unpinning: the old programs write it until the new ones are
+          // attached, and the settle reads their last word from it (migrate.ts, settleRestored).
+          captured.push({ ...capture(name, map), source: map });
+          keepOpen = true;
+        }
         log.warn(
           {
             event: 'map_layout_changed',
             map: name,
             pinned: { keySize: info.keySize, valueSize: info.valueSize, maxEntries: info.maxEntries },
             expected: want,
-            migrating: MIGRATABLE.has(name),
+            migrating: MIGRATABLE.has(name) && captured !== undefined,
           },
           'pinned map has another layout; replacing it',
         );
@@ -389,7 +437,7 @@ export function reusePinnedMaps<N extends string>(
       obj.reuseMap(name, map);
       reused.add(name);
     } finally {
-      map.close();
+      if (!keepOpen) map.close();
     }
   }
   return reused;

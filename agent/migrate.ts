@@ -38,6 +38,8 @@ export interface Captured {
   key: NamedLayout;
   value: NamedLayout;
   entries: Array<[Buffer, Buffer]>;
+  /** The captured map itself, where its caller keeps it open for a settle (datapath.ts). */
+  source?: MapHandle;
 }
 
 function btfDump(args: string[]): unknown {
@@ -98,28 +100,102 @@ export function fold(c: Captured, objectFile: string, into: (map: FlowMap) => Ma
   return n;
 }
 
+/** Where one entry of a migrated map goes in the new maps, converted to their layouts. */
+export interface Placed {
+  map: string;
+  key: Buffer;
+  value: Buffer;
+}
+
 /**
- * Write captured entries into the new maps of an object file (`open` gives a map of it by name);
- * returns how many made it. Each goes to its own map, except the entries of a flow map keyed by
- * the full key (sslwall_flows: in builds before sslwall_flows4 it held both families), which go
- * to their family's flow map under that map's key.
+ * How the entries of a captured map are placed in the new maps of an object file: each into its
+ * own map, except the entries of a flow map keyed by the full key (sslwall_flows: in builds before
+ * sslwall_flows4 it held both families), which go to their family's flow map under that map's key.
  */
-export function restore(c: Captured, objectFile: string, open: (map: string) => MapHandle): number {
+export function placer(c: Captured, objectFile: string): (k: Buffer, v: Buffer) => Placed {
   const btf = btfDump(['file', objectFile]);
   const layouts = btfLayout.layoutsByName(btf, [c.key.name, c.value.name]);
   const byFamily = c.map in FLOW_MAP_KEYS && c.key.name === 'sslwall_flow_key';
-  let n = 0;
-  for (const [k, v] of c.entries) {
+  return (k, v) => {
     const key = convert(k, c.key, layouts[c.key.name]!);
     const to = byFamily ? flowMapKey(key) : { map: c.map, key };
+    return { map: to.map, key: to.key, value: convert(v, c.value, layouts[c.value.name]!) };
+  };
+}
+
+/**
+ * Write captured entries into the new maps (`open` gives one by name). Returns what was written,
+ * by the captured key (hex), for the settle.
+ */
+export function restore(c: Captured, place: (k: Buffer, v: Buffer) => Placed, open: (map: string) => MapHandle): Map<string, Placed> {
+  const written = new Map<string, Placed>();
+  for (const [k, v] of c.entries) {
+    const to = place(k, v);
     try {
-      native().mapUpdate(open(to.map), to.key, convert(v, c.value, layouts[c.value.name]!));
-      n++;
+      native().mapUpdate(open(to.map), to.key, to.value);
+      written.set(k.toString('hex'), to);
     } catch {
       // The new map is smaller or the entry no longer fits: an LRU would have evicted it anyway.
     }
   }
-  return n;
+  return written;
+}
+
+/**
+ * A restore is made from entries read before the new programs were loaded, and the old programs
+ * go on writing the old map until the new ones are attached (the verifier alone takes ~0.5-2 s
+ * of that). Once they are, the old map (`old`, unpinned but kept open for this) is final, and
+ * what the old programs did meanwhile is brought over, with the rule the legacy move uses: a
+ * copy the new programs have not touched takes the old programs' last word (a flow judged in
+ * the window); one they touched, or closed, is theirs; the copy of a flow the old programs
+ * closed goes (else it would stay, a connection `sslwall flows` shows that no longer exists,
+ * until the LRU evicts it); a flow opened in the window is added if the new programs have not
+ * opened it themselves.
+ */
+export function settleRestored(
+  old: MapHandle,
+  written: Map<string, Placed>,
+  place: (k: Buffer, v: Buffer) => Placed,
+  open: (map: string) => MapHandle,
+): { updated: number; added: number; dropped: number } {
+  const addon = native();
+  const now = new Map(addon.mapDump(old).map(([k, v]) => [k.toString('hex'), v]));
+  const r = { updated: 0, added: 0, dropped: 0 };
+  // false when refused: ENOENT or EEXIST, the programs got there first and theirs stands; any
+  // other refusal, as in restore, an entry that does not fit, which an LRU would have evicted.
+  const attempt = (fn: () => void): boolean => {
+    try {
+      fn();
+      return true;
+    } catch (err) {
+      if (err instanceof BpfError) return false;
+      throw err;
+    }
+  };
+  for (const [hex, w] of written) {
+    if (now.has(hex) || !addon.mapLookup(open(w.map), w.key)?.equals(w.value)) continue;
+    if (attempt(() => addon.mapDelete(open(w.map), w.key))) r.dropped++;
+  }
+  for (const [hex, v] of now) {
+    const to = place(Buffer.from(hex, 'hex'), v);
+    const prev = written.get(hex);
+    const cur = addon.mapLookup(open(to.map), to.key);
+    if (prev === undefined && !cur) {
+      if (attempt(() => addon.mapUpdate(open(to.map), to.key, to.value, 1 /* BPF_NOEXIST: opened in the window */))) r.added++;
+    } else if (prev !== undefined && cur?.equals(prev.value) && !to.value.equals(prev.value)) {
+      if (attempt(() => addon.mapUpdate(open(to.map), to.key, to.value, 2 /* BPF_EXIST */))) r.updated++;
+    }
+  }
+  return r;
+}
+
+/** Run a map write the programs may race: ENOENT / EEXIST, the filter or the close hook got there first; theirs stands. */
+function ignoreGone(fn: () => void): void {
+  try {
+    fn();
+  } catch (err) {
+    if (!(err instanceof BpfError) || (err.errno !== 2 && err.errno !== 17)) throw err;
+  }
 }
 
 /**
@@ -158,14 +234,6 @@ export function settleLegacyFlows(maps: FlowMaps, copied: Map<string, Buffer>): 
   const legacy = new Map(legacyIpv4(maps).map(([k, v]) => [flowMapKey(k).key.toString('hex'), { k, v }]));
   let moved = 0;
   let dropped = 0;
-  const ignoreGone = (fn: () => void) => {
-    try {
-      fn();
-    } catch (err) {
-      // ENOENT / EEXIST: the filter or the close hook got there first; theirs stands.
-      if (!(err instanceof BpfError) || (err.errno !== 2 && err.errno !== 17)) throw err;
-    }
-  };
   for (const [hex, prev] of copied) {
     if (legacy.has(hex)) continue;
     // Closed under the old programs after its copy: the copy, untouched since, goes too.

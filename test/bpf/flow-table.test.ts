@@ -11,7 +11,8 @@ import { addrToBytes, decode, encode } from '../../agent/codec.js';
 import { decodeFlowKey, flowMapKey } from '../../agent/flow-maps.js';
 import { flowTableStats } from '../../agent/flows.js';
 import { Defines, SslwallClass, type SslwallFlow, type SslwallFlowKey } from '../../agent/generated/shared.js';
-import { copyLegacyFlows, settleLegacyFlows } from '../../agent/migrate.js';
+import { capture, copyLegacyFlows, placer, restore, settleLegacyFlows, settleRestored } from '../../agent/migrate.js';
+import { bpfObjects } from '../../agent/paths.js';
 import { native } from '../../native/index.js';
 import { DROP, Lab, PASS } from '../../tools/lab/bpf-lab.js';
 import { ACK, Conversation, packet, RST, SYN, tlsHello } from '../../tools/lab/packets.js';
@@ -387,5 +388,66 @@ test("an older build's IPv4 flows move to sslwall_flows4: copied, then settled a
     assert.deepEqual(settleLegacyFlows(m, new Map()), { moved: 0, dropped: 0 }, 'a second settle has nothing to do');
   } finally {
     fresh.close();
+  }
+});
+
+test('a layout migration is settled against what each program did while the new ones loaded', () => {
+  // Two fresh classifiers stand in for a restart that replaced the flow map: the old programs'
+  // map (captured, then written by them while the new programs are verified) and the new one.
+  const old = new Lab();
+  const fresh = new Lab();
+  try {
+    const key = (port: number) =>
+      flowMapKey(
+        encode<SslwallFlowKey>('sslwall_flow_key', {
+          addr_lo: addrToBytes('10.9.1.1').bytes,
+          addr_hi: addrToBytes('10.9.1.2').bytes,
+          port_lo: port,
+          port_hi: 443,
+          family: Defines.SSLWALL_FAMILY_IPV4,
+        }),
+      ).key;
+    const flow = (cls: number, seen: bigint) => encode<SslwallFlow>('sslwall_flow', { first_seen_ns: seen, cls, client_is_lo: 1 });
+    const PENDING = SslwallClass.SSLWALL_CLASS_PENDING;
+    const TLS = SslwallClass.SSLWALL_CLASS_TLS;
+    const oldMap = old.maps.sslwall_flows4;
+    const newMap = fresh.maps.sslwall_flows4;
+    const inNew = (port: number) => {
+      const v = native().mapLookup(newMap, key(port));
+      return v ? decode<SslwallFlow>('sslwall_flow', v) : null;
+    };
+    for (const port of [1, 2, 3, 4]) native().mapUpdate(oldMap, key(port), flow(PENDING, BigInt(port)));
+
+    const c = capture('sslwall_flows4', oldMap);
+    const place = placer(c, bpfObjects.classifier);
+    const open = (name: string) => {
+      assert.equal(name, 'sslwall_flows4', 'IPv4 flows stay in their map');
+      return newMap;
+    };
+    const written = restore(c, place, open);
+    assert.equal(written.size, 4);
+
+    // While the new programs load: the old ones decide port 1, the old close hook removes port 2,
+    // ports 7 and 8 open; the new programs judge port 3 and open port 8 themselves, and the new
+    // close hook removes port 4's copy.
+    native().mapUpdate(oldMap, key(1), flow(TLS, 1n));
+    native().mapDelete(oldMap, key(2));
+    native().mapUpdate(oldMap, key(7), flow(PENDING, 7n));
+    native().mapUpdate(oldMap, key(8), flow(PENDING, 8n));
+    native().mapUpdate(newMap, key(3), flow(TLS, 3n));
+    native().mapUpdate(newMap, key(8), flow(TLS, 88n));
+    native().mapDelete(newMap, key(4));
+
+    assert.deepEqual(settleRestored(oldMap, written, place, open), { updated: 1, added: 1, dropped: 1 });
+    assert.equal(inNew(1)?.cls, TLS, "the old programs' later word, on a copy nobody touched since");
+    assert.equal(inNew(2), null, 'closed under the old programs: its copy goes too (no phantom connection in sslwall flows)');
+    assert.equal(inNew(3)?.cls, TLS, "the new programs' judgement stands");
+    assert.equal(inNew(4), null, 'closed under the new programs: not brought back');
+    assert.equal(inNew(7)?.first_seen_ns, 7n, 'opened while the new programs loaded: added');
+    assert.equal(inNew(8)?.first_seen_ns, 88n, 'opened by the new programs too: theirs stands');
+    assert.deepEqual(settleRestored(oldMap, written, place, open), { updated: 0, added: 0, dropped: 0 }, 'a second settle has nothing to do');
+  } finally {
+    fresh.close();
+    old.close();
   }
 });
