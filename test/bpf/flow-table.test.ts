@@ -323,21 +323,30 @@ test('IPv4 flows live in sslwall_flows4 under a 12-byte key, IPv6 flows in sslwa
   ]);
 });
 
+/** The full (40-byte) key of an IPv4 flow from lo:port to hi:443, as builds with one flow map kept it. */
+function ipv4FullKey(lo: string, hi: string, port: number): Buffer {
+  return encode<SslwallFlowKey>('sslwall_flow_key', {
+    addr_lo: addrToBytes(lo).bytes,
+    addr_hi: addrToBytes(hi).bytes,
+    port_lo: port,
+    port_hi: 443,
+    family: Defines.SSLWALL_FAMILY_IPV4,
+  });
+}
+
+/** A flow entry of one class; first_seen_ns tells connections apart. */
+function flowValue(cls: number, seen: bigint): Buffer {
+  return encode<SslwallFlow>('sslwall_flow', { first_seen_ns: seen, cls, client_is_lo: 1 });
+}
+
 test("an older build's IPv4 flows move to sslwall_flows4: copied, then settled against what each program did meanwhile", () => {
   // The maps of a fresh classifier stand in for an upgrade's: sslwall_flows with IPv4 entries
   // under the full key, as a build with one flow map left them.
   const fresh = new Lab();
   try {
     const m = { sslwall_flows4: fresh.maps.sslwall_flows4, sslwall_flows: fresh.maps.sslwall_flows };
-    const key = (port: number) =>
-      encode<SslwallFlowKey>('sslwall_flow_key', {
-        addr_lo: addrToBytes('10.9.0.1').bytes,
-        addr_hi: addrToBytes('10.9.0.2').bytes,
-        port_lo: port,
-        port_hi: 443,
-        family: Defines.SSLWALL_FAMILY_IPV4,
-      });
-    const flow = (cls: number, seen: bigint) => encode<SslwallFlow>('sslwall_flow', { first_seen_ns: seen, cls, client_is_lo: 1 });
+    const key = (port: number) => ipv4FullKey('10.9.0.1', '10.9.0.2', port);
+    const flow = flowValue;
     const PENDING = SslwallClass.SSLWALL_CLASS_PENDING;
     const TLS = SslwallClass.SSLWALL_CLASS_TLS;
     const in4 = (port: number) => native().mapLookup(m.sslwall_flows4, flowMapKey(key(port)).key);
@@ -397,17 +406,8 @@ test('a layout migration is settled against what each program did while the new 
   const old = new Lab();
   const fresh = new Lab();
   try {
-    const key = (port: number) =>
-      flowMapKey(
-        encode<SslwallFlowKey>('sslwall_flow_key', {
-          addr_lo: addrToBytes('10.9.1.1').bytes,
-          addr_hi: addrToBytes('10.9.1.2').bytes,
-          port_lo: port,
-          port_hi: 443,
-          family: Defines.SSLWALL_FAMILY_IPV4,
-        }),
-      ).key;
-    const flow = (cls: number, seen: bigint) => encode<SslwallFlow>('sslwall_flow', { first_seen_ns: seen, cls, client_is_lo: 1 });
+    const key = (port: number) => flowMapKey(ipv4FullKey('10.9.1.1', '10.9.1.2', port)).key;
+    const flow = flowValue;
     const PENDING = SslwallClass.SSLWALL_CLASS_PENDING;
     const TLS = SslwallClass.SSLWALL_CLASS_TLS;
     const oldMap = old.maps.sslwall_flows4;
