@@ -66,6 +66,12 @@ test('the etcd flags: the agent, the engine and sslwall etcd refuse the same com
   }
 });
 
+test('an agent with --config-file refuses the flags only the etcd source reads, instead of ignoring them', async () => {
+  const r = await runHost(['agent', '--config-file', '/nonexistent/config.json', '--etcd-cacert', 'ca.pem', '--tier', 'web']);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /--etcd-cacert, --tier: only with --etcd; an agent with --config-file reads no etcd/);
+});
+
 test('an invalid config file: exit 2, naming the field', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sslwall-cli-'));
   try {

@@ -115,6 +115,14 @@ SIGTERM/SIGINT: exits; the programs stay pinned and enforcing, and a restart ado
       if (!configFile === !etcd) throw usage('agent needs exactly one config source: --config-file FILE, or --etcd URL --tier TIER');
       let source: AgentOptions['source'];
       if (configFile) {
+        // A file agent reads no etcd: flags that only the etcd source reads would be ignored.
+        const etcdOnly = [...Object.keys(ETCD_OPTIONS), 'tier', 'host-id', 'verify-key', 'insecure-unsigned', 'health-spread'].filter(
+          (k) => v[k] !== undefined,
+        );
+        if (etcdOnly.length)
+          throw usage(
+            `${etcdOnly.map((k) => `--${k}`).join(', ')}: only with --etcd; an agent with --config-file reads no etcd (drop them, or use --etcd instead)`,
+          );
         source = { kind: 'file', configFile };
       } else {
         const tier = str(v.tier);
