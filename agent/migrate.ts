@@ -161,40 +161,34 @@ export function settleRestored(
   const addon = native();
   const now = new Map(addon.mapDump(old).map(([k, v]) => [k.toString('hex'), v]));
   const r = { updated: 0, added: 0, dropped: 0 };
-  // false when refused: ENOENT or EEXIST, the programs got there first and theirs stands; any
-  // other refusal, as in restore, an entry that does not fit, which an LRU would have evicted.
-  const attempt = (fn: () => void): boolean => {
-    try {
-      fn();
-      return true;
-    } catch (err) {
-      if (err instanceof BpfError) return false;
-      throw err;
-    }
-  };
   for (const [hex, w] of written) {
     if (now.has(hex) || !addon.mapLookup(open(w.map), w.key)?.equals(w.value)) continue;
-    if (attempt(() => addon.mapDelete(open(w.map), w.key))) r.dropped++;
+    if (ignoreGone(() => addon.mapDelete(open(w.map), w.key))) r.dropped++;
   }
   for (const [hex, v] of now) {
     const to = place(Buffer.from(hex, 'hex'), v);
     const prev = written.get(hex);
     const cur = addon.mapLookup(open(to.map), to.key);
     if (prev === undefined && !cur) {
-      if (attempt(() => addon.mapUpdate(open(to.map), to.key, to.value, 1 /* BPF_NOEXIST: opened in the window */))) r.added++;
+      if (ignoreGone(() => addon.mapUpdate(open(to.map), to.key, to.value, 1 /* BPF_NOEXIST: opened in the window */))) r.added++;
     } else if (prev !== undefined && cur?.equals(prev.value) && !to.value.equals(prev.value)) {
-      if (attempt(() => addon.mapUpdate(open(to.map), to.key, to.value, 2 /* BPF_EXIST */))) r.updated++;
+      if (ignoreGone(() => addon.mapUpdate(open(to.map), to.key, to.value, 2 /* BPF_EXIST */))) r.updated++;
     }
   }
   return r;
 }
 
-/** Run a map write the programs may race: ENOENT / EEXIST, the filter or the close hook got there first; theirs stands. */
-function ignoreGone(fn: () => void): void {
+/**
+ * Run a map write the programs may race; false when it was refused with ENOENT or EEXIST (the
+ * filter or the close hook got there first; theirs stands).
+ */
+function ignoreGone(fn: () => void): boolean {
   try {
     fn();
+    return true;
   } catch (err) {
     if (!(err instanceof BpfError) || (err.errno !== 2 && err.errno !== 17)) throw err;
+    return false;
   }
 }
 
