@@ -31,73 +31,70 @@
 static __always_inline int classify_slow(struct __sk_buff *skb, struct sslwall_pkt *p, struct sslwall_flow *f, int egress);
 static __noinline int parse_policy(int r);
 
-/* sk_allowed: socket-local storage; value = 1 while the socket's flow is decided with a class
- * whose verdict no mode changes (tls, starttls, connect, bypass, midstream_unknown), 0 after
- * the socket starts a new handshake. Written by the classifier on egress (set when a packet of
- * the socket finds its flow decided so in sslwall_flows, cleared at the socket's SYN); read by
- * the classifier on egress, first thing. SK_STORAGE rather than a flow-keyed map: a packet
- * leaving a local socket already points to it (skb->sk), and bpf_sk_storage_get with the map's
- * cache slot is a few loads, where the flow map costs hashing and comparing a 40-byte key
- * (docs/bench.md, tc_fastpath_ns). It needs no invalidation: a plaintext flow, whose verdict
- * the agent rewrites on a mode switch, is never remembered, and the storage dies with its
- * socket, so a new connection (a new socket) starts without it. The one socket that can carry
- * a second connection (connect(AF_UNSPEC), then connect() again) sends that connection's SYN
- * in SYN_SENT, which the fast path leaves to the slow path, and the SYN clears the mark.
- * Private to each loaded classifier, never pinned: a replaced program starts with none, which
- * costs each socket one flow-map lookup. No memory: nothing stored, the flow map serves. */
+/* sslwall_sk_allowed: the sockets whose flow is decided with a class whose verdict no mode
+ * changes (tls, starttls, connect, bypass, midstream_unknown). A direct-mapped table of socket
+ * cookies, indexed by the socket's own hash (sk->skc_hash, the kernel's hash of its 4-tuple) and
+ * holding the cookie of the socket last remembered in that slot; 0: none. Written by the
+ * classifier on egress (set when a packet of the socket finds its flow decided so in
+ * sslwall_flows, cleared at the socket's SYN); read by the classifier on egress, first thing.
+ *
+ * Why an array of cookies rather than socket storage (docs/bench.md, tc_fastpath_ns): a packet
+ * leaving a local socket already points to it (skb->sk), and from there the verdict is two loads
+ * away here (the socket's hash and cookie, then the slot; the array lookup is inlined by the
+ * verifier), where socket storage is three (the storage, the map's cache slot, the value) and
+ * cost ~2.5 ns more a packet. It stays exact without invalidation:
+ * - a socket cookie is unique for the boot and never reused, so a slot left behind by a closed
+ *   socket, or taken by another socket of the same hash, can never match a socket it was not
+ *   written for: a miss only means the packet takes the flow map;
+ * - a plaintext flow, whose verdict the agent rewrites on a mode switch, is never remembered;
+ * - the one socket that can carry a second connection (connect(AF_UNSPEC), then connect()
+ *   again) keeps its cookie, but its hash is its new tuple's from the SYN on, which the fast path
+ *   leaves to the slow path (SYN_SENT), and the SYN clears the slot of that hash if it holds the
+ *   socket: the slot the new connection reads. A slot of its old tuple that still holds it is
+ *   read only by a connection on a tuple of that hash, whose own SYN clears it first.
+ * Two busy sockets of one slot take turns at it, each miss a flow-map lookup: correct, slower.
+ * 65536 slots of 8 bytes, the size of the flow table. A u64 is written and read whole (aligned),
+ * so CPUs sharing a slot never see half a cookie. Private to each loaded classifier, never
+ * pinned: a replaced program starts with none, which costs each socket one flow-map lookup. */
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, __u8);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u64);
 } sslwall_sk_allowed SEC(".maps");
+
+/* The slot of a socket. skc_hash and skc_cookie are in sock_common, which request and
+ * time-wait socks share, so reading them is safe for any skb->sk. */
+static __always_inline __u64 *sk_slot(struct sock *sk)
+{
+	__u32 h = sk->__sk_common.skc_hash & 0xffff;
+
+	return bpf_map_lookup_elem(&sslwall_sk_allowed, &h);
+}
 
 /*
  * The egress fast path: the sending socket's flow is known to be allowed. Not while the socket
  * is in SYN_SENT: its SYN (a reconnect) opens a new flow on the slow path. Not for request and
- * time-wait socks (not full sockets: no storage field).
- *
- * bpf_sk_storage_get(map, sk, 0, 0) by hand: its fast case is exactly these loads (the
- * socket's storage, the map's cache slot, the slot's owner map), but as a helper call it cost
- * 10 ns a packet, the loads about 2 (docs/bench.md). Anything else (slot empty, or held by
- * another socket-storage map: there are 16 slots for all of them) answers "not known", and the
- * packet takes the flow map, whose remember_allowed() puts this map back in the slot. The slot
- * is read through a switch: the verifier refuses a variable offset into a kernel struct ("R1 is
- * ptr_bpf_local_storage invalid variable offset"). A kernel without these fields (CO-RE
- * relocation fails) gets the helper itself.
+ * time-wait socks, which take the flow map as they always did (a time-wait sock inherits its
+ * socket's cookie). A socket whose cookie was never made (0) is never remembered.
  */
 static __always_inline int sk_allowed(struct __sk_buff *skb)
 {
 	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
-	struct bpf_local_storage_map *smap = (void *)&sslwall_sk_allowed;
-	struct bpf_local_storage_data *sd;
-	struct bpf_local_storage *st;
 	struct sock *sk = kskb->sk;
-	__u8 state, *ok;
+	__u64 *slot, cookie;
+	__u8 state;
 
 	if (!sk)
 		return 0;
 	state = sk->__sk_common.skc_state;
 	if (state == BPF_TCP_SYN_SENT || state == BPF_TCP_TIME_WAIT || state == BPF_TCP_NEW_SYN_RECV)
 		return 0;
-	if (!bpf_core_field_exists(sk->sk_bpf_storage) || !bpf_core_field_exists(smap->cache_idx)) {
-		ok = bpf_sk_storage_get(&sslwall_sk_allowed, skb->sk, 0, 0);
-		return ok && *ok;
-	}
-	st = sk->sk_bpf_storage;
-	if (!st)
+	slot = sk_slot(sk);
+	if (!slot)
 		return 0;
-	switch (smap->cache_idx) {
-#define SLOT(i) case i: sd = st->cache[i]; break;
-	SLOT(0) SLOT(1) SLOT(2) SLOT(3) SLOT(4) SLOT(5) SLOT(6) SLOT(7)
-	SLOT(8) SLOT(9) SLOT(10) SLOT(11) SLOT(12) SLOT(13) SLOT(14) SLOT(15)
-#undef SLOT
-	default:
-		return 0;
-	}
-	if (!sd || sd->smap != smap)
-		return 0;
-	return *(__u8 *)(sd + 1);	/* the value: data[] follows the header */
+	cookie = sk->__sk_common.skc_cookie.counter;
+	return cookie && *slot == cookie;
 }
 
 /* Is this the flow's own socket, the one that sends only this flow's segments? A TCP stream
@@ -110,35 +107,39 @@ static __always_inline int own_flow_socket(struct bpf_sock *sk)
 	return (sk->type == SOCK_STREAM && sk->protocol == IPPROTO_TCP) || (sk->type == 0 && sk->protocol == 0);
 }
 
-/* Failure policy: no full socket, or no memory for the storage: nothing remembered, the next
- * packet takes the flow map again. */
+/* Only the flow's own full socket is remembered (bpf_get_socket_cookie makes its cookie if it
+ * had none). */
 static __always_inline void remember_allowed(struct __sk_buff *skb, const struct sslwall_flow *f)
 {
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
 	struct bpf_sock *sk = skb->sk;
-	__u8 *ok;
+	struct sock *ks = kskb->sk;
+	__u64 *slot;
 
-	if (!sk || f->cls == SSLWALL_CLASS_PLAINTEXT)
+	if (!sk || !ks || f->cls == SSLWALL_CLASS_PLAINTEXT)
 		return;
 	sk = bpf_sk_fullsock(sk);
 	if (!sk || !own_flow_socket(sk))
 		return;
-	ok = bpf_sk_storage_get(&sslwall_sk_allowed, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (ok)
-		*ok = 1;
+	slot = sk_slot(ks);
+	if (slot)
+		*slot = bpf_get_socket_cookie(skb);
 }
 
-/* A socket's SYN: whatever flow it carried before is over. A look without create (no atomic on
- * the socket's refcount, as a delete would take): a new socket has no storage. */
+/* A socket's SYN: whatever flow it carried before is over. Only a slot holding this socket is
+ * cleared (another socket's mark there stays). */
 static __always_inline void forget_allowed(struct __sk_buff *skb)
 {
-	struct bpf_sock *sk = skb->sk;
-	__u8 *ok;
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+	struct sock *sk = kskb->sk;
+	__u64 *slot, cookie;
 
 	if (!sk)
 		return;
-	ok = bpf_sk_storage_get(&sslwall_sk_allowed, sk, 0, 0);
-	if (ok)
-		*ok = 0;
+	cookie = sk->__sk_common.skc_cookie.counter;
+	slot = sk_slot(sk);
+	if (cookie && slot && *slot == cookie)
+		*slot = 0;
 }
 
 static __always_inline int is_syn(const struct sslwall_pkt *p)
@@ -200,8 +201,8 @@ static __always_inline int classify_packet(struct __sk_buff *skb, int egress)
 }
 
 /* Egress fast path: a packet of a local socket whose flow is decided and allowed costs a
- * socket-storage read, before any parsing (docs/dataplane.md, "Fast path"). Ingress, where tc
- * sees no socket yet, starts with the flow map. A function apart so that the packet struct is
+ * read of its slot in sslwall_sk_allowed, before any parsing (docs/dataplane.md, "Fast
+ * path"). Ingress, where tc sees no socket yet, starts with the flow map. A function apart so that the packet struct is
  * not even zeroed on this path. */
 SEC("tc")
 int sslwall_classify_egress(struct __sk_buff *skb)

@@ -757,21 +757,24 @@ test("violations of remote clients (inbound to a port here) are counted apart fr
   });
 });
 
-// The egress fast path from socket storage (docs/dataplane.md, "Fast path"). BPF_PROG_TEST_RUN
-// gives each call a stand-in socket that lives through its repeats: the first run of a call takes
-// the flow map, and where the flow is remembered, the other runs read the socket's storage.
-// The last run's verdict is what the kernel reports.
+// The egress fast path from the socket's mark in sslwall_sk_allowed (docs/dataplane.md, "Fast
+// path"). BPF_PROG_TEST_RUN gives each call a stand-in socket that lives through its repeats: the
+// first run of a call takes the flow map, and where the flow is remembered, the other runs read
+// the mark. Every stand-in socket has hash 0, so all of them share slot 0: a mark left there by
+// an earlier call's socket (a TLS flow) must not serve a later one (a new cookie), which the
+// blocked and plaintext cases below would show as a pass. The last run's verdict is what the
+// kernel reports.
 function egressRepeat(pkt: Buffer, repeat = 5): number {
   return native().testRun(lab.egressProg, pkt, repeat).retval | 0;
 }
 
-test('egress socket storage: a decided TLS flow passes on every packet of a socket, and stays tls', () => {
+test('egress socket mark: a decided TLS flow passes on every packet of a socket, and stays tls', () => {
   const c = tlsFlow(443);
   assert.equal(egressRepeat(c.fromClient(tlsAppData(1400))), PASS);
   expectFlow(c, 'tls', 'allowed');
 });
 
-test('egress socket storage: a blocked flow is never remembered, so every packet of its socket is dropped', () => {
+test('egress socket mark: a blocked flow is never remembered, so every packet of its socket is dropped', () => {
   withMode('active', () => {
     const c = conv(80);
     handshake(c);
@@ -782,7 +785,7 @@ test('egress socket storage: a blocked flow is never remembered, so every packet
   });
 });
 
-test('egress socket storage: a plaintext flow reported in passive mode is dropped once the mode turns active', () => {
+test('egress socket mark: a plaintext flow reported in passive mode is dropped once the mode turns active', () => {
   const c = conv(80);
   handshake(c);
   assert.equal(lab.egress(c.fromClient('GET / HTTP/1.1\r\n\r\n')), PASS);

@@ -99,7 +99,7 @@ export const tcFastpath: Bench = {
   name: 'tc_fastpath_ns',
   produces: ['tc_fastpath_ns', 'tc_fastpath_ingress_ns'],
   summary:
-    'ns per packet of an already classified (TLS) flow, egress (socket storage) and ingress (flow map), vs sslwall_empty; repeat 1e6, median of 7 interleaved rounds',
+    'ns per packet of an already classified (TLS) flow, egress (socket mark) and ingress (flow map), vs sslwall_empty; repeat 1e6, median of 7 interleaved rounds',
   async run(ctx: BenchContext): Promise<BenchResult[]> {
     return withLab((lab, fd) => {
       // A TLS flow seen from the client host: SYN out, SYN-ACK in, ClientHello out, ServerHello in.
@@ -114,7 +114,7 @@ export const tcFastpath: Bench = {
       // Full-size application-data segments of that flow, one each way (payload size does not
       // matter to the fast path: it stops before the payload). On egress BPF_PROG_TEST_RUN gives
       // the packet a socket that lives for the whole call: its first run finds the flow in the
-      // map and remembers it in the socket's storage, the other 999,999 take the socket-storage
+      // map and marks the socket in sslwall_sk_allowed, the other 999,999 take the socket-mark
       // path, as every packet but a socket's first does on a real host. On ingress tc sees no
       // socket: every run looks the flow up in the map.
       const egress = pairedRounds(fd.egress, fd.empty, c.fromClient(tlsAppData(1400)), 'egress', ctx);
