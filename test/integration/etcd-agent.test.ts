@@ -130,7 +130,10 @@ describe('agent on etcd', () => {
   test('started as the unit starts it (bin/sslwall-agent.env), the agent collects its start-up garbage once, 10 s after agent_ready', async () => {
     const line = await agent!.waitFor((l) => l.event === 'startup_gc', 20_000, 'startup_gc');
     const [before, after] = line.heap_used_mb as [number, number];
-    assert.ok(after < before, `the collection should shrink the heap in use; saw ${before} -> ${after} MB`);
+    // Not "<": where V8 collected on its own since the start (the changes of the tests before
+    // this one), nothing is left and the heap stays the same to the 0.1 MB the line gives (seen
+    // once on a fresh machine: 14.3 -> 14.3). What it keeps is measured by agent_rss_mb.
+    assert.ok(after <= before, `the collection should not grow the heap in use; saw ${before} -> ${after} MB`);
     assert.ok(typeof line.gc_ms === 'number' && line.gc_ms >= 0, `startup_gc should say how long it took (gc_ms), saw ${JSON.stringify(line.gc_ms)}`);
     assert.equal(agent!.lines().filter((l) => l.event === 'startup_gc').length, 1, 'one start-up collection, no more');
   });
