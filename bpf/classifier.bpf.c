@@ -72,17 +72,26 @@ static __always_inline __u64 *sk_slot(struct sock *sk)
 	return bpf_map_lookup_elem(&sslwall_sk_allowed, &h);
 }
 
+/* The socket's slot if it holds this socket's mark, else NULL. A socket whose cookie was never
+ * made (0) is never marked. */
+static __always_inline __u64 *sk_marked(struct sock *sk)
+{
+	__u64 cookie = sk->__sk_common.skc_cookie.counter;
+	__u64 *slot = sk_slot(sk);
+
+	return cookie && slot && *slot == cookie ? slot : NULL;
+}
+
 /*
  * The egress fast path: the sending socket's flow is known to be allowed. Not while the socket
  * is in SYN_SENT: its SYN (a reconnect) opens a new flow on the slow path. Not for request and
  * time-wait socks, which take the flow map as they always did (a time-wait sock inherits its
- * socket's cookie). A socket whose cookie was never made (0) is never remembered.
+ * socket's cookie).
  */
 static __always_inline int sk_allowed(struct __sk_buff *skb)
 {
 	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
 	struct sock *sk = kskb->sk;
-	__u64 *slot, cookie;
 	__u8 state;
 
 	if (!sk)
@@ -90,11 +99,7 @@ static __always_inline int sk_allowed(struct __sk_buff *skb)
 	state = sk->__sk_common.skc_state;
 	if (state == BPF_TCP_SYN_SENT || state == BPF_TCP_TIME_WAIT || state == BPF_TCP_NEW_SYN_RECV)
 		return 0;
-	slot = sk_slot(sk);
-	if (!slot)
-		return 0;
-	cookie = sk->__sk_common.skc_cookie.counter;
-	return cookie && *slot == cookie;
+	return sk_marked(sk) != NULL;
 }
 
 /* Is this the flow's own socket, the one that sends only this flow's segments? A TCP stream
@@ -132,13 +137,12 @@ static __always_inline void forget_allowed(struct __sk_buff *skb)
 {
 	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
 	struct sock *sk = kskb->sk;
-	__u64 *slot, cookie;
+	__u64 *slot;
 
 	if (!sk)
 		return;
-	cookie = sk->__sk_common.skc_cookie.counter;
-	slot = sk_slot(sk);
-	if (cookie && slot && *slot == cookie)
+	slot = sk_marked(sk);
+	if (slot)
 		*slot = 0;
 }
 
@@ -202,8 +206,8 @@ static __always_inline int classify_packet(struct __sk_buff *skb, int egress)
 
 /* Egress fast path: a packet of a local socket whose flow is decided and allowed costs a
  * read of its slot in sslwall_sk_allowed, before any parsing (docs/dataplane.md, "Fast
- * path"). Ingress, where tc sees no socket yet, starts with the flow map. A function apart so that the packet struct is
- * not even zeroed on this path. */
+ * path"). Ingress, where tc sees no socket yet, starts with the flow map. A function apart so
+ * that the packet struct is not even zeroed on this path. */
 SEC("tc")
 int sslwall_classify_egress(struct __sk_buff *skb)
 {
