@@ -6,6 +6,8 @@
 #include <fcntl.h>
 
 #include <cstring>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <memory>
 
 #include "common.h"
@@ -147,6 +149,28 @@ class BpfObject : public Napi::ObjectWrap<BpfObject> {
     int err = bpf_object__load(obj);
     if (err) ThrowLoad(info.Env(), "bpf_object__load", -err, path_, log.log());
     loaded_ = true;
+    ReleaseBssImages(obj);
+  }
+
+  // libbpf 1.1 keeps each global-data map's initial image in a shared anonymous mapping for the
+  // object's life, and loading touches every page of it: the classifier's 512 KiB .bss (its
+  // socket slots) stayed resident in the agent as zeros the kernel map already holds. Once
+  // loaded, nothing reads the image of a .bss (setRodata writes .rodata before load), so its
+  // pages are handed back; the mapping stays, and reads as zeros, until libbpf unmaps it at
+  // close. Where a later libbpf maps the kernel map itself there, MADV_REMOVE fails and nothing
+  // changes: ignored.
+  static void ReleaseBssImages(bpf_object* obj) {
+    bpf_map* m;
+    bpf_object__for_each_map(m, obj) {
+      const char* n = bpf_map__name(m);
+      size_t len = std::strlen(n);
+      if (!bpf_map__is_internal(m) || len < 4 || std::strcmp(n + len - 4, ".bss") != 0) continue;
+      size_t size = 0;
+      void* image = const_cast<void*>(bpf_map__initial_value(m, &size));
+      long page = sysconf(_SC_PAGESIZE);
+      if (image && page > 0 && size >= static_cast<size_t>(page))
+        madvise(image, size / page * page, MADV_REMOVE);
+    }
   }
 
   Napi::Value Prog(const Napi::CallbackInfo& info) {
