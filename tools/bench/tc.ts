@@ -120,13 +120,19 @@ function addRound(into: FastpathRounds, t: { a: Timed; b: Timed }): void {
 }
 
 /** Median of the rounds' values and baselines, and of their ratios (each round's pair shares one load). */
+function medianOfRounds(values: number[], baselines: number[]): { value: number; baseline: number; ratio: number; ratios: number[] } {
+  const ratios = values.map((v, i) => v / baselines[i]!);
+  return { value: median(values), baseline: median(baselines), ratio: median(ratios), ratios };
+}
+
+/** The fast path's figure, with its rounds and the kernel's own whole-ns figures on stderr. */
 function fastpathFigure(r: FastpathRounds, label: string, ctx: BenchContext): { value: number; baseline: number; ratio: number } {
-  const ratios = r.cls.map((v, i) => v / r.base[i]!);
+  const fig = medianOfRounds(r.cls, r.base);
   ctx.progress(
-    `${label}: round ratios ${ratios.map((x) => round(x, 3)).join(' ')}; spread over rounds: classifier ${round(spread(r.cls) * 100, 1)}%, empty ${round(spread(r.base) * 100, 1)}%`,
+    `${label}: round ratios ${fig.ratios.map((x) => round(x, 3)).join(' ')}; spread over rounds: classifier ${round(spread(r.cls) * 100, 1)}%, empty ${round(spread(r.base) * 100, 1)}%`,
   );
   ctx.progress(`${label}: kernel's whole-ns figures, medians: classifier ${median(r.kcls)} ns, empty ${median(r.kbase)} ns`);
-  return { value: median(r.cls), baseline: median(r.base), ratio: median(ratios) };
+  return fig;
 }
 
 export const tcFastpath: Bench = {
@@ -236,11 +242,18 @@ function firstPacketRound(lab: Lab, fd: Progs): FirstPacketRound {
   return r;
 }
 
-/** Median over the rounds of each round's mean, of its baseline's, and of their ratio. */
-function firstPacketFigure(rounds: FirstPacketRound[], cls: 'chCls' | 'synCls', base: 'chBase' | 'synBase') {
-  const v = rounds.map((r) => mean(r[cls]));
-  const b = rounds.map((r) => mean(r[base]));
-  return { value: median(v), baseline: median(b), ratio: median(v.map((x, i) => x / b[i]!)), ratios: v.map((x, i) => x / b[i]!) };
+/** The figure over the rounds of each round's means, with the rounds and all packets on stderr. */
+function firstPacketFigure(rounds: FirstPacketRound[], label: string, cls: 'chCls' | 'synCls', base: 'chBase' | 'synBase', ctx: BenchContext) {
+  const fig = medianOfRounds(
+    rounds.map((r) => mean(r[cls])),
+    rounds.map((r) => mean(r[base])),
+  );
+  const allCls = rounds.flatMap((r) => r[cls]);
+  const allBase = rounds.flatMap((r) => r[base]);
+  ctx.progress(
+    `${label}: round ratios ${fig.ratios.map((x) => round(x, 3)).join(' ')}; per packet median ${median(allCls)} ns (p90 ${quantile(allCls, 0.9)}), empty median ${median(allBase)} ns`,
+  );
+  return fig;
 }
 
 export const tcFirstPacket: Bench = {
@@ -259,15 +272,8 @@ export const tcFirstPacket: Bench = {
         `round ${r + 1}/${FIRST_PACKET_ROUNDS} (fresh load, ${FIRST_PACKET_FLOWS} flows): ClientHello ${round(mean(one.chCls), 1)} vs empty ${round(mean(one.chBase), 1)} ns, SYN ${round(mean(one.synCls), 1)} vs empty ${round(mean(one.synBase), 1)} ns`,
       );
     }
-    const ch = firstPacketFigure(rounds, 'chCls', 'chBase');
-    const syn = firstPacketFigure(rounds, 'synCls', 'synBase');
-    const all = (k: keyof FirstPacketRound) => rounds.flatMap((r) => r[k]);
-    ctx.progress(
-      `ClientHello: round ratios ${ch.ratios.map((x) => round(x, 3)).join(' ')}; per packet median ${median(all('chCls'))} ns (p90 ${quantile(all('chCls'), 0.9)}), empty median ${median(all('chBase'))} ns`,
-    );
-    ctx.progress(
-      `SYN: round ratios ${syn.ratios.map((x) => round(x, 3)).join(' ')}; per packet median ${median(all('synCls'))} ns (p90 ${quantile(all('synCls'), 0.9)}), empty median ${median(all('synBase'))} ns`,
-    );
+    const ch = firstPacketFigure(rounds, 'ClientHello', 'chCls', 'chBase', ctx);
+    const syn = firstPacketFigure(rounds, 'SYN', 'synCls', 'synBase', ctx);
     return [
       {
         bench: 'tc_first_packet_ns',
